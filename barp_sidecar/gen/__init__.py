@@ -1,0 +1,1 @@
+"""Generated gRPC stubs for barp.v1 (see barp_sidecar.rpc.codegen); do not edit."""

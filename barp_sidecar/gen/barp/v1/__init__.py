@@ -1,0 +1,1 @@
+"""Generated gRPC stubs (barp_sidecar.rpc.codegen); do not edit."""

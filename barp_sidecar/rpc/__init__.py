@@ -1,0 +1,1 @@
+"""gRPC transport: server, servicers, pb<->domain conversion, the error->status table."""
