@@ -225,9 +225,7 @@ def load_checkpoint(
     for parameter in network.parameters():
         parameter.requires_grad_(False)
     with torch.inference_mode():
-        probe = network.probabilities(
-            torch.zeros(2, manifest.encoder.dim), torch.tensor([0.0, 1.0]), None
-        )
+        probe = network.probabilities(torch.zeros(2, manifest.encoder.dim), torch.tensor([0.0, 1.0]), None)
     if not torch.isfinite(probe).all():
         raise CheckpointError(f"{weights_path}: dry forward pass produced non-finite probabilities")
     return LoadedPolicy(manifest=manifest, network=network, directory=directory)

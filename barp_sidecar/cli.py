@@ -1,0 +1,38 @@
+"""``barp-sidecar`` command line: a thin dispatcher to the module that owns each subcommand.
+
+- ``serve``  run the gRPC sidecar (barp_sidecar.app)
+- ``route``  call a running sidecar's Route and print the decision as JSON (barp_sidecar.rpc.client)
+- ``decide`` load the policy in-process and print one decision as JSON (barp_sidecar.decide)
+
+Modules are imported only for the chosen subcommand, so ``--help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "serve": ("barp_sidecar.app", "run the gRPC sidecar router"),
+    "route": ("barp_sidecar.rpc.client", "ask a running sidecar for a decision (prints JSON)"),
+    "decide": ("barp_sidecar.decide", "decide in-process with the policy (prints JSON)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = argparse.ArgumentParser(prog="barp-sidecar", description="BaRP LLM router sidecar")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    chosen = argv[0] if argv else None
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub = commands.add_parser(name, help=help_text, description=help_text)
+        sub.set_defaults(module=module_name)
+        if name == chosen:
+            importlib.import_module(module_name).add_arguments(sub)
+    args = parser.parse_args(argv)
+    return int(importlib.import_module(args.module).run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,351 @@
+"""Frozen, validated settings for the sidecar, built from a YAML file plus environment overrides.
+
+Owns the schema (one frozen dataclass per concern), defaults, parsing and validation; nothing else.
+``load_settings(path, env)`` is pure given its inputs and raises ``ConfigError`` naming the dotted key
+(``batching.max_wait_ms``) before any port binds. Secrets are never stored here: settings hold the *name*
+of an environment variable or a file path, and the value is read where it is used.
+
+Environment overrides: ``BARP__<SECTION>__<KEY>=value`` (double underscores, case-insensitive), parsed
+as a YAML scalar, e.g. ``BARP__SERVER__PORT=6000`` or ``BARP__BATCHING__MAX_WAIT_MS=1.5``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, get_type_hints
+
+import yaml
+
+from barp_sidecar.errors import ConfigError
+
+ENV_PREFIX = "BARP__"
+EXPLORATION_MODES = ("greedy", "sample", "epsilon_greedy")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """The Router gRPC endpoint."""
+
+    # Bind address. Loopback by default: a sidecar serves its own pod. Use 0.0.0.0 for standalone mode.
+    host: str = "127.0.0.1"
+    # 0 = pick a free port and log it.
+    port: int = 50051
+    # Seconds in-flight calls get to finish after SIGTERM before they are cancelled.
+    grace_s: float = 10.0
+    # Largest accepted prompt (UTF-8 bytes); larger -> INVALID_ARGUMENT.
+    max_prompt_bytes: int = 1 << 20
+    # Largest gRPC message accepted (bytes); must exceed max_prompt_bytes.
+    max_message_bytes: int = 4 << 20
+    # TLS: server certificate and key (PEM files). Both or neither.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    # mTLS: CA bundle that client certificates must chain to (requires tls_cert_file).
+    tls_client_ca_file: str | None = None
+
+
+@dataclass(frozen=True)
+class MetricsSettings:
+    """Prometheus exposition over HTTP (``/metrics``)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    # 0 = pick a free port and log it.
+    port: int = 9464
+
+
+@dataclass(frozen=True)
+class LoggingSettings:
+    level: str = "info"
+    # Prompts are personal data: they are never logged unless this is true.
+    log_prompts: bool = False
+
+
+@dataclass(frozen=True)
+class PolicySettings:
+    """Which policy serves at start and where the encoder weights come from."""
+
+    # Checkpoint store (v{N}/ dirs + LATEST) or one checkpoint dir. None = the shipped RouterBench policy.
+    checkpoint_dir: str | None = None
+    # Encoder weights: "builtin:all-MiniLM-L6-v2" (shipped files), a sentence-transformers name or a path.
+    # Truncation and max_seq_length always come from the checkpoint manifest (a policy is tied to them).
+    encoder_model: str = "builtin:all-MiniLM-L6-v2"
+    # "auto" = CUDA with half precision when present, else CPU float32.
+    device: str = "auto"
+    # Torch intra-op threads for the inference thread on CPU (0 = torch's default).
+    cpu_threads: int = 0
+
+
+@dataclass(frozen=True)
+class BatchingSettings:
+    """Dynamic micro-batching (DESIGN §5)."""
+
+    # Most prompts per forward pass.
+    max_batch_size: int = 32
+    # How long the batcher waits after the first queued prompt for more (milliseconds).
+    max_wait_ms: float = 2.0
+    # Most requests admitted and not yet answered; beyond it, RESOURCE_EXHAUSTED at once.
+    max_pending: int = 1024
+    # Token budget of one forward pass (sum of padded lengths): long prompts do not pad short ones.
+    max_batch_tokens: int = 8192
+    # Exact-match embedding cache entries (0 disables).
+    embedding_cache_entries: int = 10000
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    """Defaults applied when a request leaves a field unset."""
+
+    default_quality_weight: float = 0.5
+    default_exploration: str = "greedy"
+    # Probability of a uniform allowed model under epsilon_greedy.
+    epsilon: float = 0.05
+    # Seed of the exploration RNG (None = from the OS).
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class RewardSettings:
+    """Pending decisions, the durable spool and delivery to the trainer (DESIGN §6)."""
+
+    # How long a decision waits for ReportOutcome.
+    pending_ttl_s: float = 3600.0
+    # Most pending decisions held; the oldest expire first beyond it.
+    pending_max_entries: int = 100_000
+    # On expiry: "drop", or "default_quality" (record default_quality as the outcome).
+    expiry_action: str = "drop"
+    default_quality: float = 0.0
+    # Spool directory for reward events not yet acknowledged by the trainer.
+    spool_dir: str = "./barp-spool"
+    # Disk quota of the spool; beyond it new events are refused (metric + log), never silently dropped.
+    spool_max_bytes: int = 1 << 30
+    # Group fsync interval (milliseconds): events are durable at most this long after being appended.
+    spool_fsync_interval_ms: float = 10.0
+
+
+@dataclass(frozen=True)
+class TrainerClientSettings:
+    """Connection to barp-trainer for reward publishing and policy updates. target None = standalone."""
+
+    target: str | None = None
+    # TLS towards the trainer: CA bundle to verify it; client cert/key for mTLS.
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    reconnect_initial_backoff_s: float = 0.5
+    reconnect_max_backoff_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class AdminSettings:
+    """Admin service (GetPolicy, ListPolicies, PinPolicy) on its own port."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    # 0 = pick a free port and log it.
+    port: int = 50052
+    # Name of the environment variable holding the bearer token (required when host is not loopback).
+    token_env: str = "BARP_ADMIN_TOKEN"
+
+
+@dataclass(frozen=True)
+class ProvidersSettings:
+    """Forwarding to LLM providers (Complete). The catalog itself is a list of arm entries."""
+
+    # Path to the model catalog YAML; None = the shipped catalog (RouterBench arms, all disabled).
+    catalog_file: str | None = None
+    # Text that Complete routes on: "last_user" message, or the whole "conversation" (tail-truncated).
+    routing_text: str = "last_user"
+
+
+@dataclass(frozen=True)
+class Settings:
+    server: ServerSettings = field(default_factory=ServerSettings)
+    metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    logging: LoggingSettings = field(default_factory=LoggingSettings)
+    policy: PolicySettings = field(default_factory=PolicySettings)
+    batching: BatchingSettings = field(default_factory=BatchingSettings)
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+    rewards: RewardSettings = field(default_factory=RewardSettings)
+    trainer: TrainerClientSettings = field(default_factory=TrainerClientSettings)
+    admin: AdminSettings = field(default_factory=AdminSettings)
+    providers: ProvidersSettings = field(default_factory=ProvidersSettings)
+
+
+T = TypeVar("T")
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    """Convert a parsed YAML/env value to the field's type or raise ConfigError naming the key."""
+    text = str(annotation)
+    optional = "None" in text
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(key, "must not be null")
+    base = text.replace(" | None", "").replace("None | ", "")
+    if base in ("bool", "<class 'bool'>"):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(key, f"must be true or false, not {value!r}")
+    if base in ("int", "<class 'int'>"):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(key, f"must be an integer, not {value!r}")
+        return value
+    if base in ("float", "<class 'float'>"):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(key, f"must be a number, not {value!r}")
+        if not math.isfinite(float(value)):
+            raise ConfigError(key, f"must be finite, not {value!r}")
+        return float(value)
+    if base in ("str", "<class 'str'>"):
+        if not isinstance(value, str):
+            raise ConfigError(key, f"must be a string, not {value!r}")
+        return value
+    raise ConfigError(key, f"unsupported setting type {annotation}")
+
+
+def _build(cls: type[T], data: Mapping[str, Any], prefix: str) -> T:
+    if not isinstance(data, Mapping):
+        raise ConfigError(prefix, f"must be a mapping, not {type(data).__name__}")
+    hints = get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ConfigError(
+            f"{prefix}.{unknown[0]}" if prefix else unknown[0], f"unknown key (known: {sorted(names)})"
+        )
+    values = {}
+    for name, raw in data.items():
+        key = f"{prefix}.{name}" if prefix else name
+        annotation = hints[name]
+        if dataclasses.is_dataclass(annotation):
+            values[name] = _build(annotation, raw if raw is not None else {}, key)  # type: ignore[arg-type]
+        else:
+            values[name] = _coerce(key, raw, annotation)
+    return cls(**values)
+
+
+def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), Mapping):
+            merged[key] = _merge(dict(merged[key]), value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    """``BARP__SECTION__KEY=value`` pairs as a nested mapping (values parsed as YAML scalars)."""
+    nested: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(name, "environment overrides look like BARP__<SECTION>__<KEY>")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(name, f"unparseable value {raw!r}") from exc
+        nested.setdefault(parts[0], {})[parts[1]] = value
+    return nested
+
+
+def validate(settings: Settings) -> Settings:
+    """Cross-field and range checks; raises ConfigError naming the key."""
+
+    def check(condition: bool, key: str, message: str) -> None:
+        if not condition:
+            raise ConfigError(key, message)
+
+    s = settings
+    for key, port in (
+        ("server.port", s.server.port),
+        ("metrics.port", s.metrics.port),
+        ("admin.port", s.admin.port),
+    ):
+        check(0 <= port <= 65535, key, f"must be in [0, 65535], not {port}")
+    check(s.server.grace_s >= 0, "server.grace_s", "must be >= 0")
+    check(s.server.max_prompt_bytes > 0, "server.max_prompt_bytes", "must be > 0")
+    check(
+        s.server.max_message_bytes > s.server.max_prompt_bytes,
+        "server.max_message_bytes",
+        "must exceed server.max_prompt_bytes",
+    )
+    check(
+        (s.server.tls_cert_file is None) == (s.server.tls_key_file is None),
+        "server.tls_key_file",
+        "tls_cert_file and tls_key_file go together",
+    )
+    check(
+        s.server.tls_client_ca_file is None or s.server.tls_cert_file is not None,
+        "server.tls_client_ca_file",
+        "mTLS needs server.tls_cert_file and server.tls_key_file",
+    )
+    check(
+        (s.trainer.tls_cert_file is None) == (s.trainer.tls_key_file is None),
+        "trainer.tls_key_file",
+        "tls_cert_file and tls_key_file go together",
+    )
+    check(
+        s.logging.level.lower() in ("debug", "info", "warning", "error"),
+        "logging.level",
+        f"must be debug, info, warning or error, not {s.logging.level!r}",
+    )
+    check(s.policy.cpu_threads >= 0, "policy.cpu_threads", "must be >= 0")
+    check(1 <= s.batching.max_batch_size <= 4096, "batching.max_batch_size", "must be in [1, 4096]")
+    check(0 <= s.batching.max_wait_ms <= 1000, "batching.max_wait_ms", "must be in [0, 1000]")
+    check(s.batching.max_pending >= 1, "batching.max_pending", "must be >= 1")
+    check(s.batching.max_batch_tokens >= 1, "batching.max_batch_tokens", "must be >= 1")
+    check(s.batching.embedding_cache_entries >= 0, "batching.embedding_cache_entries", "must be >= 0")
+    check(0 <= s.routing.default_quality_weight <= 1, "routing.default_quality_weight", "must be in [0, 1]")
+    check(
+        s.routing.default_exploration in EXPLORATION_MODES,
+        "routing.default_exploration",
+        f"must be one of {EXPLORATION_MODES}",
+    )
+    check(0 <= s.routing.epsilon <= 1, "routing.epsilon", "must be in [0, 1]")
+    check(s.rewards.pending_ttl_s > 0, "rewards.pending_ttl_s", "must be > 0")
+    check(s.rewards.pending_max_entries >= 1, "rewards.pending_max_entries", "must be >= 1")
+    check(
+        s.rewards.expiry_action in ("drop", "default_quality"),
+        "rewards.expiry_action",
+        "must be 'drop' or 'default_quality'",
+    )
+    check(0 <= s.rewards.default_quality <= 1, "rewards.default_quality", "must be in [0, 1]")
+    check(s.rewards.spool_max_bytes >= 1 << 16, "rewards.spool_max_bytes", "must be >= 65536")
+    check(s.rewards.spool_fsync_interval_ms >= 0, "rewards.spool_fsync_interval_ms", "must be >= 0")
+    check(s.trainer.reconnect_initial_backoff_s > 0, "trainer.reconnect_initial_backoff_s", "must be > 0")
+    check(
+        s.trainer.reconnect_max_backoff_s >= s.trainer.reconnect_initial_backoff_s,
+        "trainer.reconnect_max_backoff_s",
+        "must be >= trainer.reconnect_initial_backoff_s",
+    )
+    check(
+        s.providers.routing_text in ("last_user", "conversation"),
+        "providers.routing_text",
+        "must be 'last_user' or 'conversation'",
+    )
+    return settings
+
+
+def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """Defaults <- YAML file (optional) <- environment overrides; validated."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError("--config", f"no such file: {path}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise ConfigError("--config", f"{path} must hold a mapping at top level")
+        data = dict(loaded or {})
+    data = _merge(data, env_overrides(env or {}))
+    return validate(_build(Settings, data, ""))
