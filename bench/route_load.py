@@ -1,0 +1,486 @@
+"""Route load benchmark: in-process ceiling vs the real sidecar (batched) vs the same sidecar unbatched.
+
+For each prompt length it measures, in ONE run on the same machine:
+  ceiling    encoder + policy called in-process (PolicyInference.run_batch) at the best batch size;
+  sidecar    the real ``barp-sidecar serve`` subprocess with micro-batching, driven over gRPC by N clients;
+  unbatched  the same server with batching.max_batch_size = 1.
+and, at 1 client, the sidecar's p50 against the single-prompt (batch 1) in-process latency.
+
+Prompts are unique (the embedding cache is disabled as well) and come from a file (one per line) or are
+synthetic with an exact token count. The load generator is one grpc.aio process (it shares the CPU with
+the server, which is the point: that is how a sidecar lives). Mean batch size comes from the server's
+Prometheus histogram. Prints a Markdown table; ``--json PATH`` writes the results.
+
+    python -m bench.route_load --prompt-tokens 16 64 --concurrency 64 --duration-s 10 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+ROUTERBENCH_ARMS = (
+    "WizardLM/WizardLM-13B-V1.2",
+    "claude-instant-v1",
+    "claude-v1",
+    "claude-v2",
+    "gpt-3.5-turbo-1106",
+    "gpt-4-1106-preview",
+    "meta/code-llama-instruct-34b-chat",
+    "meta/llama-2-70b-chat",
+    "mistralai/mistral-7b-chat",
+    "mistralai/mixtral-8x7b-chat",
+    "zero-one-ai/Yi-34B-Chat",
+)
+
+
+@dataclass
+class Result:
+    name: str
+    prompt_tokens: int
+    concurrency: int
+    throughput_rps: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    mean_batch_size: float
+    requests: int = 0
+    errors: int = 0
+    note: str = ""
+
+
+def percentile_ms(latencies_s: list[float], q: float) -> float:
+    if not latencies_s:
+        return float("nan")
+    ordered = sorted(latencies_s)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index] * 1000
+
+
+# ---------------------------------------------------------------------------------------------- prompts
+
+
+def synthetic_prompts(tokenizer, tokens: int, count: int, seed: int) -> list[str]:
+    """``count`` distinct prompts of exactly ``tokens`` word-pieces (without [CLS]/[SEP])."""
+    rng = random.Random(seed)
+    words = [w for w in tokenizer.get_vocab() if w.isalpha() and w.isascii() and len(w) >= 3]
+    prompts: list[str] = []
+    seen: set[str] = set()
+    while len(prompts) < count:
+        chosen = rng.sample(words, tokens)
+        ids = tokenizer(" ".join(chosen), add_special_tokens=False)["input_ids"]
+        while len(ids) > tokens:
+            chosen.pop()
+            ids = tokenizer(" ".join(chosen), add_special_tokens=False)["input_ids"]
+        text = " ".join(chosen)
+        if len(ids) == tokens and text not in seen:
+            seen.add(text)
+            prompts.append(text)
+    return prompts
+
+
+def file_prompts(path: Path, count: int) -> list[str]:
+    lines = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    if not lines:
+        raise SystemExit(f"{path}: no prompts")
+    # Repeat with a unique suffix if the file is short, so the cache never answers.
+    return [lines[i % len(lines)] + ("" if i < len(lines) else f" #{i}") for i in range(count)]
+
+
+# ---------------------------------------------------------------------------------------------- checkpoint
+
+
+def resolve_checkpoint(arg: str | None, scratch: Path) -> Path:
+    if arg:
+        return Path(arg)
+    try:
+        from barp_sidecar.policy.builtin import builtin_policy_dir
+
+        return Path(builtin_policy_dir())
+    except ImportError:
+        pass
+    # No shipped policy in this build yet: a randomly initialised 11-arm network for the real encoder
+    # (the MLP costs microseconds; the encoder is what is measured).
+    import torch
+
+    from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, save_checkpoint
+    from barp_sidecar.policy.encoder import BUILTIN_MODEL_ID
+    from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
+
+    torch.manual_seed(0)
+    architecture = PolicyArchitecture(embedding_dim=384, num_arms=len(ROUTERBENCH_ARMS))
+    manifest = PolicyManifest(
+        version=1,
+        arms=ROUTERBENCH_ARMS,
+        encoder=EncoderIdentity(BUILTIN_MODEL_ID, 384, 256, "tail"),
+        tau_usd=0.00496,
+        architecture=architecture,
+        training={"note": "random weights for benchmarking only"},
+    )
+    directory = scratch / "random-policy"
+    save_checkpoint(directory, PolicyNetwork(architecture), manifest)
+    return directory
+
+
+# ---------------------------------------------------------------------------------------------- ceiling
+
+
+def build_inference(checkpoint: Path, encoder_model: str):
+    import torch
+
+    from barp_sidecar.policy.checkpoint import load_checkpoint
+    from barp_sidecar.policy.device import select_device
+    from barp_sidecar.policy.embedding_cache import EmbeddingCache
+    from barp_sidecar.policy.inference import PolicyInference
+    from barp_sidecar.policy.loading import load_encoder
+    from barp_sidecar.policy.registry import PolicyRegistry
+    from barp_sidecar.settings import BatchingSettings, PolicySettings
+
+    policy = load_checkpoint(checkpoint)
+    placement = select_device("auto", torch.cuda.is_available())
+    encoder = load_encoder(policy.manifest.encoder, PolicySettings(encoder_model=encoder_model), placement)
+    return PolicyInference(
+        encoder,
+        PolicyRegistry(policy),
+        placement,
+        max_batch_tokens=BatchingSettings().max_batch_tokens,
+        cache=EmbeddingCache(0),
+    )
+
+
+def measure_ceiling(
+    inference, prompts: list[str], batch_size: int, duration_s: float
+) -> tuple[float, list[float]]:
+    """(prompts/s, per-batch latencies) running run_batch back to back on fresh prompts."""
+    from barp_sidecar.policy.inference import InferenceRequest
+
+    requests = [InferenceRequest(p, 0.5) for p in prompts]
+    inference.run_batch(requests[:batch_size])  # warm-up for this shape
+    done, latencies, index = 0, [], 0
+    started = time.perf_counter()
+    while time.perf_counter() - started < duration_s:
+        batch = requests[index : index + batch_size]
+        if len(batch) < batch_size:
+            index, batch = 0, requests[:batch_size]
+        t0 = time.perf_counter()
+        inference.run_batch(batch)
+        latencies.append(time.perf_counter() - t0)
+        index += batch_size
+        done += batch_size
+    return done / (time.perf_counter() - started), latencies
+
+
+# ---------------------------------------------------------------------------------------------- server
+
+
+class Server:
+    """A ``barp-sidecar serve`` subprocess; its JSON log goes to a file (a full pipe would stall it)."""
+
+    def __init__(self, checkpoint: Path, scratch: Path, name: str, batching: dict, threads: int) -> None:
+        config = {
+            "server": {"port": 0, "grace_s": 5.0},
+            "metrics": {"port": 0},
+            "admin": {"enabled": False},
+            "policy": {"checkpoint_dir": str(checkpoint), "cpu_threads": threads},
+            "batching": {"embedding_cache_entries": 0, **batching},
+        }
+        self.config_path = scratch / f"{name}.yaml"
+        self.config_path.write_text(yaml.safe_dump(config))
+        self.log_path = scratch / f"{name}.log"
+        self._log = self.log_path.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "barp_sidecar.cli", "serve", "--config", str(self.config_path)],
+            cwd=REPO,
+            env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+        self.port, self.metrics_port = self._wait_started(120)
+
+    def _wait_started(self, timeout_s: float) -> tuple[int, int]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit(
+                    f"server exited with {self.proc.returncode}: {self.log_path.read_text()[-2000:]}"
+                )
+            for line in self.log_path.read_text().splitlines():
+                if '"server_started"' in line:
+                    event = json.loads(line)
+                    return int(event["port"]), int(event["metrics_port"])
+            time.sleep(0.2)
+        raise SystemExit(f"server did not start in {timeout_s}s")
+
+    def batch_histogram(self) -> tuple[float, float]:
+        body = (
+            urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10)
+            .read()
+            .decode()
+        )
+        values = {}
+        for line in body.splitlines():
+            if line.startswith(("barp_batch_size_sum", "barp_batch_size_count")):
+                name, value = line.split()
+                values[name] = float(value)
+        return values.get("barp_batch_size_sum", 0.0), values.get("barp_batch_size_count", 0.0)
+
+    def close(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self._log.close()
+
+
+async def drive(
+    port: int, prompts: list[str], concurrency: int, duration_s: float, warmup_s: float, max_requests: int
+):
+    """N closed-loop clients over one channel; returns (completed, errors, latencies_s, elapsed_s)."""
+    import grpc
+
+    from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
+
+    requests = [
+        router_pb2.RouteRequest(prompt=p, preference=router_pb2.Preference(quality_weight=0.5))
+        for p in prompts
+    ]
+    latencies: list[float] = []
+    errors = 0
+    counter = 0
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        route = stub.Route
+        measuring = False
+        stop_at = 0.0
+
+        async def client() -> None:
+            nonlocal errors, counter
+            while True:
+                now = time.perf_counter()
+                if measuring and (now >= stop_at or len(latencies) >= max_requests):
+                    return
+                request = requests[counter % len(requests)]
+                counter += 1
+                t0 = time.perf_counter()
+                try:
+                    await route(request, timeout=30)
+                except grpc.aio.AioRpcError:
+                    errors += measuring
+                    continue
+                if measuring:
+                    latencies.append(time.perf_counter() - t0)
+
+        tasks = [asyncio.ensure_future(client()) for _ in range(concurrency)]
+        await asyncio.sleep(warmup_s)
+        measuring = True
+        latencies.clear()
+        started = time.perf_counter()
+        stop_at = started + duration_s
+        await asyncio.gather(*tasks)
+        elapsed = time.perf_counter() - started
+    return len(latencies), errors, latencies, elapsed
+
+
+def run_load(server: Server, name, prompts, tokens, concurrency, duration_s, max_requests) -> Result:
+    before = server.batch_histogram()
+    done, errors, latencies, elapsed = asyncio.run(
+        drive(server.port, prompts, concurrency, duration_s, warmup_s=1.0, max_requests=max_requests)
+    )
+    after = server.batch_histogram()
+    batches = after[1] - before[1]
+    mean_batch = (after[0] - before[0]) / batches if batches else float("nan")
+    return Result(
+        name,
+        tokens,
+        concurrency,
+        done / elapsed,
+        percentile_ms(latencies, 50),
+        percentile_ms(latencies, 95),
+        percentile_ms(latencies, 99),
+        mean_batch,
+        done,
+        errors,
+    )
+
+
+# ---------------------------------------------------------------------------------------------- main
+
+
+def table(results: list[Result]) -> str:
+    lines = [
+        "| run | tokens | clients | throughput (req/s) | p50 ms | p95 ms | p99 ms | mean batch | note |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        lines.append(
+            f"| {r.name} | {r.prompt_tokens} | {r.concurrency} | {r.throughput_rps:.1f} | {r.p50_ms:.1f} | "
+            f"{r.p95_ms:.1f} | {r.p99_ms:.1f} | {r.mean_batch_size:.1f} | {r.note} |"
+        )
+    return "\n".join(lines)
+
+
+def ratios(results: list[Result]) -> list[str]:
+    out = []
+    for tokens in sorted({r.prompt_tokens for r in results}):
+        by = {(r.name, r.concurrency): r for r in results if r.prompt_tokens == tokens}
+        ceiling = next((r for (n, c), r in by.items() if n == "ceiling" and c > 1), None)
+        sidecar = next((r for (n, c), r in by.items() if n == "sidecar" and c > 1), None)
+        unbatched = next((r for (n, c), r in by.items() if n == "unbatched" and c > 1), None)
+        if ceiling and sidecar:
+            out.append(
+                f"{tokens} tokens: sidecar / ceiling = {sidecar.throughput_rps / ceiling.throughput_rps:.2f}"
+            )
+        if sidecar and unbatched:
+            out.append(
+                f"{tokens} tokens: sidecar / unbatched = "
+                f"{sidecar.throughput_rps / unbatched.throughput_rps:.2f}"
+            )
+        one_ceiling, one_sidecar = by.get(("ceiling", 1)), by.get(("sidecar", 1))
+        if one_ceiling and one_sidecar:
+            out.append(
+                f"{tokens} tokens: 1 client p50 {one_sidecar.p50_ms:.1f} ms vs single-prompt encode p50 "
+                f"{one_ceiling.p50_ms:.1f} ms (+{one_sidecar.p50_ms - one_ceiling.p50_ms:.1f} ms)"
+            )
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--prompt-tokens", type=int, nargs="+", default=[16, 64])
+    parser.add_argument(
+        "--prompts-file", type=Path, help="one prompt per line (instead of synthetic prompts)"
+    )
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--duration-s", type=float, default=10.0, help="measured seconds per run")
+    parser.add_argument("--requests", type=int, default=10**9, help="stop a run after this many requests")
+    parser.add_argument("--ceiling-batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--max-batch-size", type=int, default=32)
+    parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (server and ceiling)")
+    parser.add_argument(
+        "--checkpoint-dir", help="policy to serve (default: the shipped policy, else a random one)"
+    )
+    parser.add_argument("--encoder-model", default="builtin:all-MiniLM-L6-v2")
+    parser.add_argument("--skip-latency", action="store_true", help="skip the 1-client latency runs")
+    parser.add_argument("--json", type=Path, help="write the results here")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+    scratch = Path(tempfile.mkdtemp(prefix="route-load-"))
+    checkpoint = resolve_checkpoint(args.checkpoint_dir, scratch)
+    inference = build_inference(checkpoint, args.encoder_model)
+    tokenizer = inference.encoder._tokenizer
+    prompt_sets = {
+        tokens: (
+            file_prompts(args.prompts_file, 20000)
+            if args.prompts_file
+            else synthetic_prompts(tokenizer, tokens, 6000, args.seed + tokens)
+        )
+        for tokens in args.prompt_tokens
+    }
+    results: list[Result] = []
+    for tokens, prompts in prompt_sets.items():
+        best = None
+        for batch_size in args.ceiling_batch_sizes:
+            rps, _ = measure_ceiling(inference, prompts, batch_size, min(args.duration_s, 5.0))
+            print(f"ceiling {tokens} tokens batch {batch_size}: {rps:.1f}/s", file=sys.stderr)
+            if best is None or rps > best[0]:
+                best = (rps, batch_size)
+        assert best is not None
+        rps, batch_latencies = measure_ceiling(inference, prompts, best[1], args.duration_s)
+        results.append(
+            Result(
+                "ceiling",
+                tokens,
+                args.concurrency,
+                rps,
+                percentile_ms(batch_latencies, 50),
+                percentile_ms(batch_latencies, 95),
+                percentile_ms(batch_latencies, 99),
+                best[1],
+                note=f"in-process, batch {best[1]}; latency = per batch",
+            )
+        )
+        if not args.skip_latency:
+            _, single = measure_ceiling(inference, prompts, 1, min(args.duration_s, 5.0))
+            results.append(
+                Result(
+                    "ceiling",
+                    tokens,
+                    1,
+                    len(single) / sum(single),
+                    percentile_ms(single, 50),
+                    percentile_ms(single, 95),
+                    percentile_ms(single, 99),
+                    1,
+                    note="in-process single-prompt encode + policy",
+                )
+            )
+    del inference  # free the encoder before the servers start
+
+    for name, max_batch_size in (("sidecar", args.max_batch_size), ("unbatched", 1)):
+        server = Server(
+            checkpoint,
+            scratch,
+            name,
+            {"max_batch_size": max_batch_size, "max_wait_ms": args.max_wait_ms},
+            args.threads,
+        )
+        try:
+            for tokens, prompts in prompt_sets.items():
+                result = run_load(
+                    server, name, prompts, tokens, args.concurrency, args.duration_s, args.requests
+                )
+                results.append(result)
+                print(f"{name} {tokens} tokens: {result.throughput_rps:.1f}/s", file=sys.stderr)
+                if name == "sidecar" and not args.skip_latency:
+                    one = run_load(server, name, prompts, tokens, 1, min(args.duration_s, 5.0), args.requests)
+                    one.note = "1 client"
+                    results.append(one)
+        finally:
+            server.close()
+
+    print(table(results))
+    print()
+    for line in ratios(results):
+        print(f"- {line}")
+    if args.json:
+        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"}
+        config.update(
+            checkpoint=str(checkpoint),
+            cpu_count=os.cpu_count(),
+            torch=torch.__version__,
+            python=sys.version.split()[0],
+            load_average=os.getloadavg(),
+        )
+        args.json.write_text(
+            json.dumps(
+                {"config": config, "results": [asdict(r) for r in results], "ratios": ratios(results)},
+                indent=2,
+            )
+            + "\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
