@@ -190,8 +190,11 @@ def measure_ceiling(
 class Server:
     """A ``barp-sidecar serve`` subprocess; its JSON log goes to a file (a full pipe would stall it)."""
 
-    def __init__(self, checkpoint: Path, scratch: Path, name: str, batching: dict, threads: int) -> None:
+    def __init__(
+        self, checkpoint: Path, scratch: Path, name: str, batching: dict, threads: int, log_level: str = "info"
+    ) -> None:
         config = {
+            "logging": {"level": log_level},
             "server": {"port": 0, "grace_s": 5.0},
             "metrics": {"port": 0},
             "admin": {"enabled": False},
@@ -224,6 +227,11 @@ class Server:
                     return int(event["port"]), int(event["metrics_port"])
             time.sleep(0.2)
         raise SystemExit(f"server did not start in {timeout_s}s")
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time the server process has used so far."""
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def batch_histogram(self) -> tuple[float, float]:
         body = (

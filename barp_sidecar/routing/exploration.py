@@ -25,8 +25,8 @@ def choose_arm(
     EPSILON_GREEDY: with probability ε a uniform allowed arm, else greedy;
     propensity = (1 − ε)·[arm is greedy] + ε / number of allowed arms.
     """
-    masked = np.where(allowed, probabilities, -1.0)
-    greedy = int(np.argmax(masked))
+    # Masked arms already have probability 0, but an allowed arm can underflow to 0 too: mask explicitly.
+    greedy = int(np.argmax(np.where(allowed, probabilities, -1.0)))
     if mode is ExplorationMode.GREEDY:
         return greedy, 1.0
     if mode is ExplorationMode.SAMPLE:

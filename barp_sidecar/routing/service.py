@@ -8,8 +8,9 @@ lets a caller (Complete) further limit the choice to models it can actually call
 
 from __future__ import annotations
 
+import itertools
 import math
-import uuid
+import os
 from collections.abc import Collection
 from dataclasses import dataclass
 
@@ -36,6 +37,21 @@ class RoutingDefaults:
     disabled_models: frozenset[str] = frozenset()
 
 
+class DecisionIds:
+    """Unique decision ids: 64 random bits per process + a 64-bit counter, as 32 hex characters.
+
+    Unique within a process by construction and across processes with overwhelming probability; costs
+    no system call per decision (``uuid4`` reads the OS random source every time).
+    """
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
 class RoutingService:
     """Turns a RouteCommand into a Decision. One instance per server; safe for concurrent ``route``."""
 
@@ -57,7 +73,8 @@ class RoutingService:
         self._batcher = batcher
         self._defaults = defaults
         self._rng = rng
-        self._enabled = tuple(name not in defaults.disabled_models for name in arms)
+        self._enabled = np.array([name not in defaults.disabled_models for name in arms], dtype=bool)
+        self._ids = DecisionIds()
 
     @property
     def arms(self) -> tuple[str, ...]:
@@ -96,9 +113,9 @@ class RoutingService:
                 )
             mask = np.zeros(len(self._arms), dtype=bool)
             mask[[self._arm_index[name] for name in allowed_models]] = True
+            mask &= self._enabled
         else:
-            mask = np.ones(len(self._arms), dtype=bool)
-        mask &= np.array(self._enabled, dtype=bool)
+            mask = self._enabled.copy()
         if restrict_to is not None:
             mask &= np.array([name in restrict_to for name in self._arms], dtype=bool)
         if not mask.any():
@@ -129,7 +146,7 @@ class RoutingService:
         result = await self._batcher.submit(request, command.deadline_monotonic_s)
         index, propensity = choose_arm(result.probabilities, mask, mode, self._defaults.epsilon, self._rng)
         return Decision(
-            decision_id=uuid.uuid4().hex,
+            decision_id=self._ids.next(),
             model=self._arms[index],
             propensity=propensity,
             arms=self._arms,

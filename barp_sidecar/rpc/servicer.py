@@ -7,7 +7,6 @@ Owns only the transport concerns of Route. Complete and ReportOutcome are left t
 from __future__ import annotations
 
 import time
-import uuid
 
 import grpc
 import structlog
@@ -36,17 +35,18 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.RouteResponse:
         started_s = time.monotonic()
-        request_id = request.request_id or uuid.uuid4().hex[:16]
+        request_id = request.request_id or None
         code = grpc.StatusCode.CANCELLED
         message = ""
         model = None
+        decision_id = None
         response = None
         try:
             remaining_s = context.time_remaining()
             deadline_s = None if remaining_s is None else started_s + remaining_s
             decision = await self._routing.route(convert.route_command(request, deadline_s))
             response = convert.route_response(decision)
-            model = decision.model
+            model, decision_id = decision.model, decision.decision_id
             code = grpc.StatusCode.OK
         except BarpError as error:
             code, message = status_for(error), str(error)
@@ -61,6 +61,7 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
                 "rpc",
                 method="Route",
                 request_id=request_id,
+                decision_id=decision_id,
                 code=code.name,
                 model=model,
                 latency_ms=round(latency_s * 1000, 3),
