@@ -59,6 +59,9 @@ class RouterServicer:
     def Route(self, request, context):
         """Route picks one model for a prompt. Pure decision: nothing is sent to any provider.
         Concurrent calls are micro-batched for inference; each call gets exactly one answer.
+        Set a deadline: a call whose deadline passes while it is queued is not computed (DEADLINE_EXCEEDED).
+        When the sidecar already holds its configured maximum of pending calls, it answers RESOURCE_EXHAUSTED
+        at once; retry with exponential backoff. While shutting down it answers UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
