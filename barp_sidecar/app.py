@@ -117,6 +117,8 @@ class SidecarApp:
             max_pending=s.batching.max_pending,
             observer=app.metrics,
         )
+        batcher = app.batcher
+        app.metrics.track_pending(lambda: batcher.pending)
         disabled = s.routing.disabled_model_names()
         unknown = sorted(disabled - set(app.registry.arms))
         if unknown:

@@ -8,7 +8,7 @@ several apps (tests) can live in one process.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
@@ -62,12 +62,17 @@ class SidecarMetrics:
         )
         self.encoder_passes = Counter("barp_encoder_forward_passes", "Encoder forward passes", registry=r)
         self.policy_version = Gauge("barp_policy_version", "Version of the policy serving now", registry=r)
+        self.pending = Gauge("barp_pending_requests", "Admitted requests not yet answered", registry=r)
         self._route_ok = self.requests.labels("Route", "OK")
         self._route_latency = self.request_latency.labels("Route")
 
     def track_policy(self, policies: PolicyRegistry) -> None:
         """Export the registry's current version at every scrape."""
         self.policy_version.set_function(lambda: float(policies.current().version))
+
+    def track_pending(self, pending: Callable[[], int]) -> None:
+        """Export the batcher's pending count at every scrape."""
+        self.pending.set_function(lambda: float(pending()))
 
     def rpc_done(self, method: str, code: str, latency_s: float, model: str | None = None) -> None:
         if method == "Route" and code == "OK":

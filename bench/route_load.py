@@ -191,7 +191,13 @@ class Server:
     """A ``barp-sidecar serve`` subprocess; its JSON log goes to a file (a full pipe would stall it)."""
 
     def __init__(
-        self, checkpoint: Path, scratch: Path, name: str, batching: dict, threads: int, log_level: str = "info"
+        self,
+        checkpoint: Path,
+        scratch: Path,
+        name: str,
+        batching: dict,
+        threads: int,
+        log_level: str = "info",
     ) -> None:
         config = {
             "logging": {"level": log_level},
@@ -330,6 +336,57 @@ def run_load(server: Server, name, prompts, tokens, concurrency, duration_s, max
 # ---------------------------------------------------------------------------------------------- main
 
 
+def ceiling_result(inference, prompts: list[str], tokens: int, args: argparse.Namespace) -> Result:
+    """The best in-process throughput over the candidate batch sizes (noise favours the ceiling)."""
+    best: tuple[float, int, list[float]] | None = None
+    for batch_size in args.ceiling_batch_sizes:
+        rps, latencies = measure_ceiling(inference, prompts, batch_size, args.duration_s / 2)
+        if best is None or rps > best[0]:
+            best = (rps, batch_size, latencies)
+    assert best is not None
+    rps, batch_size, latencies = best
+    return Result(
+        "ceiling",
+        tokens,
+        args.concurrency,
+        rps,
+        percentile_ms(latencies, 50),
+        percentile_ms(latencies, 95),
+        percentile_ms(latencies, 99),
+        batch_size,
+        len(latencies) * batch_size,
+        note=f"in-process, best batch {batch_size} of {args.ceiling_batch_sizes}; latency per batch",
+    )
+
+
+def latency_result(name: str, tokens: int, latencies: list[float], note: str) -> Result:
+    return Result(
+        name,
+        tokens,
+        1,
+        len(latencies) / sum(latencies),
+        percentile_ms(latencies, 50),
+        percentile_ms(latencies, 95),
+        percentile_ms(latencies, 99),
+        1.0,
+        len(latencies),
+        note=note,
+    )
+
+
+def median_rounds(rounds: list[list[Result]]) -> list[Result]:
+    """Per (run, tokens, clients): the round with the median throughput."""
+    keyed: dict[tuple[str, int, int], list[Result]] = {}
+    for one_round in rounds:
+        for result in one_round:
+            keyed.setdefault((result.name, result.prompt_tokens, result.concurrency), []).append(result)
+    chosen = []
+    for key in sorted(keyed, key=lambda k: (k[1], ["ceiling", "sidecar", "unbatched"].index(k[0]), -k[2])):
+        ordered = sorted(keyed[key], key=lambda r: r.throughput_rps)
+        chosen.append(ordered[(len(ordered) - 1) // 2])
+    return chosen
+
+
 def table(results: list[Result]) -> str:
     lines = [
         "| run | tokens | clients | throughput (req/s) | p50 ms | p95 ms | p99 ms | mean batch | note |",
@@ -388,6 +445,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-latency", action="store_true", help="skip the 1-client latency runs")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="interleaved rounds; the table shows the median"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -405,72 +465,55 @@ def main(argv: list[str] | None = None) -> int:
         )
         for tokens in args.prompt_tokens
     }
-    results: list[Result] = []
-    for tokens, prompts in prompt_sets.items():
-        best = None
-        for batch_size in args.ceiling_batch_sizes:
-            rps, _ = measure_ceiling(inference, prompts, batch_size, min(args.duration_s, 5.0))
-            print(f"ceiling {tokens} tokens batch {batch_size}: {rps:.1f}/s", file=sys.stderr)
-            if best is None or rps > best[0]:
-                best = (rps, batch_size)
-        assert best is not None
-        rps, batch_latencies = measure_ceiling(inference, prompts, best[1], args.duration_s)
-        results.append(
-            Result(
-                "ceiling",
-                tokens,
-                args.concurrency,
-                rps,
-                percentile_ms(batch_latencies, 50),
-                percentile_ms(batch_latencies, 95),
-                percentile_ms(batch_latencies, 99),
-                best[1],
-                note=f"in-process, batch {best[1]}; latency = per batch",
-            )
+    # Both servers run for the whole benchmark and the runs are interleaved round by round, so that the
+    # ratios compare measurements taken minutes apart at most on a machine whose load drifts.
+    servers = {
+        name: Server(
+            checkpoint, scratch, name, {"max_batch_size": size, "max_wait_ms": args.max_wait_ms}, args.threads
         )
-        if not args.skip_latency:
-            _, single = measure_ceiling(inference, prompts, 1, min(args.duration_s, 5.0))
-            results.append(
-                Result(
-                    "ceiling",
-                    tokens,
-                    1,
-                    len(single) / sum(single),
-                    percentile_ms(single, 50),
-                    percentile_ms(single, 95),
-                    percentile_ms(single, 99),
-                    1,
-                    note="in-process single-prompt encode + policy",
-                )
-            )
-    del inference  # free the encoder before the servers start
-
-    for name, max_batch_size in (("sidecar", args.max_batch_size), ("unbatched", 1)):
-        server = Server(
-            checkpoint,
-            scratch,
-            name,
-            {"max_batch_size": max_batch_size, "max_wait_ms": args.max_wait_ms},
-            args.threads,
-        )
-        try:
+        for name, size in (("sidecar", args.max_batch_size), ("unbatched", 1))
+    }
+    all_rounds: list[list[Result]] = []
+    try:
+        for round_index in range(args.rounds):
+            current: list[Result] = []
             for tokens, prompts in prompt_sets.items():
-                result = run_load(
-                    server, name, prompts, tokens, args.concurrency, args.duration_s, args.requests
-                )
-                results.append(result)
-                print(f"{name} {tokens} tokens: {result.throughput_rps:.1f}/s", file=sys.stderr)
-                if name == "sidecar" and not args.skip_latency:
-                    one = run_load(server, name, prompts, tokens, 1, min(args.duration_s, 5.0), args.requests)
+                current.append(ceiling_result(inference, prompts, tokens, args))
+                for name, server in servers.items():
+                    result = run_load(
+                        server, name, prompts, tokens, args.concurrency, args.duration_s, args.requests
+                    )
+                    current.append(result)
+                if not args.skip_latency:
+                    _, single = measure_ceiling(inference, prompts, 1, args.duration_s / 2)
+                    current.append(
+                        latency_result("ceiling", tokens, single, "in-process single-prompt encode + policy")
+                    )
+                    one = run_load(
+                        servers["sidecar"], "sidecar", prompts, tokens, 1, args.duration_s / 2, args.requests
+                    )
                     one.note = "1 client"
-                    results.append(one)
-        finally:
+                    current.append(one)
+            for result in current:
+                print(
+                    f"round {round_index}: {result.name} {result.prompt_tokens} tok x{result.concurrency}: "
+                    f"{result.throughput_rps:.1f}/s p50 {result.p50_ms:.1f} ms",
+                    file=sys.stderr,
+                )
+            all_rounds.append(current)
+    finally:
+        for server in servers.values():
             server.close()
+    results = median_rounds(all_rounds)
 
     print(table(results))
     print()
     for line in ratios(results):
         print(f"- {line}")
+    if len(all_rounds) > 1:
+        print()
+        for index, one_round in enumerate(all_rounds):
+            print(f"- round {index}: " + "; ".join(ratios(one_round)))
     if args.json:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"}
         config.update(
@@ -482,7 +525,13 @@ def main(argv: list[str] | None = None) -> int:
         )
         args.json.write_text(
             json.dumps(
-                {"config": config, "results": [asdict(r) for r in results], "ratios": ratios(results)},
+                {
+                    "config": config,
+                    "results": [asdict(r) for r in results],
+                    "ratios": ratios(results),
+                    "rounds": [[asdict(r) for r in one_round] for one_round in all_rounds],
+                    "ratios_per_round": [ratios(one_round) for one_round in all_rounds],
+                },
                 indent=2,
             )
             + "\n"

@@ -10,6 +10,11 @@ Invariants:
 - A caller that went away (future cancelled) is skipped, not computed; an item whose deadline passed while
   queued is failed with DeadlineExceeded, not computed.
 - Batches run one at a time on one dedicated thread, so ``process`` may own non-thread-safe state.
+
+Waiting policy: while a batch runs, new requests queue, so under load batches fill without any waiting.
+When the worker is idle, the batcher waits at most ``max_wait_ms`` after the first queued request, and only
+until as many requests are queued as the previous batch had: a lone caller at low load is never held back,
+while a steady group of concurrent callers is gathered into one batch.
 """
 
 from __future__ import annotations
@@ -101,6 +106,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self._executor: ThreadPoolExecutor | None = None
         self._wakeup: asyncio.Event | None = None
         self._full: asyncio.Event | None = None
+        # How many queued requests end the wait early: the previous batch's size (see module docstring).
+        self._fill_target = 1
 
     @property
     def pending(self) -> int:
@@ -148,7 +155,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         future.add_done_callback(self._release)
         self._queue.append(_Pending(item, future, now, deadline_monotonic_s))
         self._wakeup.set()
-        if len(self._queue) >= self._max_batch_size:
+        if len(self._queue) >= self._fill_target:
             self._full.set()
         return future
 
@@ -191,7 +198,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if len(self._queue) < self._max_batch_size and self._max_wait_s > 0 and not self._closing:
+            if len(self._queue) < self._fill_target and self._max_wait_s > 0 and not self._closing:
                 remaining_s = self._queue[0].enqueued_s + self._max_wait_s - self._clock()
                 if remaining_s > 0:
                     self._full.clear()
@@ -201,6 +208,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                         pass
             batch, waits_s = self._take()
             if batch:
+                self._fill_target = len(batch)
                 await self._execute(batch, waits_s)
 
     def _take(self) -> tuple[list[_Pending[ItemT, ResultT]], list[float]]:

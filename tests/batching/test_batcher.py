@@ -78,14 +78,37 @@ async def test_unbatched_mode_runs_one_item_per_batch() -> None:
     assert process.batches == [[0], [1], [2], [3], [4]]
 
 
-async def test_lone_request_waits_at_most_max_wait() -> None:
-    batcher = make(RecordingProcess(), max_wait_ms=30.0)
+async def test_a_lone_caller_is_not_held_back_by_max_wait() -> None:
+    batcher = make(RecordingProcess(), max_wait_ms=500.0)
     batcher.start()
-    started = time.monotonic()
-    assert await batcher.submit(21) == 42
-    elapsed_s = time.monotonic() - started
+    for value in range(3):
+        started = time.monotonic()
+        assert await batcher.submit(value) == 2 * value
+        assert time.monotonic() - started < 0.25
     await batcher.close()
-    assert 0.025 <= elapsed_s < 1.0
+
+
+async def test_after_a_batch_of_n_it_waits_up_to_max_wait_for_n_callers() -> None:
+    process = RecordingProcess()
+    batcher = make(process, max_wait_ms=300.0)
+    batcher.start()
+    assert await asyncio.gather(*(batcher.submit(i) for i in range(3))) == [0, 2, 4]
+    started = time.monotonic()
+    first = batcher.submit(10)
+    await asyncio.sleep(0.01)
+    second = batcher.submit(11)
+    await asyncio.sleep(0.01)
+    third = batcher.submit(12)  # the third caller completes the group: no need to wait the full 300 ms
+    assert await asyncio.gather(first, second, third) == [20, 22, 24]
+    assert process.batches[1] == [10, 11, 12] and time.monotonic() - started < 0.25
+    lone_started = time.monotonic()
+    assert await batcher.submit(13) == 26  # fewer than 3 arrive: waits out max_wait, then runs
+    waited_s = time.monotonic() - lone_started
+    assert process.batches[2] == [13] and 0.29 <= waited_s < 2.0
+    started = time.monotonic()
+    assert await batcher.submit(14) == 28  # the previous batch had 1: no waiting now
+    assert time.monotonic() - started < 0.25
+    await batcher.close()
 
 
 async def test_admission_beyond_max_pending_is_refused_at_once() -> None:

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -152,27 +153,43 @@ def test_prompts_are_not_logged_by_default(served: ServeProcess) -> None:
     assert not any("my very secret prompt" in line for line in served.lines)
 
 
+def pending_requests(metrics_port: int) -> float:
+    body = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
+    return float(
+        next(line.split()[1] for line in body.splitlines() if line.startswith("barp_pending_requests "))
+    )
+
+
+async def hold_calls_in_flight(stub, count: int, metrics_port: int) -> list[asyncio.Future]:
+    """``count`` calls with ~1 MB prompts (the hash encoder spends ~0.1 s on each), returned once the server
+    has admitted at least two of them."""
+    calls = [
+        asyncio.ensure_future(
+            stub.Route(router_pb2.RouteRequest(prompt="word " * 200_000 + str(i)), timeout=30)
+        )
+        for i in range(count)
+    ]
+    for _ in range(200):
+        if await asyncio.to_thread(pending_requests, metrics_port) >= 2:
+            return calls
+        await asyncio.sleep(0.01)
+    raise AssertionError("the slow calls never reached the server")
+
+
 async def test_sigterm_finishes_in_flight_calls_and_exits_zero(
     checkpoint_store: Path, tmp_path: Path
 ) -> None:
-    # A long batching window keeps the calls in flight when SIGTERM arrives.
-    config = write_config(
-        tmp_path / "slow.yaml", checkpoint_store, batching={"max_wait_ms": 800.0, "max_batch_size": 256},
-        server={"grace_s": 10.0},
-    )  # fmt: skip
+    config = write_config(tmp_path / "slow.yaml", checkpoint_store, server={"grace_s": 20.0})
     process = ServeProcess(config)
     try:
-        port = (await asyncio.to_thread(process.wait_started))["port"]
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        started = await asyncio.to_thread(process.wait_started)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{started['port']}") as channel:
             stub = router_pb2_grpc.RouterStub(channel)
-            calls = [
-                stub.Route(router_pb2.RouteRequest(prompt=f"in flight {i}"), timeout=20) for i in range(20)
-            ]
-            tasks = [asyncio.ensure_future(c) for c in calls]
-            await asyncio.sleep(0.3)
-            assert not any(t.done() for t in tasks)
+            tasks = await hold_calls_in_flight(stub, 8, started["metrics_port"])
             process.proc.send_signal(signal.SIGTERM)
+            in_flight_at_signal = sum(not t.done() for t in tasks)
             responses = await asyncio.gather(*tasks)
+        assert in_flight_at_signal >= 2
         assert all(r.model in ARMS for r in responses)
         assert await asyncio.to_thread(process.proc.wait, 30) == 0
         events = process.events()
@@ -186,20 +203,15 @@ async def test_sigterm_finishes_in_flight_calls_and_exits_zero(
 
 
 async def test_second_signal_forces_exit(checkpoint_store: Path, tmp_path: Path) -> None:
-    config = write_config(
-        tmp_path / "slow.yaml", checkpoint_store, batching={"max_wait_ms": 1000.0, "max_batch_size": 256},
-        server={"grace_s": 30.0},
-    )  # fmt: skip
+    config = write_config(tmp_path / "slow.yaml", checkpoint_store, server={"grace_s": 30.0})
     process = ServeProcess(config)
     try:
-        port = (await asyncio.to_thread(process.wait_started))["port"]
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            call = asyncio.ensure_future(
-                router_pb2_grpc.RouterStub(channel).Route(router_pb2.RouteRequest(prompt="stuck"), timeout=20)
-            )
-            await asyncio.sleep(0.2)
+        started = await asyncio.to_thread(process.wait_started)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{started['port']}") as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            call, *_others = await hold_calls_in_flight(stub, 4, started["metrics_port"])
             process.proc.send_signal(signal.SIGTERM)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.05)
             process.proc.send_signal(signal.SIGINT)
             assert await asyncio.to_thread(process.proc.wait, 10) == 130
             with pytest.raises(grpc.aio.AioRpcError):

@@ -253,39 +253,58 @@ async def test_calls_beyond_max_pending_are_refused_and_none_hang(checkpoint: Pa
         assert (await call(app.port, route_request("after the flood"))).model in ARMS
 
 
+# The hash encoder tokenises ~1 MB of words in ~0.1 s on the worker thread: a realistically slow request.
+SLOW_PROMPT = "word " * 200_000
+
+
+def batch_samples(app) -> dict[str, float]:
+    return {s.name: s.value for s in app.metrics.batch_size.collect()[0].samples}
+
+
+async def start_slow_calls(app, stub, count: int) -> list[asyncio.Future]:
+    """Start ``count`` slow calls and return once the server has admitted at least two of them, so the
+    inference thread has ~0.1 s of work ahead of anything sent next."""
+    calls = [
+        asyncio.ensure_future(stub.Route(route_request(f"{SLOW_PROMPT} {i}"), timeout=30))
+        for i in range(count)
+    ]
+    for _ in range(500):
+        if app.batcher.pending >= 2:
+            return calls
+        await asyncio.sleep(0.01)
+    raise AssertionError("the slow calls never reached the server")
+
+
 async def test_caller_cancelling_mid_queue_is_skipped(checkpoint: Path) -> None:
-    settings = sidecar_settings(checkpoint, batching={"max_batch_size": 64, "max_wait_ms": 400.0})
-    async with running_sidecar(settings) as app:
+    async with running_sidecar(sidecar_settings(checkpoint)) as app:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stub = router_pb2_grpc.RouterStub(channel)
+            slow = await start_slow_calls(app, stub, 3)
             doomed = stub.Route(route_request("I will hang up"), timeout=30)
             kept = stub.Route(route_request("I will wait"), timeout=30)
-            await asyncio.sleep(0.1)
-            assert app.batcher is not None and app.batcher.pending == 2
+            await asyncio.sleep(0.02)
             doomed.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await doomed
-            response = await kept
-            assert response.model in ARMS
-        await asyncio.sleep(0.05)
-        assert app.batcher.pending == 0
-        batch_sizes = app.metrics.batch_size.collect()[0].samples
-        total = {s.name: s.value for s in batch_sizes}
-        assert total["barp_batch_size_sum"] == 1.0  # only the kept call ran: the cancelled one was skipped
+            assert (await kept).model in ARMS
+            assert all(r.model in ARMS for r in await asyncio.gather(*slow))
+        assert app.batcher is not None and app.batcher.pending == 0
+        assert (
+            batch_samples(app)["barp_batch_size_sum"] == 4.0
+        )  # 3 slow + kept: the cancelled call was skipped
 
 
 async def test_deadline_expiring_in_queue_is_deadline_exceeded_and_not_computed(checkpoint: Path) -> None:
-    settings = sidecar_settings(checkpoint, batching={"max_batch_size": 64, "max_wait_ms": 500.0})
-    async with running_sidecar(settings) as app:
-        error = None
-        with pytest.raises(grpc.aio.AioRpcError) as caught:
-            await call(app.port, route_request("too slow for me"), timeout_s=0.1)
-        error = caught.value
-        assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-        await asyncio.sleep(0.6)
-        samples = {s.name: s.value for s in app.metrics.batch_size.collect()[0].samples}
-        assert samples["barp_batch_size_count"] == 0.0  # the expired call never reached a batch
-        assert (await call(app.port, route_request("patient"), timeout_s=5)).model in ARMS
+    async with running_sidecar(sidecar_settings(checkpoint)) as app:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            slow = await start_slow_calls(app, stub, 3)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Route(route_request("too slow for me"), timeout=0.05)
+            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert all(r.model in ARMS for r in await asyncio.gather(*slow))
+            assert (await stub.Route(route_request("patient"), timeout=5)).model in ARMS
+        assert batch_samples(app)["barp_batch_size_sum"] == 4.0  # 3 slow + patient: the expired one never ran
 
 
 async def test_expired_deadline_is_refused_without_computing(checkpoint: Path) -> None:
