@@ -22,6 +22,7 @@ import json
 import os
 import random
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -375,7 +376,8 @@ def latency_result(name: str, tokens: int, latencies: list[float], note: str) ->
 
 
 def median_rounds(rounds: list[list[Result]]) -> list[Result]:
-    """Per (run, tokens, clients): the round with the median throughput."""
+    """Per (run, tokens, clients): the round with the median throughput (rows may come from different
+    rounds: compare with ``ratio_summary``, which pairs runs within a round)."""
     keyed: dict[tuple[str, int, int], list[Result]] = {}
     for one_round in rounds:
         for result in one_round:
@@ -400,29 +402,42 @@ def table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
-def ratios(results: list[Result]) -> list[str]:
-    out = []
+def ratio_values(results: list[Result]) -> dict[str, float]:
+    """The target comparisons within ONE round (runs minutes apart at most)."""
+    out: dict[str, float] = {}
     for tokens in sorted({r.prompt_tokens for r in results}):
-        by = {(r.name, r.concurrency): r for r in results if r.prompt_tokens == tokens}
-        ceiling = next((r for (n, c), r in by.items() if n == "ceiling" and c > 1), None)
-        sidecar = next((r for (n, c), r in by.items() if n == "sidecar" and c > 1), None)
-        unbatched = next((r for (n, c), r in by.items() if n == "unbatched" and c > 1), None)
+        by = {(r.name, r.concurrency > 1): r for r in results if r.prompt_tokens == tokens}
+        ceiling, sidecar, unbatched = (
+            by.get(("ceiling", True)),
+            by.get(("sidecar", True)),
+            by.get(("unbatched", True)),
+        )
         if ceiling and sidecar:
-            out.append(
-                f"{tokens} tokens: sidecar / ceiling = {sidecar.throughput_rps / ceiling.throughput_rps:.2f}"
+            out[f"{tokens} tokens: sidecar / ceiling throughput"] = (
+                sidecar.throughput_rps / ceiling.throughput_rps
             )
         if sidecar and unbatched:
-            out.append(
-                f"{tokens} tokens: sidecar / unbatched = "
-                f"{sidecar.throughput_rps / unbatched.throughput_rps:.2f}"
+            out[f"{tokens} tokens: sidecar / unbatched throughput"] = (
+                sidecar.throughput_rps / unbatched.throughput_rps
             )
-        one_ceiling, one_sidecar = by.get(("ceiling", 1)), by.get(("sidecar", 1))
+        one_ceiling, one_sidecar = by.get(("ceiling", False)), by.get(("sidecar", False))
         if one_ceiling and one_sidecar:
-            out.append(
-                f"{tokens} tokens: 1 client p50 {one_sidecar.p50_ms:.1f} ms vs single-prompt encode p50 "
-                f"{one_ceiling.p50_ms:.1f} ms (+{one_sidecar.p50_ms - one_ceiling.p50_ms:.1f} ms)"
+            out[f"{tokens} tokens: 1-client p50 minus single-prompt p50 (ms)"] = (
+                one_sidecar.p50_ms - one_ceiling.p50_ms
             )
     return out
+
+
+def ratio_summary(rounds: list[list[Result]]) -> dict[str, dict[str, float | list[float]]]:
+    """Median over rounds of each within-round comparison, with the per-round values."""
+    per_round = [ratio_values(one_round) for one_round in rounds]
+    return {
+        key: {
+            "median": statistics.median(values[key] for values in per_round),
+            "rounds": [v[key] for v in per_round],
+        }
+        for key in per_round[0]
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -508,12 +523,11 @@ def main(argv: list[str] | None = None) -> int:
 
     print(table(results))
     print()
-    for line in ratios(results):
-        print(f"- {line}")
-    if len(all_rounds) > 1:
-        print()
-        for index, one_round in enumerate(all_rounds):
-            print(f"- round {index}: " + "; ".join(ratios(one_round)))
+    summary = ratio_summary(all_rounds)
+    print("Within-round comparisons (median over rounds; per round in brackets):")
+    for key, value in summary.items():
+        rounds_text = ", ".join(f"{v:.2f}" for v in value["rounds"])  # type: ignore[union-attr]
+        print(f"- {key}: {value['median']:.2f} [{rounds_text}]")
     if args.json:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"}
         config.update(
@@ -528,9 +542,8 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "config": config,
                     "results": [asdict(r) for r in results],
-                    "ratios": ratios(results),
+                    "comparisons": summary,
                     "rounds": [[asdict(r) for r in one_round] for one_round in all_rounds],
-                    "ratios_per_round": [ratios(one_round) for one_round in all_rounds],
                 },
                 indent=2,
             )

@@ -15,6 +15,8 @@ from collections.abc import Sequence
 FORWARD_OVERHEAD_TOKENS = 64
 # Longest run considered for one group in the search (keeps the planner O(n · this)).
 _MAX_GROUP_SEARCH = 256
+# Tie-break between partitions of equal cost: prefer balanced groups (two passes of 16, not 31 + 1).
+_BALANCE_WEIGHT = 1e-6
 
 
 def plan_length_groups(
@@ -24,7 +26,8 @@ def plan_length_groups(
 
     Every index appears in exactly one group; each group is sorted by length; a group's padded size
     ``len(group) × max(length)`` is at most ``max_batch_tokens`` unless the group is a single prompt.
-    The partition minimises ``Σ (overhead_tokens + len(group) × max length in group)``.
+    The partition minimises ``Σ (overhead_tokens + len(group) × max length in group)``; among equal-cost
+    partitions it prefers balanced group sizes.
     """
     if max_batch_tokens < 1:
         raise ValueError("max_batch_tokens must be >= 1")
@@ -41,7 +44,7 @@ def plan_length_groups(
             rows = end - start
             if rows > 1 and rows * width > max_batch_tokens:
                 break
-            cost = best[start] + overhead_tokens + rows * width
+            cost = best[start] + overhead_tokens + rows * width + _BALANCE_WEIGHT * rows * rows
             if cost < best_cost:
                 best_cost, best_start = cost, start
         best[end] = best_cost

@@ -220,3 +220,13 @@ def test_load_encoder_checks_the_manifest_identity() -> None:
 
 def test_arms_are_the_tiny_policy_arms(store: CheckpointStore) -> None:
     assert PolicyRegistry(load_checkpoint(store.path(1))).arms == ARMS
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_half_precision_serving_matches_cpu(store: CheckpointStore) -> None:
+    placement = select_device("auto", cuda_available=True)
+    registry = PolicyRegistry(load_checkpoint(store.path(2)))
+    on_gpu = make_inference(registry, placement).run_batch([InferenceRequest(p, 0.3) for p in PROMPTS])
+    on_cpu = make_inference(registry).run_batch([InferenceRequest(p, 0.3) for p in PROMPTS])
+    for gpu, cpu in zip(on_gpu, on_cpu, strict=True):
+        np.testing.assert_allclose(gpu.probabilities, cpu.probabilities, atol=2e-2)
