@@ -307,14 +307,20 @@ async def test_deadline_expiring_in_queue_is_deadline_exceeded_and_not_computed(
         assert batch_samples(app)["barp_batch_size_sum"] == 4.0  # 3 slow + patient: the expired one never ran
 
 
-async def test_expired_deadline_is_refused_without_computing(checkpoint: Path) -> None:
+async def test_already_expired_deadline_is_deadline_exceeded_and_not_computed(checkpoint: Path) -> None:
+    """A 1 ms deadline has passed by the time the call reaches the server or a batch (the exact
+    "expired on arrival" branch is unit-tested in tests/batching and tests/routing)."""
     async with running_sidecar(sidecar_settings(checkpoint)) as app:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stub = router_pb2_grpc.RouterStub(channel)
-            with pytest.raises(grpc.aio.AioRpcError) as caught:
-                await stub.Route(route_request("late"), timeout=0.0)
-            assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            slow = await start_slow_calls(app, stub, 2)
+            for _ in range(5):
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.Route(route_request("late"), timeout=0.001)
+                assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert all(r.model in ARMS for r in await asyncio.gather(*slow))
             assert (await stub.Route(route_request("on time"), timeout=5)).model in ARMS
+        assert batch_samples(app)["barp_batch_size_sum"] == 3.0  # 2 slow + on time: no expired call ran
 
 
 async def test_health_goes_serving_then_not_serving(checkpoint: Path) -> None:
