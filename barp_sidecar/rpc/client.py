@@ -59,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         try:
             response = router_pb2_grpc.RouterStub(channel).Route(request, timeout=args.timeout_s)
         except grpc.RpcError as error:
-            print(f"{error.code().name}: {error.details()}", file=sys.stderr)  # type: ignore[attr-defined]
+            print(f"{error.code().name}: {error.details()}", file=sys.stderr)
             return 1
     decision = MessageToDict(
         response, preserving_proto_field_name=True, always_print_fields_with_no_presence=True
