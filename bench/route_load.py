@@ -9,9 +9,12 @@ and, at 1 client, the sidecar's p50 against the single-prompt (batch 1) in-proce
 Prompts are unique (the embedding cache is disabled as well) and come from a file (one per line) or are
 synthetic with an exact token count. The load generator is one grpc.aio process (it shares the CPU with
 the server, which is the point: that is how a sidecar lives). Mean batch size comes from the server's
-Prometheus histogram. Prints a Markdown table; ``--json PATH`` writes the results.
+Prometheus histogram. Both servers stay up and the runs are interleaved in ``--rounds`` rounds, so each
+comparison pairs runs taken seconds apart on a machine whose load drifts; the summary reports the median
+over rounds of each within-round comparison. Prints a Markdown table; ``--json PATH`` writes the results.
 
-    python -m bench.route_load --prompt-tokens 16 64 --concurrency 64 --duration-s 10 --json out.json
+    OMP_WAIT_POLICY=PASSIVE python -m bench.route_load --prompt-tokens 16 64 --concurrency 64 \
+        --duration-s 6 --rounds 4 --json bench/results/route_load.json
 """
 
 from __future__ import annotations
