@@ -82,3 +82,29 @@ def trainer_settings_yaml(data_dir: Path, **publish: object) -> str:
         f"  tau_usd: {TAU_USD}\n  batch_size: 16\n"
         f"publish:\n  gate_min_holdout_events: 5\n{publish_lines}"
     )
+
+
+class Active:
+    """What ``PolicyRegistry.current()`` returns: a version and the loaded policy."""
+
+    def __init__(self, policy) -> None:
+        self.version = policy.version
+        self.policy = policy
+
+
+class FakeRegistry:
+    """The PolicyRegistry contract (current() / swap(new) -> old, arms must match) without serving."""
+
+    def __init__(self, initial) -> None:
+        self._current = Active(initial)
+        self.swapped_to: list[int] = []
+
+    def current(self) -> Active:
+        return self._current
+
+    def swap(self, new) -> Active:
+        if new.manifest.arms != self._current.policy.manifest.arms:
+            raise AssertionError("manager must reject mismatched arms before swapping")
+        old, self._current = self._current, Active(new)
+        self.swapped_to.append(new.version)
+        return old
