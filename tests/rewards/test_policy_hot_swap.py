@@ -152,7 +152,7 @@ async def test_admin_requires_a_bearer_token_beyond_loopback(setup):
     _, _, manager, _ = setup
     from barp_sidecar.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="admin.token_env"):
+    with pytest.raises(ConfigError, match=r"admin\.token_env"):
         AdminServer(AdminSettings(host="0.0.0.0", port=0), manager, env={})
     admin = AdminServer(AdminSettings(host="0.0.0.0", port=0), manager, env={"BARP_ADMIN_TOKEN": "s3cret"})
     port = await admin.start()
