@@ -88,9 +88,10 @@ class PolicyManager:
 
     # -- catalogue ------------------------------------------------------------------------------------
 
-    def _remember_loaded(self, policy: LoadedPolicy, source: str) -> KnownPolicy:
+    @staticmethod
+    def _entry(policy: LoadedPolicy, source: str) -> KnownPolicy:
         m = policy.manifest
-        known = KnownPolicy(
+        return KnownPolicy(
             m.version,
             m.weights_sha256,
             m.arms,
@@ -99,14 +100,18 @@ class PolicyManager:
             source,
             policy.directory,
         )
-        self._known[m.version] = known
+
+    def _remember_loaded(self, policy: LoadedPolicy, source: str) -> KnownPolicy:
+        # Versions are per trainer: a trainer's v1 may differ from the startup v1. The latest info wins.
+        known = self._entry(policy, source)
+        self._known[known.version] = known
         return known
 
     def current(self) -> KnownPolicy:
         policy: LoadedPolicy = self.registry.current().policy
         known = self._known.get(policy.version)
         if known is None or known.weights_sha256 != policy.manifest.weights_sha256:
-            known = self._remember_loaded(policy, "unknown")
+            return self._entry(policy, "unknown")
         return known
 
     def list(self) -> list[KnownPolicy]:
@@ -145,7 +150,8 @@ class PolicyManager:
                 raise CheckpointError(
                     f"policy v{version}: arm list {list(known.arms)} does not match the serving {list(arms)}"
                 )
-            directory = known.directory if known is not None else None
+            usable = known is not None and (not expected_sha256 or known.weights_sha256 == expected_sha256)
+            directory = known.directory if usable and known is not None else None
             if directory is None or not directory.is_dir():
                 if self.fetcher is None:
                     raise NotFound(f"version: policy v{version} is not available to this sidecar")

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from dataclasses import dataclass
 
 import structlog
 
+from barp_sidecar.domain import Decision
 from barp_sidecar.errors import InvalidArgument, NotFound
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.rewards.pending import LookupResult, PendingDecision, PendingDecisionStore
@@ -101,8 +103,24 @@ class OutcomeRecorder:
             self._sweeper = None
 
     def remember(self, decision: PendingDecision) -> None:
-        """Called by routing for every decision: it now waits for ReportOutcome (or expiry)."""
+        """A decision now waits for ReportOutcome (or expiry)."""
         self.store.add(decision)
+
+    def remember_decision(self, decision: Decision) -> None:
+        """``RoutingService``'s ``on_decision`` hook: keep what the trainer needs, never the prompt."""
+        self.store.add(
+            PendingDecision(
+                decision_id=decision.decision_id,
+                embedding=decision.embedding,
+                quality_weight=decision.quality_weight,
+                arms=decision.arms,
+                allowed=() if all(decision.allowed) else decision.allowed,
+                model=decision.model,
+                propensity=decision.propensity,
+                policy_version=decision.policy_version,
+                decided_at_unix_s=time.time(),
+            )
+        )
 
     def attach_cost(self, decision_id: str, cost_usd: float) -> bool:
         """Hook for Complete: the sidecar forwarded the call and knows its cost."""
