@@ -8,7 +8,7 @@ Update, for a batch of logged events (x, w, allowed, a, μ, q, c):
     for each event, the logged w plus ``augment_preferences`` preferences w' ~ U(0, 1):
         r'   = w'·q − (1 − w')·min(c/τ, 1)          (the reward is linear in w given (q, c))
         ρ    = min(π(a|x,w') / μ, max_importance_weight)   (detached; μ = logged propensity at w)
-    b(w') = w'·q̄ − (1 − w')·c̄, q̄ and c̄ the ρ-weighted batch means (a baseline linear in w', detached)
+    b(x, w') = w'·q̂(x) − (1 − w')·ĉ(x)                (a learned per-prompt baseline, detached)
     loss = −mean(ρ·(r' − b)·log π(a|x,w')) − β·mean(H(π(·|x,w')))
 """
 
@@ -70,8 +70,9 @@ def to_batch(
     arms: tuple[str, ...],
     tau_usd: float,
     imputer: CostImputer,
+    observe_costs: bool = True,
 ) -> EventBatch:
-    """Convert validated events; updates the imputer with every known cost (in order)."""
+    """Convert validated events; updates the imputer with every known cost (in order) unless replaying."""
     index = {name: i for i, name in enumerate(arms)}
     n, k = len(events), len(arms)
     embeddings = np.empty((n, len(events[0].embedding) if n else 0), dtype=np.float32)
@@ -84,7 +85,8 @@ def to_batch(
             allowed[i] = event.allowed
         action[i] = index[event.model]
         if event.HasField("cost_usd"):
-            imputer.observe(int(action[i]), event.cost_usd)
+            if observe_costs:
+                imputer.observe(int(action[i]), event.cost_usd)
             cost[i] = event.cost_usd
         else:
             cost[i] = imputer.estimate(int(action[i]))
@@ -118,6 +120,16 @@ class OnlineLearner:
         self.hyper = hyper
         self.generator = torch.Generator().manual_seed(seed)
         self.optimizer = torch.optim.Adam(self.network.parameters(), lr=hyper.learning_rate)
+        # Per-prompt baseline (a critic kept only in the trainer): predicts the expected quality and
+        # normalised cost at x, so b(x, w') = w'·q̂(x) − (1 − w')·ĉ(x). Prompts whose every answer is poor
+        # (a hard task) then no longer look like evidence against whichever model was logged.
+        dim = network.architecture.embedding_dim
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.baseline = torch.nn.Sequential(
+                torch.nn.Linear(dim, 64), torch.nn.GELU(), torch.nn.Linear(64, 2)
+            )
+        self.baseline_optimizer = torch.optim.Adam(self.baseline.parameters(), lr=1e-2)
         self.steps = 0
         self.events_trained = 0
 
@@ -136,13 +148,12 @@ class OnlineLearner:
         logits = self.network(embeddings, prefs, allowed)
         log_probs = torch.log_softmax(logits, dim=-1)
         chosen = log_probs.gather(1, action.reshape(-1, 1)).squeeze(1)
+        predicted = self.baseline(batch.embeddings)
         with torch.no_grad():
             weights = torch.clamp(chosen.exp() / propensity, max=self.hyper.max_importance_weight)
-            # The baseline is linear in w' like the reward: b(w') = w'·q̄ − (1 − w')·c̄ with q̄, c̄ the
-            # importance-weighted batch means, so events trained at very different w' do not share one mean.
-            total = weights.sum().clamp_min(1e-12)
-            mean_quality, mean_cost = (weights * quality).sum() / total, (weights * cost).sum() / total
-            baseline = prefs * mean_quality - (1.0 - prefs) * mean_cost
+            # Linear in w' like the reward, so one event's copies at different w' each get a fitting one.
+            expected = rep(predicted.detach())
+            baseline = prefs * expected[:, 0] - (1.0 - prefs) * expected[:, 1]
         probs = log_probs.exp()
         entropy = -torch.where(allowed, probs * log_probs, torch.zeros_like(probs)).sum(dim=1)
         policy_loss = -(weights * (rewards - baseline) * chosen).mean()
@@ -150,6 +161,11 @@ class OnlineLearner:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()
+        targets = torch.stack([batch.quality, batch.normalized_cost], dim=1)
+        baseline_loss = torch.nn.functional.mse_loss(predicted, targets)
+        self.baseline_optimizer.zero_grad(set_to_none=True)
+        baseline_loss.backward()
+        self.baseline_optimizer.step()
         self.steps += 1
         self.events_trained += n
         return {

@@ -5,7 +5,9 @@ publish decision; the update rule lives in ``learner.py``, storage in the event 
 ``CheckpointStore``. Heavy work (reading the log, gradient steps, evaluation, saving) runs in a worker
 thread, one step at a time, so the event loop keeps serving ingestion.
 
-Held-out events (1 in ``holdout_every`` by event-id hash) are never trained on; the most recent ones form
+After every new batch, ``replay_steps`` more steps run on random batches of recent training events
+(experience replay, seeded: deterministic for a given event order). Held-out events (1 in
+``holdout_every`` by event-id hash) are never trained on; the most recent ones form
 the gate's evaluation slice. A candidate is published as version v+1 iff
 SNIPS(candidate) >= SNIPS(current) − ``gate_margin`` on that slice, with at least
 ``gate_min_holdout_events`` events. Each decision is logged (``policy_gate``) with both estimates and their
@@ -21,6 +23,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import structlog
 
 from barp_sidecar.gen.barp.v1 import trainer_pb2
@@ -110,6 +113,8 @@ class TrainingLoop:
         self.trained_offset = starting.log_offset
         self.pending: list[tuple[int, trainer_pb2.RewardEvent]] = []
         self.holdout: deque[trainer_pb2.RewardEvent] = deque(maxlen=learner_settings.holdout_max_events)
+        self.replay: deque[trainer_pb2.RewardEvent] = deque(maxlen=learner_settings.replay_buffer_events)
+        self.replay_rng = np.random.default_rng(learner_settings.seed)
         self.events_since_evaluation = 0
         self.last_evaluation_monotonic_s = time.monotonic()
         self.counters = GateCounters()
@@ -172,7 +177,15 @@ class TrainingLoop:
                 self.pending.append((offset, event))
         while len(self.pending) >= batch_size:
             chunk, self.pending = self.pending[:batch_size], self.pending[batch_size:]
-            self.learner.step(to_batch([e for _, e in chunk], self.arms, self.tau_usd, self.imputer))
+            events = [e for _, e in chunk]
+            self.learner.step(to_batch(events, self.arms, self.tau_usd, self.imputer))
+            self.replay.extend(events)
+            for _ in range(self.learner_settings.replay_steps):
+                picks = self.replay_rng.integers(0, len(self.replay), batch_size)
+                replayed = [self.replay[int(i)] for i in picks]
+                self.learner.step(
+                    to_batch(replayed, self.arms, self.tau_usd, self.imputer, observe_costs=False)
+                )
             self.events_since_evaluation += len(chunk)
             self.trained_offset = self.pending[0][0] if self.pending else self.cursor
         result: dict[str, Any] = {"events": len(records), "published": None}

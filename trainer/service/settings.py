@@ -74,6 +74,11 @@ class LearnerSettings:
     max_importance_weight: float = 5.0
     # Extra preferences w' per event (preference augmentation); 0 disables it.
     augment_preferences: int = 4
+    # Extra gradient steps on random batches of recent events after each new batch (experience replay;
+    # valid off-policy because every event carries its logging propensity). 0 = on-line only.
+    replay_steps: int = 2
+    # Most recent training events kept for replay.
+    replay_buffer_events: int = 20000
     # One event in this many is held out from training for the evaluation gate (by event-id hash).
     holdout_every: int = 10
     # Most recent held-out events kept for the gate.
@@ -189,6 +194,8 @@ def validate(settings: TrainerSettings) -> TrainerSettings:
     check(le.entropy_coef >= 0, "learner.entropy_coef", "must be >= 0")
     check(le.max_importance_weight >= 1, "learner.max_importance_weight", "must be >= 1")
     check(0 <= le.augment_preferences <= 64, "learner.augment_preferences", "must be in [0, 64]")
+    check(0 <= le.replay_steps <= 16, "learner.replay_steps", "must be in [0, 16]")
+    check(le.replay_buffer_events >= le.batch_size, "learner.replay_buffer_events", "must be >= batch_size")
     check(le.holdout_every >= 2, "learner.holdout_every", "must be >= 2")
     check(le.holdout_max_events >= 1, "learner.holdout_max_events", "must be >= 1")
     p = s.publish
