@@ -133,8 +133,8 @@ class OnlineLearner:
         self.steps = 0
         self.events_trained = 0
 
-    def step(self, batch: EventBatch) -> dict[str, float]:
-        """One gradient step on ``batch``; returns diagnostics."""
+    def step(self, batch: EventBatch, replayed: bool = False) -> dict[str, float]:
+        """One gradient step on ``batch`` (``replayed``: already counted once); returns diagnostics."""
         n = len(batch)
         m = 1 + self.hyper.augment_preferences
         extra = torch.rand((n, m - 1), generator=self.generator)
@@ -167,7 +167,8 @@ class OnlineLearner:
         baseline_loss.backward()
         self.baseline_optimizer.step()
         self.steps += 1
-        self.events_trained += n
+        if not replayed:
+            self.events_trained += n
         return {
             "loss": float(loss.detach()),
             "mean_importance_weight": float(weights.mean()),

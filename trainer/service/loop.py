@@ -184,7 +184,8 @@ class TrainingLoop:
                 picks = self.replay_rng.integers(0, len(self.replay), batch_size)
                 replayed = [self.replay[int(i)] for i in picks]
                 self.learner.step(
-                    to_batch(replayed, self.arms, self.tau_usd, self.imputer, observe_costs=False)
+                    to_batch(replayed, self.arms, self.tau_usd, self.imputer, observe_costs=False),
+                    replayed=True,
                 )
             self.events_since_evaluation += len(chunk)
             self.trained_offset = self.pending[0][0] if self.pending else self.cursor
@@ -225,11 +226,12 @@ class TrainingLoop:
             "reason": decision.reason,
         }
         if not decision.publish:
-            if candidate.events < self.publish_settings.gate_min_holdout_events:
+            small = candidate.events < self.publish_settings.gate_min_holdout_events
+            if small:
                 self.counters.skipped_small_holdout += 1
             else:
                 self.counters.rejected += 1
-            log.info("policy_gate", decision="rejected", **fields)
+            log.info("policy_gate", decision="skipped" if small else "rejected", **fields)
             return None
         network = copy.deepcopy(self.learner.network).eval()
         version = max(self.store.versions(), default=0) + 1
