@@ -5,10 +5,14 @@ on 127.0.0.1; this process streams N reward events and measures until the ack co
 arrives (every ack means fsync'd). Two clients: the raw PublishRewards stream, and the sidecar's own path
 (RewardSpool append with group fsync -> RewardPublisher -> trainer ack -> spool trim).
 
-Swap latency (``--sidecar``): needs the sidecar server (``barp_sidecar.app``); see ``bench/swap_latency``
-in docs/benchmarks.md. Prints a table; ``--json PATH`` writes the numbers.
+Swap latency: a real ``barp-sidecar serve`` subprocess (hash:384 encoder, a full-size 11-arm policy) takes
+Route calls at 32 in flight; p50/p99 are measured without swaps and then while Admin.PinPolicy alternates
+between two versions every ``--swap-interval-ms`` (each pin = validate a checkpoint off the event loop +
+swap between batches). Both phases run in the same process, one after the other.
 
-    python -m bench.trainer_ingest --events 20000 --json out/trainer_ingest.json
+Prints tables; ``--json PATH`` writes the numbers.
+
+    python -m bench.trainer_ingest --events 20000 --routes 3000 --json out/trainer_ingest.json
 """
 
 from __future__ import annotations
@@ -27,10 +31,19 @@ from pathlib import Path
 import grpc
 import numpy as np
 
-from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
+from barp_sidecar.gen.barp.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    router_pb2,
+    router_pb2_grpc,
+    trainer_pb2,
+    trainer_pb2_grpc,
+)
+from barp_sidecar.policy.checkpoint import CheckpointStore, EncoderIdentity, PolicyManifest
+from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
 from barp_sidecar.rewards.publisher import RewardPublisher
 from barp_sidecar.rewards.spool import RewardSpool
-from tests.e2e.learning_processes import TrainerProcess, free_port
+from tests.e2e.learning_processes import SidecarProcess, TrainerProcess, free_port
 
 ARMS = tuple(f"model-{i}" for i in range(11))
 DIM = 384
@@ -139,11 +152,112 @@ async def ingest(n: int) -> dict[str, dict[str, float]]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def sidecar_config(work: Path, port: int, admin_port: int) -> str:
+    return (
+        f"server:\n  host: 127.0.0.1\n  port: {port}\n  grace_s: 1\n"
+        "metrics:\n  enabled: false\n"
+        f"admin:\n  enabled: true\n  port: {admin_port}\n"
+        f"policy:\n  checkpoint_dir: {work / 'store'}\n  device: cpu\n  cpu_threads: 1\n"
+        f"rewards:\n  spool_dir: {work / 'spool'}\n"
+    )
+
+
+def publish_policies(store: CheckpointStore, versions: int) -> None:
+    import torch
+
+    encoder = EncoderIdentity(f"hash:{DIM}", DIM, 256, "tail")
+    for version in range(1, versions + 1):
+        torch.manual_seed(version)
+        network = PolicyNetwork(PolicyArchitecture(embedding_dim=DIM, num_arms=len(ARMS)))
+        store.publish(
+            network,
+            PolicyManifest(
+                version=version, arms=ARMS, encoder=encoder, tau_usd=0.005, architecture=network.architecture
+            ),
+        )
+    store.set_latest(1)
+
+
+async def route_phase(
+    port: int, admin_port: int, calls: int, swap_interval_ms: float | None
+) -> dict[str, float]:
+    latencies: list[float] = []
+    failures = 0
+    swaps = 0
+    done = asyncio.Event()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(calls):
+            queue.put_nowait(i)
+
+        async def worker() -> None:
+            nonlocal failures
+            while not queue.empty():
+                i = queue.get_nowait()
+                start = time.perf_counter()
+                try:
+                    await stub.Route(
+                        router_pb2.RouteRequest(prompt=f"benchmark prompt number {i % 500}"), timeout=30
+                    )
+                    latencies.append(time.perf_counter() - start)
+                except grpc.aio.AioRpcError:
+                    failures += 1
+
+        async def swapper() -> None:
+            nonlocal swaps
+            assert swap_interval_ms is not None
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{admin_port}") as admin_channel:
+                admin = admin_pb2_grpc.AdminStub(admin_channel)
+                while not done.is_set():
+                    await asyncio.sleep(swap_interval_ms / 1000)
+                    await admin.PinPolicy(admin_pb2.PinPolicyRequest(version=2 if swaps % 2 == 0 else 1))
+                    swaps += 1
+
+        swap_task = asyncio.create_task(swapper()) if swap_interval_ms else None
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(32)))
+        elapsed = time.perf_counter() - started
+        done.set()
+        if swap_task is not None:
+            await swap_task
+    ms = np.array(latencies) * 1000
+    return {
+        "calls": calls,
+        "failures": failures,
+        "swaps": swaps,
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "routes_per_s": calls / elapsed,
+    }
+
+
+async def swap_latency(calls: int, swap_interval_ms: float) -> dict[str, dict[str, float]]:
+    work = Path(tempfile.mkdtemp(prefix="barp-bench-swap-"))
+    try:
+        publish_policies(CheckpointStore(work / "store"), 2)
+        port, admin_port = free_port(), free_port()
+        (work / "sidecar.yaml").write_text(sidecar_config(work, port, admin_port))
+        sidecar = SidecarProcess(work / "sidecar.yaml", work / "sidecar.log")
+        await asyncio.to_thread(sidecar.start)
+        try:
+            await route_phase(port, admin_port, 300, None)  # warm-up
+            baseline = await route_phase(port, admin_port, calls, None)
+            swapping = await route_phase(port, admin_port, calls, swap_interval_ms)
+        finally:
+            await asyncio.to_thread(sidecar.stop)
+        return {"no_swap": baseline, "swapping": swapping}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--events", type=int, default=20000, help="events per client (default 20000)")
+    parser.add_argument("--routes", type=int, default=3000, help="Route calls per swap phase (0 = skip)")
+    parser.add_argument("--swap-interval-ms", type=float, default=100.0)
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     if args.events < 1:
@@ -158,6 +272,19 @@ def main(argv: list[str] | None = None) -> int:
     for name, row in results["ingest"].items():  # type: ignore[union-attr]
         rate = row["events_per_s"]
         print(f"| {name} | {rate:,.0f} | {row['seconds']:.2f} | {rate / target:.2f}× |")
+    if args.routes > 0:
+        swap = asyncio.run(swap_latency(args.routes, args.swap_interval_ms))
+        results["swap"] = swap
+        ratio = swap["swapping"]["p99_ms"] / swap["no_swap"]["p99_ms"]
+        results["p99_ratio"] = ratio
+        print(f"\nRoute latency at 32 in flight, hash:{DIM} encoder (target p99 ratio <= 1.5x)")
+        print("| phase | swaps | failures | p50 ms | p99 ms | routes/s |\n|---|---:|---:|---:|---:|---:|")
+        for name, row in swap.items():
+            print(
+                f"| {name} | {row['swaps']:.0f} | {row['failures']:.0f} | {row['p50_ms']:.2f} | "
+                f"{row['p99_ms']:.2f} | {row['routes_per_s']:,.0f} |"
+            )
+        print(f"p99 during swaps / without: {ratio:.2f}x")
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=2) + "\n")

@@ -175,8 +175,8 @@ def trainer_yaml(data_dir: Path, models: tuple[str, ...], tau_usd: float, args: 
         "learner:\n  initial_policy: cold\n"
         f"  arms: [{arms}]\n  encoder_id: {BUILTIN_MODEL_ID}\n  encoder_dim: 384\n"
         f"  encoder_max_seq_length: {args.max_seq_length}\n  encoder_truncation: tail\n"
-        f"  tau_usd: {tau_usd!r}\n  learning_rate: 0.002\n  batch_size: 64\n  entropy_coef: 0.01\n"
-        f"  augment_preferences: 0\n  replay_steps: 2\n  seed: {args.seed}\n"
+        f"  tau_usd: {tau_usd!r}\n  learning_rate: 0.002\n  batch_size: 64\n  entropy_coef: 0.02\n"
+        f"  augment_preferences: 0\n  replay_steps: 2\n  logit_l2: 0.001\n  seed: {args.seed}\n"
         f"publish:\n  every_events: {args.publish_every_events}\n  every_s: 30\n  gate_margin: 0.01\n"
         "  gate_min_holdout_events: 30\n"
     )
@@ -248,6 +248,7 @@ async def replay(
     quality_weight: float,
     tau_usd: float,
     passes: int,
+    greedy_passes: int,
     concurrency: int,
     seed: int,
     served: list[Served],
@@ -268,13 +269,17 @@ async def replay(
             for i in order:
                 queue.put_nowait(i)
 
-            async def worker(queue: asyncio.Queue[int] = queue) -> None:
+            # The last ``greedy_passes`` passes exploit: exploration off (propensity 1, honestly logged).
+            mode = router_pb2.EXPLORATION_GREEDY if number >= passes - greedy_passes else 0
+
+            async def worker(queue: asyncio.Queue[int] = queue, mode: int = mode) -> None:
                 while not queue.empty():
                     i = queue.get_nowait()
                     decision = await stub.Route(
                         router_pb2.RouteRequest(
                             prompt=rows[i].prompt,
                             preference=router_pb2.Preference(quality_weight=quality_weight),
+                            exploration=mode,  # type: ignore[arg-type]
                         ),
                         timeout=120,
                     )
@@ -427,7 +432,8 @@ async def run_demo(args: argparse.Namespace) -> int:
     tau_usd = float(np.percentile(all_costs, 95))
     print(
         f"demo: {len(traffic)} traffic prompts x {args.passes} passes, {len(heldout)} held-out prompts, "
-        f"{len(models)} models, w_q={args.quality_weight}, tau=${tau_usd:.5f}, epsilon={args.epsilon}",
+        f"{len(models)} models, w_q={args.quality_weight}, tau=${tau_usd:.5f}, epsilon={args.epsilon} "
+        f"(last {args.greedy_passes} pass(es) greedy)",
         flush=True,
     )
 
@@ -462,6 +468,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             args.quality_weight,
             tau_usd,
             args.passes,
+            args.greedy_passes,
             args.concurrency,
             args.seed,
             served,
@@ -539,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models", help="comma-separated catalogue (default: 5 RouterBench models)")
     parser.add_argument("--quality-weight", type=float, default=0.8)
     parser.add_argument("--epsilon", type=float, default=0.2, help="sidecar ε-greedy exploration")
-    parser.add_argument("--passes", type=int, default=4, help="passes over the traffic prompts")
+    parser.add_argument("--passes", type=int, default=5, help="passes over the traffic prompts")
+    parser.add_argument("--greedy-passes", type=int, default=1, help="last passes without exploration")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-prompts", type=int, default=0, help="sample at most this many (0 = all)")
     parser.add_argument("--max-seq-length", type=int, default=128, help="encoder tokens (tail-truncated)")
@@ -554,6 +562,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--epsilon must be in [0, 1]")
     if args.passes < 1 or args.concurrency < 1:
         parser.error("--passes and --concurrency must be >= 1")
+    if not 0 <= args.greedy_passes < args.passes:
+        parser.error("--greedy-passes must be in [0, --passes)")
     if args.log is None and not args.data.is_dir():
         parser.error(f"--data {args.data}: no such directory")
     return asyncio.run(run_demo(args))

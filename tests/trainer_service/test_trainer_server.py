@@ -14,6 +14,7 @@ import random
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
 from barp_sidecar.rewards.publisher import RewardPublisher
@@ -96,6 +97,12 @@ async def test_watch_and_fetch_policy_and_a_new_version_after_enough_events(trai
         health = health_pb2_grpc.HealthStub(channel)
         status = await health.Check(health_pb2.HealthCheckRequest(service="barp.v1.Trainer"))
         assert status.status == health_pb2.HealthCheckResponse.SERVING
+        reflection = reflection_pb2_grpc.ServerReflectionStub(channel)
+        replies = reflection.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        services = {s.name async for r in replies for s in r.list_services_response.service}
+        assert {"barp.v1.Trainer", "grpc.health.v1.Health"} <= services
         stub = trainer_pb2_grpc.TrainerStub(channel)
         watch = stub.WatchPolicy(trainer_pb2.WatchRequest(sidecar_id="t", current_version=0))
         first = await watch.read()

@@ -107,6 +107,8 @@ class LearnerHyperParameters:
     entropy_coef: float = 0.01
     max_importance_weight: float = 5.0
     augment_preferences: int = 4
+    max_grad_norm: float = 1.0
+    logit_l2: float = 0.0
 
 
 class OnlineLearner:
@@ -157,9 +159,16 @@ class OnlineLearner:
         probs = log_probs.exp()
         entropy = -torch.where(allowed, probs * log_probs, torch.zeros_like(probs)).sum(dim=1)
         policy_loss = -(weights * (rewards - baseline) * chosen).mean()
-        loss = policy_loss - self.hyper.entropy_coef * entropy.mean()
+        # An optional L2 penalty on the allowed logits keeps the softmax out of saturation, where the
+        # importance weights π/μ of every other arm vanish and learning stops (seen in the demo without it).
+        finite = torch.where(allowed, logits, torch.zeros_like(logits))
+        logit_penalty = finite.pow(2).sum(dim=1).mean()
+        loss = policy_loss - self.hyper.entropy_coef * entropy.mean() + self.hyper.logit_l2 * logit_penalty
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # Bounded steps: a burst of lopsided events must not saturate the softmax (a saturated policy
+        # gets ~zero importance weight for every other arm and stops learning).
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.hyper.max_grad_norm)
         self.optimizer.step()
         targets = torch.stack([batch.quality, batch.normalized_cost], dim=1)
         baseline_loss = torch.nn.functional.mse_loss(predicted, targets)

@@ -103,6 +103,8 @@ class TrainingLoop:
                 entropy_coef=learner_settings.entropy_coef,
                 max_importance_weight=learner_settings.max_importance_weight,
                 augment_preferences=learner_settings.augment_preferences,
+                max_grad_norm=learner_settings.max_grad_norm,
+                logit_l2=learner_settings.logit_l2,
             ),
             seed=learner_settings.seed,
         )

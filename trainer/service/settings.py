@@ -72,6 +72,11 @@ class LearnerSettings:
     entropy_coef: float = 0.01
     # Importance weights π/μ are clipped to [0, this].
     max_importance_weight: float = 5.0
+    # L2 penalty on the logits (keeps π out of saturation, where off-policy learning stalls; the demo uses
+    # 1e-3; it slows learning on easy problems, hence off by default).
+    logit_l2: float = 0.0
+    # Gradient-norm clip per step.
+    max_grad_norm: float = 1.0
     # Extra preferences w' per event (preference augmentation); 0 disables it.
     augment_preferences: int = 4
     # Extra gradient steps on random batches of recent events after each new batch (experience replay;
@@ -194,6 +199,8 @@ def validate(settings: TrainerSettings) -> TrainerSettings:
     check(le.entropy_coef >= 0, "learner.entropy_coef", "must be >= 0")
     check(le.max_importance_weight >= 1, "learner.max_importance_weight", "must be >= 1")
     check(0 <= le.augment_preferences <= 64, "learner.augment_preferences", "must be in [0, 64]")
+    check(le.logit_l2 >= 0, "learner.logit_l2", "must be >= 0")
+    check(le.max_grad_norm > 0, "learner.max_grad_norm", "must be > 0")
     check(0 <= le.replay_steps <= 16, "learner.replay_steps", "must be in [0, 16]")
     check(le.replay_buffer_events >= le.batch_size, "learner.replay_buffer_events", "must be >= batch_size")
     check(le.holdout_every >= 2, "learner.holdout_every", "must be >= 2")
