@@ -12,7 +12,7 @@ swap between batches). Both phases run in the same process, one after the other.
 
 Prints tables; ``--json PATH`` writes the numbers.
 
-    python -m bench.trainer_ingest --events 20000 --routes 3000 --json out/trainer_ingest.json
+    python -m bench.trainer_ingest --events 20000 --routes 2000 --json out/trainer_ingest.json
 """
 
 from __future__ import annotations
@@ -159,6 +159,7 @@ def sidecar_config(work: Path, port: int, admin_port: int) -> str:
         f"admin:\n  enabled: true\n  port: {admin_port}\n"
         f"policy:\n  checkpoint_dir: {work / 'store'}\n  device: cpu\n  cpu_threads: 1\n"
         f"rewards:\n  spool_dir: {work / 'spool'}\n"
+        f"trainer:\n  checkpoint_store_dir: {work / 'store'}\n  checkpoint_poll_interval_s: 1\n"
     )
 
 
@@ -179,8 +180,8 @@ def publish_policies(store: CheckpointStore, versions: int) -> None:
 
 
 async def route_phase(
-    port: int, admin_port: int, calls: int, swap_interval_ms: float | None
-) -> dict[str, float]:
+    port: int, admin_port: int, calls: int, swap_interval_ms: float | None, pin_from: int = 0
+) -> dict[str, object]:
     latencies: list[float] = []
     failures = 0
     swaps = 0
@@ -211,7 +212,9 @@ async def route_phase(
                 admin = admin_pb2_grpc.AdminStub(admin_channel)
                 while not done.is_set():
                     await asyncio.sleep(swap_interval_ms / 1000)
-                    await admin.PinPolicy(admin_pb2.PinPolicyRequest(version=2 if swaps % 2 == 0 else 1))
+                    await admin.PinPolicy(
+                        admin_pb2.PinPolicyRequest(version=2 if (pin_from + swaps) % 2 == 0 else 1)
+                    )
                     swaps += 1
 
         swap_task = asyncio.create_task(swapper()) if swap_interval_ms else None
@@ -221,18 +224,31 @@ async def route_phase(
         done.set()
         if swap_task is not None:
             await swap_task
-    ms = np.array(latencies) * 1000
     return {
         "calls": calls,
         "failures": failures,
         "swaps": swaps,
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p99_ms": float(np.percentile(ms, 99)),
-        "routes_per_s": calls / elapsed,
+        "seconds": elapsed,
+        "latencies_s": latencies,
     }
 
 
-async def swap_latency(calls: int, swap_interval_ms: float) -> dict[str, dict[str, float]]:
+def summarize(phases: list[dict[str, object]]) -> dict[str, float]:
+    """Pool the latencies of several rounds of one phase type."""
+    ms = np.array([x for p in phases for x in p["latencies_s"]]) * 1000  # type: ignore[attr-defined]
+    calls = sum(int(p["calls"]) for p in phases)  # type: ignore[call-overload]
+    return {
+        "rounds": len(phases),
+        "calls": calls,
+        "failures": sum(int(p["failures"]) for p in phases),  # type: ignore[call-overload]
+        "swaps": sum(int(p["swaps"]) for p in phases),  # type: ignore[call-overload]
+        "p50_ms": float(np.percentile(ms, 50)),
+        "p99_ms": float(np.percentile(ms, 99)),
+        "routes_per_s": calls / sum(float(p["seconds"]) for p in phases),  # type: ignore[arg-type]
+    }
+
+
+async def swap_latency(calls: int, swap_interval_ms: float, rounds: int) -> dict[str, dict[str, float]]:
     work = Path(tempfile.mkdtemp(prefix="barp-bench-swap-"))
     try:
         publish_policies(CheckpointStore(work / "store"), 2)
@@ -242,11 +258,13 @@ async def swap_latency(calls: int, swap_interval_ms: float) -> dict[str, dict[st
         await asyncio.to_thread(sidecar.start)
         try:
             await route_phase(port, admin_port, 300, None)  # warm-up
-            baseline = await route_phase(port, admin_port, calls, None)
-            swapping = await route_phase(port, admin_port, calls, swap_interval_ms)
+            baseline, swapping = [], []
+            for _ in range(rounds):  # interleaved, so drift on this shared machine hits both alike
+                baseline.append(await route_phase(port, admin_port, calls, None))
+                swapping.append(await route_phase(port, admin_port, calls, swap_interval_ms, len(swapping)))
         finally:
             await asyncio.to_thread(sidecar.stop)
-        return {"no_swap": baseline, "swapping": swapping}
+        return {"no_swap": summarize(baseline), "swapping": summarize(swapping)}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -256,8 +274,9 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--events", type=int, default=20000, help="events per client (default 20000)")
-    parser.add_argument("--routes", type=int, default=3000, help="Route calls per swap phase (0 = skip)")
-    parser.add_argument("--swap-interval-ms", type=float, default=100.0)
+    parser.add_argument("--routes", type=int, default=2000, help="Route calls per phase round (0 = skip)")
+    parser.add_argument("--swap-interval-ms", type=float, default=200.0, help="~5 swaps per 2,000 calls")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of each phase")
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args(argv)
     if args.events < 1:
@@ -273,16 +292,17 @@ def main(argv: list[str] | None = None) -> int:
         rate = row["events_per_s"]
         print(f"| {name} | {rate:,.0f} | {row['seconds']:.2f} | {rate / target:.2f}× |")
     if args.routes > 0:
-        swap = asyncio.run(swap_latency(args.routes, args.swap_interval_ms))
+        swap = asyncio.run(swap_latency(args.routes, args.swap_interval_ms, args.rounds))
         results["swap"] = swap
         ratio = swap["swapping"]["p99_ms"] / swap["no_swap"]["p99_ms"]
         results["p99_ratio"] = ratio
         print(f"\nRoute latency at 32 in flight, hash:{DIM} encoder (target p99 ratio <= 1.5x)")
-        print("| phase | swaps | failures | p50 ms | p99 ms | routes/s |\n|---|---:|---:|---:|---:|---:|")
+        print("| phase | calls | swaps | failures | p50 ms | p99 ms | routes/s |")
+        print("|---|---:|---:|---:|---:|---:|---:|")
         for name, row in swap.items():
             print(
-                f"| {name} | {row['swaps']:.0f} | {row['failures']:.0f} | {row['p50_ms']:.2f} | "
-                f"{row['p99_ms']:.2f} | {row['routes_per_s']:,.0f} |"
+                f"| {name} | {row['calls']:.0f} | {row['swaps']:.0f} | {row['failures']:.0f} | "
+                f"{row['p50_ms']:.2f} | {row['p99_ms']:.2f} | {row['routes_per_s']:,.0f} |"
             )
         print(f"p99 during swaps / without: {ratio:.2f}x")
     if args.json:

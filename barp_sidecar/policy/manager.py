@@ -114,6 +114,11 @@ class PolicyManager:
             return self._entry(policy, "unknown")
         return known
 
+    def add_available(self, known: KnownPolicy) -> None:
+        """A version that can be installed (e.g. found in a checkpoint store) without announcing it."""
+        if known.version not in self._known:
+            self._known[known.version] = known
+
     def list(self) -> list[KnownPolicy]:
         return [self._known[v] for v in sorted(self._known)]
 

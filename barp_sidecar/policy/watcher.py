@@ -197,6 +197,7 @@ class DirectoryPolicyWatcher:
         self.manager = manager
         self.store = CheckpointStore(store_root)
         self.poll_interval_s = poll_interval_s
+        self._seen: set[int] = set()
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -211,28 +212,38 @@ class DirectoryPolicyWatcher:
                 pass
             self._task = None
 
+    def _describe(self, version: int) -> KnownPolicy:
+        directory = self.store.path(version)
+        manifest = read_manifest(directory)
+        return KnownPolicy(
+            version=version,
+            weights_sha256=manifest.weights_sha256,
+            arms=manifest.arms,
+            encoder=manifest.encoder.encoder_id,
+            created_at_unix_s=manifest.created_at_unix_s,
+            source=str(directory),
+            directory=directory,
+        )
+
     async def poll_once(self) -> bool:
-        """Install LATEST if it differs from what is serving; True when swapped."""
+        """Register every version in the store (PinPolicy can roll back to them) and install LATEST if it
+        differs from what is serving; True when swapped."""
         try:
             latest = await asyncio.to_thread(self.store.latest_version)
+            for version in await asyncio.to_thread(self.store.versions):
+                if version not in self._seen and version != latest:
+                    try:
+                        self.manager.add_available(await asyncio.to_thread(self._describe, version))
+                    except CheckpointError as exc:
+                        log.warning("policy_directory_version_unreadable", version=version, error=str(exc))
+                    self._seen.add(version)
             if latest is None:
                 return False
-            directory = self.store.path(latest)
-            manifest = await asyncio.to_thread(read_manifest, directory)
+            announced = await asyncio.to_thread(self._describe, latest)
         except (CheckpointError, OSError, json.JSONDecodeError) as exc:
             log.error("policy_directory_unreadable", root=str(self.store.root), error=str(exc))
             return False
-        return await self.manager.on_announcement(
-            KnownPolicy(
-                version=latest,
-                weights_sha256=manifest.weights_sha256,
-                arms=manifest.arms,
-                encoder=manifest.encoder.encoder_id,
-                created_at_unix_s=manifest.created_at_unix_s,
-                source=str(directory),
-                directory=directory,
-            )
-        )
+        return await self.manager.on_announcement(announced)
 
     async def _run(self) -> None:
         while True:
