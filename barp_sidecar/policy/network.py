@@ -73,7 +73,9 @@ class PolicyNetwork(nn.Module):
             self.hidden_layers.append(nn.Linear(in_dim, a.head_hidden))
             in_dim = a.head_hidden
         self.film = (
-            nn.Linear(a.preference_dim, 2 * a.head_hidden * a.head_layers) if a.conditioning == "film" else None
+            nn.Linear(a.preference_dim, 2 * a.head_hidden * a.head_layers)
+            if a.conditioning == "film"
+            else None
         )
         if self.film is not None:
             # Start as the identity modulation so "film" begins exactly like "concat".
