@@ -23,8 +23,9 @@ def generate(proto_root: Path, out_dir: Path) -> list[Path]:
 
     Returns the generated file paths. Raises RuntimeError when protoc fails.
     """
-    import grpc_tools
     from grpc_tools import protoc  # imported lazily: only code generation needs it
+
+    import grpc_tools
 
     protos = sorted(str(p.relative_to(proto_root)) for p in (proto_root / "barp" / "v1").glob("*.proto"))
     if not protos:
