@@ -149,7 +149,7 @@ class SidecarApp:
         servicer = RouterServicer(
             app.routing, app.metrics, log_prompts=s.logging.log_prompts, outcomes=recorder
         )
-        app.grpc = GrpcServer(s.server, servicer)
+        app.grpc = GrpcServer(s.server, servicer, max_pending_rpcs=s.batching.max_pending)
         if s.metrics.enabled:
             app.metrics_http = MetricsHttpServer(app.metrics, s.metrics.host, s.metrics.port)
         return app
