@@ -82,6 +82,8 @@ class PolicyManager:
         self.swaps_total = 0
         self.rejected_total: Counter[str] = Counter()
         self._known: dict[int, KnownPolicy] = {}
+        # (version, announced sha256) pairs that failed validation: not retried until something changes.
+        self._rejected: set[tuple[int, str]] = set()
         self._lock = asyncio.Lock()
         current = registry.current().policy
         self._remember_loaded(current, source)
@@ -135,6 +137,8 @@ class PolicyManager:
             return False
         if self.current().weights_sha256 == announced.weights_sha256:
             return False
+        if (announced.version, announced.weights_sha256) in self._rejected:
+            return False  # already rejected (and logged once); a poller would otherwise retry forever
         try:
             await self.install(announced.version, announced.weights_sha256)
         except CheckpointError:
@@ -174,6 +178,7 @@ class PolicyManager:
         except CheckpointError as exc:
             reason = classify_rejection(str(exc))
             self.rejected_total[reason] += 1
+            self._rejected.add((version, expected_sha256))
             log.error(
                 "policy_rejected", version=version, reason=reason, error=str(exc), serving=current.version
             )
