@@ -176,6 +176,7 @@ class LearningCollector(Collector):
                 ("expired_dropped", counters.expired_dropped),
                 ("expired_defaulted", counters.expired_defaulted),
                 ("refused_spool_full", counters.refused_spool_full),
+                ("skipped_fallback", counters.skipped_fallback),
             ):
                 outcomes.add_metric([label], value)
             yield outcomes

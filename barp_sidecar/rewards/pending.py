@@ -36,6 +36,8 @@ class PendingDecision:
     cost_usd: float | None = None
     # Monotonic time of insertion (TTL clock).
     added_monotonic_s: float = 0.0
+    # Set when Complete fell back to another model: the outcome would not describe the logged action.
+    answered_by: str | None = None
 
 
 class LookupResult:

@@ -33,6 +33,8 @@ class RecorderCounters:
     expired_dropped: int = 0
     expired_defaulted: int = 0
     refused_spool_full: int = 0
+    # Outcomes acknowledged but not turned into events because a fallback model answered (Complete).
+    skipped_fallback: int = 0
 
 
 def validate_outcome(decision_id: str, quality: float, cost_usd: float | None) -> None:
@@ -126,6 +128,23 @@ class OutcomeRecorder:
         """Hook for Complete: the sidecar forwarded the call and knows its cost."""
         return self.store.set_cost(decision_id, cost_usd)
 
+    def record_completion(
+        self, decision_id: str, model: str, cost_usd: float, latency_ms: float, usage: object = None
+    ) -> None:
+        """The providers' ``CompletionRecorder`` protocol: cost of the model that answered a Complete.
+
+        When the chosen model answered, its cost goes into the pending decision. When a fallback answered,
+        the later outcome describes a model the policy did not choose (with no propensity for it): the
+        decision is marked and ReportOutcome will acknowledge it without emitting a reward event.
+        """
+        decision = self.store.get(decision_id)
+        if decision is None:
+            return
+        if model == decision.model:
+            decision.cost_usd = cost_usd
+        else:
+            decision.answered_by = model
+
     async def report(self, decision_id: str, quality: float, cost_usd: float | None = None) -> bool:
         """Record an outcome. True = recorded now; False = already recorded (idempotent repeat).
 
@@ -140,6 +159,16 @@ class OutcomeRecorder:
         if not isinstance(found, PendingDecision):
             self.counters.not_found += 1
             raise NotFound(f"decision_id {decision_id!r} is unknown or expired")
+        if found.answered_by is not None:
+            self.store.mark_recorded(decision_id)
+            self.counters.skipped_fallback += 1
+            log.info(
+                "outcome_not_learned_fallback",
+                decision_id=decision_id,
+                chosen=found.model,
+                answered_by=found.answered_by,
+            )
+            return True
         event = build_event(found, float(quality), cost_usd, self.sidecar_id, defaulted=False)
         try:
             await self.spool.append(event)
@@ -158,7 +187,7 @@ class OutcomeRecorder:
         """Apply the expiry action to every expired decision; return how many expired."""
         expired = self.store.expire()
         for decision in expired:
-            if self.expiry_action == "drop":
+            if self.expiry_action == "drop" or decision.answered_by is not None:
                 self.counters.expired_dropped += 1
                 continue
             event = build_event(decision, self.default_quality, None, self.sidecar_id, defaulted=True)

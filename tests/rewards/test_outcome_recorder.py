@@ -136,3 +136,17 @@ async def test_spool_full_refuses_and_keeps_the_decision_pending(tmp_path):
     assert rec.store.get(f"x{recorded}") is not None
     assert len(spool.read_after(0, 100_000)) == recorded
     await spool.close()
+
+
+async def test_completion_cost_is_attached_and_a_fallback_answer_is_not_learned(recorder):
+    recorder.remember(decision("chosen-answered"))
+    recorder.remember(decision("fallback-answered"))
+    recorder.record_completion("chosen-answered", "strong", 0.0042, 812.0)
+    recorder.record_completion("fallback-answered", "cheap", 0.0001, 95.0)
+    recorder.record_completion("unknown", "strong", 0.1, 1.0)  # no pending decision: ignored
+    assert await recorder.report("chosen-answered", 0.8) is True
+    assert await recorder.report("fallback-answered", 0.8) is True  # acknowledged ...
+    (event,) = recorder.spool.read_after(0, 10)  # ... but only the chosen model's outcome is an event
+    assert event.event_id == "chosen-answered" and math.isclose(event.cost_usd, 0.0042)
+    assert recorder.counters.skipped_fallback == 1
+    assert await recorder.report("fallback-answered", 0.8) is False
