@@ -177,7 +177,7 @@ def trainer_yaml(data_dir: Path, models: tuple[str, ...], tau_usd: float, args: 
         f"  encoder_max_seq_length: {args.max_seq_length}\n  encoder_truncation: tail\n"
         f"  tau_usd: {tau_usd!r}\n  learning_rate: 0.002\n  batch_size: 64\n  entropy_coef: 0.02\n"
         f"  augment_preferences: 0\n  replay_steps: 2\n  logit_l2: 0.001\n  seed: {args.seed}\n"
-        f"publish:\n  every_events: {args.publish_every_events}\n  every_s: 30\n  gate_margin: 0.01\n"
+        f"publish:\n  every_events: {args.publish_every_events}\n  every_s: 5\n  gate_margin: 0.01\n"
         "  gate_min_holdout_events: 30\n"
     )
 
@@ -474,9 +474,15 @@ async def run_demo(args: argparse.Namespace) -> int:
             served,
             start_s,
         )
-        # Let the trainer consume the tail of the traffic and make its last decision, then evaluate the
-        # version it has published last.
-        await asyncio.sleep(args.settle_s)
+        # Let the trainer consume the tail of the traffic and make its last gate decision (it evaluates
+        # every 5 s while new events arrive): wait until no version was announced for ``settle_s``.
+        traffic_end = time.monotonic()
+        deadline = traffic_end + 120
+        while time.monotonic() < deadline:
+            last_at = max([traffic_end] + [start_s + float(p["at_s"]) for p in published])  # type: ignore[arg-type]
+            if time.monotonic() - last_at >= args.settle_s:
+                break
+            await asyncio.sleep(0.2)
         last_version = int(published[-1]["version"]) if published else 1  # type: ignore[call-overload]
         await wait_until_serving(sidecar_port, last_version, 60)
         policy_reward, best_reward, best_model, versions = await greedy_on_heldout(
@@ -552,7 +558,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-prompts", type=int, default=0, help="sample at most this many (0 = all)")
     parser.add_argument("--max-seq-length", type=int, default=128, help="encoder tokens (tail-truncated)")
     parser.add_argument("--publish-every-events", type=int, default=500)
-    parser.add_argument("--settle-s", type=float, default=8.0, help="wait for the trainer's last version")
+    parser.add_argument(
+        "--settle-s", type=float, default=12.0, help="quiet time (no new version) before the held-out run"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--require-overtake", action="store_true", help="exit 1 if the policy does not win")
     args = parser.parse_args(argv)
