@@ -119,6 +119,7 @@ def run(args: argparse.Namespace) -> int:
     table = load_table(args.data)
     settings = encoder_settings(args)
     embeddings, encoder_id, _ = embed_table(table, settings, args.cache_dir or default_cache_dir(), show)
+    torch.set_num_threads(args.threads)
     splits = np.asarray(table.splits)
     tasks = np.asarray(table.tasks)
     report: dict[str, Any] = {}
