@@ -12,6 +12,7 @@ Each variant is a JSON object of ``OfflineTrainingConfig`` fields plus an option
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from collections.abc import Sequence
@@ -77,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             config = OfflineTrainingConfig(**{**variant, "seed": seed})
             policy = train_offline(x_train, BanditSimulator(train), tau_usd, config)
             runs.append(
-                evaluate_over_grid(validation, lambda w, p=policy: greedy_arms(p, x_validation, w), tau_usd)
+                evaluate_over_grid(validation, functools.partial(greedy_arms, policy, x_validation), tau_usd)
             )
         mean, _ = mean_over_seeds(runs)
         label = f"{json.dumps(variant)} seeds={seeds} {time.monotonic() - started:.0f}s"
