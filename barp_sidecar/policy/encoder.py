@@ -152,7 +152,10 @@ class SentenceTransformerEncoder:
         if self._half:
             model.half()
         self._tokenizer = model.tokenizer
-        self._dim = int(model.get_embedding_dimension() or 0)
+        dim = model.get_embedding_dimension()
+        if dim is None:
+            raise ValueError(f"{path}: the model does not report an embedding dimension")
+        self._dim = int(dim)
         self._model = model
         self._torch = torch
         return self
@@ -161,9 +164,9 @@ class SentenceTransformerEncoder:
         if self._tokenizer is None:
             raise RuntimeError("encoder not loaded: call load() first")
         budget = self._settings.max_seq_length - 2
-        encoded = self._tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)[
-            "input_ids"
-        ]
+        encoded = self._tokenizer(
+            list(texts), add_special_tokens=False, truncation=False, verbose=False
+        )["input_ids"]
         return [truncate_ids(ids, budget, self._settings.truncation) for ids in encoded]
 
     def encode_token_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
