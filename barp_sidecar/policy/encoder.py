@@ -143,7 +143,10 @@ class SentenceTransformerEncoder:
     def load(self) -> SentenceTransformerEncoder:
         import torch
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
 
+        # A weight-loading progress bar on stderr would interleave with the JSON logs and CLI output.
+        transformers_logging.disable_progress_bar()
         path = builtin_model_path() if self._settings.model == BUILTIN_MODEL else self._settings.model
         self._device = resolve_device(self._settings.device)
         model = SentenceTransformer(path, device=self._device)
