@@ -121,7 +121,7 @@ class ProviderPool:
                 ),
                 breaker=CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_open_s, clock),
             )
-        self._secrets = tuple(p.api_key.reveal() for p in self._providers.values() if p.api_key is not None)
+        self._keys = tuple(p.api_key for p in self._providers.values() if p.api_key is not None)
         self._session: aiohttp.ClientSession | None = None
         self._log = structlog.get_logger("barp.providers")
 
@@ -152,9 +152,9 @@ class ProviderPool:
         return self._provider(arm).breaker
 
     @property
-    def secrets(self) -> tuple[str, ...]:
-        """Key values to redact from any text shown to a caller (never log this)."""
-        return self._secrets
+    def _secrets(self) -> tuple[str, ...]:
+        """Key values to redact from any text shown to a caller (never log or store the result)."""
+        return tuple(key.reveal() for key in self._keys)
 
     def _provider(self, arm: str) -> _Provider:
         try:
