@@ -141,6 +141,26 @@ class ModelCatalog:
         return self
 
 
+def disabled_catalog(arms: Sequence[str], source: str) -> ModelCatalog:
+    """A catalog in which every arm is disabled: Route works, Complete answers FAILED_PRECONDITION."""
+    return ModelCatalog(tuple(ProviderEntry(arm=arm, enabled=False) for arm in arms), source)
+
+
+def catalog_for_policy(catalog_file: str | None, policy_arms: Sequence[str]) -> ModelCatalog:
+    """The catalog to serve ``policy_arms`` with; ConfigError naming the arms when a given file mismatches.
+
+    With no ``catalog_file``, the shipped RouterBench catalog is used when the policy has its arms; a
+    policy with other arms (a custom or test policy) gets every arm disabled rather than a startup error,
+    because nothing was configured that could be wrong.
+    """
+    if catalog_file is not None:
+        return load_catalog(catalog_file).check_arms(policy_arms)
+    shipped = load_catalog(None)
+    if set(shipped.arms) == set(policy_arms):
+        return shipped
+    return disabled_catalog(policy_arms, "<no catalog configured: every model disabled>")
+
+
 def shipped_catalog_path() -> Path:
     return Path(str(importlib.resources.files("barp_sidecar") / "config" / SHIPPED_CATALOG))
 

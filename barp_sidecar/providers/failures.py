@@ -50,6 +50,18 @@ class ProviderNotConfigured(FailedPrecondition):
         self.arm = arm
 
 
+class NoConfiguredModel(FailedPrecondition):
+    """None of the models a Complete call may use has an enabled provider in the catalog."""
+
+    def __init__(self, arms: list[str]) -> None:
+        shown = arms if len(arms) <= 5 else [*arms[:5], f"... {len(arms) - 5} more"]
+        super().__init__(
+            f"no provider is configured for the allowed model(s) {shown}; "
+            "enable them in the providers catalog (providers.catalog_file)"
+        )
+        self.arms = arms
+
+
 class ProviderQueueFull(ResourceExhausted):
     """Too many calls are already waiting for this provider's concurrency slots."""
 

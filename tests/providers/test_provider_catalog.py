@@ -7,7 +7,13 @@ import pytest
 import yaml
 
 from barp_sidecar.errors import ConfigError
-from barp_sidecar.providers.catalog import ApiKey, load_catalog, parse_catalog, shipped_catalog_path
+from barp_sidecar.providers.catalog import (
+    ApiKey,
+    catalog_for_policy,
+    load_catalog,
+    parse_catalog,
+    shipped_catalog_path,
+)
 
 ROUTERBENCH_ARMS = (
     "WizardLM/WizardLM-13B-V1.2",
@@ -174,3 +180,14 @@ def test_keys_from_secret_files(tmp_path: Path) -> None:
 def test_keyless_endpoints_have_no_key() -> None:
     e = parse_catalog({"providers": [entry(api_key_env=None)]}).entry("a")
     assert e.read_api_key({}) is None
+
+
+def test_catalog_for_policy(tmp_path: Path) -> None:
+    assert catalog_for_policy(None, ROUTERBENCH_ARMS).arms == ROUTERBENCH_ARMS
+    custom = catalog_for_policy(None, ("x", "y"))
+    assert custom.arms == ("x", "y") and custom.enabled_arms() == ()
+    file = tmp_path / "catalog.yaml"
+    file.write_text(yaml.safe_dump({"providers": [entry(arm="x"), entry(arm="z")]}))
+    assert catalog_for_policy(str(file), ("z", "x")).arms == ("x", "z")
+    with pytest.raises(ConfigError, match=r"missing from the catalog: \['y'\].*does not have: \['z'\]"):
+        catalog_for_policy(str(file), ("x", "y"))
