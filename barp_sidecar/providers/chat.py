@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from barp_sidecar.errors import InvalidArgument
 
@@ -17,6 +18,7 @@ ROLES = ("system", "user", "assistant")
 ROUTING_TEXT_MODES = ("last_user", "conversation")
 MAX_STOP_SEQUENCES = 4
 MAX_MESSAGES = 1024
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -119,3 +121,39 @@ def routing_text(messages: Sequence[ChatMessage], mode: str, max_bytes: int) -> 
         return text
     # Cut on a character boundary: drop leading continuation bytes of a split code point.
     return encoded[-max_bytes:].decode("utf-8", errors="ignore")
+
+
+def _first_set(value: T | None, fallback: T | None) -> T | None:
+    return value if value is not None else fallback
+
+
+def coalesce(events: Sequence[StreamEvent]) -> list[StreamEvent]:
+    """Merge events that arrived together (one network read) into as few as possible, in order.
+
+    Deltas concatenate; a finish reason and token counts join the event before them unless that would
+    overwrite a value already there or put text after a finish reason. Forwarding one message per read
+    instead of one per token keeps the per-token overhead off the hot path when tokens arrive in bursts.
+    """
+    merged: list[StreamEvent] = []
+    for event in events:
+        if merged:
+            last = merged[-1]
+            conflict = (
+                (last.finish_reason is not None and (event.delta or event.finish_reason is not None))
+                or (last.input_tokens is not None and event.input_tokens is not None)
+                or (last.output_tokens is not None and event.output_tokens is not None)
+            )
+            if not conflict:
+                merged[-1] = StreamEvent(
+                    delta=last.delta + event.delta,
+                    finish_reason=event.finish_reason
+                    if event.finish_reason is not None
+                    else last.finish_reason,
+                    input_tokens=event.input_tokens if event.input_tokens is not None else last.input_tokens,
+                    output_tokens=event.output_tokens
+                    if event.output_tokens is not None
+                    else last.output_tokens,
+                )
+                continue
+        merged.append(event)
+    return merged

@@ -27,7 +27,7 @@ import structlog
 from barp_sidecar.errors import DeadlineExceeded
 from barp_sidecar.providers.adapter import Adapter, StreamProtocolError, UpstreamStreamError, adapter_for
 from barp_sidecar.providers.catalog import ApiKey, ModelCatalog, ProviderEntry
-from barp_sidecar.providers.chat import ChatRequest, StreamEvent
+from barp_sidecar.providers.chat import ChatRequest, StreamEvent, coalesce
 from barp_sidecar.providers.circuit_breaker import OPEN, CircuitBreaker
 from barp_sidecar.providers.failures import (
     ProviderFailure,
@@ -266,7 +266,7 @@ class ProviderPool:
             if content_type.startswith("text/event-stream"):
                 decoder = provider.adapter.stream_decoder()
                 async for chunk in response.content.iter_any():
-                    for event in decoder.feed(chunk):
+                    for event in coalesce(decoder.feed(chunk)):
                         yield event
                 for event in decoder.finish():
                     yield event

@@ -9,6 +9,8 @@ from barp_sidecar.providers.chat import (
     ChatMessage,
     ChatRequest,
     GenerationParameters,
+    StreamEvent,
+    coalesce,
     routing_text,
     validate_chat_request,
 )
@@ -72,3 +74,21 @@ def test_routing_text_conversation_keeps_the_tail_on_a_character_boundary() -> N
 def test_routing_text_rejects_unknown_modes() -> None:
     with pytest.raises(ValueError, match="routing_text"):
         routing_text([ChatMessage("user", "x")], "first_user", 10)
+
+
+def test_coalesce_merges_what_arrived_together_without_losing_order() -> None:
+    events = [
+        StreamEvent(input_tokens=5),
+        StreamEvent(delta="a"),
+        StreamEvent(delta="b"),
+        StreamEvent(finish_reason="stop"),
+        StreamEvent(input_tokens=6, output_tokens=2),
+    ]
+    assert coalesce(events) == [
+        StreamEvent(delta="ab", finish_reason="stop", input_tokens=5),
+        StreamEvent(input_tokens=6, output_tokens=2),
+    ]
+    assert coalesce([]) == []
+    # Text never moves after a finish reason.
+    late = [StreamEvent(finish_reason="stop"), StreamEvent(delta="x")]
+    assert coalesce(late) == late
