@@ -1,0 +1,323 @@
+"""Forwarding overhead benchmark (issue 4): Complete through the sidecar vs the provider called directly.
+
+In ONE run, against the fake provider with zero latency (a separate process), at each concurrency:
+  direct            the same chat request streamed straight to the fake provider with aiohttp
+  sidecar_route     Route on the same prompt (the routing decision alone)
+  sidecar_complete  Complete through the sidecar (route + forward + stream back)
+and ``p50_added_ms = p50(sidecar_complete) - p50(sidecar_route) - p50(direct)``: what forwarding adds
+beyond the routing decision and the provider itself. Rounds interleave the three modes so machine noise
+hits them alike. The sidecar runs as a real ``barp-sidecar serve`` process; the load generator is this
+process (grpc.aio + aiohttp), sharing the CPU with both servers.
+
+    python bench/forward_load.py [--concurrency 1,100] [--requests 1500] [--rounds 3] [--tokens 8]
+        [--policy hash|builtin] [--json PATH]
+
+``--policy hash`` (default) serves a small randomly initialised policy on the ``hash:384`` encoder, so the
+numbers isolate forwarding; ``builtin`` serves the shipped RouterBench policy with the real encoder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+import yaml
+
+from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
+from barp_sidecar.providers.openai_adapter import OpenAIStreamDecoder
+
+MODES = ("direct", "sidecar_route", "sidecar_complete")
+STARTUP_TIMEOUT_S = 120.0
+
+
+def make_hash_checkpoint(directory: Path) -> tuple[str, ...]:
+    """A small randomly initialised 11-arm policy on the hash:384 encoder (the MLP cost is negligible)."""
+    import torch
+
+    from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, save_checkpoint
+    from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
+
+    arms = tuple(f"model-{i:02d}" for i in range(11))
+    torch.manual_seed(0)
+    architecture = PolicyArchitecture(embedding_dim=384, num_arms=len(arms))
+    manifest = PolicyManifest(
+        version=1,
+        arms=arms,
+        encoder=EncoderIdentity("hash:384", 384, 256, "tail"),
+        tau_usd=0.005,
+        architecture=architecture,
+    )
+    save_checkpoint(directory, PolicyNetwork(architecture), manifest)
+    return arms
+
+
+def builtin_checkpoint() -> tuple[Path, tuple[str, ...]]:
+    from barp_sidecar.policy.builtin import builtin_policy_dir  # lazily: it ships with another issue
+
+    from barp_sidecar.policy.checkpoint import read_manifest
+
+    directory = builtin_policy_dir()
+    return directory, read_manifest(directory).arms
+
+
+async def read_json_event(stream: asyncio.StreamReader, event: str, what: str) -> dict[str, Any]:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        line = await asyncio.wait_for(stream.readline(), deadline - time.monotonic())
+        if not line:
+            raise RuntimeError(f"{what} exited before logging {event}")
+        with contextlib.suppress(json.JSONDecodeError):
+            data = json.loads(line)
+            if isinstance(data, dict) and data.get("event") == event:
+                return data
+    raise RuntimeError(f"{what} did not log {event} within {STARTUP_TIMEOUT_S:.0f}s")
+
+
+@contextlib.asynccontextmanager
+async def process(args: Sequence[str], event: str, what: str) -> AsyncIterator[dict[str, Any]]:
+    """Start a child process, yield its startup JSON event, then SIGTERM it (kill after 10 s)."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    child = await asyncio.create_subprocess_exec(
+        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env
+    )
+    drain: asyncio.Task[bytes] | None = None
+    try:
+        assert child.stdout is not None
+        started = await read_json_event(child.stdout, event, what)
+        drain = asyncio.create_task(child.stdout.read())  # keep its pipe from filling up
+        yield started
+    finally:
+        if child.returncode is None:
+            child.terminate()
+            try:
+                await asyncio.wait_for(child.wait(), 10)
+            except TimeoutError:
+                child.kill()
+                await child.wait()
+        if drain is not None:
+            drain.cancel()
+
+
+async def run_load(
+    call: Callable[[int], Awaitable[None]], requests: int, concurrency: int
+) -> tuple[list[float], float]:
+    """``requests`` calls by ``concurrency`` workers; returns per-call latencies (s) and the wall time (s)."""
+    latencies: list[float] = []
+    next_index = 0
+
+    async def worker() -> None:
+        nonlocal next_index
+        while next_index < requests:
+            index = next_index
+            next_index += 1
+            started = time.perf_counter()
+            await call(index)
+            latencies.append(time.perf_counter() - started)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return latencies, time.perf_counter() - started
+
+
+def percentile_ms(values: Sequence[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index] * 1000.0
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    with tempfile.TemporaryDirectory(prefix="barp-forward-bench-") as tmp:
+        root = Path(tmp)
+        if args.policy == "hash":
+            checkpoint = root / "policy"
+            arms = make_hash_checkpoint(checkpoint)
+        else:
+            checkpoint, arms = builtin_checkpoint()
+        fake_cmd = [sys.executable, "-m", "barp_sidecar.providers.fake_server", "--port", "0"]
+        fake_cmd += ["--tokens", str(args.tokens)]
+        async with process(fake_cmd, "fake_provider_started", "fake provider") as fake:
+            base_url = fake["base_url"]
+            catalog = {
+                "providers": [
+                    {
+                        "arm": arm,
+                        "base_url": base_url,
+                        "upstream_model": "fake",
+                        "input_usd_per_1m_tokens": 1.0,
+                        "output_usd_per_1m_tokens": 2.0,
+                        # Above the largest concurrency: the benchmark measures overhead, not the limit.
+                        "max_concurrency": max(concurrencies) * 2,
+                        "timeout_s": 60,
+                    }
+                    for arm in arms
+                ]
+            }
+            (root / "catalog.yaml").write_text(yaml.safe_dump(catalog))
+            config = {
+                "server": {"host": "127.0.0.1", "port": 0},
+                "metrics": {"enabled": False},
+                "admin": {"enabled": False},
+                "logging": {"level": "warning"},
+                "policy": {"checkpoint_dir": str(checkpoint), "device": "cpu", "cpu_threads": 1},
+                # Route and Complete see the same prompts: no cache, so both pay for the decision.
+                "batching": {"embedding_cache_entries": 0},
+                "providers": {"catalog_file": str(root / "catalog.yaml")},
+            }
+            (root / "sidecar.yaml").write_text(yaml.safe_dump(config))
+            serve_cmd = [
+                sys.executable,
+                "-m",
+                "barp_sidecar.cli",
+                "serve",
+                "--config",
+                str(root / "sidecar.yaml"),
+            ]
+            async with process(serve_cmd, "server_started", "sidecar") as sidecar:
+                return await measure(args, concurrencies, base_url, int(sidecar["port"]))
+
+
+async def measure(
+    args: argparse.Namespace, concurrencies: list[int], base_url: str, port: int
+) -> dict[str, Any]:
+    prompts = [f"Question {i}: what is {i} times {(i * 7) % 13}, in base {2 + i % 9}?" for i in range(4096)]
+    messages = [[{"role": "user", "content": p}] for p in prompts]
+    body_template = {"model": "fake", "stream": True, "stream_options": {"include_usage": True}}
+    connector = aiohttp.TCPConnector(limit=0)
+    options = [("grpc.max_concurrent_streams", 1000)]
+    async with (
+        aiohttp.ClientSession(connector=connector) as session,
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel,
+    ):
+        stub = router_pb2_grpc.RouterStub(channel)
+        url = f"{base_url}/chat/completions"
+
+        async def direct(i: int) -> None:
+            decoder = OpenAIStreamDecoder()
+            body = {**body_template, "messages": messages[i % len(messages)]}
+            async with session.post(url, json=body) as response:
+                assert response.status == 200, response.status
+                async for chunk in response.content.iter_any():
+                    decoder.feed(chunk)
+            decoder.finish()
+
+        async def route(i: int) -> None:
+            await stub.Route(router_pb2.RouteRequest(prompt=prompts[i % len(prompts)]), timeout=60)
+
+        async def complete(i: int) -> None:
+            request = router_pb2.CompleteRequest(
+                messages=[router_pb2.ChatMessage(role="user", content=prompts[i % len(prompts)])]
+            )
+            last = None
+            async for chunk in stub.Complete(request, timeout=60):
+                last = chunk
+            assert last is not None and last.HasField("usage")
+
+        calls = {"direct": direct, "sidecar_route": route, "sidecar_complete": complete}
+        # Warm-up: connections, code paths, the sidecar's first batches.
+        for name in MODES:
+            await run_load(calls[name], 200, 20)
+        results = []
+        for concurrency in concurrencies:
+            latencies: dict[str, list[float]] = {name: [] for name in MODES}
+            wall: dict[str, float] = dict.fromkeys(MODES, 0.0)
+            per_round = max(concurrency, args.requests // args.rounds)
+            for _ in range(args.rounds):
+                for name in MODES:
+                    values, seconds = await run_load(calls[name], per_round, concurrency)
+                    latencies[name] += values
+                    wall[name] += seconds
+            rows = {
+                name: {
+                    "name": name,
+                    "concurrency": concurrency,
+                    "requests": len(latencies[name]),
+                    "throughput_rps": round(len(latencies[name]) / wall[name], 1),
+                    "p50_ms": round(percentile_ms(latencies[name], 0.50), 3),
+                    "p95_ms": round(percentile_ms(latencies[name], 0.95), 3),
+                    "p99_ms": round(percentile_ms(latencies[name], 0.99), 3),
+                    "mean_ms": round(statistics.fmean(latencies[name]) * 1000, 3),
+                }
+                for name in MODES
+            }
+            rows["sidecar_complete"]["p50_added_ms"] = round(
+                rows["sidecar_complete"]["p50_ms"]
+                - rows["sidecar_route"]["p50_ms"]
+                - rows["direct"]["p50_ms"],
+                3,
+            )
+            results += [rows[name] for name in MODES]
+            print_rows([rows[name] for name in MODES])
+    return {
+        "config": {
+            "policy": args.policy,
+            "tokens_per_completion": args.tokens,
+            "rounds": args.rounds,
+            "requests_per_mode": args.requests,
+            "concurrency": concurrencies,
+            "fake_provider_latency_ms": 0,
+            "python": platform.python_version(),
+            "cpus": os.cpu_count(),
+        },
+        "results": results,
+    }
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        added = row.get("p50_added_ms")
+        print(
+            f"{row['name']:<17} c={row['concurrency']:<4} {row['throughput_rps']:>8.1f} rps  "
+            f"p50 {row['p50_ms']:>8.2f} ms  p95 {row['p95_ms']:>8.2f}  p99 {row['p99_ms']:>8.2f}"
+            + (f"  added p50 {added:+.2f} ms" if added is not None else ""),
+            flush=True,
+        )
+
+
+def markdown(report: dict[str, Any]) -> str:
+    lines = [
+        "| mode | concurrency | throughput (req/s) | p50 (ms) | p95 (ms) | p99 (ms) | added p50 (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in report["results"]:
+        added = f"{r['p50_added_ms']:+.2f}" if "p50_added_ms" in r else ""
+        lines.append(
+            f"| {r['name']} | {r['concurrency']} | {r['throughput_rps']:.0f} | {r['p50_ms']:.2f} | "
+            f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {added} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--concurrency", default="1,100", help="comma-separated concurrent streams")
+    parser.add_argument("--requests", type=int, default=1500, help="requests per mode and concurrency")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three modes")
+    parser.add_argument("--tokens", type=int, default=8, help="tokens per completion from the fake")
+    parser.add_argument("--policy", choices=("hash", "builtin"), default="hash")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    args = parser.parse_args(argv)
+    report = asyncio.run(bench(args))
+    print()
+    print(markdown(report))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
