@@ -73,32 +73,35 @@ def builtin_checkpoint() -> tuple[Path, tuple[str, ...]]:
     return directory, read_manifest(directory).arms
 
 
-async def read_json_event(stream: asyncio.StreamReader, event: str, what: str) -> dict[str, Any]:
+async def wait_for_json_event(
+    log_file: Path, event: str, what: str, child: asyncio.subprocess.Process
+) -> dict[str, Any]:
+    """Poll the child's stdout log file for a JSON line whose ``event`` is ``event``."""
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
-        line = await asyncio.wait_for(stream.readline(), deadline - time.monotonic())
-        if not line:
-            raise RuntimeError(f"{what} exited before logging {event}")
-        with contextlib.suppress(json.JSONDecodeError):
-            data = json.loads(line)
-            if isinstance(data, dict) and data.get("event") == event:
-                return data
+        for line in (await asyncio.to_thread(log_file.read_text, errors="replace")).splitlines():
+            with contextlib.suppress(json.JSONDecodeError):
+                data = json.loads(line)
+                if isinstance(data, dict) and data.get("event") == event:
+                    return data
+        if child.returncode is not None:
+            raise RuntimeError(f"{what} exited ({child.returncode}) before logging {event}; see {log_file}")
+        await asyncio.sleep(0.05)
     raise RuntimeError(f"{what} did not log {event} within {STARTUP_TIMEOUT_S:.0f}s")
 
 
 @contextlib.asynccontextmanager
-async def process(args: Sequence[str], event: str, what: str) -> AsyncIterator[dict[str, Any]]:
-    """Start a child process, yield its startup JSON event, then SIGTERM it (kill after 10 s)."""
+async def process(
+    args: Sequence[str], event: str, what: str, log_file: Path
+) -> AsyncIterator[dict[str, Any]]:
+    """Start a child process (stdout to ``log_file``), yield its startup event, then SIGTERM it."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    child = await asyncio.create_subprocess_exec(
-        *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL, env=env
-    )
-    drain: asyncio.Task[bytes] | None = None
+    with log_file.open("wb") as sink:
+        child = await asyncio.create_subprocess_exec(
+            *args, stdout=sink, stderr=asyncio.subprocess.STDOUT, env=env
+        )
     try:
-        assert child.stdout is not None
-        started = await read_json_event(child.stdout, event, what)
-        drain = asyncio.create_task(child.stdout.read())  # keep its pipe from filling up
-        yield started
+        yield await wait_for_json_event(log_file, event, what, child)
     finally:
         if child.returncode is None:
             child.terminate()
@@ -107,8 +110,6 @@ async def process(args: Sequence[str], event: str, what: str) -> AsyncIterator[d
             except TimeoutError:
                 child.kill()
                 await child.wait()
-        if drain is not None:
-            drain.cancel()
 
 
 async def run_load(
@@ -149,7 +150,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
             checkpoint, arms = builtin_checkpoint()
         fake_cmd = [sys.executable, "-m", "barp_sidecar.providers.fake_server", "--port", "0"]
         fake_cmd += ["--tokens", str(args.tokens)]
-        async with process(fake_cmd, "fake_provider_started", "fake provider") as fake:
+        async with process(fake_cmd, "fake_provider_started", "fake provider", root / "fake.log") as fake:
             base_url = fake["base_url"]
             catalog = {
                 "providers": [
@@ -171,7 +172,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "server": {"host": "127.0.0.1", "port": 0},
                 "metrics": {"enabled": False},
                 "admin": {"enabled": False},
-                "logging": {"level": "warning"},
+                "logging": {"level": "info"},  # as deployed: one access event per RPC
                 "policy": {"checkpoint_dir": str(checkpoint), "device": "cpu", "cpu_threads": 1},
                 # Route and Complete see the same prompts: no cache, so both pay for the decision.
                 "batching": {"embedding_cache_entries": 0},
@@ -186,7 +187,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "--config",
                 str(root / "sidecar.yaml"),
             ]
-            async with process(serve_cmd, "server_started", "sidecar") as sidecar:
+            async with process(serve_cmd, "server_started", "sidecar", root / "sidecar.log") as sidecar:
                 return await measure(args, concurrencies, base_url, int(sidecar["port"]))
 
 
@@ -240,7 +241,7 @@ async def measure(
                     values, seconds = await run_load(calls[name], per_round, concurrency)
                     latencies[name] += values
                     wall[name] += seconds
-            rows = {
+            rows: dict[str, dict[str, Any]] = {
                 name: {
                     "name": name,
                     "concurrency": concurrency,
@@ -253,12 +254,9 @@ async def measure(
                 }
                 for name in MODES
             }
-            rows["sidecar_complete"]["p50_added_ms"] = round(
-                rows["sidecar_complete"]["p50_ms"]
-                - rows["sidecar_route"]["p50_ms"]
-                - rows["direct"]["p50_ms"],
-                3,
-            )
+            p50 = {name: percentile_ms(latencies[name], 0.50) for name in MODES}
+            added_ms = p50["sidecar_complete"] - p50["sidecar_route"] - p50["direct"]
+            rows["sidecar_complete"]["p50_added_ms"] = round(added_ms, 3)
             results += [rows[name] for name in MODES]
             print_rows([rows[name] for name in MODES])
     return {
