@@ -12,6 +12,7 @@ _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 3
 
 class ProviderMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
         self.attempts = Counter(
             "barp_provider_attempts",
             "Provider HTTP attempts by model and outcome (ok, connect, timeout, http_status, protocol, ...)",

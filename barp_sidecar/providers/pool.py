@@ -121,6 +121,8 @@ class ProviderPool:
                 ),
                 breaker=CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_open_s, clock),
             )
+        for provider in self._providers.values():
+            _export_gauges(metrics, provider)
         self._keys = tuple(p.api_key for p in self._providers.values() if p.api_key is not None)
         self._session: aiohttp.ClientSession | None = None
         self._log = structlog.get_logger("barp.providers")
@@ -187,21 +189,16 @@ class ProviderPool:
                 )
             try:
                 async with provider.limiter.slot():
-                    self._metrics.in_flight.labels(arm).inc()
-                    try:
-                        async for event in self._attempt(provider, request, deadline_s):
-                            if event.delta or event.finish_reason is not None:
-                                started = True
-                            yield event
-                    finally:
-                        self._metrics.in_flight.labels(arm).dec()
+                    async for event in self._attempt(provider, request, deadline_s):
+                        if event.delta or event.finish_reason is not None:
+                            started = True
+                        yield event
             except ProviderFailure as failure:
                 self._metrics.attempts.labels(arm, failure.kind).inc()
                 if _counts_against_provider(failure):
                     provider.breaker.record_failure()
                 else:
                     provider.breaker.release_probe()
-                self._metrics.breaker_open.labels(arm).set(1 if provider.breaker.state == OPEN else 0)
                 failed_attempts += 1
                 if started or not failure.retryable:
                     raise
@@ -228,7 +225,6 @@ class ProviderPool:
                 raise
             self._metrics.attempts.labels(arm, "ok").inc()
             provider.breaker.record_success()
-            self._metrics.breaker_open.labels(arm).set(0)
             return
 
     async def _attempt(
@@ -323,6 +319,24 @@ async def _read_bounded(response: aiohttp.ClientResponse, limit_bytes: int) -> b
             raise StreamProtocolError(f"response body larger than {limit_bytes} bytes")
         parts.append(chunk)
     return b"".join(parts)
+
+
+def _export_gauges(metrics: ProviderMetrics, provider: _Provider) -> None:
+    """Gauges read at scrape time: always current, and nothing to keep in sync on the hot path."""
+    arm, limiter, breaker = provider.entry.arm, provider.limiter, provider.breaker
+
+    def in_flight() -> float:
+        return float(limiter.in_flight)
+
+    def queued() -> float:
+        return float(limiter.waiting)
+
+    def breaker_open() -> float:
+        return 1.0 if breaker.state == OPEN else 0.0
+
+    metrics.in_flight.labels(arm).set_function(in_flight)
+    metrics.queued.labels(arm).set_function(queued)
+    metrics.breaker_open.labels(arm).set_function(breaker_open)
 
 
 def _counts_against_provider(failure: ProviderFailure) -> bool:

@@ -13,6 +13,7 @@ from barp_sidecar.errors import DeadlineExceeded
 from barp_sidecar.providers.chat import ChatRequest, StreamEvent
 from barp_sidecar.providers.failures import ProviderFailure, ProviderNotConfigured, ProviderQueueFull
 from barp_sidecar.providers.fake_server import FakeBehaviour, FakeProvider, FakeProviderOptions
+from barp_sidecar.providers.metrics import ProviderMetrics
 from barp_sidecar.providers.pool import ProviderPool
 from barp_sidecar.settings import ProvidersSettings
 from tests.providers.provider_helpers import FAST_SETTINGS, TEST_KEY, chat, closed_port, entry_for
@@ -244,7 +245,9 @@ async def test_queueing_beyond_the_bound_is_refused_at_once(make_pool: MakePool)
         assert "3 calls queued" in str(refused[0])
 
 
-async def test_the_circuit_breaker_opens_and_recovers(fake: FakeProvider, make_pool: MakePool) -> None:
+async def test_the_circuit_breaker_opens_and_recovers(
+    fake: FakeProvider, make_pool: MakePool, metrics: ProviderMetrics
+) -> None:
     settings = ProvidersSettings(
         max_attempts=1, breaker_failure_threshold=2, breaker_open_s=0.2, retry_initial_backoff_ms=1
     )
@@ -256,6 +259,11 @@ async def test_the_circuit_breaker_opens_and_recovers(fake: FakeProvider, make_p
     with pytest.raises(ProviderFailure) as caught:
         await collect(pool, "m", chat())
     assert caught.value.kind == "circuit_open" and fake.stats.requests == 2
+    sample = metrics.registry.get_sample_value
+    assert sample("barp_provider_breaker_open", {"model": "m"}) == 1.0
+    assert sample("barp_provider_attempts_total", {"model": "m", "outcome": "http_status"}) == 2.0
+    assert sample("barp_provider_attempts_total", {"model": "m", "outcome": "circuit_open"}) == 1.0
     await asyncio.sleep(0.25)
     assert text_of(await collect(pool, "m", chat())).startswith("tok0")  # the half-open probe succeeds
     assert pool.breaker("m").state == "closed"
+    assert sample("barp_provider_breaker_open", {"model": "m"}) == 0.0
