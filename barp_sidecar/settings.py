@@ -177,7 +177,7 @@ class ProvidersSettings:
     max_fallbacks: int = 2
     # TCP connect timeout towards a provider (seconds); the catalog's timeout_s bounds a whole attempt.
     connect_timeout_s: float = 5.0
-    # Calls waiting for one provider's max_concurrency slots; beyond it, RESOURCE_EXHAUSTED at once.
+    # Calls waiting for one provider's max_concurrency slots; beyond it that provider counts as failed.
     max_queued_per_provider: int = 1024
     # Completed-call records (cost, latency, usage) kept in memory for the reward path, oldest evicted.
     completion_records_max_entries: int = 100_000

@@ -9,7 +9,7 @@ beyond the routing decision and the provider itself. Rounds interleave the three
 hits them alike. The sidecar runs as a real ``barp-sidecar serve`` process; the load generator is this
 process (grpc.aio + aiohttp), sharing the CPU with both servers.
 
-    python bench/forward_load.py [--concurrency 1,100] [--requests 1500] [--rounds 3] [--tokens 8]
+    python -m bench.forward_load [--concurrency 1,100] [--requests 1500] [--rounds 3] [--tokens 8]
         [--policy hash|builtin] [--json PATH]
 
 ``--policy hash`` (default) serves a small randomly initialised policy on the ``hash:384`` encoder, so the
@@ -101,7 +101,8 @@ async def process(
             *args, stdout=sink, stderr=asyncio.subprocess.STDOUT, env=env
         )
     try:
-        yield await wait_for_json_event(log_file, event, what, child)
+        started = await wait_for_json_event(log_file, event, what, child)
+        yield {**started, "_pid": child.pid}
     finally:
         if child.returncode is None:
             child.terminate()
@@ -131,6 +132,12 @@ async def run_load(
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return latencies, time.perf_counter() - started
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def percentile_ms(values: Sequence[float], q: float) -> float:
@@ -179,8 +186,10 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "providers": {"catalog_file": str(root / "catalog.yaml")},
             }
             (root / "sidecar.yaml").write_text(yaml.safe_dump(config))
+            profile = ["-m", "cProfile", "-o", args.profile_sidecar] if args.profile_sidecar else []
             serve_cmd = [
                 sys.executable,
+                *profile,
                 "-m",
                 "barp_sidecar.cli",
                 "serve",
@@ -188,11 +197,16 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 str(root / "sidecar.yaml"),
             ]
             async with process(serve_cmd, "server_started", "sidecar", root / "sidecar.log") as sidecar:
-                return await measure(args, concurrencies, base_url, int(sidecar["port"]))
+                pids = {"sidecar": int(sidecar["_pid"]), "fake": int(fake["_pid"])}
+                return await measure(args, concurrencies, base_url, int(sidecar["port"]), pids)
 
 
 async def measure(
-    args: argparse.Namespace, concurrencies: list[int], base_url: str, port: int
+    args: argparse.Namespace,
+    concurrencies: list[int],
+    base_url: str,
+    port: int,
+    pids: dict[str, int],
 ) -> dict[str, Any]:
     prompts = [f"Question {i}: what is {i} times {(i * 7) % 13}, in base {2 + i % 9}?" for i in range(4096)]
     messages = [[{"role": "user", "content": p}] for p in prompts]
@@ -235,10 +249,14 @@ async def measure(
         for concurrency in concurrencies:
             latencies: dict[str, list[float]] = {name: [] for name in MODES}
             wall: dict[str, float] = dict.fromkeys(MODES, 0.0)
+            cpu: dict[str, dict[str, float]] = {name: dict.fromkeys(pids, 0.0) for name in MODES}
             per_round = max(concurrency, args.requests // args.rounds)
             for _ in range(args.rounds):
                 for name in MODES:
+                    before = {who: cpu_seconds(pid) for who, pid in pids.items()}
                     values, seconds = await run_load(calls[name], per_round, concurrency)
+                    for who, pid in pids.items():
+                        cpu[name][who] += cpu_seconds(pid) - before[who]
                     latencies[name] += values
                     wall[name] += seconds
             rows: dict[str, dict[str, Any]] = {
@@ -251,6 +269,11 @@ async def measure(
                     "p95_ms": round(percentile_ms(latencies[name], 0.95), 3),
                     "p99_ms": round(percentile_ms(latencies[name], 0.99), 3),
                     "mean_ms": round(statistics.fmean(latencies[name]) * 1000, 3),
+                    # CPU time the servers spent per request: robust where wall-clock latency is noisy.
+                    "sidecar_cpu_ms_per_request": round(
+                        cpu[name]["sidecar"] * 1000 / len(latencies[name]), 3
+                    ),
+                    "fake_cpu_ms_per_request": round(cpu[name]["fake"] * 1000 / len(latencies[name]), 3),
                 }
                 for name in MODES
             }
@@ -279,7 +302,9 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
         added = row.get("p50_added_ms")
         print(
             f"{row['name']:<17} c={row['concurrency']:<4} {row['throughput_rps']:>8.1f} rps  "
-            f"p50 {row['p50_ms']:>8.2f} ms  p95 {row['p95_ms']:>8.2f}  p99 {row['p99_ms']:>8.2f}"
+            f"p50 {row['p50_ms']:>8.2f} ms  p95 {row['p95_ms']:>8.2f}  p99 {row['p99_ms']:>8.2f}  "
+            f"cpu/req sidecar {row['sidecar_cpu_ms_per_request']:.3f} ms "
+            f"fake {row['fake_cpu_ms_per_request']:.3f} ms"
             + (f"  added p50 {added:+.2f} ms" if added is not None else ""),
             flush=True,
         )
@@ -287,14 +312,15 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
-        "| mode | concurrency | throughput (req/s) | p50 (ms) | p95 (ms) | p99 (ms) | added p50 (ms) |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| mode | concurrency | throughput (req/s) | p50 (ms) | p95 (ms) | p99 (ms) | added p50 (ms) "
+        "| sidecar CPU/req (ms) |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         added = f"{r['p50_added_ms']:+.2f}" if "p50_added_ms" in r else ""
         lines.append(
             f"| {r['name']} | {r['concurrency']} | {r['throughput_rps']:.0f} | {r['p50_ms']:.2f} | "
-            f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {added} |"
+            f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {added} | {r['sidecar_cpu_ms_per_request']:.3f} |"
         )
     return "\n".join(lines)
 
@@ -307,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tokens", type=int, default=8, help="tokens per completion from the fake")
     parser.add_argument("--policy", choices=("hash", "builtin"), default="hash")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--profile-sidecar", metavar="PATH", help="run the sidecar under cProfile into PATH")
     args = parser.parse_args(argv)
     report = asyncio.run(bench(args))
     print()

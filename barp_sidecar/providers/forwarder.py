@@ -45,6 +45,9 @@ class AnswerStarted:
 @dataclass(frozen=True)
 class TextDelta:
     text: str
+    # True when the provider finished with this text (it arrived with the finish reason): a transport may
+    # hold it for the Completed event that follows at once and send both in one message.
+    final: bool = False
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,7 @@ class Forwarder:
                             yield AnswerStarted(model, fallback_from)
                         if event.delta:
                             parts.append(event.delta)
-                            yield TextDelta(event.delta)
+                            yield TextDelta(event.delta, final=event.finish_reason is not None)
             except ProviderQueueFull as exc:
                 failures.append(ProviderFailure(model, "queue_full", str(exc), retryable=False))
                 self._fell_back(model, "queue_full")
