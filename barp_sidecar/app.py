@@ -1,9 +1,10 @@
 """``barp-sidecar serve``: the one composition root. build -> start -> wait for stop -> ordered shutdown.
 
 Owns wiring and lifecycle only: which component is built from which settings, in which order things start
-and stop. Start order: metrics HTTP -> micro-batcher (+ warm-up pass) -> gRPC server -> health SERVING.
-Shutdown order: health NOT_SERVING -> ``server.stop(grace_s)`` (no new RPCs; in-flight ones finish) ->
-drain the batcher -> close metrics. Later components plug in at the marked places.
+and stop. Start order: metrics HTTP -> micro-batcher (+ warm-up pass) -> provider pool (the one aiohttp
+session) -> gRPC server -> health SERVING. Shutdown order: health NOT_SERVING -> ``server.stop(grace_s)``
+(no new RPCs; in-flight ones finish) -> drain the batcher -> close the provider pool -> close metrics.
+Later components plug in at the marked places.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import random
 import signal
 import sys
 from collections.abc import Mapping
@@ -29,6 +31,12 @@ from barp_sidecar.policy.embedding_cache import EmbeddingCache
 from barp_sidecar.policy.inference import InferenceRequest, InferenceResult, PolicyInference
 from barp_sidecar.policy.loading import load_encoder, load_startup_policy
 from barp_sidecar.policy.registry import PolicyRegistry
+from barp_sidecar.providers.catalog import catalog_for_policy
+from barp_sidecar.providers.forwarder import Forwarder
+from barp_sidecar.providers.metrics import ProviderMetrics
+from barp_sidecar.providers.pool import ProviderPool
+from barp_sidecar.providers.recorder import InMemoryCompletionRecorder
+from barp_sidecar.routing.completion import CompletionService
 from barp_sidecar.routing.service import RoutingDefaults, RoutingService
 from barp_sidecar.rpc.server import GrpcServer
 from barp_sidecar.rpc.servicer import RouterServicer
@@ -81,6 +89,9 @@ class SidecarApp:
         self.inference: PolicyInference | None = None
         self.batcher: MicroBatcher[InferenceRequest, InferenceResult] | None = None
         self.routing: RoutingService | None = None
+        self.provider_pool: ProviderPool | None = None
+        self.completion_recorder: InMemoryCompletionRecorder | None = None
+        self.completion: CompletionService | None = None
         self.grpc: GrpcServer | None = None
         self.metrics_http: MetricsHttpServer | None = None
         self.port: int | None = None
@@ -89,8 +100,11 @@ class SidecarApp:
         self._started = False
 
     @classmethod
-    def build(cls, settings: Settings) -> SidecarApp:
-        """Load the policy and encoder and wire every component; binds nothing. Raises ConfigError."""
+    def build(cls, settings: Settings, env: Mapping[str, str] | None = None) -> SidecarApp:
+        """Load the policy and encoder and wire every component; binds nothing. Raises ConfigError.
+
+        ``env`` is where provider API keys are read from (the process environment when None).
+        """
         app = cls(settings)
         s = settings
         app.placement = select_placement(s)
@@ -136,9 +150,31 @@ class SidecarApp:
             ),
             rng=np.random.default_rng(s.routing.seed),
         )
-        # Later: pending-decision store + reward spool + publisher (learning), provider pool (providers),
-        # policy watcher (learning) are built here, then handed to the servicers below.
-        servicer = RouterServicer(app.routing, app.metrics, log_prompts=s.logging.log_prompts)
+        # Later: pending-decision store + reward spool + publisher, policy watcher (learning) are built here,
+        # then handed to the servicers below. The completion recorder is the seam for the pending store.
+        catalog = catalog_for_policy(s.providers.catalog_file, app.registry.arms)
+        provider_metrics = ProviderMetrics(app.metrics.registry)
+        app.provider_pool = ProviderPool(
+            catalog,
+            s.providers,
+            os.environ if env is None else env,
+            provider_metrics,
+            rng=random.Random(s.routing.seed),
+        )
+        app.completion_recorder = InMemoryCompletionRecorder(s.providers.completion_records_max_entries)
+        forwarder = Forwarder(
+            catalog, app.provider_pool, app.completion_recorder, provider_metrics, s.providers.max_fallbacks
+        )
+        app.completion = CompletionService(
+            routing=app.routing,
+            forwarder=forwarder,
+            callable_models=frozenset(catalog.enabled_arms()),
+            routing_text_mode=s.providers.routing_text,
+            routing_text_max_bytes=s.providers.routing_text_max_bytes,
+        )
+        servicer = RouterServicer(
+            app.routing, app.metrics, completion=app.completion, log_prompts=s.logging.log_prompts
+        )
         app.grpc = GrpcServer(s.server, servicer, max_pending_rpcs=s.batching.max_pending)
         if s.metrics.enabled:
             app.metrics_http = MetricsHttpServer(app.metrics, s.metrics.host, s.metrics.port)
@@ -157,7 +193,9 @@ class SidecarApp:
             inference = self.inference
             # Warm-up on the worker thread: first-call allocations happen before the first real request.
             await self.batcher.call_in_worker(lambda: inference.run_batch([InferenceRequest("warm up", 0.5)]))
-            # Later: spool, publisher, provider pool, policy watcher, admin server start here.
+            # Later: spool, publisher, policy watcher, admin server start here.
+            if self.provider_pool is not None:
+                await self.provider_pool.start()
             self.port = await self.grpc.start()
             self._started = True
         except BaseException:
@@ -193,7 +231,10 @@ class SidecarApp:
         self._started = False
         if self.batcher is not None:
             await self.batcher.close(timeout_s=grace_s)
-        # Later: admin server stop, watcher stop, provider pool close, publisher flush, spool flush + close.
+        if self.provider_pool is not None:
+            # After the server stopped: no Complete is in flight any more.
+            await self.provider_pool.close()
+        # Later: admin server stop, watcher stop, publisher flush, spool flush + close.
         if self.metrics_http is not None:
             self.metrics_http.close()
         log.info("server_stopped")
@@ -244,7 +285,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     configure_logging(settings.logging)
     try:
-        app = SidecarApp.build(settings)
+        app = SidecarApp.build(settings, env=os.environ)
     except ConfigError as error:
         print(f"barp-sidecar serve: invalid configuration: {error}", file=sys.stderr)
         return EXIT_CONFIG

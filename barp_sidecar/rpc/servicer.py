@@ -1,13 +1,14 @@
 """barp.v1 Router servicer: converts, delegates to RoutingService, maps errors, writes the access log.
 
-Owns only the transport concerns of Route. Complete and ReportOutcome are left to the generated base class
-(UNIMPLEMENTED) until their branches add them; collaborators arrive through the constructor.
+Owns only the transport concerns of Route, and delegates Complete to ``rpc.complete`` (chunk assembly) over
+a CompletionService. Collaborators arrive through the constructor.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 
 import grpc
 import structlog
@@ -15,8 +16,10 @@ import structlog
 from barp_sidecar.errors import BarpError
 from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
 from barp_sidecar.metrics import SidecarMetrics
+from barp_sidecar.routing.completion import CompletionService
 from barp_sidecar.routing.service import RoutingService
 from barp_sidecar.rpc import convert
+from barp_sidecar.rpc.complete import complete_stream
 from barp_sidecar.rpc.status import status_for
 
 log = structlog.get_logger("barp_sidecar.access")
@@ -26,11 +29,28 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
     """Route over a RoutingService."""
 
     def __init__(
-        self, routing: RoutingService, metrics: SidecarMetrics, *, log_prompts: bool = False
+        self,
+        routing: RoutingService,
+        metrics: SidecarMetrics,
+        *,
+        completion: CompletionService | None = None,
+        log_prompts: bool = False,
     ) -> None:
         self._routing = routing
         self._metrics = metrics
+        self._completion = completion
         self._log_prompts = log_prompts
+
+    async def Complete(  # the generated base class names it
+        self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[router_pb2.CompleteChunk]:
+        if self._completion is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Complete is not enabled in this sidecar")
+        assert self._completion is not None
+        async for chunk in complete_stream(
+            self._completion, self._metrics, request, context, log_prompts=self._log_prompts
+        ):
+            yield chunk
 
     async def Route(  # the generated base class names it
         self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
