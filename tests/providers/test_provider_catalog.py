@@ -191,3 +191,15 @@ def test_catalog_for_policy(tmp_path: Path) -> None:
     assert catalog_for_policy(str(file), ("z", "x")).arms == ("x", "z")
     with pytest.raises(ConfigError, match=r"missing from the catalog: \['y'\].*does not have: \['z'\]"):
         catalog_for_policy(str(file), ("x", "y"))
+
+
+def test_the_shipped_catalog_matches_the_shipped_policy() -> None:
+    from barp_sidecar.policy.builtin import builtin_policy_dir
+    from barp_sidecar.policy.checkpoint import read_manifest
+
+    manifest_file = builtin_policy_dir() / "manifest.json"
+    if not manifest_file.exists():
+        pytest.skip("the shipped RouterBench policy is not in this checkout")
+    arms = read_manifest(builtin_policy_dir()).arms
+    assert load_catalog(None).arms == arms  # same names, same order
+    assert catalog_for_policy(None, arms).source.endswith("catalog.routerbench.yaml")
