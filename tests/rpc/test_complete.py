@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +18,11 @@ from barp_sidecar.app import SidecarApp
 from barp_sidecar.errors import ConfigError
 from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
 from barp_sidecar.providers.fake_server import FakeBehaviour, FakeProvider, FakeProviderOptions
-from barp_sidecar.settings import Settings
 from tests.providers.provider_helpers import closed_port
-from tests.support.sidecar import ARMS, make_tiny_checkpoint, sidecar_settings
+from tests.support.providers import all_live, settings_for, sidecar, write_catalog
+from tests.support.sidecar import ARMS, make_tiny_checkpoint
 
 KEY = "sk-live-abcdef0123456789SECRET"
-FAST = {"retry_initial_backoff_ms": 1.0, "retry_max_backoff_ms": 5.0}
 
 
 @pytest.fixture(scope="module")
@@ -36,34 +34,6 @@ def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
 async def fake() -> AsyncIterator[FakeProvider]:
     async with FakeProvider(FakeProviderOptions()) as provider:
         yield provider
-
-
-def write_catalog(path: Path, urls: Mapping[str, str | None], **fields: Any) -> str:
-    """A catalog for the test policy: arm -> base_url (None = disabled)."""
-    entries = []
-    for arm in ARMS:
-        url = urls.get(arm)
-        entry: dict[str, Any] = {"arm": arm, "enabled": url is not None}
-        if url is not None:
-            entry.update(base_url=url, upstream_model=f"up-{arm}", input_usd_per_1m_tokens=1.0)
-            entry.update(output_usd_per_1m_tokens=2.0, max_concurrency=8, timeout_s=10.0, **fields)
-        entries.append(entry)
-    path.write_text(yaml.safe_dump({"providers": entries}))
-    return str(path)
-
-
-def settings_for(checkpoint: Path, catalog: str | None, **providers: Any) -> Settings:
-    return sidecar_settings(checkpoint, providers={"catalog_file": catalog, **FAST, **providers})
-
-
-@contextlib.asynccontextmanager
-async def sidecar(settings: Settings, env: Mapping[str, str] | None = None) -> AsyncIterator[SidecarApp]:
-    app = SidecarApp.build(settings, env=env or {})
-    await app.start()
-    try:
-        yield app
-    finally:
-        await app.close()
 
 
 def complete_request(text: str = "What is 2 + 2?", **fields: Any) -> router_pb2.CompleteRequest:
@@ -83,10 +53,6 @@ async def complete_error(
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await complete(port, request, timeout_s)
     return caught.value
-
-
-def all_live(url: str) -> dict[str, str | None]:
-    return {arm: url for arm in ARMS}
 
 
 async def test_complete_streams_the_decision_text_usage_and_records_cost(
