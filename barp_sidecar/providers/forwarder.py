@@ -180,8 +180,9 @@ class Forwarder:
     def _observe(
         self, model: str, usage: TokenUsage, cost: float, latency_ms: float, fallback_from: tuple[str, ...]
     ) -> None:
-        self._metrics.completions.labels(model, "fallback" if fallback_from else "ok").inc()
-        self._metrics.latency.labels(model).observe(latency_ms / 1000.0)
-        self._metrics.cost.labels(model).inc(cost)
-        self._metrics.tokens.labels(model, "input").inc(usage.input_tokens)
-        self._metrics.tokens.labels(model, "output").inc(usage.output_tokens)
+        metrics = self._metrics.for_model(model)
+        (metrics.completions_fallback if fallback_from else metrics.completions_ok).inc()
+        metrics.latency.observe(latency_ms / 1000.0)
+        metrics.cost.inc(cost)
+        metrics.input_tokens.inc(usage.input_tokens)
+        metrics.output_tokens.inc(usage.output_tokens)

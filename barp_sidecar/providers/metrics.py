@@ -5,14 +5,32 @@ Owns the metric names and labels; the pool and the forwarder call the small meth
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
 
+@dataclass(frozen=True)
+class ModelMetrics:
+    """The labelled children one model uses on every call, resolved once (``labels()`` is not free)."""
+
+    attempts_ok: Any
+    retries: Any
+    completions_ok: Any
+    completions_fallback: Any
+    latency: Any
+    cost: Any
+    input_tokens: Any
+    output_tokens: Any
+
+
 class ProviderMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        self._per_model: dict[str, ModelMetrics] = {}
         self.attempts = Counter(
             "barp_provider_attempts",
             "Provider HTTP attempts by model and outcome (ok, connect, timeout, http_status, protocol, ...)",
@@ -71,3 +89,19 @@ class ProviderMetrics:
         self.tokens = Counter(
             "barp_completion_tokens", "Tokens of completed calls", ["model", "direction"], registry=registry
         )
+
+    def for_model(self, model: str) -> ModelMetrics:
+        cached = self._per_model.get(model)
+        if cached is None:
+            cached = ModelMetrics(
+                attempts_ok=self.attempts.labels(model, "ok"),
+                retries=self.retries.labels(model),
+                completions_ok=self.completions.labels(model, "ok"),
+                completions_fallback=self.completions.labels(model, "fallback"),
+                latency=self.latency.labels(model),
+                cost=self.cost.labels(model),
+                input_tokens=self.tokens.labels(model, "input"),
+                output_tokens=self.tokens.labels(model, "output"),
+            )
+            self._per_model[model] = cached
+        return cached

@@ -207,7 +207,7 @@ class ProviderPool:
                     raise
                 if deadline_s is not None and self._clock() + delay_s >= deadline_s:
                     raise
-                self._metrics.retries.labels(arm).inc()
+                self._metrics.for_model(arm).retries.inc()
                 self._log.info(
                     "provider_retry",
                     model=arm,
@@ -223,7 +223,7 @@ class ProviderPool:
                 if probe:
                     provider.breaker.release_probe()
                 raise
-            self._metrics.attempts.labels(arm, "ok").inc()
+            self._metrics.for_model(arm).attempts_ok.inc()
             provider.breaker.record_success()
             return
 

@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 
 from barp_sidecar.domain import Decision, ExplorationMode, RouteCommand
+from barp_sidecar.errors import FailedPrecondition
 from barp_sidecar.providers.chat import ChatRequest, routing_text, validate_chat_request
 from barp_sidecar.providers.failures import NoConfiguredModel
 from barp_sidecar.providers.forwarder import AnswerStarted, Completed, Forwarder, TextDelta
@@ -72,14 +73,18 @@ class CompletionService:
             metadata=command.metadata,
             deadline_monotonic_s=command.deadline_monotonic_s,
         )
-        # Field errors (unknown or duplicate models, bad preference) come first, as for Route.
-        _, mask, _ = self._routing.prepare(route)
-        usable = [arm for arm, allowed in zip(self._routing.arms, mask, strict=True) if allowed]
-        callable_models = [arm for arm in usable if arm in self._callable]
-        if not callable_models:
-            raise NoConfiguredModel(usable)
-        decision = await self._routing.route(route, restrict_to=self._callable)
-        allowed = frozenset(callable_models)
+        try:
+            # Field errors (unknown or duplicate models, bad preference) are raised first, as for Route.
+            decision = await self._routing.route(route, restrict_to=self._callable)
+        except FailedPrecondition:
+            # Nothing allowed is callable: name the allowed models that lack a provider (prepare raises
+            # its own FailedPrecondition when routing.disabled_models already masks every one).
+            _, mask, _ = self._routing.prepare(route)
+            raise NoConfiguredModel(
+                [arm for arm, allowed in zip(self._routing.arms, mask, strict=True) if allowed]
+            ) from None
+        permitted = set(command.allowed_models) if command.allowed_models else None
+        allowed = frozenset(a for a in self._callable if permitted is None or a in permitted)
         async for event in self._forwarder.forward(
             decision_id=decision.decision_id,
             chosen=decision.model,
