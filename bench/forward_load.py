@@ -65,8 +65,8 @@ def make_hash_checkpoint(directory: Path) -> tuple[str, ...]:
 
 
 def builtin_checkpoint() -> tuple[Path, tuple[str, ...]]:
-    from barp_sidecar.policy.builtin import builtin_policy_dir  # lazily: it ships with another issue
-
+    # Imported here: the shipped policy comes with another issue and may be absent.
+    from barp_sidecar.policy.builtin import builtin_policy_dir
     from barp_sidecar.policy.checkpoint import read_manifest
 
     directory = builtin_policy_dir()
@@ -134,6 +134,28 @@ async def run_load(
     return latencies, time.perf_counter() - started
 
 
+async def run_paced(
+    call: Callable[[int], Awaitable[None]], requests: int, rate_rps: float
+) -> tuple[list[float], float]:
+    """Open loop: one call every 1/rate_rps seconds whatever the completions; returns as run_load."""
+    latencies: list[float] = []
+
+    async def timed(index: int) -> None:
+        started = time.perf_counter()
+        await call(index)
+        latencies.append(time.perf_counter() - started)
+
+    tasks = []
+    started = time.perf_counter()
+    for index in range(requests):
+        delay = started + index / rate_rps - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(timed(index)))
+    await asyncio.gather(*tasks)
+    return latencies, time.perf_counter() - started
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -150,14 +172,16 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
     concurrencies = [int(c) for c in args.concurrency.split(",")]
     with tempfile.TemporaryDirectory(prefix="barp-forward-bench-") as tmp:
         root = Path(tmp)
+        logs = Path(args.log_dir) if args.log_dir else root
+        logs.mkdir(parents=True, exist_ok=True)
         if args.policy == "hash":
             checkpoint = root / "policy"
             arms = make_hash_checkpoint(checkpoint)
         else:
             checkpoint, arms = builtin_checkpoint()
         fake_cmd = [sys.executable, "-m", "barp_sidecar.providers.fake_server", "--port", "0"]
-        fake_cmd += ["--tokens", str(args.tokens)]
-        async with process(fake_cmd, "fake_provider_started", "fake provider", root / "fake.log") as fake:
+        fake_cmd += ["--tokens", str(args.tokens), "--tokens-per-s", str(args.tokens_per_s)]
+        async with process(fake_cmd, "fake_provider_started", "fake provider", logs / "fake.log") as fake:
             base_url = fake["base_url"]
             catalog = {
                 "providers": [
@@ -196,7 +220,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 "--config",
                 str(root / "sidecar.yaml"),
             ]
-            async with process(serve_cmd, "server_started", "sidecar", root / "sidecar.log") as sidecar:
+            async with process(serve_cmd, "server_started", "sidecar", logs / "sidecar.log") as sidecar:
                 pids = {"sidecar": int(sidecar["_pid"]), "fake": int(fake["_pid"])}
                 return await measure(args, concurrencies, base_url, int(sidecar["port"]), pids)
 
@@ -252,9 +276,17 @@ async def measure(
             cpu: dict[str, dict[str, float]] = {name: dict.fromkeys(pids, 0.0) for name in MODES}
             per_round = max(concurrency, args.requests // args.rounds)
             for _ in range(args.rounds):
-                for name in MODES:
+                rate_rps = 0.0
+                # With --match-rate, Complete runs first (closed loop) and sets the arrival rate at which the
+                # other two run open-loop: all three then see the same request rate.
+                order = ("sidecar_complete", "direct", "sidecar_route") if args.match_rate else MODES
+                for name in order:
                     before = {who: cpu_seconds(pid) for who, pid in pids.items()}
-                    values, seconds = await run_load(calls[name], per_round, concurrency)
+                    if args.match_rate and name != "sidecar_complete":
+                        values, seconds = await run_paced(calls[name], per_round, rate_rps)
+                    else:
+                        values, seconds = await run_load(calls[name], per_round, concurrency)
+                        rate_rps = per_round / seconds
                     for who, pid in pids.items():
                         cpu[name][who] += cpu_seconds(pid) - before[who]
                     latencies[name] += values
@@ -263,6 +295,7 @@ async def measure(
                 name: {
                     "name": name,
                     "concurrency": concurrency,
+                    "load": "paced" if args.match_rate and name != "sidecar_complete" else "closed",
                     "requests": len(latencies[name]),
                     "throughput_rps": round(len(latencies[name]) / wall[name], 1),
                     "p50_ms": round(percentile_ms(latencies[name], 0.50), 3),
@@ -290,6 +323,8 @@ async def measure(
             "requests_per_mode": args.requests,
             "concurrency": concurrencies,
             "fake_provider_latency_ms": 0,
+            "fake_tokens_per_s": args.tokens_per_s,
+            "match_rate": args.match_rate,
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
         },
@@ -301,7 +336,8 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         added = row.get("p50_added_ms")
         print(
-            f"{row['name']:<17} c={row['concurrency']:<4} {row['throughput_rps']:>8.1f} rps  "
+            f"{row['name']:<17} c={row['concurrency']:<4} {row['load']:<6} "
+            f"{row['throughput_rps']:>8.1f} rps  "
             f"p50 {row['p50_ms']:>8.2f} ms  p95 {row['p95_ms']:>8.2f}  p99 {row['p99_ms']:>8.2f}  "
             f"cpu/req sidecar {row['sidecar_cpu_ms_per_request']:.3f} ms "
             f"fake {row['fake_cpu_ms_per_request']:.3f} ms"
@@ -312,14 +348,15 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
-        "| mode | concurrency | throughput (req/s) | p50 (ms) | p95 (ms) | p99 (ms) | added p50 (ms) "
+        "| mode | concurrency | load | throughput (req/s) | p50 (ms) | p95 (ms) | p99 (ms) | added p50 (ms) "
         "| sidecar CPU/req (ms) |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         added = f"{r['p50_added_ms']:+.2f}" if "p50_added_ms" in r else ""
         lines.append(
-            f"| {r['name']} | {r['concurrency']} | {r['throughput_rps']:.0f} | {r['p50_ms']:.2f} | "
+            f"| {r['name']} | {r['concurrency']} | {r['load']} | {r['throughput_rps']:.0f} | "
+            f"{r['p50_ms']:.2f} | "
             f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {added} | {r['sidecar_cpu_ms_per_request']:.3f} |"
         )
     return "\n".join(lines)
@@ -331,8 +368,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1500, help="requests per mode and concurrency")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three modes")
     parser.add_argument("--tokens", type=int, default=8, help="tokens per completion from the fake")
+    parser.add_argument(
+        "--tokens-per-s", type=float, default=0.0, help="fake provider's streaming rate (0 = all at once)"
+    )
+    parser.add_argument(
+        "--match-rate",
+        action="store_true",
+        help="run direct and Route open-loop at the rate Complete reached (same load for all three)",
+    )
     parser.add_argument("--policy", choices=("hash", "builtin"), default="hash")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
+    parser.add_argument("--log-dir", metavar="DIR", help="keep the fake's and the sidecar's logs here")
     parser.add_argument("--profile-sidecar", metavar="PATH", help="run the sidecar under cProfile into PATH")
     args = parser.parse_args(argv)
     report = asyncio.run(bench(args))
