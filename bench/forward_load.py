@@ -4,16 +4,22 @@ In ONE run, against the fake provider with zero latency (a separate process), at
   direct            the same chat request streamed straight to the fake provider with aiohttp
   sidecar_route     Route on the same prompt (the routing decision alone)
   sidecar_complete  Complete through the sidecar (route + forward + stream back)
-and ``p50_added_ms = p50(sidecar_complete) - p50(sidecar_route) - p50(direct)``: what forwarding adds
-beyond the routing decision and the provider itself. Rounds interleave the three modes so machine noise
-hits them alike. The sidecar runs as a real ``barp-sidecar serve`` process; the load generator is this
-process (grpc.aio + aiohttp), sharing the CPU with both servers.
+``p50_added_ms = p50(sidecar_complete) - p50(sidecar_route) - p50(direct)`` is what forwarding adds
+beyond the routing decision and the provider itself; ``p50_first_token_added_ms`` is the same for the time
+to the first text. Rounds interleave the three modes so machine noise hits them alike. The sidecar runs as
+a real ``barp-sidecar serve`` process; the load generator is this process (grpc.aio + aiohttp), sharing the
+CPU with both servers; the CPU time each process spent per request is reported too.
 
-    python -m bench.forward_load [--concurrency 1,100] [--requests 1500] [--rounds 3] [--tokens 8]
-        [--policy hash|builtin] [--json PATH]
+Closed loop (default): ``concurrency`` workers each send the next request when the last one finished, so
+at 100 the CPU saturates and latency is mostly queueing. ``--match-rate`` runs Complete closed-loop and
+then direct and Route open-loop at the request rate Complete reached, so all three are compared at the same
+load; with ``--tokens-per-s`` the fake streams its tokens over time (long-lived concurrent streams).
 
-``--policy hash`` (default) serves a small randomly initialised policy on the ``hash:384`` encoder, so the
-numbers isolate forwarding; ``builtin`` serves the shipped RouterBench policy with the real encoder.
+    python -m bench.forward_load [--concurrency 1,100] [--requests 2400] [--rounds 3] [--tokens 8]
+        [--tokens-per-s 0] [--match-rate] [--policy hash|builtin] [--json PATH]
+
+``--policy hash`` (default) serves a small randomly initialised 11-arm policy on the ``hash:384`` encoder,
+so the numbers isolate forwarding; ``builtin`` serves the shipped RouterBench policy with the real encoder.
 """
 
 from __future__ import annotations
@@ -113,11 +119,17 @@ async def process(
                 await child.wait()
 
 
-async def run_load(
-    call: Callable[[int], Awaitable[None]], requests: int, concurrency: int
-) -> tuple[list[float], float]:
-    """``requests`` calls by ``concurrency`` workers; returns per-call latencies (s) and the wall time (s)."""
+Call = Callable[[int], Awaitable[float | None]]
+
+
+async def run_load(call: Call, requests: int, concurrency: int) -> tuple[list[float], list[float], float]:
+    """``requests`` calls by ``concurrency`` workers.
+
+    Returns per-call latencies (s), per-call times to the first text (s; streaming calls only) and the wall
+    time (s).
+    """
     latencies: list[float] = []
+    firsts: list[float] = []
     next_index = 0
 
     async def worker() -> None:
@@ -126,24 +138,27 @@ async def run_load(
             index = next_index
             next_index += 1
             started = time.perf_counter()
-            await call(index)
+            first = await call(index)
             latencies.append(time.perf_counter() - started)
+            if first is not None:
+                firsts.append(first)
 
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, time.perf_counter() - started
+    return latencies, firsts, time.perf_counter() - started
 
 
-async def run_paced(
-    call: Callable[[int], Awaitable[None]], requests: int, rate_rps: float
-) -> tuple[list[float], float]:
+async def run_paced(call: Call, requests: int, rate_rps: float) -> tuple[list[float], list[float], float]:
     """Open loop: one call every 1/rate_rps seconds whatever the completions; returns as run_load."""
     latencies: list[float] = []
+    firsts: list[float] = []
 
     async def timed(index: int) -> None:
         started = time.perf_counter()
-        await call(index)
+        first = await call(index)
         latencies.append(time.perf_counter() - started)
+        if first is not None:
+            firsts.append(first)
 
     tasks = []
     started = time.perf_counter()
@@ -153,7 +168,7 @@ async def run_paced(
             await asyncio.sleep(delay)
         tasks.append(asyncio.create_task(timed(index)))
     await asyncio.gather(*tasks)
-    return latencies, time.perf_counter() - started
+    return latencies, firsts, time.perf_counter() - started
 
 
 def cpu_seconds(pid: int) -> float:
@@ -244,26 +259,36 @@ async def measure(
         stub = router_pb2_grpc.RouterStub(channel)
         url = f"{base_url}/chat/completions"
 
-        async def direct(i: int) -> None:
+        async def direct(i: int) -> float | None:
+            started = time.perf_counter()
+            first = None
             decoder = OpenAIStreamDecoder()
             body = {**body_template, "messages": messages[i % len(messages)]}
             async with session.post(url, json=body) as response:
                 assert response.status == 200, response.status
                 async for chunk in response.content.iter_any():
-                    decoder.feed(chunk)
+                    if any(event.delta for event in decoder.feed(chunk)) and first is None:
+                        first = time.perf_counter() - started
             decoder.finish()
+            return first
 
-        async def route(i: int) -> None:
+        async def route(i: int) -> float | None:
             await stub.Route(router_pb2.RouteRequest(prompt=prompts[i % len(prompts)]), timeout=60)
+            return None
 
-        async def complete(i: int) -> None:
+        async def complete(i: int) -> float | None:
+            started = time.perf_counter()
+            first = None
             request = router_pb2.CompleteRequest(
                 messages=[router_pb2.ChatMessage(role="user", content=prompts[i % len(prompts)])]
             )
             last = None
             async for chunk in stub.Complete(request, timeout=60):
+                if chunk.delta and first is None:
+                    first = time.perf_counter() - started
                 last = chunk
             assert last is not None and last.HasField("usage")
+            return first
 
         calls = {"direct": direct, "sidecar_route": route, "sidecar_complete": complete}
         # Warm-up: connections, code paths, the sidecar's first batches.
@@ -272,8 +297,9 @@ async def measure(
         results = []
         for concurrency in concurrencies:
             latencies: dict[str, list[float]] = {name: [] for name in MODES}
+            firsts: dict[str, list[float]] = {name: [] for name in MODES}
             wall: dict[str, float] = dict.fromkeys(MODES, 0.0)
-            cpu: dict[str, dict[str, float]] = {name: dict.fromkeys(pids, 0.0) for name in MODES}
+            cpu: dict[str, dict[str, float]] = {name: dict.fromkeys([*pids, "client"], 0.0) for name in MODES}
             per_round = max(concurrency, args.requests // args.rounds)
             for _ in range(args.rounds):
                 rate_rps = 0.0
@@ -282,14 +308,17 @@ async def measure(
                 order = ("sidecar_complete", "direct", "sidecar_route") if args.match_rate else MODES
                 for name in order:
                     before = {who: cpu_seconds(pid) for who, pid in pids.items()}
+                    client_before = cpu_seconds(os.getpid())
                     if args.match_rate and name != "sidecar_complete":
-                        values, seconds = await run_paced(calls[name], per_round, rate_rps)
+                        values, first_values, seconds = await run_paced(calls[name], per_round, rate_rps)
                     else:
-                        values, seconds = await run_load(calls[name], per_round, concurrency)
+                        values, first_values, seconds = await run_load(calls[name], per_round, concurrency)
                         rate_rps = per_round / seconds
                     for who, pid in pids.items():
                         cpu[name][who] += cpu_seconds(pid) - before[who]
+                    cpu[name]["client"] += cpu_seconds(os.getpid()) - client_before
                     latencies[name] += values
+                    firsts[name] += first_values
                     wall[name] += seconds
             rows: dict[str, dict[str, Any]] = {
                 name: {
@@ -307,12 +336,21 @@ async def measure(
                         cpu[name]["sidecar"] * 1000 / len(latencies[name]), 3
                     ),
                     "fake_cpu_ms_per_request": round(cpu[name]["fake"] * 1000 / len(latencies[name]), 3),
+                    "client_cpu_ms_per_request": round(cpu[name]["client"] * 1000 / len(latencies[name]), 3),
                 }
                 for name in MODES
             }
             p50 = {name: percentile_ms(latencies[name], 0.50) for name in MODES}
             added_ms = p50["sidecar_complete"] - p50["sidecar_route"] - p50["direct"]
             rows["sidecar_complete"]["p50_added_ms"] = round(added_ms, 3)
+            for name in ("direct", "sidecar_complete"):
+                rows[name]["p50_first_token_ms"] = round(percentile_ms(firsts[name], 0.50), 3)
+            first_added_ms = (
+                percentile_ms(firsts["sidecar_complete"], 0.50)
+                - p50["sidecar_route"]
+                - percentile_ms(firsts["direct"], 0.50)
+            )
+            rows["sidecar_complete"]["p50_first_token_added_ms"] = round(first_added_ms, 3)
             results += [rows[name] for name in MODES]
             print_rows([rows[name] for name in MODES])
     return {
@@ -340,7 +378,7 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
             f"{row['throughput_rps']:>8.1f} rps  "
             f"p50 {row['p50_ms']:>8.2f} ms  p95 {row['p95_ms']:>8.2f}  p99 {row['p99_ms']:>8.2f}  "
             f"cpu/req sidecar {row['sidecar_cpu_ms_per_request']:.3f} ms "
-            f"fake {row['fake_cpu_ms_per_request']:.3f} ms"
+            f"fake {row['fake_cpu_ms_per_request']:.3f} ms client {row['client_cpu_ms_per_request']:.3f} ms"
             + (f"  added p50 {added:+.2f} ms" if added is not None else ""),
             flush=True,
         )
@@ -349,15 +387,18 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         "| mode | concurrency | load | throughput (req/s) | p50 (ms) | p95 (ms) | p99 (ms) | added p50 (ms) "
-        "| sidecar CPU/req (ms) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| p50 first token (ms) | added p50 first token (ms) | sidecar CPU/req (ms) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         added = f"{r['p50_added_ms']:+.2f}" if "p50_added_ms" in r else ""
+        first = f"{r['p50_first_token_ms']:.2f}" if "p50_first_token_ms" in r else ""
+        first_added = f"{r['p50_first_token_added_ms']:+.2f}" if "p50_first_token_added_ms" in r else ""
         lines.append(
             f"| {r['name']} | {r['concurrency']} | {r['load']} | {r['throughput_rps']:.0f} | "
             f"{r['p50_ms']:.2f} | "
-            f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {added} | {r['sidecar_cpu_ms_per_request']:.3f} |"
+            f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {added} | {first} | {first_added} | "
+            f"{r['sidecar_cpu_ms_per_request']:.3f} |"
         )
     return "\n".join(lines)
 
