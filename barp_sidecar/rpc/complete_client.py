@@ -107,3 +107,14 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         print(json.dumps(result), file=sys.stderr)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m barp_sidecar.rpc.complete_client``: the same as ``barp-sidecar complete``."""
+    parser = argparse.ArgumentParser(prog="barp-sidecar complete", description=__doc__.split("\n\n")[0])
+    add_arguments(parser)
+    return run(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
