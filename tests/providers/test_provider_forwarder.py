@@ -23,6 +23,7 @@ from barp_sidecar.providers.forwarder import (
 from barp_sidecar.providers.metrics import ProviderMetrics
 from barp_sidecar.providers.pool import ProviderPool
 from barp_sidecar.providers.recorder import InMemoryCompletionRecorder
+from barp_sidecar.settings import ProvidersSettings
 from tests.providers.provider_helpers import chat, closed_port, entry_for
 
 MakePool = Callable[..., Awaitable[ProviderPool]]
@@ -170,3 +171,18 @@ async def test_allowed_models_bound_the_fallbacks(
         await run(forwarder, chat(), allowed=["a", "d"])
     assert [f.arm for f in caught.value.failures] == ["a", "d"]
     assert fake.stats.requests == 0
+
+
+async def test_an_open_breaker_falls_back_without_calling_the_provider(
+    fake: FakeProvider, make_pool: MakePool, metrics: ProviderMetrics
+) -> None:
+    async with FakeProvider() as other:
+        entries = [entry_for("a", fake.base_url), entry_for("c", other.base_url)]
+        settings = ProvidersSettings(max_attempts=1, breaker_failure_threshold=1, breaker_open_s=60)
+        forwarder, _ = build(await make_pool(entries, settings), entries, metrics)
+        fake.push(FakeBehaviour(status=503))
+        first = await run(forwarder, chat())  # a fails once: its breaker opens; c answers
+        assert first[0] == AnswerStarted("c", ("a",))
+        second = await run(forwarder, chat())
+        assert second[0] == AnswerStarted("c", ("a",))
+        assert fake.stats.requests == 1 and other.stats.requests == 2  # a was not called again

@@ -252,6 +252,25 @@ async def test_a_hang_past_the_deadline_is_deadline_exceeded_and_cancels_upstrea
         assert fake.stats.cancelled == 1 and fake.stats.requests == 1
 
 
+async def test_a_stall_mid_answer_past_the_deadline_keeps_the_text_sent_and_cancels_upstream(
+    checkpoint: Path, fake: FakeProvider, tmp_path: Path
+) -> None:
+    catalog = write_catalog(tmp_path / "c.yaml", all_live(fake.base_url))
+    async with sidecar(settings_for(checkpoint, catalog)) as app:
+        fake.push(FakeBehaviour(tokens=10, token_interval_ms=20, hang_after_tokens=3))
+        received: list[Any] = []
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            call = router_pb2_grpc.RouterStub(channel).Complete(complete_request(), timeout=0.8)
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                async for chunk in call:
+                    received.append(chunk)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "".join(c.delta for c in received) == "tok0 tok1 tok2 "
+        assert received[0].HasField("decision")
+        await fake.wait_idle()
+        assert fake.stats.cancelled == 1 and len(app.completion_recorder) == 0
+
+
 async def test_client_cancel_mid_stream_cancels_upstream(
     checkpoint: Path, fake: FakeProvider, tmp_path: Path
 ) -> None:
