@@ -11,12 +11,13 @@ a real ``barp-sidecar serve`` process; the load generator is this process (grpc.
 CPU with both servers; the CPU time each process spent per request is reported too.
 
 Closed loop (default): ``concurrency`` workers each send the next request when the last one finished, so
-at 100 the CPU saturates and latency is mostly queueing. ``--match-rate`` runs Complete closed-loop and
-then direct and Route open-loop at the request rate Complete reached, so all three are compared at the same
-load; with ``--tokens-per-s`` the fake streams its tokens over time (long-lived concurrent streams).
+at 100 the CPU saturates and latency is mostly queueing. Open loop (``--rate-rps R``): every mode starts R
+calls per second whatever the completions, so all three are compared at the same load; with
+``--tokens-per-s`` the fake streams its tokens over time, e.g. 8 tokens at 10/s last 0.7 s, and R = 140
+keeps about 100 streams open at once.
 
     python -m bench.forward_load [--concurrency 1,100] [--requests 2400] [--rounds 3] [--tokens 8]
-        [--tokens-per-s 0] [--match-rate] [--policy hash|builtin] [--json PATH]
+        [--tokens-per-s 0] [--rate-rps 0] [--policy hash|builtin] [--json PATH]
 
 ``--policy hash`` (default) serves a small randomly initialised 11-arm policy on the ``hash:384`` encoder,
 so the numbers isolate forwarding; ``builtin`` serves the shipped RouterBench policy with the real encoder.
@@ -184,7 +185,8 @@ def percentile_ms(values: Sequence[float], q: float) -> float:
 
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
-    concurrencies = [int(c) for c in args.concurrency.split(",")]
+    # Open loop ignores --concurrency: one pass, concurrency is whatever the rate and latency make it.
+    concurrencies = [int(c) for c in args.concurrency.split(",")] if args.rate_rps <= 0 else [1]
     with tempfile.TemporaryDirectory(prefix="barp-forward-bench-") as tmp:
         root = Path(tmp)
         logs = Path(args.log_dir) if args.log_dir else root
@@ -207,7 +209,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         "input_usd_per_1m_tokens": 1.0,
                         "output_usd_per_1m_tokens": 2.0,
                         # Above the largest concurrency: the benchmark measures overhead, not the limit.
-                        "max_concurrency": max(concurrencies) * 2,
+                        "max_concurrency": 1024,
                         "timeout_s": 60,
                     }
                     for arm in arms
@@ -302,18 +304,13 @@ async def measure(
             cpu: dict[str, dict[str, float]] = {name: dict.fromkeys([*pids, "client"], 0.0) for name in MODES}
             per_round = max(concurrency, args.requests // args.rounds)
             for _ in range(args.rounds):
-                rate_rps = 0.0
-                # With --match-rate, Complete runs first (closed loop) and sets the arrival rate at which the
-                # other two run open-loop: all three then see the same request rate.
-                order = ("sidecar_complete", "direct", "sidecar_route") if args.match_rate else MODES
-                for name in order:
+                for name in MODES:
                     before = {who: cpu_seconds(pid) for who, pid in pids.items()}
                     client_before = cpu_seconds(os.getpid())
-                    if args.match_rate and name != "sidecar_complete":
-                        values, first_values, seconds = await run_paced(calls[name], per_round, rate_rps)
+                    if args.rate_rps > 0:
+                        values, first_values, seconds = await run_paced(calls[name], per_round, args.rate_rps)
                     else:
                         values, first_values, seconds = await run_load(calls[name], per_round, concurrency)
-                        rate_rps = per_round / seconds
                     for who, pid in pids.items():
                         cpu[name][who] += cpu_seconds(pid) - before[who]
                     cpu[name]["client"] += cpu_seconds(os.getpid()) - client_before
@@ -323,8 +320,11 @@ async def measure(
             rows: dict[str, dict[str, Any]] = {
                 name: {
                     "name": name,
-                    "concurrency": concurrency,
-                    "load": "paced" if args.match_rate and name != "sidecar_complete" else "closed",
+                    # Closed loop: the workers; open loop: the mean number of calls in flight.
+                    "concurrency": concurrency
+                    if args.rate_rps <= 0
+                    else round(sum(latencies[name]) / wall[name]),
+                    "load": f"open {args.rate_rps:g} rps" if args.rate_rps > 0 else "closed",
                     "requests": len(latencies[name]),
                     "throughput_rps": round(len(latencies[name]) / wall[name], 1),
                     "p50_ms": round(percentile_ms(latencies[name], 0.50), 3),
@@ -362,7 +362,7 @@ async def measure(
             "concurrency": concurrencies,
             "fake_provider_latency_ms": 0,
             "fake_tokens_per_s": args.tokens_per_s,
-            "match_rate": args.match_rate,
+            "rate_rps": args.rate_rps,
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
         },
@@ -413,9 +413,10 @@ def main(argv: list[str] | None = None) -> int:
         "--tokens-per-s", type=float, default=0.0, help="fake provider's streaming rate (0 = all at once)"
     )
     parser.add_argument(
-        "--match-rate",
-        action="store_true",
-        help="run direct and Route open-loop at the rate Complete reached (same load for all three)",
+        "--rate-rps",
+        type=float,
+        default=0.0,
+        help="open loop: start this many calls per second in every mode (0 = closed loop, --concurrency)",
     )
     parser.add_argument("--policy", choices=("hash", "builtin"), default="hash")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
