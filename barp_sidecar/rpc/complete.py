@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import time
-import uuid
 from collections.abc import AsyncIterator
 
 import grpc
@@ -87,11 +86,12 @@ async def complete_stream(
     log_prompts: bool,
 ) -> AsyncIterator[router_pb2.CompleteChunk]:
     started_s = time.monotonic()
-    request_id = request.request_id or uuid.uuid4().hex[:16]
+    request_id = request.request_id or None
     code = grpc.StatusCode.CANCELLED
     message = ""
     model: str | None = None
     chosen: str | None = None
+    decision_id: str | None = None
     fallback_from: tuple[str, ...] = ()
     chunks = 0
     try:
@@ -107,6 +107,7 @@ async def complete_stream(
                 if isinstance(event, CompletionStarted):
                     pending = event
                     model, chosen, fallback_from = event.model, event.decision.model, event.fallback_from
+                    decision_id = event.decision.decision_id
                 elif isinstance(event, TextDelta):
                     if event.final:
                         held += event.text
@@ -138,6 +139,7 @@ async def complete_stream(
             "rpc",
             method="Complete",
             request_id=request_id,
+            decision_id=decision_id,
             code=code.name,
             model=model,
             routed_model=chosen,
@@ -149,3 +151,22 @@ async def complete_stream(
         )
     if code != grpc.StatusCode.OK:
         await context.abort(code, message)
+
+
+class CompleteServicerMixin:
+    """``Router.Complete`` for the Router servicer, which provides these three attributes."""
+
+    _completion: CompletionService | None
+    _metrics: SidecarMetrics
+    _log_prompts: bool
+
+    async def Complete(  # the generated base class names it
+        self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[router_pb2.CompleteChunk]:
+        if self._completion is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Complete is not enabled in this sidecar")
+        assert self._completion is not None
+        async for chunk in complete_stream(
+            self._completion, self._metrics, request, context, log_prompts=self._log_prompts
+        ):
+            yield chunk

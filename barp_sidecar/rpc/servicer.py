@@ -1,14 +1,14 @@
 """barp.v1 Router servicer: converts, delegates to RoutingService, maps errors, writes the access log.
 
-Owns only the transport concerns of Route, and delegates Complete to ``rpc.complete`` (chunk assembly) over
-a CompletionService. Collaborators arrive through the constructor.
+Owns only the transport concerns of Route; Complete comes from ``rpc.complete.CompleteServicerMixin``.
+ReportOutcome is left to the generated base class (UNIMPLEMENTED) until its branch adds it; collaborators
+arrive through the constructor.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator
 
 import grpc
 import structlog
@@ -19,14 +19,14 @@ from barp_sidecar.metrics import SidecarMetrics
 from barp_sidecar.routing.completion import CompletionService
 from barp_sidecar.routing.service import RoutingService
 from barp_sidecar.rpc import convert
-from barp_sidecar.rpc.complete import complete_stream
+from barp_sidecar.rpc.complete import CompleteServicerMixin
 from barp_sidecar.rpc.status import status_for
 
 log = structlog.get_logger("barp_sidecar.access")
 
 
-class RouterServicer(router_pb2_grpc.RouterServicer):
-    """Route over a RoutingService."""
+class RouterServicer(CompleteServicerMixin, router_pb2_grpc.RouterServicer):
+    """Route over a RoutingService; Complete over a CompletionService (None = UNIMPLEMENTED)."""
 
     def __init__(
         self,
@@ -40,17 +40,6 @@ class RouterServicer(router_pb2_grpc.RouterServicer):
         self._metrics = metrics
         self._completion = completion
         self._log_prompts = log_prompts
-
-    async def Complete(  # the generated base class names it
-        self, request: router_pb2.CompleteRequest, context: grpc.aio.ServicerContext
-    ) -> AsyncIterator[router_pb2.CompleteChunk]:
-        if self._completion is None:
-            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Complete is not enabled in this sidecar")
-        assert self._completion is not None
-        async for chunk in complete_stream(
-            self._completion, self._metrics, request, context, log_prompts=self._log_prompts
-        ):
-            yield chunk
 
     async def Route(  # the generated base class names it
         self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
