@@ -2,7 +2,7 @@
 
 Owns the order in which models are tried for one Complete call and what the caller is told: which model
 answered, which failed first (``fallback_from``), the text deltas, and at the end the usage, cost and
-provider latency, which are also handed to the ``OutcomeRecorder`` with the decision id.
+provider latency, which are also handed to the ``CompletionRecorder`` with the decision id.
 
 Rules: the routed model must have an enabled provider (else ``ProviderNotConfigured`` → FAILED_PRECONDITION
 naming it). When it fails before its first token (after the pool's retries), the next allowed model by
@@ -31,7 +31,7 @@ from barp_sidecar.providers.failures import (
 from barp_sidecar.providers.metrics import ProviderMetrics
 from barp_sidecar.providers.pool import ProviderPool
 from barp_sidecar.providers.pricing import complete_usage, cost_usd
-from barp_sidecar.providers.recorder import OutcomeRecorder
+from barp_sidecar.providers.recorder import CompletionRecorder
 
 
 @dataclass(frozen=True)
@@ -89,7 +89,7 @@ class Forwarder:
         self,
         catalog: ModelCatalog,
         pool: ProviderPool,
-        recorder: OutcomeRecorder,
+        recorder: CompletionRecorder,
         metrics: ProviderMetrics,
         max_fallbacks: int,
         clock: Callable[[], float] = time.monotonic,

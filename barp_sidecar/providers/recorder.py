@@ -1,10 +1,11 @@
-"""Where the cost and latency of every completed Complete call go: the ``OutcomeRecorder`` interface.
+"""Where the cost and latency of every completed Complete call go: the ``CompletionRecorder`` interface.
 
-The reward path (``barp_sidecar.rewards``, a later issue) needs each decision's cost without the caller
-reporting it. The forwarder calls ``record_completion`` once per completed call, after the last token and
-before the last chunk is sent. ``InMemoryCompletionRecorder`` is the default: a bounded map from
-decision_id to the record that the pending-decision store can read (``get``) or that a replacement
-recorder (the learning branch's pending store) can supersede by implementing the same protocol.
+The reward path (``barp_sidecar.rewards``) needs each decision's cost without the caller reporting it. The
+forwarder calls ``record_completion`` once per completed call, after the last token and before the last
+chunk is sent. ``InMemoryCompletionRecorder`` is the default: a bounded map from decision_id to the record
+(``get``), which also hands ``(decision_id, cost_usd)`` to an ``attach_cost`` callback when given one — the
+pending-decision store's ``attach_cost``, so ReportOutcome after Complete needs no cost from the caller.
+Anything else implementing the protocol can replace it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ class CompletionRecord:
     recorded_at_unix_s: float
 
 
-class OutcomeRecorder(Protocol):
+class CompletionRecorder(Protocol):
     """Receives one record per completed Complete call. Must not block (it runs on the event loop)."""
 
     def record_completion(
@@ -41,11 +42,17 @@ class OutcomeRecorder(Protocol):
 class InMemoryCompletionRecorder:
     """Bounded, insertion-ordered records; the oldest is evicted beyond ``max_entries`` (and counted)."""
 
-    def __init__(self, max_entries: int, wall_clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        max_entries: int,
+        wall_clock: Callable[[], float] = time.time,
+        attach_cost: Callable[[str, float], object] | None = None,
+    ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be >= 1")
         self._max_entries = max_entries
         self._wall_clock = wall_clock
+        self._attach_cost = attach_cost
         self._records: OrderedDict[str, CompletionRecord] = OrderedDict()
         self.evicted = 0
 
@@ -59,6 +66,8 @@ class InMemoryCompletionRecorder:
         while len(self._records) > self._max_entries:
             self._records.popitem(last=False)
             self.evicted += 1
+        if self._attach_cost is not None:
+            self._attach_cost(decision_id, cost_usd)
 
     def get(self, decision_id: str) -> CompletionRecord | None:
         return self._records.get(decision_id)

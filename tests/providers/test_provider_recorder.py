@@ -1,12 +1,12 @@
 from __future__ import annotations
 
 from barp_sidecar.providers.chat import TokenUsage
-from barp_sidecar.providers.recorder import InMemoryCompletionRecorder, OutcomeRecorder
+from barp_sidecar.providers.recorder import CompletionRecorder, InMemoryCompletionRecorder
 
 
 def test_records_are_kept_per_decision_and_bounded() -> None:
     recorder = InMemoryCompletionRecorder(2, wall_clock=lambda: 123.0)
-    sink: OutcomeRecorder = recorder  # satisfies the protocol
+    sink: CompletionRecorder = recorder  # satisfies the protocol
     sink.record_completion("d1", "m", 0.5, 12.0, TokenUsage(1, 2))
     sink.record_completion("d2", "m", 0.25, 10.0, TokenUsage(3, 4, estimated=True))
     record = recorder.get("d1")
@@ -21,3 +21,10 @@ def test_records_are_kept_per_decision_and_bounded() -> None:
     assert recorder.get("d1") is None and recorder.evicted == 1 and len(recorder) == 2
     rec2 = recorder.get("d2")
     assert rec2 is not None and rec2.usage.estimated
+
+
+def test_costs_are_handed_to_the_pending_decision_store() -> None:
+    attached: list[tuple[str, float]] = []
+    recorder = InMemoryCompletionRecorder(10, attach_cost=lambda d, c: attached.append((d, c)))
+    recorder.record_completion("d1", "m", 0.125, 3.0, TokenUsage(1, 1))
+    assert attached == [("d1", 0.125)] and recorder.get("d1") is not None
