@@ -103,6 +103,36 @@ async def test_tokens_stream_as_they_arrive(checkpoint: Path, fake: FakeProvider
     assert arrivals[-1][0] - arrivals[0][0] >= 0.09
 
 
+@pytest.mark.parametrize(
+    ("mode", "routed_text"),
+    [
+        ("last_user", "and now?"),
+        ("conversation", "system: terse\nuser: hello\nassistant: hi\nuser: and now?"),
+    ],
+)
+async def test_the_routing_text_is_the_configured_part_of_the_conversation(
+    checkpoint: Path, fake: FakeProvider, tmp_path: Path, mode: str, routed_text: str
+) -> None:
+    catalog = write_catalog(tmp_path / "c.yaml", all_live(fake.base_url))
+    messages = [("system", "terse"), ("user", "hello"), ("assistant", "hi"), ("user", "and now?")]
+    request = router_pb2.CompleteRequest(
+        messages=[router_pb2.ChatMessage(role=r, content=c) for r, c in messages],
+        preference=router_pb2.Preference(quality_weight=0.3),
+    )
+    async with sidecar(settings_for(checkpoint, catalog, routing_text=mode)) as app:
+        chunks = await complete(app.port, request)
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            routed = await router_pb2_grpc.RouterStub(channel).Route(
+                router_pb2.RouteRequest(
+                    prompt=routed_text, preference=router_pb2.Preference(quality_weight=0.3)
+                )
+            )
+    assert [p.probability for p in chunks[0].decision.probabilities] == pytest.approx(
+        [p.probability for p in routed.probabilities]
+    )
+    assert [m["role"] for m in fake.stats.bodies[-1]["messages"]] == ["system", "user", "assistant", "user"]
+
+
 async def test_generation_parameters_are_passed_through(
     checkpoint: Path, fake: FakeProvider, tmp_path: Path
 ) -> None:
