@@ -43,6 +43,7 @@ import aiohttp
 import grpc
 import yaml
 
+from barp_sidecar.errors import CheckpointError
 from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
 from barp_sidecar.providers.openai_adapter import OpenAIStreamDecoder
 
@@ -431,7 +432,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-dir", metavar="DIR", help="keep the fake's and the sidecar's logs here")
     parser.add_argument("--profile-sidecar", metavar="PATH", help="run the sidecar under cProfile into PATH")
     args = parser.parse_args(argv)
-    report = asyncio.run(bench(args))
+    try:
+        report = asyncio.run(bench(args))
+    except CheckpointError as error:
+        print(f"forward_load: --policy {args.policy}: {error}", file=sys.stderr)
+        return 2
     print()
     print(markdown(report))
     if args.json:
