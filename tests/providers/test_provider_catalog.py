@@ -203,3 +203,16 @@ def test_the_shipped_catalog_matches_the_shipped_policy() -> None:
     arms = read_manifest(builtin_policy_dir()).arms
     assert load_catalog(None).arms == arms  # same names, same order
     assert catalog_for_policy(None, arms).source.endswith("catalog.routerbench.yaml")
+
+
+def test_the_demo_catalog_enables_every_routerbench_arm_on_the_local_fake() -> None:
+    demo = load_catalog(shipped_catalog_path().with_name("catalog.fake-local.yaml"))
+    assert demo.arms == ROUTERBENCH_ARMS and demo.enabled_arms() == ROUTERBENCH_ARMS
+    shipped = load_catalog(None)
+    for arm in ROUTERBENCH_ARMS:
+        entry, priced = demo.entry(arm), shipped.entry(arm)
+        assert entry.base_url == "http://127.0.0.1:8089/v1" and entry.read_api_key({}) is None
+        assert (entry.input_usd_per_1m_tokens, entry.output_usd_per_1m_tokens) == (
+            priced.input_usd_per_1m_tokens,
+            priced.output_usd_per_1m_tokens,
+        )
