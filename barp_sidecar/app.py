@@ -1,10 +1,11 @@
 """``barp-sidecar serve``: the one composition root. build -> start -> wait for stop -> ordered shutdown.
 
 Owns wiring and lifecycle only: which component is built from which settings, in which order things start
-and stop. Start order: metrics HTTP -> micro-batcher (+ warm-up pass) -> provider pool (the one aiohttp
-session) -> gRPC server -> health SERVING. Shutdown order: health NOT_SERVING -> ``server.stop(grace_s)``
-(no new RPCs; in-flight ones finish) -> drain the batcher -> close the provider pool -> close metrics.
-Later components plug in at the marked places.
+and stop. Start order: metrics HTTP -> micro-batcher (+ warm-up pass) -> reward spool recovery + outcome
+recorder -> provider pool (the one aiohttp session) -> gRPC server -> reward publisher, policy watchers,
+Admin server -> health SERVING. Shutdown order: health NOT_SERVING -> ``server.stop(grace_s)`` (no new
+RPCs; in-flight ones finish) -> drain the batcher -> close the provider pool -> Admin, watchers, publisher
+(short drain), spool (final fsync) -> close metrics.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from barp_sidecar.providers.forwarder import Forwarder
 from barp_sidecar.providers.metrics import ProviderMetrics
 from barp_sidecar.providers.pool import ProviderPool
 from barp_sidecar.providers.recorder import InMemoryCompletionRecorder
+from barp_sidecar.rewards.components import LearningComponents
 from barp_sidecar.routing.completion import CompletionService
 from barp_sidecar.routing.service import RoutingDefaults, RoutingService
 from barp_sidecar.rpc.server import GrpcServer
@@ -94,6 +96,8 @@ class SidecarApp:
         self.completion: CompletionService | None = None
         self.grpc: GrpcServer | None = None
         self.metrics_http: MetricsHttpServer | None = None
+        self.learning: LearningComponents | None = None
+        self.admin_port: int | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._stop = asyncio.Event()
@@ -103,7 +107,8 @@ class SidecarApp:
     def build(cls, settings: Settings, env: Mapping[str, str] | None = None) -> SidecarApp:
         """Load the policy and encoder and wire every component; binds nothing. Raises ConfigError.
 
-        ``env`` is where provider API keys are read from (the process environment when None).
+        ``env`` is where secrets are read from: provider API keys, trainer/admin tokens (the process
+        environment when None).
         """
         app = cls(settings)
         s = settings
@@ -137,6 +142,9 @@ class SidecarApp:
             raise ConfigError(
                 "routing.disabled_models", f"{unknown} are not models of the policy {list(app.registry.arms)}"
             )
+        app.learning = LearningComponents(s, app.registry, os.environ if env is None else env)
+        app.learning.register_metrics(app.metrics.registry)
+        recorder = app.learning.recorder
         app.routing = RoutingService(
             arms=app.registry.arms,
             encoder_id=app.registry.encoder_id,
@@ -149,9 +157,8 @@ class SidecarApp:
                 disabled_models=disabled,
             ),
             rng=np.random.default_rng(s.routing.seed),
+            on_decision=recorder.remember_decision if recorder is not None else None,
         )
-        # Later: pending-decision store + reward spool + publisher, policy watcher (learning) are built here,
-        # then handed to the servicers below. The completion recorder is the seam for the pending store.
         catalog = catalog_for_policy(s.providers.catalog_file, app.registry.arms)
         provider_metrics = ProviderMetrics(app.metrics.registry)
         app.provider_pool = ProviderPool(
@@ -161,7 +168,10 @@ class SidecarApp:
             provider_metrics,
             rng=random.Random(s.routing.seed),
         )
-        app.completion_recorder = InMemoryCompletionRecorder(s.providers.completion_records_max_entries)
+        # Every completed Complete's cost and latency: kept in memory and handed to the pending decision.
+        app.completion_recorder = InMemoryCompletionRecorder(
+            s.providers.completion_records_max_entries, forward_to=recorder
+        )
         forwarder = Forwarder(
             catalog, app.provider_pool, app.completion_recorder, provider_metrics, s.providers.max_fallbacks
         )
@@ -173,7 +183,11 @@ class SidecarApp:
             routing_text_max_bytes=s.providers.routing_text_max_bytes,
         )
         servicer = RouterServicer(
-            app.routing, app.metrics, completion=app.completion, log_prompts=s.logging.log_prompts
+            app.routing,
+            app.metrics,
+            completion=app.completion,
+            log_prompts=s.logging.log_prompts,
+            outcomes=recorder,
         )
         app.grpc = GrpcServer(s.server, servicer, max_pending_rpcs=s.batching.max_pending)
         if s.metrics.enabled:
@@ -193,11 +207,14 @@ class SidecarApp:
             inference = self.inference
             # Warm-up on the worker thread: first-call allocations happen before the first real request.
             await self.batcher.call_in_worker(lambda: inference.run_batch([InferenceRequest("warm up", 0.5)]))
-            # Later: spool, publisher, policy watcher, admin server start here.
+            if self.learning is not None:
+                await self.learning.start_recording()
             if self.provider_pool is not None:
                 await self.provider_pool.start()
             self.port = await self.grpc.start()
             self._started = True
+            if self.learning is not None:
+                self.admin_port = await self.learning.start_background()
         except BaseException:
             await self.close()
             raise
@@ -208,6 +225,7 @@ class SidecarApp:
             host=self.settings.server.host,
             port=self.port,
             metrics_port=self.metrics_port,
+            admin_port=self.admin_port,
             policy_version=policy.version if policy else None,
             arms=len(self.registry.arms) if self.registry else None,
             device=self.placement.device if self.placement else None,
@@ -234,7 +252,8 @@ class SidecarApp:
         if self.provider_pool is not None:
             # After the server stopped: no Complete is in flight any more.
             await self.provider_pool.close()
-        # Later: admin server stop, watcher stop, publisher flush, spool flush + close.
+        if self.learning is not None:
+            await self.learning.close()
         if self.metrics_http is not None:
             self.metrics_http.close()
         log.info("server_stopped")

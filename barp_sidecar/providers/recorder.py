@@ -3,9 +3,9 @@
 The reward path (``barp_sidecar.rewards``) needs each decision's cost without the caller reporting it. The
 forwarder calls ``record_completion`` once per completed call, after the last token and before the last
 chunk is sent. ``InMemoryCompletionRecorder`` is the default: a bounded map from decision_id to the record
-(``get``), which also hands ``(decision_id, cost_usd)`` to an ``attach_cost`` callback when given one — the
-pending-decision store's ``attach_cost``, so ReportOutcome after Complete needs no cost from the caller.
-Anything else implementing the protocol can replace it.
+(``get``), which also forwards every record to another recorder when given one: the pending-decision
+store (``rewards.recorder.OutcomeRecorder`` implements this protocol), so ReportOutcome after Complete
+needs no cost from the caller. Anything else implementing the protocol can replace it.
 """
 
 from __future__ import annotations
@@ -46,13 +46,13 @@ class InMemoryCompletionRecorder:
         self,
         max_entries: int,
         wall_clock: Callable[[], float] = time.time,
-        attach_cost: Callable[[str, float], object] | None = None,
+        forward_to: CompletionRecorder | None = None,
     ) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be >= 1")
         self._max_entries = max_entries
         self._wall_clock = wall_clock
-        self._attach_cost = attach_cost
+        self._forward_to = forward_to
         self._records: OrderedDict[str, CompletionRecord] = OrderedDict()
         self.evicted = 0
 
@@ -66,8 +66,8 @@ class InMemoryCompletionRecorder:
         while len(self._records) > self._max_entries:
             self._records.popitem(last=False)
             self.evicted += 1
-        if self._attach_cost is not None:
-            self._attach_cost(decision_id, cost_usd)
+        if self._forward_to is not None:
+            self._forward_to.record_completion(decision_id, model, cost_usd, latency_ms, usage)
 
     def get(self, decision_id: str) -> CompletionRecord | None:
         return self._records.get(decision_id)

@@ -23,8 +23,10 @@ def test_records_are_kept_per_decision_and_bounded() -> None:
     assert rec2 is not None and rec2.usage.estimated
 
 
-def test_costs_are_handed_to_the_pending_decision_store() -> None:
-    attached: list[tuple[str, float]] = []
-    recorder = InMemoryCompletionRecorder(10, attach_cost=lambda d, c: attached.append((d, c)))
+def test_records_are_forwarded_to_the_pending_decision_store() -> None:
+    store = InMemoryCompletionRecorder(10)
+    recorder = InMemoryCompletionRecorder(10, forward_to=store)
     recorder.record_completion("d1", "m", 0.125, 3.0, TokenUsage(1, 1))
-    assert attached == [("d1", 0.125)] and recorder.get("d1") is not None
+    forwarded = store.get("d1")
+    assert forwarded is not None and (forwarded.model, forwarded.cost_usd) == ("m", 0.125)
+    assert recorder.get("d1") is not None

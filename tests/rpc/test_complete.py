@@ -377,3 +377,29 @@ async def test_200_concurrent_completes_through_8_provider_slots_none_lost(
     text = metrics.decode()
     assert 'barp_requests_total{code="OK",method="Complete"} 200.0' in text
     assert "barp_completion_cost_usd_total" in text and "barp_provider_attempts_total" in text
+
+
+async def test_completion_cost_reaches_the_pending_decision_and_report_outcome_needs_no_cost(
+    checkpoint: Path, fake: FakeProvider, tmp_path: Path
+) -> None:
+    catalog = write_catalog(tmp_path / "c.yaml", all_live(fake.base_url))
+    settings = settings_for(checkpoint, catalog, max_attempts=1)
+    async with sidecar(settings) as app:
+        assert app.learning is not None and app.learning.recorder is not None
+        store = app.learning.recorder.store
+        chunks = await complete(app.port, complete_request())
+        decision_id, cost_usd = chunks[0].decision.decision_id, chunks[-1].usage.cost_usd
+        pending = store.get(decision_id)
+        assert pending is not None and pending.cost_usd == pytest.approx(cost_usd) and cost_usd > 0
+        # A fallback answer is recorded as such: the outcome will not be learned from.
+        fake.push(FakeBehaviour(status=503))
+        fallback = await complete(app.port, complete_request())
+        assert list(fallback[0].fallback_from)
+        fell_back = store.get(fallback[0].decision.decision_id)
+        assert fell_back is not None and fell_back.answered_by == fallback[0].decision.model
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            stub = router_pb2_grpc.RouterStub(channel)
+            for chunk in (chunks[0], fallback[0]):
+                request = router_pb2.OutcomeRequest(decision_id=chunk.decision.decision_id, quality=0.75)
+                assert (await stub.ReportOutcome(request)).recorded
+        assert app.learning.recorder.counters.skipped_fallback == 1
