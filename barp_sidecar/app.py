@@ -2,9 +2,10 @@
 
 Owns wiring and lifecycle only: which component is built from which settings, in which order things start
 and stop. Start order: metrics HTTP -> micro-batcher (+ warm-up pass) -> reward spool recovery + outcome
-recorder -> gRPC server -> reward publisher, policy watchers, Admin server -> health SERVING.
-Shutdown order: health NOT_SERVING -> ``server.stop(grace_s)`` (no new RPCs; in-flight ones finish) ->
-drain the batcher -> Admin, watchers, publisher (short drain), spool (final fsync) -> close metrics.
+recorder -> provider pool (the one aiohttp session) -> gRPC server -> reward publisher, policy watchers,
+Admin server -> health SERVING. Shutdown order: health NOT_SERVING -> ``server.stop(grace_s)`` (no new
+RPCs; in-flight ones finish) -> drain the batcher -> close the provider pool -> Admin, watchers, publisher
+(short drain), spool (final fsync) -> close metrics.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import random
 import signal
 import sys
 from collections.abc import Mapping
@@ -30,7 +32,13 @@ from barp_sidecar.policy.embedding_cache import EmbeddingCache
 from barp_sidecar.policy.inference import InferenceRequest, InferenceResult, PolicyInference
 from barp_sidecar.policy.loading import load_encoder, load_startup_policy
 from barp_sidecar.policy.registry import PolicyRegistry
+from barp_sidecar.providers.catalog import catalog_for_policy
+from barp_sidecar.providers.forwarder import Forwarder
+from barp_sidecar.providers.metrics import ProviderMetrics
+from barp_sidecar.providers.pool import ProviderPool
+from barp_sidecar.providers.recorder import InMemoryCompletionRecorder
 from barp_sidecar.rewards.components import LearningComponents
+from barp_sidecar.routing.completion import CompletionService
 from barp_sidecar.routing.service import RoutingDefaults, RoutingService
 from barp_sidecar.rpc.server import GrpcServer
 from barp_sidecar.rpc.servicer import RouterServicer
@@ -83,6 +91,9 @@ class SidecarApp:
         self.inference: PolicyInference | None = None
         self.batcher: MicroBatcher[InferenceRequest, InferenceResult] | None = None
         self.routing: RoutingService | None = None
+        self.provider_pool: ProviderPool | None = None
+        self.completion_recorder: InMemoryCompletionRecorder | None = None
+        self.completion: CompletionService | None = None
         self.grpc: GrpcServer | None = None
         self.metrics_http: MetricsHttpServer | None = None
         self.learning: LearningComponents | None = None
@@ -94,7 +105,11 @@ class SidecarApp:
 
     @classmethod
     def build(cls, settings: Settings, env: Mapping[str, str] | None = None) -> SidecarApp:
-        """Load the policy and encoder and wire every component; binds nothing. Raises ConfigError."""
+        """Load the policy and encoder and wire every component; binds nothing. Raises ConfigError.
+
+        ``env`` is where secrets are read from: provider API keys, trainer/admin tokens (the process
+        environment when None).
+        """
         app = cls(settings)
         s = settings
         app.placement = select_placement(s)
@@ -144,10 +159,35 @@ class SidecarApp:
             rng=np.random.default_rng(s.routing.seed),
             on_decision=recorder.remember_decision if recorder is not None else None,
         )
-        # Later: the provider pool (providers) is built here; Complete attaches its cost to the pending
-        # decision with ``app.learning.recorder.attach_cost(decision_id, cost_usd)``.
+        catalog = catalog_for_policy(s.providers.catalog_file, app.registry.arms)
+        provider_metrics = ProviderMetrics(app.metrics.registry)
+        app.provider_pool = ProviderPool(
+            catalog,
+            s.providers,
+            os.environ if env is None else env,
+            provider_metrics,
+            rng=random.Random(s.routing.seed),
+        )
+        # Every completed Complete's cost and latency: kept in memory and handed to the pending decision.
+        app.completion_recorder = InMemoryCompletionRecorder(
+            s.providers.completion_records_max_entries, forward_to=recorder
+        )
+        forwarder = Forwarder(
+            catalog, app.provider_pool, app.completion_recorder, provider_metrics, s.providers.max_fallbacks
+        )
+        app.completion = CompletionService(
+            routing=app.routing,
+            forwarder=forwarder,
+            callable_models=frozenset(catalog.enabled_arms()),
+            routing_text_mode=s.providers.routing_text,
+            routing_text_max_bytes=s.providers.routing_text_max_bytes,
+        )
         servicer = RouterServicer(
-            app.routing, app.metrics, log_prompts=s.logging.log_prompts, outcomes=recorder
+            app.routing,
+            app.metrics,
+            completion=app.completion,
+            log_prompts=s.logging.log_prompts,
+            outcomes=recorder,
         )
         app.grpc = GrpcServer(s.server, servicer, max_pending_rpcs=s.batching.max_pending)
         if s.metrics.enabled:
@@ -169,7 +209,8 @@ class SidecarApp:
             await self.batcher.call_in_worker(lambda: inference.run_batch([InferenceRequest("warm up", 0.5)]))
             if self.learning is not None:
                 await self.learning.start_recording()
-            # Later: the provider pool starts here.
+            if self.provider_pool is not None:
+                await self.provider_pool.start()
             self.port = await self.grpc.start()
             self._started = True
             if self.learning is not None:
@@ -208,7 +249,9 @@ class SidecarApp:
         self._started = False
         if self.batcher is not None:
             await self.batcher.close(timeout_s=grace_s)
-        # Later: the provider pool closes here.
+        if self.provider_pool is not None:
+            # After the server stopped: no Complete is in flight any more.
+            await self.provider_pool.close()
         if self.learning is not None:
             await self.learning.close()
         if self.metrics_http is not None:
@@ -261,7 +304,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     configure_logging(settings.logging)
     try:
-        app = SidecarApp.build(settings)
+        app = SidecarApp.build(settings, env=os.environ)
     except ConfigError as error:
         print(f"barp-sidecar serve: invalid configuration: {error}", file=sys.stderr)
         return EXIT_CONFIG

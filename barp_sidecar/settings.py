@@ -178,6 +178,28 @@ class ProvidersSettings:
     catalog_file: str | None = None
     # Text that Complete routes on: "last_user" message, or the whole "conversation" (tail-truncated).
     routing_text: str = "last_user"
+    # Largest routing text taken from a conversation (UTF-8 bytes; the tail is kept): the encoder
+    # truncates again to its token budget, this only bounds the work of joining long conversations.
+    routing_text_max_bytes: int = 64 << 10
+    # Attempts per provider for one Complete, the first included (retries only before the first token).
+    max_attempts: int = 3
+    # Exponential backoff between attempts: full jitter over min(max, initial * 2^(attempt-1)).
+    retry_initial_backoff_ms: float = 100.0
+    retry_max_backoff_ms: float = 2000.0
+    # A Retry-After longer than this is not waited for: the arm counts as failed and fallback starts.
+    retry_after_max_s: float = 10.0
+    # Consecutive failed attempts that open a provider's circuit breaker (0 disables the breaker).
+    breaker_failure_threshold: int = 5
+    # How long an open breaker rejects calls before letting one probe through (half-open).
+    breaker_open_s: float = 30.0
+    # Other allowed models tried, most probable first, after the chosen one fails (0 = no fallback).
+    max_fallbacks: int = 2
+    # TCP connect timeout towards a provider (seconds); the catalog's timeout_s bounds a whole attempt.
+    connect_timeout_s: float = 5.0
+    # Calls waiting for one provider's max_concurrency slots; beyond it that provider counts as failed.
+    max_queued_per_provider: int = 1024
+    # Completed-call records (cost, latency, usage) kept in memory for the reward path, oldest evicted.
+    completion_records_max_entries: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -357,6 +379,22 @@ def validate(settings: Settings) -> Settings:
         "providers.routing_text",
         "must be 'last_user' or 'conversation'",
     )
+    p = s.providers
+    check(p.routing_text_max_bytes >= 64, "providers.routing_text_max_bytes", "must be >= 64")
+    check(1 <= p.max_attempts <= 10, "providers.max_attempts", "must be in [1, 10]")
+    check(p.retry_initial_backoff_ms >= 0, "providers.retry_initial_backoff_ms", "must be >= 0")
+    check(
+        p.retry_max_backoff_ms >= p.retry_initial_backoff_ms,
+        "providers.retry_max_backoff_ms",
+        "must be >= providers.retry_initial_backoff_ms",
+    )
+    check(p.retry_after_max_s >= 0, "providers.retry_after_max_s", "must be >= 0")
+    check(p.breaker_failure_threshold >= 0, "providers.breaker_failure_threshold", "must be >= 0")
+    check(p.breaker_open_s > 0, "providers.breaker_open_s", "must be > 0")
+    check(p.max_fallbacks >= 0, "providers.max_fallbacks", "must be >= 0")
+    check(p.connect_timeout_s > 0, "providers.connect_timeout_s", "must be > 0")
+    check(p.max_queued_per_provider >= 0, "providers.max_queued_per_provider", "must be >= 0")
+    check(p.completion_records_max_entries >= 1, "providers.completion_records_max_entries", "must be >= 1")
     return settings
 
 

@@ -1,7 +1,7 @@
 """barp.v1 Router servicer: converts, delegates to RoutingService, maps errors, writes the access log.
 
-Owns only the transport concerns of Route and ReportOutcome. Complete is left to the generated base class
-(UNIMPLEMENTED) until its branch adds it; collaborators arrive through the constructor.
+Owns only the transport concerns of Route and ReportOutcome; Complete comes from
+``rpc.complete.CompleteServicerMixin``. Collaborators arrive through the constructor.
 """
 
 from __future__ import annotations
@@ -16,26 +16,31 @@ from barp_sidecar.errors import BarpError, FailedPrecondition
 from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
 from barp_sidecar.metrics import SidecarMetrics
 from barp_sidecar.rewards.recorder import OutcomeRecorder
+from barp_sidecar.routing.completion import CompletionService
 from barp_sidecar.routing.service import RoutingService
 from barp_sidecar.rpc import convert
+from barp_sidecar.rpc.complete import CompleteServicerMixin
 from barp_sidecar.rpc.status import status_for
 
 log = structlog.get_logger("barp_sidecar.access")
 
 
-class RouterServicer(router_pb2_grpc.RouterServicer):
-    """Route over a RoutingService."""
+class RouterServicer(CompleteServicerMixin, router_pb2_grpc.RouterServicer):
+    """Route over a RoutingService; Complete over a CompletionService and ReportOutcome over an
+    OutcomeRecorder (None = refused with a clear status)."""
 
     def __init__(
         self,
         routing: RoutingService,
         metrics: SidecarMetrics,
         *,
+        completion: CompletionService | None = None,
         log_prompts: bool = False,
         outcomes: OutcomeRecorder | None = None,
     ) -> None:
         self._routing = routing
         self._metrics = metrics
+        self._completion = completion
         self._log_prompts = log_prompts
         self._outcomes = outcomes
 
