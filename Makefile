@@ -4,7 +4,8 @@ DATA ?= ../shared/data/routerbench
 OUT ?= out
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint typecheck test test-all protos train-default reproduce
+.PHONY: help install lint test test-all protos train-default reproduce demo fake-provider \
+	bench-forward bench-learning
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -25,3 +26,23 @@ test-all:  ## The suite including the slow marker
 
 protos:  ## Regenerate the checked-in gRPC stubs from protos/
 	$(PYTHON) -m barp_sidecar.rpc.codegen
+
+train-default:  ## Retrain the shipped default policy (barp_sidecar/policies/routerbench-11) on $(DATA)
+	$(PYTHON) -m trainer.cli offline --data $(DATA) --out barp_sidecar/policies/routerbench-11 --seed 0 --force
+
+reproduce:  ## BaRP vs every baseline, in- and out-of-distribution: $(OUT)/reproduce/report.md (~15 min cold)
+	$(PYTHON) -m trainer.cli reproduce --data $(DATA) --out $(OUT)/reproduce
+
+demo:  ## Online learning demo: trainer + sidecar + RouterBench traffic from a cold policy (a few minutes)
+	$(PYTHON) -m trainer.demo --data $(DATA) --out demo-out
+
+fake-provider:  ## Fake OpenAI-compatible/Anthropic provider on 127.0.0.1:8089 (docs/providers.md)
+	$(PYTHON) -m barp_sidecar.providers.fake_server --port 8089
+
+bench-forward:  ## Forwarding overhead: Complete vs Route vs the provider directly (docs/benchmarks.md)
+	$(PYTHON) -m bench.forward_load --concurrency 1,100 --requests 2400 --rounds 3 --json $(OUT)/bench/forward-closed.json
+	$(PYTHON) -m bench.forward_load --rate-rps 140 --tokens 8 --tokens-per-s 10 --requests 2100 --rounds 3 \
+		--json $(OUT)/bench/forward-streams.json
+
+bench-learning:  ## Trainer ingestion (durable acks) and Route p99 during hot swaps
+	$(PYTHON) -m bench.trainer_ingest --json $(OUT)/bench/trainer_ingest.json
