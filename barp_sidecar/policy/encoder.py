@@ -21,7 +21,7 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -114,8 +114,8 @@ class SentenceTransformerEncoder:
 
     def __init__(self, settings: EncoderSettings) -> None:
         self._settings = settings
-        self._model = None
-        self._tokenizer = None
+        self._model: Any = None
+        self._tokenizer: Any = None
         self._device = "cpu"
         self._half = False
         self._lock = threading.Lock()
@@ -152,7 +152,7 @@ class SentenceTransformerEncoder:
         if self._half:
             model.half()
         self._tokenizer = model.tokenizer
-        self._dim = int(model.get_embedding_dimension())
+        self._dim = int(model.get_embedding_dimension() or 0)
         self._model = model
         self._torch = torch
         return self
