@@ -52,7 +52,15 @@ SIDECAR_OWNED = {
     "trainer": {"target", "tls_ca_file", "tls_cert_file", "tls_key_file"},
 }
 TRAINER_OWNED = {
-    "server": {"host", "port", "health_port", "health_host", "tls_cert_file", "tls_key_file", "tls_client_ca_file"},
+    "server": {
+        "host",
+        "port",
+        "health_port",
+        "health_host",
+        "tls_cert_file",
+        "tls_key_file",
+        "tls_client_ca_file",
+    },
     "storage": {"data_dir"},
 }
 
@@ -99,7 +107,12 @@ ENV_LIST = {
 TOLERATIONS = {"type": "array", "items": {"type": "object"}}
 PEERS = {"type": "array", "items": {"type": "object"}}
 TLS_SERVER = obj(
-    {"enabled": BOOL, "secretName": OPTIONAL_DNS_NAME, "mutual": BOOL, "clientCASecretName": OPTIONAL_DNS_NAME}
+    {
+        "enabled": BOOL,
+        "secretName": OPTIONAL_DNS_NAME,
+        "mutual": BOOL,
+        "clientCASecretName": OPTIONAL_DNS_NAME,
+    }
 )
 CATALOG_ENTRY = obj(
     {
@@ -218,7 +231,11 @@ def build_schema() -> dict[str, Any]:
         "apiKeys": {
             "type": "array",
             "items": obj(
-                {"env": ENV_VAR_NAME, "secretName": DNS_NAME, "secretKey": {"type": "string", "minLength": 1}},
+                {
+                    "env": ENV_VAR_NAME,
+                    "secretName": DNS_NAME,
+                    "secretKey": {"type": "string", "minLength": 1},
+                },
                 required=["env", "secretName", "secretKey"],
             ),
         },
@@ -287,7 +304,11 @@ def build_schema() -> dict[str, Any]:
             {
                 "target": {"type": "string", "pattern": r"^([^:/\s]+:[0-9]{1,5})?$"},
                 "tls": obj(
-                    {"enabled": BOOL, "caSecretName": OPTIONAL_DNS_NAME, "clientCertSecretName": OPTIONAL_DNS_NAME}
+                    {
+                        "enabled": BOOL,
+                        "caSecretName": OPTIONAL_DNS_NAME,
+                        "clientCertSecretName": OPTIONAL_DNS_NAME,
+                    }
                 ),
             }
         ),
