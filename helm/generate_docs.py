@@ -62,6 +62,7 @@ TRAINER_OWNED = {
         "tls_client_ca_file",
     },
     "storage": {"data_dir"},
+    "metrics": {"host", "port"},
 }
 
 # --- JSON schema building blocks -----------------------------------------------------------------------
@@ -216,7 +217,18 @@ def build_schema() -> dict[str, Any]:
         ),
         "imagePullSecrets": {"type": "array", "items": DNS_NAME},
         "ports": obj(
-            {name: PORT for name in ("grpc", "admin", "metrics", "health", "trainer", "trainerHealth")}
+            {
+                name: PORT
+                for name in (
+                    "grpc",
+                    "admin",
+                    "metrics",
+                    "health",
+                    "trainer",
+                    "trainerHealth",
+                    "trainerMetrics",
+                )
+            }
         ),
         "config": settings_schema(Settings, SIDECAR_OWNED),
         "catalog": {

@@ -167,9 +167,13 @@ def test_trainer_is_one_recreated_replica_on_its_claim_reached_by_service_name(r
     trainer_config = config_of(rendered, "-trainer-config", "trainer.yaml")
     assert mounts["data"] == trainer_config["storage"]["data_dir"]
     service = rendered.one("Service", "-trainer")
-    (port,) = service["spec"]["ports"]
+    service_ports = {p["name"]: p for p in service["spec"]["ports"]}
+    port = service_ports["grpc"]
     assert port["targetPort"] == "trainer-grpc"
     assert port_numbers(container)["trainer-grpc"] == trainer_config["server"]["port"]
+    assert service_ports["metrics"]["targetPort"] == "trainer-metrics"
+    assert port_numbers(container)["trainer-metrics"] == trainer_config["metrics"]["port"]
+    assert trainer_config["metrics"]["host"] == "0.0.0.0"
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     target = config_of(rendered)["trainer"]["target"]
     assert target == f"{service['metadata']['name']}.{NAMESPACE}.svc:{port['port']}"
@@ -236,16 +240,21 @@ def test_gpu_values(render_ci: Render) -> None:
 def test_monitors_select_what_they_scrape(render_ci: Render) -> None:
     """The CRDs are not in kubernetes-validate's schemas: check their structure and references here."""
     rendered = render_ci("servicemonitor")
-    monitor = rendered.one("ServiceMonitor")
-    assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
-    assert set(monitor["spec"]) == {"selector", "namespaceSelector", "endpoints"}
-    service = rendered.one("Service", "-router")
-    assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
-    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
-    (endpoint,) = monitor["spec"]["endpoints"]
-    assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
-    assert endpoint["path"] == "/metrics" and endpoint["interval"] == "30s"
-    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert len(rendered.of_kind("ServiceMonitor")) == 2
+    services = rendered.of_kind("Service")
+    for component in ("router", "trainer"):
+        monitor = rendered.one("ServiceMonitor", f"-{component}")
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        assert set(monitor["spec"]) == {"selector", "namespaceSelector", "endpoints"}
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        # The selector picks exactly the component's Service.
+        (service,) = [s for s in services if selector.items() <= s["metadata"]["labels"].items()]
+        assert service["metadata"]["name"].endswith(f"-{component}")
+        assert monitor["spec"]["namespaceSelector"] == {"matchNames": [NAMESPACE]}
+        (endpoint,) = monitor["spec"]["endpoints"]
+        assert endpoint["port"] in {p["name"] for p in service["spec"]["ports"]}
+        assert endpoint["path"] == "/metrics" and endpoint["interval"] == "30s"
+        assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
 
     pod_monitor = rendered.one("PodMonitor")
     assert set(pod_monitor["spec"]) == {"selector", "namespaceSelector", "podMetricsEndpoints"}
@@ -277,12 +286,15 @@ def test_network_policies_open_the_ports_the_processes_use(render_ci: Render) ->
 
     trainer = rendered.one("NetworkPolicy", "-trainer")
     trainer_config = config_of(rendered, "-trainer-config", "trainer.yaml")
-    (clients, probes) = trainer["spec"]["ingress"]
+    (clients, scrapers, probes) = trainer["spec"]["ingress"]
     assert clients["ports"][0]["port"] == trainer_config["server"]["port"]
     (peer,) = clients["from"]
     # Sidecars carry these labels wherever they run (router pods included).
     assert peer["podSelector"]["matchLabels"].items() <= labels.items()
+    assert scrapers["ports"][0]["port"] == trainer_config["metrics"]["port"]
+    assert scrapers["from"] == rules[config["metrics"]["port"]]["from"]
     assert probes["ports"][0]["port"] == trainer_config["server"]["health_port"]
+    assert "from" not in probes
 
 
 @pytest.mark.parametrize(
@@ -293,7 +305,7 @@ def test_network_policies_open_the_ports_the_processes_use(render_ci: Render) ->
         (["trainer.tls.enabled=true", "trainer.tls.secretName=t"], "trainerClient.tls.enabled"),
         (["trainerClient.tls.enabled=true"], "trainerClient.tls.caSecretName"),
         (["admin.expose=true"], "admin.tokenSecret.name"),
-        (["metrics.serviceMonitor.enabled=true"], "metrics.serviceMonitor.enabled"),
+        (["metrics.serviceMonitor.enabled=true", "trainer.enabled=false"], "metrics.serviceMonitor.enabled"),
         (["standalone.enabled=true", "standalone.replicas=1"], "standalone.pdb.minAvailable"),
         (["sidecar.enabled=false", "standalone.enabled=true"], "sidecar.enabled"),
     ],

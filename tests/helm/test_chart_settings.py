@@ -142,4 +142,5 @@ def test_trainer_settings_load(render_ci: Render, name: str | None, tmp_path: Pa
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["trainer-grpc"] == settings.server.port and settings.server.host == "0.0.0.0"
     assert ports["trainer-health"] == settings.server.health_port
+    assert ports["trainer-metrics"] == settings.metrics.port and settings.metrics.host == "0.0.0.0"
     assert container["command"][:2] == ["barp-trainer", "serve"]

@@ -138,7 +138,7 @@ the injected sidecars and the standalone router share one ConfigMap.
 {{- $_ := set $server "tls_client_ca_file" (printf "%s/ca.crt" $layout.clientCADir) }}
 {{- end }}
 {{- end }}
-{{- $owned := dict "server" $server "storage" (dict "data_dir" $layout.trainerDataDir) -}}
+{{- $owned := dict "server" $server "storage" (dict "data_dir" $layout.trainerDataDir) "metrics" (dict "host" "0.0.0.0" "port" .Values.ports.trainerMetrics) -}}
 {{- toYaml (mustMergeOverwrite (deepCopy .Values.trainer.config) $owned) }}
 {{- end }}
 
@@ -181,8 +181,8 @@ grpc:
 {{- if and .Values.admin.expose (not .Values.admin.tokenSecret.name) }}
 {{- fail "admin.tokenSecret.name: required when admin.expose is true (the Admin API needs a bearer token off loopback)" }}
 {{- end }}
-{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.standalone.enabled) }}
-{{- fail "metrics.serviceMonitor.enabled: monitors the standalone router's Service; enable standalone.enabled or use metrics.podMonitor for injected sidecars" }}
+{{- if and .Values.metrics.serviceMonitor.enabled (not .Values.standalone.enabled) (not .Values.trainer.enabled) }}
+{{- fail "metrics.serviceMonitor.enabled: monitors the trainer's and the standalone router's Services, and neither is enabled; use metrics.podMonitor for injected sidecars" }}
 {{- end }}
 {{- if and .Values.standalone.enabled .Values.standalone.pdb.enabled (not (kindIs "string" .Values.standalone.pdb.minAvailable)) (ge (int .Values.standalone.pdb.minAvailable) (int .Values.standalone.replicas)) }}
 {{- fail (printf "standalone.pdb.minAvailable: %v would block every voluntary eviction with standalone.replicas=%v; lower it or raise replicas" .Values.standalone.pdb.minAvailable .Values.standalone.replicas) }}
