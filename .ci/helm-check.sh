@@ -64,6 +64,10 @@ for file in "${values_files[@]}"; do
   done
 done
 
+echo "== helm package"
+"$HELM" package "$CHART" --destination "$RENDERED" > /dev/null
+ls "$RENDERED"/barp-sidecar-*.tgz
+
 echo "== a values file that violates values.schema.json is rejected"
 if "$HELM" template barp "$CHART" --values tests/helm/invalid-values.yaml > /dev/null 2> "$RENDERED/err"; then
   echo "helm-check: helm accepted tests/helm/invalid-values.yaml" >&2
