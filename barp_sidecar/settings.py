@@ -109,6 +109,12 @@ class RoutingSettings:
     epsilon: float = 0.05
     # Seed of the exploration RNG (None = from the OS).
     seed: int | None = None
+    # Comma-separated model names this sidecar never chooses (masked for every request), e.g. models it
+    # has no provider contract for. "" = none. Every name must be an arm of the serving policy.
+    disabled_models: str = ""
+
+    def disabled_model_names(self) -> frozenset[str]:
+        return frozenset(name.strip() for name in self.disabled_models.split(",") if name.strip())
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,1 @@
+"""Dynamic micro-batching and admission control; generic over the work item, knows nothing about gRPC."""

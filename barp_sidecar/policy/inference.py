@@ -1,0 +1,148 @@
+"""Batch inference: prompts -> embeddings (cache, length-grouped encoder passes) -> policy probabilities.
+
+Owns the encoder, the embedding cache and a device copy of the current policy network. Runs ONLY on the
+micro-batcher's worker thread (DESIGN §5): nothing here is thread-safe, nothing here is async. Reads the
+registry once per batch, so every result of a batch carries the same policy version. Knows nothing about
+gRPC, requests' deadlines or exploration.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from barp_sidecar.batching.token_groups import plan_length_groups
+from barp_sidecar.policy.checkpoint import LoadedPolicy
+from barp_sidecar.policy.device import DevicePlacement
+from barp_sidecar.policy.embedding_cache import EmbeddingCache, prompt_key
+from barp_sidecar.policy.encoder import Encoder
+from barp_sidecar.policy.registry import PolicyRegistry
+
+# [CLS] and [SEP] add two positions to every encoded prompt.
+SPECIAL_TOKENS = 2
+
+
+@dataclass(frozen=True)
+class InferenceRequest:
+    """One prompt to score. ``allowed`` is a per-arm mask in the policy's arm order (None = all)."""
+
+    prompt: str
+    quality_weight: float
+    allowed: tuple[bool, ...] | None = None
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    """π(·|x, w) over every arm (masked arms exactly 0), h(x), and the version that computed them."""
+
+    probabilities: np.ndarray
+    embedding: np.ndarray
+    policy_version: int
+    cache_hit: bool
+
+
+class InferenceObserver(Protocol):
+    def inference_done(self, cache_hits: int, encoded: int, forward_passes: int, seconds: float) -> None: ...
+
+
+class PolicyInference:
+    """Scores batches of ``InferenceRequest`` with the registry's current policy."""
+
+    def __init__(
+        self,
+        encoder: Encoder,
+        registry: PolicyRegistry,
+        placement: DevicePlacement,
+        *,
+        max_batch_tokens: int,
+        cache: EmbeddingCache,
+        observer: InferenceObserver | None = None,
+    ) -> None:
+        self._encoder = encoder
+        self._registry = registry
+        self._placement = placement
+        self._max_batch_tokens = max_batch_tokens
+        self._cache = cache
+        self._observer = observer
+        self._prepared_source: LoadedPolicy | None = None
+        self._prepared_network: Any = None
+
+    @property
+    def encoder(self) -> Encoder:
+        return self._encoder
+
+    def _network_for(self, policy: LoadedPolicy) -> Any:
+        """The policy's network on the serving device/dtype; the registry's CPU copy stays untouched."""
+        if policy is not self._prepared_source:
+            network = policy.network
+            if self._placement.device != "cpu" or self._placement.half_precision:
+                network = copy.deepcopy(network).to(self._placement.device, self._placement.torch_dtype())
+            self._prepared_source, self._prepared_network = policy, network
+        return self._prepared_network
+
+    def embed(self, prompts: Sequence[str]) -> tuple[np.ndarray, list[bool], int]:
+        """[N, dim] embeddings, per-prompt cache hit flags, and the number of encoder forward passes."""
+        embeddings: list[np.ndarray | None] = [None] * len(prompts)
+        hits = [False] * len(prompts)
+        keys = [prompt_key(p) for p in prompts] if self._cache.enabled else []
+        # Distinct prompts that missed the cache -> positions that need them (duplicates encode once).
+        misses: dict[str, list[int]] = {}
+        for index, prompt in enumerate(prompts):
+            cached = self._cache.get(keys[index]) if keys else None
+            if cached is not None:
+                embeddings[index] = cached
+                hits[index] = True
+            else:
+                misses.setdefault(prompt, []).append(index)
+        passes = 0
+        if misses:
+            texts = list(misses)
+            token_ids = self._encoder.token_ids(texts)
+            lengths = [len(ids) + SPECIAL_TOKENS for ids in token_ids]
+            for group in plan_length_groups(lengths, self._max_batch_tokens):
+                encoded = self._encoder.encode_token_ids([token_ids[i] for i in group])
+                passes += 1
+                for row, text_index in enumerate(group):
+                    vector = encoded[row]
+                    positions = misses[texts[text_index]]
+                    if keys:
+                        self._cache.put(keys[positions[0]], vector)
+                    for position in positions:
+                        embeddings[position] = vector
+        return np.stack(embeddings).astype(np.float32, copy=False), hits, passes  # type: ignore[arg-type]
+
+    def run_batch(self, requests: Sequence[InferenceRequest]) -> list[InferenceResult]:
+        """One result per request, in order, all from one policy version."""
+        started_s = time.perf_counter()
+        active = self._registry.current()  # read once: the whole batch uses this version
+        network = self._network_for(active.policy)
+        embeddings, hits, passes = self.embed([r.prompt for r in requests])
+        num_arms = len(self._registry.arms)
+        allowed = None
+        if any(r.allowed is not None for r in requests):
+            mask = np.ones((len(requests), num_arms), dtype=bool)
+            for row, request in enumerate(requests):
+                if request.allowed is not None:
+                    mask[row] = request.allowed
+            allowed = torch.from_numpy(mask).to(self._placement.device)
+        dtype = self._placement.torch_dtype()
+        with torch.inference_mode():
+            inputs = torch.from_numpy(embeddings).to(self._placement.device, dtype)
+            weights = torch.tensor([r.quality_weight for r in requests], dtype=dtype, device=inputs.device)
+            probabilities = network.probabilities(inputs, weights, allowed).cpu().numpy().astype(np.float64)
+        results = [
+            InferenceResult(probabilities[row], embeddings[row], active.version, hits[row])
+            for row in range(len(requests))
+        ]
+        if self._observer is not None:
+            hit_count = sum(hits)
+            self._observer.inference_done(
+                hit_count, len(requests) - hit_count, passes, time.perf_counter() - started_s
+            )
+        return results

@@ -1,0 +1,98 @@
+"""Startup policy resolution: which checkpoint directory serves, and the encoder it needs.
+
+Owns the mapping from settings (``policy.checkpoint_dir``, ``policy.encoder_model``, ``policy.device``) to a
+loaded checkpoint and a matching, loaded encoder. Every failure is a ConfigError naming the setting, raised
+before any port binds.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from barp_sidecar.errors import CheckpointError, ConfigError
+from barp_sidecar.policy.checkpoint import (
+    LATEST_FILE,
+    MANIFEST_FILE,
+    CheckpointStore,
+    EncoderIdentity,
+    LoadedPolicy,
+    load_checkpoint,
+)
+from barp_sidecar.policy.device import DevicePlacement
+from barp_sidecar.policy.encoder import (
+    BUILTIN_MODEL,
+    BUILTIN_MODEL_ID,
+    HashingEncoder,
+    SentenceTransformerEncoder,
+)
+from barp_sidecar.settings import PolicySettings
+
+
+def resolve_checkpoint_dir(checkpoint_dir: str | None) -> Path:
+    """A single checkpoint dir (has manifest.json) or a store's LATEST; None = the shipped policy."""
+    if checkpoint_dir is None:
+        try:
+            from barp_sidecar.policy.builtin import builtin_policy_dir  # shipped by the core branch
+        except ImportError as exc:
+            raise ConfigError("policy.checkpoint_dir", "this build ships no default policy; set it") from exc
+        return Path(builtin_policy_dir())
+    path = Path(checkpoint_dir)
+    if (path / MANIFEST_FILE).is_file():
+        return path
+    if (path / LATEST_FILE).is_file():
+        try:
+            version = CheckpointStore(path).latest_version()
+        except CheckpointError as exc:
+            raise ConfigError("policy.checkpoint_dir", str(exc)) from exc
+        assert version is not None
+        return CheckpointStore(path).path(version)
+    raise ConfigError(
+        "policy.checkpoint_dir",
+        f"{path} holds neither {MANIFEST_FILE} (a checkpoint) nor {LATEST_FILE} (a store)",
+    )
+
+
+def load_startup_policy(settings: PolicySettings) -> LoadedPolicy:
+    directory = resolve_checkpoint_dir(settings.checkpoint_dir)
+    try:
+        return load_checkpoint(directory)
+    except CheckpointError as exc:
+        raise ConfigError("policy.checkpoint_dir", str(exc)) from exc
+
+
+def encoder_model_for(identity: EncoderIdentity, encoder_model: str) -> str:
+    """The model to load for a manifest's encoder: hash ids are self-describing; the builtin id maps to the
+    shipped files when ``policy.encoder_model`` is the builtin; otherwise the configured model."""
+    if identity.encoder_id.startswith("hash:"):
+        return identity.encoder_id
+    if identity.encoder_id == BUILTIN_MODEL_ID and encoder_model == BUILTIN_MODEL:
+        return BUILTIN_MODEL
+    return encoder_model
+
+
+def load_encoder(
+    identity: EncoderIdentity, settings: PolicySettings, placement: DevicePlacement
+) -> SentenceTransformerEncoder | HashingEncoder:
+    """Build and load the encoder the manifest names, on ``placement``; check its id and dimension."""
+    model = encoder_model_for(identity, settings.encoder_model)
+    try:
+        encoder_settings = identity.settings(model, device=placement.device)
+    except ValueError as exc:
+        raise ConfigError("policy.checkpoint_dir", f"manifest encoder settings are invalid: {exc}") from exc
+    encoder: SentenceTransformerEncoder | HashingEncoder
+    try:
+        encoder = (
+            HashingEncoder(encoder_settings)
+            if model.startswith("hash:")
+            else SentenceTransformerEncoder(encoder_settings)
+        )
+        encoder.load()
+    except (OSError, ValueError) as exc:
+        raise ConfigError("policy.encoder_model", f"cannot load encoder {model!r}: {exc}") from exc
+    if encoder.encoder_id != identity.encoder_id or encoder.dim != identity.dim:
+        raise ConfigError(
+            "policy.encoder_model",
+            f"encoder {encoder.encoder_id!r} (dim {encoder.dim}) does not match the policy's "
+            f"{identity.encoder_id!r} (dim {identity.dim})",
+        )
+    return encoder

@@ -1,0 +1,73 @@
+"""The serving registry: which policy version answers right now.
+
+Owns one immutable ``ActivePolicy`` (version, LoadedPolicy) snapshot. ``current()`` is a plain attribute
+read, so the inference thread reads it ONCE per batch and a batch never mixes versions; ``swap`` replaces
+the snapshot atomically (one reference assignment), so in-flight batches finish on the old one. Knows
+nothing about files, watching or gRPC: whoever loads a new checkpoint (the hot-swap watcher, Admin
+PinPolicy) calls ``swap``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import structlog
+
+from barp_sidecar.errors import CheckpointError
+from barp_sidecar.policy.checkpoint import LoadedPolicy
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class ActivePolicy:
+    """An immutable (version, policy) pair."""
+
+    version: int
+    policy: LoadedPolicy
+
+
+class PolicyRegistry:
+    """Holds the current policy. Arms and encoder identity are fixed at construction: a swap must match."""
+
+    def __init__(self, initial: LoadedPolicy) -> None:
+        self._current = ActivePolicy(initial.version, initial)
+        self._arms = initial.manifest.arms
+        self._encoder = initial.manifest.encoder
+        self._swap_lock = threading.Lock()
+        self._listeners: list[Callable[[ActivePolicy, ActivePolicy], None]] = []
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        return self._arms
+
+    @property
+    def encoder_id(self) -> str:
+        return self._encoder.encoder_id
+
+    def current(self) -> ActivePolicy:
+        return self._current
+
+    def add_listener(self, listener: Callable[[ActivePolicy, ActivePolicy], None]) -> None:
+        """``listener(old, new)`` is called after every swap (on the swapping thread)."""
+        self._listeners.append(listener)
+
+    def swap(self, new: LoadedPolicy) -> ActivePolicy:
+        """Make ``new`` current; returns the previous snapshot. Raises CheckpointError if incompatible."""
+        if new.manifest.arms != self._arms:
+            raise CheckpointError(
+                f"{new.directory}: arms {list(new.manifest.arms)} differ from the serving {list(self._arms)}"
+            )
+        if new.manifest.encoder != self._encoder:
+            raise CheckpointError(
+                f"{new.directory}: encoder {new.manifest.encoder} differs from the serving {self._encoder}"
+            )
+        with self._swap_lock:
+            old = self._current
+            self._current = ActivePolicy(new.version, new)
+        log.info("policy_swapped", old=old.version, new=new.version)
+        for listener in self._listeners:
+            listener(old, self._current)
+        return old

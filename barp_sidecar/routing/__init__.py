@@ -1,0 +1,1 @@
+"""Routing decisions: request validation, defaults, masks, exploration (RoutingService)."""

@@ -1,0 +1,71 @@
+"""Helpers for sidecar tests: a tiny hash-encoder checkpoint and an in-process sidecar on 127.0.0.1:0."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from barp_sidecar.app import SidecarApp
+from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, save_checkpoint
+from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
+from barp_sidecar.settings import Settings, load_settings, validate
+
+ARMS = ("small-model", "medium-model", "large-model", "huge-model")
+HASH_ENCODER = EncoderIdentity("hash:32", 32, 64, "tail")
+
+
+def make_tiny_checkpoint(
+    directory: Path, *, version: int = 1, seed: int = 0, arms: tuple[str, ...] = ARMS
+) -> Path:
+    """Save a small randomly initialised policy for the ``hash:32`` encoder into ``directory``."""
+    torch.manual_seed(seed)
+    architecture = PolicyArchitecture(
+        embedding_dim=32,
+        num_arms=len(arms),
+        preference_hidden=8,
+        preference_dim=4,
+        head_hidden=16,
+        head_layers=1,
+    )
+    network = PolicyNetwork(architecture)
+    # Large output weights make the policy's preferences sharp, so decisions vary across prompts.
+    with torch.no_grad():
+        network.hidden_layers[0].weight.mul_(6.0)
+        network.output.weight.mul_(8.0)
+        network.output.bias.zero_()
+    manifest = PolicyManifest(
+        version=version, arms=arms, encoder=HASH_ENCODER, tau_usd=0.005, architecture=architecture
+    )
+    save_checkpoint(directory, network, manifest)
+    return directory
+
+
+def sidecar_settings(checkpoint_dir: Path, **sections: dict[str, Any]) -> Settings:
+    """Settings for a test sidecar: ephemeral ports, no admin, the given checkpoint, overrides per section."""
+    data: dict[str, dict[str, Any]] = {
+        "server": {"port": 0, "grace_s": 2.0},
+        "metrics": {"port": 0},
+        "admin": {"enabled": False},
+        "policy": {"checkpoint_dir": str(checkpoint_dir), "device": "cpu"},
+        "routing": {"seed": 7},
+    }
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    defaults = load_settings(None, {})
+    replaced = {name: dataclasses.replace(getattr(defaults, name), **values) for name, values in data.items()}
+    return validate(dataclasses.replace(defaults, **replaced))
+
+
+@contextlib.asynccontextmanager
+async def running_sidecar(settings: Settings) -> AsyncIterator[SidecarApp]:
+    app = SidecarApp.build(settings)
+    await app.start()
+    try:
+        yield app
+    finally:
+        await app.close()
