@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
+import importlib.util
+import re
 import shlex
+import subprocess
+import sys
 import typing
 from collections.abc import Callable
 from pathlib import Path, PurePosixPath
@@ -144,3 +148,24 @@ def test_trainer_settings_load(render_ci: Render, name: str | None, tmp_path: Pa
     assert ports["trainer-health"] == settings.server.health_port
     assert ports["trainer-metrics"] == settings.metrics.port and settings.metrics.host == "0.0.0.0"
     assert container["command"][:2] == ["barp-trainer", "serve"]
+
+
+def test_example_app_command_uses_real_route_flags(render_ci: Render) -> None:
+    if importlib.util.find_spec("barp_sidecar.rpc.client") is None:
+        pytest.skip("barp_sidecar.rpc.client (`barp-sidecar route`) is not in this checkout yet")
+    rendered = render_ci("sidecar")
+    app = rendered.one("Deployment", "-example-app")["spec"]["template"]["spec"]["containers"][0]
+    script = app["command"][-1]
+    flags = set(re.findall(r"(--[a-z-]+)", script))
+    assert "barp-sidecar route" in script and flags
+    help_text = subprocess.run(
+        [sys.executable, "-m", "barp_sidecar.cli", "route", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    for flag in flags:
+        assert flag in help_text, f"`barp-sidecar route` has no {flag}"
+    config = yaml.safe_load(rendered.one("ConfigMap", "barp-sidecar-config")["data"]["barp.yaml"])
+    assert f"--target 127.0.0.1:{config['server']['port']}" in script
