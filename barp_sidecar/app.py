@@ -139,7 +139,7 @@ class SidecarApp:
         # Later: pending-decision store + reward spool + publisher (learning), provider pool (providers),
         # policy watcher (learning) are built here, then handed to the servicers below.
         servicer = RouterServicer(app.routing, app.metrics, log_prompts=s.logging.log_prompts)
-        app.grpc = GrpcServer(s.server, servicer)
+        app.grpc = GrpcServer(s.server, servicer, max_pending_rpcs=s.batching.max_pending)
         if s.metrics.enabled:
             app.metrics_http = MetricsHttpServer(app.metrics, s.metrics.host, s.metrics.port)
         return app

@@ -17,6 +17,8 @@ from barp_sidecar.rpc.health_port import HealthPort
 from barp_sidecar.rpc.tls import bind_port, server_credentials, server_files_from
 from barp_sidecar.settings import ServerSettings
 
+# Floor of gRPC core's queue of calls not yet handed to a handler (its default soft limit is 1000).
+MIN_CORE_PENDING_REQUESTS = 16384
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 
 
@@ -25,8 +27,15 @@ class GrpcServer:
     returns the port. TLS files are read and checked at construction so a bad file fails before anything
     binds."""
 
-    def __init__(self, settings: ServerSettings, router: router_pb2_grpc.RouterServicer) -> None:
+    def __init__(
+        self,
+        settings: ServerSettings,
+        router: router_pb2_grpc.RouterServicer,
+        *,
+        max_pending_rpcs: int = 1024,
+    ) -> None:
         self._settings = settings
+        self._max_pending_rpcs = max_pending_rpcs
         self._router = router
         self._credentials = server_credentials(server_files_from(settings, "server"))
         self._server: grpc.aio.Server | None = None
@@ -38,12 +47,17 @@ class GrpcServer:
     async def start(self) -> int:
         settings = self._settings
         self._health = health.aio.HealthServicer()
+        pending_limit = max(MIN_CORE_PENDING_REQUESTS, 4 * self._max_pending_rpcs)
         server = grpc.aio.server(
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 # Two sidecars must never silently share one port.
                 ("grpc.so_reuseport", 0),
+                # gRPC core randomly CANCELs calls not yet picked up by the app beyond 1000 (soft limit):
+                # a burst must instead reach admission control and get a clear RESOURCE_EXHAUSTED.
+                ("grpc.server.max_pending_requests", pending_limit),
+                ("grpc.server.max_pending_requests_hard_limit", pending_limit),
             ]
         )
         router_pb2_grpc.add_RouterServicer_to_server(self._router, server)

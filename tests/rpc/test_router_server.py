@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import threading
 import urllib.request
 from pathlib import Path
 
@@ -213,22 +214,42 @@ async def test_default_prompt_limit_is_one_mebibyte(checkpoint: Path) -> None:
 
 
 async def test_calls_beyond_max_pending_are_refused_and_none_hang(checkpoint: Path) -> None:
-    # A long batching window keeps admitted calls queued while the flood arrives.
-    settings = sidecar_settings(
-        checkpoint, batching={"max_pending": 50, "max_batch_size": 64, "max_wait_ms": 300.0}
-    )
+    settings = sidecar_settings(checkpoint, batching={"max_pending": 50, "max_batch_size": 16})
     async with running_sidecar(settings) as app:
+        assert app.batcher is not None
+        # Occupy the one inference thread so the 50 admitted calls stay pending while the flood arrives.
+        gate = threading.Event()
+        blocker = asyncio.ensure_future(app.batcher.call_in_worker(lambda: gate.wait(30)))
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stub = router_pb2_grpc.RouterStub(channel)
-            calls = [stub.Route(route_request(f"flood {i}"), timeout=30) for i in range(1050)]
-            results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=60)
+            calls = [
+                asyncio.ensure_future(stub.Route(route_request(f"flood {i}"), timeout=30))
+                for i in range(1050)
+            ]
+            # The refusals come back at once; the admitted 50 cannot finish while the thread is blocked.
+            finished, _ = await asyncio.wait(calls, timeout=30, return_when=asyncio.FIRST_EXCEPTION)
+            done_count = len(finished)
+            while done_count < 1000:
+                more, _ = await asyncio.wait(
+                    [c for c in calls if not c.done()], timeout=5, return_when="FIRST_COMPLETED"
+                )
+                assert more, "refusals must not hang"
+                done_count += len(more)
+            assert app.batcher.pending == 50
+            gate.set()
+            results = await asyncio.wait_for(asyncio.gather(*calls, return_exceptions=True), timeout=30)
+        await blocker
         ok = [r for r in results if isinstance(r, router_pb2.RouteResponse)]
         refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
-        assert len(ok) + len(refused) == 1050
-        assert all(e.code() == grpc.StatusCode.RESOURCE_EXHAUSTED for e in refused)
+        assert (len(ok), len(refused)) == (50, 1000)
+        assert {
+            (e.code(), e.details(), e.debug_error_string())
+            for e in refused
+            if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED
+        } == set()
         assert all("batching.max_pending=50" in e.details() for e in refused)
-        assert len(refused) >= 1000 - 50 and len(ok) >= 50
-        assert app.batcher is not None and app.batcher.pending == 0
+        assert app.metrics.admission_rejections._value.get() == 1000
+        assert app.batcher.pending == 0
         assert (await call(app.port, route_request("after the flood"))).model in ARMS
 
 
