@@ -1,39 +1,43 @@
-"""The BaRP reward: r = w_q·q − w_c·min(c/τ, 1) with w_c = 1 − w_q. Pure functions, no I/O.
+"""Reward shaping (DESIGN §6): the one pure function that turns (quality, cost, preference) into a reward.
 
-Owns reward shaping only. Shared by the offline trainer, the online trainer and evaluation so every
-part of the system scores a decision the same way.
+r = w_q·q − (1 − w_q)·min(c / τ, 1). Shared by the sidecar, the online and the offline trainer and the
+evaluation code, so the number a report prints is the number the learner maximised. No I/O, no state.
+Because r is linear in w_q for a fixed (q, c), one revealed (q, c) gives the reward at every preference.
 """
 
 from __future__ import annotations
 
-import math
+from typing import TypeVar
 
 import numpy as np
 
-
-def normalized_cost(cost_usd: float, tau_usd: float) -> float:
-    """min(c/τ, 1): cost as a fraction of the cost cap τ, saturating at 1."""
-    if tau_usd <= 0 or not math.isfinite(tau_usd):
-        raise ValueError(f"tau_usd must be a positive finite number, not {tau_usd!r}")
-    if cost_usd < 0 or not math.isfinite(cost_usd):
-        raise ValueError(f"cost_usd must be a non-negative finite number, not {cost_usd!r}")
-    return min(cost_usd / tau_usd, 1.0)
+ArrayOrFloat = TypeVar("ArrayOrFloat", float, np.ndarray)
 
 
-def reward(quality: float, cost_usd: float, quality_weight: float, tau_usd: float) -> float:
-    """r = w_q·q − (1 − w_q)·min(c/τ, 1), in [−1, 1] for q in [0, 1]."""
-    if not 0.0 <= quality_weight <= 1.0:
-        raise ValueError(f"quality_weight must be in [0, 1], not {quality_weight!r}")
-    if not 0.0 <= quality <= 1.0:
-        raise ValueError(f"quality must be in [0, 1], not {quality!r}")
-    return quality_weight * quality - (1.0 - quality_weight) * normalized_cost(cost_usd, tau_usd)
+def normalized_cost(cost_usd: ArrayOrFloat, tau_usd: float) -> ArrayOrFloat:
+    """min(c / τ, 1) for c ≥ 0; τ must be positive."""
+    if not tau_usd > 0:
+        raise ValueError(f"tau_usd must be positive, not {tau_usd!r}")
+    return np.minimum(np.asarray(cost_usd, dtype=np.float64) / tau_usd, 1.0)  # type: ignore[return-value]
+
+
+def reward(
+    quality: ArrayOrFloat, cost_usd: ArrayOrFloat, quality_weight: ArrayOrFloat, tau_usd: float
+) -> ArrayOrFloat:
+    """r = w_q·q − (1 − w_q)·min(c/τ, 1), elementwise with numpy broadcasting.
+
+    Invariants: r ∈ [−1, 1] for q ∈ [0, 1], c ≥ 0, w_q ∈ [0, 1]; r = q at w_q = 1; r = −min(c/τ, 1) at
+    w_q = 0; monotone increasing in q and decreasing in c.
+    """
+    w_q = np.asarray(quality_weight, dtype=np.float64)
+    result = w_q * np.asarray(quality, dtype=np.float64) - (1.0 - w_q) * normalized_cost(cost_usd, tau_usd)
+    if np.ndim(result) == 0:
+        return float(result)  # type: ignore[return-value]
+    return result  # type: ignore[return-value]
 
 
 def reward_array(
     quality: np.ndarray, cost_usd: np.ndarray, quality_weight: np.ndarray | float, tau_usd: float
 ) -> np.ndarray:
-    """Vectorised ``reward`` (broadcasting); inputs are assumed validated."""
-    if tau_usd <= 0:
-        raise ValueError(f"tau_usd must be positive, not {tau_usd!r}")
-    w_q = np.asarray(quality_weight, dtype=np.float64)
-    return w_q * quality - (1.0 - w_q) * np.minimum(np.asarray(cost_usd, dtype=np.float64) / tau_usd, 1.0)
+    """``reward`` that always returns an array (for callers that index the result)."""
+    return np.asarray(reward(np.asarray(quality), np.asarray(cost_usd), np.asarray(quality_weight), tau_usd))
