@@ -1,9 +1,10 @@
 """``barp-sidecar serve``: the one composition root. build -> start -> wait for stop -> ordered shutdown.
 
 Owns wiring and lifecycle only: which component is built from which settings, in which order things start
-and stop. Start order: metrics HTTP -> micro-batcher (+ warm-up pass) -> gRPC server -> health SERVING.
+and stop. Start order: metrics HTTP -> micro-batcher (+ warm-up pass) -> reward spool recovery + outcome
+recorder -> gRPC server -> reward publisher, policy watchers, Admin server -> health SERVING.
 Shutdown order: health NOT_SERVING -> ``server.stop(grace_s)`` (no new RPCs; in-flight ones finish) ->
-drain the batcher -> close metrics. Later components plug in at the marked places.
+drain the batcher -> Admin, watchers, publisher (short drain), spool (final fsync) -> close metrics.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from barp_sidecar.policy.embedding_cache import EmbeddingCache
 from barp_sidecar.policy.inference import InferenceRequest, InferenceResult, PolicyInference
 from barp_sidecar.policy.loading import load_encoder, load_startup_policy
 from barp_sidecar.policy.registry import PolicyRegistry
+from barp_sidecar.rewards.components import LearningComponents
 from barp_sidecar.routing.service import RoutingDefaults, RoutingService
 from barp_sidecar.rpc.server import GrpcServer
 from barp_sidecar.rpc.servicer import RouterServicer
@@ -83,13 +85,15 @@ class SidecarApp:
         self.routing: RoutingService | None = None
         self.grpc: GrpcServer | None = None
         self.metrics_http: MetricsHttpServer | None = None
+        self.learning: LearningComponents | None = None
+        self.admin_port: int | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._stop = asyncio.Event()
         self._started = False
 
     @classmethod
-    def build(cls, settings: Settings) -> SidecarApp:
+    def build(cls, settings: Settings, env: Mapping[str, str] | None = None) -> SidecarApp:
         """Load the policy and encoder and wire every component; binds nothing. Raises ConfigError."""
         app = cls(settings)
         s = settings
@@ -123,6 +127,9 @@ class SidecarApp:
             raise ConfigError(
                 "routing.disabled_models", f"{unknown} are not models of the policy {list(app.registry.arms)}"
             )
+        app.learning = LearningComponents(s, app.registry, os.environ if env is None else env)
+        app.learning.register_metrics(app.metrics.registry)
+        recorder = app.learning.recorder
         app.routing = RoutingService(
             arms=app.registry.arms,
             encoder_id=app.registry.encoder_id,
@@ -135,10 +142,13 @@ class SidecarApp:
                 disabled_models=disabled,
             ),
             rng=np.random.default_rng(s.routing.seed),
+            on_decision=recorder.remember_decision if recorder is not None else None,
         )
-        # Later: pending-decision store + reward spool + publisher (learning), provider pool (providers),
-        # policy watcher (learning) are built here, then handed to the servicers below.
-        servicer = RouterServicer(app.routing, app.metrics, log_prompts=s.logging.log_prompts)
+        # Later: the provider pool (providers) is built here; Complete attaches its cost to the pending
+        # decision with ``app.learning.recorder.attach_cost(decision_id, cost_usd)``.
+        servicer = RouterServicer(
+            app.routing, app.metrics, log_prompts=s.logging.log_prompts, outcomes=recorder
+        )
         app.grpc = GrpcServer(s.server, servicer, max_pending_rpcs=s.batching.max_pending)
         if s.metrics.enabled:
             app.metrics_http = MetricsHttpServer(app.metrics, s.metrics.host, s.metrics.port)
@@ -157,9 +167,13 @@ class SidecarApp:
             inference = self.inference
             # Warm-up on the worker thread: first-call allocations happen before the first real request.
             await self.batcher.call_in_worker(lambda: inference.run_batch([InferenceRequest("warm up", 0.5)]))
-            # Later: spool, publisher, provider pool, policy watcher, admin server start here.
+            if self.learning is not None:
+                await self.learning.start_recording()
+            # Later: the provider pool starts here.
             self.port = await self.grpc.start()
             self._started = True
+            if self.learning is not None:
+                self.admin_port = await self.learning.start_background()
         except BaseException:
             await self.close()
             raise
@@ -173,6 +187,7 @@ class SidecarApp:
             tls=self.settings.server.tls_cert_file is not None,
             mtls=self.settings.server.tls_client_ca_file is not None,
             metrics_port=self.metrics_port,
+            admin_port=self.admin_port,
             policy_version=policy.version if policy else None,
             arms=len(self.registry.arms) if self.registry else None,
             device=self.placement.device if self.placement else None,
@@ -196,7 +211,9 @@ class SidecarApp:
         self._started = False
         if self.batcher is not None:
             await self.batcher.close(timeout_s=grace_s)
-        # Later: admin server stop, watcher stop, provider pool close, publisher flush, spool flush + close.
+        # Later: the provider pool closes here.
+        if self.learning is not None:
+            await self.learning.close()
         if self.metrics_http is not None:
             self.metrics_http.close()
         log.info("server_stopped")

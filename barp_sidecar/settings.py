@@ -134,6 +134,12 @@ class RewardSettings:
     spool_max_bytes: int = 1 << 30
     # Group fsync interval (milliseconds): events are durable at most this long after being appended.
     spool_fsync_interval_ms: float = 10.0
+    # False = no pending decisions, no spool: ReportOutcome answers FAILED_PRECONDITION.
+    enabled: bool = True
+    # Identifies this sidecar in reward events and trainer logs; None = the host name.
+    sidecar_id: str | None = None
+    # How often expired pending decisions are swept (seconds).
+    expiry_sweep_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -147,6 +153,13 @@ class TrainerClientSettings:
     tls_key_file: str | None = None
     reconnect_initial_backoff_s: float = 0.5
     reconnect_max_backoff_s: float = 30.0
+    # Follow Trainer.WatchPolicy and hot-swap announced versions (needs target).
+    watch_policies: bool = True
+    # Where checkpoints fetched with Trainer.FetchPolicy are kept (v{N}/; PinPolicy can roll back to them).
+    checkpoint_cache_dir: str = "./barp-policies"
+    # Shared-volume alternative to FetchPolicy: poll this CheckpointStore's LATEST (None = off).
+    checkpoint_store_dir: str | None = None
+    checkpoint_poll_interval_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -341,6 +354,13 @@ def validate(settings: Settings) -> Settings:
     check(0 <= s.rewards.default_quality <= 1, "rewards.default_quality", "must be in [0, 1]")
     check(s.rewards.spool_max_bytes >= 1 << 16, "rewards.spool_max_bytes", "must be >= 65536")
     check(s.rewards.spool_fsync_interval_ms >= 0, "rewards.spool_fsync_interval_ms", "must be >= 0")
+    check(s.rewards.expiry_sweep_interval_s > 0, "rewards.expiry_sweep_interval_s", "must be > 0")
+    check(
+        s.rewards.sidecar_id is None or 0 < len(s.rewards.sidecar_id) <= 128,
+        "rewards.sidecar_id",
+        "must be 1 to 128 characters",
+    )
+    check(s.trainer.checkpoint_poll_interval_s > 0, "trainer.checkpoint_poll_interval_s", "must be > 0")
     check(s.trainer.reconnect_initial_backoff_s > 0, "trainer.reconnect_initial_backoff_s", "must be > 0")
     check(
         s.trainer.reconnect_max_backoff_s >= s.trainer.reconnect_initial_backoff_s,

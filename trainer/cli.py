@@ -19,6 +19,10 @@ _SUBCOMMANDS = {
         "trainer.offline.reproduce",
         "train + evaluate BaRP and baselines; write report.md/json, pareto.png",
     ),
+    "serve": (
+        "trainer.service.main",
+        "run the online trainer: ingest reward events, learn, publish policies",
+    ),
 }
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +47,7 @@ class RoutingService:
         batcher: MicroBatcher[InferenceRequest, InferenceResult],
         defaults: RoutingDefaults,
         rng: np.random.Generator,
+        on_decision: Callable[[Decision], None] | None = None,
     ) -> None:
         unknown = sorted(set(defaults.disabled_models) - set(arms))
         if unknown:
@@ -57,6 +58,8 @@ class RoutingService:
         self._batcher = batcher
         self._defaults = defaults
         self._rng = rng
+        # Called with every decision (the learning loop keeps it pending until ReportOutcome or expiry).
+        self._on_decision = on_decision
         self._enabled = tuple(name not in defaults.disabled_models for name in arms)
 
     @property
@@ -128,7 +131,7 @@ class RoutingService:
         request, mask, mode = self.prepare(command, restrict_to)
         result = await self._batcher.submit(request, command.deadline_monotonic_s)
         index, propensity = choose_arm(result.probabilities, mask, mode, self._defaults.epsilon, self._rng)
-        return Decision(
+        decision = Decision(
             decision_id=uuid.uuid4().hex,
             model=self._arms[index],
             propensity=propensity,
@@ -140,4 +143,8 @@ class RoutingService:
             quality_weight=request.quality_weight,
             embedding=result.embedding,
             request_id=command.request_id,
+            allowed=tuple(bool(flag) for flag in mask),
         )
+        if self._on_decision is not None:
+            self._on_decision(decision)
+        return decision
