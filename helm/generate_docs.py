@@ -49,7 +49,15 @@ SIDECAR_OWNED = {
     "admin": {"host", "port", "token_env"},
     "rewards": {"spool_dir"},
     "providers": {"catalog_file"},
-    "trainer": {"target", "tls_ca_file", "tls_cert_file", "tls_key_file"},
+    "trainer": {
+        "target",
+        "tls_ca_file",
+        "tls_cert_file",
+        "tls_key_file",
+        "checkpoint_cache_dir",
+        # The shared-volume alternative to FetchPolicy: the chart mounts no shared (RWX) volume.
+        "checkpoint_store_dir",
+    },
 }
 TRAINER_OWNED = {
     "server": {
@@ -257,6 +265,7 @@ def build_schema() -> dict[str, Any]:
                 "resources": RESOURCES,
                 "env": ENV_LIST,
                 "spoolSizeLimit": QUANTITY,
+                "policyCacheSizeLimit": QUANTITY,
                 "tmpSizeLimit": QUANTITY,
                 **probes,
             }

@@ -108,6 +108,8 @@ def test_sidecar_settings_load_and_match_the_pod(render_ci: Render, name: str | 
             assert settings.admin.host == "127.0.0.1", where
         assert writable_dir(container, spec, settings.rewards.spool_dir), f"{where}: spool not writable"
         assert writable_dir(container, spec, "/tmp"), f"{where}: /tmp not writable"
+        cache = settings.trainer.checkpoint_cache_dir
+        assert writable_dir(container, spec, cache), f"{where}: policy cache not writable"
         for path in (
             settings.providers.catalog_file,
             settings.server.tls_cert_file,

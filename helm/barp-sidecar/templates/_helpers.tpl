@@ -59,6 +59,7 @@ configDir: /etc/barp
 configFile: /etc/barp/barp.yaml
 catalogFile: /etc/barp/catalog.yaml
 spoolDir: /var/lib/barp/spool
+policyCacheDir: /var/lib/barp/policies
 tmpDir: /tmp
 serverTLSDir: /etc/barp/tls/server
 clientCADir: /etc/barp/tls/client-ca
@@ -106,9 +107,10 @@ the injected sidecars and the standalone router share one ConfigMap.
 {{- if .Values.catalog }}
 {{- $_ := set $owned "providers" (dict "catalog_file" $layout.catalogFile) }}
 {{- end }}
+{{- $trainer := dict "checkpoint_cache_dir" $layout.policyCacheDir }}
 {{- $target := include "barp-sidecar.trainerTarget" . -}}
 {{- if $target }}
-{{- $trainer := dict "target" $target }}
+{{- $_ := set $trainer "target" $target }}
 {{- if .Values.trainerClient.tls.enabled }}
 {{- $_ := set $trainer "tls_ca_file" (printf "%s/ca.crt" $layout.trainerCADir) }}
 {{- if .Values.trainerClient.tls.clientCertSecretName }}
@@ -116,8 +118,8 @@ the injected sidecars and the standalone router share one ConfigMap.
 {{- $_ := set $trainer "tls_key_file" (printf "%s/tls.key" $layout.trainerClientCertDir) }}
 {{- end }}
 {{- end }}
-{{- $_ := set $owned "trainer" $trainer }}
 {{- end }}
+{{- $_ := set $owned "trainer" $trainer }}
 {{- toYaml (mustMergeOverwrite (deepCopy .Values.config) $owned) }}
 {{- end }}
 

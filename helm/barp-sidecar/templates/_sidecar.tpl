@@ -116,6 +116,8 @@ checksum/barp-config: {{ include "barp-sidecar.configChecksum" . }}
       readOnly: true
     - name: barp-spool
       mountPath: {{ $layout.spoolDir }}
+    - name: barp-policies
+      mountPath: {{ $layout.policyCacheDir }}
     - name: barp-tmp
       mountPath: {{ $layout.tmpDir }}
     {{- if $serverTLS }}
@@ -148,6 +150,9 @@ checksum/barp-config: {{ include "barp-sidecar.configChecksum" . }}
 - name: barp-spool
   emptyDir:
     sizeLimit: {{ .Values.sidecar.spoolSizeLimit }}
+- name: barp-policies
+  emptyDir:
+    sizeLimit: {{ .Values.sidecar.policyCacheSizeLimit }}
 - name: barp-tmp
   emptyDir:
     sizeLimit: {{ .Values.sidecar.tmpSizeLimit }}
