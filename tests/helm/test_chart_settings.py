@@ -150,6 +150,21 @@ def test_trainer_settings_load(render_ci: Render, name: str | None, tmp_path: Pa
     assert ports["trainer-health"] == settings.server.health_port
     assert ports["trainer-metrics"] == settings.metrics.port and settings.metrics.host == "0.0.0.0"
     assert container["command"][:2] == ["barp-trainer", "serve"]
+    spec = rendered.one("Deployment", "-trainer")["spec"]["template"]["spec"]
+    config_maps = {cm["metadata"]["name"]: cm for cm in rendered.of_kind("ConfigMap")}
+    config_path = container["command"][container["command"].index("--config") + 1]
+    assert mounted_file(container, spec, config_path, config_maps)
+    assert writable_dir(container, spec, settings.storage.data_dir)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    data_mount = next(m for m in container["volumeMounts"] if m["mountPath"] == settings.storage.data_dir)
+    assert "persistentVolumeClaim" in volumes[data_mount["name"]]
+    for path in (
+        settings.server.tls_cert_file,
+        settings.server.tls_key_file,
+        settings.server.tls_client_ca_file,
+    ):
+        if path is not None:
+            assert mounted_file(container, spec, path, config_maps), f"trainer: {path} is not mounted"
 
 
 def test_example_app_command_uses_real_route_flags(render_ci: Render) -> None:
