@@ -158,6 +158,8 @@ def test_trainer_settings_load(render_ci: Render, name: str | None, tmp_path: Pa
     volumes = {v["name"]: v for v in spec["volumes"]}
     data_mount = next(m for m in container["volumeMounts"] if m["mountPath"] == settings.storage.data_dir)
     assert "persistentVolumeClaim" in volumes[data_mount["name"]]
+    if name == "standalone":  # that values file turns on mTLS for the trainer
+        assert settings.server.tls_client_ca_file is not None
     for path in (
         settings.server.tls_cert_file,
         settings.server.tls_key_file,
