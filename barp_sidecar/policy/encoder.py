@@ -143,7 +143,10 @@ class SentenceTransformerEncoder:
     def load(self) -> SentenceTransformerEncoder:
         import torch
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
 
+        # A weight-loading progress bar on stderr would interleave with the JSON logs and CLI output.
+        transformers_logging.disable_progress_bar()
         path = builtin_model_path() if self._settings.model == BUILTIN_MODEL else self._settings.model
         self._device = resolve_device(self._settings.device)
         model = SentenceTransformer(path, device=self._device)
@@ -152,7 +155,10 @@ class SentenceTransformerEncoder:
         if self._half:
             model.half()
         self._tokenizer = model.tokenizer
-        self._dim = int(model.get_embedding_dimension() or 0)
+        dim = model.get_embedding_dimension()
+        if dim is None:
+            raise ValueError(f"{path}: the model does not report an embedding dimension")
+        self._dim = int(dim)
         self._model = model
         self._torch = torch
         return self
@@ -161,9 +167,9 @@ class SentenceTransformerEncoder:
         if self._tokenizer is None:
             raise RuntimeError("encoder not loaded: call load() first")
         budget = self._settings.max_seq_length - 2
-        encoded = self._tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)[
-            "input_ids"
-        ]
+        encoded = self._tokenizer(
+            list(texts), add_special_tokens=False, truncation=False, verbose=False
+        )["input_ids"]
         return [truncate_ids(ids, budget, self._settings.truncation) for ids in encoded]
 
     def encode_token_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:

@@ -7,24 +7,23 @@ Because r is linear in w_q for a fixed (q, c), one revealed (q, c) gives the rew
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Any
 
 import numpy as np
+from numpy.typing import ArrayLike
 
-ArrayOrFloat = TypeVar("ArrayOrFloat", float, np.ndarray)
 
-
-def normalized_cost(cost_usd: ArrayOrFloat, tau_usd: float) -> ArrayOrFloat:
-    """min(c / τ, 1) for c ≥ 0; τ must be positive."""
+def normalized_cost(cost_usd: ArrayLike, tau_usd: float) -> Any:
+    """min(c / τ, 1) for c ≥ 0 (float64 array, or numpy scalar for a scalar); τ must be positive."""
     if not tau_usd > 0:
         raise ValueError(f"tau_usd must be positive, not {tau_usd!r}")
-    return np.minimum(np.asarray(cost_usd, dtype=np.float64) / tau_usd, 1.0)  # type: ignore[return-value]
+    return np.minimum(np.asarray(cost_usd, dtype=np.float64) / tau_usd, 1.0)
 
 
-def reward(
-    quality: ArrayOrFloat, cost_usd: ArrayOrFloat, quality_weight: ArrayOrFloat, tau_usd: float
-) -> ArrayOrFloat:
+def reward(quality: ArrayLike, cost_usd: ArrayLike, quality_weight: ArrayLike, tau_usd: float) -> Any:
     """r = w_q·q − (1 − w_q)·min(c/τ, 1), elementwise with numpy broadcasting.
+
+    Returns a Python float when every input is a scalar, else a float64 array of the broadcast shape.
 
     Invariants: r ∈ [−1, 1] for q ∈ [0, 1], c ≥ 0, w_q ∈ [0, 1]; r = q at w_q = 1; r = −min(c/τ, 1) at
     w_q = 0; monotone increasing in q and decreasing in c.
@@ -32,8 +31,8 @@ def reward(
     w_q = np.asarray(quality_weight, dtype=np.float64)
     result = w_q * np.asarray(quality, dtype=np.float64) - (1.0 - w_q) * normalized_cost(cost_usd, tau_usd)
     if np.ndim(result) == 0:
-        return float(result)  # type: ignore[return-value]
-    return result  # type: ignore[return-value]
+        return float(result)
+    return result
 
 
 def reward_array(

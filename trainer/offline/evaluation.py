@@ -6,6 +6,7 @@ Owns the metric definitions and the w_q grid; pure functions over numpy arrays (
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -59,23 +60,23 @@ def evaluate_over_grid(
     return {grid_key(w): metrics_for_arms(table, choose(w), w, tau_usd) for w in grid}
 
 
-def mean_over_seeds(runs: Sequence[dict[str, dict[str, object]]]) -> tuple[dict, dict]:
+def mean_over_seeds(runs: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(mean, std) of several grid evaluations with the same keys, field by field (per task too)."""
-    mean: dict[str, dict[str, object]] = {}
-    std: dict[str, dict[str, object]] = {}
+    fields = ("score", "cost_usd", "reward")
+
+    def stats(entries: list[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:
+        values = {f: np.array([e[f] for e in entries], dtype=np.float64) for f in fields}
+        return {f: float(v.mean()) for f, v in values.items()}, {f: float(v.std()) for f, v in values.items()}
+
+    mean: dict[str, Any] = {}
+    std: dict[str, Any] = {}
     for key in runs[0]:
         entries = [run[key] for run in runs]
-        mean[key], std[key] = {}, {}
-        for field in ("score", "cost_usd", "reward"):
-            values = np.array([e[field] for e in entries], dtype=np.float64)
-            mean[key][field], std[key][field] = float(values.mean()), float(values.std())
+        mean[key], std[key] = stats(entries)
         mean[key]["per_task"], std[key]["per_task"] = {}, {}
-        for task in entries[0]["per_task"]:  # type: ignore[union-attr]
-            mean[key]["per_task"][task], std[key]["per_task"][task] = {}, {}  # type: ignore[index]
-            for field in ("score", "cost_usd", "reward"):
-                values = np.array([e["per_task"][task][field] for e in entries], dtype=np.float64)  # type: ignore[index]
-                mean[key]["per_task"][task][field] = float(values.mean())  # type: ignore[index]
-                std[key]["per_task"][task][field] = float(values.std())  # type: ignore[index]
+        for task in entries[0]["per_task"]:
+            task_mean, task_std = stats([e["per_task"][task] for e in entries])
+            mean[key]["per_task"][task], std[key]["per_task"][task] = task_mean, task_std
     return mean, std
 
 

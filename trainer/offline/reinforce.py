@@ -39,7 +39,7 @@ BASELINES = ("batch_mean", "critic")
 class OfflineTrainingConfig:
     """Hyper-parameters of one offline run; stored in the checkpoint manifest."""
 
-    steps: int = 3000
+    steps: int = 1500
     batch_size: int = 256
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
@@ -54,7 +54,7 @@ class OfflineTrainingConfig:
     critic_importance_weighting: bool = True
     baseline: str = "critic"
     preference_sampling: str = "ends"
-    augment_preferences: int = 4
+    augment_preferences: int = 2
     importance_clip: float = 5.0
     conditioning: str = "film"
     head_hidden: int = 256
@@ -71,7 +71,7 @@ class OfflineTrainingConfig:
     direct_term: str = "kl"
     critic_temperature: float = 0.02
     # Gaussian noise added to the (unit-norm) training embeddings: keeps π from memorising single prompts.
-    input_noise_std: float = 0.0
+    input_noise_std: float = 0.02
     seed: int = 0
 
     def __post_init__(self) -> None:

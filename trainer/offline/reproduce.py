@@ -8,6 +8,7 @@ out-of-distribution = train on arc_challenge + winogrande (train split) -> mbpp 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from barp_sidecar.policy.network import PolicyNetwork
 from trainer.offline import baselines
 from trainer.offline.datasets import RoutingTable, load_table
 from trainer.offline.evaluation import (
@@ -58,6 +60,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _greedy(network: PolicyNetwork, embeddings: np.ndarray, quality_weight: float) -> np.ndarray:
+    return greedy_arms(network, embeddings, quality_weight)
+
+
 def _choices(arms: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
     counts = np.bincount(arms, minlength=len(names)) / max(1, arms.size)
     return {names[i]: round(float(c), 4) for i, c in enumerate(counts) if c > 0}
@@ -81,7 +87,7 @@ def evaluate_setting(
         network, reveals = fit_policy(
             train_x, train, tau_usd, training_config(args, seed), show_progress, f"{name} barp seed {seed}"
         )
-        runs.append(evaluate_over_grid(test, lambda w, net=network: greedy_arms(net, test_x, w), tau_usd))
+        runs.append(evaluate_over_grid(test, functools.partial(_greedy, network, test_x), tau_usd))
         if seed == args.seeds[0]:
             extras["barp_choices_seed0"] = {
                 grid_key(w): _choices(greedy_arms(network, test_x, w), test.arms) for w in QUALITY_WEIGHT_GRID
@@ -119,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
     table = load_table(args.data)
     settings = encoder_settings(args)
     embeddings, encoder_id, _ = embed_table(table, settings, args.cache_dir or default_cache_dir(), show)
+    torch.set_num_threads(args.threads)
     splits = np.asarray(table.splits)
     tasks = np.asarray(table.tasks)
     report: dict[str, Any] = {}

@@ -69,6 +69,12 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--tau-percentile", type=float, default=TAU_PERCENTILE, help="τ = this percentile of train costs"
     )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for training (small nets: 1 is fastest on shared CPUs)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -175,6 +181,7 @@ def run(args: argparse.Namespace) -> int:
     embeddings, encoder_id, dim = embed_table(
         table, settings, args.cache_dir or default_cache_dir(), not args.no_progress
     )
+    torch.set_num_threads(args.threads)
     tau_usd = tau_from_costs(table.cost_usd, args.tau_percentile)
     config = training_config(args, args.seed)
     network, reveals = fit_policy(embeddings, table, tau_usd, config, not args.no_progress)
