@@ -45,6 +45,10 @@ class ServerSettings:
     tls_key_file: str | None = None
     # mTLS: CA bundle that client certificates must chain to (requires tls_cert_file).
     tls_client_ca_file: str | None = None
+    # Extra plaintext listener serving only grpc.health.v1 (None = off). Kubernetes' gRPC probes reach
+    # the pod IP without TLS, so they cannot probe a loopback or TLS Router port: the Helm chart sets it.
+    health_port: int | None = None
+    health_host: str = "0.0.0.0"
 
 
 @dataclass(frozen=True)
@@ -311,6 +315,17 @@ def validate(settings: Settings) -> Settings:
         ("admin.port", s.admin.port),
     ):
         check(0 <= port <= 65535, key, f"must be in [0, 65535], not {port}")
+    if s.server.health_port is not None:
+        check(
+            0 <= s.server.health_port <= 65535,
+            "server.health_port",
+            f"must be in [0, 65535], not {s.server.health_port}",
+        )
+        check(
+            s.server.health_port == 0 or s.server.health_port != s.server.port,
+            "server.health_port",
+            "must differ from server.port",
+        )
     check(s.server.grace_s >= 0, "server.grace_s", "must be >= 0")
     check(s.server.max_prompt_bytes > 0, "server.max_prompt_bytes", "must be > 0")
     check(

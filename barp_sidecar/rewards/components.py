@@ -29,33 +29,21 @@ from barp_sidecar.rewards.publisher import RewardPublisher
 from barp_sidecar.rewards.recorder import OutcomeRecorder
 from barp_sidecar.rewards.spool import RewardSpool
 from barp_sidecar.rpc.admin import AdminServer
-from barp_sidecar.settings import Settings, TrainerClientSettings
+from barp_sidecar.rpc.tls import channel_credentials, client_files_from, open_channel
+from barp_sidecar.settings import Settings
 
 log = structlog.get_logger("barp_sidecar.rewards.components")
 # Seconds the publisher may spend delivering the spool at shutdown (the rest is resent at the next start).
 SHUTDOWN_DRAIN_S = 2.0
 
 
-def _read(key: str, path: str | None) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from exc
-
-
-def trainer_channel(settings: TrainerClientSettings) -> grpc.aio.Channel:
-    """A channel to the trainer: TLS when a CA or client certificate is configured, else plaintext."""
-    assert settings.target is not None
-    options = [("grpc.max_receive_message_length", 8 << 20), ("grpc.keepalive_time_ms", 30_000)]
-    ca = _read("trainer.tls_ca_file", settings.tls_ca_file)
-    cert = _read("trainer.tls_cert_file", settings.tls_cert_file)
-    key = _read("trainer.tls_key_file", settings.tls_key_file)
-    if ca is None and cert is None:
-        return grpc.aio.insecure_channel(settings.target, options=options)
-    credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key, certificate_chain=cert)
-    return grpc.aio.secure_channel(settings.target, credentials, options=options)
+def trainer_channel(target: str, credentials: grpc.ChannelCredentials | None) -> grpc.aio.Channel:
+    """A channel to the trainer: TLS when credentials are given (``rpc.tls``), else plaintext."""
+    options: list[tuple[str, object]] = [
+        ("grpc.max_receive_message_length", 8 << 20),
+        ("grpc.keepalive_time_ms", 30_000),
+    ]
+    return open_channel(target, credentials, options)
 
 
 class LearningComponents:
@@ -89,15 +77,12 @@ class LearningComponents:
             self.directory_watcher = DirectoryPolicyWatcher(
                 self.manager, Path(t.checkpoint_store_dir), t.checkpoint_poll_interval_s
             )
-        if t.target is not None:
-            # Validates the TLS files now (ConfigError naming the key); the channel itself is made in
-            # start_recording because grpc.aio channels belong to the running event loop.
-            for key, path in (
-                ("trainer.tls_ca_file", t.tls_ca_file),
-                ("trainer.tls_cert_file", t.tls_cert_file),
-                ("trainer.tls_key_file", t.tls_key_file),
-            ):
-                _read(key, path)
+        # TLS towards the trainer (CA, optional client certificate for mTLS): the files are read and checked
+        # now (ConfigError naming the key); the channel itself is made in start_recording because grpc.aio
+        # channels belong to the running event loop.
+        self._trainer_credentials = (
+            channel_credentials(client_files_from(t, "trainer")) if t.target is not None else None
+        )
 
     def register_metrics(self, registry: CollectorRegistry) -> None:
         registry.register(LearningCollector(self))
@@ -109,7 +94,7 @@ class LearningComponents:
             await self.spool.start()
             await self.recorder.start()
         if t.target is not None:
-            self.channel = trainer_channel(t)
+            self.channel = trainer_channel(t.target, self._trainer_credentials)
             if self.spool is not None:
                 self.publisher = RewardPublisher(
                     self.spool, self.channel, t.reconnect_initial_backoff_s, t.reconnect_max_backoff_s

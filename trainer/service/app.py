@@ -1,7 +1,8 @@
 """Composition root of ``barp-trainer serve``: build -> start -> wait for stop -> ordered shutdown.
 
 Owns wiring and lifecycle only: event log, checkpoint store, starting policy, training loop, gRPC server
-(Trainer + health + reflection, optional TLS/mTLS) and metrics. Shutdown order: health NOT_SERVING ->
+(Trainer + health + reflection, optional TLS/mTLS via ``barp_sidecar.rpc.tls``, optional plaintext
+health-only port for Kubernetes probes) and metrics. Shutdown order: health NOT_SERVING ->
 close announcements (WatchPolicy streams end) -> ``server.stop(grace_s)`` (in-flight acks finish) ->
 stop the training loop -> close the log (final fsync).
 """
@@ -19,6 +20,8 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
 from barp_sidecar.policy.checkpoint import CheckpointStore
+from barp_sidecar.rpc.health_port import HealthPort
+from barp_sidecar.rpc.tls import bind_port, server_credentials, server_files_from
 from trainer.service.eventlog import SegmentedEventLog
 from trainer.service.loop import TrainingLoop
 from trainer.service.metrics import TrainerCollector
@@ -28,18 +31,6 @@ from trainer.service.settings import TrainerSettings
 
 log = structlog.get_logger("trainer.service.app")
 SERVICE_NAME = "barp.v1.Trainer"
-
-
-def server_credentials(settings: TrainerSettings) -> grpc.ServerCredentials | None:
-    s = settings.server
-    if s.tls_cert_file is None or s.tls_key_file is None:
-        return None
-    key = Path(s.tls_key_file).read_bytes()
-    cert = Path(s.tls_cert_file).read_bytes()
-    ca = Path(s.tls_client_ca_file).read_bytes() if s.tls_client_ca_file else None
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=ca, require_client_auth=ca is not None
-    )
 
 
 class TrainerApp:
@@ -52,6 +43,10 @@ class TrainerApp:
         self.servicer: TrainerServicer | None = None
         self.server: grpc.aio.Server | None = None
         self.health = health.aio.HealthServicer()
+        # TLS files are read and checked here, before the event log opens or any port binds.
+        self.credentials = server_credentials(server_files_from(settings.server, "server"))
+        self.health_port_listener: HealthPort | None = None
+        self.health_port = 0
         self.port = 0
         self.metrics_port = 0
         self._metrics_server: object | None = None
@@ -92,15 +87,11 @@ class TrainerApp:
             ),
             self.server,
         )
-        address = f"{s.server.host}:{s.server.port}"
-        credentials = server_credentials(s)
-        if credentials is None:
-            self.port = self.server.add_insecure_port(address)
-        else:
-            self.port = self.server.add_secure_port(address, credentials)
-        if self.port == 0:
-            raise OSError(f"could not bind {address}")
+        self.port = bind_port(self.server, s.server.host, s.server.port, self.credentials)
         await self.server.start()
+        if s.server.health_port is not None:
+            self.health_port_listener = HealthPort(self.health, s.server.health_host, s.server.health_port)
+            self.health_port = await self.health_port_listener.start()
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if s.metrics.enabled:
@@ -114,9 +105,11 @@ class TrainerApp:
             "trainer_started",
             port=self.port,
             metrics_port=self.metrics_port,
+            health_port=self.health_port,
             version=manifest.version,
             arms=len(manifest.arms),
-            tls=credentials is not None,
+            tls=self.credentials is not None,
+            mtls=s.server.tls_client_ca_file is not None,
         )
 
     def request_stop(self) -> None:
@@ -130,6 +123,8 @@ class TrainerApp:
         await self.announcer.close()
         if self.server is not None:
             await self.server.stop(self.settings.server.grace_s)
+        if self.health_port_listener is not None:
+            await self.health_port_listener.close()
         if self.loop is not None:
             await self.loop.close()
         if self.event_log is not None:

@@ -85,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     try:
         asyncio.run(serve(settings))
+    except ConfigError as exc:
+        print(f"barp-trainer: invalid setting {exc}", file=sys.stderr)
+        return 2
     except CheckpointError as exc:
         print(f"barp-trainer: cannot load the starting policy: {exc}", file=sys.stderr)
         return 2

@@ -34,6 +34,10 @@ class TrainerServerSettings:
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
     tls_client_ca_file: str | None = None
+    # Extra plaintext listener serving only grpc.health.v1 (None = off): Kubernetes' gRPC probes reach the
+    # pod IP without TLS, so they cannot probe a TLS port. The Helm chart sets it.
+    health_port: int | None = None
+    health_host: str = "0.0.0.0"
 
 
 @dataclass(frozen=True)
@@ -164,6 +168,17 @@ def validate(settings: TrainerSettings) -> TrainerSettings:
     s = settings
     check(0 <= s.server.port <= 65535, "server.port", f"must be in [0, 65535], not {s.server.port}")
     check(0 <= s.metrics.port <= 65535, "metrics.port", f"must be in [0, 65535], not {s.metrics.port}")
+    if s.server.health_port is not None:
+        check(
+            0 <= s.server.health_port <= 65535,
+            "server.health_port",
+            f"must be in [0, 65535], not {s.server.health_port}",
+        )
+        check(
+            s.server.health_port == 0 or s.server.health_port != s.server.port,
+            "server.health_port",
+            "must differ from server.port",
+        )
     check(s.server.grace_s >= 0, "server.grace_s", "must be >= 0")
     check(
         (s.server.tls_cert_file is None) == (s.server.tls_key_file is None),
