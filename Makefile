@@ -5,7 +5,7 @@ OUT ?= out
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint test test-all protos train-default reproduce demo fake-provider \
-	bench-forward bench-learning
+	bench-forward bench-learning helm-check helm-docs
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -14,8 +14,8 @@ install:  ## Install the package with its dev tools (editable)
 	$(PYTHON) -m pip install -e '.[dev]'
 
 lint:  ## ruff lint + format check, mypy types
-	$(PYTHON) -m ruff check barp_sidecar trainer tests bench
-	$(PYTHON) -m ruff format --check barp_sidecar trainer tests bench
+	$(PYTHON) -m ruff check barp_sidecar trainer tests bench helm
+	$(PYTHON) -m ruff format --check barp_sidecar trainer tests bench helm
 	$(PYTHON) -m mypy barp_sidecar trainer
 
 test:  ## The test suite (minutes; real-data/encoder tests skip when their inputs are absent)
@@ -46,3 +46,10 @@ bench-forward:  ## Forwarding overhead: Complete vs Route vs the provider direct
 
 bench-learning:  ## Trainer ingestion (durable acks) and Route p99 during hot swaps
 	$(PYTHON) -m bench.trainer_ingest --json $(OUT)/bench/trainer_ingest.json
+
+helm-check:  ## Lint Dockerfile + Helm chart, render every ci/ values file, validate against Kubernetes schemas
+	PYTHON=$(PYTHON) bash .ci/install-helm.sh .tools/bin
+	PYTHON=$(PYTHON) bash .ci/helm-check.sh
+
+helm-docs:  ## Regenerate helm/barp-sidecar/values.schema.json and its README values table (after settings change)
+	$(PYTHON) helm/generate_docs.py

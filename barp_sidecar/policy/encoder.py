@@ -167,9 +167,9 @@ class SentenceTransformerEncoder:
         if self._tokenizer is None:
             raise RuntimeError("encoder not loaded: call load() first")
         budget = self._settings.max_seq_length - 2
-        encoded = self._tokenizer(
-            list(texts), add_special_tokens=False, truncation=False, verbose=False
-        )["input_ids"]
+        encoded = self._tokenizer(list(texts), add_special_tokens=False, truncation=False, verbose=False)[
+            "input_ids"
+        ]
         return [truncate_ids(ids, budget, self._settings.truncation) for ids in encoded]
 
     def encode_token_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
