@@ -1,9 +1,11 @@
 """``barp-sidecar serve``: the one composition root. build -> start -> wait for stop -> ordered shutdown.
 
 Owns wiring and lifecycle only: which component is built from which settings, in which order things start
-and stop. Start order: metrics HTTP -> micro-batcher (+ warm-up pass) -> gRPC server -> health SERVING.
-Shutdown order: health NOT_SERVING -> ``server.stop(grace_s)`` (no new RPCs; in-flight ones finish) ->
-drain the batcher -> close metrics. Later components plug in at the marked places.
+and stop. Start order: metrics HTTP -> micro-batcher (+ warm-up pass) -> reward spool recovery + outcome
+recorder -> provider pool (the one aiohttp session) -> gRPC server -> reward publisher, policy watchers,
+Admin server -> health SERVING. Shutdown order: health NOT_SERVING -> ``server.stop(grace_s)`` (no new
+RPCs; in-flight ones finish) -> drain the batcher -> close the provider pool -> Admin, watchers, publisher
+(short drain), spool (final fsync) -> close metrics.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import argparse
 import asyncio
 import dataclasses
 import os
+import random
 import signal
 import sys
 from collections.abc import Mapping
@@ -29,6 +32,13 @@ from barp_sidecar.policy.embedding_cache import EmbeddingCache
 from barp_sidecar.policy.inference import InferenceRequest, InferenceResult, PolicyInference
 from barp_sidecar.policy.loading import load_encoder, load_startup_policy
 from barp_sidecar.policy.registry import PolicyRegistry
+from barp_sidecar.providers.catalog import catalog_for_policy
+from barp_sidecar.providers.forwarder import Forwarder
+from barp_sidecar.providers.metrics import ProviderMetrics
+from barp_sidecar.providers.pool import ProviderPool
+from barp_sidecar.providers.recorder import InMemoryCompletionRecorder
+from barp_sidecar.rewards.components import LearningComponents
+from barp_sidecar.routing.completion import CompletionService
 from barp_sidecar.routing.service import RoutingDefaults, RoutingService
 from barp_sidecar.rpc.server import GrpcServer
 from barp_sidecar.rpc.servicer import RouterServicer
@@ -81,16 +91,25 @@ class SidecarApp:
         self.inference: PolicyInference | None = None
         self.batcher: MicroBatcher[InferenceRequest, InferenceResult] | None = None
         self.routing: RoutingService | None = None
+        self.provider_pool: ProviderPool | None = None
+        self.completion_recorder: InMemoryCompletionRecorder | None = None
+        self.completion: CompletionService | None = None
         self.grpc: GrpcServer | None = None
         self.metrics_http: MetricsHttpServer | None = None
+        self.learning: LearningComponents | None = None
+        self.admin_port: int | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._stop = asyncio.Event()
         self._started = False
 
     @classmethod
-    def build(cls, settings: Settings) -> SidecarApp:
-        """Load the policy and encoder and wire every component; binds nothing. Raises ConfigError."""
+    def build(cls, settings: Settings, env: Mapping[str, str] | None = None) -> SidecarApp:
+        """Load the policy and encoder and wire every component; binds nothing. Raises ConfigError.
+
+        ``env`` is where secrets are read from: provider API keys, trainer/admin tokens (the process
+        environment when None).
+        """
         app = cls(settings)
         s = settings
         app.placement = select_placement(s)
@@ -125,6 +144,9 @@ class SidecarApp:
             raise ConfigError(
                 "routing.disabled_models", f"{unknown} are not models of the policy {list(app.registry.arms)}"
             )
+        app.learning = LearningComponents(s, app.registry, os.environ if env is None else env)
+        app.learning.register_metrics(app.metrics.registry)
+        recorder = app.learning.recorder
         app.routing = RoutingService(
             arms=app.registry.arms,
             encoder_id=app.registry.encoder_id,
@@ -137,10 +159,38 @@ class SidecarApp:
                 disabled_models=disabled,
             ),
             rng=np.random.default_rng(s.routing.seed),
+            on_decision=recorder.remember_decision if recorder is not None else None,
         )
-        # Later: pending-decision store + reward spool + publisher (learning), provider pool (providers),
-        # policy watcher (learning) are built here, then handed to the servicers below.
-        servicer = RouterServicer(app.routing, app.metrics, log_prompts=s.logging.log_prompts)
+        catalog = catalog_for_policy(s.providers.catalog_file, app.registry.arms)
+        provider_metrics = ProviderMetrics(app.metrics.registry)
+        app.provider_pool = ProviderPool(
+            catalog,
+            s.providers,
+            os.environ if env is None else env,
+            provider_metrics,
+            rng=random.Random(s.routing.seed),
+        )
+        # Every completed Complete's cost and latency: kept in memory and handed to the pending decision.
+        app.completion_recorder = InMemoryCompletionRecorder(
+            s.providers.completion_records_max_entries, forward_to=recorder
+        )
+        forwarder = Forwarder(
+            catalog, app.provider_pool, app.completion_recorder, provider_metrics, s.providers.max_fallbacks
+        )
+        app.completion = CompletionService(
+            routing=app.routing,
+            forwarder=forwarder,
+            callable_models=frozenset(catalog.enabled_arms()),
+            routing_text_mode=s.providers.routing_text,
+            routing_text_max_bytes=s.providers.routing_text_max_bytes,
+        )
+        servicer = RouterServicer(
+            app.routing,
+            app.metrics,
+            completion=app.completion,
+            log_prompts=s.logging.log_prompts,
+            outcomes=recorder,
+        )
         app.grpc = GrpcServer(s.server, servicer, max_pending_rpcs=s.batching.max_pending)
         if s.metrics.enabled:
             app.metrics_http = MetricsHttpServer(app.metrics, s.metrics.host, s.metrics.port)
@@ -159,9 +209,14 @@ class SidecarApp:
             inference = self.inference
             # Warm-up on the worker thread: first-call allocations happen before the first real request.
             await self.batcher.call_in_worker(lambda: inference.run_batch([InferenceRequest("warm up", 0.5)]))
-            # Later: spool, publisher, provider pool, policy watcher, admin server start here.
+            if self.learning is not None:
+                await self.learning.start_recording()
+            if self.provider_pool is not None:
+                await self.provider_pool.start()
             self.port = await self.grpc.start()
             self._started = True
+            if self.learning is not None:
+                self.admin_port = await self.learning.start_background()
         except BaseException:
             await self.close()
             raise
@@ -171,7 +226,11 @@ class SidecarApp:
             "server_started",
             host=self.settings.server.host,
             port=self.port,
+            health_port=self.grpc.health_port,
+            tls=self.settings.server.tls_cert_file is not None,
+            mtls=self.settings.server.tls_client_ca_file is not None,
             metrics_port=self.metrics_port,
+            admin_port=self.admin_port,
             policy_version=policy.version if policy else None,
             arms=len(self.registry.arms) if self.registry else None,
             device=self.placement.device if self.placement else None,
@@ -195,7 +254,11 @@ class SidecarApp:
         self._started = False
         if self.batcher is not None:
             await self.batcher.close(timeout_s=grace_s)
-        # Later: admin server stop, watcher stop, provider pool close, publisher flush, spool flush + close.
+        if self.provider_pool is not None:
+            # After the server stopped: no Complete is in flight any more.
+            await self.provider_pool.close()
+        if self.learning is not None:
+            await self.learning.close()
         if self.metrics_http is not None:
             self.metrics_http.close()
         log.info("server_stopped")
@@ -246,7 +309,7 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     configure_logging(settings.logging)
     try:
-        app = SidecarApp.build(settings)
+        app = SidecarApp.build(settings, env=os.environ)
     except ConfigError as error:
         print(f"barp-sidecar serve: invalid configuration: {error}", file=sys.stderr)
         return EXIT_CONFIG

@@ -3,6 +3,8 @@
 - ``serve``  run the gRPC sidecar (barp_sidecar.app)
 - ``route``  call a running sidecar's Route and print the decision as JSON (barp_sidecar.rpc.client)
 - ``decide`` load the policy in-process and print one decision as JSON (barp_sidecar.decide)
+- ``complete`` send a chat message through a running sidecar's Complete and stream the answer
+  (barp_sidecar.rpc.complete_client)
 
 Modules are imported only for the chosen subcommand, so ``--help`` stays fast.
 """
@@ -17,6 +19,10 @@ SUBCOMMANDS = {
     "serve": ("barp_sidecar.app", "run the gRPC sidecar router"),
     "route": ("barp_sidecar.rpc.client", "ask a running sidecar for a decision (prints JSON)"),
     "decide": ("barp_sidecar.decide", "decide in-process with the policy (prints JSON)"),
+    "complete": (
+        "barp_sidecar.rpc.complete_client",
+        "send a chat message through a running sidecar's Complete and stream the answer",
+    ),
 }
 
 

@@ -52,3 +52,6 @@ class Decision:
     # h(x), float32 [dim]: what a reward event carries instead of the prompt (DESIGN §1).
     embedding: np.ndarray = field(repr=False, compare=False)
     request_id: str = ""
+    # The mask the choice was made under (policy arm order; disabled/unlisted models False). The learner
+    # needs it to know which arms the logged propensity was spread over.
+    allowed: tuple[bool, ...] = ()

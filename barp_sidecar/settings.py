@@ -45,6 +45,10 @@ class ServerSettings:
     tls_key_file: str | None = None
     # mTLS: CA bundle that client certificates must chain to (requires tls_cert_file).
     tls_client_ca_file: str | None = None
+    # Extra plaintext listener serving only grpc.health.v1 (None = off). Kubernetes' gRPC probes reach
+    # the pod IP without TLS, so they cannot probe a loopback or TLS Router port: the Helm chart sets it.
+    health_port: int | None = None
+    health_host: str = "0.0.0.0"
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,12 @@ class RewardSettings:
     spool_max_bytes: int = 1 << 30
     # Group fsync interval (milliseconds): events are durable at most this long after being appended.
     spool_fsync_interval_ms: float = 10.0
+    # False = no pending decisions, no spool: ReportOutcome answers FAILED_PRECONDITION.
+    enabled: bool = True
+    # Identifies this sidecar in reward events and trainer logs; None = the host name.
+    sidecar_id: str | None = None
+    # How often expired pending decisions are swept (seconds).
+    expiry_sweep_interval_s: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -144,6 +154,13 @@ class TrainerClientSettings:
     tls_key_file: str | None = None
     reconnect_initial_backoff_s: float = 0.5
     reconnect_max_backoff_s: float = 30.0
+    # Follow Trainer.WatchPolicy and hot-swap announced versions (needs target).
+    watch_policies: bool = True
+    # Where checkpoints fetched with Trainer.FetchPolicy are kept (v{N}/; PinPolicy can roll back to them).
+    checkpoint_cache_dir: str = "./barp-policies"
+    # Shared-volume alternative to FetchPolicy: poll this CheckpointStore's LATEST (None = off).
+    checkpoint_store_dir: str | None = None
+    checkpoint_poll_interval_s: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -166,6 +183,28 @@ class ProvidersSettings:
     catalog_file: str | None = None
     # Text that Complete routes on: "last_user" message, or the whole "conversation" (tail-truncated).
     routing_text: str = "last_user"
+    # Largest routing text taken from a conversation (UTF-8 bytes; the tail is kept): the encoder
+    # truncates again to its token budget, this only bounds the work of joining long conversations.
+    routing_text_max_bytes: int = 64 << 10
+    # Attempts per provider for one Complete, the first included (retries only before the first token).
+    max_attempts: int = 3
+    # Exponential backoff between attempts: full jitter over min(max, initial * 2^(attempt-1)).
+    retry_initial_backoff_ms: float = 100.0
+    retry_max_backoff_ms: float = 2000.0
+    # A Retry-After longer than this is not waited for: the arm counts as failed and fallback starts.
+    retry_after_max_s: float = 10.0
+    # Consecutive failed attempts that open a provider's circuit breaker (0 disables the breaker).
+    breaker_failure_threshold: int = 5
+    # How long an open breaker rejects calls before letting one probe through (half-open).
+    breaker_open_s: float = 30.0
+    # Other allowed models tried, most probable first, after the chosen one fails (0 = no fallback).
+    max_fallbacks: int = 2
+    # TCP connect timeout towards a provider (seconds); the catalog's timeout_s bounds a whole attempt.
+    connect_timeout_s: float = 5.0
+    # Calls waiting for one provider's max_concurrency slots; beyond it that provider counts as failed.
+    max_queued_per_provider: int = 1024
+    # Completed-call records (cost, latency, usage) kept in memory for the reward path, oldest evicted.
+    completion_records_max_entries: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -277,6 +316,17 @@ def validate(settings: Settings) -> Settings:
         ("admin.port", s.admin.port),
     ):
         check(0 <= port <= 65535, key, f"must be in [0, 65535], not {port}")
+    if s.server.health_port is not None:
+        check(
+            0 <= s.server.health_port <= 65535,
+            "server.health_port",
+            f"must be in [0, 65535], not {s.server.health_port}",
+        )
+        check(
+            s.server.health_port == 0 or s.server.health_port != s.server.port,
+            "server.health_port",
+            "must differ from server.port",
+        )
     check(s.server.grace_s >= 0, "server.grace_s", "must be >= 0")
     check(s.server.max_prompt_bytes > 0, "server.max_prompt_bytes", "must be > 0")
     check(
@@ -327,6 +377,13 @@ def validate(settings: Settings) -> Settings:
     check(0 <= s.rewards.default_quality <= 1, "rewards.default_quality", "must be in [0, 1]")
     check(s.rewards.spool_max_bytes >= 1 << 16, "rewards.spool_max_bytes", "must be >= 65536")
     check(s.rewards.spool_fsync_interval_ms >= 0, "rewards.spool_fsync_interval_ms", "must be >= 0")
+    check(s.rewards.expiry_sweep_interval_s > 0, "rewards.expiry_sweep_interval_s", "must be > 0")
+    check(
+        s.rewards.sidecar_id is None or 0 < len(s.rewards.sidecar_id) <= 128,
+        "rewards.sidecar_id",
+        "must be 1 to 128 characters",
+    )
+    check(s.trainer.checkpoint_poll_interval_s > 0, "trainer.checkpoint_poll_interval_s", "must be > 0")
     check(s.trainer.reconnect_initial_backoff_s > 0, "trainer.reconnect_initial_backoff_s", "must be > 0")
     check(
         s.trainer.reconnect_max_backoff_s >= s.trainer.reconnect_initial_backoff_s,
@@ -338,6 +395,22 @@ def validate(settings: Settings) -> Settings:
         "providers.routing_text",
         "must be 'last_user' or 'conversation'",
     )
+    p = s.providers
+    check(p.routing_text_max_bytes >= 64, "providers.routing_text_max_bytes", "must be >= 64")
+    check(1 <= p.max_attempts <= 10, "providers.max_attempts", "must be in [1, 10]")
+    check(p.retry_initial_backoff_ms >= 0, "providers.retry_initial_backoff_ms", "must be >= 0")
+    check(
+        p.retry_max_backoff_ms >= p.retry_initial_backoff_ms,
+        "providers.retry_max_backoff_ms",
+        "must be >= providers.retry_initial_backoff_ms",
+    )
+    check(p.retry_after_max_s >= 0, "providers.retry_after_max_s", "must be >= 0")
+    check(p.breaker_failure_threshold >= 0, "providers.breaker_failure_threshold", "must be >= 0")
+    check(p.breaker_open_s > 0, "providers.breaker_open_s", "must be > 0")
+    check(p.max_fallbacks >= 0, "providers.max_fallbacks", "must be >= 0")
+    check(p.connect_timeout_s > 0, "providers.connect_timeout_s", "must be > 0")
+    check(p.max_queued_per_provider >= 0, "providers.max_queued_per_provider", "must be >= 0")
+    check(p.completion_records_max_entries >= 1, "providers.completion_records_max_entries", "must be >= 1")
     return settings
 
 

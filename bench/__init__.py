@@ -1,1 +1,1 @@
-"""Benchmarks that print tables (not part of the test suite)."""
+"""Benchmarks: scripts that print a table and write JSON with --json PATH (see docs/benchmarks.md)."""

@@ -162,8 +162,10 @@ def save_checkpoint(directory: Path, network: PolicyNetwork, manifest: PolicyMan
         manifest_path = staging / MANIFEST_FILE
         manifest_path.write_text(json.dumps(final.to_json(), indent=2, sort_keys=True) + "\n")
         for path in (weights_path, manifest_path):
+            path.chmod(0o644)  # mkstemp/mkdtemp modes are private; checkpoints are read by other users
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
+        staging.chmod(0o755)
         _fsync_dir(staging)
         os.rename(staging, directory)
         _fsync_dir(directory.parent)

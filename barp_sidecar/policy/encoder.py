@@ -21,7 +21,7 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -114,8 +114,8 @@ class SentenceTransformerEncoder:
 
     def __init__(self, settings: EncoderSettings) -> None:
         self._settings = settings
-        self._model = None
-        self._tokenizer = None
+        self._model: Any = None
+        self._tokenizer: Any = None
         self._device = "cpu"
         self._half = False
         self._lock = threading.Lock()
@@ -143,7 +143,10 @@ class SentenceTransformerEncoder:
     def load(self) -> SentenceTransformerEncoder:
         import torch
         from sentence_transformers import SentenceTransformer
+        from transformers.utils import logging as transformers_logging
 
+        # A weight-loading progress bar on stderr would interleave with the JSON logs and CLI output.
+        transformers_logging.disable_progress_bar()
         path = builtin_model_path() if self._settings.model == BUILTIN_MODEL else self._settings.model
         self._device = resolve_device(self._settings.device)
         model = SentenceTransformer(path, device=self._device)
@@ -152,7 +155,10 @@ class SentenceTransformerEncoder:
         if self._half:
             model.half()
         self._tokenizer = model.tokenizer
-        self._dim = int(model.get_embedding_dimension())
+        dim = model.get_embedding_dimension()
+        if dim is None:
+            raise ValueError(f"{path}: the model does not report an embedding dimension")
+        self._dim = int(dim)
         self._model = model
         self._torch = torch
         return self

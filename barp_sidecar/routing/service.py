@@ -11,7 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,6 +63,7 @@ class RoutingService:
         batcher: MicroBatcher[InferenceRequest, InferenceResult],
         defaults: RoutingDefaults,
         rng: np.random.Generator,
+        on_decision: Callable[[Decision], None] | None = None,
     ) -> None:
         unknown = sorted(set(defaults.disabled_models) - set(arms))
         if unknown:
@@ -73,6 +74,8 @@ class RoutingService:
         self._batcher = batcher
         self._defaults = defaults
         self._rng = rng
+        # Called with every decision (the learning loop keeps it pending until ReportOutcome or expiry).
+        self._on_decision = on_decision
         self._enabled = np.array([name not in defaults.disabled_models for name in arms], dtype=bool)
         self._ids = DecisionIds()
 
@@ -145,7 +148,7 @@ class RoutingService:
         request, mask, mode = self.prepare(command, restrict_to)
         result = await self._batcher.submit(request, command.deadline_monotonic_s)
         index, propensity = choose_arm(result.probabilities, mask, mode, self._defaults.epsilon, self._rng)
-        return Decision(
+        decision = Decision(
             decision_id=self._ids.next(),
             model=self._arms[index],
             propensity=propensity,
@@ -157,4 +160,8 @@ class RoutingService:
             quality_weight=request.quality_weight,
             embedding=result.embedding,
             request_id=command.request_id,
+            allowed=tuple(bool(flag) for flag in mask),
         )
+        if self._on_decision is not None:
+            self._on_decision(decision)
+        return decision

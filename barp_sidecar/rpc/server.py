@@ -1,12 +1,11 @@
 """The grpc.aio server of the sidecar: Router + standard health + reflection, bound from ServerSettings.
 
-Owns server options, binding (insecure or TLS/mTLS) and the health status. Servicers are built elsewhere and
-passed in.
+Owns server options, binding (insecure or TLS/mTLS, credentials from ``rpc.tls``), the health status and
+the optional plaintext health-only port for Kubernetes probes (``server.health_port``, ``rpc.health_port``).
+Servicers are built elsewhere and passed in.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -14,6 +13,8 @@ from grpc_reflection.v1alpha import reflection
 
 from barp_sidecar.errors import ConfigError
 from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
+from barp_sidecar.rpc.health_port import HealthPort
+from barp_sidecar.rpc.tls import bind_port, server_credentials, server_files_from
 from barp_sidecar.settings import ServerSettings
 
 # Floor of gRPC core's queue of calls not yet handed to a handler (its default soft limit is 1000).
@@ -21,32 +22,10 @@ MIN_CORE_PENDING_REQUESTS = 16384
 ROUTER_SERVICE = router_pb2.DESCRIPTOR.services_by_name["Router"].full_name
 
 
-def _read(key: str, path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise ConfigError(key, f"cannot read {path}: {exc.strerror}") from exc
-
-
-def server_credentials(settings: ServerSettings) -> grpc.ServerCredentials | None:
-    """TLS (and mTLS with a client CA) credentials, or None for plaintext."""
-    if settings.tls_cert_file is None or settings.tls_key_file is None:
-        return None
-    key = _read("server.tls_key_file", settings.tls_key_file)
-    cert = _read("server.tls_cert_file", settings.tls_cert_file)
-    client_ca = (
-        _read("server.tls_client_ca_file", settings.tls_client_ca_file)
-        if settings.tls_client_ca_file
-        else None
-    )
-    return grpc.ssl_server_credentials(
-        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
-
-
 class GrpcServer:
     """Owns the grpc.aio server; built in ``start`` (grpc.aio needs the running loop), which binds and
-    returns the port. TLS files are read at construction so a bad path fails before anything binds."""
+    returns the port. TLS files are read and checked at construction so a bad file fails before anything
+    binds."""
 
     def __init__(
         self,
@@ -58,10 +37,12 @@ class GrpcServer:
         self._settings = settings
         self._max_pending_rpcs = max_pending_rpcs
         self._router = router
-        self._credentials = server_credentials(settings)
+        self._credentials = server_credentials(server_files_from(settings, "server"))
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
+        self._health_port: HealthPort | None = None
         self.port: int | None = None
+        self.health_port: int | None = None
 
     async def start(self) -> int:
         settings = self._settings
@@ -84,17 +65,19 @@ class GrpcServer:
         reflection.enable_server_reflection(
             (ROUTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
         )
-        address = f"{settings.host}:{settings.port}"
         try:
-            if self._credentials is None:
-                port = server.add_insecure_port(address)
-            else:
-                port = server.add_secure_port(address, self._credentials)
-        except RuntimeError as exc:
-            raise ConfigError("server.port", f"cannot bind {address} ({exc})") from exc
+            port = bind_port(server, settings.host, settings.port, self._credentials)
+        except OSError as exc:
+            raise ConfigError("server.port", str(exc)) from exc
         self._server = server
         await server.start()
         self.port = port
+        if settings.health_port is not None:
+            self._health_port = HealthPort(self._health, settings.health_host, settings.health_port)
+            try:
+                self.health_port = await self._health_port.start()
+            except OSError as exc:
+                raise ConfigError("server.health_port", str(exc)) from exc
         return port
 
     async def set_serving(self) -> None:
@@ -112,3 +95,7 @@ class GrpcServer:
         if self._server is not None:
             await self._server.stop(grace_s)
             self._server = None
+        # Probes see NOT_SERVING until the very end, then the probe port closes too.
+        if self._health_port is not None:
+            await self._health_port.close()
+            self._health_port = None

@@ -357,13 +357,15 @@ async def test_reflection_lists_the_router(checkpoint: Path) -> None:
     assert {"barp.v1.Router", "grpc.health.v1.Health"} <= names
 
 
-async def test_complete_and_report_outcome_are_unimplemented_for_now(checkpoint: Path) -> None:
+async def test_report_outcome_of_an_unknown_decision_is_not_found(checkpoint: Path) -> None:
+    # ReportOutcome arrived with the learning loop (tests/rewards/test_sidecar_learning.py covers the rest).
     async with running_sidecar(sidecar_settings(checkpoint)) as app:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stub = router_pb2_grpc.RouterStub(channel)
             with pytest.raises(grpc.aio.AioRpcError) as caught:
                 await stub.ReportOutcome(router_pb2.OutcomeRequest(decision_id="x", quality=1.0), timeout=5)
-    assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "decision_id" in caught.value.details()
 
 
 async def test_metrics_endpoint_exposes_counters_after_traffic(checkpoint: Path) -> None:

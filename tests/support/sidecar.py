@@ -53,6 +53,8 @@ def sidecar_settings(checkpoint_dir: Path, **sections: dict[str, Any]) -> Settin
         "admin": {"enabled": False},
         "policy": {"checkpoint_dir": str(checkpoint_dir), "device": "cpu"},
         "routing": {"seed": 7},
+        # The reward spool is durable state: keep it next to the test's checkpoint, never in the checkout.
+        "rewards": {"spool_dir": str(Path(checkpoint_dir).parent / "barp-spool")},
     }
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)

@@ -55,10 +55,11 @@ class TrainerServicer:
     """Missing associated documentation comment in .proto file."""
 
     def PublishRewards(self, request_iterator, context):
-        """PublishRewards is a client stream of reward events. The trainer answers with one PublishAck per
-        batch it made durable (fsync'd), carrying the highest contiguous sequence number now durable, so the
-        sidecar can trim its spool. A malformed event is rejected in its ack (rejected_sequences) and the
-        rest of the stream continues.
+        """PublishRewards is a bidirectional stream: reward events go up, and the trainer answers with one
+        PublishAck per batch it made durable (fsync'd) while the sidecar keeps streaming, carrying the highest
+        contiguous sequence number now durable (or rejected), so the sidecar can trim its spool continuously.
+        A malformed event is rejected in its ack (rejected_sequences, rejected_reasons naming the field) and
+        the rest of the stream continues.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

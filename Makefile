@@ -1,0 +1,55 @@
+# Thin, documented entry points. `make help` lists them. PYTHON may name a virtualenv's interpreter.
+PYTHON ?= python3
+DATA ?= ../shared/data/routerbench
+OUT ?= out
+
+.DEFAULT_GOAL := help
+.PHONY: help install lint test test-all protos train-default reproduce demo fake-provider \
+	bench-forward bench-learning helm-check helm-docs
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
+
+install:  ## Install the package with its dev tools (editable)
+	$(PYTHON) -m pip install -e '.[dev]'
+
+lint:  ## ruff lint + format check, mypy types
+	$(PYTHON) -m ruff check barp_sidecar trainer tests bench helm
+	$(PYTHON) -m ruff format --check barp_sidecar trainer tests bench helm
+	$(PYTHON) -m mypy barp_sidecar trainer
+
+test:  ## The test suite (minutes; real-data/encoder tests skip when their inputs are absent)
+	$(PYTHON) -m pytest
+
+test-all:  ## The suite including the slow marker
+	$(PYTHON) -m pytest -m ''
+
+protos:  ## Regenerate the checked-in gRPC stubs from protos/
+	$(PYTHON) -m barp_sidecar.rpc.codegen
+
+train-default:  ## Retrain the shipped default policy (barp_sidecar/policies/routerbench-11) on $(DATA)
+	$(PYTHON) -m trainer.cli offline --data $(DATA) --out barp_sidecar/policies/routerbench-11 --seed 0 --force
+
+reproduce:  ## BaRP vs every baseline, in- and out-of-distribution: $(OUT)/reproduce/report.md (~15 min cold)
+	$(PYTHON) -m trainer.cli reproduce --data $(DATA) --out $(OUT)/reproduce
+
+demo:  ## Online learning demo: trainer + sidecar + RouterBench traffic from a cold policy (a few minutes)
+	$(PYTHON) -m trainer.demo --data $(DATA) --out demo-out
+
+fake-provider:  ## Fake OpenAI-compatible/Anthropic provider on 127.0.0.1:8089 (docs/providers.md)
+	$(PYTHON) -m barp_sidecar.providers.fake_server --port 8089
+
+bench-forward:  ## Forwarding overhead: Complete vs Route vs the provider directly (docs/benchmarks.md)
+	$(PYTHON) -m bench.forward_load --concurrency 1,100 --requests 2400 --rounds 3 --json $(OUT)/bench/forward-closed.json
+	$(PYTHON) -m bench.forward_load --rate-rps 140 --tokens 8 --tokens-per-s 10 --requests 2100 --rounds 3 \
+		--json $(OUT)/bench/forward-streams.json
+
+bench-learning:  ## Trainer ingestion (durable acks) and Route p99 during hot swaps
+	$(PYTHON) -m bench.trainer_ingest --json $(OUT)/bench/trainer_ingest.json
+
+helm-check:  ## Lint Dockerfile + Helm chart, render every ci/ values file, validate against Kubernetes schemas
+	PYTHON=$(PYTHON) bash .ci/install-helm.sh .tools/bin
+	PYTHON=$(PYTHON) bash .ci/helm-check.sh
+
+helm-docs:  ## Regenerate helm/barp-sidecar/values.schema.json and its README values table (after settings change)
+	$(PYTHON) helm/generate_docs.py

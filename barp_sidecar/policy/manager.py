@@ -1,0 +1,217 @@
+"""Which policy versions this sidecar knows, which one is pinned, and installing one (validate -> swap).
+
+Owns the version catalogue behind Admin (GetPolicy / ListPolicies / PinPolicy), the pin, and the single
+install path every new policy goes through: obtain the checkpoint directory (local or fetched by a
+``CheckpointFetcher``), validate it off the event loop with ``load_checkpoint`` against the serving arm
+list and encoder (sha256, shapes, dry forward pass), then ``registry.swap``. A rejected checkpoint leaves
+the serving policy untouched, is counted by reason, and logged (``policy_rejected``).
+
+Knows nothing about gRPC: the trainer watcher and the Admin servicer call into it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import structlog
+
+from barp_sidecar.errors import CheckpointError, FailedPrecondition, NotFound
+from barp_sidecar.policy.checkpoint import LoadedPolicy, load_checkpoint
+
+log = structlog.get_logger("barp_sidecar.policy.manager")
+
+
+class ServingRegistry(Protocol):
+    """What the manager needs from ``PolicyRegistry``: the current snapshot and an atomic swap."""
+
+    def current(self) -> Any:  # ActivePolicy: .version, .policy (LoadedPolicy)
+        ...
+
+    def swap(self, new: LoadedPolicy) -> Any: ...
+
+
+# Fetch version N (expected weights sha256 or "") into a new local directory; raise CheckpointError.
+CheckpointFetcher = Callable[[int, str], Awaitable[Path]]
+
+
+@dataclass(frozen=True)
+class KnownPolicy:
+    """A version this sidecar has loaded or heard announced."""
+
+    version: int
+    weights_sha256: str
+    arms: tuple[str, ...]
+    encoder: str = ""
+    created_at_unix_s: float = 0.0
+    source: str = ""
+    directory: Path | None = None
+
+
+def classify_rejection(message: str) -> str:
+    """Metric label for a rejection reason (low cardinality)."""
+    lowered = message.lower()
+    for needle, label in (
+        ("sha256", "sha256_mismatch"),
+        ("arm", "arm_mismatch"),
+        ("encoder", "encoder_mismatch"),
+        ("json", "corrupt_manifest"),
+        ("manifest", "corrupt_manifest"),
+        ("safetensors", "corrupt_weights"),
+        ("weights", "corrupt_weights"),
+        ("non-finite", "non_finite"),
+        ("fetch", "fetch_failed"),
+    ):
+        if needle in lowered:
+            return label
+    return "invalid"
+
+
+class PolicyManager:
+    """Version catalogue + pin + the validate-then-swap install path. Event-loop only."""
+
+    def __init__(self, registry: ServingRegistry, source: str = "builtin") -> None:
+        self.registry = registry
+        self.fetcher: CheckpointFetcher | None = None
+        self.pinned_version: int | None = None
+        self.latest_announced: KnownPolicy | None = None
+        self.swaps_total = 0
+        self.rejected_total: Counter[str] = Counter()
+        self._known: dict[int, KnownPolicy] = {}
+        # (version, announced sha256) pairs that failed validation: not retried until something changes.
+        self._rejected: set[tuple[int, str]] = set()
+        self._lock = asyncio.Lock()
+        current = registry.current().policy
+        self._remember_loaded(current, source)
+
+    # -- catalogue ------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _entry(policy: LoadedPolicy, source: str) -> KnownPolicy:
+        m = policy.manifest
+        return KnownPolicy(
+            m.version,
+            m.weights_sha256,
+            m.arms,
+            m.encoder.encoder_id,
+            m.created_at_unix_s,
+            source,
+            policy.directory,
+        )
+
+    def _remember_loaded(self, policy: LoadedPolicy, source: str) -> KnownPolicy:
+        # Versions are per trainer: a trainer's v1 may differ from the startup v1. The latest info wins.
+        known = self._entry(policy, source)
+        self._known[known.version] = known
+        return known
+
+    def current(self) -> KnownPolicy:
+        policy: LoadedPolicy = self.registry.current().policy
+        known = self._known.get(policy.version)
+        if known is None or known.weights_sha256 != policy.manifest.weights_sha256:
+            return self._entry(policy, "unknown")
+        return known
+
+    def add_available(self, known: KnownPolicy) -> None:
+        """A version that can be installed (e.g. found in a checkpoint store) without announcing it."""
+        if known.version not in self._known:
+            self._known[known.version] = known
+
+    def list(self) -> list[KnownPolicy]:
+        return [self._known[v] for v in sorted(self._known)]
+
+    # -- announcements and installs --------------------------------------------------------------------
+
+    async def on_announcement(self, announced: KnownPolicy) -> bool:
+        """A newer version exists upstream. Installs it unless pinned or already serving; True if swapped."""
+        previous = self._known.get(announced.version)
+        if previous is None or previous.weights_sha256 != announced.weights_sha256:
+            self._known[announced.version] = announced
+        self.latest_announced = announced
+        if self.pinned_version is not None:
+            log.info("policy_announcement_ignored", version=announced.version, pinned=self.pinned_version)
+            return False
+        if self.current().weights_sha256 == announced.weights_sha256:
+            return False
+        if (announced.version, announced.weights_sha256) in self._rejected:
+            return False  # already rejected (and logged once); a poller would otherwise retry forever
+        try:
+            await self.install(announced.version, announced.weights_sha256)
+        except CheckpointError:
+            return False
+        return True
+
+    async def install(self, version: int, expected_sha256: str = "") -> KnownPolicy:
+        """Obtain, validate and swap in ``version``. Raises CheckpointError (counted, logged) or NotFound."""
+        async with self._lock:
+            return await self._install_locked(version, expected_sha256)
+
+    async def _install_locked(self, version: int, expected_sha256: str) -> KnownPolicy:
+        known = self._known.get(version)
+        current = self.registry.current().policy
+        arms, encoder = current.manifest.arms, current.manifest.encoder
+        try:
+            if known is not None and known.arms and tuple(known.arms) != tuple(arms):
+                raise CheckpointError(
+                    f"policy v{version}: arm list {list(known.arms)} does not match the serving {list(arms)}"
+                )
+            usable = known is not None and (not expected_sha256 or known.weights_sha256 == expected_sha256)
+            directory = known.directory if usable and known is not None else None
+            if directory is None or not directory.is_dir():
+                if self.fetcher is None:
+                    raise NotFound(f"version: policy v{version} is not available to this sidecar")
+                directory = await self.fetcher(version, expected_sha256)
+            loaded = await asyncio.to_thread(load_checkpoint, directory, arms, encoder)
+            if loaded.manifest.version != version:
+                raise CheckpointError(
+                    f"{directory}: manifest says version {loaded.manifest.version}, not {version}"
+                )
+            if expected_sha256 and loaded.manifest.weights_sha256 != expected_sha256:
+                raise CheckpointError(
+                    f"{directory}: weights sha256 {loaded.manifest.weights_sha256[:12]}… differs from the "
+                    f"announced {expected_sha256[:12]}…"
+                )
+        except CheckpointError as exc:
+            reason = classify_rejection(str(exc))
+            self.rejected_total[reason] += 1
+            self._rejected.add((version, expected_sha256))
+            log.error(
+                "policy_rejected", version=version, reason=reason, error=str(exc), serving=current.version
+            )
+            raise
+        old = self.registry.swap(loaded)
+        self.swaps_total += 1
+        source = known.source if known is not None and known.source else "trainer"
+        entry = self._remember_loaded(loaded, source)
+        self._known[version] = replace(entry, directory=directory)
+        log.info("policy_installed", version=version, previous=getattr(old, "version", None), source=source)
+        return self._known[version]
+
+    async def pin(self, version: int) -> KnownPolicy:
+        """Serve ``version`` and ignore announcements until unpinned; 0 unpins (and catches up)."""
+        if version < 0:
+            raise NotFound(f"version: {version} is not a policy version")
+        if version == 0:
+            self.pinned_version = None
+            log.info("policy_unpinned")
+            latest = self.latest_announced
+            if latest is not None and latest.weights_sha256 != self.current().weights_sha256:
+                try:
+                    await self.install(latest.version, latest.weights_sha256)
+                except CheckpointError:
+                    pass
+            return self.current()
+        if version != self.current().version or self.pinned_version is None:
+            if version != self.current().version:
+                known = self._known.get(version)
+                try:
+                    await self.install(version, known.weights_sha256 if known else "")
+                except CheckpointError as exc:
+                    raise FailedPrecondition(f"version: policy v{version} cannot be served: {exc}") from exc
+        self.pinned_version = version
+        log.info("policy_pinned", version=version)
+        return self.current()

@@ -1,0 +1,251 @@
+"""Hot-swap sources: follow the trainer's WatchPolicy stream, or poll a checkpoint directory's LATEST.
+
+Owns the connection side of hot swap: ``TrainerPolicyWatcher`` keeps a Trainer.WatchPolicy stream open
+(reconnecting with jittered exponential backoff), turns announcements into ``PolicyManager``
+calls, and downloads checkpoints with Trainer.FetchPolicy into a local directory, checking every file's
+sha256 and the announced weights sha256 (no shared volume needed). ``DirectoryPolicyWatcher`` does the
+same from a ``CheckpointStore`` on a shared volume. Validation and the swap itself belong to
+``PolicyManager`` (off the event loop, between batches).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import grpc
+import structlog
+
+from barp_sidecar.errors import CheckpointError, NotFound
+from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
+from barp_sidecar.policy.checkpoint import (
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    CheckpointStore,
+    read_manifest,
+    version_dir_name,
+)
+from barp_sidecar.policy.manager import KnownPolicy, PolicyManager
+from barp_sidecar.rewards.backoff import backoff_delay_s
+
+log = structlog.get_logger("barp_sidecar.policy.watcher")
+EXPECTED_FILES = (MANIFEST_FILE, WEIGHTS_FILE)
+# A checkpoint bigger than this is refused while downloading (protects the disk from a bad peer).
+MAX_CHECKPOINT_BYTES = 1 << 30
+
+
+async def fetch_checkpoint(
+    channel: grpc.aio.Channel, version: int, expected_weights_sha256: str, download_root: Path
+) -> Path:
+    """Download ``version`` with FetchPolicy into ``download_root/v{N}`` (atomic rename), verified.
+
+    Raises NotFound when the trainer does not have it and CheckpointError for anything corrupt
+    (per-file sha256, announced weights sha256, missing files, out-of-order chunks).
+    """
+    stub = trainer_pb2_grpc.TrainerStub(channel)
+    files: dict[str, bytearray] = {}
+    verified: set[str] = set()
+    total = 0
+    try:
+        async for chunk in stub.FetchPolicy(trainer_pb2.FetchPolicyRequest(version=version)):
+            name = chunk.file_name
+            if name not in EXPECTED_FILES:
+                raise CheckpointError(f"fetch of v{version}: unexpected file {name!r}")
+            data = files.setdefault(name, bytearray())
+            if chunk.offset != len(data):
+                raise CheckpointError(
+                    f"fetch of v{version}: {name} chunk at {chunk.offset}, expected {len(data)}"
+                )
+            total += len(chunk.data)
+            if total > MAX_CHECKPOINT_BYTES:
+                raise CheckpointError(f"fetch of v{version}: larger than {MAX_CHECKPOINT_BYTES} bytes")
+            data.extend(chunk.data)
+            if chunk.file_sha256:
+                actual = hashlib.sha256(data).hexdigest()
+                if actual != chunk.file_sha256:
+                    raise CheckpointError(
+                        f"fetch of v{version}: {name} sha256 mismatch (sent {chunk.file_sha256[:12]}…, "
+                        f"received {actual[:12]}…)"
+                    )
+                verified.add(name)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            raise NotFound(f"version: policy v{version} is not published by the trainer") from exc
+        raise CheckpointError(f"fetch of v{version} failed: {exc.code().name} {exc.details()}") from exc
+    missing = [n for n in EXPECTED_FILES if n not in verified]
+    if missing:
+        raise CheckpointError(f"fetch of v{version}: incomplete, missing or unverified {missing}")
+    weights_sha = hashlib.sha256(files[WEIGHTS_FILE]).hexdigest()
+    if expected_weights_sha256 and weights_sha != expected_weights_sha256:
+        raise CheckpointError(
+            f"fetch of v{version}: weights sha256 {weights_sha[:12]}… differs from the announced "
+            f"{expected_weights_sha256[:12]}…"
+        )
+    return await asyncio.to_thread(_write_checkpoint, download_root, version, files)
+
+
+def _write_checkpoint(download_root: Path, version: int, files: dict[str, bytearray]) -> Path:
+    """Write into a staging directory, fsync, and rename into place (replacing an older download)."""
+    download_root.mkdir(parents=True, exist_ok=True)
+    final = download_root / version_dir_name(version)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=download_root))
+    try:
+        for name, data in files.items():
+            with open(staging / name, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+        return final
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+class TrainerPolicyWatcher:
+    """Follows Trainer.WatchPolicy and installs announced versions through the manager."""
+
+    def __init__(
+        self,
+        manager: PolicyManager,
+        channel: grpc.aio.Channel,
+        download_root: Path,
+        sidecar_id: str,
+        initial_backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        seed: int | None = None,
+    ) -> None:
+        self.manager = manager
+        self.channel = channel
+        self.download_root = Path(download_root)
+        self.sidecar_id = sidecar_id
+        self.initial_backoff_s = initial_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.connected = False
+        self.reconnects = 0
+        self._rng = random.Random(seed)
+        self._task: asyncio.Task[None] | None = None
+        manager.fetcher = self.fetch
+
+    async def fetch(self, version: int, expected_sha256: str) -> Path:
+        return await fetch_checkpoint(self.channel, version, expected_sha256, self.download_root)
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="policy-watcher")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    async def _run(self) -> None:
+        attempt = 0
+        stub = trainer_pb2_grpc.TrainerStub(self.channel)
+        while True:
+            announced = 0
+            try:
+                call = stub.WatchPolicy(
+                    trainer_pb2.WatchRequest(
+                        sidecar_id=self.sidecar_id, current_version=self.manager.current().version
+                    )
+                )
+                async for announcement in call:
+                    if not self.connected:
+                        self.connected = True
+                        log.info("policy_watch_connected", version=announcement.version)
+                    announced += 1
+                    await self.manager.on_announcement(
+                        KnownPolicy(
+                            version=announcement.version,
+                            weights_sha256=announcement.weights_sha256,
+                            arms=tuple(announcement.arms),
+                            source="trainer",
+                        )
+                    )
+                raise ConnectionError("WatchPolicy stream ended")
+            except asyncio.CancelledError:
+                raise
+            except (grpc.aio.AioRpcError, ConnectionError) as exc:
+                detail = exc.code().name if isinstance(exc, grpc.aio.AioRpcError) else str(exc)
+                log.warning("policy_watch_disconnected", error=detail)
+            except Exception:
+                log.exception("policy_watch_failed")
+            self.connected = False
+            self.reconnects += 1
+            attempt = 0 if announced else attempt + 1
+            await asyncio.sleep(
+                backoff_delay_s(attempt, self.initial_backoff_s, self.max_backoff_s, self._rng)
+            )
+
+
+class DirectoryPolicyWatcher:
+    """Polls a ``CheckpointStore``'s LATEST (shared volume) and installs new versions through the manager."""
+
+    def __init__(self, manager: PolicyManager, store_root: Path, poll_interval_s: float = 2.0) -> None:
+        self.manager = manager
+        self.store = CheckpointStore(store_root)
+        self.poll_interval_s = poll_interval_s
+        self._seen: set[int] = set()
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="policy-dir-watcher")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def _describe(self, version: int) -> KnownPolicy:
+        directory = self.store.path(version)
+        manifest = read_manifest(directory)
+        return KnownPolicy(
+            version=version,
+            weights_sha256=manifest.weights_sha256,
+            arms=manifest.arms,
+            encoder=manifest.encoder.encoder_id,
+            created_at_unix_s=manifest.created_at_unix_s,
+            source=str(directory),
+            directory=directory,
+        )
+
+    async def poll_once(self) -> bool:
+        """Register every version in the store (PinPolicy can roll back to them) and install LATEST if it
+        differs from what is serving; True when swapped."""
+        try:
+            latest = await asyncio.to_thread(self.store.latest_version)
+            for version in await asyncio.to_thread(self.store.versions):
+                if version not in self._seen and version != latest:
+                    try:
+                        self.manager.add_available(await asyncio.to_thread(self._describe, version))
+                    except CheckpointError as exc:
+                        log.warning("policy_directory_version_unreadable", version=version, error=str(exc))
+                    self._seen.add(version)
+            if latest is None:
+                return False
+            announced = await asyncio.to_thread(self._describe, latest)
+        except (CheckpointError, OSError, json.JSONDecodeError) as exc:
+            log.error("policy_directory_unreadable", root=str(self.store.root), error=str(exc))
+            return False
+        return await self.manager.on_announcement(announced)
+
+    async def _run(self) -> None:
+        while True:
+            await self.poll_once()
+            await asyncio.sleep(self.poll_interval_s)

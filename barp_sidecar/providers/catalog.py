@@ -1,0 +1,271 @@
+"""The model catalog: which provider serves each policy arm, at what price, with which limits.
+
+Owns the catalog file format (YAML, documented in docs/providers.md), its validation against the policy's
+arm list, and reading API keys from the environment or a secret file. Every error is a ``ConfigError``
+naming the key (``providers[3].base_url``) or the arms; a key's *value* never appears in an error, a
+log line or a ``repr`` (``ApiKey`` redacts itself).
+
+The shipped catalog (``barp_sidecar/config/catalog.routerbench.yaml``) maps the 11 RouterBench arms to
+disabled placeholder entries: Route needs no provider, and Complete to a disabled arm is refused with
+FAILED_PRECONDITION naming the arm.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import yaml
+
+from barp_sidecar.errors import ConfigError
+
+API_STYLES = ("openai", "anthropic")
+SHIPPED_CATALOG = "catalog.routerbench.yaml"
+_ENTRY_KEYS = {
+    "arm",
+    "enabled",
+    "api_style",
+    "base_url",
+    "upstream_model",
+    "api_key_env",
+    "api_key_file",
+    "input_usd_per_1m_tokens",
+    "output_usd_per_1m_tokens",
+    "max_concurrency",
+    "timeout_s",
+    "default_max_tokens",
+}
+
+
+class ApiKey:
+    """A provider API key. Its value is only reachable through ``reveal()``; repr/str are redacted."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "ApiKey('[REDACTED]')"
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True)
+class ProviderEntry:
+    """One arm's provider. Prices in USD per 1M tokens; ``timeout_s`` bounds one attempt end to end."""
+
+    arm: str
+    enabled: bool
+    api_style: str = "openai"
+    # Includes the API version prefix, as the providers' SDKs expect: "https://api.openai.com/v1".
+    base_url: str = ""
+    upstream_model: str = ""
+    # Name of the environment variable holding the key (never the key itself).
+    api_key_env: str | None = None
+    # Path of a file whose stripped content is the key (e.g. a mounted Kubernetes secret).
+    api_key_file: str | None = None
+    input_usd_per_1m_tokens: float = 0.0
+    output_usd_per_1m_tokens: float = 0.0
+    max_concurrency: int = 16
+    timeout_s: float = 60.0
+    # Anthropic's API requires max_tokens; used when the request leaves it 0.
+    default_max_tokens: int = 1024
+
+    def read_api_key(self, env: Mapping[str, str]) -> ApiKey | None:
+        """The key from ``env[api_key_env]`` or ``api_key_file``; None for keyless endpoints.
+
+        Raises ConfigError naming the variable or file (never the value) when it is missing or empty.
+        """
+        if self.api_key_env is not None:
+            value = env.get(self.api_key_env, "")
+            if not value.strip():
+                raise ConfigError(
+                    f"catalog[{self.arm}].api_key_env",
+                    f"variable {self.api_key_env} is not set (enabled model {self.arm!r} needs it)",
+                )
+            return ApiKey(value.strip())
+        if self.api_key_file is not None:
+            try:
+                value = Path(self.api_key_file).read_text().strip()
+            except OSError as exc:
+                raise ConfigError(
+                    f"catalog[{self.arm}].api_key_file",
+                    f"cannot read {self.api_key_file} ({exc.strerror or type(exc).__name__})",
+                ) from exc
+            if not value:
+                raise ConfigError(f"catalog[{self.arm}].api_key_file", f"{self.api_key_file} is empty")
+            return ApiKey(value)
+        return None
+
+
+@dataclass(frozen=True)
+class ModelCatalog:
+    """Entries in file order; ``arms`` must equal the policy's arm list (as a set)."""
+
+    entries: tuple[ProviderEntry, ...]
+    source: str = "<memory>"
+
+    @property
+    def arms(self) -> tuple[str, ...]:
+        return tuple(e.arm for e in self.entries)
+
+    def entry(self, arm: str) -> ProviderEntry:
+        for e in self.entries:
+            if e.arm == arm:
+                return e
+        raise KeyError(arm)
+
+    def enabled_arms(self) -> tuple[str, ...]:
+        return tuple(e.arm for e in self.entries if e.enabled)
+
+    def check_arms(self, policy_arms: Sequence[str]) -> ModelCatalog:
+        """Raise ConfigError naming the arms when the catalog does not cover exactly the policy's arms."""
+        missing = [a for a in policy_arms if a not in set(self.arms)]
+        extra = [a for a in self.arms if a not in set(policy_arms)]
+        if missing or extra:
+            parts = []
+            if missing:
+                parts.append(f"policy arms missing from the catalog: {missing}")
+            if extra:
+                parts.append(f"catalog arms the policy does not have: {extra}")
+            raise ConfigError("providers.catalog_file", f"{self.source}: " + "; ".join(parts))
+        return self
+
+
+def disabled_catalog(arms: Sequence[str], source: str) -> ModelCatalog:
+    """A catalog in which every arm is disabled: Route works, Complete answers FAILED_PRECONDITION."""
+    return ModelCatalog(tuple(ProviderEntry(arm=arm, enabled=False) for arm in arms), source)
+
+
+def catalog_for_policy(catalog_file: str | None, policy_arms: Sequence[str]) -> ModelCatalog:
+    """The catalog to serve ``policy_arms`` with; ConfigError naming the arms when a given file mismatches.
+
+    With no ``catalog_file``, the shipped RouterBench catalog is used when the policy has its arms; a
+    policy with other arms (a custom or test policy) gets every arm disabled rather than a startup error,
+    because nothing was configured that could be wrong.
+    """
+    if catalog_file is not None:
+        return load_catalog(catalog_file).check_arms(policy_arms)
+    shipped = load_catalog(None)
+    if set(shipped.arms) == set(policy_arms):
+        return shipped
+    return disabled_catalog(policy_arms, "<no catalog configured: every model disabled>")
+
+
+def shipped_catalog_path() -> Path:
+    return Path(str(importlib.resources.files("barp_sidecar") / "config" / SHIPPED_CATALOG))
+
+
+def load_catalog(path: str | Path | None = None) -> ModelCatalog:
+    """Read and validate a catalog file; None = the shipped RouterBench catalog (all arms disabled)."""
+    file = Path(path) if path is not None else shipped_catalog_path()
+    try:
+        data = yaml.safe_load(file.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError("providers.catalog_file", f"no such file: {file}") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("providers.catalog_file", f"cannot read {file}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError("providers.catalog_file", f"{file} is not valid YAML: {exc}") from exc
+    return parse_catalog(data, str(file))
+
+
+def parse_catalog(data: Any, source: str = "<memory>") -> ModelCatalog:
+    """Validate parsed YAML (``{"providers": [entry, ...]}``) into a catalog; ConfigError names the key."""
+    if not isinstance(data, Mapping):
+        raise ConfigError("catalog", f"{source}: must hold a mapping with a 'providers' list")
+    unknown = sorted(set(data) - {"version", "providers"})
+    if unknown:
+        raise ConfigError(f"catalog.{unknown[0]}", f"{source}: unknown key (known: providers, version)")
+    if data.get("version", 1) != 1:
+        raise ConfigError("catalog.version", f"{source}: unsupported version {data.get('version')!r}")
+    raw_entries = data.get("providers")
+    if not isinstance(raw_entries, list) or not raw_entries:
+        raise ConfigError("catalog.providers", f"{source}: must be a non-empty list of entries")
+    entries = []
+    seen: set[str] = set()
+    for index, raw in enumerate(raw_entries):
+        entry = _parse_entry(raw, f"providers[{index}]", source)
+        if entry.arm in seen:
+            raise ConfigError(f"providers[{index}].arm", f"{source}: duplicate arm {entry.arm!r}")
+        seen.add(entry.arm)
+        entries.append(entry)
+    return ModelCatalog(tuple(entries), source)
+
+
+def _parse_entry(raw: Any, key: str, source: str) -> ProviderEntry:
+    if not isinstance(raw, Mapping):
+        raise ConfigError(key, f"{source}: must be a mapping")
+    unknown = sorted(set(raw) - _ENTRY_KEYS)
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}", f"{source}: unknown key (known: {sorted(_ENTRY_KEYS)})")
+
+    def text(name: str, required: bool) -> str | None:
+        value = raw.get(name)
+        if value is None or value == "":
+            if required:
+                raise ConfigError(f"{key}.{name}", f"{source}: required")
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}.{name}", f"{source}: must be a string, not {value!r}")
+        return value
+
+    def number(name: str, default: float, low: float, low_inclusive: bool = True) -> float:
+        value = raw.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            raise ConfigError(f"{key}.{name}", f"{source}: must be a finite number, not {value!r}")
+        if value < low or (not low_inclusive and value == low):
+            raise ConfigError(f"{key}.{name}", f"{source}: must be {'>=' if low_inclusive else '>'} {low}")
+        return float(value)
+
+    def integer(name: str, default: int, low: int) -> int:
+        value = raw.get(name, default)
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}.{name}", f"{source}: must be an integer, not {value!r}")
+        if value < low:
+            raise ConfigError(f"{key}.{name}", f"{source}: must be >= {low}")
+        return value
+
+    arm = text("arm", True)
+    assert arm is not None
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise ConfigError(f"{key}.enabled", f"{source}: must be true or false, not {enabled!r}")
+    api_style = text("api_style", False) or "openai"
+    if api_style not in API_STYLES:
+        raise ConfigError(f"{key}.api_style", f"{source}: must be one of {API_STYLES}, not {api_style!r}")
+    base_url = text("base_url", enabled) or ""
+    if base_url:
+        parts = urlsplit(base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ConfigError(f"{key}.base_url", f"{source}: must be an http(s) URL, not {base_url!r}")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ConfigError(f"{key}.base_url", f"{source}: must not carry a query, fragment or credentials")
+    upstream_model = text("upstream_model", enabled) or ""
+    api_key_env = text("api_key_env", False)
+    api_key_file = text("api_key_file", False)
+    if api_key_env is not None and api_key_file is not None:
+        raise ConfigError(f"{key}.api_key_file", f"{source}: set api_key_env or api_key_file, not both")
+    return ProviderEntry(
+        arm=arm,
+        enabled=enabled,
+        api_style=api_style,
+        base_url=base_url.rstrip("/"),
+        upstream_model=upstream_model,
+        api_key_env=api_key_env,
+        api_key_file=api_key_file,
+        input_usd_per_1m_tokens=number("input_usd_per_1m_tokens", 0.0, 0.0),
+        output_usd_per_1m_tokens=number("output_usd_per_1m_tokens", 0.0, 0.0),
+        max_concurrency=integer("max_concurrency", 16, 1),
+        timeout_s=number("timeout_s", 60.0, 0.0, low_inclusive=False),
+        default_max_tokens=integer("default_max_tokens", 1024, 1),
+    )

@@ -1,0 +1,211 @@
+"""Outcome recording: turns (pending decision, reported outcome) into a durable reward event.
+
+Owns ReportOutcome's semantics (validation, idempotency, NOT_FOUND), the expiry sweep and its configured
+default, and building ``barp.v1.RewardEvent``s. Delegates storage to ``PendingDecisionStore`` and
+durability to ``RewardSpool``; knows nothing about gRPC (rpc/ maps the domain errors it raises).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from barp_sidecar.domain import Decision
+from barp_sidecar.errors import InvalidArgument, NotFound
+from barp_sidecar.gen.barp.v1 import trainer_pb2
+from barp_sidecar.rewards.pending import LookupResult, PendingDecision, PendingDecisionStore
+from barp_sidecar.rewards.spool import RewardSpool, SpoolFull
+
+log = structlog.get_logger("barp_sidecar.rewards.recorder")
+
+
+@dataclass
+class RecorderCounters:
+    """Monotonic counters exported as metrics."""
+
+    recorded: int = 0
+    repeated: int = 0
+    not_found: int = 0
+    expired_dropped: int = 0
+    expired_defaulted: int = 0
+    refused_spool_full: int = 0
+    # Outcomes acknowledged but not turned into events because a fallback model answered (Complete).
+    skipped_fallback: int = 0
+
+
+def validate_outcome(decision_id: str, quality: float, cost_usd: float | None) -> None:
+    """Raise ``InvalidArgument`` naming the field for a malformed ReportOutcome."""
+    if not decision_id:
+        raise InvalidArgument("decision_id", "is required")
+    if not isinstance(quality, int | float) or math.isnan(quality) or not 0.0 <= quality <= 1.0:
+        raise InvalidArgument("quality", f"must be in [0, 1], not {quality!r}")
+    if cost_usd is not None and (not math.isfinite(cost_usd) or cost_usd < 0):
+        raise InvalidArgument("cost_usd", f"must be a finite number >= 0, not {cost_usd!r}")
+
+
+def build_event(
+    decision: PendingDecision, quality: float, cost_usd: float | None, sidecar_id: str, defaulted: bool
+) -> trainer_pb2.RewardEvent:
+    event = trainer_pb2.RewardEvent(
+        event_id=decision.decision_id,
+        sidecar_id=sidecar_id,
+        embedding=decision.embedding.astype("float32").tolist(),
+        quality_weight=decision.quality_weight,
+        allowed=list(decision.allowed),
+        model=decision.model,
+        propensity=decision.propensity,
+        policy_version=decision.policy_version,
+        quality=quality,
+        decided_at_unix_s=decision.decided_at_unix_s,
+        quality_defaulted=defaulted,
+    )
+    cost = cost_usd if cost_usd is not None else decision.cost_usd
+    if cost is not None:
+        event.cost_usd = cost
+    return event
+
+
+class OutcomeRecorder:
+    """Pending decisions in, durable reward events out. ``start()`` runs the expiry sweep; ``close()``."""
+
+    def __init__(
+        self,
+        store: PendingDecisionStore,
+        spool: RewardSpool,
+        sidecar_id: str,
+        expiry_action: str,
+        default_quality: float,
+        sweep_interval_s: float = 1.0,
+    ) -> None:
+        if expiry_action not in ("drop", "default_quality"):
+            raise ValueError(f"expiry_action must be 'drop' or 'default_quality', not {expiry_action!r}")
+        self.store = store
+        self.spool = spool
+        self.sidecar_id = sidecar_id
+        self.expiry_action = expiry_action
+        self.default_quality = default_quality
+        self.sweep_interval_s = sweep_interval_s
+        self.counters = RecorderCounters()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="outcome-expiry")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            try:
+                await self._sweeper
+            except asyncio.CancelledError:
+                pass
+            self._sweeper = None
+
+    def remember(self, decision: PendingDecision) -> None:
+        """A decision now waits for ReportOutcome (or expiry)."""
+        self.store.add(decision)
+
+    def remember_decision(self, decision: Decision) -> None:
+        """``RoutingService``'s ``on_decision`` hook: keep what the trainer needs, never the prompt."""
+        self.store.add(
+            PendingDecision(
+                decision_id=decision.decision_id,
+                embedding=decision.embedding,
+                quality_weight=decision.quality_weight,
+                arms=decision.arms,
+                allowed=() if all(decision.allowed) else decision.allowed,
+                model=decision.model,
+                propensity=decision.propensity,
+                policy_version=decision.policy_version,
+                decided_at_unix_s=time.time(),
+            )
+        )
+
+    def attach_cost(self, decision_id: str, cost_usd: float) -> bool:
+        """Hook for Complete: the sidecar forwarded the call and knows its cost."""
+        return self.store.set_cost(decision_id, cost_usd)
+
+    def record_completion(
+        self, decision_id: str, model: str, cost_usd: float, latency_ms: float, usage: object = None
+    ) -> None:
+        """The providers' ``CompletionRecorder`` protocol: cost of the model that answered a Complete.
+
+        When the chosen model answered, its cost goes into the pending decision. When a fallback answered,
+        the later outcome describes a model the policy did not choose (with no propensity for it): the
+        decision is marked and ReportOutcome will acknowledge it without emitting a reward event.
+        """
+        decision = self.store.get(decision_id)
+        if decision is None:
+            return
+        if model == decision.model:
+            decision.cost_usd = cost_usd
+        else:
+            decision.answered_by = model
+
+    async def report(self, decision_id: str, quality: float, cost_usd: float | None = None) -> bool:
+        """Record an outcome. True = recorded now; False = already recorded (idempotent repeat).
+
+        Raises ``InvalidArgument`` (field named), ``NotFound`` (unknown or expired decision), or
+        ``SpoolFull`` (not recorded; the decision stays pending so a retry can succeed).
+        """
+        validate_outcome(decision_id, quality, cost_usd)
+        found = self.store.take(decision_id)
+        if found == LookupResult.RECORDED:
+            self.counters.repeated += 1
+            return False
+        if not isinstance(found, PendingDecision):
+            self.counters.not_found += 1
+            raise NotFound(f"decision_id {decision_id!r} is unknown or expired")
+        if found.answered_by is not None:
+            self.store.mark_recorded(decision_id)
+            self.counters.skipped_fallback += 1
+            log.info(
+                "outcome_not_learned_fallback",
+                decision_id=decision_id,
+                chosen=found.model,
+                answered_by=found.answered_by,
+            )
+            return True
+        event = build_event(found, float(quality), cost_usd, self.sidecar_id, defaulted=False)
+        try:
+            await self.spool.append(event)
+        except SpoolFull:
+            self.counters.refused_spool_full += 1
+            self.store.restore(found)
+            raise
+        except BaseException:
+            self.store.restore(found)
+            raise
+        self.store.mark_recorded(decision_id)
+        self.counters.recorded += 1
+        return True
+
+    async def sweep(self) -> int:
+        """Apply the expiry action to every expired decision; return how many expired."""
+        expired = self.store.expire()
+        for decision in expired:
+            if self.expiry_action == "drop" or decision.answered_by is not None:
+                self.counters.expired_dropped += 1
+                continue
+            event = build_event(decision, self.default_quality, None, self.sidecar_id, defaulted=True)
+            try:
+                await self.spool.append(event)
+            except SpoolFull:
+                self.counters.refused_spool_full += 1
+                continue
+            self.store.mark_recorded(decision.decision_id)
+            self.counters.expired_defaulted += 1
+        if expired:
+            log.info("pending_decisions_expired", count=len(expired), action=self.expiry_action)
+        return len(expired)
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.sweep_interval_s)
+            try:
+                await self.sweep()
+            except Exception:  # keep sweeping: one failure must not stop expiry forever
+                log.exception("pending_expiry_sweep_failed")

@@ -1,0 +1,75 @@
+"""A real sidecar process rejects bad checkpoints from its store and keeps serving the previous version;
+a metric (barp_policy_rejected_total{reason}) and a log line (policy_rejected) say why."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import grpc
+
+from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
+from barp_sidecar.policy.checkpoint import CheckpointStore
+from tests.e2e.learning_processes import SidecarProcess, free_port, scrape
+from tests.support.sidecar import make_tiny_checkpoint
+
+
+def rejected(metrics_port: int, reason: str) -> float:
+    return scrape(metrics_port, f'barp_policy_rejected_total{{reason="{reason}"}}') or 0.0
+
+
+async def test_corrupt_mismatched_and_wrong_sha_checkpoints_are_rejected(tmp_path):
+    store = CheckpointStore(tmp_path / "store")
+    make_tiny_checkpoint(store.path(1), version=1, seed=1)
+    store.set_latest(1)
+    port, metrics_port = free_port(), free_port()
+    (tmp_path / "sidecar.yaml").write_text(
+        f"server:\n  host: 127.0.0.1\n  port: {port}\n  grace_s: 1\n"
+        f"metrics:\n  enabled: true\n  port: {metrics_port}\nadmin:\n  enabled: false\n"
+        f"policy:\n  checkpoint_dir: {store.root}\n  device: cpu\n"
+        f"rewards:\n  spool_dir: {tmp_path / 'spool'}\n"
+        f"trainer:\n  checkpoint_store_dir: {store.root}\n  checkpoint_poll_interval_s: 0.05\n"
+    )
+    sidecar = SidecarProcess(tmp_path / "sidecar.yaml", tmp_path / "sidecar.log")
+    await asyncio.to_thread(sidecar.start)
+    try:
+        faults = {
+            2: "corrupt_weights",  # bytes flipped: the weights no longer match the manifest's sha256
+            3: "arm_mismatch",  # another arm list
+            4: "sha256_mismatch",  # manifest claims a different sha256
+        }
+        for version, reason in faults.items():
+            if reason == "arm_mismatch":
+                make_tiny_checkpoint(store.path(version), version=version, arms=("x", "y", "z", "w"))
+            else:
+                make_tiny_checkpoint(store.path(version), version=version, seed=version)
+                if reason == "corrupt_weights":
+                    weights = store.path(version) / "policy.safetensors"
+                    data = bytearray(weights.read_bytes())
+                    data[len(data) // 2] ^= 0xFF
+                    weights.write_bytes(bytes(data))
+                else:
+                    manifest_path = store.path(version) / "manifest.json"
+                    manifest = json.loads(manifest_path.read_text())
+                    manifest["weights_sha256"] = "ab" * 32
+                    manifest_path.write_text(json.dumps(manifest))
+            store.set_latest(version)
+            deadline = time.monotonic() + 30
+            expected = "sha256_mismatch" if reason == "corrupt_weights" else reason
+            while rejected(metrics_port, expected) < 1 + (1 if reason == "sha256_mismatch" else 0):
+                assert time.monotonic() < deadline, f"v{version} ({reason}) was not rejected"
+                await asyncio.sleep(0.05)
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                response = await router_pb2_grpc.RouterStub(channel).Route(
+                    router_pb2.RouteRequest(prompt="hi")
+                )
+            assert response.policy_version == 1
+        log_lines = [
+            json.loads(line) for line in sidecar.log_path.read_text().splitlines() if line.startswith("{")
+        ]
+        rejections = [e for e in log_lines if e.get("event") == "policy_rejected"]
+        assert sorted(e["version"] for e in rejections) == [2, 3, 4]  # each rejected once, not per poll
+        assert all(e["serving"] == 1 and e["error"] for e in rejections)
+    finally:
+        await asyncio.to_thread(sidecar.stop)

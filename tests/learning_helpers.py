@@ -1,0 +1,110 @@
+"""Shared fixtures-as-functions for the learning-loop tests: tiny hash-encoder checkpoints and events."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from barp_sidecar.gen.barp.v1 import trainer_pb2
+from barp_sidecar.policy.checkpoint import CheckpointStore, EncoderIdentity, PolicyManifest, save_checkpoint
+from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
+
+ARMS = ("cheap", "mid", "strong")
+DIM = 32
+ENCODER = EncoderIdentity("hash:32", DIM, 64, "tail")
+TAU_USD = 0.01
+
+
+def tiny_network(seed: int = 0, arms: tuple[str, ...] = ARMS) -> PolicyNetwork:
+    torch.manual_seed(seed)
+    return PolicyNetwork(
+        PolicyArchitecture(
+            embedding_dim=DIM, num_arms=len(arms), preference_hidden=8, preference_dim=4, head_hidden=16
+        )
+    )
+
+
+def tiny_manifest(version: int, network: PolicyNetwork, arms: tuple[str, ...] = ARMS) -> PolicyManifest:
+    return PolicyManifest(
+        version=version, arms=arms, encoder=ENCODER, tau_usd=TAU_USD, architecture=network.architecture
+    )
+
+
+def save_tiny_checkpoint(
+    directory: Path, version: int = 1, seed: int = 0, arms: tuple[str, ...] = ARMS
+) -> Path:
+    network = tiny_network(seed, arms)
+    save_checkpoint(directory, network, tiny_manifest(version, network, arms))
+    return directory
+
+
+def publish_tiny(store: CheckpointStore, version: int, seed: int = 0, arms: tuple[str, ...] = ARMS) -> None:
+    network = tiny_network(seed, arms)
+    store.publish(network, tiny_manifest(version, network, arms))
+
+
+def random_event(
+    rng: random.Random, sequence: int = 0, event_id: str | None = None
+) -> trainer_pb2.RewardEvent:
+    vector = np.array([rng.gauss(0, 1) for _ in range(DIM)], dtype=np.float32)
+    vector /= np.linalg.norm(vector)
+    model = rng.choice(ARMS)
+    return trainer_pb2.RewardEvent(
+        event_id=event_id or str(uuid.UUID(int=rng.getrandbits(128))),
+        sequence=sequence,
+        sidecar_id="test-sidecar",
+        embedding=vector.tolist(),
+        quality_weight=rng.random(),
+        model=model,
+        propensity=1.0 / len(ARMS),
+        policy_version=1,
+        quality=rng.random(),
+        cost_usd=rng.random() * TAU_USD,
+        decided_at_unix_s=1.7e9,
+    )
+
+
+def trainer_settings_yaml(data_dir: Path, **publish: object) -> str:
+    """A cold-start trainer config for the tiny arms (hash encoder dims)."""
+    publish_lines = "".join(f"  {k}: {v}\n" for k, v in publish.items())
+    return (
+        "server:\n  host: 127.0.0.1\n  port: 0\n  grace_s: 1\n"
+        f"storage:\n  data_dir: {data_dir}\n"
+        "metrics:\n  enabled: false\n"
+        "learner:\n  initial_policy: latest_or_cold\n"
+        f"  arms: [{', '.join(ARMS)}]\n"
+        f"  encoder_id: {ENCODER.encoder_id}\n  encoder_dim: {DIM}\n"
+        f"  encoder_max_seq_length: {ENCODER.max_seq_length}\n  encoder_truncation: {ENCODER.truncation}\n"
+        f"  tau_usd: {TAU_USD}\n  batch_size: 16\n"
+        f"publish:\n  gate_min_holdout_events: 5\n{publish_lines}"
+    )
+
+
+class Active:
+    """What ``PolicyRegistry.current()`` returns: a version and the loaded policy."""
+
+    def __init__(self, policy) -> None:
+        self.version = policy.version
+        self.policy = policy
+
+
+class FakeRegistry:
+    """The PolicyRegistry contract (current() / swap(new) -> old, arms must match) without serving."""
+
+    def __init__(self, initial) -> None:
+        self._current = Active(initial)
+        self.swapped_to: list[int] = []
+
+    def current(self) -> Active:
+        return self._current
+
+    def swap(self, new) -> Active:
+        if new.manifest.arms != self._current.policy.manifest.arms:
+            raise AssertionError("manager must reject mismatched arms before swapping")
+        old, self._current = self._current, Active(new)
+        self.swapped_to.append(new.version)
+        return old

@@ -1,0 +1,80 @@
+"""``barp-sidecar decide`` on a tiny hash-encoder checkpoint, and the shipped default checkpoint."""
+
+import argparse
+import json
+
+import pytest
+import torch
+
+from barp_sidecar import decide
+from barp_sidecar.policy.builtin import builtin_policy_dir
+from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, load_checkpoint, save_checkpoint
+from barp_sidecar.policy.encoder import BUILTIN_MODEL_ID
+from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
+
+ARMS = ("small", "medium", "large")
+
+
+@pytest.fixture
+def policy_dir(tmp_path):
+    torch.manual_seed(0)
+    architecture = PolicyArchitecture(embedding_dim=32, num_arms=3, head_hidden=8)
+    manifest = PolicyManifest(
+        version=4,
+        arms=ARMS,
+        encoder=EncoderIdentity("hash:32", 32, 256, "tail"),
+        tau_usd=0.005,
+        architecture=architecture,
+    )
+    save_checkpoint(tmp_path / "v4", PolicyNetwork(architecture), manifest)
+    return tmp_path / "v4"
+
+
+def _run(argv, capsys):
+    parser = argparse.ArgumentParser()
+    decide.add_arguments(parser)
+    code = decide.run(parser.parse_args(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_decide_prints_a_json_decision(policy_dir, capsys):
+    code, out, _ = _run(["What is 2+2?", "--quality-weight", "0.7", "--policy", str(policy_dir)], capsys)
+    assert code == 0
+    decision = json.loads(out)
+    assert decision["model"] in ARMS and decision["policy_version"] == 4
+    assert sum(decision["probabilities"].values()) == pytest.approx(1.0, abs=1e-5)
+    assert decision["model"] == max(decision["probabilities"], key=decision["probabilities"].get)
+
+
+def test_decide_respects_allowed_models_and_samples_with_a_propensity(policy_dir, capsys):
+    argv = ["hi", "--policy", str(policy_dir), "--allowed-models", "medium", "--sample", "--seed", "1"]
+    code, out, _ = _run(argv, capsys)
+    decision = json.loads(out)
+    assert code == 0 and decision["model"] == "medium" and decision["propensity"] == pytest.approx(1.0)
+    assert decision["probabilities"]["small"] == 0.0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [(["--quality-weight", "1.5"], "quality_weight"), (["--allowed-models", "nope"], "unknown models")],
+)
+def test_decide_rejects_bad_arguments_with_exit_code_2(policy_dir, capsys, argv, message):
+    code, _, err = _run(["hi", "--policy", str(policy_dir), *argv], capsys)
+    assert code == 2 and message in err
+
+
+def test_encoder_model_comes_from_the_manifest_unless_overridden(policy_dir):
+    policy = load_checkpoint(policy_dir)
+    assert decide.encoder_model_for(policy, None) == "hash:32"
+    assert decide.encoder_model_for(policy, "/models/minilm") == "/models/minilm"
+
+
+def test_the_shipped_default_policy_loads():
+    directory = builtin_policy_dir()
+    if not (directory / "manifest.json").exists():
+        pytest.skip("default policy not trained into this checkout yet (make train-default)")
+    policy = load_checkpoint(directory)
+    assert len(policy.manifest.arms) == 11
+    assert policy.manifest.encoder.encoder_id == BUILTIN_MODEL_ID
+    assert policy.manifest.encoder.truncation == "tail"

@@ -1,0 +1,214 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from barp_sidecar.providers.adapter import StreamProtocolError, UpstreamStreamError, adapter_for
+from barp_sidecar.providers.anthropic_adapter import AnthropicAdapter
+from barp_sidecar.providers.catalog import ProviderEntry
+from barp_sidecar.providers.chat import ChatMessage, ChatRequest, GenerationParameters, StreamEvent
+from barp_sidecar.providers.openai_adapter import OpenAIAdapter
+
+ENTRY = ProviderEntry(arm="m", enabled=True, base_url="https://x.test/v1", upstream_model="up-1")
+REQUEST = ChatRequest(
+    (ChatMessage("system", "be brief"), ChatMessage("user", "hi"), ChatMessage("assistant", "yo")),
+    GenerationParameters(max_tokens=50, temperature=1.5, top_p=0.9, stop=("END",), seed=3),
+)
+
+
+def sse(*payloads: object) -> bytes:
+    return b"".join(
+        b"data: " + (p if isinstance(p, bytes) else json.dumps(p).encode()) + b"\n\n" for p in payloads
+    )
+
+
+def openai_chunk(content: str | None = None, finish: str | None = None) -> dict[str, object]:
+    delta = {} if content is None else {"content": content}
+    return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+
+def test_adapter_for_styles() -> None:
+    assert isinstance(adapter_for("openai"), OpenAIAdapter)
+    assert isinstance(adapter_for("anthropic"), AnthropicAdapter)
+    with pytest.raises(ValueError):
+        adapter_for("soap")
+
+
+def test_openai_request_passes_parameters_through() -> None:
+    http = OpenAIAdapter().build_request(ENTRY, REQUEST, "sk-secret")
+    assert http.url == "https://x.test/v1/chat/completions"
+    assert http.headers["Authorization"] == "Bearer sk-secret"
+    assert "sk-secret" not in repr(http)
+    assert http.body == {
+        "model": "up-1",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi"},
+            {"role": "assistant", "content": "yo"},
+        ],
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": 50,
+        "temperature": 1.5,
+        "top_p": 0.9,
+        "stop": ["END"],
+        "seed": 3,
+    }
+    bare = OpenAIAdapter().build_request(ENTRY, ChatRequest((ChatMessage("user", "q"),)), None)
+    assert "Authorization" not in bare.headers
+    assert not {"max_tokens", "temperature", "top_p", "stop", "seed"} & set(bare.body)
+
+
+def test_openai_stream_decodes_deltas_finish_and_usage() -> None:
+    decoder = OpenAIAdapter().stream_decoder()
+    data = sse(
+        {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]},
+        openai_chunk("Hel"),
+        openai_chunk("lo"),
+        openai_chunk(None, "stop"),
+        {"choices": [], "usage": {"prompt_tokens": 12, "completion_tokens": 2}},
+        b"[DONE]",
+    )
+    events = [e for i in range(0, len(data), 9) for e in decoder.feed(data[i : i + 9])] + decoder.finish()
+    assert events == [
+        StreamEvent(delta="Hel"),
+        StreamEvent(delta="lo"),
+        StreamEvent(finish_reason="stop"),
+        StreamEvent(input_tokens=12, output_tokens=2),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"data: {not json\n\n", "not JSON"),
+        (b"data: [1, 2]\n\n", "not a JSON object"),
+        (b'data: {"choices": {}}\n\n', "not a list"),
+        (b'data: {"choices": [{"delta": {"content": 5}}]}\n\n', "not a string"),
+        (b"data: \xff\n\n", "malformed event stream"),
+        (sse(b"[DONE]", openai_chunk("late")), r"after \[DONE\]"),
+    ],
+)
+def test_openai_malformed_streams_raise_protocol_errors(data: bytes, message: str) -> None:
+    with pytest.raises(StreamProtocolError, match=message):
+        OpenAIAdapter().stream_decoder().feed(data)
+
+
+def test_openai_truncated_stream_is_a_protocol_error() -> None:
+    decoder = OpenAIAdapter().stream_decoder()
+    assert decoder.feed(sse(openai_chunk("partial")) + b'data: {"cho') == [StreamEvent(delta="partial")]
+    with pytest.raises(StreamProtocolError, match="cut off"):
+        decoder.finish()
+
+
+def test_openai_stream_without_done_but_with_finish_is_complete() -> None:
+    decoder = OpenAIAdapter().stream_decoder()
+    decoder.feed(sse(openai_chunk("a", "length")))
+    assert decoder.finish() == []
+
+
+def test_openai_error_event() -> None:
+    with pytest.raises(UpstreamStreamError, match="overloaded"):
+        OpenAIAdapter().stream_decoder().feed(sse({"error": {"message": "overloaded"}}))
+
+
+def test_openai_non_streamed_body() -> None:
+    body = json.dumps(
+        {
+            "choices": [{"message": {"content": "whole"}, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+        }
+    ).encode()
+    assert OpenAIAdapter().decode_body(body) == [
+        StreamEvent(delta="whole", finish_reason="length"),
+        StreamEvent(input_tokens=3, output_tokens=1),
+    ]
+    for bad in (b"{x", b"[]", b'{"choices": []}'):
+        with pytest.raises(StreamProtocolError):
+            OpenAIAdapter().decode_body(bad)
+    with pytest.raises(UpstreamStreamError):
+        OpenAIAdapter().decode_body(b'{"error": {"message": "no"}}')
+
+
+def test_anthropic_request_moves_system_and_requires_max_tokens() -> None:
+    http = AnthropicAdapter().build_request(ENTRY, REQUEST, "sk-ant")
+    assert http.url == "https://x.test/v1/messages"
+    assert http.headers["x-api-key"] == "sk-ant" and http.headers["anthropic-version"] == "2023-06-01"
+    assert http.body == {
+        "model": "up-1",
+        "messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+        "max_tokens": 50,
+        "stream": True,
+        "system": "be brief",
+        "temperature": 1.0,  # clamped to Anthropic's [0, 1]
+        "top_p": 0.9,
+        "stop_sequences": ["END"],
+    }
+    bare = AnthropicAdapter().build_request(ENTRY, ChatRequest((ChatMessage("user", "q"),)), None)
+    assert bare.body["max_tokens"] == ENTRY.default_max_tokens
+    assert "x-api-key" not in bare.headers and "system" not in bare.body
+
+
+def anthropic_stream(*events: tuple[str, dict[str, object]]) -> bytes:
+    return b"".join(
+        f"event: {kind}\ndata: {json.dumps({'type': kind, **payload})}\n\n".encode()
+        for kind, payload in events
+    )
+
+
+def test_anthropic_stream_decodes_text_stop_reason_and_usage() -> None:
+    decoder = AnthropicAdapter().stream_decoder()
+    data = anthropic_stream(
+        ("message_start", {"message": {"usage": {"input_tokens": 25, "output_tokens": 1}}}),
+        ("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}),
+        ("ping", {}),
+        ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": "Hi"}}),
+        ("content_block_delta", {"index": 0, "delta": {"type": "input_json_delta", "partial_json": "{"}}),
+        ("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": " there"}}),
+        ("content_block_stop", {"index": 0}),
+        ("message_delta", {"delta": {"stop_reason": "max_tokens"}, "usage": {"output_tokens": 15}}),
+        ("message_stop", {}),
+    )
+    events = [e for i in range(0, len(data), 11) for e in decoder.feed(data[i : i + 11])] + decoder.finish()
+    assert events == [
+        StreamEvent(input_tokens=25),
+        StreamEvent(delta="Hi"),
+        StreamEvent(delta=" there"),
+        StreamEvent(finish_reason="length", output_tokens=15),
+    ]
+
+
+def test_anthropic_errors() -> None:
+    with pytest.raises(UpstreamStreamError, match="overloaded_error: busy"):
+        AnthropicAdapter().stream_decoder().feed(
+            anthropic_stream(("error", {"error": {"type": "overloaded_error", "message": "busy"}}))
+        )
+    with pytest.raises(StreamProtocolError, match="not JSON"):
+        AnthropicAdapter().stream_decoder().feed(b"event: content_block_delta\ndata: {oops\n\n")
+    with pytest.raises(StreamProtocolError, match="text string"):
+        AnthropicAdapter().stream_decoder().feed(
+            anthropic_stream(("content_block_delta", {"delta": {"type": "text_delta", "text": 1}}))
+        )
+    decoder = AnthropicAdapter().stream_decoder()
+    decoder.feed(anthropic_stream(("content_block_delta", {"delta": {"type": "text_delta", "text": "x"}})))
+    with pytest.raises(StreamProtocolError, match="message_stop"):
+        decoder.finish()
+
+
+def test_anthropic_non_streamed_body() -> None:
+    body = json.dumps(
+        {
+            "type": "message",
+            "content": [{"type": "text", "text": "a"}, {"type": "tool_use"}, {"type": "text", "text": "b"}],
+            "stop_reason": "end_turn",
+            "usage": {"input_tokens": 4, "output_tokens": 2},
+        }
+    ).encode()
+    assert AnthropicAdapter().decode_body(body) == [
+        StreamEvent(delta="ab", finish_reason="stop", input_tokens=4, output_tokens=2)
+    ]
+    with pytest.raises(UpstreamStreamError):
+        AnthropicAdapter().decode_body(b'{"type": "error", "error": {"type": "x", "message": "y"}}')
+    with pytest.raises(StreamProtocolError):
+        AnthropicAdapter().decode_body(b'{"type": "message"}')

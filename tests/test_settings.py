@@ -1,0 +1,76 @@
+"""Settings: defaults, YAML + environment layering, and every validation error naming its key."""
+
+from __future__ import annotations
+
+import pytest
+
+from barp_sidecar.errors import ConfigError
+from barp_sidecar.settings import Settings, env_overrides, load_settings
+
+
+def test_defaults_need_no_file_and_are_valid() -> None:
+    settings = load_settings(None, {})
+    assert settings == Settings()
+    assert settings.server.host == "127.0.0.1"
+    assert settings.admin.host == "127.0.0.1"
+    assert settings.logging.log_prompts is False
+
+
+def test_file_then_env_layering(tmp_path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("server:\n  port: 6000\nbatching:\n  max_wait_ms: 3\n  max_batch_size: 8\n")
+    settings = load_settings(config, {"BARP__BATCHING__MAX_WAIT_MS": "1.5", "UNRELATED": "x"})
+    assert settings.server.port == 6000
+    assert settings.batching.max_wait_ms == 1.5  # env wins over the file
+    assert settings.batching.max_batch_size == 8
+    assert isinstance(settings.batching.max_wait_ms, float)
+
+
+def test_env_override_parses_yaml_scalars_and_null() -> None:
+    nested = env_overrides({"BARP__LOGGING__LOG_PROMPTS": "true", "BARP__TRAINER__TARGET": ""})
+    assert nested == {"logging": {"log_prompts": True}, "trainer": {"target": None}}
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"BARP__SERVER__PORT": "abc"}, "server.port"),
+        ({"BARP__SERVER__PORT": "70000"}, "server.port"),
+        ({"BARP__SERVER__NOPE": "1"}, "server.nope"),
+        ({"BARP__NOSECTION__X": "1"}, "nosection"),
+        ({"BARP__BATCHING__MAX_WAIT_MS": "-1"}, "batching.max_wait_ms"),
+        ({"BARP__BATCHING__MAX_WAIT_MS": ".nan"}, "batching.max_wait_ms"),
+        ({"BARP__BATCHING__MAX_BATCH_SIZE": "0"}, "batching.max_batch_size"),
+        ({"BARP__BATCHING__MAX_BATCH_SIZE": "true"}, "batching.max_batch_size"),
+        ({"BARP__ROUTING__DEFAULT_QUALITY_WEIGHT": "1.5"}, "routing.default_quality_weight"),
+        ({"BARP__ROUTING__DEFAULT_EXPLORATION": "random"}, "routing.default_exploration"),
+        ({"BARP__SERVER__TLS_CERT_FILE": "/c.pem"}, "server.tls_key_file"),
+        ({"BARP__SERVER__TLS_CLIENT_CA_FILE": "/ca.pem"}, "server.tls_client_ca_file"),
+        ({"BARP__REWARDS__EXPIRY_ACTION": "keep"}, "rewards.expiry_action"),
+        ({"BARP__LOGGING__LEVEL": "loud"}, "logging.level"),
+        ({"BARP__SERVER": "1"}, "BARP__SERVER"),
+    ],
+)
+def test_invalid_values_name_the_key(env: dict[str, str], key: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_settings(None, env)
+    assert caught.value.key == key
+    assert str(caught.value).startswith(key)
+
+
+def test_bad_files_are_config_errors(tmp_path) -> None:
+    with pytest.raises(ConfigError, match="no such file"):
+        load_settings(tmp_path / "missing.yaml", {})
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("server: [unclosed\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_settings(broken, {})
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("42\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_settings(scalar, {})
+    wrong_section = tmp_path / "section.yaml"
+    wrong_section.write_text("server: 5\n")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(wrong_section, {})
+    assert caught.value.key == "server"

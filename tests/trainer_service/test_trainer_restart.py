@@ -1,0 +1,57 @@
+"""The trainer resumes from its LATEST checkpoint and the log offset recorded in it."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+
+import grpc
+
+from barp_sidecar.gen.barp.v1 import trainer_pb2_grpc
+from tests.learning_helpers import random_event, trainer_settings_yaml
+from trainer.service.app import TrainerApp
+from trainer.service.settings import load_trainer_settings
+
+
+async def publish(port: int, events) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = trainer_pb2_grpc.TrainerStub(channel).PublishRewards()
+        for event in events:
+            await call.write(event)
+        await call.done_writing()
+        async for _ in call:
+            pass
+
+
+async def test_restart_resumes_from_latest_and_its_log_offset(tmp_path):
+    config = tmp_path / "trainer.yaml"
+    config.write_text(trainer_settings_yaml(tmp_path / "data", every_events=100, every_s=600))
+    settings = load_trainer_settings(config, {})
+    rng = random.Random(1)
+    app = TrainerApp(settings)
+    await app.start()
+    try:
+        await publish(app.port, [random_event(rng, sequence=i) for i in range(1, 301)])
+        deadline = asyncio.get_running_loop().time() + 30
+        while app.loop.current_version < 2:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+        published = app.loop.manifest
+    finally:
+        await app.close()
+    offset = published.training["log_offset"]
+    assert 0 < offset <= 300 and published.parent_version is not None
+
+    restarted = TrainerApp(settings)
+    await restarted.start()
+    try:
+        assert restarted.loop.manifest.version == app.store.latest_version()
+        assert restarted.loop._starting_source == "latest"
+        # Events after the published offset are replayed into training; nothing is re-stored.
+        assert restarted.event_log.end_offset == 300
+        deadline = asyncio.get_running_loop().time() + 30
+        while restarted.loop.cursor < 300:
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.05)
+    finally:
+        await restarted.close()

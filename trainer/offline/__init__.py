@@ -1,0 +1,1 @@
+"""Offline training and evaluation on logged routing tables (RouterBench, JSONL)."""

@@ -1,0 +1,352 @@
+"""Routing tables: one row per prompt with every model's quality and dollar cost, from three file layouts.
+
+Owns reading and validating the data; knows nothing about encoders, policies or training.
+
+- RouterBench CSV directory (``<task>_train.csv`` / ``<task>_test.csv``; ``../shared/data/routerbench``):
+  ``prompt`` is a stringified Python list (``ast.literal_eval`` then join), one score column per model and
+  ``<model>|total_cost``. Rows with a blank score are skipped and counted (RouterBench has a few).
+- RouterBench's own pickles (``routerbench_0shot.pkl`` / ``routerbench_5shot.pkl``): a pandas DataFrame
+  (read only when pandas is importable), or a pickled list of dicts / dict of lists with the same columns.
+  They carry no split: a deterministic 70/30 split by sample id is assigned.
+- Generic JSONL, one object per prompt: ``{"prompt", "task", "scores": {model: q}, "costs": {model: usd}}``
+  with an optional ``"split"`` ("train"/"test"); rows without one are split by a hash of the prompt.
+
+Any other bad row (non-numeric or out-of-range score, negative cost, missing model) raises ``DataError``
+naming the file and line: bad data is never used silently.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import hashlib
+import json
+import math
+import pickle
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from barp_sidecar.errors import DataError
+
+COST_SUFFIX = "|total_cost"
+RESPONSE_SUFFIX = "|model_response"
+# Columns of the RouterBench layout that are neither a model score nor a cost.
+_META_COLUMNS = frozenset({"", "Unnamed: 0", "sample_id", "prompt", "eval_name", "oracle_model_to_route_to"})
+HASH_SPLIT_TEST_FRACTION = 0.3
+
+
+def normalize_task(name: str) -> str:
+    """RouterBench eval names to identifiers: ``arc-challenge`` -> ``arc_challenge``."""
+    return name.strip().lower().replace("-", "_")
+
+
+@dataclass(frozen=True)
+class RoutingTable:
+    """Rows of (prompt, task, split) with quality [N, K] in [0, 1] and cost_usd [N, K] ≥ 0 per arm."""
+
+    prompts: tuple[str, ...]
+    tasks: tuple[str, ...]
+    splits: tuple[str, ...]
+    arms: tuple[str, ...]
+    quality: np.ndarray
+    cost_usd: np.ndarray
+    sample_ids: tuple[str, ...] = ()
+    skipped_rows: int = 0
+    source: str = ""
+    skipped_by_file: dict[str, int] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        n, k = len(self.prompts), len(self.arms)
+        if self.quality.shape != (n, k) or self.cost_usd.shape != (n, k):
+            raise ValueError(
+                f"quality/cost must be [{n}, {k}], got {self.quality.shape}/{self.cost_usd.shape}"
+            )
+        if len(self.tasks) != n or len(self.splits) != n:
+            raise ValueError("tasks and splits need one entry per prompt")
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    @property
+    def task_names(self) -> tuple[str, ...]:
+        return tuple(sorted(set(self.tasks)))
+
+    def select(self, indices: Sequence[int] | np.ndarray) -> RoutingTable:
+        idx = np.asarray(indices, dtype=np.int64)
+        return RoutingTable(
+            prompts=tuple(self.prompts[i] for i in idx),
+            tasks=tuple(self.tasks[i] for i in idx),
+            splits=tuple(self.splits[i] for i in idx),
+            arms=self.arms,
+            quality=self.quality[idx],
+            cost_usd=self.cost_usd[idx],
+            sample_ids=tuple(self.sample_ids[i] for i in idx) if self.sample_ids else (),
+            skipped_rows=self.skipped_rows,
+            source=self.source,
+            skipped_by_file=dict(self.skipped_by_file),
+        )
+
+    def where(self, split: str | None = None, tasks: Iterable[str] | None = None) -> RoutingTable:
+        """Rows of one split and/or a set of tasks (normalised names)."""
+        wanted = None if tasks is None else {normalize_task(t) for t in tasks}
+        keep = [
+            i
+            for i in range(len(self))
+            if (split is None or self.splits[i] == split) and (wanted is None or self.tasks[i] in wanted)
+        ]
+        return self.select(keep)
+
+
+def _hash_split(key: str) -> str:
+    bucket = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") / 2**64
+    return "test" if bucket < HASH_SPLIT_TEST_FRACTION else "train"
+
+
+def _parse_prompt(raw: Any, where: str) -> str:
+    if isinstance(raw, list | tuple):
+        return "\n".join(str(part) for part in raw)
+    if not isinstance(raw, str):
+        raise DataError(f"{where}: prompt must be a string or list of strings, got {type(raw).__name__}")
+    text = raw.strip()
+    if text.startswith("[") and text.endswith("]"):
+        try:
+            parsed = ast.literal_eval(text)
+        except (ValueError, SyntaxError) as exc:
+            raise DataError(f"{where}: prompt looks like a list but does not parse ({exc})") from exc
+        if isinstance(parsed, list):
+            return "\n".join(str(part) for part in parsed)
+    return raw
+
+
+def _is_blank(value: Any) -> bool:
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return value.strip() == ""
+    return isinstance(value, float) and math.isnan(value)
+
+
+def _number(value: Any, where: str, what: str) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{where}: {what} is not a number ({value!r})") from exc
+    if not math.isfinite(number):
+        raise DataError(f"{where}: {what} is not finite ({value!r})")
+    return number
+
+
+def _score(value: Any, where: str, model: str) -> float:
+    score = _number(value, where, f"score of {model!r}")
+    if not 0.0 <= score <= 1.0:
+        raise DataError(f"{where}: score of {model!r} is {score}, outside [0, 1]")
+    return score
+
+
+def _cost(value: Any, where: str, model: str) -> float:
+    if _is_blank(value):
+        raise DataError(f"{where}: cost of {model!r} is missing")
+    cost = _number(value, where, f"cost of {model!r}")
+    if cost < 0:
+        raise DataError(f"{where}: cost of {model!r} is negative ({cost})")
+    return cost
+
+
+def routerbench_models(columns: Iterable[str]) -> tuple[str, ...]:
+    """Model names of a RouterBench layout: columns that have a matching ``<model>|total_cost``."""
+    names = list(columns)
+    present = set(names)
+    return tuple(
+        c for c in names if c not in _META_COLUMNS and "|" not in c and f"{c}{COST_SUFFIX}" in present
+    )
+
+
+@dataclass
+class _Builder:
+    arms: tuple[str, ...]
+    prompts: list[str] = field(default_factory=list)
+    tasks: list[str] = field(default_factory=list)
+    splits: list[str] = field(default_factory=list)
+    sample_ids: list[str] = field(default_factory=list)
+    quality: list[list[float]] = field(default_factory=list)
+    cost: list[list[float]] = field(default_factory=list)
+    skipped: dict[str, int] = field(default_factory=dict)
+
+    def add_routerbench_row(self, row: Mapping[str, Any], where: str, split: str | None, source: str) -> None:
+        if any(_is_blank(row.get(model)) for model in self.arms):
+            self.skipped[source] = self.skipped.get(source, 0) + 1
+            return
+        sample_id = str(row.get("sample_id", ""))
+        prompt = _parse_prompt(row.get("prompt"), where)
+        task = row.get("eval_name")
+        if _is_blank(task):
+            raise DataError(f"{where}: eval_name (task) is missing")
+        self.prompts.append(prompt)
+        self.tasks.append(normalize_task(str(task)))
+        self.splits.append(split if split is not None else _hash_split(sample_id or prompt))
+        self.sample_ids.append(sample_id)
+        self.quality.append([_score(row[m], where, m) for m in self.arms])
+        self.cost.append([_cost(row.get(f"{m}{COST_SUFFIX}"), where, m) for m in self.arms])
+
+    def build(self, source: str) -> RoutingTable:
+        if not self.prompts:
+            raise DataError(f"{source}: no usable rows")
+        k = len(self.arms)
+        return RoutingTable(
+            prompts=tuple(self.prompts),
+            tasks=tuple(self.tasks),
+            splits=tuple(self.splits),
+            arms=self.arms,
+            quality=np.asarray(self.quality, dtype=np.float64).reshape(-1, k),
+            cost_usd=np.asarray(self.cost, dtype=np.float64).reshape(-1, k),
+            sample_ids=tuple(self.sample_ids),
+            skipped_rows=sum(self.skipped.values()),
+            source=source,
+            skipped_by_file=dict(self.skipped),
+        )
+
+
+def load_routerbench_csv_dir(directory: Path) -> RoutingTable:
+    """Every ``*_train.csv`` / ``*_test.csv`` in ``directory``; the file name gives the split."""
+    directory = Path(directory)
+    files = sorted(p for p in directory.glob("*.csv") if p.stem.endswith(("_train", "_test")))
+    if not files:
+        raise DataError(f"{directory}: no *_train.csv / *_test.csv files")
+    csv.field_size_limit(10**9)
+    builder: _Builder | None = None
+    for path in files:
+        split = "train" if path.stem.endswith("_train") else "test"
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            models = routerbench_models(reader.fieldnames or [])
+            if not models:
+                raise DataError(f"{path}: no '<model>' + '<model>|total_cost' column pairs")
+            if builder is None:
+                builder = _Builder(arms=models)
+            elif set(models) != set(builder.arms):
+                raise DataError(f"{path}: models {sorted(models)} differ from {sorted(builder.arms)}")
+            line = reader.line_num + 1
+            for row in reader:
+                builder.add_routerbench_row(row, f"{path}:{line}", split, str(path))
+                line = reader.line_num + 1
+    assert builder is not None
+    return builder.build(str(directory))
+
+
+def _rows_from_pickle(obj: Any, path: Path) -> list[dict[str, Any]]:
+    if isinstance(obj, list) and all(isinstance(r, Mapping) for r in obj):
+        return [dict(r) for r in obj]
+    if isinstance(obj, Mapping) and all(
+        isinstance(v, Sequence) and not isinstance(v, str) for v in obj.values()
+    ):
+        lengths = {len(v) for v in obj.values()}
+        if len(lengths) != 1:
+            raise DataError(f"{path}: dict-of-lists columns have different lengths {sorted(lengths)}")
+        keys = list(obj)
+        return [dict(zip(keys, values, strict=True)) for values in zip(*(obj[k] for k in keys), strict=True)]
+    if hasattr(obj, "to_dict") and hasattr(obj, "columns"):  # a pandas DataFrame
+        return list(obj.reset_index(drop=True).to_dict(orient="records"))
+    raise DataError(
+        f"{path}: expected a DataFrame, a list of dicts or a dict of lists, got {type(obj).__name__}"
+    )
+
+
+def load_routerbench_pickle(path: Path) -> RoutingTable:
+    """RouterBench's ``routerbench_{0,5}shot.pkl`` (DataFrame; needs pandas) or a list/dict equivalent.
+
+    Only open pickles you trust: unpickling runs code.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as handle:
+            obj = pickle.load(handle)
+    except ModuleNotFoundError as exc:
+        raise DataError(
+            f"{path}: this pickle needs the module {exc.name!r} "
+            " (a pandas DataFrame needs `pip install pandas`)"
+        ) from exc
+    except (pickle.UnpicklingError, EOFError, OSError) as exc:
+        raise DataError(f"{path}: not a readable pickle ({exc})") from exc
+    rows = _rows_from_pickle(obj, path)
+    if not rows:
+        raise DataError(f"{path}: no rows")
+    models = routerbench_models(rows[0].keys())
+    if not models:
+        raise DataError(f"{path}: no '<model>' + '<model>|total_cost' column pairs")
+    builder = _Builder(arms=models)
+    for index, row in enumerate(rows):
+        split = row.get("split") if row.get("split") in ("train", "test") else None
+        builder.add_routerbench_row(row, f"{path}:row {index}", split, str(path))
+    return builder.build(str(path))
+
+
+def load_jsonl(path: Path) -> RoutingTable:
+    """Generic log: one JSON object per line with prompt, task, scores and costs per model."""
+    path = Path(path)
+    builder: _Builder | None = None
+    with path.open(encoding="utf-8") as handle:
+        for line_number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            where = f"{path}:{line_number}"
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DataError(f"{where}: not valid JSON ({exc.msg})") from exc
+            if not isinstance(record, dict):
+                raise DataError(f"{where}: expected a JSON object")
+            for key in ("prompt", "task", "scores", "costs"):
+                if key not in record:
+                    raise DataError(f"{where}: missing {key!r}")
+            scores, costs = record["scores"], record["costs"]
+            if not isinstance(scores, dict) or not isinstance(costs, dict) or not scores:
+                raise DataError(f"{where}: 'scores' and 'costs' must be non-empty objects keyed by model")
+            if builder is None:
+                builder = _Builder(arms=tuple(scores))
+            if set(scores) != set(builder.arms) or set(costs) != set(builder.arms):
+                missing = sorted(set(builder.arms) - set(scores) | set(builder.arms) - set(costs))
+                extra = sorted((set(scores) | set(costs)) - set(builder.arms))
+                raise DataError(
+                    f"{where}: models differ from the first row (missing {missing}, extra {extra})"
+                )
+            if not isinstance(record["prompt"], str) or not isinstance(record["task"], str):
+                raise DataError(f"{where}: 'prompt' and 'task' must be strings")
+            split = record.get("split")
+            if split is not None and split not in ("train", "test"):
+                raise DataError(f"{where}: split must be 'train' or 'test', not {split!r}")
+            builder.prompts.append(record["prompt"])
+            builder.tasks.append(normalize_task(record["task"]))
+            builder.splits.append(split or _hash_split(record["prompt"]))
+            builder.sample_ids.append(str(record.get("id", line_number)))
+            builder.quality.append(
+                [
+                    _score(scores[m], where, m) if not _is_blank(scores[m]) else _missing(where, m)
+                    for m in builder.arms
+                ]
+            )
+            builder.cost.append([_cost(costs[m], where, m) for m in builder.arms])
+    if builder is None:
+        raise DataError(f"{path}: empty file")
+    return builder.build(str(path))
+
+
+def _missing(where: str, model: str) -> float:
+    raise DataError(f"{where}: score of {model!r} is missing")
+
+
+def load_table(path: Path) -> RoutingTable:
+    """Dispatch on the path: a directory of RouterBench CSVs, a ``.pkl`` or a ``.jsonl`` file."""
+    path = Path(path)
+    if path.is_dir():
+        return load_routerbench_csv_dir(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or directory")
+    if path.suffix in (".pkl", ".pickle"):
+        return load_routerbench_pickle(path)
+    if path.suffix in (".jsonl", ".ndjson"):
+        return load_jsonl(path)
+    raise DataError(f"{path}: unknown data format (expected a CSV directory, .pkl or .jsonl)")

@@ -1,0 +1,130 @@
+"""On-disk embedding cache keyed by (encoder id, dim, max_seq_length, truncation, sha256 of the text).
+
+Owns the cache files; knows nothing about policies. Each encoder configuration gets its own directory
+``<root>/<config digest>/`` holding ``config.json`` (human-readable key) and append-only ``shard-*.npz``
+files (text digests + float32 vectors). A shard is written to a temporary name and renamed, so a crash
+never leaves a half-written shard, and two processes filling the same cache at worst duplicate work.
+Re-running training or evaluation therefore encodes each prompt once per encoder configuration.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from barp_sidecar.policy.encoder import Encoder
+
+DIGEST_BYTES = 16
+
+
+def text_digest(text: str) -> bytes:
+    return hashlib.sha256(text.encode("utf-8")).digest()[:DIGEST_BYTES]
+
+
+def encoder_config(encoder: Encoder) -> dict[str, object]:
+    """The part of the key that names the encoder and its truncation."""
+    settings = encoder.settings
+    return {
+        "encoder_id": encoder.encoder_id,
+        "dim": int(encoder.dim),
+        "max_seq_length": settings.max_seq_length,
+        "truncation": settings.truncation,
+    }
+
+
+def config_digest(config: dict[str, object]) -> str:
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
+class EmbeddingCache:
+    """Embeddings of texts for one loaded encoder, memoised on disk under ``root``."""
+
+    def __init__(self, root: Path, encoder: Encoder) -> None:
+        self._encoder = encoder
+        self._config = encoder_config(encoder)
+        self.directory = Path(root) / config_digest(self._config)
+        self._vectors: dict[bytes, np.ndarray] = {}
+        self._loaded = False
+
+    @property
+    def config(self) -> dict[str, object]:
+        return dict(self._config)
+
+    def _load(self) -> None:
+        if self._loaded:
+            return
+        self._loaded = True
+        if not self.directory.is_dir():
+            return
+        for shard in sorted(self.directory.glob("shard-*.npz")):
+            try:
+                with np.load(shard) as data:
+                    keys, vectors = data["keys"], data["vectors"]
+            except (OSError, ValueError, KeyError):
+                continue  # a damaged shard only costs re-encoding
+            if vectors.ndim != 2 or vectors.shape[1] != self._config["dim"]:
+                continue
+            for key, vector in zip(keys, vectors, strict=True):
+                self._vectors[bytes(key)] = vector
+
+    def __len__(self) -> int:
+        self._load()
+        return len(self._vectors)
+
+    def _write_shard(self, keys: list[bytes], vectors: np.ndarray) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config_path = self.directory / "config.json"
+        if not config_path.exists():
+            config_path.write_text(json.dumps(self._config, indent=2, sort_keys=True) + "\n")
+        key_array = np.frombuffer(b"".join(keys), dtype=np.uint8).reshape(len(keys), DIGEST_BYTES)
+        handle, temp = tempfile.mkstemp(prefix=".shard-", suffix=".npz", dir=self.directory)
+        try:
+            with os.fdopen(handle, "wb") as out:
+                np.savez(out, keys=key_array, vectors=vectors.astype(np.float32))
+            os.replace(temp, self.directory / f"shard-{uuid.uuid4().hex}.npz")
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        chunk_size: int = 256,
+        progress: Callable[[int], None] | None = None,
+    ) -> np.ndarray:
+        """[N, dim] float32 for ``texts``; only cache misses are encoded (in chunks, each saved at once).
+
+        ``progress(n)`` is called with the number of texts newly encoded after each chunk.
+        """
+        self._load()
+        digests = [text_digest(t) for t in texts]
+        missing: dict[bytes, str] = {}
+        for digest, text in zip(digests, texts, strict=True):
+            if digest not in self._vectors and digest not in missing:
+                missing[digest] = text
+        pending = list(missing.items())
+        for start in range(0, len(pending), chunk_size):
+            chunk = pending[start : start + chunk_size]
+            vectors = self._encoder.encode([text for _, text in chunk], batch_size=batch_size)
+            keys = [digest for digest, _ in chunk]
+            self._write_shard(keys, vectors)
+            for key, vector in zip(keys, vectors, strict=True):
+                self._vectors[key] = vector
+            if progress is not None:
+                progress(len(chunk))
+        dim = int(self._config["dim"])  # type: ignore[call-overload]
+        if not digests:
+            return np.zeros((0, dim), dtype=np.float32)
+        return np.stack([self._vectors[d] for d in digests]).astype(np.float32, copy=False)
+
+    def count_missing(self, texts: Sequence[str]) -> int:
+        self._load()
+        return len({text_digest(t) for t in texts} - set(self._vectors))

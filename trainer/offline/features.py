@@ -1,0 +1,46 @@
+"""Embedding a routing table's prompts through the on-disk cache, with a progress bar.
+
+Owns the glue between ``RoutingTable``, the encoder settings and ``EmbeddingCache``; nothing else.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from barp_sidecar.policy.encoder import EncoderSettings, build_encoder
+from trainer.offline.datasets import RoutingTable
+from trainer.offline.embedding_cache import EmbeddingCache
+
+
+def default_cache_dir() -> Path:
+    return Path.home() / ".cache" / "barp-sidecar" / "embeddings"
+
+
+def embed_prompts(
+    prompts: tuple[str, ...] | list[str],
+    settings: EncoderSettings,
+    cache_dir: Path,
+    show_progress: bool = True,
+) -> tuple[np.ndarray, str, int]:
+    """(embeddings [N, dim], encoder id, dim). Loads the encoder only if some prompt is not cached."""
+    encoder = build_encoder(settings)
+    encoder.load()
+    cache = EmbeddingCache(cache_dir, encoder)
+    missing = cache.count_missing(list(prompts))
+    with tqdm(
+        total=missing,
+        desc=f"encode ({settings.truncation}, {settings.max_seq_length} tok)",
+        unit="prompt",
+        disable=not show_progress or missing == 0,
+    ) as bar:
+        vectors = cache.embed(list(prompts), progress=bar.update)
+    return vectors, encoder.encoder_id, int(encoder.dim)
+
+
+def embed_table(
+    table: RoutingTable, settings: EncoderSettings, cache_dir: Path, show_progress: bool = True
+) -> tuple[np.ndarray, str, int]:
+    return embed_prompts(table.prompts, settings, cache_dir, show_progress)

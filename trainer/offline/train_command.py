@@ -1,0 +1,203 @@
+"""``barp-trainer offline``: train a BaRP policy on a routing table's train split and write a checkpoint.
+
+Owns the command's arguments and the composition load -> embed (cached) -> τ -> train -> save; the
+pieces live in their own modules. The checkpoint directory follows DESIGN §4 (policy.safetensors +
+manifest.json) and records τ, the encoder identity, the training config, the data digest and the seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, save_checkpoint
+from barp_sidecar.policy.encoder import BUILTIN_MODEL, TRUNCATION_SIDES, EncoderSettings
+from barp_sidecar.policy.network import PolicyNetwork
+from trainer.offline.datasets import RoutingTable, load_table
+from trainer.offline.features import default_cache_dir, embed_table
+from trainer.offline.reinforce import BASELINES, OfflineTrainingConfig, train_offline
+from trainer.offline.simulator import BanditSimulator
+
+TAU_PERCENTILE = 95.0
+
+
+def tau_from_costs(cost_usd: np.ndarray, percentile: float = TAU_PERCENTILE) -> float:
+    """τ = the given percentile of every (prompt, model) cost in the training table."""
+    tau = float(np.percentile(np.asarray(cost_usd, dtype=np.float64), percentile))
+    if not tau > 0:
+        raise ValueError("training costs are all zero: τ would be 0")
+    return tau
+
+
+def table_digest(table: RoutingTable) -> str:
+    digest = hashlib.sha256()
+    digest.update("\x1f".join(table.arms).encode())
+    for prompt, task in zip(table.prompts, table.tasks, strict=True):
+        digest.update(hashlib.sha256(prompt.encode()).digest() + task.encode())
+    digest.update(np.ascontiguousarray(table.quality).tobytes())
+    digest.update(np.ascontiguousarray(table.cost_usd).tobytes())
+    return digest.hexdigest()
+
+
+def add_training_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options shared by ``offline`` and ``reproduce``."""
+    defaults = OfflineTrainingConfig()
+    parser.add_argument("--data", type=Path, required=True, help="RouterBench CSV dir, .pkl or .jsonl")
+    parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/…)")
+    parser.add_argument(
+        "--encoder-model", default=BUILTIN_MODEL, help="sentence-transformers name/path or hash:<dim>"
+    )
+    parser.add_argument("--max-seq-length", type=int, default=256, help="tokens per prompt incl. [CLS]/[SEP]")
+    parser.add_argument("--truncation", choices=TRUNCATION_SIDES, default="tail", help="which tokens to keep")
+    parser.add_argument("--steps", type=int, default=defaults.steps)
+    parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
+    parser.add_argument("--baseline", choices=BASELINES, default=defaults.baseline)
+    parser.add_argument(
+        "--preference-sampling", choices=("uniform", "ends"), default=defaults.preference_sampling
+    )
+    parser.add_argument("--augment-preferences", type=int, default=defaults.augment_preferences)
+    parser.add_argument("--conditioning", choices=("concat", "film"), default=defaults.conditioning)
+    parser.add_argument(
+        "--tau-percentile", type=float, default=TAU_PERCENTILE, help="τ = this percentile of train costs"
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads for training (small nets: 1 is fastest on shared CPUs)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def training_config(args: argparse.Namespace, seed: int) -> OfflineTrainingConfig:
+    return OfflineTrainingConfig(
+        steps=args.steps,
+        batch_size=args.batch_size,
+        baseline=args.baseline,
+        preference_sampling=args.preference_sampling,
+        augment_preferences=args.augment_preferences,
+        conditioning=args.conditioning,
+        seed=seed,
+    )
+
+
+def encoder_settings(args: argparse.Namespace) -> EncoderSettings:
+    return EncoderSettings(
+        model=args.encoder_model, max_seq_length=args.max_seq_length, truncation=args.truncation, device="cpu"
+    )
+
+
+def fit_policy(
+    embeddings: np.ndarray,
+    table: RoutingTable,
+    tau_usd: float,
+    config: OfflineTrainingConfig,
+    show_progress: bool,
+    description: str = "train",
+) -> tuple[PolicyNetwork, int]:
+    """Train on bandit feedback simulated from ``table``; returns (network, number of reveals)."""
+    simulator = BanditSimulator(table)
+    with tqdm(total=config.steps, desc=description, unit="step", disable=not show_progress) as bar:
+
+        def progress(step: int, stats: dict[str, float]) -> None:
+            bar.update(1)
+            if step % 100 == 0:
+                bar.set_postfix(reward=f"{stats['reward']:.3f}", entropy=f"{stats['entropy']:.2f}")
+
+        network = train_offline(embeddings, simulator, tau_usd, config, progress)
+    return network, simulator.reveals
+
+
+def build_manifest(
+    network: PolicyNetwork,
+    table: RoutingTable,
+    settings: EncoderSettings,
+    encoder_id: str,
+    dim: int,
+    tau_usd: float,
+    config: OfflineTrainingConfig,
+    extra: dict[str, Any],
+) -> PolicyManifest:
+    return PolicyManifest(
+        version=1,
+        arms=table.arms,
+        encoder=EncoderIdentity.from_settings(encoder_id, dim, settings),
+        tau_usd=tau_usd,
+        architecture=network.architecture,
+        training={
+            "method": "offline REINFORCE on simulated bandit feedback (BaRP)",
+            "config": config.to_dict(),
+            "data": table.source,
+            "data_sha256": table_digest(table),
+            "rows": len(table),
+            "tasks": list(table.task_names),
+            "skipped_rows": table.skipped_rows,
+            **extra,
+        },
+    )
+
+
+def write_checkpoint(
+    out: Path, network: PolicyNetwork, manifest: PolicyManifest, force: bool
+) -> PolicyManifest:
+    """Save to ``out``; with ``force`` an existing checkpoint there is replaced (never half-written)."""
+    out = Path(out)
+    if not out.exists():
+        return save_checkpoint(out, network, manifest)
+    if not force:
+        raise FileExistsError(f"{out} exists; pass --force to replace it")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new.", dir=out.parent)) / "checkpoint"
+    final = save_checkpoint(staging, network, manifest)
+    shutil.rmtree(out)
+    staging.rename(out)
+    shutil.rmtree(staging.parent, ignore_errors=True)
+    return final
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_training_arguments(parser)
+    parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
+    parser.add_argument("--tasks", nargs="+", default=None, help="train only on these tasks (default: all)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--force", action="store_true", help="replace an existing checkpoint at --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    started = time.monotonic()
+    table = load_table(args.data).where(split="train", tasks=args.tasks)
+    if len(table) == 0:
+        raise SystemExit(f"no training rows for tasks {args.tasks}")
+    settings = encoder_settings(args)
+    embeddings, encoder_id, dim = embed_table(
+        table, settings, args.cache_dir or default_cache_dir(), not args.no_progress
+    )
+    torch.set_num_threads(args.threads)
+    tau_usd = tau_from_costs(table.cost_usd, args.tau_percentile)
+    config = training_config(args, args.seed)
+    network, reveals = fit_policy(embeddings, table, tau_usd, config, not args.no_progress)
+    manifest = build_manifest(
+        network,
+        table,
+        settings,
+        encoder_id,
+        dim,
+        tau_usd,
+        config,
+        {"tau_percentile": args.tau_percentile, "bandit_reveals": reveals, "seed": args.seed},
+    )
+    final = write_checkpoint(args.out, network, manifest, args.force)
+    print(
+        f"wrote {args.out} (rows={len(table)}, tasks={list(table.task_names)}, τ=${tau_usd:.6g}, "
+        f"sha256={final.weights_sha256[:12]}, {time.monotonic() - started:.0f}s)"
+    )
+    return 0

@@ -1,0 +1,1 @@
+"""The online trainer process (``barp-trainer serve``): ingestion, durable log, learner, gate."""

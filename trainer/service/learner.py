@@ -1,0 +1,237 @@
+"""Online importance-weighted REINFORCE with preference augmentation, and the SNIPS estimator (DESIGN §6).
+
+Owns the update rule and off-policy evaluation; knows nothing about files, gRPC or scheduling (the
+training loop feeds it events from the log). Deterministic under a seed for a given event order: the
+only randomness (the augmented preferences) comes from a seeded ``torch.Generator``.
+
+Update, for a batch of logged events (x, w, allowed, a, μ, q, c):
+    for each event, the logged w plus ``augment_preferences`` preferences w' ~ U(0, 1):
+        r'   = w'·q − (1 − w')·min(c/τ, 1)          (the reward is linear in w given (q, c))
+        ρ    = min(π(a|x,w') / μ, max_importance_weight)   (detached; μ = logged propensity at w)
+    b(x, w') = w'·q̂(x) − (1 − w')·ĉ(x)                (a learned per-prompt baseline, detached)
+    loss = −mean(ρ·(r' − b)·log π(a|x,w')) − β·mean(H(π(·|x,w')))
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from barp_sidecar.gen.barp.v1 import trainer_pb2
+from barp_sidecar.policy.network import PolicyNetwork
+
+
+@dataclass(frozen=True)
+class EventBatch:
+    """Tensors for a batch of logged events, in the policy's arm order."""
+
+    embeddings: torch.Tensor  # [N, D] float32
+    quality_weight: torch.Tensor  # [N]
+    allowed: torch.Tensor  # [N, K] bool
+    action: torch.Tensor  # [N] long
+    propensity: torch.Tensor  # [N]
+    quality: torch.Tensor  # [N]
+    normalized_cost: torch.Tensor  # [N] min(c/τ, 1)
+
+    def __len__(self) -> int:
+        return int(self.action.shape[0])
+
+    def rewards(self, quality_weight: torch.Tensor) -> torch.Tensor:
+        return quality_weight * self.quality - (1.0 - quality_weight) * self.normalized_cost
+
+
+class CostImputer:
+    """Cost for events that arrive without one: the running mean cost of that arm, else 0."""
+
+    def __init__(self, num_arms: int) -> None:
+        self.total_usd = np.zeros(num_arms)
+        self.count = np.zeros(num_arms)
+
+    def observe(self, arm: int, cost_usd: float) -> None:
+        self.total_usd[arm] += cost_usd
+        self.count[arm] += 1
+
+    def estimate(self, arm: int) -> float:
+        return float(self.total_usd[arm] / self.count[arm]) if self.count[arm] else 0.0
+
+
+def is_holdout(event_id: str, every: int) -> bool:
+    """Deterministic held-out split by event id (independent of arrival order and restarts)."""
+    return zlib.crc32(event_id.encode()) % every == 0
+
+
+def to_batch(
+    events: Sequence[trainer_pb2.RewardEvent],
+    arms: tuple[str, ...],
+    tau_usd: float,
+    imputer: CostImputer,
+    observe_costs: bool = True,
+) -> EventBatch:
+    """Convert validated events; updates the imputer with every known cost (in order) unless replaying."""
+    index = {name: i for i, name in enumerate(arms)}
+    n, k = len(events), len(arms)
+    embeddings = np.empty((n, len(events[0].embedding) if n else 0), dtype=np.float32)
+    allowed = np.ones((n, k), dtype=bool)
+    action = np.empty(n, dtype=np.int64)
+    cost = np.empty(n, dtype=np.float64)
+    for i, event in enumerate(events):
+        embeddings[i] = event.embedding
+        if event.allowed:
+            allowed[i] = event.allowed
+        action[i] = index[event.model]
+        if event.HasField("cost_usd"):
+            if observe_costs:
+                imputer.observe(int(action[i]), event.cost_usd)
+            cost[i] = event.cost_usd
+        else:
+            cost[i] = imputer.estimate(int(action[i]))
+    return EventBatch(
+        embeddings=torch.from_numpy(embeddings),
+        quality_weight=torch.tensor([e.quality_weight for e in events], dtype=torch.float32),
+        allowed=torch.from_numpy(allowed),
+        action=torch.from_numpy(action),
+        propensity=torch.tensor([e.propensity for e in events], dtype=torch.float32),
+        quality=torch.tensor([e.quality for e in events], dtype=torch.float32),
+        normalized_cost=torch.from_numpy(np.minimum(cost / tau_usd, 1.0).astype(np.float32)),
+    )
+
+
+@dataclass(frozen=True)
+class LearnerHyperParameters:
+    learning_rate: float = 1e-3
+    entropy_coef: float = 0.01
+    max_importance_weight: float = 5.0
+    augment_preferences: int = 4
+    max_grad_norm: float = 1.0
+    logit_l2: float = 0.0
+
+
+class OnlineLearner:
+    """Owns a trainable copy of the policy network and its optimiser."""
+
+    def __init__(self, network: PolicyNetwork, hyper: LearnerHyperParameters, seed: int) -> None:
+        self.network = network
+        self.network.train()
+        for parameter in self.network.parameters():
+            parameter.requires_grad_(True)
+        self.hyper = hyper
+        self.generator = torch.Generator().manual_seed(seed)
+        self.optimizer = torch.optim.Adam(self.network.parameters(), lr=hyper.learning_rate)
+        # Per-prompt baseline (a critic kept only in the trainer): predicts the expected quality and
+        # normalised cost at x, so b(x, w') = w'·q̂(x) − (1 − w')·ĉ(x). Prompts whose every answer is poor
+        # (a hard task) then no longer look like evidence against whichever model was logged.
+        dim = network.architecture.embedding_dim
+        with torch.random.fork_rng():
+            torch.manual_seed(seed)
+            self.baseline = torch.nn.Sequential(
+                torch.nn.Linear(dim, 64), torch.nn.GELU(), torch.nn.Linear(64, 2)
+            )
+        self.baseline_optimizer = torch.optim.Adam(self.baseline.parameters(), lr=1e-2)
+        self.steps = 0
+        self.events_trained = 0
+
+    def step(self, batch: EventBatch, replayed: bool = False) -> dict[str, float]:
+        """One gradient step on ``batch`` (``replayed``: already counted once); returns diagnostics."""
+        n = len(batch)
+        m = 1 + self.hyper.augment_preferences
+        extra = torch.rand((n, m - 1), generator=self.generator)
+        prefs = torch.cat([batch.quality_weight.reshape(-1, 1), extra], dim=1).reshape(-1)
+        rep = lambda t: t.repeat_interleave(m, dim=0)  # noqa: E731 - local shorthand
+        embeddings, allowed, action = rep(batch.embeddings), rep(batch.allowed), rep(batch.action)
+        propensity = rep(batch.propensity)
+        quality, cost = rep(batch.quality), rep(batch.normalized_cost)
+        rewards = prefs * quality - (1.0 - prefs) * cost
+
+        logits = self.network(embeddings, prefs, allowed)
+        log_probs = torch.log_softmax(logits, dim=-1)
+        chosen = log_probs.gather(1, action.reshape(-1, 1)).squeeze(1)
+        predicted = self.baseline(batch.embeddings)
+        with torch.no_grad():
+            weights = torch.clamp(chosen.exp() / propensity, max=self.hyper.max_importance_weight)
+            # Linear in w' like the reward, so one event's copies at different w' each get a fitting one.
+            expected = rep(predicted.detach())
+            baseline = prefs * expected[:, 0] - (1.0 - prefs) * expected[:, 1]
+        probs = log_probs.exp()
+        entropy = -torch.where(allowed, probs * log_probs, torch.zeros_like(probs)).sum(dim=1)
+        policy_loss = -(weights * (rewards - baseline) * chosen).mean()
+        # An optional L2 penalty on the allowed logits keeps the softmax out of saturation, where the
+        # importance weights π/μ of every other arm vanish and learning stops (seen in the demo without it).
+        finite = torch.where(allowed, logits, torch.zeros_like(logits))
+        logit_penalty = finite.pow(2).sum(dim=1).mean()
+        loss = policy_loss - self.hyper.entropy_coef * entropy.mean() + self.hyper.logit_l2 * logit_penalty
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        # Bounded steps: a burst of lopsided events must not saturate the softmax (a saturated policy
+        # gets ~zero importance weight for every other arm and stops learning).
+        torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.hyper.max_grad_norm)
+        self.optimizer.step()
+        targets = torch.stack([batch.quality, batch.normalized_cost], dim=1)
+        baseline_loss = torch.nn.functional.mse_loss(predicted, targets)
+        self.baseline_optimizer.zero_grad(set_to_none=True)
+        baseline_loss.backward()
+        self.baseline_optimizer.step()
+        self.steps += 1
+        if not replayed:
+            self.events_trained += n
+        return {
+            "loss": float(loss.detach()),
+            "mean_importance_weight": float(weights.mean()),
+            "entropy": float(entropy.mean().detach()),
+        }
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """Self-normalised IPS estimate of a policy's mean reward, with a 95% confidence interval."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    events: int
+    effective_sample_size: float
+
+    def to_json(self) -> dict[str, float]:
+        return {
+            "value": self.value,
+            "ci_low": self.ci_low,
+            "ci_high": self.ci_high,
+            "events": self.events,
+            "effective_sample_size": self.effective_sample_size,
+        }
+
+
+@torch.inference_mode()
+def snips(network: PolicyNetwork, batch: EventBatch) -> Estimate:
+    """SNIPS of the stochastic policy π on logged events (rewards at each event's logged w).
+
+    V = Σρr/Σρ with ρ = π(a|x,w)/μ; standard error by the delta method sqrt(Σρ²(r−V)²)/Σρ.
+    """
+    was_training = network.training
+    network.eval()
+    try:
+        probs = network.probabilities(batch.embeddings, batch.quality_weight, batch.allowed)
+    finally:
+        network.train(was_training)
+    pi = probs.gather(1, batch.action.reshape(-1, 1)).squeeze(1).double()
+    rho = pi / batch.propensity.double()
+    rewards = batch.rewards(batch.quality_weight).double()
+    total = float(rho.sum())
+    if total <= 0:
+        return Estimate(float("nan"), float("nan"), float("nan"), len(batch), 0.0)
+    value = float((rho * rewards).sum()) / total
+    se = math.sqrt(float((rho.pow(2) * (rewards - value).pow(2)).sum())) / total
+    ess = total**2 / float(rho.pow(2).sum())
+    return Estimate(value, value - 1.96 * se, value + 1.96 * se, len(batch), ess)
+
+
+def uniform_network(network: PolicyNetwork) -> PolicyNetwork:
+    """Zero the output layer so π is exactly uniform over allowed arms (a cold start)."""
+    with torch.no_grad():
+        network.output.weight.zero_()
+        network.output.bias.zero_()
+    return network

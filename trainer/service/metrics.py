@@ -1,0 +1,66 @@
+"""Prometheus metrics of the trainer, read from the components' counters at scrape time.
+
+Owns metric names and help texts; the components own plain counters (no prometheus imports there).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from trainer.service.app import TrainerApp
+
+
+class TrainerCollector(Collector):
+    def __init__(self, app: TrainerApp) -> None:
+        self.app = app
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        ingest = self.app.servicer.counters if self.app.servicer else None
+        loop = self.app.loop
+        if ingest is not None:
+            for name, value, doc in (
+                ("barp_trainer_events_received", ingest.received, "Reward events received."),
+                ("barp_trainer_events_stored", ingest.stored, "Reward events stored durably (new)."),
+                ("barp_trainer_events_duplicate", ingest.duplicates, "Reward events dropped as duplicates."),
+                ("barp_trainer_events_rejected", ingest.rejected, "Malformed reward events rejected."),
+                ("barp_trainer_acks", ingest.acks, "PublishAck messages sent."),
+            ):
+                yield CounterMetricFamily(name, doc, value=value)
+            yield GaugeMetricFamily(
+                "barp_trainer_publish_streams", "Open PublishRewards streams.", value=ingest.streams_open
+            )
+        if self.app.event_log is not None:
+            yield GaugeMetricFamily(
+                "barp_trainer_event_log_bytes",
+                "Size of the retained event log.",
+                value=self.app.event_log.size_bytes,
+            )
+        if loop is not None:
+            gate = CounterMetricFamily(
+                "barp_trainer_gate_decisions", "Evaluation gate decisions.", labels=["decision"]
+            )
+            gate.add_metric(["published"], loop.counters.published)
+            gate.add_metric(["rejected"], loop.counters.rejected)
+            gate.add_metric(["skipped"], loop.counters.skipped_small_holdout)
+            yield gate
+            yield GaugeMetricFamily(
+                "barp_trainer_policy_version", "Published version.", value=loop.current_version
+            )
+            yield CounterMetricFamily(
+                "barp_trainer_events_trained",
+                "Events used in gradient steps.",
+                value=loop.learner.events_trained,
+            )
+            for key, family in (("last_candidate", "candidate"), ("last_current", "current")):
+                estimate = getattr(loop.counters, key)
+                if estimate:
+                    yield GaugeMetricFamily(
+                        f"barp_trainer_snips_{family}",
+                        f"Last SNIPS estimate of the {family} policy.",
+                        value=estimate["value"],
+                    )

@@ -1,0 +1,130 @@
+"""The trainer's starting policy and the hub that announces published versions.
+
+Owns choosing the initial policy (resume from the store's LATEST, the shipped default, or a cold uniform
+network) and ``PolicyAnnouncer``, which WatchPolicy streams wait on. Knows nothing about gRPC.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from barp_sidecar.policy.checkpoint import (
+    WEIGHTS_FILE,
+    CheckpointStore,
+    EncoderIdentity,
+    LoadedPolicy,
+    PolicyManifest,
+    load_checkpoint,
+)
+from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
+from trainer.service.learner import uniform_network
+from trainer.service.settings import LearnerSettings
+
+
+@dataclass(frozen=True)
+class StartingPolicy:
+    """The network to train from, its manifest, and the log offset its weights already include."""
+
+    network: PolicyNetwork
+    manifest: PolicyManifest
+    log_offset: int
+    source: str
+
+
+def _builtin_dir() -> Path:
+    # Lazy: the shipped checkpoint arrives from another branch; the trainer works without it (cold start).
+    from barp_sidecar.policy.builtin import builtin_policy_dir  # type: ignore[import-not-found,unused-ignore]
+
+    return Path(builtin_policy_dir())
+
+
+def cold_policy(settings: LearnerSettings) -> StartingPolicy:
+    assert settings.tau_usd is not None
+    torch.manual_seed(settings.seed)
+    architecture = PolicyArchitecture(embedding_dim=settings.encoder_dim, num_arms=len(settings.arms))
+    network = uniform_network(PolicyNetwork(architecture))
+    manifest = PolicyManifest(
+        version=1,
+        arms=tuple(settings.arms),
+        encoder=EncoderIdentity(
+            settings.encoder_id,
+            settings.encoder_dim,
+            settings.encoder_max_seq_length,
+            settings.encoder_truncation,
+        ),
+        tau_usd=settings.tau_usd,
+        architecture=architecture,
+        training={"initial_policy": "cold", "seed": settings.seed, "log_offset": 0},
+    )
+    return StartingPolicy(network, manifest, 0, "cold")
+
+
+def _from_loaded(loaded: LoadedPolicy, source: str, settings: LearnerSettings) -> StartingPolicy:
+    network = copy.deepcopy(loaded.network)
+    manifest = loaded.manifest
+    if settings.tau_usd is not None and settings.tau_usd != manifest.tau_usd:
+        manifest = PolicyManifest(**{**manifest.__dict__, "tau_usd": settings.tau_usd})
+    offset = int(manifest.training.get("log_offset", 0)) if source == "latest" else 0
+    return StartingPolicy(network, manifest, offset, source)
+
+
+def starting_policy(settings: LearnerSettings, store: CheckpointStore) -> StartingPolicy:
+    """Resume from the store's LATEST when allowed and present, else builtin or cold as configured."""
+    if settings.initial_policy.startswith("latest_or_"):
+        latest = store.latest_version()
+        if latest is not None:
+            return _from_loaded(load_checkpoint(store.path(latest)), "latest", settings)
+    if settings.initial_policy in ("cold", "latest_or_cold"):
+        return cold_policy(settings)
+    return _from_loaded(load_checkpoint(_builtin_dir()), "builtin", settings)
+
+
+@dataclass(frozen=True)
+class Announcement:
+    version: int
+    weights_sha256: str
+    size_bytes: int
+    arms: tuple[str, ...]
+
+
+def announcement_for(store: CheckpointStore, manifest: PolicyManifest) -> Announcement:
+    directory = store.path(manifest.version)
+    size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
+    assert (directory / WEIGHTS_FILE).is_file()
+    return Announcement(manifest.version, manifest.weights_sha256, size, manifest.arms)
+
+
+class PolicyAnnouncer:
+    """Latest published version; WatchPolicy streams ``await wait_newer(v)``. Event-loop only."""
+
+    def __init__(self) -> None:
+        self._current: Announcement | None = None
+        self._changed = asyncio.Condition()
+        self._closed = False
+
+    @property
+    def current(self) -> Announcement | None:
+        return self._current
+
+    async def publish(self, announcement: Announcement) -> None:
+        async with self._changed:
+            self._current = announcement
+            self._changed.notify_all()
+
+    async def close(self) -> None:
+        async with self._changed:
+            self._closed = True
+            self._changed.notify_all()
+
+    async def wait_newer(self, version: int) -> Announcement | None:
+        """The current announcement once its version differs from ``version``; None when closing."""
+        async with self._changed:
+            await self._changed.wait_for(
+                lambda: self._closed or (self._current is not None and self._current.version != version)
+            )
+            return None if self._closed else self._current

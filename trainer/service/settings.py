@@ -1,0 +1,262 @@
+"""Frozen, validated settings of the trainer process, built from a YAML file plus environment overrides.
+
+Owns the schema, defaults and validation; nothing else. Same conventions as the sidecar's settings:
+``load_trainer_settings(path, env)`` is pure and raises ``ConfigError`` naming the dotted key before any
+port binds. Environment overrides: ``BARP_TRAINER__<SECTION>__<KEY>=value`` (parsed as a YAML scalar).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from barp_sidecar.errors import ConfigError
+from barp_sidecar.settings import _build, _merge
+
+ENV_PREFIX = "BARP_TRAINER__"
+INITIAL_POLICIES = ("builtin", "cold", "latest_or_builtin", "latest_or_cold")
+
+
+@dataclass(frozen=True)
+class TrainerServerSettings:
+    """The Trainer gRPC endpoint (PublishRewards, WatchPolicy, FetchPolicy, health, reflection)."""
+
+    host: str = "127.0.0.1"
+    # 0 = pick a free port; the bound port is logged and written to data_dir/PORT.
+    port: int = 50061
+    grace_s: float = 5.0
+    # TLS: server certificate and key (PEM). Both or neither. With tls_client_ca_file, clients need mTLS.
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
+    # Extra plaintext listener serving only grpc.health.v1 (None = off): Kubernetes' gRPC probes reach the
+    # pod IP without TLS, so they cannot probe a TLS port. The Helm chart sets it.
+    health_port: int | None = None
+    health_host: str = "0.0.0.0"
+
+
+@dataclass(frozen=True)
+class StorageSettings:
+    """Where the event log and the checkpoint store live."""
+
+    # data_dir/events/ (log segments) and data_dir/checkpoints/ (v{N}/ + LATEST).
+    data_dir: str = "./barp-trainer-data"
+    # A log segment is sealed when it reaches this size.
+    segment_max_bytes: int = 16 << 20
+    # Retention: sealed segments are deleted when the log exceeds this size or they are older than this.
+    # De-duplication remembers only the ids of retained events.
+    retention_max_bytes: int = 4 << 30
+    retention_max_age_s: float = 7 * 24 * 3600.0
+
+
+@dataclass(frozen=True)
+class LearnerSettings:
+    """Online importance-weighted REINFORCE (DESIGN §6)."""
+
+    # "latest_or_builtin": resume from data_dir/checkpoints LATEST, else the shipped RouterBench policy.
+    # "cold": a fresh network whose outputs start uniform (needs arms + encoder below). "builtin": shipped.
+    initial_policy: str = "latest_or_builtin"
+    # For a cold start: arm names in order, encoder id/dim/max_seq_length/truncation, τ.
+    arms: tuple[str, ...] = ()
+    encoder_id: str = "sentence-transformers/all-MiniLM-L6-v2"
+    encoder_dim: int = 384
+    encoder_max_seq_length: int = 256
+    encoder_truncation: str = "tail"
+    # τ in USD; None = from the starting manifest (a cold start then requires it).
+    tau_usd: float | None = None
+    learning_rate: float = 1e-3
+    # Events per gradient step.
+    batch_size: int = 64
+    # Entropy bonus coefficient β (keeps exploring).
+    entropy_coef: float = 0.01
+    # Importance weights π/μ are clipped to [0, this].
+    max_importance_weight: float = 5.0
+    # L2 penalty on the logits (keeps π out of saturation, where off-policy learning stalls; the demo uses
+    # 1e-3; it slows learning on easy problems, hence off by default).
+    logit_l2: float = 0.0
+    # Gradient-norm clip per step.
+    max_grad_norm: float = 1.0
+    # Extra preferences w' per event (preference augmentation); 0 disables it.
+    augment_preferences: int = 4
+    # Extra gradient steps on random batches of recent events after each new batch (experience replay;
+    # valid off-policy because every event carries its logging propensity). 0 = on-line only.
+    replay_steps: int = 2
+    # Most recent training events kept for replay.
+    replay_buffer_events: int = 20000
+    # One event in this many is held out from training for the evaluation gate (by event-id hash).
+    holdout_every: int = 10
+    # Most recent held-out events kept for the gate.
+    holdout_max_events: int = 5000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class PublishSettings:
+    """When a candidate is evaluated and published."""
+
+    # Evaluate a candidate after this many new training events ...
+    every_events: int = 1000
+    # ... or this many seconds after the last evaluation, whichever comes first (if any new events).
+    every_s: float = 60.0
+    # Publish only if SNIPS(candidate) >= SNIPS(current) - margin (reward units).
+    gate_margin: float = 0.01
+    # No publication before this many held-out events exist (the estimate would be noise).
+    gate_min_holdout_events: int = 50
+    # Bytes per FetchPolicy chunk.
+    chunk_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class TrainerMetricsSettings:
+    """Prometheus exposition over HTTP (``/metrics``)."""
+
+    enabled: bool = True
+    host: str = "127.0.0.1"
+    # 0 = pick a free port.
+    port: int = 9465
+
+
+@dataclass(frozen=True)
+class TrainerLoggingSettings:
+    level: str = "info"
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    server: TrainerServerSettings = field(default_factory=TrainerServerSettings)
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    learner: LearnerSettings = field(default_factory=LearnerSettings)
+    publish: PublishSettings = field(default_factory=PublishSettings)
+    metrics: TrainerMetricsSettings = field(default_factory=TrainerMetricsSettings)
+    logging: TrainerLoggingSettings = field(default_factory=TrainerLoggingSettings)
+
+    @property
+    def events_dir(self) -> Path:
+        return Path(self.storage.data_dir) / "events"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return Path(self.storage.data_dir) / "checkpoints"
+
+
+def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
+    nested: dict[str, Any] = {}
+    for name, raw in env.items():
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        if len(parts) != 2 or not all(parts):
+            raise ConfigError(name, "environment overrides look like BARP_TRAINER__<SECTION>__<KEY>")
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError as exc:
+            raise ConfigError(name, f"unparseable value {raw!r}") from exc
+        nested.setdefault(parts[0], {})[parts[1]] = value
+    return nested
+
+
+def validate(settings: TrainerSettings) -> TrainerSettings:
+    def check(condition: bool, key: str, message: str) -> None:
+        if not condition:
+            raise ConfigError(key, message)
+
+    s = settings
+    check(0 <= s.server.port <= 65535, "server.port", f"must be in [0, 65535], not {s.server.port}")
+    check(0 <= s.metrics.port <= 65535, "metrics.port", f"must be in [0, 65535], not {s.metrics.port}")
+    if s.server.health_port is not None:
+        check(
+            0 <= s.server.health_port <= 65535,
+            "server.health_port",
+            f"must be in [0, 65535], not {s.server.health_port}",
+        )
+        check(
+            s.server.health_port == 0 or s.server.health_port != s.server.port,
+            "server.health_port",
+            "must differ from server.port",
+        )
+    check(s.server.grace_s >= 0, "server.grace_s", "must be >= 0")
+    check(
+        (s.server.tls_cert_file is None) == (s.server.tls_key_file is None),
+        "server.tls_key_file",
+        "tls_cert_file and tls_key_file go together",
+    )
+    check(
+        s.server.tls_client_ca_file is None or s.server.tls_cert_file is not None,
+        "server.tls_client_ca_file",
+        "mTLS needs server.tls_cert_file and server.tls_key_file",
+    )
+    check(bool(s.storage.data_dir), "storage.data_dir", "is required")
+    check(s.storage.segment_max_bytes >= 1 << 16, "storage.segment_max_bytes", "must be >= 65536")
+    check(
+        s.storage.retention_max_bytes >= s.storage.segment_max_bytes,
+        "storage.retention_max_bytes",
+        "must be >= storage.segment_max_bytes",
+    )
+    check(s.storage.retention_max_age_s > 0, "storage.retention_max_age_s", "must be > 0")
+    le = s.learner
+    check(
+        le.initial_policy in INITIAL_POLICIES, "learner.initial_policy", f"must be one of {INITIAL_POLICIES}"
+    )
+    if le.initial_policy in ("cold", "latest_or_cold"):
+        check(len(le.arms) >= 1, "learner.arms", "a cold start needs the arm names")
+        check(len(set(le.arms)) == len(le.arms), "learner.arms", "must be unique")
+        check(le.tau_usd is not None, "learner.tau_usd", "a cold start needs tau_usd")
+    check(le.tau_usd is None or le.tau_usd > 0, "learner.tau_usd", "must be > 0")
+    check(le.encoder_dim >= 1, "learner.encoder_dim", "must be >= 1")
+    check(le.encoder_truncation in ("head", "tail", "head_tail"), "learner.encoder_truncation", "bad value")
+    check(le.learning_rate > 0, "learner.learning_rate", "must be > 0")
+    check(le.batch_size >= 1, "learner.batch_size", "must be >= 1")
+    check(le.entropy_coef >= 0, "learner.entropy_coef", "must be >= 0")
+    check(le.max_importance_weight >= 1, "learner.max_importance_weight", "must be >= 1")
+    check(0 <= le.augment_preferences <= 64, "learner.augment_preferences", "must be in [0, 64]")
+    check(le.logit_l2 >= 0, "learner.logit_l2", "must be >= 0")
+    check(le.max_grad_norm > 0, "learner.max_grad_norm", "must be > 0")
+    check(0 <= le.replay_steps <= 16, "learner.replay_steps", "must be in [0, 16]")
+    check(le.replay_buffer_events >= le.batch_size, "learner.replay_buffer_events", "must be >= batch_size")
+    check(le.holdout_every >= 2, "learner.holdout_every", "must be >= 2")
+    check(le.holdout_max_events >= 1, "learner.holdout_max_events", "must be >= 1")
+    p = s.publish
+    check(p.every_events >= 1, "publish.every_events", "must be >= 1")
+    check(p.every_s > 0, "publish.every_s", "must be > 0")
+    check(p.gate_margin >= 0, "publish.gate_margin", "must be >= 0")
+    check(p.gate_min_holdout_events >= 1, "publish.gate_min_holdout_events", "must be >= 1")
+    check(1024 <= p.chunk_bytes <= 1 << 20, "publish.chunk_bytes", "must be in [1024, 1048576]")
+    check(s.logging.level.lower() in ("debug", "info", "warning", "error"), "logging.level", "bad level")
+    return settings
+
+
+def load_trainer_settings(
+    path: str | Path | None = None, env: Mapping[str, str] | None = None
+) -> TrainerSettings:
+    """Defaults <- YAML file (optional) <- ``BARP_TRAINER__`` environment overrides; validated."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError("--config", f"no such file: {path}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise ConfigError("--config", f"{path} must hold a mapping at top level")
+        data = dict(loaded or {})
+    data = _merge(data, env_overrides(env or {}))
+    # Lists are not scalar settings: parse learner.arms here (a YAML list, or "a,b,c" from the environment).
+    arms: tuple[str, ...] = ()
+    learner = data.get("learner")
+    if isinstance(learner, Mapping) and "arms" in learner:
+        raw = learner["arms"]
+        if isinstance(raw, str):
+            raw = [a.strip() for a in raw.split(",") if a.strip()]
+        if not isinstance(raw, list | tuple) or not all(isinstance(a, str) for a in raw):
+            raise ConfigError("learner.arms", "must be a list of model names")
+        arms = tuple(raw)
+        data["learner"] = {k: v for k, v in learner.items() if k != "arms"}
+    settings = _build(TrainerSettings, data, "")
+    settings = dataclasses.replace(settings, learner=dataclasses.replace(settings.learner, arms=arms))
+    return validate(settings)
