@@ -5,7 +5,7 @@ OUT ?= out
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint test test-all protos train-default reproduce demo fake-provider \
-	bench-forward bench-learning helm-check helm-docs
+	bench-route bench-forward bench-learning helm-check helm-docs
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -38,6 +38,10 @@ demo:  ## Online learning demo: trainer + sidecar + RouterBench traffic from a c
 
 fake-provider:  ## Fake OpenAI-compatible/Anthropic provider on 127.0.0.1:8089 (docs/providers.md)
 	$(PYTHON) -m barp_sidecar.providers.fake_server --port 8089
+
+bench-route:  ## Route throughput/latency: in-process ceiling vs sidecar vs unbatched (docs/benchmarks.md)
+	OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m bench.route_load --prompt-tokens 16 64 --concurrency 64 \
+		--duration-s 6 --rounds 4 --json $(OUT)/bench/route_load.json
 
 bench-forward:  ## Forwarding overhead: Complete vs Route vs the provider directly (docs/benchmarks.md)
 	$(PYTHON) -m bench.forward_load --concurrency 1,100 --requests 2400 --rounds 3 --json $(OUT)/bench/forward-closed.json
