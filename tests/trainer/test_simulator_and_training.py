@@ -72,6 +72,23 @@ def test_training_is_deterministic_under_a_seed(learnable):
     assert not torch.equal(first.output.weight, other.output.weight)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"policy_ema_decay": 0.9},
+        {"critic_ema_decay": 0.9, "critic_input_noise_std": 0.05},
+        {"preference_sampling": "ends_high"},
+    ],
+)
+def test_opt_in_research_options_train_with_bandit_feedback_only(learnable, options):
+    table, x = learnable
+    simulator = RecordingSimulator(table)
+    config = OfflineTrainingConfig(steps=5, batch_size=16, head_hidden=16, critic_hidden=16, **options)
+    policy = train_offline(x, simulator, TAU_USD, config)
+    assert simulator.reveals == 5 * 16
+    assert all(torch.isfinite(p).all() for p in policy.parameters())
+
+
 @pytest.mark.parametrize("baseline", ["critic", "batch_mean"])
 def test_policy_beats_every_single_arm_at_two_preferences(baseline):
     train, x = learnable_table(seed=1)

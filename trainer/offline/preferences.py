@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import numpy as np
 
-PREFERENCE_SAMPLINGS = ("uniform", "ends")
+PREFERENCE_SAMPLINGS = ("uniform", "ends", "ends_high")
 GRID = np.round(np.linspace(0.0, 1.0, 11), 10)
 
 
@@ -23,4 +23,9 @@ def sample_quality_weights(rng: np.random.Generator, size: int, sampling: str) -
         grid = rng.choice(GRID, size)
         out = np.where(pick == 1, beta, out)
         return np.where(pick == 2, grid, out)
+    if sampling == "ends_high":
+        # "ends", with a quarter of the draws moved to U[0.75, 1] (where the costly-arm boundaries lie).
+        out = sample_quality_weights(rng, size, "ends")
+        high = rng.uniform(0.75, 1.0, size)
+        return np.where(rng.uniform(size=size) < 0.25, high, out)
     raise ValueError(f"preference sampling must be one of {PREFERENCE_SAMPLINGS}, not {sampling!r}")

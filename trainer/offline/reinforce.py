@@ -72,6 +72,12 @@ class OfflineTrainingConfig:
     critic_temperature: float = 0.02
     # Gaussian noise added to the (unit-norm) training embeddings: keeps π from memorising single prompts.
     input_noise_std: float = 0.02
+    # Extra Gaussian noise on the critic's inputs only (shrinks q̂, ĉ toward neighbourhood / task means).
+    critic_input_noise_std: float = 0.0
+    # Polyak (EMA) averaging of the policy weights; 0 = off. The shipped network is the average.
+    policy_ema_decay: float = 0.0
+    # Polyak (EMA) averaging of the critic; when > 0 the policy's targets r̂ come from the averaged critic.
+    critic_ema_decay: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -150,6 +156,16 @@ def train_offline(
         critic_optimizer = torch.optim.AdamW(
             critic.parameters(), lr=config.critic_learning_rate, weight_decay=config.critic_weight_decay
         )
+    ema_policy = None
+    if config.policy_ema_decay > 0:
+        ema_policy = torch.optim.swa_utils.AveragedModel(
+            policy, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.policy_ema_decay)
+        )
+    ema_critic = None
+    if critic is not None and config.critic_ema_decay > 0:
+        ema_critic = torch.optim.swa_utils.AveragedModel(
+            critic, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(config.critic_ema_decay)
+        )
     log_tau = math.log(tau_usd)
     arange = torch.arange(config.batch_size)
 
@@ -178,7 +194,10 @@ def train_offline(
         q_hat = c_hat = None
         if critic is not None and critic_optimizer is not None:
             critic.train()
-            q_logit, log_c = critic(x)
+            x_critic = x
+            if config.critic_input_noise_std > 0:
+                x_critic = x + config.critic_input_noise_std * torch.randn_like(x)
+            q_logit, log_c = critic(x_critic)
             if config.critic_importance_weighting:
                 sample_weight = torch.clamp(1.0 / (k * propensity), max=config.importance_clip)
                 sample_weight = sample_weight / sample_weight.mean()
@@ -194,8 +213,13 @@ def train_offline(
             critic_loss.backward()
             critic_optimizer.step()
             critic.eval()
+            target_critic: nn.Module = critic
+            if ema_critic is not None:
+                ema_critic.update_parameters(critic)
+                ema_critic.eval()
+                target_critic = ema_critic
             with torch.no_grad():
-                q_logit, log_c = critic(x)
+                q_logit, log_c = target_critic(x)
                 q_hat = torch.sigmoid(q_logit)
                 c_hat = torch.clamp(torch.exp(log_c - log_tau), max=1.0)
 
@@ -239,6 +263,8 @@ def train_offline(
         nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
         optimizer.step()
         scheduler.step()
+        if ema_policy is not None:
+            ema_policy.update_parameters(policy)
         if progress is not None:
             progress(
                 step,
@@ -247,6 +273,8 @@ def train_offline(
                     "entropy": float(entropy.detach().mean()),
                 },
             )
+    if ema_policy is not None:
+        policy.load_state_dict(ema_policy.module.state_dict())
     policy.eval()
     return policy
 

@@ -80,9 +80,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             runs.append(
                 evaluate_over_grid(validation, functools.partial(greedy_arms, policy, x_validation), tau_usd)
             )
-        mean, _ = mean_over_seeds(runs)
+        mean, std = mean_over_seeds(runs)
         label = f"{json.dumps(variant)} seeds={seeds} {time.monotonic() - started:.0f}s"
-        print(summary(label, mean), flush=True)
+        per_seed = " ".join(f"{np.mean([run[k]['reward'] for k in HIGH]):.4f}" for run in runs)
+        print(
+            f"{summary(label, mean)} | per seed {per_seed} | std r@0.9 {std['0.9']['reward']:.3f}",
+            flush=True,
+        )
     return 0
 
 

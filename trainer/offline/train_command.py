@@ -24,6 +24,7 @@ from barp_sidecar.policy.encoder import BUILTIN_MODEL, TRUNCATION_SIDES, Encoder
 from barp_sidecar.policy.network import PolicyNetwork
 from trainer.offline.datasets import RoutingTable, load_table
 from trainer.offline.features import default_cache_dir, embed_table
+from trainer.offline.preferences import PREFERENCE_SAMPLINGS
 from trainer.offline.reinforce import BASELINES, OfflineTrainingConfig, train_offline
 from trainer.offline.simulator import BanditSimulator
 
@@ -62,7 +63,7 @@ def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--baseline", choices=BASELINES, default=defaults.baseline)
     parser.add_argument(
-        "--preference-sampling", choices=("uniform", "ends"), default=defaults.preference_sampling
+        "--preference-sampling", choices=PREFERENCE_SAMPLINGS, default=defaults.preference_sampling
     )
     parser.add_argument("--augment-preferences", type=int, default=defaults.augment_preferences)
     parser.add_argument("--conditioning", choices=("concat", "film"), default=defaults.conditioning)
