@@ -353,7 +353,9 @@ async def test_a_missing_key_or_a_mismatched_catalog_stops_startup(
 async def test_200_concurrent_completes_through_8_provider_slots_none_lost(
     checkpoint: Path, tmp_path: Path
 ) -> None:
-    async with FakeProvider(FakeProviderOptions(default=FakeBehaviour(tokens=4, latency_ms=2))) as fake:
+    # 50 ms per answer keeps each slot busy long enough that routed batches always fill all 8 slots
+    # (with near-instant answers the limit is not reliably reached on a loaded machine).
+    async with FakeProvider(FakeProviderOptions(default=FakeBehaviour(tokens=4, latency_ms=50))) as fake:
         # One enabled model, limited to 8 concurrent calls: every Complete goes through its 8 slots.
         catalog = write_catalog(tmp_path / "c.yaml", {ARMS[0]: fake.base_url})
         settings = settings_for(checkpoint, catalog)
