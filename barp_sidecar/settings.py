@@ -285,21 +285,45 @@ def _merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]
     return merged
 
 
-def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    """``BARP__SECTION__KEY=value`` pairs as a nested mapping (values parsed as YAML scalars)."""
+def env_overrides(env: Mapping[str, str], prefix: str = ENV_PREFIX) -> dict[str, Any]:
+    """``<prefix><SECTION>__<KEY>=value`` pairs as a nested mapping (values parsed as YAML scalars)."""
     nested: dict[str, Any] = {}
     for name, raw in env.items():
-        if not name.upper().startswith(ENV_PREFIX):
+        if not name.upper().startswith(prefix):
             continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
+        parts = [p.lower() for p in name[len(prefix) :].split("__")]
         if len(parts) != 2 or not all(parts):
-            raise ConfigError(name, "environment overrides look like BARP__<SECTION>__<KEY>")
+            raise ConfigError(name, f"environment overrides look like {prefix}<SECTION>__<KEY>")
         try:
             value = yaml.safe_load(raw) if raw != "" else None
         except yaml.YAMLError as exc:
             raise ConfigError(name, f"unparseable value {raw!r}") from exc
         nested.setdefault(parts[0], {})[parts[1]] = value
     return nested
+
+
+def read_layers(path: str | Path | None, env: Mapping[str, str], prefix: str) -> dict[str, Any]:
+    """The raw settings mapping: the YAML file (optional) with ``prefix`` environment overrides on top.
+
+    Shared by every process's settings (the sidecar's here, the trainer's) so they layer and fail alike.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except FileNotFoundError as exc:
+            raise ConfigError("--config", f"no such file: {path}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, Mapping):
+            raise ConfigError("--config", f"{path} must hold a mapping at top level")
+        data = dict(loaded or {})
+    return _merge(data, env_overrides(env, prefix))
+
+
+def build_settings(cls: type[T], data: Mapping[str, Any]) -> T:
+    """Build a (nested) frozen settings dataclass from a raw mapping; ConfigError names any bad key."""
+    return _build(cls, data, "")
 
 
 def validate(settings: Settings) -> Settings:
@@ -416,16 +440,4 @@ def validate(settings: Settings) -> Settings:
 
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
     """Defaults <- YAML file (optional) <- environment overrides; validated."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError("--config", f"no such file: {path}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, Mapping):
-            raise ConfigError("--config", f"{path} must hold a mapping at top level")
-        data = dict(loaded or {})
-    data = _merge(data, env_overrides(env or {}))
-    return validate(_build(Settings, data, ""))
+    return validate(build_settings(Settings, read_layers(path, env or {}, ENV_PREFIX)))

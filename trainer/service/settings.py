@@ -11,12 +11,9 @@ import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import yaml
 
 from barp_sidecar.errors import ConfigError
-from barp_sidecar.settings import _build, _merge
+from barp_sidecar.settings import build_settings, read_layers
 
 ENV_PREFIX = "BARP_TRAINER__"
 INITIAL_POLICIES = ("builtin", "cold", "latest_or_builtin", "latest_or_cold")
@@ -144,22 +141,6 @@ class TrainerSettings:
         return Path(self.storage.data_dir) / "checkpoints"
 
 
-def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    nested: dict[str, Any] = {}
-    for name, raw in env.items():
-        if not name.upper().startswith(ENV_PREFIX):
-            continue
-        parts = [p.lower() for p in name[len(ENV_PREFIX) :].split("__")]
-        if len(parts) != 2 or not all(parts):
-            raise ConfigError(name, "environment overrides look like BARP_TRAINER__<SECTION>__<KEY>")
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as exc:
-            raise ConfigError(name, f"unparseable value {raw!r}") from exc
-        nested.setdefault(parts[0], {})[parts[1]] = value
-    return nested
-
-
 def validate(settings: TrainerSettings) -> TrainerSettings:
     def check(condition: bool, key: str, message: str) -> None:
         if not condition:
@@ -234,18 +215,7 @@ def load_trainer_settings(
     path: str | Path | None = None, env: Mapping[str, str] | None = None
 ) -> TrainerSettings:
     """Defaults <- YAML file (optional) <- ``BARP_TRAINER__`` environment overrides; validated."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except FileNotFoundError as exc:
-            raise ConfigError("--config", f"no such file: {path}") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError("--config", f"{path} is not valid YAML: {exc}") from exc
-        if loaded is not None and not isinstance(loaded, Mapping):
-            raise ConfigError("--config", f"{path} must hold a mapping at top level")
-        data = dict(loaded or {})
-    data = _merge(data, env_overrides(env or {}))
+    data = read_layers(path, env or {}, ENV_PREFIX)
     # Lists are not scalar settings: parse learner.arms here (a YAML list, or "a,b,c" from the environment).
     arms: tuple[str, ...] = ()
     learner = data.get("learner")
@@ -257,6 +227,6 @@ def load_trainer_settings(
             raise ConfigError("learner.arms", "must be a list of model names")
         arms = tuple(raw)
         data["learner"] = {k: v for k, v in learner.items() if k != "arms"}
-    settings = _build(TrainerSettings, data, "")
+    settings = build_settings(TrainerSettings, data)
     settings = dataclasses.replace(settings, learner=dataclasses.replace(settings.learner, arms=arms))
     return validate(settings)
