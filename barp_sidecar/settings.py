@@ -93,9 +93,9 @@ class BatchingSettings:
     max_wait_ms: float = 2.0
     # Most requests admitted and not yet answered; beyond it, RESOURCE_EXHAUSTED at once.
     max_pending: int = 1024
-    # Token budget of one encoder forward pass (rows × padded length): long prompts do not pad short ones,
-    # and on CPU passes beyond ~2k tokens are no faster per prompt (measured in docs/benchmarks.md).
-    max_batch_tokens: int = 2048
+    # Token budget of one encoder forward pass (rows × padded length): long prompts do not pad short ones.
+    # 4096 lets a full batch of 32 64-token prompts run as one pass (measured best in docs/benchmarks.md).
+    max_batch_tokens: int = 4096
     # Exact-match embedding cache entries (0 disables).
     embedding_cache_entries: int = 10000
 

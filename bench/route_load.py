@@ -36,20 +36,9 @@ from pathlib import Path
 
 import yaml
 
+from barp_sidecar.settings import BatchingSettings
+
 REPO = Path(__file__).resolve().parents[1]
-ROUTERBENCH_ARMS = (
-    "WizardLM/WizardLM-13B-V1.2",
-    "claude-instant-v1",
-    "claude-v1",
-    "claude-v2",
-    "gpt-3.5-turbo-1106",
-    "gpt-4-1106-preview",
-    "meta/code-llama-instruct-34b-chat",
-    "meta/llama-2-70b-chat",
-    "mistralai/mistral-7b-chat",
-    "mistralai/mixtral-8x7b-chat",
-    "zero-one-ai/Yi-34B-Chat",
-)
 
 
 @dataclass
@@ -108,42 +97,17 @@ def file_prompts(path: Path, count: int) -> list[str]:
 # ---------------------------------------------------------------------------------------------- checkpoint
 
 
-def resolve_checkpoint(arg: str | None, scratch: Path) -> Path:
-    if arg:
-        return Path(arg)
-    try:
-        from barp_sidecar.policy.builtin import builtin_policy_dir
+def resolve_checkpoint(arg: str | None) -> Path:
+    """The checkpoint to serve: ``--checkpoint-dir``, else the shipped RouterBench policy."""
+    from barp_sidecar.policy.builtin import builtin_policy_dir
 
-        return Path(builtin_policy_dir())
-    except ImportError:
-        pass
-    # No shipped policy in this build yet: a randomly initialised 11-arm network for the real encoder
-    # (the MLP costs microseconds; the encoder is what is measured).
-    import torch
-
-    from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, save_checkpoint
-    from barp_sidecar.policy.encoder import BUILTIN_MODEL_ID
-    from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
-
-    torch.manual_seed(0)
-    architecture = PolicyArchitecture(embedding_dim=384, num_arms=len(ROUTERBENCH_ARMS))
-    manifest = PolicyManifest(
-        version=1,
-        arms=ROUTERBENCH_ARMS,
-        encoder=EncoderIdentity(BUILTIN_MODEL_ID, 384, 256, "tail"),
-        tau_usd=0.00496,
-        architecture=architecture,
-        training={"note": "random weights for benchmarking only"},
-    )
-    directory = scratch / "random-policy"
-    save_checkpoint(directory, PolicyNetwork(architecture), manifest)
-    return directory
+    return Path(arg) if arg else Path(builtin_policy_dir())
 
 
 # ---------------------------------------------------------------------------------------------- ceiling
 
 
-def build_inference(checkpoint: Path, encoder_model: str):
+def build_inference(checkpoint: Path, encoder_model: str, max_batch_tokens: int):
     import torch
 
     from barp_sidecar.policy.checkpoint import load_checkpoint
@@ -152,7 +116,7 @@ def build_inference(checkpoint: Path, encoder_model: str):
     from barp_sidecar.policy.inference import PolicyInference
     from barp_sidecar.policy.loading import load_encoder
     from barp_sidecar.policy.registry import PolicyRegistry
-    from barp_sidecar.settings import BatchingSettings, PolicySettings
+    from barp_sidecar.settings import PolicySettings
 
     policy = load_checkpoint(checkpoint)
     placement = select_device("auto", torch.cuda.is_available())
@@ -161,7 +125,7 @@ def build_inference(checkpoint: Path, encoder_model: str):
         encoder,
         PolicyRegistry(policy),
         placement,
-        max_batch_tokens=BatchingSettings().max_batch_tokens,
+        max_batch_tokens=max_batch_tokens,
         cache=EmbeddingCache(0),
     )
 
@@ -455,6 +419,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ceiling-batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--max-batch-size", type=int, default=32)
     parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=BatchingSettings().max_batch_tokens,
+        help="token budget of one forward pass, for the server and the ceiling alike",
+    )
     parser.add_argument("--threads", type=int, default=2, help="torch threads (server and ceiling)")
     parser.add_argument(
         "--checkpoint-dir", help="policy to serve (default: the shipped policy, else a random one)"
@@ -472,8 +442,8 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     scratch = Path(tempfile.mkdtemp(prefix="route-load-"))
-    checkpoint = resolve_checkpoint(args.checkpoint_dir, scratch)
-    inference = build_inference(checkpoint, args.encoder_model)
+    checkpoint = resolve_checkpoint(args.checkpoint_dir)
+    inference = build_inference(checkpoint, args.encoder_model, args.max_batch_tokens)
     tokenizer = inference.encoder._tokenizer
     prompt_sets = {
         tokens: (
@@ -487,7 +457,15 @@ def main(argv: list[str] | None = None) -> int:
     # ratios compare measurements taken minutes apart at most on a machine whose load drifts.
     servers = {
         name: Server(
-            checkpoint, scratch, name, {"max_batch_size": size, "max_wait_ms": args.max_wait_ms}, args.threads
+            checkpoint,
+            scratch,
+            name,
+            {
+                "max_batch_size": size,
+                "max_wait_ms": args.max_wait_ms,
+                "max_batch_tokens": args.max_batch_tokens,
+            },
+            args.threads,
         )
         for name, size in (("sidecar", args.max_batch_size), ("unbatched", 1))
     }
