@@ -20,9 +20,7 @@ are skipped) so the demo does not depend on the offline package.
 from __future__ import annotations
 
 import argparse
-import ast
 import asyncio
-import csv
 import json
 import os
 import random
@@ -37,24 +35,13 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from barp_sidecar.errors import DataError
 from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc, trainer_pb2, trainer_pb2_grpc
 from barp_sidecar.policy.checkpoint import read_manifest
 from barp_sidecar.policy.encoder import BUILTIN_MODEL_ID
 from barp_sidecar.policy.reward import reward_array
+from trainer.offline.datasets import RoutingTable, load_table
 
-ALL_MODELS = (
-    "WizardLM/WizardLM-13B-V1.2",
-    "claude-instant-v1",
-    "claude-v1",
-    "claude-v2",
-    "gpt-3.5-turbo-1106",
-    "gpt-4-1106-preview",
-    "meta/code-llama-instruct-34b-chat",
-    "meta/llama-2-70b-chat",
-    "mistralai/mistral-7b-chat",
-    "mistralai/mixtral-8x7b-chat",
-    "zero-one-ai/Yi-34B-Chat",
-)
 # The demo's catalogue: five models spanning ~100x in price. With 11 arms, ~9k bandit events from a cold
 # start are too few to separate the arms reliably (measured; see docs/learning.md).
 DEFAULT_MODELS = (
@@ -64,7 +51,6 @@ DEFAULT_MODELS = (
     "mistralai/mixtral-8x7b-chat",
     "zero-one-ai/Yi-34B-Chat",
 )
-TASK_FILES = ("arc_challenge", "winograde", "mbpp")
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -76,57 +62,14 @@ class Row:
     costs_usd: np.ndarray  # [K]
 
 
-def read_routerbench(data_dir: Path, split: str, models: tuple[str, ...]) -> tuple[list[Row], list[float]]:
-    """Rows of every task file of ``split`` and all per-call costs (every model, for τ)."""
-    csv.field_size_limit(10**9)
-    rows: list[Row] = []
-    all_costs: list[float] = []
-    for task in TASK_FILES:
-        path = data_dir / f"{task}_{split}.csv"
-        if not path.is_file():
-            continue
-        with path.open(newline="") as handle:
-            for line, record in enumerate(csv.DictReader(handle), start=2):
-                if any(not record.get(m, "").strip() for m in ALL_MODELS if m in record):
-                    continue
-                try:
-                    parts = ast.literal_eval(record["prompt"])
-                    prompt = "".join(parts) if isinstance(parts, list) else str(parts)
-                    scores = np.array([float(record[m]) for m in models])
-                    costs = np.array([float(record[f"{m}|total_cost"]) for m in models])
-                    all_costs.extend(float(record[f"{m}|total_cost"]) for m in ALL_MODELS if m in record)
-                except (KeyError, ValueError, SyntaxError) as exc:
-                    raise SystemExit(f"{path}:{line}: unreadable row ({exc})") from exc
-                rows.append(Row(prompt, task, scores, costs))
-    if not rows:
-        raise SystemExit(f"no {split} rows under {data_dir} (expected {TASK_FILES[0]}_{split}.csv, ...)")
-    return rows, all_costs
-
-
-def read_jsonl(path: Path, models: tuple[str, ...] | None) -> tuple[list[Row], tuple[str, ...]]:
-    """Generic log: one ``{"prompt", "task", "scores": {model: q}, "costs": {model: usd}}`` per line."""
-    rows: list[Row] = []
-    with path.open() as handle:
-        for line, text in enumerate(handle, start=1):
-            if not text.strip():
-                continue
-            try:
-                item = json.loads(text)
-                if models is None:
-                    models = tuple(sorted(item["scores"]))
-                rows.append(
-                    Row(
-                        str(item["prompt"]),
-                        str(item.get("task", "")),
-                        np.array([float(item["scores"][m]) for m in models]),
-                        np.array([float(item["costs"][m]) for m in models]),
-                    )
-                )
-            except (KeyError, ValueError, TypeError) as exc:
-                raise SystemExit(f"{path}:{line}: unreadable record ({exc})") from exc
-    if not rows or models is None:
-        raise SystemExit(f"{path}: no records")
-    return rows, models
+def rows_of_split(table: RoutingTable, split: str, models: tuple[str, ...]) -> list[Row]:
+    """The ``split`` rows of a routing table, with scores and costs in the demo catalogue's order."""
+    columns = [table.arms.index(m) for m in models]
+    part = table.where(split=split)
+    return [
+        Row(prompt, task, part.quality[i, columns], part.cost_usd[i, columns])
+        for i, (prompt, task) in enumerate(zip(part.prompts, part.tasks, strict=True))
+    ]
 
 
 # -- processes -------------------------------------------------------------------------------------------
@@ -413,19 +356,26 @@ async def run_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(work)
     work.mkdir(parents=True)
     start_s = time.monotonic()
-    if args.log is not None:
-        rows, models = read_jsonl(args.log, tuple(args.models.split(",")) if args.models else None)
-        random.Random(args.seed).shuffle(rows)
-        split = int(len(rows) * 0.7)
-        traffic, heldout = rows[:split], rows[split:]
-        all_costs = [float(c) for r in rows for c in r.costs_usd]
+    # The same loaders as offline training (trainer.offline.datasets): RouterBench CSVs or a JSONL log,
+    # train split replayed as traffic, test split held out.
+    try:
+        table = load_table(args.log if args.log is not None else args.data)
+    except DataError as exc:
+        raise SystemExit(str(exc)) from exc
+    if args.models:
+        models = tuple(args.models.split(","))
+    elif set(DEFAULT_MODELS) <= set(table.arms):
+        models = DEFAULT_MODELS
     else:
-        models = tuple(args.models.split(",")) if args.models else DEFAULT_MODELS
-        unknown = sorted(set(models) - set(ALL_MODELS))
-        if unknown:
-            raise SystemExit(f"--models: unknown {unknown}; RouterBench models: {list(ALL_MODELS)}")
-        traffic, all_costs = read_routerbench(args.data, "train", models)
-        heldout, _ = read_routerbench(args.data, "test", models)
+        models = table.arms
+    unknown = sorted(set(models) - set(table.arms))
+    if unknown:
+        raise SystemExit(f"--models: unknown {unknown}; the data has {list(table.arms)}")
+    traffic = rows_of_split(table, "train", models)
+    heldout = rows_of_split(table, "test", models)
+    if not traffic or not heldout:
+        raise SystemExit(f"{table.source}: needs rows in both the train and the test split")
+    all_costs = table.where(split="train").cost_usd.ravel()
     if args.max_prompts:
         traffic = random.Random(args.seed).sample(traffic, min(args.max_prompts, len(traffic)))
         heldout = random.Random(args.seed + 1).sample(heldout, min(args.max_prompts, len(heldout)))
