@@ -33,6 +33,7 @@ from barp_sidecar.policy.checkpoint import (
 )
 from barp_sidecar.policy.manager import KnownPolicy, PolicyManager
 from barp_sidecar.rewards.backoff import backoff_delay_s
+from barp_sidecar.tasks import cancel_and_wait
 
 log = structlog.get_logger("barp_sidecar.policy.watcher")
 EXPECTED_FILES = (MANIFEST_FILE, WEIGHTS_FILE)
@@ -142,13 +143,8 @@ class TrainerPolicyWatcher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="policy-watcher")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         attempt = 0
@@ -204,13 +200,8 @@ class DirectoryPolicyWatcher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="policy-dir-watcher")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     def _describe(self, version: int) -> KnownPolicy:
         directory = self.store.path(version)

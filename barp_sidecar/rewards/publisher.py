@@ -18,6 +18,7 @@ import structlog
 from barp_sidecar.gen.barp.v1 import trainer_pb2_grpc
 from barp_sidecar.rewards.backoff import backoff_delay_s
 from barp_sidecar.rewards.spool import RewardSpool
+from barp_sidecar.tasks import cancel_and_wait
 
 log = structlog.get_logger("barp_sidecar.rewards.publisher")
 
@@ -59,13 +60,8 @@ class RewardPublisher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="reward-publisher")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until everything durable in the spool is acknowledged (used at shutdown and in tests)."""

@@ -19,6 +19,7 @@ from barp_sidecar.errors import InvalidArgument, NotFound
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.rewards.pending import LookupResult, PendingDecision, PendingDecisionStore
 from barp_sidecar.rewards.spool import RewardSpool, SpoolFull
+from barp_sidecar.tasks import cancel_and_wait
 
 log = structlog.get_logger("barp_sidecar.rewards.recorder")
 
@@ -96,13 +97,8 @@ class OutcomeRecorder:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="outcome-expiry")
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            try:
-                await self._sweeper
-            except asyncio.CancelledError:
-                pass
-            self._sweeper = None
+        await cancel_and_wait(self._sweeper)
+        self._sweeper = None
 
     def remember(self, decision: PendingDecision) -> None:
         """A decision now waits for ReportOutcome (or expiry)."""

@@ -31,6 +31,7 @@ import structlog
 from barp_sidecar.errors import ResourceExhausted
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.rewards.records import encode_record, scan_file, truncate_to_valid
+from barp_sidecar.tasks import cancel_and_wait
 
 _SEGMENT = re.compile(r"^segment-(\d{20})\.spool$")
 ACKED_FILE = "ACKED"
@@ -100,11 +101,7 @@ class RewardSpool:
         self._closed = True
         if self._flusher is not None:
             self._dirty.set()
-            self._flusher.cancel()
-            try:
-                await self._flusher
-            except asyncio.CancelledError:
-                pass
+            await cancel_and_wait(self._flusher)
         await asyncio.to_thread(self._fsync_pending)
         self._resolve_waiters()
         if self._fd is not None:

@@ -29,6 +29,7 @@ import structlog
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.policy.checkpoint import CheckpointStore, PolicyManifest
 from barp_sidecar.policy.network import PolicyNetwork
+from barp_sidecar.tasks import cancel_and_wait
 from trainer.service.eventlog import EventLog
 from trainer.service.learner import (
     CostImputer,
@@ -151,13 +152,8 @@ class TrainingLoop:
         log.info("initial_policy_published", version=version, source=self._starting_source)
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
 
     async def _run(self) -> None:
         while True:
