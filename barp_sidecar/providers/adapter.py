@@ -6,6 +6,7 @@ response into ``StreamEvent``s. Adapters are pure (no I/O): the pool does the HT
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -19,6 +20,17 @@ class StreamProtocolError(ValueError):
 
 class UpstreamStreamError(Exception):
     """The provider reported an error inside an otherwise well-formed stream (an ``error`` event)."""
+
+
+def json_object(text: str | bytes, what: str) -> dict[str, Any]:
+    """Parse one JSON object from a provider; ``StreamProtocolError`` naming ``what`` otherwise."""
+    try:
+        payload = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise StreamProtocolError(f"{what} is not JSON ({exc})") from exc
+    if not isinstance(payload, dict):
+        raise StreamProtocolError(f"{what} is not a JSON object")
+    return payload
 
 
 @dataclass(frozen=True)

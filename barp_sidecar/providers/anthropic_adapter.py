@@ -8,10 +8,14 @@ the catalog's ``default_max_tokens`` fills in for 0) and decodes the event strea
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from barp_sidecar.providers.adapter import HttpRequest, StreamProtocolError, UpstreamStreamError
+from barp_sidecar.providers.adapter import (
+    HttpRequest,
+    StreamProtocolError,
+    UpstreamStreamError,
+    json_object,
+)
 from barp_sidecar.providers.catalog import ProviderEntry
 from barp_sidecar.providers.chat import ChatRequest, StreamEvent
 from barp_sidecar.providers.sse import SSEError, SSEParser
@@ -43,12 +47,7 @@ class AnthropicStreamDecoder:
             raise StreamProtocolError(f"malformed event stream: {exc}") from exc
         events: list[StreamEvent] = []
         for sse in sse_events:
-            try:
-                payload = json.loads(sse.data)
-            except json.JSONDecodeError as exc:
-                raise StreamProtocolError(f"event {sse.event!r} is not JSON ({exc.msg})") from exc
-            if not isinstance(payload, dict):
-                raise StreamProtocolError(f"event {sse.event!r} is not a JSON object")
+            payload = json_object(sse.data, f"event {sse.event!r}")
             kind = payload.get("type", sse.event)
             event = self._decode(kind, payload)
             if event is not None:
@@ -125,12 +124,7 @@ class AnthropicAdapter:
         return AnthropicStreamDecoder()
 
     def decode_body(self, body: bytes) -> list[StreamEvent]:
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StreamProtocolError(f"response body is not JSON ({exc})") from exc
-        if not isinstance(payload, dict):
-            raise StreamProtocolError("response body is not a JSON object")
+        payload = json_object(body, "response body")
         if payload.get("type") == "error" or "error" in payload:
             raise UpstreamStreamError(_error_text(payload))
         content = payload.get("content")

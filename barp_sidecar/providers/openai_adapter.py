@@ -7,10 +7,14 @@ chunk, ``data: [DONE]``. A stream that ends before a finish reason or ``[DONE]``
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
-from barp_sidecar.providers.adapter import HttpRequest, StreamProtocolError, UpstreamStreamError
+from barp_sidecar.providers.adapter import (
+    HttpRequest,
+    StreamProtocolError,
+    UpstreamStreamError,
+    json_object,
+)
 from barp_sidecar.providers.catalog import ProviderEntry
 from barp_sidecar.providers.chat import ChatRequest, StreamEvent
 from barp_sidecar.providers.sse import SSEError, SSEParser
@@ -56,12 +60,7 @@ class OpenAIStreamDecoder:
         return events
 
     def _decode(self, data: str) -> list[StreamEvent]:
-        try:
-            payload = json.loads(data)
-        except json.JSONDecodeError as exc:
-            raise StreamProtocolError(f"stream chunk is not JSON ({exc.msg} at char {exc.pos})") from exc
-        if not isinstance(payload, dict):
-            raise StreamProtocolError("stream chunk is not a JSON object")
+        payload = json_object(data, "stream chunk")
         if "error" in payload:
             raise UpstreamStreamError(_error_text(payload))
         events: list[StreamEvent] = []
@@ -124,12 +123,7 @@ class OpenAIAdapter:
         return OpenAIStreamDecoder()
 
     def decode_body(self, body: bytes) -> list[StreamEvent]:
-        try:
-            payload = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise StreamProtocolError(f"response body is not JSON ({exc})") from exc
-        if not isinstance(payload, dict):
-            raise StreamProtocolError("response body is not a JSON object")
+        payload = json_object(body, "response body")
         if "error" in payload:
             raise UpstreamStreamError(_error_text(payload))
         try:
