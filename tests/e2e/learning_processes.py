@@ -1,4 +1,4 @@
-"""Helpers to run barp-trainer as a real subprocess (started and killed for real) in e2e tests."""
+"""Helpers to run barp-trainer and barp-sidecar as real subprocesses (started and killed for real)."""
 
 from __future__ import annotations
 
@@ -19,90 +19,39 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class TrainerProcess:
-    """``python -m trainer.service.main`` on a fixed port; ``start()``, ``kill()`` (SIGKILL), ``stop()``."""
+class ManagedProcess:
+    """A real subprocess whose output goes to ``log_path``; ``start()``, ``kill()`` (SIGKILL), ``stop()``.
 
-    def __init__(self, config: Path, port: int, log_path: Path) -> None:
-        self.config = config
-        self.port = port
+    ``start()`` waits for ``ready_marker`` in the part of the log written by THIS start, so a restart
+    after a kill is not mistaken for ready by the previous run's line.
+    """
+
+    name = "process"
+    ready_marker = b""
+    stop_timeout_s = 15.0
+
+    def __init__(self, argv: list[str], log_path: Path) -> None:
+        self.argv = argv
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self, timeout_s: float = 60.0) -> TrainerProcess:
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "trainer.service.main",
-                    "--config",
-                    str(self.config),
-                    "--port",
-                    str(self.port),
-                ],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"trainer exited with {self.process.returncode}: {self.log_path.read_text()[-2000:]}"
-                )
-            if b"trainer_started" in self.log_path.read_bytes():
-                return self
-            time.sleep(0.05)
-        raise TimeoutError(f"trainer did not start: {self.log_path.read_text()[-2000:]}")
-
-    def kill(self) -> None:
-        assert self.process is not None
-        self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    def stop(self) -> int:
-        assert self.process is not None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        return self.process.returncode
-
-
-class SidecarProcess:
-    """``python -m barp_sidecar.cli serve --config FILE``; ``start()``, ``kill()`` (SIGKILL), ``stop()``."""
-
-    def __init__(self, config: Path, log_path: Path) -> None:
-        self.config = config
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout_s: float = 90.0) -> SidecarProcess:
+    def _start(self, timeout_s: float) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
         offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "barp_sidecar.cli", "serve", "--config", str(self.config)],
-                cwd=ROOT,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
+                [sys.executable, *self.argv], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(
-                    f"sidecar exited with {self.process.returncode}: {self.log_path.read_text()[-3000:]}"
+                    f"{self.name} exited with {self.process.returncode}: {self.log_path.read_text()[-3000:]}"
                 )
-            if b'"server_started"' in self.log_path.read_bytes()[offset:]:
-                return self
+            if self.ready_marker in self.log_path.read_bytes()[offset:]:
+                return
             time.sleep(0.05)
-        raise TimeoutError(f"sidecar did not start: {self.log_path.read_text()[-3000:]}")
+        raise TimeoutError(f"{self.name} did not start: {self.log_path.read_text()[-3000:]}")
 
     def kill(self) -> None:
         assert self.process is not None
@@ -114,11 +63,44 @@ class SidecarProcess:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
-                self.process.wait(timeout=20)
+                self.process.wait(timeout=self.stop_timeout_s)
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=5)
         return self.process.returncode
+
+
+class TrainerProcess(ManagedProcess):
+    """``python -m trainer.service.main`` on a fixed port."""
+
+    name = "trainer"
+    ready_marker = b"trainer_started"
+
+    def __init__(self, config: Path, port: int, log_path: Path) -> None:
+        argv = ["-m", "trainer.service.main", "--config", str(config), "--port", str(port)]
+        super().__init__(argv, log_path)
+        self.config = config
+        self.port = port
+
+    def start(self, timeout_s: float = 60.0) -> TrainerProcess:
+        self._start(timeout_s)
+        return self
+
+
+class SidecarProcess(ManagedProcess):
+    """``python -m barp_sidecar.cli serve --config FILE``."""
+
+    name = "sidecar"
+    ready_marker = b'"server_started"'
+    stop_timeout_s = 20.0
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        super().__init__(["-m", "barp_sidecar.cli", "serve", "--config", str(config)], log_path)
+        self.config = config
+
+    def start(self, timeout_s: float = 90.0) -> SidecarProcess:
+        self._start(timeout_s)
+        return self
 
 
 def scrape(port: int, metric: str) -> float | None:
