@@ -25,6 +25,7 @@ import structlog
 from barp_sidecar.batching.batcher import MicroBatcher
 from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.errors import ConfigError
+from barp_sidecar.gen.barp.v1 import router_pb2_grpc
 from barp_sidecar.log import configure_logging
 from barp_sidecar.metrics import MetricsHttpServer, SidecarMetrics
 from barp_sidecar.policy.device import DevicePlacement, select_device
@@ -40,7 +41,7 @@ from barp_sidecar.providers.recorder import InMemoryCompletionRecorder
 from barp_sidecar.rewards.components import LearningComponents
 from barp_sidecar.routing.completion import CompletionService
 from barp_sidecar.routing.service import RoutingDefaults, RoutingService
-from barp_sidecar.rpc.server import GrpcServer
+from barp_sidecar.rpc.server import ROUTER_SERVICE, GrpcServer, Service
 from barp_sidecar.rpc.servicer import RouterServicer
 from barp_sidecar.settings import Settings, load_settings, validate
 
@@ -191,7 +192,12 @@ class SidecarApp:
             log_prompts=s.logging.log_prompts,
             outcomes=recorder,
         )
-        app.grpc = GrpcServer(s.server, servicer, max_pending_rpcs=s.batching.max_pending)
+        app.grpc = GrpcServer(
+            s.server,
+            [Service(ROUTER_SERVICE, router_pb2_grpc.add_RouterServicer_to_server, servicer)],
+            max_message_bytes=s.server.max_message_bytes,
+            max_pending_rpcs=s.batching.max_pending,
+        )
         if s.metrics.enabled:
             app.metrics_http = MetricsHttpServer(app.metrics, s.metrics.host, s.metrics.port)
         return app

@@ -6,6 +6,8 @@ Messages name the offending field or object so a caller can fix the request with
 
 from __future__ import annotations
 
+from barp_sidecar.bounded_text import bounded_text
+
 
 class BarpError(Exception):
     """Base of every error raised on purpose by barp-sidecar."""
@@ -15,20 +17,39 @@ class InvalidArgument(BarpError):
     """A request field is malformed. ``field`` names it (e.g. ``preference.quality_weight``)."""
 
     def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+        # Messages quote caller input: bounded, so neither a status nor a log line can grow with it.
+        super().__init__(f"{bounded_text(field, 200)}: {bounded_text(message)}")
         self.field = field
+        self.description = bounded_text(message)
+
+
+class MalformedRequest(InvalidArgument):
+    """The request bytes are not a valid message (e.g. invalid UTF-8 in a string field): the stock
+    deserializer's DecodeError, caught before any servicer runs."""
 
 
 class NotFound(BarpError):
     """A referenced object (decision, policy version, model) does not exist."""
 
 
+class DecisionNotFound(NotFound):
+    """ReportOutcome for a decision id this sidecar never issued, or whose outcome window expired."""
+
+
 class FailedPrecondition(BarpError):
     """The request is well-formed but cannot be served in the current state (e.g. every model masked)."""
 
 
+class NoAllowedModel(FailedPrecondition):
+    """Every model the request allows is disabled (or, for Complete, has no configured provider)."""
+
+
 class ResourceExhausted(BarpError):
     """Admission is full; the caller should back off and retry."""
+
+
+class AdmissionFull(ResourceExhausted):
+    """The sidecar already holds its maximum of pending Route/Complete calls."""
 
 
 class DeadlineExceeded(BarpError):
@@ -37,6 +58,14 @@ class DeadlineExceeded(BarpError):
 
 class Unavailable(BarpError):
     """The service is shutting down, or every provider failed after retries and fallbacks."""
+
+
+class ShuttingDown(Unavailable):
+    """The process is stopping and accepts no new work; retry against another instance."""
+
+
+class Unauthenticated(BarpError):
+    """A call to a token-protected service (Admin) carried no bearer token or a wrong one."""
 
 
 class ConfigError(BarpError):

@@ -28,7 +28,7 @@ from typing import Generic, Protocol, TypeVar
 
 import structlog
 
-from barp_sidecar.errors import DeadlineExceeded, ResourceExhausted, Unavailable
+from barp_sidecar.errors import AdmissionFull, DeadlineExceeded, ShuttingDown
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -139,10 +139,10 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         if self._loop is None or self._wakeup is None or self._full is None:
             raise RuntimeError("MicroBatcher not started")
         if self._closing:
-            raise Unavailable("the sidecar is shutting down")
+            raise ShuttingDown("the sidecar is shutting down")
         if self._pending >= self._max_pending:
             self._observer.admission_rejected()
-            raise ResourceExhausted(
+            raise AdmissionFull(
                 f"{self._pending} requests pending (batching.max_pending={self._max_pending}); "
                 "retry with backoff"
             )
@@ -182,7 +182,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         while self._queue:
             pending = self._queue.popleft()
             if not pending.future.done():
-                pending.future.set_exception(Unavailable("the sidecar shut down before this request ran"))
+                pending.future.set_exception(ShuttingDown("the sidecar shut down before this request ran"))
         if self._executor is not None:
             # After a clean drain the thread is idle; after a timeout it may still be inside a batch, and
             # blocking the event loop on it would hang shutdown, so it is left to finish on its own.
@@ -241,7 +241,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         except asyncio.CancelledError:  # close() gave up waiting: nobody may hang on this batch
             for pending in batch:
                 if not pending.future.done():
-                    pending.future.set_exception(Unavailable("the sidecar shut down while this request ran"))
+                    pending.future.set_exception(ShuttingDown("the sidecar shut down while this request ran"))
             raise
         except Exception as error:  # every caller must get an answer, whatever went wrong
             log.exception("batch_failed", size=len(batch))

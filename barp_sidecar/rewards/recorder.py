@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import structlog
 
+from barp_sidecar.bounded_text import bounded_text
 from barp_sidecar.domain import Decision
-from barp_sidecar.errors import InvalidArgument, NotFound
+from barp_sidecar.errors import DecisionNotFound, InvalidArgument
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.rewards.pending import LookupResult, PendingDecision, PendingDecisionStore
 from barp_sidecar.rewards.spool import RewardSpool, SpoolFull
@@ -154,7 +155,7 @@ class OutcomeRecorder:
             return False
         if not isinstance(found, PendingDecision):
             self.counters.not_found += 1
-            raise NotFound(f"decision_id {decision_id!r} is unknown or expired")
+            raise DecisionNotFound(f"decision_id {bounded_text(decision_id, 80)!r} is unknown or expired")
         if found.answered_by is not None:
             self.store.mark_recorded(decision_id)
             self.counters.skipped_fallback += 1

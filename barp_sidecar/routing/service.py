@@ -17,8 +17,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from barp_sidecar.batching.batcher import MicroBatcher
+from barp_sidecar.bounded_text import preview_items
 from barp_sidecar.domain import Decision, ExplorationMode, RouteCommand
-from barp_sidecar.errors import FailedPrecondition, InvalidArgument
+from barp_sidecar.errors import InvalidArgument, NoAllowedModel
 from barp_sidecar.policy.inference import InferenceRequest, InferenceResult
 from barp_sidecar.routing.exploration import choose_arm
 
@@ -107,12 +108,14 @@ class RoutingService:
             seen: set[str] = set()
             for name in allowed_models:
                 if name in seen:
-                    raise InvalidArgument("allowed_models", f"duplicate model {name!r}")
+                    raise InvalidArgument("allowed_models", f"duplicate model {preview_items([name])[1:-1]}")
                 seen.add(name)
             unknown = [name for name in allowed_models if name not in self._arm_index]
             if unknown:
                 raise InvalidArgument(
-                    "allowed_models", f"unknown model(s) {unknown}; known models: {list(self._arms)}"
+                    "allowed_models",
+                    f"{len(unknown)} unknown model(s) {preview_items(unknown)}; "
+                    f"known models: {preview_items(self._arms, max_items=64)}",
                 )
             mask = np.zeros(len(self._arms), dtype=bool)
             mask[[self._arm_index[name] for name in allowed_models]] = True
@@ -122,8 +125,8 @@ class RoutingService:
         if restrict_to is not None:
             mask &= np.array([name in restrict_to for name in self._arms], dtype=bool)
         if not mask.any():
-            requested = list(allowed_models) if allowed_models else "all models"
-            raise FailedPrecondition(
+            requested = preview_items(allowed_models) if allowed_models else "all models"
+            raise NoAllowedModel(
                 f"no allowed model is available: allowed_models={requested}, "
                 f"disabled (routing.disabled_models)={sorted(self._defaults.disabled_models)}"
                 + ("" if restrict_to is None else f", callable={sorted(restrict_to)}")

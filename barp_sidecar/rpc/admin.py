@@ -1,7 +1,8 @@
 """The Admin gRPC service (GetPolicy, ListPolicies, PinPolicy) on its own port, with bearer-token auth.
 
-Owns the Admin wire side: conversion to ``PolicyInfo``, error -> status mapping, the token interceptor and
-the small server that binds ``admin.host:admin.port``. Policy state lives in ``PolicyManager``.
+Owns the Admin wire side: conversion to ``PolicyInfo``, the token interceptor and the small server that
+binds ``admin.host:admin.port``. Errors are domain exceptions mapped by the error boundary
+(``rpc.boundary``). Policy state lives in ``PolicyManager``.
 
 Loopback binds need no token; any other bind requires one (``admin.token_env`` names the environment
 variable that holds it) and every call must send ``authorization: Bearer <token>``; otherwise
@@ -18,12 +19,14 @@ from typing import Any
 import grpc
 import structlog
 
-from barp_sidecar.errors import BarpError, ConfigError, FailedPrecondition, NotFound
+from barp_sidecar.errors import ConfigError, InvalidArgument, Unauthenticated
 from barp_sidecar.gen.barp.v1 import admin_pb2, admin_pb2_grpc
 from barp_sidecar.policy.manager import KnownPolicy, PolicyManager
+from barp_sidecar.rpc.server import GrpcServer, PlainEndpoint, Service
 from barp_sidecar.settings import AdminSettings
 
 log = structlog.get_logger("barp_sidecar.rpc.admin")
+ADMIN_SERVICE = admin_pb2.DESCRIPTOR.services_by_name["Admin"].full_name
 
 
 def is_loopback(host: str) -> bool:
@@ -75,15 +78,9 @@ class AdminServicer(admin_pb2_grpc.AdminServicer):
 
     async def PinPolicy(self, request: admin_pb2.PinPolicyRequest, context: grpc.aio.ServicerContext) -> Any:
         if request.version < 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "version: must be >= 0 (0 unpins)")
-        try:
-            known = await self.manager.pin(request.version)
-        except NotFound as exc:
-            await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
-        except FailedPrecondition as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except BarpError as exc:
-            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+            raise InvalidArgument("version", "must be >= 0 (0 unpins)")
+        # NotFound / FailedPrecondition propagate to the error boundary (rpc.boundary).
+        known = await self.manager.pin(request.version)
         return _info(known, self.manager.pinned_version)
 
 
@@ -104,39 +101,35 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
             return await continuation(handler_call_details)
 
         async def deny(request: Any, context: grpc.aio.ServicerContext) -> Any:
-            await context.abort(
-                grpc.StatusCode.UNAUTHENTICATED, "authorization: missing or wrong bearer token"
-            )
+            raise Unauthenticated("authorization: missing or wrong bearer token")
 
         log.warning("admin_call_unauthenticated", method=handler_call_details.method)
         return grpc.unary_unary_rpc_method_handler(deny)
 
 
 class AdminServer:
-    """The Admin service on its own port. ``start()`` -> bound port; ``close(grace_s)``."""
+    """The Admin service on its own port (the server kit, without health and reflection: every call needs
+    the token when one is set). ``start()`` -> bound port; ``close(grace_s)``."""
 
     def __init__(self, settings: AdminSettings, manager: PolicyManager, env: Mapping[str, str]) -> None:
         self.settings = settings
         self.manager = manager
         self.token = admin_token(settings, env)
         self.port = 0
-        self._server: grpc.aio.Server | None = None
+        self._server = GrpcServer(
+            PlainEndpoint(settings.host, settings.port),
+            [Service(ADMIN_SERVICE, admin_pb2_grpc.add_AdminServicer_to_server, AdminServicer(manager))],
+            section="admin",
+            interceptors=[BearerTokenInterceptor(self.token)] if self.token else [],
+            health_and_reflection=False,
+        )
 
     async def start(self) -> int:
-        interceptors = [BearerTokenInterceptor(self.token)] if self.token else []
-        self._server = grpc.aio.server(interceptors=interceptors)
-        admin_pb2_grpc.add_AdminServicer_to_server(AdminServicer(self.manager), self._server)
-        address = f"{self.settings.host}:{self.settings.port}"
-        self.port = self._server.add_insecure_port(address)
-        if self.port == 0:
-            raise OSError(f"admin: could not bind {address}")
-        await self._server.start()
+        self.port = await self._server.start()
         log.info(
             "admin_started", port=self.port, host=self.settings.host, token_required=self.token is not None
         )
         return self.port
 
     async def close(self, grace_s: float = 1.0) -> None:
-        if self._server is not None:
-            await self._server.stop(grace_s)
-            self._server = None
+        await self._server.stop(grace_s)

@@ -1,10 +1,10 @@
-"""Router.Complete over gRPC: protobuf <-> CompletionService events, error mapping, access log.
+"""Router.Complete over gRPC: protobuf <-> CompletionService events, access log.
 
 Owns only transport concerns: converting the request, assembling chunks (the first carries the decision
 and the first text; the last carries usage, cost, finish reason and provider latency; a short answer that
-arrives at once is one chunk that is both), mapping errors
-through the one status table, and the access event. Cancelling the call (client cancel or deadline)
-cancels the service's generator, which closes the upstream HTTP response.
+arrives at once is one chunk that is both), and the access event. Errors propagate to the server's error
+boundary (``rpc.boundary``), which applies the one status table. Cancelling the call (client cancel or
+deadline) cancels the service's generator, which closes the upstream HTTP response.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 import grpc
 import structlog
 
-from barp_sidecar.errors import BarpError
+from barp_sidecar.bounded_text import bounded_text
 from barp_sidecar.gen.barp.v1 import router_pb2
 from barp_sidecar.metrics import SidecarMetrics
 from barp_sidecar.providers.chat import ChatMessage, ChatRequest, GenerationParameters
@@ -86,7 +86,7 @@ async def complete_stream(
     log_prompts: bool,
 ) -> AsyncIterator[router_pb2.CompleteChunk]:
     started_s = time.monotonic()
-    request_id = request.request_id or None
+    request_id = bounded_text(request.request_id, 128) or None
     code = grpc.StatusCode.CANCELLED
     message = ""
     model: str | None = None
@@ -126,11 +126,9 @@ async def complete_stream(
                     chunks += 1
                     yield chunk
         code = grpc.StatusCode.OK
-    except BarpError as error:
+    except Exception as error:  # the boundary (rpc.boundary) turns it into the status
         code, message = status_for(error), str(error)
-    except Exception as error:  # a bug: never UNKNOWN, never a silent hang
-        log.exception("complete_internal_error", request_id=request_id)
-        code, message = grpc.StatusCode.INTERNAL, f"internal error ({type(error).__name__})"
+        raise
     finally:
         latency_s = time.monotonic() - started_s
         metrics.rpc_done("Complete", code.name, latency_s, chosen)
@@ -149,8 +147,6 @@ async def complete_stream(
             error=message or None,
             **fields,
         )
-    if code != grpc.StatusCode.OK:
-        await context.abort(code, message)
 
 
 class CompleteServicerMixin:
@@ -165,7 +161,7 @@ class CompleteServicerMixin:
     ) -> AsyncIterator[router_pb2.CompleteChunk]:
         if self._completion is None:
             await context.abort(grpc.StatusCode.UNIMPLEMENTED, "Complete is not enabled in this sidecar")
-        assert self._completion is not None
+            return
         async for chunk in complete_stream(
             self._completion, self._metrics, request, context, log_prompts=self._log_prompts
         ):

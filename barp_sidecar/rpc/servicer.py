@@ -1,7 +1,9 @@
-"""barp.v1 Router servicer: converts, delegates to RoutingService, maps errors, writes the access log.
+"""barp.v1 Router servicer: converts, delegates to RoutingService, writes the access log.
 
 Owns only the transport concerns of Route and ReportOutcome; Complete comes from
-``rpc.complete.CompleteServicerMixin``. Collaborators arrive through the constructor.
+``rpc.complete.CompleteServicerMixin``. Errors propagate as domain exceptions: the server's error boundary
+(``rpc.boundary``) turns them into statuses through the one table. Collaborators arrive through the
+constructor.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import time
 import grpc
 import structlog
 
-from barp_sidecar.errors import BarpError, FailedPrecondition
+from barp_sidecar.bounded_text import bounded_text
+from barp_sidecar.errors import FailedPrecondition
 from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
 from barp_sidecar.metrics import SidecarMetrics
 from barp_sidecar.rewards.recorder import OutcomeRecorder
@@ -22,6 +25,8 @@ from barp_sidecar.rpc.complete import CompleteServicerMixin
 from barp_sidecar.rpc.status import status_for
 
 log = structlog.get_logger("barp_sidecar.access")
+# Caller-chosen ids are echoed in the access log only up to this many UTF-8 bytes.
+MAX_LOGGED_ID_BYTES = 128
 
 
 class RouterServicer(CompleteServicerMixin, router_pb2_grpc.RouterServicer):
@@ -47,24 +52,21 @@ class RouterServicer(CompleteServicerMixin, router_pb2_grpc.RouterServicer):
         self, request: router_pb2.RouteRequest, context: grpc.aio.ServicerContext
     ) -> router_pb2.RouteResponse:
         started_s = time.monotonic()
-        request_id = request.request_id or None
+        request_id = bounded_text(request.request_id, MAX_LOGGED_ID_BYTES) or None
         code = grpc.StatusCode.CANCELLED
         message = ""
         model = None
         decision_id = None
-        response = None
         try:
             remaining_s = context.time_remaining()
             deadline_s = None if remaining_s is None else started_s + remaining_s
             decision = await self._routing.route(convert.route_command(request, deadline_s))
-            response = convert.route_response(decision)
             model, decision_id = decision.model, decision.decision_id
             code = grpc.StatusCode.OK
-        except BarpError as error:
+            return convert.route_response(decision)
+        except Exception as error:  # the boundary (rpc.boundary) turns it into the status
             code, message = status_for(error), str(error)
-        except Exception as error:  # a bug: never UNKNOWN, never a silent hang
-            log.exception("route_internal_error", request_id=request_id)
-            code, message = grpc.StatusCode.INTERNAL, f"internal error ({type(error).__name__})"
+            raise
         finally:
             latency_s = time.monotonic() - started_s
             self._metrics.rpc_done("Route", code.name, latency_s, model)
@@ -80,12 +82,6 @@ class RouterServicer(CompleteServicerMixin, router_pb2_grpc.RouterServicer):
                 error=message or None,
                 **fields,
             )
-        if response is None:
-            # Status without raising (cheaper than context.abort on the refusal path).
-            context.set_code(code)
-            context.set_details(message)
-            return router_pb2.RouteResponse()
-        return response
 
     async def ReportOutcome(  # the generated base class names it
         self, request: router_pb2.OutcomeRequest, context: grpc.aio.ServicerContext
@@ -98,23 +94,19 @@ class RouterServicer(CompleteServicerMixin, router_pb2_grpc.RouterServicer):
                 raise FailedPrecondition("rewards.enabled is false: this sidecar does not record outcomes")
             cost = request.cost_usd if request.HasField("cost_usd") else None
             recorded = await self._outcomes.report(request.decision_id, request.quality, cost)
-        except BarpError as error:
+            return router_pb2.OutcomeAck(recorded=recorded)
+        except Exception as error:  # the boundary (rpc.boundary) turns it into the status
             code, message = status_for(error), str(error)
-        except Exception as error:  # a bug: never UNKNOWN
-            log.exception("report_outcome_internal_error", decision_id=request.decision_id[:64])
-            code, message = grpc.StatusCode.INTERNAL, f"internal error ({type(error).__name__})"
+            raise
         finally:
             latency_s = time.monotonic() - started_s
             self._metrics.rpc_done("ReportOutcome", code.name, latency_s)
             log.info(
                 "rpc",
                 method="ReportOutcome",
-                decision_id=request.decision_id[:64],
+                decision_id=bounded_text(request.decision_id, MAX_LOGGED_ID_BYTES),
                 code=code.name,
                 recorded=recorded,
                 latency_ms=round(latency_s * 1000, 3),
                 error=message or None,
             )
-        if code != grpc.StatusCode.OK:
-            await context.abort(code, message)
-        return router_pb2.OutcomeAck(recorded=recorded)

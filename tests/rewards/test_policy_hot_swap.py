@@ -17,6 +17,7 @@ from barp_sidecar.policy.checkpoint import CheckpointStore, load_checkpoint
 from barp_sidecar.policy.manager import PolicyManager
 from barp_sidecar.policy.watcher import TrainerPolicyWatcher
 from barp_sidecar.rpc.admin import AdminServer
+from barp_sidecar.rpc.boundary import ErrorBoundary
 from barp_sidecar.settings import AdminSettings
 from tests.learning_helpers import ARMS, DIM, FakeRegistry, publish_tiny, save_tiny_checkpoint
 from trainer.service.policy_source import Announcement, PolicyAnnouncer, announcement_for
@@ -29,7 +30,7 @@ class Upstream:
     def __init__(self, root) -> None:
         self.store = CheckpointStore(root)
         self.announcer = PolicyAnnouncer()
-        self.server = grpc.aio.server()
+        self.server = grpc.aio.server(interceptors=[ErrorBoundary()])
         servicer = TrainerServicer(None, self.store, self.announcer, ARMS, DIM, chunk_bytes=1024)  # type: ignore[arg-type]
         trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
@@ -191,7 +192,7 @@ async def test_watcher_reconnects_after_the_trainer_restarts(tmp_path):
         await upstream.server.stop(0)
         await wait_for(lambda: watcher.reconnects >= 1)
         restarted = Upstream(tmp_path / "store")
-        restarted.server = grpc.aio.server()
+        restarted.server = grpc.aio.server(interceptors=[ErrorBoundary()])
         servicer = TrainerServicer(None, restarted.store, restarted.announcer, ARMS, DIM)  # type: ignore[arg-type]
         trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, restarted.server)
         assert restarted.server.add_insecure_port(f"127.0.0.1:{port}") == port

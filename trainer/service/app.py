@@ -1,10 +1,10 @@
 """Composition root of ``barp-trainer serve``: build -> start -> wait for stop -> ordered shutdown.
 
 Owns wiring and lifecycle only: event log, checkpoint store, starting policy, training loop, gRPC server
-(Trainer + health + reflection, optional TLS/mTLS via ``barp_sidecar.rpc.tls``, optional plaintext
-health-only port for Kubernetes probes) and metrics. Shutdown order: health NOT_SERVING ->
-close announcements (WatchPolicy streams end) -> ``server.stop(grace_s)`` (in-flight acks finish) ->
-stop the training loop -> close the log (final fsync).
+(the server kit ``barp_sidecar.rpc.server`` shared with the sidecar: Trainer + health + reflection + error
+boundary, optional TLS/mTLS, optional plaintext health-only port for Kubernetes probes) and metrics.
+Shutdown order: health NOT_SERVING -> close announcements (WatchPolicy streams end) ->
+``server.stop(grace_s)`` (in-flight acks finish) -> stop the training loop -> close the log (final fsync).
 """
 
 from __future__ import annotations
@@ -12,16 +12,12 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-import grpc
 import structlog
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry, start_http_server
 
 from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
 from barp_sidecar.policy.checkpoint import CheckpointStore
-from barp_sidecar.rpc.health_port import HealthPort
-from barp_sidecar.rpc.tls import bind_port, server_credentials, server_files_from
+from barp_sidecar.rpc.server import GrpcServer, Service
 from trainer.service.eventlog import SegmentedEventLog
 from trainer.service.loop import TrainingLoop
 from trainer.service.metrics import TrainerCollector
@@ -30,7 +26,11 @@ from trainer.service.servicer import TrainerServicer
 from trainer.service.settings import TrainerSettings
 
 log = structlog.get_logger("trainer.service.app")
-SERVICE_NAME = "barp.v1.Trainer"
+SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
+# Reward streams carry up to 1,024 events (embeddings) per message batch.
+MAX_MESSAGE_BYTES = 8 << 20
+# Concurrent streams (sidecars) the trainer expects; sizes gRPC core's queue of calls not yet handled.
+MAX_PENDING_RPCS = 1024
 
 
 class TrainerApp:
@@ -41,11 +41,11 @@ class TrainerApp:
         self.announcer = PolicyAnnouncer()
         self.loop: TrainingLoop | None = None
         self.servicer: TrainerServicer | None = None
-        self.server: grpc.aio.Server | None = None
-        self.health = health.aio.HealthServicer()
-        # TLS files are read and checked here, before the event log opens or any port binds.
-        self.credentials = server_credentials(server_files_from(settings.server, "server"))
-        self.health_port_listener: HealthPort | None = None
+        # The server kit shared with the sidecar; TLS files are read and checked here, before the event log
+        # opens or any port binds.
+        self.server = GrpcServer(
+            settings.server, [], max_message_bytes=MAX_MESSAGE_BYTES, max_pending_rpcs=MAX_PENDING_RPCS
+        )
         self.health_port = 0
         self.port = 0
         self.metrics_port = 0
@@ -74,26 +74,12 @@ class TrainerApp:
             manifest.architecture.embedding_dim,
             s.publish.chunk_bytes,
         )
-        self.server = grpc.aio.server(
-            options=[("grpc.max_receive_message_length", 8 << 20), ("grpc.so_reuseport", 0)]
+        self.server.add_service(
+            Service(SERVICE_NAME, trainer_pb2_grpc.add_TrainerServicer_to_server, self.servicer)
         )
-        trainer_pb2_grpc.add_TrainerServicer_to_server(self.servicer, self.server)
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            (
-                trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ),
-            self.server,
-        )
-        self.port = bind_port(self.server, s.server.host, s.server.port, self.credentials)
-        await self.server.start()
-        if s.server.health_port is not None:
-            self.health_port_listener = HealthPort(self.health, s.server.health_host, s.server.health_port)
-            self.health_port = await self.health_port_listener.start()
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        self.port = await self.server.start()
+        self.health_port = self.server.health_port or 0
+        await self.server.set_serving()
         if s.metrics.enabled:
             registry = CollectorRegistry()
             registry.register(TrainerCollector(self))
@@ -108,7 +94,7 @@ class TrainerApp:
             health_port=self.health_port,
             version=manifest.version,
             arms=len(manifest.arms),
-            tls=self.credentials is not None,
+            tls=self.server.tls,
             mtls=s.server.tls_client_ca_file is not None,
         )
 
@@ -119,12 +105,9 @@ class TrainerApp:
         await self._stop.wait()
 
     async def close(self) -> None:
-        await self.health.enter_graceful_shutdown()
+        await self.server.set_not_serving()
         await self.announcer.close()
-        if self.server is not None:
-            await self.server.stop(self.settings.server.grace_s)
-        if self.health_port_listener is not None:
-            await self.health_port_listener.close()
+        await self.server.stop(self.settings.server.grace_s)
         if self.loop is not None:
             await self.loop.close()
         if self.event_log is not None:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import grpc
 import structlog
 
+from barp_sidecar.errors import InvalidArgument, NotFound
 from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
 from barp_sidecar.policy.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, CheckpointStore
 from trainer.service.eventlog import EventLog
@@ -157,12 +158,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         self, request: trainer_pb2.FetchPolicyRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[trainer_pb2.CheckpointChunk]:
         if request.version <= 0:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "version: must be >= 1")
+            raise InvalidArgument("version", "must be >= 1")
         directory = self.store.path(request.version)
         if request.version not in self.store.versions():
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND, f"version: policy v{request.version} is not published"
-            )
+            raise NotFound(f"version: policy v{request.version} is not published")
         for name in (MANIFEST_FILE, WEIGHTS_FILE):
             path = directory / name
             data = await asyncio.to_thread(path.read_bytes)
