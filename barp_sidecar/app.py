@@ -15,8 +15,6 @@ import asyncio
 import dataclasses
 import os
 import random
-import signal
-import sys
 from collections.abc import Mapping
 
 import numpy as np
@@ -33,6 +31,8 @@ from barp_sidecar.policy.embedding_cache import EmbeddingCache
 from barp_sidecar.policy.inference import InferenceRequest, InferenceResult, PolicyInference
 from barp_sidecar.policy.loading import load_encoder, load_startup_policy
 from barp_sidecar.policy.registry import PolicyRegistry
+from barp_sidecar.process import EXIT_CONFIG as EXIT_CONFIG
+from barp_sidecar.process import config_error_exit, serve_until_signalled
 from barp_sidecar.providers.catalog import catalog_for_policy
 from barp_sidecar.providers.forwarder import Forwarder
 from barp_sidecar.providers.metrics import ProviderMetrics
@@ -47,10 +47,7 @@ from barp_sidecar.settings import Settings, load_settings, validate
 
 log = structlog.get_logger(__name__)
 
-# Exit code for invalid configuration (argparse uses 2 for bad arguments too).
-EXIT_CONFIG = 2
-# Exit code when a second signal forces exit before the graceful shutdown finished.
-EXIT_FORCED = 130
+PROGRAM = "barp-sidecar serve"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -277,46 +274,14 @@ class SidecarApp:
         await self.close()
 
 
-async def serve(app: SidecarApp) -> int:
-    """Run until SIGTERM/SIGINT, then shut down gracefully; a second signal forces exit."""
-    loop = asyncio.get_running_loop()
-    signals_seen = 0
-
-    def on_signal(signum: int) -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen == 1:
-            log.info("shutdown_requested", signal=signal.Signals(signum).name)
-            app.request_stop()
-        else:
-            log.warning("forced_exit", signal=signal.Signals(signum).name)
-            os._exit(EXIT_FORCED)
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, on_signal, signum)
-    try:
-        await app.start()
-    except ConfigError as error:
-        log.error("startup_failed", key=error.key, error=str(error))
-        print(f"barp-sidecar serve: invalid configuration: {error}", file=sys.stderr)
-        return EXIT_CONFIG
-    try:
-        await app.wait_for_stop()
-    finally:
-        await app.close()
-    return 0
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         settings = settings_from_args(args, os.environ)
     except ConfigError as error:
-        print(f"barp-sidecar serve: invalid configuration: {error}", file=sys.stderr)
-        return EXIT_CONFIG
-    configure_logging(settings.logging)
+        return config_error_exit(PROGRAM, error)
+    configure_logging(settings.logging.level)
     try:
         app = SidecarApp.build(settings, env=os.environ)
     except ConfigError as error:
-        print(f"barp-sidecar serve: invalid configuration: {error}", file=sys.stderr)
-        return EXIT_CONFIG
-    return asyncio.run(serve(app))
+        return config_error_exit(PROGRAM, error)
+    return asyncio.run(serve_until_signalled(app, PROGRAM))

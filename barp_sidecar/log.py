@@ -1,7 +1,8 @@
 """Logging setup: structlog JSON lines on stdout, one event per fact (``log.info("server_started", port=…)``).
 
-Owns only the process-wide structlog configuration, applied by the composition root (``app.run``), never at
-import. Prompts are never logged here; the access log adds them only when ``logging.log_prompts`` is true.
+Owns only the process-wide structlog configuration, applied by each process's entry point (``app.run``,
+``trainer.service.main.run``), never at import. Prompts are never logged here; the access log adds them
+only when ``logging.log_prompts`` is true.
 """
 
 from __future__ import annotations
@@ -12,12 +13,12 @@ from typing import TextIO
 
 import structlog
 
-from barp_sidecar.settings import LoggingSettings
 
+def configure_logging(level_name: str, stream: TextIO | None = None) -> None:
+    """JSON lines with ISO UTC timestamps and the level, filtered at ``level_name`` (``info``, …).
 
-def configure_logging(settings: LoggingSettings, stream: TextIO | None = None) -> None:
-    """JSON lines with ISO UTC timestamps and the level, filtered at ``settings.level``."""
-    level = logging.getLevelNamesMapping()[settings.level.upper()]
+    Both processes (sidecar and trainer) call it, so their logs are one stream format on stdout."""
+    level = logging.getLevelNamesMapping()[level_name.upper()]
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

@@ -101,7 +101,7 @@ class TrainerApp:
     def request_stop(self) -> None:
         self._stop.set()
 
-    async def wait(self) -> None:
+    async def wait_for_stop(self) -> None:
         await self._stop.wait()
 
     async def close(self) -> None:

@@ -1,5 +1,8 @@
 """``barp-trainer serve``: parse arguments, load settings (exit 2 on a bad setting), run the TrainerApp.
 
+The process shell (JSON logs on stdout, SIGTERM/SIGINT -> graceful stop, a second signal -> exit 130,
+exit codes) is the sidecar's: ``barp_sidecar.process`` and ``barp_sidecar.log``.
+
 Exposes ``add_arguments(parser)`` / ``run(args) -> int`` for trainer/cli.py's dispatcher, and ``main()``
 so ``python -m trainer.service.main`` works on its own.
 """
@@ -9,36 +12,24 @@ from __future__ import annotations
 import argparse
 import asyncio
 import dataclasses
-import logging
 import os
-import signal
 import sys
 
-import structlog
 import torch
 
 from barp_sidecar.errors import CheckpointError, ConfigError
+from barp_sidecar.log import configure_logging
+from barp_sidecar.process import EXIT_CONFIG, config_error_exit, serve_until_signalled
 from trainer.service.app import TrainerApp
 from trainer.service.settings import TrainerSettings, load_trainer_settings
+
+PROGRAM = "barp-trainer serve"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML settings file (BARP_TRAINER__SECTION__KEY env overrides it)")
     parser.add_argument("--port", type=int, help="override server.port (0 = any free port)")
     parser.add_argument("--data-dir", help="override storage.data_dir")
-
-
-def configure_logging(level: str) -> None:
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso"),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(getattr(logging, level.upper())),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
-    )
 
 
 def build_settings(args: argparse.Namespace) -> TrainerSettings:
@@ -54,49 +45,23 @@ def build_settings(args: argparse.Namespace) -> TrainerSettings:
     return settings
 
 
-async def serve(settings: TrainerSettings) -> None:
-    app = TrainerApp(settings)
-    loop = asyncio.get_running_loop()
-    signals_seen = 0
-
-    def on_signal() -> None:
-        nonlocal signals_seen
-        signals_seen += 1
-        if signals_seen > 1:
-            os._exit(1)  # second signal: force exit
-        app.request_stop()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
-    try:
-        await app.start()
-        await app.wait()
-    finally:
-        await app.close()
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         settings = build_settings(args)
     except ConfigError as exc:
-        print(f"barp-trainer: invalid setting {exc}", file=sys.stderr)
-        return 2
+        return config_error_exit(PROGRAM, exc)
     configure_logging(settings.logging.level)
     torch.set_num_threads(min(2, torch.get_num_threads()))
     try:
-        asyncio.run(serve(settings))
-    except ConfigError as exc:
-        print(f"barp-trainer: invalid setting {exc}", file=sys.stderr)
-        return 2
+        return asyncio.run(serve_until_signalled(TrainerApp(settings), PROGRAM))
+    except ConfigError as exc:  # raised while building the app, before it could start
+        return config_error_exit(PROGRAM, exc)
     except CheckpointError as exc:
-        print(f"barp-trainer: cannot load the starting policy: {exc}", file=sys.stderr)
-        return 2
+        print(f"{PROGRAM}: cannot load the starting policy: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
     except ModuleNotFoundError as exc:
-        print(
-            f"barp-trainer: {exc} (use learner.initial_policy: cold with arms and tau_usd)", file=sys.stderr
-        )
-        return 2
-    return 0
+        print(f"{PROGRAM}: {exc} (use learner.initial_policy: cold with arms and tau_usd)", file=sys.stderr)
+        return EXIT_CONFIG
 
 
 def main(argv: list[str] | None = None) -> int:
