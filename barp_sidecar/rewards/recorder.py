@@ -93,6 +93,8 @@ class OutcomeRecorder:
         self.sweep_interval_s = sweep_interval_s
         self.counters = RecorderCounters()
         self._sweeper: asyncio.Task[None] | None = None
+        # Decisions whose outcome is being made durable now -> resolves True once recorded, False if not.
+        self._in_flight: dict[str, asyncio.Future[bool]] = {}
 
     async def start(self) -> None:
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="outcome-expiry")
@@ -145,10 +147,18 @@ class OutcomeRecorder:
     async def report(self, decision_id: str, quality: float, cost_usd: float | None = None) -> bool:
         """Record an outcome. True = recorded now; False = already recorded (idempotent repeat).
 
-        Raises ``InvalidArgument`` (field named), ``NotFound`` (unknown or expired decision), or
+        Exactly one of any number of concurrent calls for one decision records it (True); the others wait
+        for that recording to be durable and answer False. If it fails (spool full), the decision is
+        pending again and the next waiter tries itself. The first call's quality is the one recorded.
+
+        Raises ``InvalidArgument`` (field named), ``DecisionNotFound`` (unknown or expired decision), or
         ``SpoolFull`` (not recorded; the decision stays pending so a retry can succeed).
         """
         validate_outcome(decision_id, quality, cost_usd)
+        while (in_flight := self._in_flight.get(decision_id)) is not None:
+            if await asyncio.shield(in_flight):
+                self.counters.repeated += 1
+                return False
         found = self.store.take(decision_id)
         if found == LookupResult.RECORDED:
             self.counters.repeated += 1
@@ -167,17 +177,24 @@ class OutcomeRecorder:
             )
             return True
         event = build_event(found, float(quality), cost_usd, self.sidecar_id, defaulted=False)
+        # Concurrent repeats wait on this instead of finding the decision neither pending nor recorded.
+        recorded: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._in_flight[decision_id] = recorded
+        durable = False
         try:
             await self.spool.append(event)
+            durable = True
         except SpoolFull:
             self.counters.refused_spool_full += 1
-            self.store.restore(found)
             raise
-        except BaseException:
-            self.store.restore(found)
-            raise
-        self.store.mark_recorded(decision_id)
-        self.counters.recorded += 1
+        finally:
+            if durable:
+                self.store.mark_recorded(decision_id)
+                self.counters.recorded += 1
+            else:
+                self.store.restore(found)
+            del self._in_flight[decision_id]
+            recorded.set_result(durable)
         return True
 
     async def sweep(self) -> int:
