@@ -77,7 +77,8 @@ class RouterServicer:
 
     def ReportOutcome(self, request, context):
         """ReportOutcome reports the observed quality of a decision's answer so the policy can learn.
-        Idempotent per decision_id: repeating it is acknowledged and recorded once.
+        Idempotent per decision_id: repeating it is acknowledged and recorded once. Concurrent repeats too:
+        exactly one call answers recorded=true (after the outcome is durable), the others recorded=false.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
