@@ -58,6 +58,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--metrics-port", type=int, help="Prometheus HTTP port (0 = pick a free one); overrides metrics.port"
     )
+    parser.add_argument(
+        "--admin-port", type=int, help="Admin gRPC port (0 = pick a free one); overrides admin.port"
+    )
 
 
 def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Settings:
@@ -68,6 +71,10 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sett
     if args.metrics_port is not None:
         settings = dataclasses.replace(
             settings, metrics=dataclasses.replace(settings.metrics, port=args.metrics_port)
+        )
+    if args.admin_port is not None:
+        settings = dataclasses.replace(
+            settings, admin=dataclasses.replace(settings.admin, port=args.admin_port)
         )
     return validate(settings)
 

@@ -21,9 +21,10 @@ def test_flags_override_file_and_environment(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("server: {port: 6000}\nmetrics: {port: 6001}\nbatching: {max_wait_ms: 3}\n")
     settings = app.settings_from_args(
-        parse("--config", str(config), "--port", "0"), {"BARP__BATCHING__MAX_WAIT_MS": "1.5"}
+        parse("--config", str(config), "--port", "0", "--admin-port", "0"),
+        {"BARP__BATCHING__MAX_WAIT_MS": "1.5"},
     )
-    assert settings.server.port == 0 and settings.metrics.port == 6001
+    assert settings.server.port == 0 and settings.metrics.port == 6001 and settings.admin.port == 0
     assert settings.batching.max_wait_ms == 1.5
 
 
@@ -32,6 +33,7 @@ def test_flags_override_file_and_environment(tmp_path: Path) -> None:
     [
         (("--port", "70000"), {}, "server.port"),
         (("--metrics-port", "-1"), {}, "metrics.port"),
+        (("--admin-port", "65536"), {}, "admin.port"),
         ((), {"BARP__BATCHING__MAX_BATCH_SIZE": "zero"}, "batching.max_batch_size"),
         ((), {"BARP__BATCHING__MAX_PENDING": "0"}, "batching.max_pending"),
         ((), {"BARP__ROUTING__DEFAULT_EXPLORATION": "explore"}, "routing.default_exploration"),

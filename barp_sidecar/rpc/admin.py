@@ -41,8 +41,14 @@ def is_loopback(host: str) -> bool:
 def admin_token(settings: AdminSettings, env: Mapping[str, str]) -> str | None:
     """The bearer token required by the Admin service, or None on loopback without one configured.
 
-    Raises ConfigError (before anything binds) when bound beyond loopback without a token."""
+    Raises ConfigError (before anything binds) when bound beyond loopback without a token, or when the
+    token is blank or padded with whitespace (a copy-paste accident that would make every call fail)."""
     token = env.get(settings.token_env) or None
+    if token is not None and (not token.strip() or token != token.strip()):
+        raise ConfigError(
+            "admin.token_env",
+            f"${settings.token_env} is blank or has leading/trailing whitespace: use a random token",
+        )
     if token is None and not is_loopback(settings.host):
         raise ConfigError(
             "admin.token_env",

@@ -47,7 +47,7 @@ def complete_command(
 ) -> CompleteCommand:
     return CompleteCommand(
         chat=chat_request(request),
-        quality_weight=request.preference.quality_weight if request.HasField("preference") else None,
+        quality_weight=convert.quality_weight_from_pb(request.preference),
         allowed_models=tuple(request.allowed_models),
         exploration=convert.exploration_from_pb(request.exploration),
         request_id=request.request_id,

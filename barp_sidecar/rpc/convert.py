@@ -34,10 +34,15 @@ def exploration_to_pb(mode: ExplorationMode) -> Any:
     return _ENUM_BY_MODE[mode]
 
 
+def quality_weight_from_pb(preference: router_pb2.Preference) -> float | None:
+    """The request's w_q, or None (= the configured default) when unset; an absent message reads as unset."""
+    return preference.quality_weight if preference.HasField("quality_weight") else None
+
+
 def route_command(request: router_pb2.RouteRequest, deadline_monotonic_s: float | None) -> RouteCommand:
     return RouteCommand(
         prompt=request.prompt,
-        quality_weight=request.preference.quality_weight if request.HasField("preference") else None,
+        quality_weight=quality_weight_from_pb(request.preference),
         allowed_models=tuple(request.allowed_models),
         exploration=exploration_from_pb(request.exploration),
         request_id=request.request_id,

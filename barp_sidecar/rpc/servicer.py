@@ -14,7 +14,7 @@ import grpc
 import structlog
 
 from barp_sidecar.bounded_text import bounded_text
-from barp_sidecar.errors import FailedPrecondition
+from barp_sidecar.errors import FailedPrecondition, InvalidArgument
 from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
 from barp_sidecar.metrics import SidecarMetrics
 from barp_sidecar.rewards.recorder import OutcomeRecorder
@@ -92,6 +92,8 @@ class RouterServicer(CompleteServicerMixin, router_pb2_grpc.RouterServicer):
         try:
             if self._outcomes is None:
                 raise FailedPrecondition("rewards.enabled is false: this sidecar does not record outcomes")
+            if not request.HasField("quality"):
+                raise InvalidArgument("quality", "is required (a number in [0, 1])")
             cost = request.cost_usd if request.HasField("cost_usd") else None
             recorded = await self._outcomes.report(request.decision_id, request.quality, cost)
             return router_pb2.OutcomeAck(recorded=recorded)

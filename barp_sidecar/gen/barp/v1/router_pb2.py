@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x62\x61rp/v1/router.proto\x12\x07\x62\x61rp.v1\"$\n\nPreference\x12\x16\n\x0equality_weight\x18\x01 \x01(\x01\"\x86\x02\n\x0cRouteRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\'\n\npreference\x18\x02 \x01(\x0b\x32\x13.barp.v1.Preference\x12\x16\n\x0e\x61llowed_models\x18\x03 \x03(\t\x12)\n\x0b\x65xploration\x18\x04 \x01(\x0e\x32\x14.barp.v1.Exploration\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x35\n\x08metadata\x18\x06 \x03(\x0b\x32#.barp.v1.RouteRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x10ModelProbability\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\"\xe5\x01\n\rRouteResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\npropensity\x18\x03 \x01(\x01\x12\x30\n\rprobabilities\x18\x04 \x03(\x0b\x32\x19.barp.v1.ModelProbability\x12\x16\n\x0epolicy_version\x18\x05 \x01(\x03\x12\x0f\n\x07\x65ncoder\x18\x06 \x01(\t\x12)\n\x0b\x65xploration\x18\x07 \x01(\x0e\x32\x14.barp.v1.Exploration\x12\x16\n\x0equality_weight\x18\x08 \x01(\x01\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x9c\x01\n\x14GenerationParameters\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\xd7\x02\n\x0f\x43ompleteRequest\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.barp.v1.ChatMessage\x12\x31\n\nparameters\x18\x02 \x01(\x0b\x32\x1d.barp.v1.GenerationParameters\x12\'\n\npreference\x18\x03 \x01(\x0b\x32\x13.barp.v1.Preference\x12\x16\n\x0e\x61llowed_models\x18\x04 \x03(\t\x12)\n\x0b\x65xploration\x18\x05 \x01(\x0e\x32\x14.barp.v1.Exploration\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x38\n\x08metadata\x18\x07 \x03(\x0b\x32&.barp.v1.CompleteRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x03 \x01(\x01\x12\x11\n\testimated\x18\x04 \x01(\x08\"\xb2\x01\n\rCompleteChunk\x12(\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x16.barp.v1.RouteResponse\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\t\x12\x1d\n\x05usage\x18\x03 \x01(\x0b\x32\x0e.barp.v1.Usage\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x15\n\rfallback_from\x18\x05 \x03(\t\x12\x1b\n\x13provider_latency_ms\x18\x06 \x01(\x01\"Z\n\x0eOutcomeRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x0f\n\x07quality\x18\x02 \x01(\x01\x12\x15\n\x08\x63ost_usd\x18\x03 \x01(\x01H\x00\x88\x01\x01\x42\x0b\n\t_cost_usd\"\x1e\n\nOutcomeAck\x12\x10\n\x08recorded\x18\x01 \x01(\x08*z\n\x0b\x45xploration\x12\x1b\n\x17\x45XPLORATION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XPLORATION_GREEDY\x10\x01\x12\x16\n\x12\x45XPLORATION_SAMPLE\x10\x02\x12\x1e\n\x1a\x45XPLORATION_EPSILON_GREEDY\x10\x03\x32\xbf\x01\n\x06Router\x12\x36\n\x05Route\x12\x15.barp.v1.RouteRequest\x1a\x16.barp.v1.RouteResponse\x12>\n\x08\x43omplete\x12\x18.barp.v1.CompleteRequest\x1a\x16.barp.v1.CompleteChunk0\x01\x12=\n\rReportOutcome\x12\x17.barp.v1.OutcomeRequest\x1a\x13.barp.v1.OutcomeAckBK\n\x0b\x64\x65v.barp.v1P\x01Z:github.com/barp-sidecar/barp-sidecar/gen/go/barp/v1;barpv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14\x62\x61rp/v1/router.proto\x12\x07\x62\x61rp.v1\"<\n\nPreference\x12\x1b\n\x0equality_weight\x18\x01 \x01(\x01H\x00\x88\x01\x01\x42\x11\n\x0f_quality_weight\"\x86\x02\n\x0cRouteRequest\x12\x0e\n\x06prompt\x18\x01 \x01(\t\x12\'\n\npreference\x18\x02 \x01(\x0b\x32\x13.barp.v1.Preference\x12\x16\n\x0e\x61llowed_models\x18\x03 \x03(\t\x12)\n\x0b\x65xploration\x18\x04 \x01(\x0e\x32\x14.barp.v1.Exploration\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x35\n\x08metadata\x18\x06 \x03(\x0b\x32#.barp.v1.RouteRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"6\n\x10ModelProbability\x12\r\n\x05model\x18\x01 \x01(\t\x12\x13\n\x0bprobability\x18\x02 \x01(\x01\"\xe5\x01\n\rRouteResponse\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\r\n\x05model\x18\x02 \x01(\t\x12\x12\n\npropensity\x18\x03 \x01(\x01\x12\x30\n\rprobabilities\x18\x04 \x03(\x0b\x32\x19.barp.v1.ModelProbability\x12\x16\n\x0epolicy_version\x18\x05 \x01(\x03\x12\x0f\n\x07\x65ncoder\x18\x06 \x01(\t\x12)\n\x0b\x65xploration\x18\x07 \x01(\x0e\x32\x14.barp.v1.Exploration\x12\x16\n\x0equality_weight\x18\x08 \x01(\x01\",\n\x0b\x43hatMessage\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\x0f\n\x07\x63ontent\x18\x02 \x01(\t\"\x9c\x01\n\x14GenerationParameters\x12\x12\n\nmax_tokens\x18\x01 \x01(\x05\x12\x18\n\x0btemperature\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x12\n\x05top_p\x18\x03 \x01(\x01H\x01\x88\x01\x01\x12\x0c\n\x04stop\x18\x04 \x03(\t\x12\x11\n\x04seed\x18\x05 \x01(\x03H\x02\x88\x01\x01\x42\x0e\n\x0c_temperatureB\x08\n\x06_top_pB\x07\n\x05_seed\"\xd7\x02\n\x0f\x43ompleteRequest\x12&\n\x08messages\x18\x01 \x03(\x0b\x32\x14.barp.v1.ChatMessage\x12\x31\n\nparameters\x18\x02 \x01(\x0b\x32\x1d.barp.v1.GenerationParameters\x12\'\n\npreference\x18\x03 \x01(\x0b\x32\x13.barp.v1.Preference\x12\x16\n\x0e\x61llowed_models\x18\x04 \x03(\t\x12)\n\x0b\x65xploration\x18\x05 \x01(\x0e\x32\x14.barp.v1.Exploration\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x38\n\x08metadata\x18\x07 \x03(\x0b\x32&.barp.v1.CompleteRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"Y\n\x05Usage\x12\x14\n\x0cinput_tokens\x18\x01 \x01(\x03\x12\x15\n\routput_tokens\x18\x02 \x01(\x03\x12\x10\n\x08\x63ost_usd\x18\x03 \x01(\x01\x12\x11\n\testimated\x18\x04 \x01(\x08\"\xb2\x01\n\rCompleteChunk\x12(\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x16.barp.v1.RouteResponse\x12\r\n\x05\x64\x65lta\x18\x02 \x01(\t\x12\x1d\n\x05usage\x18\x03 \x01(\x0b\x32\x0e.barp.v1.Usage\x12\x15\n\rfinish_reason\x18\x04 \x01(\t\x12\x15\n\rfallback_from\x18\x05 \x03(\t\x12\x1b\n\x13provider_latency_ms\x18\x06 \x01(\x01\"k\n\x0eOutcomeRequest\x12\x13\n\x0b\x64\x65\x63ision_id\x18\x01 \x01(\t\x12\x14\n\x07quality\x18\x02 \x01(\x01H\x00\x88\x01\x01\x12\x15\n\x08\x63ost_usd\x18\x03 \x01(\x01H\x01\x88\x01\x01\x42\n\n\x08_qualityB\x0b\n\t_cost_usd\"\x1e\n\nOutcomeAck\x12\x10\n\x08recorded\x18\x01 \x01(\x08*z\n\x0b\x45xploration\x12\x1b\n\x17\x45XPLORATION_UNSPECIFIED\x10\x00\x12\x16\n\x12\x45XPLORATION_GREEDY\x10\x01\x12\x16\n\x12\x45XPLORATION_SAMPLE\x10\x02\x12\x1e\n\x1a\x45XPLORATION_EPSILON_GREEDY\x10\x03\x32\xbf\x01\n\x06Router\x12\x36\n\x05Route\x12\x15.barp.v1.RouteRequest\x1a\x16.barp.v1.RouteResponse\x12>\n\x08\x43omplete\x12\x18.barp.v1.CompleteRequest\x1a\x16.barp.v1.CompleteChunk0\x01\x12=\n\rReportOutcome\x12\x17.barp.v1.OutcomeRequest\x1a\x13.barp.v1.OutcomeAckBK\n\x0b\x64\x65v.barp.v1P\x01Z:github.com/barp-sidecar/barp-sidecar/gen/go/barp/v1;barpv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,34 +36,34 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ROUTEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_COMPLETEREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_COMPLETEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_EXPLORATION']._serialized_start=1571
-  _globals['_EXPLORATION']._serialized_end=1693
+  _globals['_EXPLORATION']._serialized_start=1612
+  _globals['_EXPLORATION']._serialized_end=1734
   _globals['_PREFERENCE']._serialized_start=33
-  _globals['_PREFERENCE']._serialized_end=69
-  _globals['_ROUTEREQUEST']._serialized_start=72
-  _globals['_ROUTEREQUEST']._serialized_end=334
-  _globals['_ROUTEREQUEST_METADATAENTRY']._serialized_start=287
-  _globals['_ROUTEREQUEST_METADATAENTRY']._serialized_end=334
-  _globals['_MODELPROBABILITY']._serialized_start=336
-  _globals['_MODELPROBABILITY']._serialized_end=390
-  _globals['_ROUTERESPONSE']._serialized_start=393
-  _globals['_ROUTERESPONSE']._serialized_end=622
-  _globals['_CHATMESSAGE']._serialized_start=624
-  _globals['_CHATMESSAGE']._serialized_end=668
-  _globals['_GENERATIONPARAMETERS']._serialized_start=671
-  _globals['_GENERATIONPARAMETERS']._serialized_end=827
-  _globals['_COMPLETEREQUEST']._serialized_start=830
-  _globals['_COMPLETEREQUEST']._serialized_end=1173
-  _globals['_COMPLETEREQUEST_METADATAENTRY']._serialized_start=287
-  _globals['_COMPLETEREQUEST_METADATAENTRY']._serialized_end=334
-  _globals['_USAGE']._serialized_start=1175
-  _globals['_USAGE']._serialized_end=1264
-  _globals['_COMPLETECHUNK']._serialized_start=1267
-  _globals['_COMPLETECHUNK']._serialized_end=1445
-  _globals['_OUTCOMEREQUEST']._serialized_start=1447
-  _globals['_OUTCOMEREQUEST']._serialized_end=1537
-  _globals['_OUTCOMEACK']._serialized_start=1539
-  _globals['_OUTCOMEACK']._serialized_end=1569
-  _globals['_ROUTER']._serialized_start=1696
-  _globals['_ROUTER']._serialized_end=1887
+  _globals['_PREFERENCE']._serialized_end=93
+  _globals['_ROUTEREQUEST']._serialized_start=96
+  _globals['_ROUTEREQUEST']._serialized_end=358
+  _globals['_ROUTEREQUEST_METADATAENTRY']._serialized_start=311
+  _globals['_ROUTEREQUEST_METADATAENTRY']._serialized_end=358
+  _globals['_MODELPROBABILITY']._serialized_start=360
+  _globals['_MODELPROBABILITY']._serialized_end=414
+  _globals['_ROUTERESPONSE']._serialized_start=417
+  _globals['_ROUTERESPONSE']._serialized_end=646
+  _globals['_CHATMESSAGE']._serialized_start=648
+  _globals['_CHATMESSAGE']._serialized_end=692
+  _globals['_GENERATIONPARAMETERS']._serialized_start=695
+  _globals['_GENERATIONPARAMETERS']._serialized_end=851
+  _globals['_COMPLETEREQUEST']._serialized_start=854
+  _globals['_COMPLETEREQUEST']._serialized_end=1197
+  _globals['_COMPLETEREQUEST_METADATAENTRY']._serialized_start=311
+  _globals['_COMPLETEREQUEST_METADATAENTRY']._serialized_end=358
+  _globals['_USAGE']._serialized_start=1199
+  _globals['_USAGE']._serialized_end=1288
+  _globals['_COMPLETECHUNK']._serialized_start=1291
+  _globals['_COMPLETECHUNK']._serialized_end=1469
+  _globals['_OUTCOMEREQUEST']._serialized_start=1471
+  _globals['_OUTCOMEREQUEST']._serialized_end=1578
+  _globals['_OUTCOMEACK']._serialized_start=1580
+  _globals['_OUTCOMEACK']._serialized_end=1610
+  _globals['_ROUTER']._serialized_start=1737
+  _globals['_ROUTER']._serialized_end=1928
 # @@protoc_insertion_point(module_scope)
