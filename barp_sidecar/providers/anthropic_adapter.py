@@ -18,6 +18,7 @@ from barp_sidecar.providers.adapter import (
 )
 from barp_sidecar.providers.catalog import ProviderEntry
 from barp_sidecar.providers.chat import ChatRequest, StreamEvent
+from barp_sidecar.providers.failures import describe_upstream_error
 from barp_sidecar.providers.sse import SSEError, SSEParser
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -26,13 +27,6 @@ _STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "len
 
 def _count(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else None
-
-
-def _error_text(payload: dict[str, Any]) -> str:
-    error = payload.get("error")
-    if isinstance(error, dict):
-        return f"{error.get('type', 'error')}: {error.get('message', '')}"
-    return str(error)
 
 
 class AnthropicStreamDecoder:
@@ -56,7 +50,7 @@ class AnthropicStreamDecoder:
 
     def _decode(self, kind: str, payload: dict[str, Any]) -> StreamEvent | None:
         if kind == "error":
-            raise UpstreamStreamError(_error_text(payload))
+            raise UpstreamStreamError(describe_upstream_error(payload))
         if kind == "message_start":
             message = payload.get("message")
             usage = message.get("usage") if isinstance(message, dict) else None
@@ -126,7 +120,7 @@ class AnthropicAdapter:
     def decode_body(self, body: bytes) -> list[StreamEvent]:
         payload = json_object(body, "response body")
         if payload.get("type") == "error" or "error" in payload:
-            raise UpstreamStreamError(_error_text(payload))
+            raise UpstreamStreamError(describe_upstream_error(payload))
         content = payload.get("content")
         if not isinstance(content, list):
             raise StreamProtocolError("response body lacks a content list")

@@ -3,8 +3,8 @@
 For tests, benchmarks and demos; binds 127.0.0.1 only. Behaviour per request comes from, in order: the
 scripted queue (``push``), the 429 burst budget, the random error rate, then the default behaviour. It
 can add latency, stream at a given token rate, fail with any status (with Retry-After), hang, send
-malformed JSON / SSE / truncated streams, omit usage, and echo the caller's credentials into an error body
-(to prove they get redacted). ``stats`` counts requests, concurrency and upstream cancellations.
+malformed JSON / SSE / truncated streams, omit usage, and echo the caller's credentials or the request into
+an error body (to prove neither reaches a log line or a status message). ``stats`` counts requests, concurrency and upstream cancellations.
 
 Run standalone: ``python -m barp_sidecar.providers.fake_server --port 0 [--latency-ms 5 ...]``; it prints
 one JSON line ``{"event": "fake_provider_started", "port": N, "base_url": ...}`` and serves until
@@ -55,6 +55,9 @@ class FakeBehaviour:
     usage: bool = True
     # Put the request's Authorization / x-api-key header value into the error body (redaction tests).
     echo_credentials: bool = False
+    # Answer ``status`` with a pydantic/FastAPI-style validation body that echoes the request's messages
+    # (the prompt) as ``input``, as many OpenAI-compatible servers do for a 422 (privacy tests).
+    echo_request: bool = False
 
     def __post_init__(self) -> None:
         if self.malformed is not None and self.malformed not in MALFORMED_MODES:
@@ -221,6 +224,20 @@ class FakeProvider:
                 credential = request.headers.get("Authorization") or request.headers.get("x-api-key", "")
                 message = f"Incorrect API key provided: {credential}"
             failure = _error(behaviour.status, "fake_error", message)
+            if behaviour.echo_request:
+                failure = web.json_response(
+                    {
+                        "detail": [
+                            {
+                                "type": "string_too_long",
+                                "loc": ["body", "messages", 0, "content"],
+                                "msg": f"String should have at most 10 characters: {body['messages']}",
+                                "input": body["messages"],
+                            }
+                        ]
+                    },
+                    status=behaviour.status,
+                )
             if behaviour.retry_after is not None:
                 failure.headers["Retry-After"] = behaviour.retry_after
             return failure

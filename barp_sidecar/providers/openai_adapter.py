@@ -17,6 +17,7 @@ from barp_sidecar.providers.adapter import (
 )
 from barp_sidecar.providers.catalog import ProviderEntry
 from barp_sidecar.providers.chat import ChatRequest, StreamEvent
+from barp_sidecar.providers.failures import describe_upstream_error
 from barp_sidecar.providers.sse import SSEError, SSEParser
 
 
@@ -29,13 +30,6 @@ def _usage_event(usage: Any) -> StreamEvent | None:
         input_tokens=prompt if isinstance(prompt, int) and prompt >= 0 else None,
         output_tokens=completion if isinstance(completion, int) and completion >= 0 else None,
     )
-
-
-def _error_text(payload: dict[str, Any]) -> str:
-    error = payload.get("error")
-    if isinstance(error, dict):
-        return str(error.get("message") or error.get("type") or error)
-    return str(error)
 
 
 class OpenAIStreamDecoder:
@@ -62,7 +56,7 @@ class OpenAIStreamDecoder:
     def _decode(self, data: str) -> list[StreamEvent]:
         payload = json_object(data, "stream chunk")
         if "error" in payload:
-            raise UpstreamStreamError(_error_text(payload))
+            raise UpstreamStreamError(describe_upstream_error(payload))
         events: list[StreamEvent] = []
         choices = payload.get("choices")
         if choices is not None and not isinstance(choices, list):
@@ -125,7 +119,7 @@ class OpenAIAdapter:
     def decode_body(self, body: bytes) -> list[StreamEvent]:
         payload = json_object(body, "response body")
         if "error" in payload:
-            raise UpstreamStreamError(_error_text(payload))
+            raise UpstreamStreamError(describe_upstream_error(payload))
         try:
             choice = payload["choices"][0]
             content = choice["message"]["content"] or ""

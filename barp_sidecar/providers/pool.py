@@ -33,7 +33,9 @@ from barp_sidecar.providers.failures import (
     ProviderFailure,
     ProviderNotConfigured,
     ProviderQueueFull,
+    describe_upstream_error,
     quote_upstream,
+    redact,
 )
 from barp_sidecar.providers.metrics import ProviderMetrics
 from barp_sidecar.providers.retry import RetryPolicy, is_retryable_status, parse_retry_after
@@ -253,7 +255,7 @@ class ProviderPool:
                 raise ProviderFailure(
                     arm,
                     "http_status",
-                    f"HTTP {response.status}: {quote_upstream(body, self._secrets)}",
+                    f"HTTP {response.status}: {redact(describe_upstream_error(body), self._secrets)}",
                     retryable=is_retryable_status(response.status),
                     status=response.status,
                     retry_after_s=retry_after_s,
@@ -275,8 +277,9 @@ class ProviderPool:
                 arm, "protocol", quote_upstream(str(exc), self._secrets), retryable=False
             ) from None
         except UpstreamStreamError as exc:
+            # The adapters' UpstreamStreamError text is already a describe_upstream_error summary.
             raise ProviderFailure(
-                arm, "upstream_error", quote_upstream(str(exc), self._secrets), retryable=False
+                arm, "upstream_error", redact(str(exc), self._secrets), retryable=False
             ) from None
         except TimeoutError:
             if deadline_s is not None and self._clock() >= deadline_s - 0.001:

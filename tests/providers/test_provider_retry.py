@@ -67,3 +67,34 @@ def test_policy_validates_its_fields() -> None:
         RetryPolicy(initial_backoff_s=2.0, max_backoff_s=1.0)
     with pytest.raises(ValueError):
         RetryPolicy().backoff_s(0, random.Random())
+
+
+@pytest.mark.parametrize(
+    ("body", "shown", "hidden"),
+    [
+        (
+            b'{"error": {"type": "invalid_request_error", "code": "context_length_exceeded",'
+            b' "message": "your prompt SECRET-PROMPT is too long"}}',
+            "type=invalid_request_error code=context_length_exceeded",
+            "SECRET-PROMPT",
+        ),
+        (
+            b'{"detail": [{"type": "missing", "loc": ["body"], "msg": "x", "input": "SECRET-PROMPT"},'
+            b' {"type": "string_type", "input": {"content": "SECRET-PROMPT"}}]}',
+            "validation_errors=2 validation_types=missing,string_type",
+            "SECRET-PROMPT",
+        ),
+        (b'{"error": "SECRET PROMPT with spaces"}', "no error type or code", "SECRET"),
+        (b"<html>SECRET-PROMPT</html>", "non-JSON error body (26 bytes)", "SECRET-PROMPT"),
+        (
+            b'{"type": "error", "error": {"type": "overloaded_error", "message": "SECRET-PROMPT"}}',
+            "type=overloaded_error",
+            "SECRET-PROMPT",
+        ),
+    ],
+)
+def test_upstream_error_bodies_show_type_and_code_only(body: bytes, shown: str, hidden: str) -> None:
+    from barp_sidecar.providers.failures import describe_upstream_error
+
+    text = describe_upstream_error(body)
+    assert text.startswith(shown) and hidden not in text and len(text) <= 300

@@ -331,10 +331,27 @@ async def test_the_api_key_never_appears_in_errors_or_logs(
             fake.push(FakeBehaviour(status=401, echo_credentials=True))
             error = await complete_error(app.port, complete_request())
     assert error.code() == grpc.StatusCode.UNAVAILABLE
-    assert "[REDACTED]" in error.details()
+    assert "type=fake_error" in error.details() and "Incorrect API key" not in error.details()
     assert KEY not in error.details() and KEY[:8] not in error.details()
     assert any(log.get("event") == "provider_retry" for log in logs)
     assert KEY not in repr(logs) and KEY[:8] not in repr(logs)
+
+
+async def test_a_provider_error_body_echoing_the_prompt_is_never_logged_or_returned(
+    checkpoint: Path, fake: FakeProvider, tmp_path: Path
+) -> None:
+    prompt = "my-private-medical-question-about-aspirin"
+    catalog = write_catalog(tmp_path / "c.yaml", all_live(fake.base_url))
+    settings = settings_for(checkpoint, catalog, max_fallbacks=1)
+    with capture_logs() as logs:
+        async with sidecar(settings) as app:
+            # 422 is not retried: the chosen model and its one fallback both echo the request back.
+            fake.push(*[FakeBehaviour(status=422, echo_request=True)] * 2)
+            error = await complete_error(app.port, complete_request(prompt))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+    assert "HTTP 422: validation_errors=1 validation_types=string_too_long" in error.details()
+    assert prompt not in error.details() and prompt not in str(error.trailing_metadata())
+    assert logs and prompt not in repr(logs)
 
 
 async def test_a_missing_key_or_a_mismatched_catalog_stops_startup(
