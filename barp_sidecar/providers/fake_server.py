@@ -4,7 +4,8 @@ For tests, benchmarks and demos; binds 127.0.0.1 only. Behaviour per request com
 scripted queue (``push``), the 429 burst budget, the random error rate, then the default behaviour. It
 can add latency, stream at a given token rate, fail with any status (with Retry-After), hang, send
 malformed JSON / SSE / truncated streams, omit usage, and echo the caller's credentials or the request into
-an error body (to prove neither reaches a log line or a status message). ``stats`` counts requests, concurrency and upstream cancellations.
+an error body (to prove neither reaches a log line or a status message). ``stats`` counts requests,
+concurrency and upstream cancellations.
 
 Run standalone: ``python -m barp_sidecar.providers.fake_server --port 0 [--latency-ms 5 ...]``; it prints
 one JSON line ``{"event": "fake_provider_started", "port": N, "base_url": ...}`` and serves until

@@ -110,7 +110,9 @@ def test_openai_stream_without_done_but_with_finish_is_complete() -> None:
 
 def test_openai_error_event() -> None:
     with pytest.raises(UpstreamStreamError, match="type=server_error") as caught:
-        OpenAIAdapter().stream_decoder().feed(sse({"error": {"type": "server_error", "message": "my prompt"}}))
+        OpenAIAdapter().stream_decoder().feed(
+            sse({"error": {"type": "server_error", "message": "my prompt"}})
+        )
     assert "my prompt" not in str(caught.value)
 
 
