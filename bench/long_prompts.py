@@ -117,7 +117,7 @@ def serve(config: str, port_file: str, cut: bool) -> int:
         )
         sidecar = app.SidecarApp.build(settings)
         await sidecar.start()
-        Path(port_file).write_text(f"{sidecar.port}\n")
+        await asyncio.to_thread(Path(port_file).write_text, f"{sidecar.port}\n")
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         loop.add_signal_handler(signal.SIGTERM, stop.set)
