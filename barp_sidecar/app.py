@@ -25,6 +25,7 @@ import structlog
 from barp_sidecar.batching.batcher import MicroBatcher
 from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.errors import ConfigError
+from barp_sidecar.learning_wiring import LearningComponents
 from barp_sidecar.log import configure_logging
 from barp_sidecar.metrics import MetricsHttpServer, SidecarMetrics
 from barp_sidecar.policy.device import DevicePlacement, select_device
@@ -37,7 +38,6 @@ from barp_sidecar.providers.forwarder import Forwarder
 from barp_sidecar.providers.metrics import ProviderMetrics
 from barp_sidecar.providers.pool import ProviderPool
 from barp_sidecar.providers.recorder import InMemoryCompletionRecorder
-from barp_sidecar.rewards.components import LearningComponents
 from barp_sidecar.routing.completion import CompletionService
 from barp_sidecar.routing.service import RoutingDefaults, RoutingService
 from barp_sidecar.rpc.server import GrpcServer
