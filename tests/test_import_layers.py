@@ -37,6 +37,7 @@ LAYERS: list[set[str]] = [
     {"barp_sidecar.app"},
     {"barp_sidecar.cli", "barp_sidecar"},
     # The trainer builds on the sidecar's lower layers (never the reverse).
+    {"trainer.reinforce_core"},
     {"trainer.offline"},
     {"trainer.service"},
     {"trainer.demo"},

@@ -18,8 +18,10 @@ import numpy as np
 
 from barp_sidecar.batching.batcher import MicroBatcher
 from barp_sidecar.domain import Decision, ExplorationMode, RouteCommand
-from barp_sidecar.errors import FailedPrecondition, InvalidArgument
+from barp_sidecar.errors import InvalidArgument
 from barp_sidecar.policy.inference import InferenceRequest, InferenceResult
+from barp_sidecar.policy.mask import allowed_mask, models_in
+from barp_sidecar.providers.failures import NoConfiguredModel
 from barp_sidecar.routing.exploration import choose_arm
 
 MAX_REQUEST_ID_CHARS = 128
@@ -69,14 +71,12 @@ class RoutingService:
         if unknown:
             raise ValueError(f"disabled models {unknown} are not arms of the policy {list(arms)}")
         self._arms = arms
-        self._arm_index = {name: index for index, name in enumerate(arms)}
         self._encoder_id = encoder_id
         self._batcher = batcher
         self._defaults = defaults
         self._rng = rng
         # Called with every decision (the learning loop keeps it pending until ReportOutcome or expiry).
         self._on_decision = on_decision
-        self._enabled = np.array([name not in defaults.disabled_models for name in arms], dtype=bool)
         self._ids = DecisionIds()
 
     @property
@@ -103,37 +103,21 @@ class RoutingService:
         return float(value)
 
     def _mask(self, allowed_models: tuple[str, ...], restrict_to: Collection[str] | None) -> np.ndarray:
-        if allowed_models:
-            seen: set[str] = set()
-            for name in allowed_models:
-                if name in seen:
-                    raise InvalidArgument("allowed_models", f"duplicate model {name!r}")
-                seen.add(name)
-            unknown = [name for name in allowed_models if name not in self._arm_index]
-            if unknown:
-                raise InvalidArgument(
-                    "allowed_models", f"unknown model(s) {unknown}; known models: {list(self._arms)}"
-                )
-            mask = np.zeros(len(self._arms), dtype=bool)
-            mask[[self._arm_index[name] for name in allowed_models]] = True
-            mask &= self._enabled
-        else:
-            mask = self._enabled.copy()
-        if restrict_to is not None:
-            mask &= np.array([name in restrict_to for name in self._arms], dtype=bool)
-        if not mask.any():
-            requested = list(allowed_models) if allowed_models else "all models"
-            raise FailedPrecondition(
-                f"no allowed model is available: allowed_models={requested}, "
-                f"disabled (routing.disabled_models)={sorted(self._defaults.disabled_models)}"
-                + ("" if restrict_to is None else f", callable={sorted(restrict_to)}")
-            )
-        return mask
+        mask = allowed_mask(self._arms, allowed_models, self._defaults.disabled_models)
+        if restrict_to is None:
+            return mask
+        callable_mask = mask & np.array([name in restrict_to for name in self._arms], dtype=bool)
+        if not callable_mask.any():
+            raise NoConfiguredModel(list(models_in(self._arms, mask)))
+        return callable_mask
 
     def prepare(
         self, command: RouteCommand, restrict_to: Collection[str] | None = None
     ) -> tuple[InferenceRequest, np.ndarray, ExplorationMode]:
-        """Validate and resolve defaults; raises InvalidArgument / FailedPrecondition naming the field."""
+        """Validate and resolve defaults; raises InvalidArgument / FailedPrecondition naming the field.
+
+        The mask is computed here once (``policy.mask.allowed_mask``, then ``restrict_to``: models the caller
+        can actually use, NoConfiguredModel when none of the allowed ones is); the Decision carries it."""
         self._check_prompt(command.prompt)
         weight = self._quality_weight(command.quality_weight)
         if len(command.request_id) > MAX_REQUEST_ID_CHARS:
