@@ -123,23 +123,29 @@ TLS_SERVER = obj(
         "clientCASecretName": OPTIONAL_DNS_NAME,
     }
 )
-CATALOG_ENTRY = obj(
-    {
-        "arm": {"type": "string", "minLength": 1},
-        "enabled": BOOL,
-        "api_style": {"type": "string", "enum": ["openai", "anthropic"]},
-        "base_url": {"type": "string", "pattern": "^https?://"},
-        "upstream_model": STRING,
-        "api_key_env": ENV_VAR_NAME,
-        "api_key_file": STRING,
-        "input_usd_per_1m_tokens": {"type": "number", "minimum": 0},
-        "output_usd_per_1m_tokens": {"type": "number", "minimum": 0},
-        "max_concurrency": POSITIVE,
-        "timeout_s": {"type": "number", "exclusiveMinimum": 0},
-        "default_max_tokens": POSITIVE,
-    },
-    required=["arm"],
-)
+
+
+def catalog_entry_schema() -> dict[str, Any]:
+    """One catalog entry; the ``api_style`` names come from the adapter registry (providers.api_styles)."""
+    from barp_sidecar.providers.api_styles import API_STYLES
+
+    return obj(
+        {
+            "arm": {"type": "string", "minLength": 1},
+            "enabled": BOOL,
+            "api_style": {"type": "string", "enum": list(API_STYLES)},
+            "base_url": {"type": "string", "pattern": "^https?://"},
+            "upstream_model": STRING,
+            "api_key_env": ENV_VAR_NAME,
+            "api_key_file": STRING,
+            "input_usd_per_1m_tokens": {"type": "number", "minimum": 0},
+            "output_usd_per_1m_tokens": {"type": "number", "minimum": 0},
+            "max_concurrency": POSITIVE,
+            "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+            "default_max_tokens": POSITIVE,
+        },
+        required=["arm"],
+    )
 
 
 def settings_schema(root: type, owned: dict[str, set[str]]) -> dict[str, Any]:
@@ -245,7 +251,7 @@ def build_schema() -> dict[str, Any]:
             "required": ["providers"],
             "properties": {
                 "version": {"const": 1},
-                "providers": {"type": "array", "minItems": 1, "items": CATALOG_ENTRY},
+                "providers": {"type": "array", "minItems": 1, "items": catalog_entry_schema()},
             },
         },
         "apiKeys": {

@@ -1,4 +1,4 @@
-"""``policy.mask.allowed_mask``: the one place the sidecar, ``decide`` and evaluation compute allowed models."""
+"""``policy.mask.allowed_mask``: how the sidecar, ``decide`` and evaluation all compute allowed models."""
 
 from __future__ import annotations
 
