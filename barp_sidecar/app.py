@@ -37,7 +37,6 @@ from barp_sidecar.providers.catalog import catalog_for_policy
 from barp_sidecar.providers.forwarder import Forwarder
 from barp_sidecar.providers.metrics import ProviderMetrics
 from barp_sidecar.providers.pool import ProviderPool
-from barp_sidecar.providers.recorder import InMemoryCompletionRecorder
 from barp_sidecar.routing.completion import CompletionService
 from barp_sidecar.routing.service import RoutingDefaults, RoutingService
 from barp_sidecar.rpc.server import GrpcServer
@@ -92,7 +91,6 @@ class SidecarApp:
         self.batcher: MicroBatcher[InferenceRequest, InferenceResult] | None = None
         self.routing: RoutingService | None = None
         self.provider_pool: ProviderPool | None = None
-        self.completion_recorder: InMemoryCompletionRecorder | None = None
         self.completion: CompletionService | None = None
         self.grpc: GrpcServer | None = None
         self.metrics_http: MetricsHttpServer | None = None
@@ -170,12 +168,9 @@ class SidecarApp:
             provider_metrics,
             rng=random.Random(s.routing.seed),
         )
-        # Every completed Complete's cost and latency: kept in memory and handed to the pending decision.
-        app.completion_recorder = InMemoryCompletionRecorder(
-            s.providers.completion_records_max_entries, forward_to=recorder
-        )
+        # Every completed Complete's cost goes into its pending decision (the reward path).
         forwarder = Forwarder(
-            catalog, app.provider_pool, app.completion_recorder, provider_metrics, s.providers.max_fallbacks
+            catalog, app.provider_pool, recorder, provider_metrics, s.providers.max_fallbacks
         )
         app.completion = CompletionService(
             routing=app.routing,

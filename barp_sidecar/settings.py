@@ -203,8 +203,6 @@ class ProvidersSettings:
     connect_timeout_s: float = 5.0
     # Calls waiting for one provider's max_concurrency slots; beyond it that provider counts as failed.
     max_queued_per_provider: int = 1024
-    # Completed-call records (cost, latency, usage) kept in memory for the reward path, oldest evicted.
-    completion_records_max_entries: int = 100_000
 
 
 @dataclass(frozen=True)
@@ -434,7 +432,6 @@ def validate(settings: Settings) -> Settings:
     check(p.max_fallbacks >= 0, "providers.max_fallbacks", "must be >= 0")
     check(p.connect_timeout_s > 0, "providers.connect_timeout_s", "must be > 0")
     check(p.max_queued_per_provider >= 0, "providers.max_queued_per_provider", "must be >= 0")
-    check(p.completion_records_max_entries >= 1, "providers.completion_records_max_entries", "must be >= 1")
     return settings
 
 

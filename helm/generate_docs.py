@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import inspect
 import json
 import re
@@ -202,22 +201,11 @@ def field_comments(cls: type) -> dict[str, str]:
     return comments
 
 
-def trainer_settings_root() -> type | None:
-    """The trainer's settings dataclass, or None while trainer/service/settings.py is absent."""
-    try:
-        module = importlib.import_module("trainer.service.settings")
-    except ModuleNotFoundError:
-        return None
-    return module.TrainerSettings  # type: ignore[no-any-return]
-
-
 def build_schema() -> dict[str, Any]:
     from barp_sidecar.settings import Settings
+    from trainer.service.settings import TrainerSettings
 
-    trainer_root = trainer_settings_root()
-    trainer_config = (
-        settings_schema(trainer_root, TRAINER_OWNED) if trainer_root is not None else free_object()
-    )
+    trainer_config = settings_schema(TrainerSettings, TRAINER_OWNED)
     probes = {"startupProbe": PROBE, "livenessProbe": PROBE, "readinessProbe": PROBE}
     properties = {
         "nameOverride": {"type": "string", "maxLength": 40},

@@ -2,7 +2,7 @@
 
 Owns the order in which models are tried for one Complete call and what the caller is told: which model
 answered, which failed first (``fallback_from``), the text deltas, and at the end the usage, cost and
-provider latency, which are also handed to the ``CompletionRecorder`` with the decision id.
+provider latency, which are also handed to the ``CompletionRecorder`` (if any) with the decision id.
 
 Rules: the routed model must have an enabled provider (else ``ProviderNotConfigured`` → FAILED_PRECONDITION
 naming it). When it fails before its first token (after the pool's retries), the next allowed model by
@@ -94,7 +94,7 @@ class Forwarder:
         self,
         catalog: ModelCatalog,
         pool: ProviderPool,
-        recorder: CompletionRecorder,
+        recorder: CompletionRecorder | None,
         metrics: ProviderMetrics,
         max_fallbacks: int,
         clock: Callable[[], float] = time.monotonic,
@@ -174,7 +174,8 @@ class Forwarder:
             usage = complete_usage(input_tokens, output_tokens, request.messages, "".join(parts))
             entry = self._catalog.entry(model)
             cost = cost_usd(usage, entry.input_usd_per_1m_tokens, entry.output_usd_per_1m_tokens)
-            self._recorder.record_completion(decision_id, model, cost, latency_ms, usage)
+            if self._recorder is not None:
+                self._recorder.record_completion(decision_id, model, cost, latency_ms, usage)
             self._observe(model, usage, cost, latency_ms, fallback_from)
             yield Completed(model, finish_reason or "stop", usage, cost, latency_ms, fallback_from)
             return

@@ -8,8 +8,8 @@ Knows nothing about gRPC (rpc/ converts) or HTTP (providers/ forwards).
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 
 from barp_sidecar.domain import ExplorationMode, RouteCommand
 from barp_sidecar.providers.chat import ChatRequest, routing_text, validate_chat_request
@@ -26,7 +26,6 @@ class CompleteCommand:
     allowed_models: tuple[str, ...] = ()
     exploration: ExplorationMode | None = None
     request_id: str = ""
-    metadata: Mapping[str, str] = field(default_factory=dict)
     # Absolute deadline on the ``time.monotonic()`` clock; ``None`` = no deadline.
     deadline_monotonic_s: float | None = None
 
@@ -59,7 +58,6 @@ class CompletionService:
             allowed_models=command.allowed_models,
             exploration=command.exploration,
             request_id=command.request_id,
-            metadata=command.metadata,
             deadline_monotonic_s=command.deadline_monotonic_s,
         )
         # Raises the field errors of Route first; NoConfiguredModel when no allowed model is callable.

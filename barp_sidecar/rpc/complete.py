@@ -51,7 +51,6 @@ def complete_command(
         allowed_models=tuple(request.allowed_models),
         exploration=convert.exploration_from_pb(request.exploration),
         request_id=request.request_id,
-        metadata=dict(request.metadata),
         deadline_monotonic_s=deadline_monotonic_s,
     )
 

@@ -24,9 +24,8 @@ from barp_sidecar.providers.forwarder import (
 )
 from barp_sidecar.providers.metrics import ProviderMetrics
 from barp_sidecar.providers.pool import ProviderPool
-from barp_sidecar.providers.recorder import InMemoryCompletionRecorder
 from barp_sidecar.settings import ProvidersSettings
-from tests.providers.provider_helpers import chat, closed_port, entry_for
+from tests.providers.provider_helpers import RecordingCompletions, chat, closed_port, entry_for
 
 MakePool = Callable[..., Awaitable[ProviderPool]]
 PROBABILITIES = [("a", 0.5), ("b", 0.1), ("c", 0.3), ("d", 0.1), ("e", 0.0)]
@@ -74,8 +73,8 @@ async def run(
 
 def build(
     pool: ProviderPool, entries: list[ProviderEntry], metrics: ProviderMetrics, max_fallbacks: int = 2
-) -> tuple[Forwarder, InMemoryCompletionRecorder]:
-    recorder = InMemoryCompletionRecorder(100)
+) -> tuple[Forwarder, RecordingCompletions]:
+    recorder = RecordingCompletions()
     return Forwarder(ModelCatalog(tuple(entries)), pool, recorder, metrics, max_fallbacks), recorder
 
 
