@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from barp_sidecar.errors import CheckpointError, ConfigError
+from barp_sidecar.policy.builtin import builtin_policy_dir
 from barp_sidecar.policy.checkpoint import (
     LATEST_FILE,
     MANIFEST_FILE,
@@ -31,11 +32,7 @@ from barp_sidecar.settings import PolicySettings
 def resolve_checkpoint_dir(checkpoint_dir: str | None) -> Path:
     """A single checkpoint dir (has manifest.json) or a store's LATEST; None = the shipped policy."""
     if checkpoint_dir is None:
-        try:
-            from barp_sidecar.policy.builtin import builtin_policy_dir  # shipped by the core branch
-        except ImportError as exc:
-            raise ConfigError("policy.checkpoint_dir", "this build ships no default policy; set it") from exc
-        return Path(builtin_policy_dir())
+        return builtin_policy_dir()
     path = Path(checkpoint_dir)
     if (path / MANIFEST_FILE).is_file():
         return path
