@@ -171,3 +171,19 @@ def test_the_check_sees_an_upward_import_and_a_cycle(tmp_path: Path, monkeypatch
     [problem] = layer_violations(files)
     assert problem.startswith("barp_sidecar/policy/watcher.py:1 imports barp_sidecar.rewards.backoff: upward")
     assert package_cycles(files) == [["barp_sidecar.policy", "barp_sidecar.rewards", "barp_sidecar.policy"]]
+
+
+def test_architecture_doc_lists_every_unit() -> None:
+    """docs/architecture.md's layer table names every unit of LAYERS (the table is checked, not just prose)."""
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    table = doc.split("## Layout and layers", 1)[1].split("```", 1)[0]
+    missing = []
+    for unit in LAYER_OF:
+        if unit in ("barp_sidecar", "trainer"):
+            continue  # the package roots (__init__.py)
+        path = unit.replace(".", "/")
+        relative = path.removeprefix("barp_sidecar/")
+        names = {f"`{relative}.py`", f"`{relative}/`", f"`{path}.py`", f"`{path}/`"}
+        if not any(name in table for name in names):
+            missing.append(unit)
+    assert missing == []
