@@ -23,7 +23,6 @@ import numpy as np
 import structlog
 
 from barp_sidecar.batching.batcher import MicroBatcher
-from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.errors import ConfigError
 from barp_sidecar.learning_wiring import LearningComponents
 from barp_sidecar.log import configure_logging
@@ -38,7 +37,7 @@ from barp_sidecar.providers.forwarder import Forwarder
 from barp_sidecar.providers.metrics import ProviderMetrics
 from barp_sidecar.providers.pool import ProviderPool
 from barp_sidecar.routing.completion import CompletionService
-from barp_sidecar.routing.service import RoutingDefaults, RoutingService
+from barp_sidecar.routing.service import RoutingService
 from barp_sidecar.rpc.server import GrpcServer
 from barp_sidecar.rpc.servicer import RouterServicer
 from barp_sidecar.settings import Settings, load_settings, validate
@@ -149,13 +148,8 @@ class SidecarApp:
             arms=app.registry.arms,
             encoder_id=app.registry.encoder_id,
             batcher=app.batcher,
-            defaults=RoutingDefaults(
-                quality_weight=s.routing.default_quality_weight,
-                exploration=ExplorationMode(s.routing.default_exploration),
-                epsilon=s.routing.epsilon,
-                max_prompt_bytes=s.server.max_prompt_bytes,
-                disabled_models=disabled,
-            ),
+            settings=s.routing,
+            max_prompt_bytes=s.server.max_prompt_bytes,
             rng=np.random.default_rng(s.routing.seed),
             on_decision=recorder.remember_decision if recorder is not None else None,
         )

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import enum
 import inspect
 import json
 import re
@@ -179,6 +180,8 @@ def type_schema(annotation: Any) -> dict[str, Any]:
         return schema
     if origin is tuple:
         return {"type": "array", "items": type_schema(args[0])}
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return {"type": "string", "enum": [member.value for member in annotation]}
     simple = {bool: "boolean", int: "integer", float: "number", str: "string"}
     if annotation in simple:
         return {"type": simple[annotation]}

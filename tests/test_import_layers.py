@@ -174,7 +174,7 @@ def test_the_check_sees_an_upward_import_and_a_cycle(tmp_path: Path, monkeypatch
 
 
 def test_architecture_doc_lists_every_unit() -> None:
-    """docs/architecture.md's layer table names every unit of LAYERS (the table is checked, not just prose)."""
+    """docs/architecture.md's layer table names every unit of LAYERS (a checked table, not just prose)."""
     doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
     table = doc.split("## Layout and layers", 1)[1].split("```", 1)[0]
     missing = []

@@ -12,7 +12,6 @@ import itertools
 import math
 import os
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,20 +22,9 @@ from barp_sidecar.policy.inference import InferenceRequest, InferenceResult
 from barp_sidecar.policy.mask import allowed_mask, models_in
 from barp_sidecar.providers.failures import NoConfiguredModel
 from barp_sidecar.routing.exploration import choose_arm
+from barp_sidecar.settings import RoutingSettings
 
 MAX_REQUEST_ID_CHARS = 128
-
-
-@dataclass(frozen=True)
-class RoutingDefaults:
-    """What a request gets when it leaves a field unset, and service-wide limits."""
-
-    quality_weight: float = 0.5
-    exploration: ExplorationMode = ExplorationMode.GREEDY
-    epsilon: float = 0.05
-    max_prompt_bytes: int = 1 << 20
-    # Models this sidecar never chooses (masked for every request), e.g. no contract with that provider.
-    disabled_models: frozenset[str] = frozenset()
 
 
 class DecisionIds:
@@ -63,17 +51,21 @@ class RoutingService:
         arms: tuple[str, ...],
         encoder_id: str,
         batcher: MicroBatcher[InferenceRequest, InferenceResult],
-        defaults: RoutingDefaults,
+        settings: RoutingSettings,
+        max_prompt_bytes: int,
         rng: np.random.Generator,
         on_decision: Callable[[Decision], None] | None = None,
     ) -> None:
-        unknown = sorted(set(defaults.disabled_models) - set(arms))
+        unknown = sorted(set(settings.disabled_models) - set(arms))
         if unknown:
             raise ValueError(f"disabled models {unknown} are not arms of the policy {list(arms)}")
         self._arms = arms
         self._encoder_id = encoder_id
         self._batcher = batcher
-        self._defaults = defaults
+        # Defaults for fields a request leaves unset (routing.*), and the prompt size limit (server.*).
+        self._settings = settings
+        self._disabled = settings.disabled_model_names()
+        self._max_prompt_bytes = max_prompt_bytes
         self._rng = rng
         # Called with every decision (the learning loop keeps it pending until ReportOutcome or expiry).
         self._on_decision = on_decision
@@ -86,7 +78,7 @@ class RoutingService:
     def _check_prompt(self, prompt: str) -> None:
         if not prompt:
             raise InvalidArgument("prompt", "must not be empty")
-        limit = self._defaults.max_prompt_bytes
+        limit = self._max_prompt_bytes
         # A str of n code points is at most 4n UTF-8 bytes: only measure when it might exceed the limit.
         if len(prompt) * 4 > limit:
             size = len(prompt.encode("utf-8", "surrogatepass"))
@@ -97,13 +89,13 @@ class RoutingService:
 
     def _quality_weight(self, value: float | None) -> float:
         if value is None:
-            return self._defaults.quality_weight
+            return self._settings.default_quality_weight
         if not math.isfinite(value) or not 0.0 <= value <= 1.0:
             raise InvalidArgument("preference.quality_weight", f"must be a number in [0, 1], not {value!r}")
         return float(value)
 
     def _mask(self, allowed_models: tuple[str, ...], restrict_to: Collection[str] | None) -> np.ndarray:
-        mask = allowed_mask(self._arms, allowed_models, self._defaults.disabled_models)
+        mask = allowed_mask(self._arms, allowed_models, self._disabled)
         if restrict_to is None:
             return mask
         callable_mask = mask & np.array([name in restrict_to for name in self._arms], dtype=bool)
@@ -123,7 +115,7 @@ class RoutingService:
         if len(command.request_id) > MAX_REQUEST_ID_CHARS:
             raise InvalidArgument("request_id", f"must be at most {MAX_REQUEST_ID_CHARS} characters")
         mask = self._mask(command.allowed_models, restrict_to)
-        mode = command.exploration or self._defaults.exploration
+        mode = command.exploration or self._settings.default_exploration
         allowed = None if mask.all() else tuple(bool(flag) for flag in mask)
         return InferenceRequest(command.prompt, weight, allowed), mask, mode
 
@@ -131,7 +123,7 @@ class RoutingService:
         """Decide for one prompt. Raises a BarpError subclass for every caller-visible failure."""
         request, mask, mode = self.prepare(command, restrict_to)
         result = await self._batcher.submit(request, command.deadline_monotonic_s)
-        index, propensity = choose_arm(result.probabilities, mask, mode, self._defaults.epsilon, self._rng)
+        index, propensity = choose_arm(result.probabilities, mask, mode, self._settings.epsilon, self._rng)
         decision = Decision(
             decision_id=self._ids.next(),
             model=self._arms[index],
