@@ -6,8 +6,6 @@ Messages name the offending field or object so a caller can fix the request with
 
 from __future__ import annotations
 
-from barp_sidecar.bounded_text import bounded_text
-
 
 class BarpError(Exception):
     """Base of every error raised on purpose by barp-sidecar."""
@@ -17,10 +15,10 @@ class InvalidArgument(BarpError):
     """A request field is malformed. ``field`` names it (e.g. ``preference.quality_weight``)."""
 
     def __init__(self, field: str, message: str) -> None:
-        # Messages quote caller input: bounded, so neither a status nor a log line can grow with it.
-        super().__init__(f"{bounded_text(field, 200)}: {bounded_text(message)}")
+        # Callers bound what they quote of a request (``bounded_text``); rpc.status bounds the rest.
+        super().__init__(f"{field}: {message}")
         self.field = field
-        self.description = bounded_text(message)
+        self.description = message
 
 
 class MalformedRequest(InvalidArgument):

@@ -221,7 +221,9 @@ class HashingEncoder:
     """Deterministic feature-hashing bag-of-words encoder (``hash:<dim>``): no weights, microseconds.
 
     For tests, demos and environments without model files; it routes far worse than a sentence encoder.
-    Token ids are blake2b hashes of lower-cased words; truncation applies to words as to tokens.
+    Token ids are blake2b hashes of lower-cased words; truncation applies to words as to tokens. Unlike
+    the sentence encoder it hashes the whole text before truncating (no ``cut_text_for_token_budget``):
+    its cost grows with the prompt, which is what the tests use for a genuinely slow request.
     """
 
     def __init__(self, settings: EncoderSettings) -> None:
@@ -256,10 +258,9 @@ class HashingEncoder:
         budget = self._settings.max_seq_length - 2
         out = []
         for text in texts:
-            cut = cut_text_for_token_budget(text, budget, self._settings.truncation)
             ids = [
                 int.from_bytes(hashlib.blake2b(w.lower().encode(), digest_size=8).digest(), "little")
-                for w in _WORD.findall(cut)
+                for w in _WORD.findall(text)
             ]
             out.append(truncate_ids(ids, budget, self._settings.truncation) if ids else [])
         return out

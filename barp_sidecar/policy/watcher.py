@@ -22,6 +22,7 @@ from pathlib import Path
 import grpc
 import structlog
 
+from barp_sidecar.backoff import backoff_delay_s
 from barp_sidecar.errors import CheckpointError, NotFound
 from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
 from barp_sidecar.policy.checkpoint import (
@@ -32,7 +33,6 @@ from barp_sidecar.policy.checkpoint import (
     version_dir_name,
 )
 from barp_sidecar.policy.manager import KnownPolicy, PolicyManager
-from barp_sidecar.rewards.backoff import backoff_delay_s
 from barp_sidecar.tasks import cancel_and_wait
 
 log = structlog.get_logger("barp_sidecar.policy.watcher")
@@ -182,7 +182,13 @@ class TrainerPolicyWatcher:
             self.reconnects += 1
             attempt = 0 if announced else attempt + 1
             await asyncio.sleep(
-                backoff_delay_s(attempt, self.initial_backoff_s, self.max_backoff_s, self._rng)
+                backoff_delay_s(
+                    attempt,
+                    self.initial_backoff_s,
+                    self.max_backoff_s,
+                    self._rng,
+                    min_s=self.initial_backoff_s / 2,
+                )
             )
 
 

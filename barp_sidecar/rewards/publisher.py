@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import grpc
 import structlog
 
+from barp_sidecar.backoff import backoff_delay_s
 from barp_sidecar.gen.barp.v1 import trainer_pb2_grpc
-from barp_sidecar.rewards.backoff import backoff_delay_s
 from barp_sidecar.rewards.spool import RewardSpool
 from barp_sidecar.tasks import cancel_and_wait
 
@@ -91,7 +91,13 @@ class RewardPublisher:
             # A session that made progress resets the schedule; a trainer that is down backs off.
             attempt = 0 if self.spool.acked_sequence > acked_before else attempt + 1
             await asyncio.sleep(
-                backoff_delay_s(attempt, self.initial_backoff_s, self.max_backoff_s, self._rng)
+                backoff_delay_s(
+                    attempt,
+                    self.initial_backoff_s,
+                    self.max_backoff_s,
+                    self._rng,
+                    min_s=self.initial_backoff_s / 2,
+                )
             )
 
     async def _session(self) -> None:

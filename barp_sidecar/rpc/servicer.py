@@ -65,7 +65,7 @@ class RouterServicer(CompleteServicerMixin, router_pb2_grpc.RouterServicer):
             code = grpc.StatusCode.OK
             return convert.route_response(decision)
         except Exception as error:  # the boundary (rpc.boundary) turns it into the status
-            code, message = status_for(error), str(error)
+            code, message = status_for(error), bounded_text(str(error))
             raise
         finally:
             latency_s = time.monotonic() - started_s
@@ -98,7 +98,7 @@ class RouterServicer(CompleteServicerMixin, router_pb2_grpc.RouterServicer):
             recorded = await self._outcomes.report(request.decision_id, request.quality, cost)
             return router_pb2.OutcomeAck(recorded=recorded)
         except Exception as error:  # the boundary (rpc.boundary) turns it into the status
-            code, message = status_for(error), str(error)
+            code, message = status_for(error), bounded_text(str(error))
             raise
         finally:
             latency_s = time.monotonic() - started_s

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import random
-import re
 
 import pytest
 
-from barp_sidecar.policy.encoder import EncoderSettings, HashingEncoder, builtin_model_path, truncate_ids
+from barp_sidecar.policy.encoder import builtin_model_path, truncate_ids
 from barp_sidecar.policy.text_budget import CHARS_PER_TOKEN_BOUND, cut_text_for_token_budget
 
 BUDGET = 254
@@ -47,20 +45,6 @@ def test_the_cut_keeps_exactly_the_budgeted_tokens(tokenizer, side: str) -> None
         cut_ids = tokenizer(cut, add_special_tokens=False, verbose=False)["input_ids"]
         assert truncate_ids(cut_ids, BUDGET, side) == truncate_ids(full_ids, BUDGET, side), (side, words)
         assert len(cut) <= 2 * BUDGET * CHARS_PER_TOKEN_BOUND + 1
-
-
-@pytest.mark.parametrize("side", SIDES)
-def test_the_hashing_encoder_gives_the_same_ids_as_without_the_cut(side: str) -> None:
-    encoder = HashingEncoder(EncoderSettings(model="hash:32", max_seq_length=64, truncation=side))
-    rng = random.Random(3)
-    for words in (5, 300, 3_000):
-        text = random_text(rng, words)
-        [ids] = encoder.token_ids([text])
-        uncut = [
-            int.from_bytes(hashlib.blake2b(w.lower().encode(), digest_size=8).digest(), "little")
-            for w in re.findall(r"\w+", text)
-        ]
-        assert ids == truncate_ids(uncut, 62, side), (side, words)
 
 
 def test_a_text_without_whitespace_is_cut_not_emptied() -> None:

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from barp_sidecar.policy.builtin import builtin_policy_dir
 from barp_sidecar.policy.checkpoint import (
     WEIGHTS_FILE,
     CheckpointStore,
@@ -34,13 +34,6 @@ class StartingPolicy:
     manifest: PolicyManifest
     log_offset: int
     source: str
-
-
-def _builtin_dir() -> Path:
-    # Lazy: the shipped checkpoint arrives from another branch; the trainer works without it (cold start).
-    from barp_sidecar.policy.builtin import builtin_policy_dir  # type: ignore[import-not-found,unused-ignore]
-
-    return Path(builtin_policy_dir())
 
 
 def cold_policy(settings: LearnerSettings) -> StartingPolicy:
@@ -81,7 +74,7 @@ def starting_policy(settings: LearnerSettings, store: CheckpointStore) -> Starti
             return _from_loaded(load_checkpoint(store.path(latest)), "latest", settings)
     if settings.initial_policy in ("cold", "latest_or_cold"):
         return cold_policy(settings)
-    return _from_loaded(load_checkpoint(_builtin_dir()), "builtin", settings)
+    return _from_loaded(load_checkpoint(builtin_policy_dir()), "builtin", settings)
 
 
 @dataclass(frozen=True)

@@ -1,10 +1,13 @@
-"""The sidecar's learning-loop components, built from settings and started/closed in one order.
+"""Composition-root wiring of the sidecar's learning loop: built from settings, started/closed in one order.
 
-Owns wiring for: pending-decision store + outcome recorder + durable spool (``rewards``), the publisher
-and policy watcher towards the trainer (``trainer``), the directory watcher (``checkpoint_store_dir``),
-the ``PolicyManager`` and the Admin server (``admin``), and their metrics. ``SidecarApp`` (the composition
-root) builds one ``LearningComponents`` and calls ``start_recording`` before the Router serves,
-``start_background`` after, and ``close`` after the Router and batcher stopped.
+Part of the composition root (``app.py`` is the other part, and the only caller): this is the one module
+below ``app.py`` that may import every package (``rewards``, ``policy``, ``rpc``), so those packages never
+import each other upwards. Owns wiring for: pending-decision store + outcome recorder + durable spool
+(``rewards``), the publisher and policy watcher towards the trainer (``trainer``), the directory watcher
+(``checkpoint_store_dir``), the ``PolicyManager`` and the Admin server (``admin``), and their metrics.
+``SidecarApp`` builds one ``LearningComponents`` and calls ``start_recording`` before the Router serves,
+``start_background`` after, and ``close`` after the Router and batcher stopped (``app.py`` docstring has
+the whole order).
 
 Close order: Admin server -> watchers -> expiry sweep -> publisher (a short drain: acknowledged events are
 trimmed; the rest stays in the spool for the next start) -> spool (final fsync) -> trainer channel.
@@ -32,7 +35,7 @@ from barp_sidecar.rpc.admin import AdminServer
 from barp_sidecar.rpc.tls import channel_credentials, client_files_from, open_channel
 from barp_sidecar.settings import Settings
 
-log = structlog.get_logger("barp_sidecar.rewards.components")
+log = structlog.get_logger(__name__)
 # Seconds the publisher may spend delivering the spool at shutdown (the rest is resent at the next start).
 SHUTDOWN_DRAIN_S = 2.0
 
