@@ -28,6 +28,7 @@ from barp_sidecar.errors import ConfigError
 from barp_sidecar.policy.manager import PolicyManager, ServingRegistry
 from barp_sidecar.policy.watcher import DirectoryPolicyWatcher, TrainerPolicyWatcher
 from barp_sidecar.rewards.pending import PendingDecisionStore
+from barp_sidecar.rewards.pending_journal import PendingJournal
 from barp_sidecar.rewards.publisher import RewardPublisher
 from barp_sidecar.rewards.recorder import OutcomeRecorder
 from barp_sidecar.rewards.spool import RewardSpool
@@ -68,6 +69,10 @@ class LearningComponents:
                 r.expiry_action,
                 r.default_quality,
                 sweep_interval_s=r.expiry_sweep_interval_s,
+                # Pending decisions and recorded ids survive restarts next to the spool they feed.
+                journal=PendingJournal(
+                    Path(r.spool_dir), r.pending_ttl_s, tuple(registry.current().policy.manifest.arms)
+                ),
             )
         self.channel: grpc.aio.Channel | None = None
         self.publisher: RewardPublisher | None = None

@@ -73,6 +73,15 @@ class PendingDecisionStore:
             self._evicted.append(oldest)
             self.evicted_total += 1
 
+    def restore_pending(self, decision: PendingDecision, age_s: float) -> None:
+        """Put back a decision replayed after a restart, ``age_s`` seconds old (its TTL keeps running)."""
+        self.add(decision)
+        decision.added_monotonic_s = self._clock() - age_s
+
+    def restore_recorded(self, decision_id: str, age_s: float) -> None:
+        """Remember an id recorded ``age_s`` seconds before (replayed after a restart)."""
+        self._recorded[decision_id] = self._clock() - age_s
+
     def get(self, decision_id: str) -> PendingDecision | None:
         return self._pending.get(decision_id)
 

@@ -1,8 +1,9 @@
 """Outcome recording: turns (pending decision, reported outcome) into a durable reward event.
 
 Owns ReportOutcome's semantics (validation, idempotency, NOT_FOUND), the expiry sweep and its configured
-default, and building ``barp.v1.RewardEvent``s. Delegates storage to ``PendingDecisionStore`` and
-durability to ``RewardSpool``; knows nothing about gRPC (rpc/ maps the domain errors it raises).
+default, and building ``barp.v1.RewardEvent``s. Delegates storage to ``PendingDecisionStore`` (kept across
+restarts by ``PendingJournal``) and durability to ``RewardSpool``; knows nothing about gRPC (rpc/ maps
+the domain errors it raises).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from barp_sidecar.domain import Decision
 from barp_sidecar.errors import DecisionNotFound, InvalidArgument
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.rewards.pending import LookupResult, PendingDecision, PendingDecisionStore
+from barp_sidecar.rewards.pending_journal import PendingJournal
 from barp_sidecar.rewards.spool import RewardSpool, SpoolFull
 from barp_sidecar.tasks import cancel_and_wait
 
@@ -82,6 +84,7 @@ class OutcomeRecorder:
         expiry_action: str,
         default_quality: float,
         sweep_interval_s: float = 1.0,
+        journal: PendingJournal | None = None,
     ) -> None:
         if expiry_action not in ("drop", "default_quality"):
             raise ValueError(f"expiry_action must be 'drop' or 'default_quality', not {expiry_action!r}")
@@ -95,21 +98,42 @@ class OutcomeRecorder:
         self._sweeper: asyncio.Task[None] | None = None
         # Decisions whose outcome is being made durable now -> resolves True once recorded, False if not.
         self._in_flight: dict[str, asyncio.Future[bool]] = {}
+        # Durable copy of the store (pending decisions and recorded ids) for restarts; None = memory only.
+        self.journal = journal
 
     async def start(self) -> None:
+        """Replay the journal (decisions pending and ids recorded before a restart), then sweep."""
+        if self.journal is not None:
+            state = await asyncio.to_thread(self.journal.open)
+            for decision, age_s in state.pending:
+                self.store.restore_pending(decision, age_s)
+            for decision_id, age_s in state.recorded.items():
+                self.store.restore_recorded(decision_id, age_s)
         self._sweeper = asyncio.get_running_loop().create_task(self._sweep_loop(), name="outcome-expiry")
 
     async def close(self) -> None:
         await cancel_and_wait(self._sweeper)
         self._sweeper = None
+        if self.journal is not None:
+            self.journal.close()
+
+    def _add(self, decision: PendingDecision) -> None:
+        self.store.add(decision)
+        if self.journal is not None:
+            self.journal.added(decision)
+
+    def _mark_recorded(self, decision_id: str) -> None:
+        self.store.mark_recorded(decision_id)
+        if self.journal is not None:
+            self.journal.recorded(decision_id)
 
     def remember(self, decision: PendingDecision) -> None:
         """A decision now waits for ReportOutcome (or expiry)."""
-        self.store.add(decision)
+        self._add(decision)
 
     def remember_decision(self, decision: Decision) -> None:
         """``RoutingService``'s ``on_decision`` hook: keep what the trainer needs, never the prompt."""
-        self.store.add(
+        self._add(
             PendingDecision(
                 decision_id=decision.decision_id,
                 embedding=decision.embedding,
@@ -139,6 +163,8 @@ class OutcomeRecorder:
             decision.cost_usd = cost_usd
         else:
             decision.answered_by = model
+        if self.journal is not None:
+            self.journal.added(decision)
 
     async def report(self, decision_id: str, quality: float, cost_usd: float | None = None) -> bool:
         """Record an outcome. True = recorded now; False = already recorded (idempotent repeat).
@@ -163,7 +189,7 @@ class OutcomeRecorder:
             self.counters.not_found += 1
             raise DecisionNotFound(f"decision_id {bounded_text(decision_id, 80)!r} is unknown or expired")
         if found.answered_by is not None:
-            self.store.mark_recorded(decision_id)
+            self._mark_recorded(decision_id)
             self.counters.skipped_fallback += 1
             log.info(
                 "outcome_not_learned_fallback",
@@ -185,7 +211,7 @@ class OutcomeRecorder:
             raise
         finally:
             if durable:
-                self.store.mark_recorded(decision_id)
+                self._mark_recorded(decision_id)
                 self.counters.recorded += 1
             else:
                 self.store.restore(found)
@@ -199,23 +225,31 @@ class OutcomeRecorder:
         for decision in expired:
             if self.expiry_action == "drop" or decision.answered_by is not None:
                 self.counters.expired_dropped += 1
+                self._forget(decision.decision_id)
                 continue
             event = build_event(decision, self.default_quality, None, self.sidecar_id, defaulted=True)
             try:
                 await self.spool.append(event)
             except SpoolFull:
                 self.counters.refused_spool_full += 1
+                self._forget(decision.decision_id)
                 continue
-            self.store.mark_recorded(decision.decision_id)
+            self._mark_recorded(decision.decision_id)
             self.counters.expired_defaulted += 1
         if expired:
             log.info("pending_decisions_expired", count=len(expired), action=self.expiry_action)
         return len(expired)
+
+    def _forget(self, decision_id: str) -> None:
+        if self.journal is not None:
+            self.journal.forgotten(decision_id)
 
     async def _sweep_loop(self) -> None:
         while True:
             await asyncio.sleep(self.sweep_interval_s)
             try:
                 await self.sweep()
+                if self.journal is not None:
+                    self.journal.maintain(self.store.get)
             except Exception:  # keep sweeping: one failure must not stop expiry forever
                 log.exception("pending_expiry_sweep_failed")
