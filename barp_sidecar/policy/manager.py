@@ -16,12 +16,13 @@ from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
 from barp_sidecar.errors import CheckpointError, FailedPrecondition, NotFound
 from barp_sidecar.policy.checkpoint import LoadedPolicy, load_checkpoint
+from barp_sidecar.policy.registry import ActivePolicy
 
 log = structlog.get_logger("barp_sidecar.policy.manager")
 
@@ -29,10 +30,9 @@ log = structlog.get_logger("barp_sidecar.policy.manager")
 class ServingRegistry(Protocol):
     """What the manager needs from ``PolicyRegistry``: the current snapshot and an atomic swap."""
 
-    def current(self) -> Any:  # ActivePolicy: .version, .policy (LoadedPolicy)
-        ...
+    def current(self) -> ActivePolicy: ...
 
-    def swap(self, new: LoadedPolicy) -> Any: ...
+    def swap(self, new: LoadedPolicy) -> ActivePolicy: ...
 
 
 # Fetch version N (expected weights sha256 or "") into a new local directory; raise CheckpointError.
@@ -74,9 +74,12 @@ def classify_rejection(message: str) -> str:
 class PolicyManager:
     """Version catalogue + pin + the validate-then-swap install path. Event-loop only."""
 
-    def __init__(self, registry: ServingRegistry, source: str = "builtin") -> None:
+    def __init__(
+        self, registry: ServingRegistry, source: str = "builtin", fetcher: CheckpointFetcher | None = None
+    ) -> None:
+        """``fetcher`` obtains versions this sidecar has no directory for (None: only local ones install)."""
         self.registry = registry
-        self.fetcher: CheckpointFetcher | None = None
+        self.fetcher = fetcher
         self.pinned_version: int | None = None
         self.latest_announced: KnownPolicy | None = None
         self.swaps_total = 0
@@ -188,7 +191,7 @@ class PolicyManager:
         source = known.source if known is not None and known.source else "trainer"
         entry = self._remember_loaded(loaded, source)
         self._known[version] = replace(entry, directory=directory)
-        log.info("policy_installed", version=version, previous=getattr(old, "version", None), source=source)
+        log.info("policy_installed", version=version, previous=old.version, source=source)
         return self._known[version]
 
     async def pin(self, version: int) -> KnownPolicy:

@@ -17,6 +17,7 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -111,14 +112,28 @@ def _write_checkpoint(download_root: Path, version: int, files: dict[str, bytear
             shutil.rmtree(staging, ignore_errors=True)
 
 
+class TrainerCheckpointFetcher:
+    """The manager's ``CheckpointFetcher`` over Trainer.FetchPolicy: verified downloads to ``download_root``.
+
+    ``channel`` returns the trainer channel when a fetch starts (it is opened once the event loop runs,
+    after the manager that holds this fetcher was built)."""
+
+    def __init__(self, channel: Callable[[], grpc.aio.Channel], download_root: Path) -> None:
+        self._channel = channel
+        self.download_root = Path(download_root)
+
+    async def __call__(self, version: int, expected_sha256: str) -> Path:
+        return await fetch_checkpoint(self._channel(), version, expected_sha256, self.download_root)
+
+
 class TrainerPolicyWatcher:
-    """Follows Trainer.WatchPolicy and installs announced versions through the manager."""
+    """Follows Trainer.WatchPolicy and installs announced versions through the manager (which fetches them
+    with its own ``CheckpointFetcher``)."""
 
     def __init__(
         self,
         manager: PolicyManager,
         channel: grpc.aio.Channel,
-        download_root: Path,
         sidecar_id: str,
         initial_backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
@@ -126,7 +141,6 @@ class TrainerPolicyWatcher:
     ) -> None:
         self.manager = manager
         self.channel = channel
-        self.download_root = Path(download_root)
         self.sidecar_id = sidecar_id
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -134,10 +148,6 @@ class TrainerPolicyWatcher:
         self.reconnects = 0
         self._rng = random.Random(seed)
         self._task: asyncio.Task[None] | None = None
-        manager.fetcher = self.fetch
-
-    async def fetch(self, version: int, expected_sha256: str) -> Path:
-        return await fetch_checkpoint(self.channel, version, expected_sha256, self.download_root)
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="policy-watcher")

@@ -15,7 +15,7 @@ from structlog.testing import capture_logs
 from barp_sidecar.gen.barp.v1 import admin_pb2, admin_pb2_grpc, trainer_pb2_grpc
 from barp_sidecar.policy.checkpoint import CheckpointStore, load_checkpoint
 from barp_sidecar.policy.manager import PolicyManager
-from barp_sidecar.policy.watcher import TrainerPolicyWatcher
+from barp_sidecar.policy.watcher import TrainerCheckpointFetcher, TrainerPolicyWatcher
 from barp_sidecar.rpc.admin import AdminServer
 from barp_sidecar.settings import AdminSettings
 from tests.learning_helpers import ARMS, DIM, FakeRegistry, publish_tiny, save_tiny_checkpoint
@@ -48,9 +48,11 @@ async def setup(tmp_path):
     await upstream.server.start()
     initial = load_checkpoint(save_tiny_checkpoint(tmp_path / "initial", version=1, seed=100))
     registry = FakeRegistry(initial)
-    manager = PolicyManager(registry, source="builtin")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{upstream.port}")
-    watcher = TrainerPolicyWatcher(manager, channel, tmp_path / "downloads", "sc-1", 0.05, 0.2, seed=0)
+    manager = PolicyManager(
+        registry, "builtin", TrainerCheckpointFetcher(lambda: channel, tmp_path / "downloads")
+    )
+    watcher = TrainerPolicyWatcher(manager, channel, "sc-1", 0.05, 0.2, seed=0)
     await watcher.start()
     yield upstream, registry, manager, watcher
     await watcher.close()
@@ -180,9 +182,9 @@ async def test_watcher_reconnects_after_the_trainer_restarts(tmp_path):
     port = upstream.port
     initial = load_checkpoint(save_tiny_checkpoint(tmp_path / "initial", version=1, seed=100))
     registry = FakeRegistry(initial)
-    manager = PolicyManager(registry)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    watcher = TrainerPolicyWatcher(manager, channel, tmp_path / "dl", "sc", 0.05, 0.2, seed=0)
+    manager = PolicyManager(registry, fetcher=TrainerCheckpointFetcher(lambda: channel, tmp_path / "dl"))
+    watcher = TrainerPolicyWatcher(manager, channel, "sc", 0.05, 0.2, seed=0)
     await watcher.start()
     try:
         await upstream.publish(2, seed=2)
