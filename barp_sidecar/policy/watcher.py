@@ -33,7 +33,8 @@ from barp_sidecar.policy.checkpoint import (
     read_manifest,
     version_dir_name,
 )
-from barp_sidecar.policy.manager import KnownPolicy, PolicyManager
+from barp_sidecar.policy.manager import PolicyManager
+from barp_sidecar.policy.version import PolicyVersion
 from barp_sidecar.tasks import cancel_and_wait
 
 log = structlog.get_logger("barp_sidecar.policy.watcher")
@@ -173,7 +174,7 @@ class TrainerPolicyWatcher:
                         log.info("policy_watch_connected", version=announcement.version)
                     announced += 1
                     await self.manager.on_announcement(
-                        KnownPolicy(
+                        PolicyVersion(
                             version=announcement.version,
                             weights_sha256=announcement.weights_sha256,
                             arms=tuple(announcement.arms),
@@ -219,18 +220,10 @@ class DirectoryPolicyWatcher:
         await cancel_and_wait(self._task)
         self._task = None
 
-    def _describe(self, version: int) -> KnownPolicy:
+    def _describe(self, version: int) -> PolicyVersion:
         directory = self.store.path(version)
         manifest = read_manifest(directory)
-        return KnownPolicy(
-            version=version,
-            weights_sha256=manifest.weights_sha256,
-            arms=manifest.arms,
-            encoder=manifest.encoder.encoder_id,
-            created_at_unix_s=manifest.created_at_unix_s,
-            source=str(directory),
-            directory=directory,
-        )
+        return PolicyVersion.of(manifest, source=str(directory), directory=directory)
 
     async def poll_once(self) -> bool:
         """Register every version in the store (PinPolicy can roll back to them) and install LATEST if it
