@@ -23,7 +23,7 @@ from pathlib import Path
 import grpc
 import structlog
 
-from barp_sidecar.backoff import backoff_delay_s
+from barp_sidecar.backoff import ReconnectBackoff
 from barp_sidecar.errors import CheckpointError, NotFound
 from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
 from barp_sidecar.policy.checkpoint import (
@@ -143,11 +143,9 @@ class TrainerPolicyWatcher:
         self.manager = manager
         self.channel = channel
         self.sidecar_id = sidecar_id
-        self.initial_backoff_s = initial_backoff_s
-        self.max_backoff_s = max_backoff_s
         self.connected = False
         self.reconnects = 0
-        self._rng = random.Random(seed)
+        self._backoff = ReconnectBackoff(initial_backoff_s, max_backoff_s, random.Random(seed))
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -158,7 +156,6 @@ class TrainerPolicyWatcher:
         self._task = None
 
     async def _run(self) -> None:
-        attempt = 0
         stub = trainer_pb2_grpc.TrainerStub(self.channel)
         while True:
             announced = 0
@@ -191,16 +188,7 @@ class TrainerPolicyWatcher:
                 log.exception("policy_watch_failed")
             self.connected = False
             self.reconnects += 1
-            attempt = 0 if announced else attempt + 1
-            await asyncio.sleep(
-                backoff_delay_s(
-                    attempt,
-                    self.initial_backoff_s,
-                    self.max_backoff_s,
-                    self._rng,
-                    min_s=self.initial_backoff_s / 2,
-                )
-            )
+            await asyncio.sleep(self._backoff.next_delay_s(made_progress=announced > 0))
 
 
 class DirectoryPolicyWatcher:
