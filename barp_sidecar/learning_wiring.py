@@ -24,9 +24,9 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from barp_sidecar.errors import ConfigError
+from barp_sidecar.errors import CheckpointError, ConfigError
 from barp_sidecar.policy.manager import PolicyManager, ServingRegistry
-from barp_sidecar.policy.watcher import DirectoryPolicyWatcher, TrainerPolicyWatcher
+from barp_sidecar.policy.watcher import DirectoryPolicyWatcher, TrainerCheckpointFetcher, TrainerPolicyWatcher
 from barp_sidecar.rewards.pending import PendingDecisionStore
 from barp_sidecar.rewards.pending_journal import PendingJournal
 from barp_sidecar.rewards.publisher import RewardPublisher
@@ -57,7 +57,14 @@ class LearningComponents:
         r, t = settings.rewards, settings.trainer
         self.settings = settings
         self.sidecar_id = r.sidecar_id or socket.gethostname()
-        self.manager = PolicyManager(registry, source=settings.policy.checkpoint_dir or "builtin")
+        # The manager fetches versions announced by the trainer (or pinned through Admin) over the trainer
+        # channel, which start_recording opens once the event loop runs.
+        fetcher = (
+            TrainerCheckpointFetcher(self._open_channel, Path(t.checkpoint_cache_dir))
+            if t.target is not None and t.watch_policies
+            else None
+        )
+        self.manager = PolicyManager(registry, settings.policy.checkpoint_dir or "builtin", fetcher)
         self.spool: RewardSpool | None = None
         self.recorder: OutcomeRecorder | None = None
         if r.enabled:
@@ -71,7 +78,7 @@ class LearningComponents:
                 sweep_interval_s=r.expiry_sweep_interval_s,
                 # Pending decisions and recorded ids survive restarts next to the spool they feed.
                 journal=PendingJournal(
-                    Path(r.spool_dir), r.pending_ttl_s, tuple(registry.current().policy.manifest.arms)
+                    Path(r.spool_dir), r.pending_ttl_s, tuple(registry.current().manifest.arms)
                 ),
             )
         self.channel: grpc.aio.Channel | None = None
@@ -92,6 +99,11 @@ class LearningComponents:
             channel_credentials(client_files_from(t, "trainer")) if t.target is not None else None
         )
 
+    def _open_channel(self) -> grpc.aio.Channel:
+        if self.channel is None:
+            raise CheckpointError("fetch: the trainer channel is not open (the sidecar is not started)")
+        return self.channel
+
     def register_metrics(self, registry: CollectorRegistry) -> None:
         registry.register(LearningCollector(self))
 
@@ -111,7 +123,6 @@ class LearningComponents:
                 self.trainer_watcher = TrainerPolicyWatcher(
                     self.manager,
                     self.channel,
-                    Path(t.checkpoint_cache_dir),
                     self.sidecar_id,
                     t.reconnect_initial_backoff_s,
                     t.reconnect_max_backoff_s,

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from barp_sidecar.backoff import backoff_delay_s
+from barp_sidecar.backoff import ReconnectBackoff, backoff_delay_s
 
 
 def test_delay_is_full_jitter_under_a_doubling_cap() -> None:
@@ -35,3 +35,13 @@ def test_seeded_schedules_repeat() -> None:
 def test_invalid_schedules_are_refused(attempt: int, initial_s: float, max_s: float, min_s: float) -> None:
     with pytest.raises(ValueError):
         backoff_delay_s(attempt, initial_s, max_s, random.Random(0), min_s=min_s)
+
+
+def test_reconnect_backoff_grows_while_sessions_fail_and_restarts_after_progress() -> None:
+    schedule = ReconnectBackoff(0.5, 8.0, random.Random(0))
+    caps = [min(8.0, 0.5 * 2**attempt) for attempt in range(1, 7)]
+    delays = [schedule.next_delay_s(made_progress=False) for _ in caps]
+    assert all(0.25 <= delay <= cap for delay, cap in zip(delays, caps, strict=True))
+    assert 0.25 <= schedule.next_delay_s(made_progress=True) <= 0.5  # attempt 0 again
+    with pytest.raises(ValueError):
+        ReconnectBackoff(0.0, 1.0, random.Random(0))
