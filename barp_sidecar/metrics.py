@@ -61,6 +61,12 @@ class SidecarMetrics:
             "barp_embedding_cache_misses", "Prompts that had to be encoded", registry=r
         )
         self.encoder_passes = Counter("barp_encoder_forward_passes", "Encoder forward passes", registry=r)
+        self.nonfinite_outputs = Counter(
+            "barp_policy_nonfinite_outputs",
+            "Prompts whose policy output was not finite (never served), by outcome",
+            ["outcome"],
+            registry=r,
+        )
         self.policy_version = Gauge("barp_policy_version", "Version of the policy serving now", registry=r)
         self.pending = Gauge("barp_pending_requests", "Admitted requests not yet answered", registry=r)
         self._route_ok = self.requests.labels("Route", "OK")
@@ -105,6 +111,12 @@ class SidecarMetrics:
             self.cache_misses.inc(encoded)
         if forward_passes:
             self.encoder_passes.inc(forward_passes)
+
+    def nonfinite_outputs_seen(self, fell_back: int, refused: int) -> None:
+        if fell_back:
+            self.nonfinite_outputs.labels("fell_back").inc(fell_back)
+        if refused:
+            self.nonfinite_outputs.labels("refused").inc(refused)
 
 
 class MetricsHttpServer:

@@ -188,6 +188,25 @@ def read_manifest(directory: Path) -> PolicyManifest:
     return PolicyManifest.from_json(data, str(path))
 
 
+# Unit-norm probe embeddings (the encoder L2-normalises) at a few preferences, plus the zero vector.
+CALIBRATION_EMBEDDINGS = 32
+CALIBRATION_SEED = 20251007
+
+
+def calibration_batch(dim: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The dry run's inputs: the zero vector and deterministic random unit vectors, each at w_q 0, 0.5, 1.
+
+    Zero embeddings alone let finite but huge weights (±1e38) through: on real embeddings they overflow and
+    Route served NaN probabilities. Real embeddings are unit vectors, so random unit vectors exercise every
+    weight the way real traffic does."""
+    generator = torch.Generator().manual_seed(CALIBRATION_SEED)
+    vectors = torch.randn(CALIBRATION_EMBEDDINGS, dim, generator=generator)
+    vectors = torch.nn.functional.normalize(vectors, dim=1)
+    embeddings = torch.cat([torch.zeros(1, dim), vectors]).repeat(3, 1)
+    weights = torch.tensor([0.0, 0.5, 1.0]).repeat_interleave(CALIBRATION_EMBEDDINGS + 1)
+    return embeddings, weights
+
+
 def load_checkpoint(
     directory: Path,
     expected_arms: tuple[str, ...] | None = None,
@@ -226,10 +245,13 @@ def load_checkpoint(
     network.eval()
     for parameter in network.parameters():
         parameter.requires_grad_(False)
+    embeddings, weights = calibration_batch(manifest.encoder.dim)
     with torch.inference_mode():
-        probe = network.probabilities(torch.zeros(2, manifest.encoder.dim), torch.tensor([0.0, 1.0]), None)
+        probe = network.probabilities(embeddings, weights, None)
     if not torch.isfinite(probe).all():
-        raise CheckpointError(f"{weights_path}: dry forward pass produced non-finite probabilities")
+        raise CheckpointError(
+            f"{weights_path}: non-finite probabilities on the calibration embeddings (dry forward pass)"
+        )
     return LoadedPolicy(manifest=manifest, network=network, directory=directory)
 
 

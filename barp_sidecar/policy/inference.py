@@ -2,8 +2,10 @@
 
 Owns the encoder, the embedding cache and a device copy of the current policy network. Runs ONLY on the
 micro-batcher's worker thread (DESIGN §5): nothing here is thread-safe, nothing here is async. Reads the
-registry once per batch, so every result of a batch carries the same policy version. Knows nothing about
-gRPC, requests' deadlines or exploration.
+registry once per batch, so every result of a batch comes from the same policy version, except that a
+non-finite output is never served: that prompt is re-scored by the version that served before (its
+result carries that version; counted and logged) or fails alone with ``NonFiniteOutput`` (UNAVAILABLE).
+Knows nothing about gRPC, requests' deadlines or exploration.
 """
 
 from __future__ import annotations
@@ -15,15 +17,18 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
+import structlog
 import torch
 
 from barp_sidecar.batching.token_groups import plan_length_groups
+from barp_sidecar.errors import Unavailable
 from barp_sidecar.policy.checkpoint import LoadedPolicy
 from barp_sidecar.policy.device import DevicePlacement
 from barp_sidecar.policy.embedding_cache import EmbeddingCache, prompt_key
 from barp_sidecar.policy.encoder import Encoder
 from barp_sidecar.policy.registry import PolicyRegistry
 
+log = structlog.get_logger("barp_sidecar.policy.inference")
 # [CLS] and [SEP] add two positions to every encoded prompt.
 SPECIAL_TOKENS = 2
 
@@ -50,6 +55,12 @@ class InferenceResult:
 class InferenceObserver(Protocol):
     def inference_done(self, cache_hits: int, encoded: int, forward_passes: int, seconds: float) -> None: ...
 
+    def nonfinite_outputs_seen(self, fell_back: int, refused: int) -> None: ...
+
+
+class NonFiniteOutput(Unavailable):
+    """The serving policy (and the version before it) gave this prompt non-finite probabilities."""
+
 
 class PolicyInference:
     """Scores batches of ``InferenceRequest`` with the registry's current policy."""
@@ -72,6 +83,10 @@ class PolicyInference:
         self._observer = observer
         self._prepared_source: LoadedPolicy | None = None
         self._prepared_network: Any = None
+        # The version that served before the current one: rows the current one gets wrong fall back to it.
+        self._serving: LoadedPolicy | None = None
+        self._previous: LoadedPolicy | None = None
+        self._previous_network: Any = None
 
     @property
     def encoder(self) -> Encoder:
@@ -131,18 +146,85 @@ class PolicyInference:
                 if request.allowed is not None:
                     mask[row] = request.allowed
             allowed = torch.from_numpy(mask).to(self._placement.device)
-        dtype = self._placement.torch_dtype()
-        with torch.inference_mode():
-            inputs = torch.from_numpy(embeddings).to(self._placement.device, dtype)
-            weights = torch.tensor([r.quality_weight for r in requests], dtype=dtype, device=inputs.device)
-            probabilities = network.probabilities(inputs, weights, allowed).cpu().numpy().astype(np.float64)
-        results = [
-            InferenceResult(probabilities[row], embeddings[row], active.version, hits[row])
-            for row in range(len(requests))
-        ]
+        if active is not self._serving:
+            if self._serving is not None:
+                self._previous = self._serving
+                self._previous_network = self._network_for_copy(self._serving)
+            self._serving = active
+        probabilities = self._probabilities(network, embeddings, requests, allowed)
+        versions = [active.version] * len(requests)
+        results: list[InferenceResult | NonFiniteOutput] = []
+        bad = [row for row in range(len(requests)) if not np.isfinite(probabilities[row]).all()]
+        refused: set[int] = set()
+        if bad:
+            refused = self._fall_back(bad, probabilities, versions, embeddings, requests, allowed, active)
+        for row in range(len(requests)):
+            if row in refused:
+                results.append(
+                    NonFiniteOutput(
+                        f"policy v{active.version} produced non-finite probabilities for this prompt and no "
+                        "earlier version could answer it"
+                    )
+                )
+            else:
+                results.append(InferenceResult(probabilities[row], embeddings[row], versions[row], hits[row]))
         if self._observer is not None:
             hit_count = sum(hits)
             self._observer.inference_done(
                 hit_count, len(requests) - hit_count, passes, time.perf_counter() - started_s
             )
-        return results
+        return results  # type: ignore[return-value]  # exception instances fail only their caller
+
+    def _network_for_copy(self, policy: LoadedPolicy) -> Any:
+        if self._placement.device != "cpu" or self._placement.half_precision:
+            return copy.deepcopy(policy.network).to(self._placement.device, self._placement.torch_dtype())
+        return policy.network
+
+    def _probabilities(
+        self,
+        network: Any,
+        embeddings: np.ndarray,
+        requests: Sequence[InferenceRequest],
+        allowed: torch.Tensor | None,
+    ) -> np.ndarray:
+        dtype = self._placement.torch_dtype()
+        with torch.inference_mode():
+            inputs = torch.from_numpy(embeddings).to(self._placement.device, dtype)
+            weights = torch.tensor([r.quality_weight for r in requests], dtype=dtype, device=inputs.device)
+            return network.probabilities(inputs, weights, allowed).cpu().numpy().astype(np.float64)
+
+    def _fall_back(
+        self,
+        bad: list[int],
+        probabilities: np.ndarray,
+        versions: list[int],
+        embeddings: np.ndarray,
+        requests: Sequence[InferenceRequest],
+        allowed: torch.Tensor | None,
+        active: LoadedPolicy,
+    ) -> set[int]:
+        """Re-score the ``bad`` rows with the previous version (in place); returns the rows still bad.
+        A non-finite output is never served: those rows fail with ``NonFiniteOutput`` (UNAVAILABLE)."""
+        still_bad = set(bad)
+        previous = self._previous
+        if previous is not None:
+            rows = torch.tensor(bad, dtype=torch.long)
+            subset_allowed = None if allowed is None else allowed[rows.to(allowed.device)]
+            redo = self._probabilities(
+                self._previous_network, embeddings[bad], [requests[row] for row in bad], subset_allowed
+            )
+            for position, row in enumerate(bad):
+                if np.isfinite(redo[position]).all():
+                    probabilities[row] = redo[position]
+                    versions[row] = previous.version
+                    still_bad.discard(row)
+        log.error(
+            "policy_output_nonfinite",
+            version=active.version,
+            prompts=len(bad),
+            fell_back_to=previous.version if previous is not None else None,
+            refused=len(still_bad),
+        )
+        if self._observer is not None:
+            self._observer.nonfinite_outputs_seen(len(bad) - len(still_bad), len(still_bad))
+        return still_bad

@@ -22,6 +22,7 @@ from grpc_status import rpc_status
 
 from barp_sidecar import errors
 from barp_sidecar.bounded_text import bounded_text
+from barp_sidecar.policy.inference import NonFiniteOutput
 from barp_sidecar.providers.failures import (
     AllProvidersFailed,
     NoConfiguredModel,
@@ -65,6 +66,7 @@ STATUS_RULES: tuple[StatusRule, ...] = (
     StatusRule(errors.ResourceExhausted, grpc.StatusCode.RESOURCE_EXHAUSTED, "RESOURCE_EXHAUSTED", 0.1),
     StatusRule(errors.DeadlineExceeded, grpc.StatusCode.DEADLINE_EXCEEDED, "DEADLINE_EXCEEDED"),
     StatusRule(errors.ShuttingDown, grpc.StatusCode.UNAVAILABLE, "SHUTTING_DOWN", 0.1),
+    StatusRule(NonFiniteOutput, grpc.StatusCode.UNAVAILABLE, "POLICY_OUTPUT_NONFINITE", 1.0),
     StatusRule(AllProvidersFailed, grpc.StatusCode.UNAVAILABLE, "ALL_PROVIDERS_FAILED", 1.0),
     StatusRule(ProviderFailure, grpc.StatusCode.UNAVAILABLE, "PROVIDER_FAILED", 1.0),
     StatusRule(errors.Unavailable, grpc.StatusCode.UNAVAILABLE, "UNAVAILABLE", 1.0),
