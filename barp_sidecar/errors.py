@@ -6,6 +6,8 @@ Messages name the offending field or object so a caller can fix the request with
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 
 class BarpError(Exception):
     """Base of every error raised on purpose by barp-sidecar."""
@@ -74,8 +76,40 @@ class ConfigError(BarpError):
         self.key = key
 
 
+class RejectionReason(StrEnum):
+    """Why a checkpoint was rejected: the ``reason`` label of ``barp_policy_rejected_total`` and of the
+    ``policy_rejected`` log event. Set where the problem is found, never guessed from the message."""
+
+    MISSING_FILES = "missing_files"
+    CORRUPT_MANIFEST = "corrupt_manifest"
+    MISSING_WEIGHTS = "missing_weights"
+    SHA256_MISMATCH = "sha256_mismatch"
+    CORRUPT_WEIGHTS = "corrupt_weights"
+    ARM_MISMATCH = "arm_mismatch"
+    ENCODER_MISMATCH = "encoder_mismatch"
+    VERSION_MISMATCH = "version_mismatch"
+    NON_FINITE = "non_finite"
+    FETCH_FAILED = "fetch_failed"
+    INVALID = "invalid"
+
+
+# Reasons a later attempt can cure on its own (a writer still copying files, a network hiccup).
+RETRYABLE_REJECTIONS = frozenset(
+    {
+        RejectionReason.MISSING_FILES,
+        RejectionReason.MISSING_WEIGHTS,
+        RejectionReason.SHA256_MISMATCH,
+        RejectionReason.FETCH_FAILED,
+    }
+)
+
+
 class CheckpointError(BarpError):
-    """A policy checkpoint is missing, corrupt, or incompatible with this sidecar."""
+    """A policy checkpoint is missing, corrupt, or incompatible with this sidecar; ``reason`` says which."""
+
+    def __init__(self, message: str, reason: RejectionReason = RejectionReason.INVALID) -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 class DataError(BarpError):

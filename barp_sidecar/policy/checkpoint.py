@@ -25,7 +25,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from barp_sidecar.errors import CheckpointError
+from barp_sidecar.errors import CheckpointError, RejectionReason
 from barp_sidecar.policy.encoder import EncoderSettings
 from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
 
@@ -84,11 +84,15 @@ class PolicyManifest:
             if data.get("format_version") != FORMAT_VERSION:
                 raise CheckpointError(
                     f"{source}: unsupported format_version {data.get('format_version')!r} "
-                    f"(this build reads {FORMAT_VERSION})"
+                    f"(this build reads {FORMAT_VERSION})",
+                    RejectionReason.CORRUPT_MANIFEST,
                 )
             arms = tuple(str(a) for a in data["arms"])
             if len(arms) == 0 or len(set(arms)) != len(arms):
-                raise CheckpointError(f"{source}: arms must be a non-empty list of unique names")
+                raise CheckpointError(
+                    f"{source}: arms must be a non-empty list of unique names",
+                    RejectionReason.CORRUPT_MANIFEST,
+                )
             return cls(
                 version=int(data["version"]),
                 arms=arms,
@@ -105,7 +109,10 @@ class PolicyManifest:
         except CheckpointError:
             raise
         except (KeyError, TypeError, ValueError) as exc:
-            raise CheckpointError(f"{source}: malformed manifest ({type(exc).__name__}: {exc})") from exc
+            raise CheckpointError(
+                f"{source}: malformed manifest ({type(exc).__name__}: {exc})",
+                RejectionReason.CORRUPT_MANIFEST,
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -180,11 +187,11 @@ def read_manifest(directory: Path) -> PolicyManifest:
     try:
         data = json.loads(path.read_text())
     except FileNotFoundError as exc:
-        raise CheckpointError(f"{path}: missing") from exc
+        raise CheckpointError(f"{path}: missing", RejectionReason.MISSING_FILES) from exc
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{path}: not valid JSON ({exc})") from exc
+        raise CheckpointError(f"{path}: not valid JSON ({exc})", RejectionReason.CORRUPT_MANIFEST) from exc
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: must hold a JSON object")
+        raise CheckpointError(f"{path}: must hold a JSON object", RejectionReason.CORRUPT_MANIFEST)
     return PolicyManifest.from_json(data, str(path))
 
 
@@ -217,31 +224,41 @@ def load_checkpoint(
     manifest = read_manifest(directory)
     weights_path = directory / WEIGHTS_FILE
     if not weights_path.is_file():
-        raise CheckpointError(f"{weights_path}: missing")
+        raise CheckpointError(f"{weights_path}: missing", RejectionReason.MISSING_WEIGHTS)
     actual = sha256_file(weights_path)
     if actual != manifest.weights_sha256:
         raise CheckpointError(
-            f"{weights_path}: sha256 mismatch (manifest {manifest.weights_sha256[:12]}…, file {actual[:12]}…)"
+            f"{weights_path}: sha256 mismatch "
+            f"(manifest {manifest.weights_sha256[:12]}…, file {actual[:12]}…)",
+            RejectionReason.SHA256_MISMATCH,
         )
     if expected_arms is not None and tuple(expected_arms) != manifest.arms:
         raise CheckpointError(
-            f"{directory}: arm list {list(manifest.arms)} does not match the expected {list(expected_arms)}"
+            f"{directory}: arm list {list(manifest.arms)} does not match the expected {list(expected_arms)}",
+            RejectionReason.ARM_MISMATCH,
         )
     if expected_encoder is not None and expected_encoder != manifest.encoder:
         raise CheckpointError(
-            f"{directory}: trained with encoder {manifest.encoder}, but this sidecar runs {expected_encoder}"
+            f"{directory}: trained with encoder {manifest.encoder}, but this sidecar runs {expected_encoder}",
+            RejectionReason.ENCODER_MISMATCH,
         )
     if manifest.architecture.embedding_dim != manifest.encoder.dim:
-        raise CheckpointError(f"{directory}: architecture embedding_dim != encoder dim")
+        raise CheckpointError(
+            f"{directory}: architecture embedding_dim != encoder dim", RejectionReason.CORRUPT_MANIFEST
+        )
     try:
         state = load_file(str(weights_path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"{weights_path}: unreadable safetensors ({exc})") from exc
+        raise CheckpointError(
+            f"{weights_path}: unreadable safetensors ({exc})", RejectionReason.CORRUPT_WEIGHTS
+        ) from exc
     network = PolicyNetwork(manifest.architecture)
     try:
         network.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise CheckpointError(f"{weights_path}: weights do not fit the architecture ({exc})") from exc
+        raise CheckpointError(
+            f"{weights_path}: weights do not fit the architecture ({exc})", RejectionReason.CORRUPT_WEIGHTS
+        ) from exc
     network.eval()
     for parameter in network.parameters():
         parameter.requires_grad_(False)
@@ -250,7 +267,8 @@ def load_checkpoint(
         probe = network.probabilities(embeddings, weights, None)
     if not torch.isfinite(probe).all():
         raise CheckpointError(
-            f"{weights_path}: non-finite probabilities on the calibration embeddings (dry forward pass)"
+            f"{weights_path}: non-finite probabilities on the calibration embeddings (dry forward pass)",
+            RejectionReason.NON_FINITE,
         )
     return LoadedPolicy(manifest=manifest, network=network, directory=directory)
 

@@ -12,6 +12,7 @@ Knows nothing about gRPC: the trainer watcher and the Admin servicer call into i
 from __future__ import annotations
 
 import asyncio
+import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -20,7 +21,13 @@ from typing import Protocol
 
 import structlog
 
-from barp_sidecar.errors import CheckpointError, FailedPrecondition, NotFound
+from barp_sidecar.errors import (
+    RETRYABLE_REJECTIONS,
+    CheckpointError,
+    FailedPrecondition,
+    NotFound,
+    RejectionReason,
+)
 from barp_sidecar.policy.checkpoint import LoadedPolicy, load_checkpoint
 from barp_sidecar.policy.version import PolicyVersion
 
@@ -39,32 +46,23 @@ class ServingRegistry(Protocol):
 CheckpointFetcher = Callable[[int, str], Awaitable[Path]]
 
 
-def classify_rejection(message: str) -> str:
-    """Metric label for a rejection reason (low cardinality)."""
-    lowered = message.lower()
-    for needle, label in (
-        ("sha256", "sha256_mismatch"),
-        ("arm", "arm_mismatch"),
-        ("encoder", "encoder_mismatch"),
-        ("json", "corrupt_manifest"),
-        ("manifest", "corrupt_manifest"),
-        ("safetensors", "corrupt_weights"),
-        ("weights", "corrupt_weights"),
-        ("non-finite", "non_finite"),
-        ("fetch", "fetch_failed"),
-    ):
-        if needle in lowered:
-            return label
-    return "invalid"
+# Retrying a version whose files may still be arriving: first delay, doubling up to the cap.
+RETRY_INITIAL_S = 0.5
+RETRY_MAX_S = 30.0
 
 
 class PolicyManager:
     """Version catalogue + pin + the validate-then-swap install path. Event-loop only."""
 
     def __init__(
-        self, registry: ServingRegistry, source: str = "builtin", fetcher: CheckpointFetcher | None = None
+        self,
+        registry: ServingRegistry,
+        source: str = "builtin",
+        fetcher: CheckpointFetcher | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``fetcher`` obtains versions this sidecar has no directory for (None: only local ones install)."""
+        self._clock = clock
         self.registry = registry
         self.fetcher = fetcher
         self.pinned_version: int | None = None
@@ -72,8 +70,10 @@ class PolicyManager:
         self.swaps_total = 0
         self.rejected_total: Counter[str] = Counter()
         self._known: dict[int, PolicyVersion] = {}
-        # (version, announced sha256) pairs that failed validation: not retried until something changes.
+        # (version, announced sha256) pairs that failed validation for good: not retried, logged once.
         self._rejected: set[tuple[int, str]] = set()
+        # Pairs that failed for a reason time may cure (files still arriving): next attempt, current delay.
+        self._retry: dict[tuple[int, str], tuple[float, float]] = {}
         self._lock = asyncio.Lock()
         current = registry.current()
         self._remember_loaded(current, source)
@@ -118,13 +118,45 @@ class PolicyManager:
             return False
         if self.current().weights_sha256 == announced.weights_sha256:
             return False
-        if (announced.version, announced.weights_sha256) in self._rejected:
+        key = (announced.version, announced.weights_sha256)
+        if key in self._rejected:
             return False  # already rejected (and logged once); a poller would otherwise retry forever
+        retry = self._retry.get(key)
+        if retry is not None and self._clock() < retry[0]:
+            return False  # backing off: the files may still be arriving
         try:
             await self.install(announced.version, announced.weights_sha256)
         except CheckpointError:
             return False
         return True
+
+    def record_rejection(self, version: int, reason: RejectionReason, error: str) -> None:
+        """Count and log a version rejected before it reached ``install`` (e.g. an unreadable manifest)."""
+        self.rejected_total[reason.value] += 1
+        log.error("policy_rejected", version=version, reason=reason.value, error=error, retry_in_s=None)
+
+    def _rejection(self, version: int, sha256: str, error: CheckpointError, serving: int) -> None:
+        """Count a rejection once per (version, sha256); retryable reasons back off, the rest are final."""
+        key = (version, sha256)
+        previous = self._retry.get(key)
+        if error.reason in RETRYABLE_REJECTIONS:
+            delay_s = RETRY_INITIAL_S if previous is None else min(previous[1] * 2, RETRY_MAX_S)
+            self._retry[key] = (self._clock() + delay_s, delay_s)
+        else:
+            self._retry.pop(key, None)
+            self._rejected.add(key)
+            delay_s = None
+        if previous is None:
+            self.rejected_total[error.reason.value] += 1
+        log.error(
+            "policy_rejected",
+            version=version,
+            reason=error.reason.value,
+            error=str(error),
+            serving=serving,
+            retry_in_s=delay_s,
+            attempt_counted=previous is None,
+        )
 
     async def install(self, version: int, expected_sha256: str = "") -> PolicyVersion:
         """Obtain, validate and swap in ``version``. Raises CheckpointError (counted, logged) or NotFound."""
@@ -138,7 +170,8 @@ class PolicyManager:
         try:
             if known is not None and known.arms and tuple(known.arms) != tuple(arms):
                 raise CheckpointError(
-                    f"policy v{version}: arm list {list(known.arms)} does not match the serving {list(arms)}"
+                    f"policy v{version}: arm list {list(known.arms)} does not match the serving {list(arms)}",
+                    RejectionReason.ARM_MISMATCH,
                 )
             usable = known is not None and (not expected_sha256 or known.weights_sha256 == expected_sha256)
             directory = known.directory if usable and known is not None else None
@@ -149,21 +182,19 @@ class PolicyManager:
             loaded = await asyncio.to_thread(load_checkpoint, directory, arms, encoder)
             if loaded.manifest.version != version:
                 raise CheckpointError(
-                    f"{directory}: manifest says version {loaded.manifest.version}, not {version}"
+                    f"{directory}: manifest says version {loaded.manifest.version}, not {version}",
+                    RejectionReason.VERSION_MISMATCH,
                 )
             if expected_sha256 and loaded.manifest.weights_sha256 != expected_sha256:
                 raise CheckpointError(
                     f"{directory}: weights sha256 {loaded.manifest.weights_sha256[:12]}… differs from the "
-                    f"announced {expected_sha256[:12]}…"
+                    f"announced {expected_sha256[:12]}…",
+                    RejectionReason.SHA256_MISMATCH,
                 )
         except CheckpointError as exc:
-            reason = classify_rejection(str(exc))
-            self.rejected_total[reason] += 1
-            self._rejected.add((version, expected_sha256))
-            log.error(
-                "policy_rejected", version=version, reason=reason, error=str(exc), serving=current.version
-            )
+            self._rejection(version, expected_sha256, exc, current.version)
             raise
+        self._retry.pop((version, expected_sha256), None)
         old = self.registry.swap(loaded)
         self.swaps_total += 1
         source = known.source if known is not None and known.source else "trainer"

@@ -15,7 +15,7 @@ from collections.abc import Callable
 
 import structlog
 
-from barp_sidecar.errors import CheckpointError
+from barp_sidecar.errors import CheckpointError, RejectionReason
 from barp_sidecar.policy.checkpoint import LoadedPolicy
 
 log = structlog.get_logger(__name__)
@@ -50,11 +50,13 @@ class PolicyRegistry:
         """Make ``new`` current; returns the previous policy. Raises CheckpointError if incompatible."""
         if new.manifest.arms != self._arms:
             raise CheckpointError(
-                f"{new.directory}: arms {list(new.manifest.arms)} differ from the serving {list(self._arms)}"
+                f"{new.directory}: arms {list(new.manifest.arms)} differ from the serving {list(self._arms)}",
+                RejectionReason.ARM_MISMATCH,
             )
         if new.manifest.encoder != self._encoder:
             raise CheckpointError(
-                f"{new.directory}: encoder {new.manifest.encoder} differs from the serving {self._encoder}"
+                f"{new.directory}: encoder {new.manifest.encoder} differs from the serving {self._encoder}",
+                RejectionReason.ENCODER_MISMATCH,
             )
         with self._swap_lock:
             old = self._current

@@ -24,7 +24,7 @@ import grpc
 import structlog
 
 from barp_sidecar.backoff import ReconnectBackoff
-from barp_sidecar.errors import CheckpointError, NotFound
+from barp_sidecar.errors import CheckpointError, NotFound, RejectionReason
 from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
 from barp_sidecar.policy.checkpoint import (
     MANIFEST_FILE,
@@ -37,6 +37,7 @@ from barp_sidecar.policy.manager import PolicyManager
 from barp_sidecar.policy.version import PolicyVersion
 from barp_sidecar.tasks import cancel_and_wait
 
+FETCH_FAILED = RejectionReason.FETCH_FAILED
 log = structlog.get_logger("barp_sidecar.policy.watcher")
 EXPECTED_FILES = (MANIFEST_FILE, WEIGHTS_FILE)
 # A checkpoint bigger than this is refused while downloading (protects the disk from a bad peer).
@@ -59,36 +60,44 @@ async def fetch_checkpoint(
         async for chunk in stub.FetchPolicy(trainer_pb2.FetchPolicyRequest(version=version)):
             name = chunk.file_name
             if name not in EXPECTED_FILES:
-                raise CheckpointError(f"fetch of v{version}: unexpected file {name!r}")
+                raise CheckpointError(f"fetch of v{version}: unexpected file {name!r}", FETCH_FAILED)
             data = files.setdefault(name, bytearray())
             if chunk.offset != len(data):
                 raise CheckpointError(
-                    f"fetch of v{version}: {name} chunk at {chunk.offset}, expected {len(data)}"
+                    f"fetch of v{version}: {name} chunk at {chunk.offset}, expected {len(data)}", FETCH_FAILED
                 )
             total += len(chunk.data)
             if total > MAX_CHECKPOINT_BYTES:
-                raise CheckpointError(f"fetch of v{version}: larger than {MAX_CHECKPOINT_BYTES} bytes")
+                raise CheckpointError(
+                    f"fetch of v{version}: larger than {MAX_CHECKPOINT_BYTES} bytes", FETCH_FAILED
+                )
             data.extend(chunk.data)
             if chunk.file_sha256:
                 actual = hashlib.sha256(data).hexdigest()
                 if actual != chunk.file_sha256:
                     raise CheckpointError(
                         f"fetch of v{version}: {name} sha256 mismatch (sent {chunk.file_sha256[:12]}…, "
-                        f"received {actual[:12]}…)"
+                        f"received {actual[:12]}…)",
+                        FETCH_FAILED,
                     )
                 verified.add(name)
     except grpc.aio.AioRpcError as exc:
         if exc.code() == grpc.StatusCode.NOT_FOUND:
             raise NotFound(f"version: policy v{version} is not published by the trainer") from exc
-        raise CheckpointError(f"fetch of v{version} failed: {exc.code().name} {exc.details()}") from exc
+        raise CheckpointError(
+            f"fetch of v{version} failed: {exc.code().name} {exc.details()}", FETCH_FAILED
+        ) from exc
     missing = [n for n in EXPECTED_FILES if n not in verified]
     if missing:
-        raise CheckpointError(f"fetch of v{version}: incomplete, missing or unverified {missing}")
+        raise CheckpointError(
+            f"fetch of v{version}: incomplete, missing or unverified {missing}", FETCH_FAILED
+        )
     weights_sha = hashlib.sha256(files[WEIGHTS_FILE]).hexdigest()
     if expected_weights_sha256 and weights_sha != expected_weights_sha256:
         raise CheckpointError(
             f"fetch of v{version}: weights sha256 {weights_sha[:12]}… differs from the announced "
-            f"{expected_weights_sha256[:12]}…"
+            f"{expected_weights_sha256[:12]}…",
+            RejectionReason.SHA256_MISMATCH,
         )
     return await asyncio.to_thread(_write_checkpoint, download_root, version, files)
 
@@ -200,6 +209,8 @@ class DirectoryPolicyWatcher:
         self.poll_interval_s = poll_interval_s
         self._seen: set[int] = set()
         self._task: asyncio.Task[None] | None = None
+        # The files as they were when reading them last failed: not read (nor logged) again until they change.
+        self._failed_signature: tuple[tuple[str, int, int], ...] | None = None
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="policy-dir-watcher")
@@ -213,9 +224,33 @@ class DirectoryPolicyWatcher:
         manifest = read_manifest(directory)
         return PolicyVersion.of(manifest, source=str(directory), directory=directory)
 
+    def _signature(self) -> tuple[tuple[str, int, int], ...]:
+        """What a poll reads: LATEST and the manifest it names, by (path, mtime_ns, size)."""
+        paths = [self.store.root / "LATEST"]
+        try:
+            latest = self.store.latest_version()
+        except (CheckpointError, OSError):
+            latest = None
+        if latest is not None:
+            paths.append(self.store.path(latest) / MANIFEST_FILE)
+        signature = []
+        for path in paths:
+            try:
+                stat = path.stat()
+            except OSError:
+                signature.append((str(path), -1, -1))
+            else:
+                signature.append((str(path), stat.st_mtime_ns, stat.st_size))
+        return tuple(signature)
+
     async def poll_once(self) -> bool:
         """Register every version in the store (PinPolicy can roll back to them) and install LATEST if it
-        differs from what is serving; True when swapped."""
+        differs from what is serving; True when swapped. An unreadable LATEST or manifest is rejected once
+        (logged, counted) and not read again until one of those files changes."""
+        signature = await asyncio.to_thread(self._signature)
+        if signature == self._failed_signature:
+            return False
+        latest: int | None = None
         try:
             latest = await asyncio.to_thread(self.store.latest_version)
             for version in await asyncio.to_thread(self.store.versions):
@@ -228,9 +263,15 @@ class DirectoryPolicyWatcher:
             if latest is None:
                 return False
             announced = await asyncio.to_thread(self._describe, latest)
-        except (CheckpointError, OSError, json.JSONDecodeError) as exc:
+        except CheckpointError as exc:
+            self._failed_signature = signature
+            self.manager.record_rejection(latest or 0, exc.reason, str(exc))
+            return False
+        except (OSError, json.JSONDecodeError) as exc:
+            self._failed_signature = signature
             log.error("policy_directory_unreadable", root=str(self.store.root), error=str(exc))
             return False
+        self._failed_signature = None
         return await self.manager.on_announcement(announced)
 
     async def _run(self) -> None:
