@@ -455,7 +455,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"\nsoak {'PASSED' if ok else 'FAILED'}")
     if args.json:
-        Path(args.json).write_text(json.dumps({**asdict(result), "passed": ok, "args": vars(args)}, indent=2))
+        # asdict() rebuilds a Counter from (key, value) pairs: pass the codes as a plain dict.
+        data = {**asdict(result), "codes": dict(result.codes), "passed": ok, "args": vars(args)}
+        Path(args.json).write_text(json.dumps(data, indent=2))
     return 0 if ok else 1
 
 
