@@ -23,7 +23,7 @@ from barp_sidecar.providers.chat import ChatMessage, ChatRequest, GenerationPara
 from barp_sidecar.providers.forwarder import AnswerStarted, Completed, TextDelta
 from barp_sidecar.routing.completion import CompleteCommand, CompletionService
 from barp_sidecar.rpc import convert
-from barp_sidecar.rpc.status import status_for
+from barp_sidecar.rpc.status import status_for, status_message
 
 log = structlog.get_logger("barp_sidecar.access")
 
@@ -126,7 +126,7 @@ async def complete_stream(
                     yield chunk
         code = grpc.StatusCode.OK
     except Exception as error:  # the boundary (rpc.boundary) turns it into the status
-        code, message = status_for(error), bounded_text(str(error))
+        code, message = status_for(error), status_message(error)
         raise
     finally:
         latency_s = time.monotonic() - started_s

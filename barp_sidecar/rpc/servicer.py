@@ -22,7 +22,7 @@ from barp_sidecar.routing.completion import CompletionService
 from barp_sidecar.routing.service import RoutingService
 from barp_sidecar.rpc import convert
 from barp_sidecar.rpc.complete import CompleteServicerMixin
-from barp_sidecar.rpc.status import status_for
+from barp_sidecar.rpc.status import status_for, status_message
 
 log = structlog.get_logger("barp_sidecar.access")
 # Caller-chosen ids are echoed in the access log only up to this many UTF-8 bytes.
@@ -62,10 +62,11 @@ class RouterServicer(CompleteServicerMixin, router_pb2_grpc.RouterServicer):
             deadline_s = None if remaining_s is None else started_s + remaining_s
             decision = await self._routing.route(convert.route_command(request, deadline_s))
             model, decision_id = decision.model, decision.decision_id
+            response = convert.route_response(decision)
             code = grpc.StatusCode.OK
-            return convert.route_response(decision)
+            return response
         except Exception as error:  # the boundary (rpc.boundary) turns it into the status
-            code, message = status_for(error), bounded_text(str(error))
+            code, message = status_for(error), status_message(error)
             raise
         finally:
             latency_s = time.monotonic() - started_s
@@ -98,7 +99,7 @@ class RouterServicer(CompleteServicerMixin, router_pb2_grpc.RouterServicer):
             recorded = await self._outcomes.report(request.decision_id, request.quality, cost)
             return router_pb2.OutcomeAck(recorded=recorded)
         except Exception as error:  # the boundary (rpc.boundary) turns it into the status
-            code, message = status_for(error), bounded_text(str(error))
+            code, message = status_for(error), status_message(error)
             raise
         finally:
             latency_s = time.monotonic() - started_s

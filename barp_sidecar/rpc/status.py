@@ -95,6 +95,13 @@ def status_for(error: BaseException) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL if rule is None else rule.code
 
 
+def status_message(error: BaseException) -> str:
+    """The message the caller sees (and the access log shows): bounded; a bug shows only its type."""
+    if rule_for(error) is None:
+        return f"internal error ({type(error).__name__})"
+    return bounded_text(str(error), MAX_STATUS_MESSAGE_BYTES)
+
+
 def _packed(message: object) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
@@ -115,13 +122,12 @@ def _retry_delay_s(error: BaseException, rule: StatusRule) -> float | None:
 def rich_status_for(error: BaseException) -> grpc.Status:
     """The full status for ``error``: code, bounded message and ``google.rpc.Status`` details."""
     rule = rule_for(error)
+    message = status_message(error)
     if rule is None:
         code, reason = grpc.StatusCode.INTERNAL, INTERNAL_REASON
-        message = f"internal error ({type(error).__name__})"
         retry_s: float | None = None
     else:
         code, reason = rule.code, rule.reason
-        message = bounded_text(str(error), MAX_STATUS_MESSAGE_BYTES)
         retry_s = _retry_delay_s(error, rule)
     details = [_packed(error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN))]
     if isinstance(error, errors.InvalidArgument):
