@@ -122,6 +122,7 @@ class PendingJournal:
         # Recorded ids still remembered (TTL) -> wall-clock time of recording, in recording order.
         self._recorded_at: dict[str, float] = {}
         self._live_bytes: dict[str, int] = {}
+        self._live_total_bytes = 0
 
     # -- replay ----------------------------------------------------------------------------------------
 
@@ -211,7 +212,7 @@ class PendingJournal:
                 self._unlink_live(decision_id)
         self._delete_dead_segments()
         total = sum(self._segments.values())
-        live = sum(self._live_bytes.values())
+        live = self._live_total_bytes
         if len(self._segments) > self.min_segments and total > 2 * live + self.segment_max_bytes:
             self._copy_forward_oldest(lookup)
             self._delete_dead_segments()
@@ -263,10 +264,11 @@ class PendingJournal:
         self._where[decision_id] = active
         self._live[active] = self._live.get(active, 0) + 1
         self._live_bytes[decision_id] = size
+        self._live_total_bytes += size
 
     def _unlink_live(self, decision_id: str) -> None:
         segment = self._where.pop(decision_id, None)
-        self._live_bytes.pop(decision_id, None)
+        self._live_total_bytes -= self._live_bytes.pop(decision_id, 0)
         if segment is not None:
             self._live[segment] -= 1
 
