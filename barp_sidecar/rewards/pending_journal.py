@@ -114,6 +114,7 @@ class PendingJournal:
         self.min_segments = min_segments
         self._clock = wall_clock
         self._fd: int | None = None
+        self._next_segment = 1
         # Segment index -> bytes; the last one is the active segment.
         self._segments: dict[int, int] = {}
         # Live id -> the segment holding its latest record; live ids per segment.
@@ -163,14 +164,15 @@ class PendingJournal:
         for decision_id, at in recorded.items():
             if now - at <= self.ttl_s:
                 state.recorded[decision_id] = max(0.0, now - at)
-        first = (found[-1][0] + 1) if found else 1
-        self._start_segment(first)
+        # The first segment is created by the first write: an idle sidecar leaves no file behind.
+        self._next_segment = (found[-1][0] + 1) if found else 1
         for decision, _ in state.pending:
             self.added(decision)
         for decision_id, age_s in state.recorded.items():
             self._append(decision_id, RECORDED + self._recorded_body(decision_id, now - age_s))
             self._recorded_at[decision_id] = now - age_s
-        os.fsync(self._require_fd())
+        if self._fd is not None:
+            os.fsync(self._fd)
         for _, path in found:
             path.unlink()
         if found:
@@ -232,11 +234,6 @@ class PendingJournal:
     def _recorded_body(self, decision_id: str, at: float) -> bytes:
         return json.dumps({"id": decision_id, "at": round(at, 3)}).encode()
 
-    def _require_fd(self) -> int:
-        if self._fd is None:
-            raise RuntimeError("pending journal is not open")
-        return self._fd
-
     def _start_segment(self, index: int) -> None:
         if self._fd is not None:
             os.close(self._fd)
@@ -244,15 +241,17 @@ class PendingJournal:
         self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         self._segments[index] = 0
         self._live.setdefault(index, 0)
+        self._next_segment = index + 1
 
     def _active(self) -> int:
         return next(reversed(self._segments))
 
     def _write(self, payload: bytes) -> int:
         record = encode_record(payload)
-        if self._segments[self._active()] + len(record) > self.segment_max_bytes:
-            self._start_segment(self._active() + 1)
-        os.write(self._require_fd(), record)
+        if self._fd is None or self._segments[self._active()] + len(record) > self.segment_max_bytes:
+            self._start_segment(self._next_segment)
+        assert self._fd is not None
+        os.write(self._fd, record)
         active = self._active()
         self._segments[active] += len(record)
         return len(record)
@@ -283,6 +282,8 @@ class PendingJournal:
             self._live.pop(oldest, None)
 
     def _copy_forward_oldest(self, lookup: Callable[[str], PendingDecision | None]) -> None:
+        if not self._segments:
+            return
         oldest = next(iter(self._segments))
         if oldest == self._active():
             return

@@ -72,6 +72,7 @@ async def test_killing_the_provider_mid_stream_is_unavailable_and_the_sidecar_ke
                     "metrics": {"port": 0},
                     "admin": {"enabled": False},
                     "policy": {"checkpoint_dir": str(checkpoint), "device": "cpu"},
+                    "rewards": {"spool_dir": str(tmp_path / "spool")},
                     "providers": {
                         "catalog_file": str(catalog),
                         "retry_initial_backoff_ms": 1,

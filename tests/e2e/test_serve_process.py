@@ -82,7 +82,12 @@ def checkpoint_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_config(path: Path, store: Path, **sections: dict) -> Path:
-    config = {"policy": {"checkpoint_dir": str(store), "device": "cpu"}, "admin": {"enabled": False}}
+    config = {
+        "policy": {"checkpoint_dir": str(store), "device": "cpu"},
+        "admin": {"enabled": False},
+        # Durable state (spool, pending-decision journal) next to the config, never in the checkout.
+        "rewards": {"spool_dir": str(path.parent / "spool")},
+    }
     for name, values in sections.items():
         config.setdefault(name, {}).update(values)
     path.write_text(yaml.safe_dump(config))

@@ -39,6 +39,7 @@ def test_replay_restores_pending_and_recorded_and_drops_what_expired(tmp_path: P
     clock = Clock()
     journal = PendingJournal(tmp_path, ttl_s=100.0, arms=ARMS, wall_clock=clock)
     assert journal.open().pending == []
+    assert list(tmp_path.glob("pending-*.journal")) == [], "an idle sidecar leaves no file"
     journal.added(decision("old", clock.now - 150))  # already past the TTL when replayed
     journal.added(decision("p1", clock.now - 10))
     journal.added(decision("p2", clock.now - 5))
