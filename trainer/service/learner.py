@@ -114,6 +114,9 @@ class LearnerHyperParameters:
 class OnlineLearner:
     """Owns a trainable copy of the policy network and its optimiser."""
 
+    # Off-policy steps on replayed events help a gradient learner (each event is worth several steps).
+    uses_replay = True
+
     def __init__(self, network: PolicyNetwork, hyper: LearnerHyperParameters, seed: int) -> None:
         self.network = network
         self.network.train()
@@ -232,6 +235,7 @@ def snips(network: PolicyNetwork, batch: EventBatch) -> Estimate:
 def uniform_network(network: PolicyNetwork) -> PolicyNetwork:
     """Zero the output layer so π is exactly uniform over allowed arms (a cold start)."""
     with torch.no_grad():
-        network.output.weight.zero_()
-        network.output.bias.zero_()
+        head = network.reward_head if network.architecture.kind == "reward_model" else network.output
+        head.weight.zero_()
+        head.bias.zero_()
     return network

@@ -20,6 +20,7 @@ import asyncio
 import copy
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ from trainer.service.learner import (
     snips,
     to_batch,
 )
+from trainer.service.reward_model_learner import RewardModelHyperParameters, RewardModelLearner
 from trainer.service.policy_source import PolicyAnnouncer, StartingPolicy, announcement_for
 from trainer.service.settings import LearnerSettings, PublishSettings
 
@@ -75,8 +77,37 @@ def gate(candidate: Estimate, current: Estimate, margin: float, min_events: int)
     return GateDecision(False, candidate, current, "candidate worse than current by more than the margin")
 
 
+def build_learner(network: PolicyNetwork, settings: LearnerSettings) -> OnlineLearner | RewardModelLearner:
+    """The learner for the starting network's kind: REINFORCE for "barp", ridge regression for "reward_model"."""
+    if network.architecture.kind == "reward_model":
+        return RewardModelLearner(
+            network,
+            RewardModelHyperParameters(
+                ridge_lambda=settings.ridge_lambda,
+                prior_quality=settings.prior_quality,
+                inverse_temperature_scale=settings.inverse_temperature_scale,
+            ),
+        )
+    return OnlineLearner(
+        network,
+        LearnerHyperParameters(
+            learning_rate=settings.learning_rate,
+            entropy_coef=settings.entropy_coef,
+            max_importance_weight=settings.max_importance_weight,
+            augment_preferences=settings.augment_preferences,
+            max_grad_norm=settings.max_grad_norm,
+            logit_l2=settings.logit_l2,
+        ),
+        seed=settings.seed,
+    )
+
+
 class TrainingLoop:
-    """Owns the learner, the held-out slice and the published-version state. ``start()`` / ``close()``."""
+    """Owns the learner, the held-out slice and the published-version state. ``start()`` / ``close()``.
+
+    ``clock`` (seconds, monotonic) drives the time-based evaluation trigger; a replay passes a constant
+    clock so that only event counts decide when the gate runs (reproducible).
+    """
 
     def __init__(
         self,
@@ -87,6 +118,7 @@ class TrainingLoop:
         learner_settings: LearnerSettings,
         publish_settings: PublishSettings,
         poll_interval_s: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.event_log = event_log
         self.store = store
@@ -97,18 +129,8 @@ class TrainingLoop:
         self.manifest = starting.manifest
         self.arms = starting.manifest.arms
         self.tau_usd = starting.manifest.tau_usd
-        self.learner = OnlineLearner(
-            copy.deepcopy(starting.network),
-            LearnerHyperParameters(
-                learning_rate=learner_settings.learning_rate,
-                entropy_coef=learner_settings.entropy_coef,
-                max_importance_weight=learner_settings.max_importance_weight,
-                augment_preferences=learner_settings.augment_preferences,
-                max_grad_norm=learner_settings.max_grad_norm,
-                logit_l2=learner_settings.logit_l2,
-            ),
-            seed=learner_settings.seed,
-        )
+        self.clock = clock
+        self.learner = build_learner(copy.deepcopy(starting.network), learner_settings)
         self.published_network: PolicyNetwork = copy.deepcopy(starting.network).eval()
         self.imputer = CostImputer(len(self.arms))
         self.cursor = starting.log_offset
@@ -119,7 +141,7 @@ class TrainingLoop:
         self.replay: deque[trainer_pb2.RewardEvent] = deque(maxlen=learner_settings.replay_buffer_events)
         self.replay_rng = np.random.default_rng(learner_settings.seed)
         self.events_since_evaluation = 0
-        self.last_evaluation_monotonic_s = time.monotonic()
+        self.last_evaluation_monotonic_s = self.clock()
         self.counters = GateCounters()
         self._task: asyncio.Task[None] | None = None
         self._starting_source = starting.source
@@ -130,11 +152,12 @@ class TrainingLoop:
 
     async def start(self) -> None:
         """Make sure the starting policy is published (v1 of a fresh store), announce it, start the loop."""
-        await asyncio.to_thread(self._ensure_published)
+        await asyncio.to_thread(self.ensure_published)
         await self.announcer.publish(announcement_for(self.store, self.manifest))
         self._task = asyncio.get_running_loop().create_task(self._run(), name="training-loop")
 
-    def _ensure_published(self) -> None:
+    def ensure_published(self) -> None:
+        """Publish the starting policy as the next version unless it is already the store's LATEST."""
         latest = self.store.latest_version()
         if self._starting_source == "latest" and latest == self.manifest.version:
             return
@@ -178,7 +201,7 @@ class TrainingLoop:
             events = [e for _, e in chunk]
             self.learner.step(to_batch(events, self.arms, self.tau_usd, self.imputer))
             self.replay.extend(events)
-            for _ in range(self.learner_settings.replay_steps):
+            for _ in range(self.learner_settings.replay_steps if self.learner.uses_replay else 0):
                 picks = self.replay_rng.integers(0, len(self.replay), batch_size)
                 replayed = [self.replay[int(i)] for i in picks]
                 self.learner.step(
@@ -191,7 +214,7 @@ class TrainingLoop:
         due_events = self.events_since_evaluation >= self.publish_settings.every_events
         due_time = (
             self.events_since_evaluation > 0
-            and time.monotonic() - self.last_evaluation_monotonic_s >= self.publish_settings.every_s
+            and self.clock() - self.last_evaluation_monotonic_s >= self.publish_settings.every_s
         )
         if due_events or due_time:
             result["published"] = self.evaluate_and_maybe_publish()
@@ -199,7 +222,7 @@ class TrainingLoop:
 
     def evaluate_and_maybe_publish(self) -> Any:
         self.events_since_evaluation = 0
-        self.last_evaluation_monotonic_s = time.monotonic()
+        self.last_evaluation_monotonic_s = self.clock()
         self.counters.evaluations += 1
         if not self.holdout:
             self.counters.skipped_small_holdout += 1

@@ -17,6 +17,7 @@ from barp_sidecar.settings import build_settings, read_layers
 
 ENV_PREFIX = "BARP_TRAINER__"
 INITIAL_POLICIES = ("builtin", "cold", "latest_or_builtin", "latest_or_cold")
+ARCHITECTURE_KINDS = ("barp", "reward_model")
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,16 @@ class LearnerSettings:
     # Most recent held-out events kept for the gate.
     holdout_max_events: int = 5000
     seed: int = 0
+    # Network kind of a cold start: "reward_model" (per-model quality/cost regression, closed-form ridge
+    # updates; docs/learning.md) or "barp" (the paper's network, REINFORCE). A start from a checkpoint
+    # keeps that checkpoint's kind.
+    architecture_kind: str = "barp"
+    # reward_model: ridge prior strength λ (worth λ events of evidence per model) ...
+    ridge_lambda: float = 1.0
+    # ... the prior mean quality of an untried model (1 = optimism: untried models get tried) ...
+    prior_quality: float = 1.0
+    # ... and β in π ∝ exp(β·r̂) is this × √(1 + events/models): π sharpens as evidence accumulates.
+    inverse_temperature_scale: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -190,6 +201,14 @@ def validate(settings: TrainerSettings) -> TrainerSettings:
     check(le.tau_usd is None or le.tau_usd > 0, "learner.tau_usd", "must be > 0")
     check(le.encoder_dim >= 1, "learner.encoder_dim", "must be >= 1")
     check(le.encoder_truncation in ("head", "tail", "head_tail"), "learner.encoder_truncation", "bad value")
+    check(
+        le.architecture_kind in ARCHITECTURE_KINDS,
+        "learner.architecture_kind",
+        f"must be one of {ARCHITECTURE_KINDS}",
+    )
+    check(le.ridge_lambda > 0, "learner.ridge_lambda", "must be > 0")
+    check(0 <= le.prior_quality <= 1, "learner.prior_quality", "must be in [0, 1]")
+    check(le.inverse_temperature_scale > 0, "learner.inverse_temperature_scale", "must be > 0")
     check(le.learning_rate > 0, "learner.learning_rate", "must be > 0")
     check(le.batch_size >= 1, "learner.batch_size", "must be >= 1")
     check(le.entropy_coef >= 0, "learner.entropy_coef", "must be >= 0")
