@@ -8,9 +8,11 @@ files, gRPC or training. ``h(x)`` arrives as a precomputed embedding. Two kinds 
   MLP decision head producing one logit per arm.
 - ``"reward_model"``: g predicts each model's quality q̂_a(x) and normalised cost ĉ_a(x) = E[min(c/τ, 1)]
   from h(x) alone (``head_layers`` hidden layers, 0 = linear), and the preference enters exactly as the
-  reward does: logits = β·(w_q·q̂_a − (1 − w_q)·ĉ_a) with β the stored ``inverse_temperature``. One
-  network then ranks models for every trade-off at once (r is linear in w given (q, c)); β only sets how
-  peaked π is (the trainer lowers the temperature as evidence accumulates), never the greedy choice.
+  reward does: r̂_a = w_q·q̂_a − (1 − w_q)·ĉ_a. One network ranks models for every trade-off at once (r is
+  linear in w given (q, c)). π over r̂ is shaped by ``exploration`` with the stored scale s
+  (``exploration_scale``, which the trainer raises as evidence accumulates): "boltzmann" π ∝ exp(s·r̂);
+  "inverse_gap" (SquareCB's inverse-gap weighting) π_a = 1 / (K + s·(r̂* − r̂_a)) for every model but the
+  best one r̂*, which takes the rest. Either way the greedy choice is argmax r̂, whatever s.
 
 Invariants: deterministic given the weights and inputs (no dropout at eval); masked arms get logit −inf
 and probability exactly 0; callers guarantee every row allows at least one arm (the routing layer turns an
@@ -27,6 +29,7 @@ from torch import nn
 
 
 ARCHITECTURE_KINDS = ("barp", "reward_model")
+EXPLORATION_SHAPES = ("boltzmann", "inverse_gap")
 
 
 @dataclass(frozen=True)
@@ -45,12 +48,16 @@ class PolicyArchitecture:
     conditioning: str = "concat"
     # "barp" (softmax(g([h; φ(w)]))) or "reward_model" (logits from predicted quality and cost; see above).
     kind: str = "barp"
+    # "reward_model" only: how π spreads over the predicted rewards ("boltzmann" or "inverse_gap").
+    exploration: str = "boltzmann"
 
     def __post_init__(self) -> None:
         if self.embedding_dim <= 0 or self.num_arms <= 0:
             raise ValueError("embedding_dim and num_arms must be positive")
         if self.kind not in ARCHITECTURE_KINDS:
             raise ValueError(f"kind must be one of {ARCHITECTURE_KINDS}, not {self.kind!r}")
+        if self.exploration not in EXPLORATION_SHAPES:
+            raise ValueError(f"exploration must be one of {EXPLORATION_SHAPES}, not {self.exploration!r}")
         if self.head_layers < (0 if self.kind == "reward_model" else 1):
             raise ValueError(f"head_layers must be >= {0 if self.kind == 'reward_model' else 1}")
         if self.conditioning not in ("concat", "film"):
@@ -87,7 +94,7 @@ class PolicyNetwork(nn.Module):
                 in_dim = a.head_hidden
             # Rows 0..K-1: quality; K..2K-1: normalised cost.
             self.reward_head = nn.Linear(in_dim, 2 * a.num_arms)
-            self.register_buffer("inverse_temperature", torch.ones(1))
+            self.register_buffer("exploration_scale", torch.ones(1))
             return
         self.preference_mlp = nn.Sequential(
             nn.Linear(2, a.preference_hidden),
@@ -116,6 +123,20 @@ class PolicyNetwork(nn.Module):
         k = self.architecture.num_arms
         return outcomes[:, :k], outcomes[:, k:]
 
+    def _reward_model_logits(self, predicted: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+        if allowed is not None:
+            predicted = predicted.masked_fill(~allowed, float("-inf"))
+        if self.architecture.exploration == "boltzmann":
+            return self.exploration_scale * predicted
+        # Inverse-gap weighting: log-probabilities, so softmax(logits) is exactly the IGW distribution.
+        count = predicted.isfinite().sum(dim=1, keepdim=True).to(predicted.dtype)
+        best = predicted.argmax(dim=1, keepdim=True)
+        gap = predicted.gather(1, best) - predicted  # ≥ 0; +inf for masked models
+        others = 1.0 / (count + self.exploration_scale * gap)
+        others = others.scatter(1, best, 0.0)
+        probabilities = others.scatter(1, best, 1.0 - others.sum(dim=1, keepdim=True))
+        return torch.log(probabilities)
+
     def forward(
         self,
         embeddings: torch.Tensor,
@@ -129,8 +150,7 @@ class PolicyNetwork(nn.Module):
         w_q = quality_weight.to(embeddings.dtype).reshape(-1, 1)
         if self.architecture.kind == "reward_model":
             quality, cost = self.predicted_outcomes(embeddings)
-            logits = self.inverse_temperature * (w_q * quality - (1.0 - w_q) * cost)
-            return logits if allowed is None else logits.masked_fill(~allowed, float("-inf"))
+            return self._reward_model_logits(w_q * quality - (1.0 - w_q) * cost, allowed)
         preference = torch.cat([w_q, 1.0 - w_q], dim=1)
         phi = self.preference_mlp(preference)
         x = torch.cat([embeddings, phi], dim=1)

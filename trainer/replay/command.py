@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.errors import ConfigError, DataError
@@ -69,8 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--publish-every-events",
         type=int,
-        default=None,
-        help="evaluate/publish every N training events (default: the config's publish.every_events)",
+        default=250,
+        help="evaluate/publish every N training events (replaces publish.every_events: a replay has no "
+        "clock, and in service the every_s timer publishes at least this often above ~4 events/s)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--plot", type=Path, default=None, help="write the learning curve (PNG) here")
@@ -251,6 +253,7 @@ def write_plot(refs: dict[str, float], runs: list[RunResult], path: Path, title:
 
 def run(args: argparse.Namespace) -> int:
     configure_logging("warning")  # the loop logs every gate decision; the replay reports them in its table
+    torch.set_num_threads(1)  # small matrices: one thread is fastest and keeps shared machines usable
     try:
         quality_weight = parse_quality_weight(args.quality_weight)
         seeds = parse_seeds(args.seeds)

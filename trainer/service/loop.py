@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import time
 from collections import deque
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import structlog
+import torch
 
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.policy.checkpoint import CheckpointStore, PolicyManifest
@@ -35,6 +37,8 @@ from trainer.service.eventlog import EventLog
 from trainer.service.learner import (
     CostImputer,
     Estimate,
+    EventBatch,
+    doubly_robust,
     LearnerHyperParameters,
     OnlineLearner,
     is_holdout,
@@ -42,6 +46,7 @@ from trainer.service.learner import (
     to_batch,
 )
 from trainer.service.reward_model_learner import RewardModelHyperParameters, RewardModelLearner
+from trainer.service.learner_state import load_state, save_state
 from trainer.service.policy_source import PolicyAnnouncer, StartingPolicy, announcement_for
 from trainer.service.settings import LearnerSettings, PublishSettings
 
@@ -77,6 +82,10 @@ def gate(candidate: Estimate, current: Estimate, margin: float, min_events: int)
     return GateDecision(False, candidate, current, "candidate worse than current by more than the margin")
 
 
+def _decoded(tensors: list[torch.Tensor]) -> list[trainer_pb2.RewardEvent]:
+    return [trainer_pb2.RewardEvent.FromString(t.numpy().tobytes()) for t in tensors]
+
+
 def build_learner(network: PolicyNetwork, settings: LearnerSettings) -> OnlineLearner | RewardModelLearner:
     """The learner for the starting network's kind: REINFORCE for "barp", ridge regression for "reward_model"."""
     if network.architecture.kind == "reward_model":
@@ -84,8 +93,10 @@ def build_learner(network: PolicyNetwork, settings: LearnerSettings) -> OnlineLe
             network,
             RewardModelHyperParameters(
                 ridge_lambda=settings.ridge_lambda,
+                prior_events=settings.prior_events,
+                exploration_scale=settings.exploration_scale,
+                projection_dim=settings.projection_dim,
                 prior_quality=settings.prior_quality,
-                inverse_temperature_scale=settings.inverse_temperature_scale,
             ),
         )
     return OnlineLearner(
@@ -145,6 +156,61 @@ class TrainingLoop:
         self.counters = GateCounters()
         self._task: asyncio.Task[None] | None = None
         self._starting_source = starting.source
+        # Resumable learner state, one file per published version (learner_state.py).
+        self.state_dir = self.store.root.parent / "learner-state"
+        self._restored_holdout_ids: set[str] = set()
+        if starting.source == "latest":
+            self._restore_state()
+
+    # -- resumable state ---------------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        def encoded(events: deque[trainer_pb2.RewardEvent]) -> list[torch.Tensor]:
+            return [torch.frombuffer(bytearray(e.SerializeToString()), dtype=torch.uint8) for e in events]
+
+        return {
+            "learner": self.learner.state(),
+            "replay": encoded(self.replay),
+            "holdout": encoded(self.holdout),
+            "imputer": [torch.from_numpy(self.imputer.total_usd), torch.from_numpy(self.imputer.count)],
+            "replay_rng": json.dumps(self.replay_rng.bit_generator.state),
+        }
+
+    def _restore_state(self) -> None:
+        """Restore the learner's statistics saved with the starting version; without them a reward-model
+        learner rebuilds its (exact, additive) statistics by re-reading the retained log from the start."""
+        version = self.manifest.version
+        try:
+            state = load_state(self.state_dir, version)
+        except ValueError as exc:
+            log.warning("learner_state_unreadable", version=version, error=str(exc))
+            state = None
+        if state is not None:
+            try:
+                self.learner.load_state(state["learner"])
+                self.replay.extend(_decoded(state["replay"]))
+                holdout = list(_decoded(state["holdout"]))
+                self.holdout.extend(holdout)
+                self._restored_holdout_ids = {e.event_id for e in holdout}
+                self.imputer.total_usd = state["imputer"][0].double().numpy().copy()
+                self.imputer.count = state["imputer"][1].double().numpy().copy()
+                self.replay_rng.bit_generator.state = json.loads(state["replay_rng"])
+                log.info("learner_state_restored", version=version, replay=len(self.replay), holdout=len(holdout))
+                return
+            except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+                log.warning("learner_state_unreadable", version=version, error=str(exc))
+                self.learner = build_learner(copy.deepcopy(self.published_network), self.learner_settings)
+        if isinstance(self.learner, RewardModelLearner):
+            self.cursor = self.trained_offset = 0
+            log.info("learner_state_missing", version=version, action="re-reading the retained log")
+        else:
+            log.info("learner_state_missing", version=version, action="fresh optimiser and buffers")
+
+    def _save_state(self, version: int) -> None:
+        save_state(self.state_dir, version, self._state())
+        # Keep the two newest (a restart needs the LATEST version's; one spare for a pinned rollback).
+        for path in sorted(self.state_dir.glob("v*.safetensors"), key=lambda p: int(p.stem[1:]))[:-2]:
+            path.unlink(missing_ok=True)
 
     @property
     def current_version(self) -> int:
@@ -193,6 +259,9 @@ class TrainingLoop:
         for offset, event in records:
             self.cursor = offset + 1
             if is_holdout(event.event_id, self.learner_settings.holdout_every):
+                if event.event_id in self._restored_holdout_ids:
+                    self._restored_holdout_ids.discard(event.event_id)  # already restored with the state
+                    continue
                 self.holdout.append(event)
             else:
                 self.pending.append((offset, event))
@@ -200,7 +269,8 @@ class TrainingLoop:
             chunk, self.pending = self.pending[:batch_size], self.pending[batch_size:]
             events = [e for _, e in chunk]
             self.learner.step(to_batch(events, self.arms, self.tau_usd, self.imputer))
-            self.replay.extend(events)
+            if self.learner.uses_replay:
+                self.replay.extend(events)
             for _ in range(self.learner_settings.replay_steps if self.learner.uses_replay else 0):
                 picks = self.replay_rng.integers(0, len(self.replay), batch_size)
                 replayed = [self.replay[int(i)] for i in picks]
@@ -220,6 +290,18 @@ class TrainingLoop:
             result["published"] = self.evaluate_and_maybe_publish()
         return result
 
+    def _estimates(self, holdout: EventBatch) -> tuple[Estimate, Estimate, str]:
+        """(candidate, current, estimator name). A ``reward_model`` candidate is its own critic: both
+        versions are scored doubly robustly with it (paired, low variance); otherwise SNIPS."""
+        critic = self.learner.network
+        if critic.architecture.kind == "reward_model":
+            return (
+                doubly_robust(critic, holdout, critic),
+                doubly_robust(self.published_network, holdout, critic),
+                "doubly_robust",
+            )
+        return snips(critic, holdout), snips(self.published_network, holdout), "snips"
+
     def evaluate_and_maybe_publish(self) -> Any:
         self.events_since_evaluation = 0
         self.last_evaluation_monotonic_s = self.clock()
@@ -229,8 +311,7 @@ class TrainingLoop:
             log.info("policy_gate", decision="skipped", reason="no held-out events yet")
             return None
         holdout_batch = to_batch(list(self.holdout), self.arms, self.tau_usd, CostImputer(len(self.arms)))
-        candidate = snips(self.learner.network, holdout_batch)
-        current = snips(self.published_network, holdout_batch)
+        candidate, current, estimator = self._estimates(holdout_batch)
         decision = gate(
             candidate,
             current,
@@ -245,6 +326,7 @@ class TrainingLoop:
             "current_version": self.manifest.version,
             "events_trained": self.learner.events_trained,
             "reason": decision.reason,
+            "estimator": estimator,
         }
         if not decision.publish:
             small = candidate.events < self.publish_settings.gate_min_holdout_events
@@ -270,10 +352,15 @@ class TrainingLoop:
                     "seed": self.learner_settings.seed,
                     "hyper_parameters": self.learner.hyper.__dict__,
                 },
-                "metrics": {"snips_candidate": candidate.to_json(), "snips_parent": current.to_json()},
+                "metrics": {
+                    "snips_candidate": candidate.to_json(),
+                    "snips_parent": current.to_json(),
+                    "estimator": estimator,
+                },
                 "weights_sha256": "",
             }
         )
+        self._save_state(version)  # before the checkpoint: a published version always has its state
         self.manifest = self.store.publish(network, manifest)
         self.published_network = network
         self.counters.published += 1

@@ -49,7 +49,11 @@ def cold_policy(settings: LearnerSettings) -> StartingPolicy:
     if settings.architecture_kind == "reward_model":
         # Linear per-model outcome regression, fitted in closed form (trainer/service/reward_model_learner.py).
         architecture = PolicyArchitecture(
-            embedding_dim=settings.encoder_dim, num_arms=len(settings.arms), head_layers=0, kind="reward_model"
+            embedding_dim=settings.encoder_dim,
+            num_arms=len(settings.arms),
+            head_layers=0,
+            kind="reward_model",
+            exploration=settings.exploration_shape,
         )
     else:
         architecture = PolicyArchitecture(embedding_dim=settings.encoder_dim, num_arms=len(settings.arms))

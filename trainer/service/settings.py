@@ -18,6 +18,7 @@ from barp_sidecar.settings import build_settings, read_layers
 ENV_PREFIX = "BARP_TRAINER__"
 INITIAL_POLICIES = ("builtin", "cold", "latest_or_builtin", "latest_or_cold")
 ARCHITECTURE_KINDS = ("barp", "reward_model")
+EXPLORATION_SHAPES = ("boltzmann", "inverse_gap")
 
 
 @dataclass(frozen=True)
@@ -94,13 +95,21 @@ class LearnerSettings:
     # Network kind of a cold start: "reward_model" (per-model quality/cost regression, closed-form ridge
     # updates; docs/learning.md) or "barp" (the paper's network, REINFORCE). A start from a checkpoint
     # keeps that checkpoint's kind.
-    architecture_kind: str = "barp"
-    # reward_model: ridge prior strength λ (worth λ events of evidence per model) ...
-    ridge_lambda: float = 1.0
-    # ... the prior mean quality of an untried model (1 = optimism: untried models get tried) ...
+    architecture_kind: str = "reward_model"
+    # reward_model: ridge penalty λ on the embedding weights of each model's regression ...
+    ridge_lambda: float = 30.0
+    # ... the prior mean quality of an untried model (1 = optimism: untried models get tried), worth
+    # prior_events events of evidence ...
     prior_quality: float = 1.0
-    # ... and β in π ∝ exp(β·r̂) is this × √(1 + events/models): π sharpens as evidence accumulates.
-    inverse_temperature_scale: float = 5.0
+    prior_events: float = 1.0
+    # ... how a cold reward_model policy spreads π over predicted rewards r̂ ("boltzmann": π ∝ exp(s·r̂);
+    # "inverse_gap": SquareCB's π_a = 1/(K + s·gap_a)) ...
+    exploration_shape: str = "inverse_gap"
+    # ... and its scale s = this × √(1 + events/models): π sharpens as evidence accumulates.
+    exploration_scale: float = 30.0
+    # ... and the regression runs on the top this-many principal directions of the embeddings seen so far
+    # (0 = on the whole embedding): fewer parameters per model, so it separates models with fewer events.
+    projection_dim: int = 32
 
 
 @dataclass(frozen=True)
@@ -206,9 +215,16 @@ def validate(settings: TrainerSettings) -> TrainerSettings:
         "learner.architecture_kind",
         f"must be one of {ARCHITECTURE_KINDS}",
     )
+    check(
+        le.exploration_shape in EXPLORATION_SHAPES,
+        "learner.exploration_shape",
+        f"must be one of {EXPLORATION_SHAPES}",
+    )
+    check(le.projection_dim >= 0, "learner.projection_dim", "must be >= 0")
     check(le.ridge_lambda > 0, "learner.ridge_lambda", "must be > 0")
     check(0 <= le.prior_quality <= 1, "learner.prior_quality", "must be in [0, 1]")
-    check(le.inverse_temperature_scale > 0, "learner.inverse_temperature_scale", "must be > 0")
+    check(le.prior_events > 0, "learner.prior_events", "must be > 0")
+    check(le.exploration_scale > 0, "learner.exploration_scale", "must be > 0")
     check(le.learning_rate > 0, "learner.learning_rate", "must be > 0")
     check(le.batch_size >= 1, "learner.batch_size", "must be >= 1")
     check(le.entropy_coef >= 0, "learner.entropy_coef", "must be >= 0")
