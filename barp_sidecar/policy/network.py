@@ -27,7 +27,6 @@ from typing import Any
 import torch
 from torch import nn
 
-
 ARCHITECTURE_KINDS = ("barp", "reward_model")
 EXPLORATION_SHAPES = ("boltzmann", "inverse_gap")
 
@@ -79,6 +78,10 @@ class PolicyArchitecture:
 
 class PolicyNetwork(nn.Module):
     """π(a|x,w). ``forward`` returns masked logits; ``probabilities`` the softmax."""
+
+    exploration_scale: torch.Tensor  # "reward_model" only (a buffer)
+    reward_head: nn.Linear  # "reward_model" only
+    output: nn.Linear  # "barp" only
 
     def __init__(self, architecture: PolicyArchitecture) -> None:
         super().__init__()

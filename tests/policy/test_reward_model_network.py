@@ -1,4 +1,4 @@
-"""The "reward_model" policy kind: logits from predicted quality/cost, exact IGW probabilities, checkpoints."""
+"""The "reward_model" policy kind: logits from predicted quality/cost, exact IGW probabilities."""
 
 from __future__ import annotations
 

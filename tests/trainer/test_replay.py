@@ -184,3 +184,27 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path, capsys, rows_split, extr
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert data.read_bytes() == before  # nothing logged is touched
+
+
+def test_vw_peer_learns_on_the_identical_stream():
+    pytest.importorskip("vowpalwabbit")
+    from trainer.replay.vw_peer import VowpalWabbitRouter
+
+    data = clustered_data()
+    peer = VowpalWabbitRouter(data.arms, seed=0, tau_usd=data.tau_usd)
+    result = run_replay(peer, data, passes=3, quality_weight=0.8, seed=0, every_events=180)
+    peer.close()
+    last = result.checkpoints[-1]
+    assert result.learner == "vw-squarecb" and last.published_versions == 0
+    assert last.greedy_reward >= references(data, 0.8)["best_single"]  # VW separates the two clusters
+
+
+def test_cli_runs_the_vw_peer_side_by_side(tmp_path):
+    pytest.importorskip("vowpalwabbit")
+    data = write_jsonl(tmp_path / "log.jsonl", synthetic_jsonl_rows())
+    out = tmp_path / "replay.json"
+    argv = ["replay", "--data", str(data), "--encoder-model", "hash:16", "--cache-dir", str(tmp_path)]
+    assert main([*argv, "--passes", "1", "--peer", "vw", "--json", str(out)]) == 0
+    runs = json.loads(out.read_text())["runs"]
+    assert [r["learner"] for r in runs] == ["trainer-reward_model", "vw-squarecb"]
+    assert [c["events"] for c in runs[0]["checkpoints"]] == [c["events"] for c in runs[1]["checkpoints"]]

@@ -103,7 +103,9 @@ def test_a_restart_resumes_the_learner_saved_with_latest(tmp_path, kind):
         # The restored regression reproduces the published policy exactly (statistics ↔ weights).
         x, w = torch.randn(8, restarted.learner.network.architecture.embedding_dim), torch.rand(8)
         with torch.inference_mode():
-            assert torch.allclose(restarted.learner.network(x, w), restarted.published_network(x, w), atol=1e-5)
+            assert torch.allclose(
+                restarted.learner.network(x, w), restarted.published_network(x, w), atol=1e-5
+            )
     # Held-out events restored with the state are not appended twice when the log is re-read.
     feed(restarted, log, [])
     ids = [e.event_id for e in restarted.holdout]

@@ -26,7 +26,6 @@ from trainer.offline.datasets import RoutingTable, load_table
 from trainer.offline.features import default_cache_dir, embed_prompts
 from trainer.offline.train_command import tau_from_costs
 from trainer.replay.simulation import (
-    OnlineRouter,
     ReplayData,
     RunResult,
     mean_curve,
@@ -88,7 +87,9 @@ def parse_quality_weight(text: str) -> float | None:
     try:
         value = float(text)
     except ValueError:
-        raise ReplayInputError(f"--quality-weight: expected a number in [0, 1] or 'random', not {text!r}")
+        raise ReplayInputError(
+            f"--quality-weight: expected a number in [0, 1] or 'random', not {text!r}"
+        ) from None
     if not 0.0 <= value <= 1.0:
         raise ReplayInputError(f"--quality-weight: must be in [0, 1], not {value}")
     return value
@@ -98,7 +99,7 @@ def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(s) for s in text.split(",") if s.strip()]
     except ValueError:
-        raise ReplayInputError(f"--seeds: expected comma-separated integers, not {text!r}")
+        raise ReplayInputError(f"--seeds: expected comma-separated integers, not {text!r}") from None
     if not seeds:
         raise ReplayInputError("--seeds: at least one seed is needed")
     return seeds
@@ -114,7 +115,9 @@ def select_models(table: RoutingTable, text: str) -> tuple[str, ...]:
     if unknown:
         raise ReplayInputError(f"--models: unknown model(s) {unknown}; the data has {list(table.arms)}")
     if len(set(wanted)) < 2:
-        raise ReplayInputError(f"--models: routing needs at least two models, got {list(dict.fromkeys(wanted))}")
+        raise ReplayInputError(
+            f"--models: routing needs at least two models, got {list(dict.fromkeys(wanted))}"
+        )
     return tuple(m for m in table.arms if m in wanted)
 
 
@@ -204,9 +207,8 @@ def format_table(refs: dict[str, float], runs: list[RunResult]) -> str:
         _, published = mean_curve(group, "published_versions")
         for i, count in enumerate(events):
             top = float(np.mean([max(run.checkpoints[i].model_share.values()) for run in group]))
-            lines.append(
-                f"| {learner} | {count} | {greedy[i]:.4f} | {served[i]:.4f} | {published[i]:.1f} | {top:.2f} |"
-            )
+            cells = [learner, str(count), f"{greedy[i]:.4f}", f"{served[i]:.4f}", f"{published[i]:.1f}"]
+            lines.append("| " + " | ".join([*cells, f"{top:.2f}"]) + " |")
     lines.append("")
     lines.append(
         f"references (test rows): best single {refs['best_single']:.4f}, "

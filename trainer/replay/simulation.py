@@ -67,7 +67,7 @@ def references(data: ReplayData, quality_weight: float | None) -> dict[str, floa
 
 
 class OnlineRouter(Protocol):
-    """A learner under replay: decides with exploration, learns from the revealed outcome, decides greedily."""
+    """A learner under replay: decides with exploration, learns from what it is shown, decides greedily."""
 
     name: str
 
@@ -188,7 +188,5 @@ def run_replay(
 def mean_curve(runs: Sequence[RunResult], key: str) -> tuple[list[int], list[float]]:
     """(events, mean over runs of ``key``) at each checkpoint the runs share."""
     events = [c.events for c in runs[0].checkpoints]
-    values = [
-        float(np.mean([getattr(run.checkpoints[i], key) for run in runs])) for i in range(len(events))
-    ]
+    values = [float(np.mean([getattr(run.checkpoints[i], key) for run in runs])) for i in range(len(events))]
     return events, values

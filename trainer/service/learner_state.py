@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from safetensors import safe_open as _safe_open
+from safetensors.torch import load_file, save_file
 
 _SKELETON_KEY = "skeleton"
 
@@ -30,8 +30,12 @@ def flatten(value: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
         tensors[prefix] = value.detach().to("cpu").contiguous().clone()
         return {"__tensor__": prefix}
     if isinstance(value, dict):
-        return {"__dict__": [[flatten(k, f"{prefix}.k{i}", tensors), flatten(v, f"{prefix}.{i}", tensors)]
-                             for i, (k, v) in enumerate(value.items())]}
+        return {
+            "__dict__": [
+                [flatten(k, f"{prefix}.k{i}", tensors), flatten(v, f"{prefix}.{i}", tensors)]
+                for i, (k, v) in enumerate(value.items())
+            ]
+        }
     if isinstance(value, list | tuple):
         items = [flatten(v, f"{prefix}.{i}", tensors) for i, v in enumerate(value)]
         return {"__list__": items} if isinstance(value, list) else {"__tuple__": items}

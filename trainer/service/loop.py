@@ -38,16 +38,16 @@ from trainer.service.learner import (
     CostImputer,
     Estimate,
     EventBatch,
-    doubly_robust,
     LearnerHyperParameters,
     OnlineLearner,
+    doubly_robust,
     is_holdout,
     snips,
     to_batch,
 )
-from trainer.service.reward_model_learner import RewardModelHyperParameters, RewardModelLearner
 from trainer.service.learner_state import load_state, save_state
 from trainer.service.policy_source import PolicyAnnouncer, StartingPolicy, announcement_for
+from trainer.service.reward_model_learner import RewardModelHyperParameters, RewardModelLearner
 from trainer.service.settings import LearnerSettings, PublishSettings
 
 log = structlog.get_logger("trainer.service.loop")
@@ -87,7 +87,7 @@ def _decoded(tensors: list[torch.Tensor]) -> list[trainer_pb2.RewardEvent]:
 
 
 def build_learner(network: PolicyNetwork, settings: LearnerSettings) -> OnlineLearner | RewardModelLearner:
-    """The learner for the starting network's kind: REINFORCE for "barp", ridge regression for "reward_model"."""
+    """The learner for the network's kind: REINFORCE for "barp", ridge regression for "reward_model"."""
     if network.architecture.kind == "reward_model":
         return RewardModelLearner(
             network,
@@ -195,7 +195,9 @@ class TrainingLoop:
                 self.imputer.total_usd = state["imputer"][0].double().numpy().copy()
                 self.imputer.count = state["imputer"][1].double().numpy().copy()
                 self.replay_rng.bit_generator.state = json.loads(state["replay_rng"])
-                log.info("learner_state_restored", version=version, replay=len(self.replay), holdout=len(holdout))
+                log.info(
+                    "learner_state_restored", version=version, replay=len(self.replay), holdout=len(holdout)
+                )
                 return
             except (KeyError, ValueError, RuntimeError, TypeError) as exc:
                 log.warning("learner_state_unreadable", version=version, error=str(exc))

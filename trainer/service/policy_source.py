@@ -47,7 +47,7 @@ def cold_policy(settings: LearnerSettings) -> StartingPolicy:
     assert settings.tau_usd is not None
     torch.manual_seed(settings.seed)
     if settings.architecture_kind == "reward_model":
-        # Linear per-model outcome regression, fitted in closed form (trainer/service/reward_model_learner.py).
+        # Linear per-model outcome regression, fitted in closed form (reward_model_learner.py).
         architecture = PolicyArchitecture(
             embedding_dim=settings.encoder_dim,
             num_arms=len(settings.arms),

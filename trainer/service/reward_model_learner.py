@@ -136,7 +136,11 @@ class RewardModelLearner:
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
         """Restore ``state()``; shapes must match this learner's models and embedding size."""
-        for name, current in (("gram", self.gram), ("moments", self.moments), ("arm_events", self.arm_events)):
+        for name, current in (
+            ("gram", self.gram),
+            ("moments", self.moments),
+            ("arm_events", self.arm_events),
+        ):
             if name not in state or tuple(state[name].shape) != tuple(current.shape):
                 raise ValueError(f"learner state {name!r} missing or of the wrong shape")
         if "counters" not in state or tuple(state["counters"].shape) != (2,):

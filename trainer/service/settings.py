@@ -93,22 +93,22 @@ class LearnerSettings:
     holdout_max_events: int = 5000
     seed: int = 0
     # Network kind of a cold start: "reward_model" (per-model quality/cost regression, closed-form ridge
-    # updates; docs/learning.md) or "barp" (the paper's network, REINFORCE). A start from a checkpoint
-    # keeps that checkpoint's kind.
+    # updates, docs/learning.md §4) or "barp" (the paper's network, trained by REINFORCE). A start from a
+    # checkpoint keeps that checkpoint's kind.
     architecture_kind: str = "reward_model"
-    # reward_model: ridge penalty λ on the embedding weights of each model's regression ...
+    # reward_model: ridge penalty on the embedding weights of each model's quality and cost regression.
     ridge_lambda: float = 30.0
-    # ... the prior mean quality of an untried model (1 = optimism: untried models get tried), worth
-    # prior_events events of evidence ...
+    # reward_model: prior mean quality of a model nobody has tried yet (1 = optimism: it gets tried).
     prior_quality: float = 1.0
+    # reward_model: how many events of evidence that prior is worth.
     prior_events: float = 1.0
-    # ... how a cold reward_model policy spreads π over predicted rewards r̂ ("boltzmann": π ∝ exp(s·r̂);
-    # "inverse_gap": SquareCB's π_a = 1/(K + s·gap_a)) ...
+    # reward_model: how π spreads over the predicted rewards r̂ ("inverse_gap": SquareCB's
+    # π_a = 1/(K + s·(r̂* − r̂_a)); "boltzmann": π ∝ exp(s·r̂)). The greedy choice is argmax r̂ either way.
     exploration_shape: str = "inverse_gap"
-    # ... and its scale s = this × √(1 + events/models): π sharpens as evidence accumulates.
+    # reward_model: s = this × √(1 + events/models), so π sharpens as evidence accumulates.
     exploration_scale: float = 30.0
-    # ... and the regression runs on the top this-many principal directions of the embeddings seen so far
-    # (0 = on the whole embedding): fewer parameters per model, so it separates models with fewer events.
+    # reward_model: regress on the top this-many principal directions of the embeddings seen so far
+    # (0 = the whole embedding); fewer parameters per model separate the models with fewer events.
     projection_dim: int = 32
 
 
