@@ -241,8 +241,7 @@ def write_plot(refs: dict[str, float], runs: list[RunResult], path: Path, title:
         axis.plot(events, greedy, color=colour, marker="o", ms=3, label=f"{learner}: greedy, held out")
         axis.plot(events, served, color=colour, ls=":", label=f"{learner}: served (with exploration)")
     for (name, value), style in zip(refs.items(), ("--", "-.", ":"), strict=True):
-        axis.axhline(value, color="grey", ls=style, lw=1)
-        axis.annotate(f"{name} {value:.3f}", (0, value), fontsize=8, color="grey", va="bottom")
+        axis.axhline(value, color="grey", ls=style, lw=1, label=f"{name.replace('_', ' ')} {value:.3f}")
     axis.set_xlabel("events streamed")
     axis.set_ylabel("mean reward")
     axis.set_title(title, fontsize=10)
