@@ -2,9 +2,10 @@
 
 Starts ``barp-trainer serve`` and ``barp-sidecar serve`` as real subprocesses on 127.0.0.1 (ports picked by
 the OS), then replays RouterBench training prompts (or a JSONL log) as traffic: ``Route`` at the demo's
-quality weight with the sidecar's default exploration (``--exploration``, default ``sample``), then ``ReportOutcome`` with the real score and cost
-of the model the sidecar chose. The trainer learns from those bandit events, publishes versions through its
-evaluation gate, and the sidecar hot-swaps them. One line is printed per published version.
+quality weight with the sidecar's default exploration (``--exploration``, default ``sample``), then
+``ReportOutcome`` with the real score and cost of the model the sidecar chose. The trainer learns from
+those bandit events, publishes versions through its evaluation gate, and the sidecar hot-swaps them.
+One line is printed per published version.
 
 At the end, the last published version decides greedily (through the sidecar) on held-out prompts that were
 never replayed, and the demo writes ``<out>/summary.json``, ``<out>/served.csv`` and
@@ -368,8 +369,8 @@ async def run_demo(args: argparse.Namespace) -> int:
     tau_usd = float(np.percentile(all_costs, 95))
     print(
         f"demo: {len(traffic)} traffic prompts x {args.passes} passes, {len(heldout)} held-out prompts, "
-        f"{len(models)} models, w_q={args.quality_weight}, tau=${tau_usd:.5f}, exploration={args.exploration} "
-        f"(last {args.greedy_passes} pass(es) greedy)",
+        f"{len(models)} models, w_q={args.quality_weight}, tau=${tau_usd:.5f}, "
+        f"exploration={args.exploration} (last {args.greedy_passes} pass(es) greedy)",
         flush=True,
     )
 
