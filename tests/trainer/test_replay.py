@@ -208,3 +208,12 @@ def test_cli_runs_the_vw_peer_side_by_side(tmp_path):
     runs = json.loads(out.read_text())["runs"]
     assert [r["learner"] for r in runs] == ["trainer-reward_model", "vw-squarecb"]
     assert [c["events"] for c in runs[0]["checkpoints"]] == [c["events"] for c in runs[1]["checkpoints"]]
+
+
+def test_bad_trainer_config_exits_2_naming_the_key(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "log.jsonl", synthetic_jsonl_rows())
+    config = tmp_path / "trainer.yaml"
+    config.write_text("learner:\n  ridge_lambda: -1\n")
+    argv = ["replay", "--data", str(data), "--encoder-model", "hash:16", "--cache-dir", str(tmp_path)]
+    assert main([*argv, "--config", str(config)]) == 2
+    assert "learner.ridge_lambda" in capsys.readouterr().err
