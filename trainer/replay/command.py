@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import structlog
 import torch
 
 from barp_sidecar.domain import ExplorationMode
@@ -253,8 +254,20 @@ def write_plot(refs: dict[str, float], runs: list[RunResult], path: Path, title:
 
 
 def run(args: argparse.Namespace) -> int:
-    configure_logging("warning")  # the loop logs every gate decision; the replay reports them in its table
+    # The loop logs every gate decision at info; the replay reports them in its table instead. Restored on
+    # return, so an in-process caller (tests) keeps its own logging.
+    previous_logging = structlog.get_config()
+    previous_threads = torch.get_num_threads()
+    configure_logging("warning")
     torch.set_num_threads(1)  # small matrices: one thread is fastest and keeps shared machines usable
+    try:
+        return _run(args)
+    finally:
+        structlog.configure(**previous_logging)
+        torch.set_num_threads(previous_threads)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         quality_weight = parse_quality_weight(args.quality_weight)
         seeds = parse_seeds(args.seeds)

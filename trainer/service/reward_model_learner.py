@@ -36,7 +36,7 @@ class RewardModelHyperParameters:
     prior_events: float = 1.0
     prior_quality: float = 1.0
     prior_cost: float = 0.0
-    exploration_scale: float = 30.0
+    exploration_scale: float = 60.0
     projection_dim: int = 32
 
 

@@ -106,7 +106,7 @@ class LearnerSettings:
     # π_a = 1/(K + s·(r̂* − r̂_a)); "boltzmann": π ∝ exp(s·r̂)). The greedy choice is argmax r̂ either way.
     exploration_shape: str = "inverse_gap"
     # reward_model: s = this × √(1 + events/models), so π sharpens as evidence accumulates.
-    exploration_scale: float = 30.0
+    exploration_scale: float = 60.0
     # reward_model: regress on the top this-many principal directions of the embeddings seen so far
     # (0 = the whole embedding); fewer parameters per model separate the models with fewer events.
     projection_dim: int = 32
