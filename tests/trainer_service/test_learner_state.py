@@ -95,9 +95,9 @@ def test_a_restart_resumes_the_learner_saved_with_latest(tmp_path, kind):
     restarted = make_loop(settings, log)  # same store: starts from LATEST and its saved state
     assert restarted._starting_source == "latest"
     assert_same(restarted.learner.state(), saved["learner"])
-    assert len(restarted.holdout) == len(saved["holdout"]) > 0
+    assert len(restarted.holdout) == len(saved["holdout"]["lengths"]) > 0
     if kind == "barp":
-        assert len(restarted.replay) == len(saved["replay"]) > 0  # the replay buffer came back
+        assert len(restarted.replay) == len(saved["replay"]["lengths"]) > 0  # the replay buffer came back
         assert restarted.learner.optimizer.state_dict()["state"]  # Adam moments, not a fresh optimiser
     else:
         # The restored regression reproduces the published policy exactly (statistics ↔ weights).

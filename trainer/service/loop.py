@@ -82,8 +82,24 @@ def gate(candidate: Estimate, current: Estimate, margin: float, min_events: int)
     return GateDecision(False, candidate, current, "candidate worse than current by more than the margin")
 
 
-def _decoded(tensors: list[torch.Tensor]) -> list[trainer_pb2.RewardEvent]:
-    return [trainer_pb2.RewardEvent.FromString(t.numpy().tobytes()) for t in tensors]
+def _encoded(events: deque[trainer_pb2.RewardEvent]) -> dict[str, torch.Tensor]:
+    """Serialized events as one byte tensor plus their lengths (two tensors, however many events)."""
+    blobs = [e.SerializeToString() for e in events]
+    return {
+        "bytes": torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8)
+        if blobs
+        else torch.zeros(0, dtype=torch.uint8),
+        "lengths": torch.tensor([len(b) for b in blobs], dtype=torch.int64),
+    }
+
+
+def _decoded(encoded: dict[str, torch.Tensor]) -> list[trainer_pb2.RewardEvent]:
+    data = encoded["bytes"].numpy().tobytes()
+    events, start = [], 0
+    for length in encoded["lengths"].tolist():
+        events.append(trainer_pb2.RewardEvent.FromString(data[start : start + length]))
+        start += length
+    return events
 
 
 def build_learner(network: PolicyNetwork, settings: LearnerSettings) -> OnlineLearner | RewardModelLearner:
@@ -165,13 +181,10 @@ class TrainingLoop:
     # -- resumable state ---------------------------------------------------------------------------------
 
     def _state(self) -> dict[str, Any]:
-        def encoded(events: deque[trainer_pb2.RewardEvent]) -> list[torch.Tensor]:
-            return [torch.frombuffer(bytearray(e.SerializeToString()), dtype=torch.uint8) for e in events]
-
         return {
             "learner": self.learner.state(),
-            "replay": encoded(self.replay),
-            "holdout": encoded(self.holdout),
+            "replay": _encoded(self.replay),
+            "holdout": _encoded(self.holdout),
             "imputer": [torch.from_numpy(self.imputer.total_usd), torch.from_numpy(self.imputer.count)],
             "replay_rng": json.dumps(self.replay_rng.bit_generator.state),
         }
