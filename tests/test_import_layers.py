@@ -29,6 +29,9 @@ LAYERS: list[set[str]] = [
     {"barp_sidecar.log", "barp_sidecar.process"},
     {"barp_sidecar.batching"},
     {"barp_sidecar.policy"},
+    # choose_arm: pure (numpy + domain), shared by the sidecar's routing, `decide` and the trainer's replay,
+    # which must decide exactly as a sidecar does.
+    {"barp_sidecar.routing.exploration"},
     {"barp_sidecar.providers", "barp_sidecar.rewards"},
     {"barp_sidecar.routing"},
     {"barp_sidecar.metrics"},
@@ -41,6 +44,7 @@ LAYERS: list[set[str]] = [
     {"trainer.reinforce_core"},
     {"trainer.offline"},
     {"trainer.service"},
+    {"trainer.replay"},
     {"trainer.demo"},
     {"trainer.cli", "trainer"},
 ]

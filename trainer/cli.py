@@ -19,6 +19,10 @@ _SUBCOMMANDS = {
         "trainer.offline.reproduce",
         "train + evaluate BaRP and baselines; write report.md/json, pareto.png",
     ),
+    "replay": (
+        "trainer.replay.command",
+        "replay the online trainer (and peers) on a routing table, deterministically",
+    ),
     "serve": (
         "trainer.service.main",
         "run the online trainer: ingest reward events, learn, publish policies",

@@ -2,9 +2,10 @@
 
 Starts ``barp-trainer serve`` and ``barp-sidecar serve`` as real subprocesses on 127.0.0.1 (ports picked by
 the OS), then replays RouterBench training prompts (or a JSONL log) as traffic: ``Route`` at the demo's
-quality weight with the sidecar's ε-greedy exploration, then ``ReportOutcome`` with the real score and cost
-of the model the sidecar chose. The trainer learns from those bandit events, publishes versions through its
-evaluation gate, and the sidecar hot-swaps them. One line is printed per published version.
+quality weight with the sidecar's default exploration (``--exploration``, default ``sample``), then
+``ReportOutcome`` with the real score and cost of the model the sidecar chose. The trainer learns from
+those bandit events, publishes versions through its evaluation gate, and the sidecar hot-swaps them.
+One line is printed per published version.
 
 At the end, the last published version decides greedily (through the sidecar) on held-out prompts that were
 never replayed, and the demo writes ``<out>/summary.json``, ``<out>/served.csv`` and
@@ -42,15 +43,6 @@ from barp_sidecar.policy.encoder import BUILTIN_MODEL_ID
 from barp_sidecar.policy.reward import reward_array
 from trainer.offline.datasets import RoutingTable, load_table
 
-# The demo's catalogue: five models spanning ~100x in price. With 11 arms, ~9k bandit events from a cold
-# start are too few to separate the arms reliably (measured; see docs/learning.md).
-DEFAULT_MODELS = (
-    "claude-instant-v1",
-    "gpt-3.5-turbo-1106",
-    "gpt-4-1106-preview",
-    "mistralai/mixtral-8x7b-chat",
-    "zero-one-ai/Yi-34B-Chat",
-)
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -118,8 +110,7 @@ def trainer_yaml(data_dir: Path, models: tuple[str, ...], tau_usd: float, args: 
         "learner:\n  initial_policy: cold\n"
         f"  arms: [{arms}]\n  encoder_id: {BUILTIN_MODEL_ID}\n  encoder_dim: 384\n"
         f"  encoder_max_seq_length: {args.max_seq_length}\n  encoder_truncation: tail\n"
-        f"  tau_usd: {tau_usd!r}\n  learning_rate: 0.002\n  batch_size: 64\n  entropy_coef: 0.02\n"
-        f"  augment_preferences: 0\n  replay_steps: 2\n  logit_l2: 0.001\n  seed: {args.seed}\n"
+        f"  tau_usd: {tau_usd!r}\n  batch_size: 64\n  seed: {args.seed}\n"
         f"publish:\n  every_events: {args.publish_every_events}\n  every_s: 5\n  gate_margin: 0.01\n"
         "  gate_min_holdout_events: 30\n"
     )
@@ -133,8 +124,8 @@ def sidecar_yaml(work: Path, trainer_port: int, args: argparse.Namespace) -> str
         f"policy:\n  checkpoint_dir: {json.dumps(str(work / 'trainer' / 'checkpoints'))}\n"
         "  device: cpu\n  cpu_threads: 2\n"
         "batching:\n  max_batch_size: 16\n  max_wait_ms: 2\n  embedding_cache_entries: 20000\n"
-        f"routing:\n  default_quality_weight: {args.quality_weight}\n  default_exploration: epsilon_greedy\n"
-        f"  epsilon: {args.epsilon}\n  seed: {args.seed}\n"
+        f"routing:\n  default_quality_weight: {args.quality_weight}\n"
+        f"  default_exploration: {args.exploration}\n  epsilon: {args.epsilon}\n  seed: {args.seed}\n"
         f"rewards:\n  spool_dir: {json.dumps(str(work / 'spool'))}\n  spool_fsync_interval_ms: 5\n"
         f"trainer:\n  target: 127.0.0.1:{trainer_port}\n"
         f"  checkpoint_cache_dir: {json.dumps(str(work / 'sidecar-policies'))}\n"
@@ -362,12 +353,8 @@ async def run_demo(args: argparse.Namespace) -> int:
         table = load_table(args.log if args.log is not None else args.data)
     except DataError as exc:
         raise SystemExit(str(exc)) from exc
-    if args.models:
-        models = tuple(args.models.split(","))
-    elif set(DEFAULT_MODELS) <= set(table.arms):
-        models = DEFAULT_MODELS
-    else:
-        models = table.arms
+    # Every model of the table by default (RouterBench: 11): the reward-model learner separates them.
+    models = tuple(args.models.split(",")) if args.models else table.arms
     unknown = sorted(set(models) - set(table.arms))
     if unknown:
         raise SystemExit(f"--models: unknown {unknown}; the data has {list(table.arms)}")
@@ -382,8 +369,8 @@ async def run_demo(args: argparse.Namespace) -> int:
     tau_usd = float(np.percentile(all_costs, 95))
     print(
         f"demo: {len(traffic)} traffic prompts x {args.passes} passes, {len(heldout)} held-out prompts, "
-        f"{len(models)} models, w_q={args.quality_weight}, tau=${tau_usd:.5f}, epsilon={args.epsilon} "
-        f"(last {args.greedy_passes} pass(es) greedy)",
+        f"{len(models)} models, w_q={args.quality_weight}, tau=${tau_usd:.5f}, "
+        f"exploration={args.exploration} (last {args.greedy_passes} pass(es) greedy)",
         flush=True,
     )
 
@@ -458,6 +445,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         "heldout_answered_by_versions": versions,
         "models": list(models),
         "tau_usd": tau_usd,
+        "exploration": args.exploration,
         "epsilon": args.epsilon,
         "passes": args.passes,
         "seconds": round(time.monotonic() - start_s, 1),
@@ -501,13 +489,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("demo-out"))
     parser.add_argument("--models", help="comma-separated catalogue (default: 5 RouterBench models)")
     parser.add_argument("--quality-weight", type=float, default=0.8)
-    parser.add_argument("--epsilon", type=float, default=0.2, help="sidecar ε-greedy exploration")
+    parser.add_argument(
+        "--exploration",
+        default="sample",
+        choices=("greedy", "sample", "epsilon_greedy"),
+        help="the sidecar's default exploration (sample: draw from π, whose shape the trainer sets)",
+    )
+    parser.add_argument("--epsilon", type=float, default=0.2, help="ε when --exploration epsilon_greedy")
     parser.add_argument("--passes", type=int, default=5, help="passes over the traffic prompts")
     parser.add_argument("--greedy-passes", type=int, default=1, help="last passes without exploration")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--max-prompts", type=int, default=0, help="sample at most this many (0 = all)")
     parser.add_argument("--max-seq-length", type=int, default=128, help="encoder tokens (tail-truncated)")
-    parser.add_argument("--publish-every-events", type=int, default=500)
+    parser.add_argument("--publish-every-events", type=int, default=250)
     parser.add_argument(
         "--settle-s", type=float, default=12.0, help="quiet time (no new version) before the held-out run"
     )

@@ -1,8 +1,18 @@
 """The BaRP policy network π(a|x,w) = softmax(g([h(x); φ(w)])) with an action mask. Pure torch.
 
 Owns the architecture and its hyper-parameters (``PolicyArchitecture``); knows nothing about encoders,
-files, gRPC or training. ``h(x)`` arrives as a precomputed embedding; φ is a small MLP over the
-preference w = (w_q, 1 − w_q); g is an MLP decision head producing one logit per arm.
+files, gRPC or training. ``h(x)`` arrives as a precomputed embedding. Two kinds (manifest
+``architecture.kind``):
+
+- ``"barp"`` (the paper's, the default): φ is a small MLP over the preference w = (w_q, 1 − w_q); g is an
+  MLP decision head producing one logit per arm.
+- ``"reward_model"``: g predicts each model's quality q̂_a(x) and normalised cost ĉ_a(x) = E[min(c/τ, 1)]
+  from h(x) alone (``head_layers`` hidden layers, 0 = linear), and the preference enters exactly as the
+  reward does: r̂_a = w_q·q̂_a − (1 − w_q)·ĉ_a. One network ranks models for every trade-off at once (r is
+  linear in w given (q, c)). π over r̂ is shaped by ``exploration`` with the stored scale s
+  (``exploration_scale``, which the trainer raises as evidence accumulates): "boltzmann" π ∝ exp(s·r̂);
+  "inverse_gap" (SquareCB's inverse-gap weighting) π_a = 1 / (K + s·(r̂* − r̂_a)) for every model but the
+  best one r̂*, which takes the rest. Either way the greedy choice is argmax r̂, whatever s.
 
 Invariants: deterministic given the weights and inputs (no dropout at eval); masked arms get logit −inf
 and probability exactly 0; callers guarantee every row allows at least one arm (the routing layer turns an
@@ -16,6 +26,9 @@ from typing import Any
 
 import torch
 from torch import nn
+
+ARCHITECTURE_KINDS = ("barp", "reward_model")
+EXPLORATION_SHAPES = ("boltzmann", "inverse_gap")
 
 
 @dataclass(frozen=True)
@@ -32,12 +45,20 @@ class PolicyArchitecture:
     # "concat": g([h; φ(w)]) as in the paper. "film": additionally scales/shifts every hidden layer of g by
     # φ(w), which lets the preference switch the decision more sharply (helps the ends of the simplex).
     conditioning: str = "concat"
+    # "barp" (softmax(g([h; φ(w)]))) or "reward_model" (logits from predicted quality and cost; see above).
+    kind: str = "barp"
+    # "reward_model" only: how π spreads over the predicted rewards ("boltzmann" or "inverse_gap").
+    exploration: str = "boltzmann"
 
     def __post_init__(self) -> None:
         if self.embedding_dim <= 0 or self.num_arms <= 0:
             raise ValueError("embedding_dim and num_arms must be positive")
-        if self.head_layers < 1:
-            raise ValueError("head_layers must be >= 1")
+        if self.kind not in ARCHITECTURE_KINDS:
+            raise ValueError(f"kind must be one of {ARCHITECTURE_KINDS}, not {self.kind!r}")
+        if self.exploration not in EXPLORATION_SHAPES:
+            raise ValueError(f"exploration must be one of {EXPLORATION_SHAPES}, not {self.exploration!r}")
+        if self.head_layers < (0 if self.kind == "reward_model" else 1):
+            raise ValueError(f"head_layers must be >= {0 if self.kind == 'reward_model' else 1}")
         if self.conditioning not in ("concat", "film"):
             raise ValueError(f"conditioning must be 'concat' or 'film', not {self.conditioning!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -58,31 +79,66 @@ class PolicyArchitecture:
 class PolicyNetwork(nn.Module):
     """π(a|x,w). ``forward`` returns masked logits; ``probabilities`` the softmax."""
 
+    exploration_scale: torch.Tensor  # "reward_model" only (a buffer)
+    reward_head: nn.Linear  # "reward_model" only
+    output: nn.Linear  # "barp" only
+
     def __init__(self, architecture: PolicyArchitecture) -> None:
         super().__init__()
         self.architecture = architecture
         a = architecture
+        self.dropout = nn.Dropout(a.dropout)
+        self.hidden_layers = nn.ModuleList()
+        self.film: nn.Linear | None = None
+        if a.kind == "reward_model":
+            in_dim = a.embedding_dim
+            for _ in range(a.head_layers):
+                self.hidden_layers.append(nn.Linear(in_dim, a.head_hidden))
+                in_dim = a.head_hidden
+            # Rows 0..K-1: quality; K..2K-1: normalised cost.
+            self.reward_head = nn.Linear(in_dim, 2 * a.num_arms)
+            self.register_buffer("exploration_scale", torch.ones(1))
+            return
         self.preference_mlp = nn.Sequential(
             nn.Linear(2, a.preference_hidden),
             nn.GELU(),
             nn.Linear(a.preference_hidden, a.preference_dim),
         )
-        self.hidden_layers = nn.ModuleList()
         in_dim = a.embedding_dim + a.preference_dim
         for _ in range(a.head_layers):
             self.hidden_layers.append(nn.Linear(in_dim, a.head_hidden))
             in_dim = a.head_hidden
-        self.film = (
-            nn.Linear(a.preference_dim, 2 * a.head_hidden * a.head_layers)
-            if a.conditioning == "film"
-            else None
-        )
-        if self.film is not None:
+        if a.conditioning == "film":
+            self.film = nn.Linear(a.preference_dim, 2 * a.head_hidden * a.head_layers)
             # Start as the identity modulation so "film" begins exactly like "concat".
             nn.init.zeros_(self.film.weight)
             nn.init.zeros_(self.film.bias)
-        self.dropout = nn.Dropout(a.dropout)
         self.output = nn.Linear(in_dim, a.num_arms)
+
+    def predicted_outcomes(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """("reward_model" only) predicted quality and normalised cost per arm, each [B, K]."""
+        if self.architecture.kind != "reward_model":
+            raise ValueError(f"predicted_outcomes needs kind 'reward_model', not {self.architecture.kind!r}")
+        x = embeddings
+        for layer in self.hidden_layers:
+            x = self.dropout(torch.nn.functional.gelu(layer(x)))
+        outcomes = self.reward_head(x)
+        k = self.architecture.num_arms
+        return outcomes[:, :k], outcomes[:, k:]
+
+    def _reward_model_logits(self, predicted: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+        if allowed is not None:
+            predicted = predicted.masked_fill(~allowed, float("-inf"))
+        if self.architecture.exploration == "boltzmann":
+            return self.exploration_scale * predicted
+        # Inverse-gap weighting: log-probabilities, so softmax(logits) is exactly the IGW distribution.
+        count = predicted.isfinite().sum(dim=1, keepdim=True).to(predicted.dtype)
+        best = predicted.argmax(dim=1, keepdim=True)
+        gap = predicted.gather(1, best) - predicted  # ≥ 0; +inf for masked models
+        others = 1.0 / (count + self.exploration_scale * gap)
+        others = others.scatter(1, best, 0.0)
+        probabilities = others.scatter(1, best, 1.0 - others.sum(dim=1, keepdim=True))
+        return torch.log(probabilities)
 
     def forward(
         self,
@@ -95,6 +151,9 @@ class PolicyNetwork(nn.Module):
         embeddings: [B, D] float; quality_weight: [B] in [0, 1]; allowed: [B, K] bool or None (all allowed).
         """
         w_q = quality_weight.to(embeddings.dtype).reshape(-1, 1)
+        if self.architecture.kind == "reward_model":
+            quality, cost = self.predicted_outcomes(embeddings)
+            return self._reward_model_logits(w_q * quality - (1.0 - w_q) * cost, allowed)
         preference = torch.cat([w_q, 1.0 - w_q], dim=1)
         phi = self.preference_mlp(preference)
         x = torch.cat([embeddings, phi], dim=1)

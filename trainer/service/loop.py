@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import json
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import structlog
+import torch
 
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.policy.checkpoint import CheckpointStore, PolicyManifest
@@ -34,13 +37,17 @@ from trainer.service.eventlog import EventLog
 from trainer.service.learner import (
     CostImputer,
     Estimate,
+    EventBatch,
     LearnerHyperParameters,
     OnlineLearner,
+    doubly_robust,
     is_holdout,
     snips,
     to_batch,
 )
+from trainer.service.learner_state import load_state, save_state
 from trainer.service.policy_source import PolicyAnnouncer, StartingPolicy, announcement_for
+from trainer.service.reward_model_learner import RewardModelHyperParameters, RewardModelLearner
 from trainer.service.settings import LearnerSettings, PublishSettings
 
 log = structlog.get_logger("trainer.service.loop")
@@ -75,8 +82,59 @@ def gate(candidate: Estimate, current: Estimate, margin: float, min_events: int)
     return GateDecision(False, candidate, current, "candidate worse than current by more than the margin")
 
 
+def _encoded(events: deque[trainer_pb2.RewardEvent]) -> dict[str, torch.Tensor]:
+    """Serialized events as one byte tensor plus their lengths (two tensors, however many events)."""
+    blobs = [e.SerializeToString() for e in events]
+    return {
+        "bytes": torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8)
+        if blobs
+        else torch.zeros(0, dtype=torch.uint8),
+        "lengths": torch.tensor([len(b) for b in blobs], dtype=torch.int64),
+    }
+
+
+def _decoded(encoded: dict[str, torch.Tensor]) -> list[trainer_pb2.RewardEvent]:
+    data = encoded["bytes"].numpy().tobytes()
+    events, start = [], 0
+    for length in encoded["lengths"].tolist():
+        events.append(trainer_pb2.RewardEvent.FromString(data[start : start + length]))
+        start += length
+    return events
+
+
+def build_learner(network: PolicyNetwork, settings: LearnerSettings) -> OnlineLearner | RewardModelLearner:
+    """The learner for the network's kind: REINFORCE for "barp", ridge regression for "reward_model"."""
+    if network.architecture.kind == "reward_model":
+        return RewardModelLearner(
+            network,
+            RewardModelHyperParameters(
+                ridge_lambda=settings.ridge_lambda,
+                prior_events=settings.prior_events,
+                exploration_scale=settings.exploration_scale,
+                projection_dim=settings.projection_dim,
+                prior_quality=settings.prior_quality,
+            ),
+        )
+    return OnlineLearner(
+        network,
+        LearnerHyperParameters(
+            learning_rate=settings.learning_rate,
+            entropy_coef=settings.entropy_coef,
+            max_importance_weight=settings.max_importance_weight,
+            augment_preferences=settings.augment_preferences,
+            max_grad_norm=settings.max_grad_norm,
+            logit_l2=settings.logit_l2,
+        ),
+        seed=settings.seed,
+    )
+
+
 class TrainingLoop:
-    """Owns the learner, the held-out slice and the published-version state. ``start()`` / ``close()``."""
+    """Owns the learner, the held-out slice and the published-version state. ``start()`` / ``close()``.
+
+    ``clock`` (seconds, monotonic) drives the time-based evaluation trigger; a replay passes a constant
+    clock so that only event counts decide when the gate runs (reproducible).
+    """
 
     def __init__(
         self,
@@ -87,6 +145,7 @@ class TrainingLoop:
         learner_settings: LearnerSettings,
         publish_settings: PublishSettings,
         poll_interval_s: float = 0.05,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.event_log = event_log
         self.store = store
@@ -97,18 +156,8 @@ class TrainingLoop:
         self.manifest = starting.manifest
         self.arms = starting.manifest.arms
         self.tau_usd = starting.manifest.tau_usd
-        self.learner = OnlineLearner(
-            copy.deepcopy(starting.network),
-            LearnerHyperParameters(
-                learning_rate=learner_settings.learning_rate,
-                entropy_coef=learner_settings.entropy_coef,
-                max_importance_weight=learner_settings.max_importance_weight,
-                augment_preferences=learner_settings.augment_preferences,
-                max_grad_norm=learner_settings.max_grad_norm,
-                logit_l2=learner_settings.logit_l2,
-            ),
-            seed=learner_settings.seed,
-        )
+        self.clock = clock
+        self.learner = build_learner(copy.deepcopy(starting.network), learner_settings)
         self.published_network: PolicyNetwork = copy.deepcopy(starting.network).eval()
         self.imputer = CostImputer(len(self.arms))
         self.cursor = starting.log_offset
@@ -119,10 +168,64 @@ class TrainingLoop:
         self.replay: deque[trainer_pb2.RewardEvent] = deque(maxlen=learner_settings.replay_buffer_events)
         self.replay_rng = np.random.default_rng(learner_settings.seed)
         self.events_since_evaluation = 0
-        self.last_evaluation_monotonic_s = time.monotonic()
+        self.last_evaluation_monotonic_s = self.clock()
         self.counters = GateCounters()
         self._task: asyncio.Task[None] | None = None
         self._starting_source = starting.source
+        # Resumable learner state, one file per published version (learner_state.py).
+        self.state_dir = self.store.root.parent / "learner-state"
+        self._restored_holdout_ids: set[str] = set()
+        if starting.source == "latest":
+            self._restore_state()
+
+    # -- resumable state ---------------------------------------------------------------------------------
+
+    def _state(self) -> dict[str, Any]:
+        return {
+            "learner": self.learner.state(),
+            "replay": _encoded(self.replay),
+            "holdout": _encoded(self.holdout),
+            "imputer": [torch.from_numpy(self.imputer.total_usd), torch.from_numpy(self.imputer.count)],
+            "replay_rng": json.dumps(self.replay_rng.bit_generator.state),
+        }
+
+    def _restore_state(self) -> None:
+        """Restore the learner's statistics saved with the starting version; without them a reward-model
+        learner rebuilds its (exact, additive) statistics by re-reading the retained log from the start."""
+        version = self.manifest.version
+        try:
+            state = load_state(self.state_dir, version)
+        except ValueError as exc:
+            log.warning("learner_state_unreadable", version=version, error=str(exc))
+            state = None
+        if state is not None:
+            try:
+                self.learner.load_state(state["learner"])
+                self.replay.extend(_decoded(state["replay"]))
+                holdout = list(_decoded(state["holdout"]))
+                self.holdout.extend(holdout)
+                self._restored_holdout_ids = {e.event_id for e in holdout}
+                self.imputer.total_usd = state["imputer"][0].double().numpy().copy()
+                self.imputer.count = state["imputer"][1].double().numpy().copy()
+                self.replay_rng.bit_generator.state = json.loads(state["replay_rng"])
+                log.info(
+                    "learner_state_restored", version=version, replay=len(self.replay), holdout=len(holdout)
+                )
+                return
+            except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+                log.warning("learner_state_unreadable", version=version, error=str(exc))
+                self.learner = build_learner(copy.deepcopy(self.published_network), self.learner_settings)
+        if isinstance(self.learner, RewardModelLearner):
+            self.cursor = self.trained_offset = 0
+            log.info("learner_state_missing", version=version, action="re-reading the retained log")
+        else:
+            log.info("learner_state_missing", version=version, action="fresh optimiser and buffers")
+
+    def _save_state(self, version: int) -> None:
+        save_state(self.state_dir, version, self._state())
+        # Keep the two newest (a restart needs the LATEST version's; one spare for a pinned rollback).
+        for path in sorted(self.state_dir.glob("v*.safetensors"), key=lambda p: int(p.stem[1:]))[:-2]:
+            path.unlink(missing_ok=True)
 
     @property
     def current_version(self) -> int:
@@ -130,11 +233,12 @@ class TrainingLoop:
 
     async def start(self) -> None:
         """Make sure the starting policy is published (v1 of a fresh store), announce it, start the loop."""
-        await asyncio.to_thread(self._ensure_published)
+        await asyncio.to_thread(self.ensure_published)
         await self.announcer.publish(announcement_for(self.store, self.manifest))
         self._task = asyncio.get_running_loop().create_task(self._run(), name="training-loop")
 
-    def _ensure_published(self) -> None:
+    def ensure_published(self) -> None:
+        """Publish the starting policy as the next version unless it is already the store's LATEST."""
         latest = self.store.latest_version()
         if self._starting_source == "latest" and latest == self.manifest.version:
             return
@@ -170,6 +274,9 @@ class TrainingLoop:
         for offset, event in records:
             self.cursor = offset + 1
             if is_holdout(event.event_id, self.learner_settings.holdout_every):
+                if event.event_id in self._restored_holdout_ids:
+                    self._restored_holdout_ids.discard(event.event_id)  # already restored with the state
+                    continue
                 self.holdout.append(event)
             else:
                 self.pending.append((offset, event))
@@ -177,8 +284,9 @@ class TrainingLoop:
             chunk, self.pending = self.pending[:batch_size], self.pending[batch_size:]
             events = [e for _, e in chunk]
             self.learner.step(to_batch(events, self.arms, self.tau_usd, self.imputer))
-            self.replay.extend(events)
-            for _ in range(self.learner_settings.replay_steps):
+            if self.learner.uses_replay:
+                self.replay.extend(events)
+            for _ in range(self.learner_settings.replay_steps if self.learner.uses_replay else 0):
                 picks = self.replay_rng.integers(0, len(self.replay), batch_size)
                 replayed = [self.replay[int(i)] for i in picks]
                 self.learner.step(
@@ -191,23 +299,34 @@ class TrainingLoop:
         due_events = self.events_since_evaluation >= self.publish_settings.every_events
         due_time = (
             self.events_since_evaluation > 0
-            and time.monotonic() - self.last_evaluation_monotonic_s >= self.publish_settings.every_s
+            and self.clock() - self.last_evaluation_monotonic_s >= self.publish_settings.every_s
         )
         if due_events or due_time:
             result["published"] = self.evaluate_and_maybe_publish()
         return result
 
+    def _estimates(self, holdout: EventBatch) -> tuple[Estimate, Estimate, str]:
+        """(candidate, current, estimator name). A ``reward_model`` candidate is its own critic: both
+        versions are scored doubly robustly with it (paired, low variance); otherwise SNIPS."""
+        critic = self.learner.network
+        if critic.architecture.kind == "reward_model":
+            return (
+                doubly_robust(critic, holdout, critic),
+                doubly_robust(self.published_network, holdout, critic),
+                "doubly_robust",
+            )
+        return snips(critic, holdout), snips(self.published_network, holdout), "snips"
+
     def evaluate_and_maybe_publish(self) -> Any:
         self.events_since_evaluation = 0
-        self.last_evaluation_monotonic_s = time.monotonic()
+        self.last_evaluation_monotonic_s = self.clock()
         self.counters.evaluations += 1
         if not self.holdout:
             self.counters.skipped_small_holdout += 1
             log.info("policy_gate", decision="skipped", reason="no held-out events yet")
             return None
         holdout_batch = to_batch(list(self.holdout), self.arms, self.tau_usd, CostImputer(len(self.arms)))
-        candidate = snips(self.learner.network, holdout_batch)
-        current = snips(self.published_network, holdout_batch)
+        candidate, current, estimator = self._estimates(holdout_batch)
         decision = gate(
             candidate,
             current,
@@ -222,6 +341,7 @@ class TrainingLoop:
             "current_version": self.manifest.version,
             "events_trained": self.learner.events_trained,
             "reason": decision.reason,
+            "estimator": estimator,
         }
         if not decision.publish:
             small = candidate.events < self.publish_settings.gate_min_holdout_events
@@ -247,10 +367,15 @@ class TrainingLoop:
                     "seed": self.learner_settings.seed,
                     "hyper_parameters": self.learner.hyper.__dict__,
                 },
-                "metrics": {"snips_candidate": candidate.to_json(), "snips_parent": current.to_json()},
+                "metrics": {
+                    "snips_candidate": candidate.to_json(),
+                    "snips_parent": current.to_json(),
+                    "estimator": estimator,
+                },
                 "weights_sha256": "",
             }
         )
+        self._save_state(version)  # before the checkpoint: a published version always has its state
         self.manifest = self.store.publish(network, manifest)
         self.published_network = network
         self.counters.published += 1

@@ -40,7 +40,17 @@ class StartingPolicy:
 def cold_policy(settings: LearnerSettings) -> StartingPolicy:
     assert settings.tau_usd is not None
     torch.manual_seed(settings.seed)
-    architecture = PolicyArchitecture(embedding_dim=settings.encoder_dim, num_arms=len(settings.arms))
+    if settings.architecture_kind == "reward_model":
+        # Linear per-model outcome regression, fitted in closed form (reward_model_learner.py).
+        architecture = PolicyArchitecture(
+            embedding_dim=settings.encoder_dim,
+            num_arms=len(settings.arms),
+            head_layers=0,
+            kind="reward_model",
+            exploration=settings.exploration_shape,
+        )
+    else:
+        architecture = PolicyArchitecture(embedding_dim=settings.encoder_dim, num_arms=len(settings.arms))
     network = uniform_network(PolicyNetwork(architecture))
     manifest = PolicyManifest(
         version=1,

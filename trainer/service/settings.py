@@ -17,6 +17,8 @@ from barp_sidecar.settings import build_settings, read_layers
 
 ENV_PREFIX = "BARP_TRAINER__"
 INITIAL_POLICIES = ("builtin", "cold", "latest_or_builtin", "latest_or_cold")
+ARCHITECTURE_KINDS = ("barp", "reward_model")
+EXPLORATION_SHAPES = ("boltzmann", "inverse_gap")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,24 @@ class LearnerSettings:
     # Most recent held-out events kept for the gate.
     holdout_max_events: int = 5000
     seed: int = 0
+    # Network kind of a cold start: "reward_model" (per-model quality/cost regression, closed-form ridge
+    # updates, docs/learning.md §4) or "barp" (the paper's network, trained by REINFORCE). A start from a
+    # checkpoint keeps that checkpoint's kind.
+    architecture_kind: str = "reward_model"
+    # reward_model: ridge penalty on the embedding weights of each model's quality and cost regression.
+    ridge_lambda: float = 30.0
+    # reward_model: prior mean quality of a model nobody has tried yet (1 = optimism: it gets tried).
+    prior_quality: float = 1.0
+    # reward_model: how many events of evidence that prior is worth.
+    prior_events: float = 1.0
+    # reward_model: how π spreads over the predicted rewards r̂ ("inverse_gap": SquareCB's
+    # π_a = 1/(K + s·(r̂* − r̂_a)); "boltzmann": π ∝ exp(s·r̂)). The greedy choice is argmax r̂ either way.
+    exploration_shape: str = "inverse_gap"
+    # reward_model: s = this × √(1 + events/models), so π sharpens as evidence accumulates.
+    exploration_scale: float = 60.0
+    # reward_model: regress on the top this-many principal directions of the embeddings seen so far
+    # (0 = the whole embedding); fewer parameters per model separate the models with fewer events.
+    projection_dim: int = 32
 
 
 @dataclass(frozen=True)
@@ -190,6 +210,21 @@ def validate(settings: TrainerSettings) -> TrainerSettings:
     check(le.tau_usd is None or le.tau_usd > 0, "learner.tau_usd", "must be > 0")
     check(le.encoder_dim >= 1, "learner.encoder_dim", "must be >= 1")
     check(le.encoder_truncation in ("head", "tail", "head_tail"), "learner.encoder_truncation", "bad value")
+    check(
+        le.architecture_kind in ARCHITECTURE_KINDS,
+        "learner.architecture_kind",
+        f"must be one of {ARCHITECTURE_KINDS}",
+    )
+    check(
+        le.exploration_shape in EXPLORATION_SHAPES,
+        "learner.exploration_shape",
+        f"must be one of {EXPLORATION_SHAPES}",
+    )
+    check(le.projection_dim >= 0, "learner.projection_dim", "must be >= 0")
+    check(le.ridge_lambda > 0, "learner.ridge_lambda", "must be > 0")
+    check(0 <= le.prior_quality <= 1, "learner.prior_quality", "must be in [0, 1]")
+    check(le.prior_events > 0, "learner.prior_events", "must be > 0")
+    check(le.exploration_scale > 0, "learner.exploration_scale", "must be > 0")
     check(le.learning_rate > 0, "learner.learning_rate", "must be > 0")
     check(le.batch_size >= 1, "learner.batch_size", "must be >= 1")
     check(le.entropy_coef >= 0, "learner.entropy_coef", "must be >= 0")

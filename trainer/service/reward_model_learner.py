@@ -1,0 +1,152 @@
+"""Online learner for ``reward_model`` policies: per-model Bayesian ridge regression of quality and cost.
+
+Owns the sufficient statistics of the regression (the learner's whole state: saving and restoring them
+resumes learning exactly), the closed-form update, and the exploration temperature written into the
+published network. Knows nothing about files, gRPC or scheduling (the training loop feeds it events).
+
+For each model a, with z = [h(x); 1]:
+    A_a = λ·I + Σ z zᵀ          b_a^q = λ·m^q + Σ z·q          b_a^c = λ·m^c + Σ z·min(c/τ, 1)
+    θ_a^q = A_a⁻¹ b_a^q         θ_a^c = A_a⁻¹ b_a^c            (m: prior mean, on the bias only)
+so q̂_a(x) = θ_a^q·z and ĉ_a(x) = θ_a^c·z, and the policy's logits are β·(w_q·q̂_a − (1 − w_q)·ĉ_a).
+Only the logged model's outcome is revealed per event; the regression needs no importance weights (the
+regression-oracle view of contextual bandits), so every event counts fully whatever its propensity.
+
+- **Optimism for untried models:** the prior mean quality ``prior_quality`` (default 1) on the bias makes
+  a model nobody has tried look good until a handful of its outcomes arrive (λ is worth λ events).
+- **Exploration temperature:** β = ``exploration_scale``·√(1 + events/K). Early on π is flat
+  (SAMPLE explores broadly); as the estimates sharpen, π concentrates on the best models (a Boltzmann
+  schedule in the spirit of SquareCB's γ ∝ √t). The greedy choice never depends on β.
+Deterministic: no randomness at all (same events in the same order → identical weights).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from barp_sidecar.policy.network import PolicyNetwork
+from trainer.service.learner import EventBatch
+
+
+@dataclass(frozen=True)
+class RewardModelHyperParameters:
+    ridge_lambda: float = 30.0
+    prior_events: float = 1.0
+    prior_quality: float = 1.0
+    prior_cost: float = 0.0
+    exploration_scale: float = 60.0
+    projection_dim: int = 32
+
+
+class RewardModelLearner:
+    """Owns the regression statistics and a ``reward_model`` network whose head mirrors their solution."""
+
+    # The regression is exact on all data seen: re-stepping on replayed events would double-count them.
+    uses_replay = False
+
+    def __init__(self, network: PolicyNetwork, hyper: RewardModelHyperParameters) -> None:
+        architecture = network.architecture
+        if architecture.kind != "reward_model" or architecture.head_layers != 0:
+            raise ValueError("RewardModelLearner needs a linear 'reward_model' network (head_layers 0)")
+        self.network = network.eval()
+        self.hyper = hyper
+        k, d = architecture.num_arms, architecture.embedding_dim + 1
+        self.num_arms = k
+        # Raw statistics (priors are added when solving): Σ z zᵀ and Σ z·(q, ĉ) per model.
+        self.gram = torch.zeros(k, d, d, dtype=torch.float64)
+        self.moments = torch.zeros(k, 2, d, dtype=torch.float64)
+        self.arm_events = torch.zeros(k, dtype=torch.int64)
+        self.steps = 0
+        self.events_trained = 0
+        self._solve()
+
+    def step(self, batch: EventBatch, replayed: bool = False) -> dict[str, float]:
+        """Add ``batch`` to the statistics and re-solve (replayed batches are ignored: already counted)."""
+        if replayed or len(batch) == 0:
+            return {"events": 0.0}
+        z = torch.cat([batch.embeddings.double(), torch.ones(len(batch), 1, dtype=torch.float64)], dim=1)
+        targets = torch.stack([batch.quality.double(), batch.normalized_cost.double()], dim=1)  # [N, 2]
+        for arm in sorted(set(batch.action.tolist())):
+            rows = batch.action == arm
+            za = z[rows]
+            self.gram[arm] += za.T @ za
+            self.moments[arm] += targets[rows].T @ za
+            self.arm_events[arm] += int(rows.sum())
+        self.steps += 1
+        self.events_trained += len(batch)
+        self._solve()
+        return {"events": float(len(batch)), "exploration_scale": self.current_exploration_scale()}
+
+    def current_exploration_scale(self) -> float:
+        return self.hyper.exploration_scale * math.sqrt(1.0 + self.events_trained / self.num_arms)
+
+    def _projection(self) -> torch.Tensor:
+        """M [r+1, d]: z = [x; 1] ↦ [Vᵀ(x − μ); 1] with V the top principal directions of every embedding
+        seen (from the pooled statistics), or the identity when ``projection_dim`` is 0 or too few events."""
+        d = self.gram.shape[1]
+        r = self.hyper.projection_dim
+        total = self.gram.sum(dim=0)
+        n = float(total[-1, -1])
+        if r <= 0 or r >= d - 1 or n < 2:
+            return torch.eye(d, dtype=torch.float64)
+        mean = total[:-1, -1] / n
+        covariance = total[:-1, :-1] / n - torch.outer(mean, mean)
+        _, vectors = torch.linalg.eigh(covariance)  # ascending eigenvalues
+        top = vectors[:, -r:].flip(1)  # [d-1, r]
+        # Deterministic signs (eigh's are arbitrary): the largest-magnitude entry of each vector positive.
+        signs = torch.sign(top.gather(0, top.abs().argmax(dim=0, keepdim=True)))
+        top = top * signs
+        projection = torch.zeros(r + 1, d, dtype=torch.float64)
+        projection[:r, :-1] = top.T
+        projection[:r, -1] = -(top.T @ mean)
+        projection[r, -1] = 1.0
+        return projection
+
+    def _solve(self) -> None:
+        k = self.num_arms
+        projection = self._projection()
+        p = projection.shape[0]
+        diagonal = torch.full((p,), self.hyper.ridge_lambda, dtype=torch.float64)
+        diagonal[-1] = self.hyper.prior_events  # the intercept's prior, worth prior_events events
+        prior = torch.zeros(2, p, dtype=torch.float64)
+        prior[0, -1] = self.hyper.prior_events * self.hyper.prior_quality
+        prior[1, -1] = self.hyper.prior_events * self.hyper.prior_cost
+        with torch.no_grad():
+            weight = self.network.reward_head.weight  # [2K, D]
+            bias = self.network.reward_head.bias  # [2K]
+            for arm in range(k):
+                precision = projection @ self.gram[arm] @ projection.T + torch.diag(diagonal)
+                moments = self.moments[arm] @ projection.T + prior  # [2, p]
+                theta = projection.T @ torch.linalg.solve(precision, moments.T)  # [d, 2] in z-space
+                for row, column in ((arm, 0), (k + arm, 1)):
+                    weight[row] = theta[:-1, column].float()
+                    bias[row] = float(theta[-1, column])
+            self.network.exploration_scale.fill_(self.current_exploration_scale())
+
+    def state(self) -> dict[str, torch.Tensor]:
+        """Everything needed to resume (tensors; saved next to a published checkpoint)."""
+        return {
+            "gram": self.gram.clone(),
+            "moments": self.moments.clone(),
+            "arm_events": self.arm_events.clone(),
+            "counters": torch.tensor([self.steps, self.events_trained], dtype=torch.int64),
+        }
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore ``state()``; shapes must match this learner's models and embedding size."""
+        for name, current in (
+            ("gram", self.gram),
+            ("moments", self.moments),
+            ("arm_events", self.arm_events),
+        ):
+            if name not in state or tuple(state[name].shape) != tuple(current.shape):
+                raise ValueError(f"learner state {name!r} missing or of the wrong shape")
+        if "counters" not in state or tuple(state["counters"].shape) != (2,):
+            raise ValueError("learner state 'counters' missing or of the wrong shape")
+        self.gram = state["gram"].to(torch.float64).clone()
+        self.moments = state["moments"].to(torch.float64).clone()
+        self.arm_events = state["arm_events"].to(torch.int64).clone()
+        self.steps, self.events_trained = (int(v) for v in state["counters"].tolist())
+        self._solve()
