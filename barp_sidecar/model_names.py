@@ -1,4 +1,4 @@
-"""One table of model-name aliases, so that data sets, catalogs and policies that spell a model differently meet.
+"""One table of model-name aliases: data sets, catalogs and policies that spell a model differently meet.
 
 Owns the mapping alias -> canonical name and nothing else (pure, no I/O). The canonical spelling is the
 one the shipped policy and catalog use (RouterBench's / the providers' own ids, e.g.

@@ -85,7 +85,12 @@ def test_jsonl_loader_and_hash_split(tmp_path):
             r"'scores' and 'costs' name different models \(score only \['b'\]",
         ),
         (
-            {"prompt": "p", "task": "t", "scores": {"claude-2": 1, "claude-v2": 0}, "costs": {"claude-2": 0, "claude-v2": 0}},
+            {
+                "prompt": "p",
+                "task": "t",
+                "scores": {"claude-2": 1, "claude-v2": 0},
+                "costs": {"claude-2": 0, "claude-v2": 0},
+            },
             "two keys name the model 'claude-v2'",
         ),
         ({"prompt": "p", "task": "t", "scores": {"a": 1, "b": 0}, "costs": {"a": -1, "b": 0}}, "negative"),

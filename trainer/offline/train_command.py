@@ -17,13 +17,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, save_checkpoint
 from barp_sidecar.policy.encoder import BUILTIN_MODEL, TRUNCATION_SIDES, EncoderSettings
 from barp_sidecar.policy.network import PolicyNetwork
 from trainer.offline.datasets import RoutingTable, load_table
-from trainer.offline.features import default_cache_dir, embed_table
+from trainer.offline.features import default_cache_dir, embed_table, progress_bar
 from trainer.offline.preferences import PREFERENCE_SAMPLINGS
 from trainer.offline.reinforce import BASELINES, OfflineTrainingConfig, train_offline
 from trainer.offline.simulator import BanditSimulator
@@ -107,7 +106,7 @@ def fit_policy(
 ) -> tuple[PolicyNetwork, int]:
     """Train on bandit feedback simulated from ``table``; returns (network, number of reveals)."""
     simulator = BanditSimulator(table)
-    with tqdm(total=config.steps, desc=description, unit="step", disable=not show_progress) as bar:
+    with progress_bar(total=config.steps, desc=description, unit="step", enabled=show_progress) as bar:
 
         def progress(step: int, stats: dict[str, float]) -> None:
             bar.update(1)
