@@ -9,7 +9,7 @@ from trainer.cli import main
 FAST = ["--encoder-model", "hash:64", "--steps", "60", "--batch-size", "32", "--no-progress"]
 
 
-def test_offline_writes_a_loadable_checkpoint_recording_tau(tmp_path):
+def test_offline_writes_a_loadable_checkpoint_recording_tau(tmp_path, capsys):
     data = write_jsonl(tmp_path / "log.jsonl", synthetic_jsonl_rows())
     out = tmp_path / "policy"
     args = ["offline", "--data", str(data), "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *FAST]
@@ -20,6 +20,10 @@ def test_offline_writes_a_loadable_checkpoint_recording_tau(tmp_path):
     assert policy.manifest.tau_usd > 0
     assert policy.manifest.training["tasks"] == ["arc_challenge", "winogrande"]
     assert policy.manifest.training["bandit_reveals"] == 60 * 32
+    # offline ends with the held-out (test split) summary of the policy it wrote
+    printed = capsys.readouterr().out
+    assert "held-out summary" in printed and "(test split, 20 rows, 2 tasks)" in printed
+    assert " 1.0 per_task_best " in printed and "pair big / cheap-a: APGR" in printed
     assert main([*args, "--force"]) == 0  # replacing needs --force
     assert load_checkpoint(out).manifest.training["tasks"] == ["arc_challenge", "mbpp", "winogrande"]
 

@@ -2,6 +2,7 @@
 
 import argparse
 import json
+import re
 
 import numpy as np
 import pytest
@@ -135,7 +136,7 @@ def test_bad_input_exits_2_naming_the_problem_and_writes_nothing(
     assert main([*args, "--cache-dir", str(cache), *extra]) == 2
     error = capsys.readouterr().err
     assert error.startswith("error: ") and len(error.strip().splitlines()) == 1
-    assert __import__("re").search(message, error), error
+    assert re.search(message, error), error
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name != "log.jsonl"] == []
 
@@ -148,3 +149,25 @@ def test_existing_out_needs_force(trained, tmp_path, capsys):
     assert "pass --force" in capsys.readouterr().err and (out / "keep.txt").exists()
     assert _evaluate(trained, out, "--force") == 0
     assert not (out / "keep.txt").exists() and (out / "report.json").exists()
+
+
+def _doc_row(docs, key):
+    line = next(line for line in docs.splitlines() if line.startswith(f"| {key} |"))
+    return set(re.findall(r"`([a-z0-9_<>:]+)`", line.split("|")[2]))
+
+
+def test_docs_list_every_report_json_key(trained, tmp_path):
+    from pathlib import Path
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "training.md").read_text()
+    out = tmp_path / "eval"
+    assert _evaluate(trained, out) == 0
+    report = json.loads((out / "report.json").read_text())
+    top = {line.split("|")[1].strip(" `") for line in docs.splitlines() if line.startswith("| `")}
+    assert set(report) <= top
+    assert set(report["policy"]) <= _doc_row(docs, "`policy`")
+    assert set(report["data"]) <= _doc_row(docs, "`data`")
+    routers = {r if not r.startswith("model:") else "model:<name>" for r in report["results"]["0.5"]}
+    assert routers == _doc_row(docs, "router names")
+    assert set(report["results"]["0.5"]["policy"]) <= _doc_row(docs, "router entry")
+    assert set(report["pairs"][0]) <= _doc_row(docs, "`pairs`")

@@ -334,37 +334,40 @@ def _publish(staging: Path, out: Path) -> None:
     shutil.move(str(staging), str(out))
 
 
-def load_policy(path: Path | None) -> LoadedPolicy:
-    return load_checkpoint(path or builtin_policy_dir())
-
-
-def evaluate(args: argparse.Namespace) -> dict[str, Any]:
-    """The report dict (no files written)."""
+def evaluate_table(
+    policy: LoadedPolicy,
+    policy_path: Path,
+    table: RoutingTable,
+    source: Path,
+    *,
+    split: str,
+    cache_dir: Path,
+    models: list[str] | None = None,
+    pairs: list[list[str]] | None = None,
+    weights: list[float] | None = None,
+    encoder_model: str | None = None,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """The report dict of ``policy`` on the rows of ``table`` (already restricted to ``split``)."""
     started = time.monotonic()
-    weights = _check_weights(list(args.quality_weights))
-    policy = load_policy(args.policy)
+    weights = _check_weights(list(QUALITY_WEIGHT_GRID) if weights is None else weights)
     policy_models = tuple(canonical_model_name(a) for a in policy.manifest.arms)
-    selected = resolve_models(args.models, policy_models, args.data)
-    table = load_table(args.data)
-    if args.split != "all":
-        table = table.where(split=args.split)
+    selected = resolve_models(models, policy_models, source)
     if len(table) == 0:
-        raise DataError(f"{args.data}: the {args.split!r} split has no rows")
-    data, keep, facts = evaluation_data(table, policy_models, selected, args.data)
-    pairs = resolve_pairs(args.pair, data, selected)
+        raise DataError(f"{source}: the {split!r} split has no rows")
+    data, keep, facts = evaluation_data(table, policy_models, selected, source)
+    pair_indices = resolve_pairs(pairs, data, selected)
     identity = policy.manifest.encoder
-    settings = identity.settings(encoder_model_for(policy, args.encoder_model), "cpu")
+    settings = identity.settings(encoder_model_for(policy, encoder_model), "cpu")
     prompts = [table.prompts[i] for i in keep]
-    embeddings, encoder_id, dim = embed_prompts(
-        prompts, settings, args.cache_dir or default_cache_dir(), not args.no_progress
-    )
+    embeddings, encoder_id, dim = embed_prompts(prompts, settings, cache_dir, show_progress)
     if dim != identity.dim:
         raise DataError(f"--encoder-model: dim {dim} != the policy's {identity.dim}")
-    evaluated = evaluate_policy(policy, embeddings, data, weights, pairs, not args.no_progress)
+    evaluated = evaluate_policy(policy, embeddings, data, weights, pair_indices, show_progress)
     tasks, counts = np.unique(data.tasks, return_counts=True)
     return {
         "policy": {
-            "path": str(args.policy or builtin_policy_dir()),
+            "path": str(policy_path),
             "version": policy.version,
             "weights_sha256": policy.manifest.weights_sha256,
             "models": list(policy_models),
@@ -376,8 +379,8 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
             },
         },
         "data": {
-            "path": str(args.data),
-            "split": args.split,
+            "path": str(source),
+            "split": split,
             "rows": len(data),
             "tasks": {str(t): int(c) for t, c in zip(tasks, counts, strict=True)},
             **facts,
@@ -386,6 +389,30 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
         **evaluated,
         "runtime_s": round(time.monotonic() - started, 1),
     }
+
+
+def evaluate(args: argparse.Namespace) -> dict[str, Any]:
+    """The report dict of ``barp-trainer evaluate`` (no files written)."""
+    weights = _check_weights(list(args.quality_weights))
+    policy_path = args.policy or builtin_policy_dir()
+    policy = load_checkpoint(policy_path)
+    resolve_models(args.models, tuple(canonical_model_name(a) for a in policy.manifest.arms), args.data)
+    table = load_table(args.data)
+    if args.split != "all":
+        table = table.where(split=args.split)
+    return evaluate_table(
+        policy,
+        policy_path,
+        table,
+        args.data,
+        split=args.split,
+        cache_dir=args.cache_dir or default_cache_dir(),
+        models=args.models,
+        pairs=args.pair,
+        weights=weights,
+        encoder_model=args.encoder_model,
+        show_progress=not args.no_progress,
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -411,7 +438,12 @@ def run(args: argparse.Namespace) -> int:
 
 def summary_lines(report: dict[str, Any], weights: tuple[str, ...] = ("0.5", "1.0")) -> str:
     """A few lines for the console: policy vs best single vs per-task best at some w_q, and the pairs."""
-    lines = [f"{'w_q':>4} {'router':<16} {'score':>7} {'cost_usd':>10} {'reward':>8}"]
+    data = report["data"]
+    lines = [
+        f"{data['path']} ({data['split']} split, {data['rows']} rows, {len(data['tasks'])} tasks); "
+        "hindsight baselines on these rows:",
+        f"{'w_q':>4} {'router':<16} {'score':>7} {'cost_usd':>10} {'reward':>8}",
+    ]
     for key in (k for k in weights if k in report["results"]):
         for router in ("policy", "policy_expected", "best_single", "per_task_best", "oracle"):
             entry = report["results"][key][router]

@@ -246,7 +246,7 @@ def write_plot(report: dict[str, Any], path: Path) -> None:
         fontsize=10,
     )
     left.grid(True, which="both", alpha=0.3)
-    left.legend(fontsize=7, loc="lower right")
+    left.legend(fontsize=7, loc="best")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -18,10 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, save_checkpoint
+from barp_sidecar.errors import DataError
+from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, load_checkpoint, save_checkpoint
 from barp_sidecar.policy.encoder import BUILTIN_MODEL, TRUNCATION_SIDES, EncoderSettings
 from barp_sidecar.policy.network import PolicyNetwork
 from trainer.offline.datasets import RoutingTable, load_table
+from trainer.offline.evaluate_command import evaluate_table, summary_lines
 from trainer.offline.features import default_cache_dir, embed_table, progress_bar
 from trainer.offline.preferences import PREFERENCE_SAMPLINGS
 from trainer.offline.reinforce import BASELINES, OfflineTrainingConfig, train_offline
@@ -174,9 +176,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     started = time.monotonic()
-    table = load_table(args.data).where(split="train", tasks=args.tasks)
+    full = load_table(args.data)
+    table = full.where(split="train", tasks=args.tasks)
     if len(table) == 0:
-        raise SystemExit(f"no training rows for tasks {args.tasks}")
+        raise DataError(f"{args.data}: no training rows for tasks {args.tasks or 'all'}")
     settings = encoder_settings(args)
     embeddings, encoder_id, dim = embed_table(
         table, settings, args.cache_dir or default_cache_dir(), not args.no_progress
@@ -200,4 +203,20 @@ def run(args: argparse.Namespace) -> int:
         f"wrote {args.out} (rows={len(table)}, tasks={list(table.task_names)}, τ=${tau_usd:.6g}, "
         f"sha256={final.weights_sha256[:12]}, {time.monotonic() - started:.0f}s)"
     )
+    held_out = full.where(split="test", tasks=args.tasks)
+    if len(held_out) == 0:
+        print("held-out summary: the data has no test split for these tasks")
+        return 0
+    report = evaluate_table(
+        load_checkpoint(args.out),
+        args.out,
+        held_out,
+        args.data,
+        split="test",
+        cache_dir=args.cache_dir or default_cache_dir(),
+        weights=[0.0, 0.5, 1.0],
+        show_progress=not args.no_progress,
+    )
+    print("held-out summary (barp-trainer evaluate for the full report):")
+    print(summary_lines(report, ("0.0", "0.5", "1.0")))
     return 0
