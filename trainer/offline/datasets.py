@@ -70,6 +70,8 @@ class RoutingTable:
     source: str = ""
     skipped_by_file: dict[str, int] = field(default_factory=dict)
     observed: np.ndarray | None = None
+    # Per row, the source it came from when several were combined (``combine_tables``); () = ``source``.
+    row_sources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         n, k = len(self.prompts), len(self.arms)
@@ -81,6 +83,13 @@ class RoutingTable:
             raise ValueError("tasks and splits need one entry per prompt")
         if self.observed is not None and self.observed.shape != (n, k):
             raise ValueError(f"observed must be [{n}, {k}], got {self.observed.shape}")
+        if self.row_sources and len(self.row_sources) != n:
+            raise ValueError("row_sources needs one entry per prompt")
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Per row, the file or directory it was read from."""
+        return self.row_sources or (self.source,) * len(self)
 
     @property
     def observed_mask(self) -> np.ndarray:
@@ -114,7 +123,12 @@ class RoutingTable:
             source=self.source,
             skipped_by_file=dict(self.skipped_by_file),
             observed=None if self.observed is None else self.observed[idx],
+            row_sources=tuple(self.row_sources[i] for i in idx) if self.row_sources else (),
         )
+
+    def from_source(self, source: str) -> RoutingTable:
+        """The rows read from one source (see ``combine_tables``)."""
+        return self.select([i for i, s in enumerate(self.sources) if s == source])
 
     def where(self, split: str | None = None, tasks: Iterable[str] | None = None) -> RoutingTable:
         """Rows of one split and/or a set of tasks (normalised names)."""
@@ -402,6 +416,53 @@ def load_jsonl(path: Path) -> RoutingTable:
         source=str(path),
         observed=None if observed.all() else observed,
     )
+
+
+def combine_tables(tables: Sequence[RoutingTable]) -> RoutingTable:
+    """One table over several sources: models are the union, a model a source lacks is unobserved there.
+
+    Rows keep their task names and splits; ``row_sources`` records where each row came from.
+    """
+    if len(tables) == 1:
+        return tables[0]
+    arms: dict[str, int] = {}
+    for table in tables:
+        for arm in table.arms:
+            arms.setdefault(arm, len(arms))
+    n, k = sum(len(t) for t in tables), len(arms)
+    quality = np.zeros((n, k))
+    cost = np.zeros((n, k))
+    observed = np.zeros((n, k), dtype=bool)
+    start = 0
+    for table in tables:
+        columns = [arms[a] for a in table.arms]
+        rows = slice(start, start + len(table))
+        quality[rows, columns] = table.quality
+        cost[rows, columns] = table.cost_usd
+        observed[rows, columns] = table.observed_mask
+        start += len(table)
+    return RoutingTable(
+        prompts=tuple(p for t in tables for p in t.prompts),
+        tasks=tuple(x for t in tables for x in t.tasks),
+        splits=tuple(x for t in tables for x in t.splits),
+        arms=tuple(arms),
+        quality=quality,
+        cost_usd=cost,
+        sample_ids=tuple(x for t in tables for x in (t.sample_ids or ("",) * len(t))),
+        skipped_rows=sum(t.skipped_rows for t in tables),
+        source=" + ".join(t.source for t in tables),
+        skipped_by_file={f: c for t in tables for f, c in t.skipped_by_file.items()},
+        observed=None if observed.all() else observed,
+        row_sources=tuple(s for t in tables for s in t.sources),
+    )
+
+
+def load_tables(paths: Sequence[Path]) -> RoutingTable:
+    """``load_table`` of each path, combined (``combine_tables``); a path given twice is an error."""
+    resolved = [Path(p).resolve() for p in paths]
+    if len(set(resolved)) != len(resolved):
+        raise DataError(f"--data: a source is given twice in {[str(p) for p in paths]}")
+    return combine_tables([load_table(Path(p)) for p in paths])
 
 
 def load_table(path: Path) -> RoutingTable:
