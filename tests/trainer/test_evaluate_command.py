@@ -171,3 +171,17 @@ def test_docs_list_every_report_json_key(trained, tmp_path):
     assert routers == _doc_row(docs, "router names")
     assert set(report["results"]["0.5"]["policy"]) <= _doc_row(docs, "router entry")
     assert set(report["pairs"][0]) <= _doc_row(docs, "`pairs`")
+
+
+def test_leave_one_task_out_harness_reports_every_task(tmp_path):
+    from trainer.offline.leave_one_task_out import main as loto
+
+    log = write_jsonl(tmp_path / "log.jsonl", synthetic_jsonl_rows())
+    args = ["--data", str(log), "--out", str(tmp_path / "loto"), "--cache-dir", str(tmp_path / "cache")]
+    assert loto([*args, "--encoder-model", "hash:64", "--steps", "20", "--batch-size", "16"]) == 0
+    summary = json.loads((tmp_path / "loto" / "loto.json").read_text())
+    assert [row["task"] for row in summary["tasks"]] == ["arc_challenge", "mbpp", "winogrande"]
+    for row in summary["tasks"]:
+        assert row["test_rows"] == 10 and row["train_rows"] == 60  # the other two tasks' train rows
+        assert 0.0 <= row["apgr"] <= row["apgr_oracle_ranking"] + 1e-9
+    assert summary["mean_apgr"] == pytest.approx(np.mean([row["apgr"] for row in summary["tasks"]]))
