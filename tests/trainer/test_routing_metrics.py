@@ -70,3 +70,20 @@ def test_automatic_pair_is_best_single_and_cheapest_within_the_window():
     )
     assert rm.automatic_pair(data) == (0, 1)
     assert rm.automatic_pair(data, window=0.05) == (0, 2)  # none within: the cheapest other model
+
+
+def test_signal_probe_finds_per_prompt_signal_a_full_information_knn_can_use(tmp_path):
+    """Generated log: the right cheap model depends on the task words, which the hash encoder sees."""
+    import json
+
+    from tests.trainer.conftest import synthetic_jsonl_rows, write_jsonl
+    from trainer.offline.signal_probe import main as probe
+
+    log = write_jsonl(tmp_path / "log.jsonl", synthetic_jsonl_rows(per_task=80))
+    args = ["--data", str(log), "--pair", "cheap-a", "cheap-b", "--cache-dir", str(tmp_path / "cache")]
+    assert probe([*args, "--encoder-model", "hash:64", "--out", str(tmp_path / "probe.json")]) == 0
+    result = json.loads((tmp_path / "probe.json").read_text())
+    assert (result["strong"], result["cheap"], result["test_rows"]) == ("cheap-a", "cheap-b", 60)
+    # cheap-a is right on arc/mbpp, cheap-b on winogrande: ranking by kNN's q̂ beats the random mix
+    assert result["knn25"]["apgr"] > 0.6 and result["per_task_best"]["apgr"] > 0.6
+    assert result["oracle_ranking"]["apgr"] >= result["knn25"]["apgr"] - 1e-9

@@ -93,6 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--pair", nargs=2, metavar=("STRONG", "CHEAP"), default=None)
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--encoder-model", default=BUILTIN_MODEL, help="sentence-transformers name/path or hash:<dim>"
+    )
+    parser.add_argument("--out", type=Path, default=None, help="also write the result to this JSON file")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     table = load_table(args.data)
@@ -107,9 +111,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         assert pair is not None
         strong, cheap = test.arms[pair[0]], test.arms[pair[1]]
     part = pair_table(table, strong, cheap)
-    settings = EncoderSettings(model=BUILTIN_MODEL, max_seq_length=256, truncation="tail", device="cpu")
+    settings = EncoderSettings(model=args.encoder_model, max_seq_length=256, truncation="tail", device="cpu")
     x, _, _ = embed_table(part, settings, args.cache_dir or default_cache_dir(), False)
-    print(json.dumps(probe(part, x, strong, cheap, args.seed), indent=2))
+    text = json.dumps(probe(part, x, strong, cheap, args.seed), indent=2)
+    if args.out is not None:
+        args.out.write_text(text + "\n")
+    print(text)
     return 0
 
 
