@@ -185,3 +185,16 @@ def test_leave_one_task_out_harness_reports_every_task(tmp_path):
         assert row["test_rows"] == 10 and row["train_rows"] == 60  # the other two tasks' train rows
         assert 0.0 <= row["apgr"] <= row["apgr_oracle_ranking"] + 1e-9
     assert summary["mean_apgr"] == pytest.approx(np.mean([row["apgr"] for row in summary["tasks"]]))
+
+
+def test_vectorised_greedy_equals_choose_arm_row_by_row():
+    rng = np.random.default_rng(0)
+    probabilities = rng.dirichlet(np.ones(4), size=300)
+    probabilities[:50, 1] = probabilities[:50, 2]  # ties: lowest index wins in both
+    probabilities[50:60] = 0.0  # every probability underflowed
+    allowed = rng.uniform(size=(300, 4)) < 0.6
+    allowed[~allowed.any(axis=1), 3] = True
+    probabilities = np.where(allowed, probabilities, 0.0)
+    assert np.array_equal(
+        PolicyScorer.greedy_vectorised(probabilities, allowed), PolicyScorer.greedy(probabilities, allowed)
+    )
