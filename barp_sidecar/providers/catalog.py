@@ -24,8 +24,8 @@ import yaml
 
 from barp_sidecar.errors import ConfigError
 from barp_sidecar.model_names import canonical_model_name
+from barp_sidecar.providers.api_styles import API_STYLES
 
-API_STYLES = ("openai", "anthropic")
 SHIPPED_CATALOG = "catalog.routerbench.yaml"
 _ENTRY_KEYS = {
     "arm",

@@ -4,7 +4,8 @@ Owns the command: arguments, input checks, the composition load policy -> load l
 decisions at every w_q (greedy and probability-weighted) -> metrics -> ``report.json`` / ``report.md`` /
 ``quality_vs_cost.png``. The metrics live in ``routing_metrics``, the files in ``evaluate_report``.
 
-Decisions go through the sidecar's own code: ``PolicyNetwork.probabilities(x, w, allowed)`` (masked
+Decisions go through the sidecar's own code: ``policy.mask.allowed_mask`` for ``--models`` (the rules
+of a request's allowed_models), ``PolicyNetwork.probabilities(x, w, allowed)`` (masked
 logits, what ``PolicyInference.run_batch`` calls) and ``routing.exploration.choose_arm`` in GREEDY mode
 (what ``RoutingService.route`` calls; the pair sweep uses its expression vectorised, pinned equal by a
 test), with ``allowed`` per row = the models the log observed there ∩ ``--models``. Every input error
@@ -24,12 +25,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from barp_sidecar.decide import encoder_model_for
 from barp_sidecar.domain import ExplorationMode
-from barp_sidecar.errors import DataError
+from barp_sidecar.errors import DataError, InvalidArgument
 from barp_sidecar.model_names import canonical_model_name
 from barp_sidecar.policy.builtin import builtin_policy_dir
 from barp_sidecar.policy.checkpoint import LoadedPolicy, load_checkpoint
+from barp_sidecar.policy.loading import encoder_model_for
+from barp_sidecar.policy.mask import allowed_mask, models_in
 from barp_sidecar.policy.network import PolicyNetwork
 from barp_sidecar.routing.exploration import choose_arm
 from trainer.offline import routing_metrics as rm
@@ -124,16 +126,14 @@ class PolicyScorer:
 
 
 def resolve_models(requested: list[str] | None, policy_models: tuple[str, ...]) -> set[str]:
-    """Canonical names of ``--models`` (all policy models when None); unknown names are an error."""
-    if requested is None:
-        return set(policy_models)
-    names = [canonical_model_name(m) for m in requested]
-    unknown = [m for m, n in zip(requested, names, strict=True) if n not in policy_models]
-    if unknown:
-        raise DataError(f"--models: unknown model(s) {unknown}; the policy knows {list(policy_models)}")
-    if len(set(names)) != len(names):
-        raise DataError(f"--models: a model is named twice in {requested}")
-    return set(names)
+    """Canonical names of ``--models`` (all policy models when None), through the sidecar's mask rules
+    (``barp_sidecar.policy.mask.allowed_mask``: duplicates and unknown names are errors)."""
+    names = tuple(canonical_model_name(m) for m in requested or ())
+    try:
+        mask = allowed_mask(policy_models, names)
+    except InvalidArgument as exc:
+        raise DataError(f"--models: {str(exc).removeprefix(f'{exc.field}: ')}") from exc
+    return set(models_in(policy_models, mask))
 
 
 def evaluation_data(
@@ -367,7 +367,7 @@ def evaluate_table(
     data, keep, facts = evaluation_data(table, policy_models, selected, source)
     pair_indices = resolve_pairs(pairs, data, selected)
     identity = policy.manifest.encoder
-    settings = identity.settings(encoder_model_for(policy, encoder_model), "cpu")
+    settings = identity.settings(encoder_model_for(identity, encoder_model), "cpu")
     prompts = [table.prompts[i] for i in keep]
     embeddings, encoder_id, dim = embed_prompts(prompts, settings, cache_dir, show_progress)
     if dim != identity.dim:
