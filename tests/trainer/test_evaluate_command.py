@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 from barp_sidecar.decide import decide
+from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.policy.checkpoint import load_checkpoint
+from barp_sidecar.routing.exploration import choose_arm
 from tests.trainer.conftest import synthetic_jsonl_rows, write_jsonl
 from trainer.cli import main
 from trainer.offline.evaluate_command import PolicyScorer
@@ -195,6 +197,9 @@ def test_vectorised_greedy_equals_choose_arm_row_by_row():
     allowed = rng.uniform(size=(300, 4)) < 0.6
     allowed[~allowed.any(axis=1), 3] = True
     probabilities = np.where(allowed, probabilities, 0.0)
-    assert np.array_equal(
-        PolicyScorer.greedy_vectorised(probabilities, allowed), PolicyScorer.greedy(probabilities, allowed)
-    )
+    rng_unused = np.random.default_rng(0)  # GREEDY never draws from it
+    expected = [
+        choose_arm(p, a, ExplorationMode.GREEDY, 0.0, rng_unused)[0]
+        for p, a in zip(probabilities, allowed, strict=True)
+    ]
+    assert PolicyScorer.greedy(probabilities, allowed).tolist() == expected

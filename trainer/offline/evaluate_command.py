@@ -5,12 +5,11 @@ decisions at every w_q (greedy and probability-weighted) -> metrics -> ``report.
 ``quality_vs_cost.png``. The metrics live in ``routing_metrics``, the files in ``evaluate_report``.
 
 Decisions go through the sidecar's own code: ``policy.mask.allowed_mask`` for ``--models`` (the rules
-of a request's allowed_models), ``PolicyNetwork.probabilities(x, w, allowed)`` (masked
-logits, what ``PolicyInference.run_batch`` calls) and ``routing.exploration.choose_arm`` in GREEDY mode
-(what ``RoutingService.route`` calls; the pair sweep uses its expression vectorised, pinned equal by a
-test), with ``allowed`` per row = the models the log observed there ∩ ``--models``. Every input error
-raises ``DataError`` naming the file:line, the models or the option, and then nothing is written to
-``--out``: the report is written to a staging directory renamed at the end.
+of a request's allowed_models), ``PolicyNetwork.probabilities(x, w, allowed)`` (masked logits, what
+``PolicyInference.run_batch`` calls) and the greedy rule of ``routing.exploration.choose_arm`` (vectorised
+here, pinned equal to it by a test), with ``allowed`` per row = the models the log observed there ∩
+``--models``. Every input error raises ``DataError`` naming the file:line, the models or the option, and
+then nothing is written to ``--out``: the report is written to a staging directory renamed at the end.
 """
 
 from __future__ import annotations
@@ -25,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.errors import DataError, InvalidArgument
 from barp_sidecar.model_names import canonical_model_name
 from barp_sidecar.policy.builtin import builtin_policy_dir
@@ -33,7 +31,6 @@ from barp_sidecar.policy.checkpoint import LoadedPolicy, load_checkpoint
 from barp_sidecar.policy.loading import encoder_model_for
 from barp_sidecar.policy.mask import allowed_mask, models_in
 from barp_sidecar.policy.network import PolicyNetwork
-from barp_sidecar.routing.exploration import choose_arm
 from trainer.offline import routing_metrics as rm
 from trainer.offline.datasets import RoutingTable, load_table
 from trainer.offline.evaluate_report import write_report
@@ -44,7 +41,6 @@ SPLITS = ("test", "train", "all")
 # Strong-model shares of a pair are traced over this finer w_q grid (plus the report's own grid).
 PAIR_SWEEP = tuple(round(0.02 * i, 2) for i in range(51))
 INFERENCE_BATCH_ROWS = 4096
-_RNG = np.random.default_rng(0)  # choose_arm needs one; GREEDY never draws from it
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -107,21 +103,9 @@ class PolicyScorer:
 
     @staticmethod
     def greedy(probabilities: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-        """The sidecar's greedy choice per row (``choose_arm``: most probable allowed arm, lowest index)."""
-        return np.array(
-            [
-                choose_arm(p, a, ExplorationMode.GREEDY, 0.0, _RNG)[0]
-                for p, a in zip(probabilities, allowed, strict=True)
-            ],
-            dtype=np.int64,
-        )
-
-    @staticmethod
-    def greedy_vectorised(probabilities: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-        """``choose_arm``'s GREEDY expression on all rows at once (pinned equal to it by a test).
-
-        Used for the 51-point pair sweep, where a Python call per row and w_q is too slow on 20k rows.
-        """
+        """The sidecar's greedy choice (``routing.exploration.choose_arm``, GREEDY: the most probable allowed
+        arm, lowest index on ties) on all rows at once; pinned equal to it by a test. The trainer may not
+        import the sidecar's request path (tests/test_import_layers.py), hence the vectorised twin."""
         return np.argmax(np.where(allowed, probabilities, -1.0), axis=1).astype(np.int64)
 
 
@@ -237,7 +221,7 @@ def evaluate_pair(
     greedy_curve, expected_curve = [], []
     for w in sorted(set(PAIR_SWEEP) | {round(w, 6) for w in weights}):
         probabilities = pair_scorer.probabilities(w, mask)
-        choices = PolicyScorer.greedy_vectorised(probabilities, mask)
+        choices = PolicyScorer.greedy(probabilities, mask)
         to_strong = choices == strong
         greedy_curve.append(
             {
