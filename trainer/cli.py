@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from collections.abc import Sequence
+
+from barp_sidecar.errors import BarpError
 
 _SUBCOMMANDS = {
     "offline": (
@@ -22,6 +25,10 @@ _SUBCOMMANDS = {
     "replay": (
         "trainer.replay.command",
         "replay the online trainer (and peers) on a routing table, deterministically",
+    ),
+    "evaluate": (
+        "trainer.offline.evaluate_command",
+        "evaluate a policy on a log: vs single models, per-task best, oracle; report.md/json + plot",
     ),
     "serve": (
         "trainer.service.main",
@@ -42,8 +49,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a subcommand; a ``BarpError`` (bad data, bad checkpoint, bad option) exits 2 with one line."""
     args = build_parser().parse_args(argv)
-    return int(args._module.run(args))
+    try:
+        return int(args._module.run(args))
+    except BarpError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -39,10 +39,12 @@ def policy_gradient_terms(
     chosen = log_probabilities.gather(1, action.reshape(-1, 1)).squeeze(1)
     with torch.no_grad():
         weight = torch.clamp(chosen.exp() / propensity, max=max_importance_weight)
-    plogp = probabilities * log_probabilities
     if allowed is not None:
-        # A masked arm has p = 0 and log p = −inf: its 0·(−inf) = NaN term is zero by definition.
-        plogp = torch.where(allowed, plogp, torch.zeros_like(plogp))
+        # A masked arm has p = 0 and log p = −inf: its 0·(−inf) term is zero by definition. Zero log p
+        # before multiplying (torch.where after it would still back-propagate 0·(−inf) = NaN).
+        plogp = probabilities * log_probabilities.masked_fill(~allowed, 0.0)
+    else:
+        plogp = probabilities * log_probabilities
     return PolicyGradientTerms(chosen, weight, -plogp.sum(dim=1), probabilities, log_probabilities)
 
 

@@ -26,6 +26,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from barp_sidecar.errors import CheckpointError, RejectionReason
+from barp_sidecar.model_names import canonical_model_name
 from barp_sidecar.policy.encoder import EncoderSettings
 from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
 
@@ -87,10 +88,11 @@ class PolicyManifest:
                     f"(this build reads {FORMAT_VERSION})",
                     RejectionReason.CORRUPT_MANIFEST,
                 )
-            arms = tuple(str(a) for a in data["arms"])
+            # One spelling per model (barp_sidecar/model_names.py), so catalogs and logs meet the arms.
+            arms = tuple(canonical_model_name(str(a)) for a in data["arms"])
             if len(arms) == 0 or len(set(arms)) != len(arms):
                 raise CheckpointError(
-                    f"{source}: arms must be a non-empty list of unique names",
+                    f"{source}: arms must be a non-empty list of unique names (aliases name one model)",
                     RejectionReason.CORRUPT_MANIFEST,
                 )
             return cls(

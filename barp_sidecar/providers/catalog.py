@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 import yaml
 
 from barp_sidecar.errors import ConfigError
+from barp_sidecar.model_names import canonical_model_name
 from barp_sidecar.providers.api_styles import API_STYLES
 
 SHIPPED_CATALOG = "catalog.routerbench.yaml"
@@ -129,6 +130,7 @@ class ModelCatalog:
 
     def check_arms(self, policy_arms: Sequence[str]) -> ModelCatalog:
         """Raise ConfigError naming the arms when the catalog does not cover exactly the policy's arms."""
+        policy_arms = [canonical_model_name(a) for a in policy_arms]
         missing = [a for a in policy_arms if a not in set(self.arms)]
         extra = [a for a in self.arms if a not in set(policy_arms)]
         if missing or extra:
@@ -196,7 +198,9 @@ def parse_catalog(data: Any, source: str = "<memory>") -> ModelCatalog:
     for index, raw in enumerate(raw_entries):
         entry = _parse_entry(raw, f"providers[{index}]", source)
         if entry.arm in seen:
-            raise ConfigError(f"providers[{index}].arm", f"{source}: duplicate arm {entry.arm!r}")
+            raise ConfigError(
+                f"providers[{index}].arm", f"{source}: duplicate arm {entry.arm!r} (aliases name one model)"
+            )
         seen.add(entry.arm)
         entries.append(entry)
     return ModelCatalog(tuple(entries), source)
@@ -235,8 +239,9 @@ def _parse_entry(raw: Any, key: str, source: str) -> ProviderEntry:
             raise ConfigError(f"{key}.{name}", f"{source}: must be >= {low}")
         return value
 
-    arm = text("arm", True)
-    assert arm is not None
+    raw_arm = text("arm", True)
+    assert raw_arm is not None
+    arm = canonical_model_name(raw_arm)  # one spelling per model (barp_sidecar/model_names.py)
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(f"{key}.enabled", f"{source}: must be true or false, not {enabled!r}")

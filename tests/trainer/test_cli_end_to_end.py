@@ -9,7 +9,7 @@ from trainer.cli import main
 FAST = ["--encoder-model", "hash:64", "--steps", "60", "--batch-size", "32", "--no-progress"]
 
 
-def test_offline_writes_a_loadable_checkpoint_recording_tau(tmp_path):
+def test_offline_writes_a_loadable_checkpoint_recording_tau(tmp_path, capsys):
     data = write_jsonl(tmp_path / "log.jsonl", synthetic_jsonl_rows())
     out = tmp_path / "policy"
     args = ["offline", "--data", str(data), "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *FAST]
@@ -20,6 +20,10 @@ def test_offline_writes_a_loadable_checkpoint_recording_tau(tmp_path):
     assert policy.manifest.tau_usd > 0
     assert policy.manifest.training["tasks"] == ["arc_challenge", "winogrande"]
     assert policy.manifest.training["bandit_reveals"] == 60 * 32
+    # offline ends with the held-out (test split) summary of the policy it wrote
+    printed = capsys.readouterr().out
+    assert "held-out summary" in printed and "(test split, 20 rows, 2 tasks)" in printed
+    assert " 1.0 per_task_best " in printed and "pair big / cheap-a: APGR" in printed
     assert main([*args, "--force"]) == 0  # replacing needs --force
     assert load_checkpoint(out).manifest.training["tasks"] == ["arc_challenge", "mbpp", "winogrande"]
 
@@ -57,3 +61,51 @@ def test_reproduce_writes_report_json_md_and_png(tmp_path):
     assert "headroom_captured" in report and "targets" in report
     assert (out / "pareto.png").stat().st_size > 10_000
     assert "| barp |" in (out / "report.md").read_text()
+
+
+def _second_source_rows():
+    """Another log: one shared model (big) and one the first log lacks (other-c), on a new task."""
+    rows = []
+    for i in range(40):
+        rows.append(
+            {
+                "prompt": f"translation request {i} into french",
+                "task": "translate",
+                "scores": {"big": 0.5, "other-c": 1.0},
+                "costs": {"big": 0.004, "other-c": 0.0002},
+                "split": "test" if i % 4 == 0 else "train",
+            }
+        )
+    return rows
+
+
+def test_offline_trains_on_sources_with_different_models(tmp_path, capsys):
+    first = write_jsonl(tmp_path / "first.jsonl", synthetic_jsonl_rows())
+    second = write_jsonl(tmp_path / "second.jsonl", _second_source_rows())
+    out = tmp_path / "policy"
+    args = ["offline", "--data", str(first), str(second), "--out", str(out)]
+    assert main([*args, "--cache-dir", str(tmp_path / "cache"), *FAST]) == 0
+    manifest = load_checkpoint(out).manifest
+    assert manifest.arms == ("cheap-a", "cheap-b", "big", "other-c")  # the union of the sources' models
+    assert manifest.training["sources"] == [str(first), str(second)]
+    assert set(manifest.training["tau_usd_by_source"]) == {str(first), str(second)}
+    printed = capsys.readouterr().out
+    # one held-out summary per source, each on its own test split and models
+    assert f"{first} (test split, 30 rows, 3 tasks)" in printed
+    assert f"{second} (test split, 10 rows, 1 tasks)" in printed
+    assert "pair big / other-c" in printed or "pair other-c / big" in printed
+    # every decision on the second source stays within its models (the rest are unobserved there)
+    report = tmp_path / "eval"
+    evaluate = ["evaluate", "--policy", str(out), "--data", str(second), "--out", str(report)]
+    assert main([*evaluate, "--cache-dir", str(tmp_path / "cache"), "--no-progress"]) == 0
+    results = json.loads((report / "report.json").read_text())["results"]
+    assert set(results["1.0"]["policy_expected"]["share"]) <= {"big", "other-c"}
+    assert results["1.0"]["policy"]["score"] == 1.0  # other-c is right on every translation prompt
+
+
+def test_reproduce_refuses_sources_without_a_shared_model_set(tmp_path, capsys):
+    first = write_jsonl(tmp_path / "first.jsonl", synthetic_jsonl_rows())
+    second = write_jsonl(tmp_path / "second.jsonl", _second_source_rows())
+    args = ["reproduce", "--data", str(first), str(second), "--out", str(tmp_path / "r"), *FAST]
+    assert main(args) == 2
+    assert "need every model on every row" in capsys.readouterr().err

@@ -80,7 +80,19 @@ def test_jsonl_loader_and_hash_split(tmp_path):
             "not a number",
         ),
         ({"prompt": "p", "task": "t", "scores": {"a": None, "b": 0}, "costs": {"a": 0, "b": 0}}, "missing"),
-        ({"prompt": "p", "task": "t", "scores": {"a": 1}, "costs": {"a": 0}}, "models differ"),
+        (
+            {"prompt": "p", "task": "t", "scores": {"a": 1, "b": 0}, "costs": {"a": 0}},
+            r"'scores' and 'costs' name different models \(score only \['b'\]",
+        ),
+        (
+            {
+                "prompt": "p",
+                "task": "t",
+                "scores": {"claude-2": 1, "claude-v2": 0},
+                "costs": {"claude-2": 0, "claude-v2": 0},
+            },
+            "two keys name the model 'claude-v2'",
+        ),
         ({"prompt": "p", "task": "t", "scores": {"a": 1, "b": 0}, "costs": {"a": -1, "b": 0}}, "negative"),
         ({"prompt": "p", "scores": {"a": 1, "b": 0}, "costs": {"a": 0, "b": 0}}, "missing 'task'"),
     ],
@@ -149,3 +161,34 @@ def test_pickle_of_something_else_is_a_data_error(tmp_path):
 def test_unknown_path_is_a_data_error(tmp_path):
     with pytest.raises(DataError, match="no such file"):
         load_table(tmp_path / "nope.jsonl")
+
+
+def test_jsonl_rows_with_different_models_leave_absent_models_unobserved(tmp_path):
+    rows = [
+        {"prompt": "p0", "task": "t", "scores": {"a": 1, "b": 0.5}, "costs": {"a": 0.1, "b": 0.01}},
+        {"prompt": "p1", "task": "t", "scores": {"b": 0.25, "c": 1}, "costs": {"b": 0.02, "c": 0.3}},
+    ]
+    table = load_jsonl(write_jsonl(tmp_path / "log.jsonl", rows))
+    assert table.arms == ("a", "b", "c")
+    assert table.observed_mask.tolist() == [[True, True, False], [False, True, True]]
+    assert not table.fully_observed
+    assert table.quality[1].tolist() == [0.0, 0.25, 1.0] and table.cost_usd[1, 2] == 0.3
+    assert table.select([1]).observed_mask.tolist() == [[False, True, True]]
+
+
+def test_loaders_canonicalise_model_aliases(tmp_path):
+    rows = [
+        {
+            "prompt": "p",
+            "task": "alpacaeval/koala",
+            "scores": {"gpt4_1106_preview": 0.5, "claude-2": 0.2},
+            "costs": {"gpt4_1106_preview": 0.01, "claude-2": 0.007},
+        }
+    ]
+    table = load_jsonl(write_jsonl(tmp_path / "log.jsonl", rows))
+    assert table.arms == ("gpt-4-1106-preview", "claude-v2") and table.fully_observed
+    assert table.tasks == ("alpacaeval/koala",)
+    csv_row = _rb_row(0, "q")
+    renamed = {k.replace("m-large", "gpt4_1106_preview"): v for k, v in csv_row.items()}
+    _write_csv(tmp_path / "arc_challenge_train.csv", [renamed])
+    assert load_routerbench_csv_dir(tmp_path).arms == ("m-small", "gpt-4-1106-preview")

@@ -1,3 +1,5 @@
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -103,3 +105,20 @@ def test_policy_beats_every_single_arm_at_two_preferences(baseline):
         assert routed > max(singles) + 0.05, (w, routed, singles)
         best = reward(test.quality, test.cost_usd, w, TAU_USD).max(axis=1)
         assert routed == pytest.approx(np.mean([best[:30].mean(), best[30:].mean()]), abs=0.05)
+
+
+def test_partially_observed_rows_only_ever_reveal_observed_arms():
+    """Rows of a source without the 'big' model: training never asks for it there, and stays finite."""
+    table, x = learnable_table(rows_per_cluster=30)
+    observed = np.ones(table.quality.shape, dtype=bool)
+    observed[:30, 2] = False  # cluster A never saw 'big'
+    table = dataclasses.replace(table, observed=observed)
+    simulator = RecordingSimulator(table)
+    with pytest.raises(ValueError, match="did not observe"):
+        BanditSimulator(table).reveal(np.array([0]), np.array([2]))
+    config = OfflineTrainingConfig(steps=40, batch_size=32, seed=0)
+    policy = train_offline(x, simulator, TAU_USD, config)
+    assert all(np.isfinite(p.detach().numpy()).all() for p in policy.parameters())
+    rows = np.concatenate([r for r, _ in simulator.calls])
+    arms = np.concatenate([a for _, a in simulator.calls])
+    assert rows.size == 40 * 32 and not np.any((rows < 30) & (arms == 2))

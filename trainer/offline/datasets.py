@@ -10,6 +10,12 @@ Owns reading and validating the data; knows nothing about encoders, policies or 
   They carry no split: a deterministic 70/30 split by sample id is assigned.
 - Generic JSONL, one object per prompt: ``{"prompt", "task", "scores": {model: q}, "costs": {model: usd}}``
   with an optional ``"split"`` ("train"/"test"); rows without one are split by a hash of the prompt.
+  Rows may name different models: the table's arms are their union (in order of first appearance) and a
+  model a row does not name is *unobserved* there (``RoutingTable.observed`` is False; its quality and
+  cost are stored as 0 and must not be read).
+
+Model names are canonicalised through ``barp_sidecar.model_names`` (``gpt4_1106_preview`` ->
+``gpt-4-1106-preview``), so logs, catalogs and policies that spell one model differently meet.
 
 Any other bad row (non-numeric or out-of-range score, negative cost, missing model) raises ``DataError``
 naming the file and line: bad data is never used silently.
@@ -31,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from barp_sidecar.errors import DataError
+from barp_sidecar.model_names import canonical_model_name
 
 COST_SUFFIX = "|total_cost"
 RESPONSE_SUFFIX = "|model_response"
@@ -46,7 +53,11 @@ def normalize_task(name: str) -> str:
 
 @dataclass(frozen=True)
 class RoutingTable:
-    """Rows of (prompt, task, split) with quality [N, K] in [0, 1] and cost_usd [N, K] ≥ 0 per arm."""
+    """Rows of (prompt, task, split) with quality [N, K] in [0, 1] and cost_usd [N, K] ≥ 0 per arm.
+
+    ``observed`` [N, K] bool marks the (row, arm) outcomes the source holds; None means every one. An
+    unobserved entry has quality = cost = 0 as a placeholder: read it only through ``observed_mask``.
+    """
 
     prompts: tuple[str, ...]
     tasks: tuple[str, ...]
@@ -58,6 +69,9 @@ class RoutingTable:
     skipped_rows: int = 0
     source: str = ""
     skipped_by_file: dict[str, int] = field(default_factory=dict)
+    observed: np.ndarray | None = None
+    # Per row, the source it came from when several were combined (``combine_tables``); () = ``source``.
+    row_sources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         n, k = len(self.prompts), len(self.arms)
@@ -67,6 +81,26 @@ class RoutingTable:
             )
         if len(self.tasks) != n or len(self.splits) != n:
             raise ValueError("tasks and splits need one entry per prompt")
+        if self.observed is not None and self.observed.shape != (n, k):
+            raise ValueError(f"observed must be [{n}, {k}], got {self.observed.shape}")
+        if self.row_sources and len(self.row_sources) != n:
+            raise ValueError("row_sources needs one entry per prompt")
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """Per row, the file or directory it was read from."""
+        return self.row_sources or (self.source,) * len(self)
+
+    @property
+    def observed_mask(self) -> np.ndarray:
+        """[N, K] bool: which (row, arm) outcomes exist (all True for a complete table)."""
+        if self.observed is None:
+            return np.ones(self.quality.shape, dtype=bool)
+        return self.observed
+
+    @property
+    def fully_observed(self) -> bool:
+        return self.observed is None or bool(self.observed.all())
 
     def __len__(self) -> int:
         return len(self.prompts)
@@ -88,7 +122,13 @@ class RoutingTable:
             skipped_rows=self.skipped_rows,
             source=self.source,
             skipped_by_file=dict(self.skipped_by_file),
+            observed=None if self.observed is None else self.observed[idx],
+            row_sources=tuple(self.row_sources[i] for i in idx) if self.row_sources else (),
         )
+
+    def from_source(self, source: str) -> RoutingTable:
+        """The rows read from one source (see ``combine_tables``)."""
+        return self.select([i for i, s in enumerate(self.sources) if s == source])
 
     def where(self, split: str | None = None, tasks: Iterable[str] | None = None) -> RoutingTable:
         """Rows of one split and/or a set of tasks (normalised names)."""
@@ -165,9 +205,19 @@ def routerbench_models(columns: Iterable[str]) -> tuple[str, ...]:
     )
 
 
+def _canonical_arms(columns: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """Canonical names of a file's model columns; two columns naming one model is an error."""
+    arms = tuple(canonical_model_name(c) for c in columns)
+    if len(set(arms)) != len(arms):
+        dupes = sorted({c for c in columns if arms.count(canonical_model_name(c)) > 1})
+        raise DataError(f"{where}: columns {dupes} name the same model")
+    return arms
+
+
 @dataclass
 class _Builder:
     arms: tuple[str, ...]
+    columns: tuple[str, ...] = ()
     prompts: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
     splits: list[str] = field(default_factory=list)
@@ -177,7 +227,8 @@ class _Builder:
     skipped: dict[str, int] = field(default_factory=dict)
 
     def add_routerbench_row(self, row: Mapping[str, Any], where: str, split: str | None, source: str) -> None:
-        if any(_is_blank(row.get(model)) for model in self.arms):
+        columns = self.columns or self.arms
+        if any(_is_blank(row.get(model)) for model in columns):
             self.skipped[source] = self.skipped.get(source, 0) + 1
             return
         sample_id = str(row.get("sample_id", ""))
@@ -189,8 +240,8 @@ class _Builder:
         self.tasks.append(normalize_task(str(task)))
         self.splits.append(split if split is not None else _hash_split(sample_id or prompt))
         self.sample_ids.append(sample_id)
-        self.quality.append([_score(row[m], where, m) for m in self.arms])
-        self.cost.append([_cost(row.get(f"{m}{COST_SUFFIX}"), where, m) for m in self.arms])
+        self.quality.append([_score(row[m], where, m) for m in columns])
+        self.cost.append([_cost(row.get(f"{m}{COST_SUFFIX}"), where, m) for m in columns])
 
     def build(self, source: str) -> RoutingTable:
         if not self.prompts:
@@ -226,9 +277,9 @@ def load_routerbench_csv_dir(directory: Path) -> RoutingTable:
             if not models:
                 raise DataError(f"{path}: no '<model>' + '<model>|total_cost' column pairs")
             if builder is None:
-                builder = _Builder(arms=models)
-            elif set(models) != set(builder.arms):
-                raise DataError(f"{path}: models {sorted(models)} differ from {sorted(builder.arms)}")
+                builder = _Builder(arms=_canonical_arms(models, str(path)), columns=models)
+            elif set(models) != set(builder.columns):
+                raise DataError(f"{path}: models {sorted(models)} differ from {sorted(builder.columns)}")
             line = reader.line_num + 1
             for row in reader:
                 builder.add_routerbench_row(row, f"{path}:{line}", split, str(path))
@@ -277,17 +328,46 @@ def load_routerbench_pickle(path: Path) -> RoutingTable:
     models = routerbench_models(rows[0].keys())
     if not models:
         raise DataError(f"{path}: no '<model>' + '<model>|total_cost' column pairs")
-    builder = _Builder(arms=models)
+    builder = _Builder(arms=_canonical_arms(models, str(path)), columns=models)
     for index, row in enumerate(rows):
         split = row.get("split") if row.get("split") in ("train", "test") else None
         builder.add_routerbench_row(row, f"{path}:row {index}", split, str(path))
     return builder.build(str(path))
 
 
+def _jsonl_outcomes(record: dict[str, Any], where: str) -> dict[str, tuple[float, float]]:
+    """{canonical model: (score, cost)} of one JSONL row; every named model needs both."""
+    scores, costs = record["scores"], record["costs"]
+    if not isinstance(scores, dict) or not isinstance(costs, dict) or not scores:
+        raise DataError(f"{where}: 'scores' and 'costs' must be non-empty objects keyed by model")
+    if set(scores) != set(costs):
+        raise DataError(
+            f"{where}: 'scores' and 'costs' name different models "
+            f"(score only {sorted(set(scores) - set(costs))}, cost only {sorted(set(costs) - set(scores))})"
+        )
+    outcomes: dict[str, tuple[float, float]] = {}
+    for model in scores:
+        name = canonical_model_name(model)
+        if name in outcomes:
+            raise DataError(f"{where}: two keys name the model {name!r} (aliases of one another)")
+        if _is_blank(scores[model]):
+            raise DataError(f"{where}: score of {model!r} is missing")
+        outcomes[name] = (_score(scores[model], where, model), _cost(costs[model], where, model))
+    return outcomes
+
+
 def load_jsonl(path: Path) -> RoutingTable:
-    """Generic log: one JSON object per line with prompt, task, scores and costs per model."""
+    """Generic log: one JSON object per line with prompt, task, scores and costs per model.
+
+    Rows may name different models; a model a row does not name is unobserved on that row.
+    """
     path = Path(path)
-    builder: _Builder | None = None
+    prompts: list[str] = []
+    tasks: list[str] = []
+    splits: list[str] = []
+    sample_ids: list[str] = []
+    outcomes: list[dict[str, tuple[float, float]]] = []
+    arms: dict[str, int] = {}
     with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -302,40 +382,87 @@ def load_jsonl(path: Path) -> RoutingTable:
             for key in ("prompt", "task", "scores", "costs"):
                 if key not in record:
                     raise DataError(f"{where}: missing {key!r}")
-            scores, costs = record["scores"], record["costs"]
-            if not isinstance(scores, dict) or not isinstance(costs, dict) or not scores:
-                raise DataError(f"{where}: 'scores' and 'costs' must be non-empty objects keyed by model")
-            if builder is None:
-                builder = _Builder(arms=tuple(scores))
-            if set(scores) != set(builder.arms) or set(costs) != set(builder.arms):
-                missing = sorted(set(builder.arms) - set(scores) | set(builder.arms) - set(costs))
-                extra = sorted((set(scores) | set(costs)) - set(builder.arms))
-                raise DataError(
-                    f"{where}: models differ from the first row (missing {missing}, extra {extra})"
-                )
             if not isinstance(record["prompt"], str) or not isinstance(record["task"], str):
                 raise DataError(f"{where}: 'prompt' and 'task' must be strings")
             split = record.get("split")
             if split is not None and split not in ("train", "test"):
                 raise DataError(f"{where}: split must be 'train' or 'test', not {split!r}")
-            builder.prompts.append(record["prompt"])
-            builder.tasks.append(normalize_task(record["task"]))
-            builder.splits.append(split or _hash_split(record["prompt"]))
-            builder.sample_ids.append(str(record.get("id", line_number)))
-            builder.quality.append(
-                [
-                    _score(scores[m], where, m) if not _is_blank(scores[m]) else _missing(where, m)
-                    for m in builder.arms
-                ]
-            )
-            builder.cost.append([_cost(costs[m], where, m) for m in builder.arms])
-    if builder is None:
+            row = _jsonl_outcomes(record, where)
+            for name in row:
+                arms.setdefault(name, len(arms))
+            prompts.append(record["prompt"])
+            tasks.append(normalize_task(record["task"]))
+            splits.append(split or _hash_split(record["prompt"]))
+            sample_ids.append(str(record.get("id", line_number)))
+            outcomes.append(row)
+    if not prompts:
         raise DataError(f"{path}: empty file")
-    return builder.build(str(path))
+    quality = np.zeros((len(prompts), len(arms)), dtype=np.float64)
+    cost = np.zeros_like(quality)
+    observed = np.zeros(quality.shape, dtype=bool)
+    for index, row in enumerate(outcomes):
+        for name, (score, usd) in row.items():
+            quality[index, arms[name]] = score
+            cost[index, arms[name]] = usd
+            observed[index, arms[name]] = True
+    return RoutingTable(
+        prompts=tuple(prompts),
+        tasks=tuple(tasks),
+        splits=tuple(splits),
+        arms=tuple(arms),
+        quality=quality,
+        cost_usd=cost,
+        sample_ids=tuple(sample_ids),
+        source=str(path),
+        observed=None if observed.all() else observed,
+    )
 
 
-def _missing(where: str, model: str) -> float:
-    raise DataError(f"{where}: score of {model!r} is missing")
+def combine_tables(tables: Sequence[RoutingTable]) -> RoutingTable:
+    """One table over several sources: models are the union, a model a source lacks is unobserved there.
+
+    Rows keep their task names and splits; ``row_sources`` records where each row came from.
+    """
+    if len(tables) == 1:
+        return tables[0]
+    arms: dict[str, int] = {}
+    for table in tables:
+        for arm in table.arms:
+            arms.setdefault(arm, len(arms))
+    n, k = sum(len(t) for t in tables), len(arms)
+    quality = np.zeros((n, k))
+    cost = np.zeros((n, k))
+    observed = np.zeros((n, k), dtype=bool)
+    start = 0
+    for table in tables:
+        columns = [arms[a] for a in table.arms]
+        rows = slice(start, start + len(table))
+        quality[rows, columns] = table.quality
+        cost[rows, columns] = table.cost_usd
+        observed[rows, columns] = table.observed_mask
+        start += len(table)
+    return RoutingTable(
+        prompts=tuple(p for t in tables for p in t.prompts),
+        tasks=tuple(x for t in tables for x in t.tasks),
+        splits=tuple(x for t in tables for x in t.splits),
+        arms=tuple(arms),
+        quality=quality,
+        cost_usd=cost,
+        sample_ids=tuple(x for t in tables for x in (t.sample_ids or ("",) * len(t))),
+        skipped_rows=sum(t.skipped_rows for t in tables),
+        source=" + ".join(t.source for t in tables),
+        skipped_by_file={f: c for t in tables for f, c in t.skipped_by_file.items()},
+        observed=None if observed.all() else observed,
+        row_sources=tuple(s for t in tables for s in t.sources),
+    )
+
+
+def load_tables(paths: Sequence[Path]) -> RoutingTable:
+    """``load_table`` of each path, combined (``combine_tables``); a path given twice is an error."""
+    resolved = [Path(p).resolve() for p in paths]
+    if len(set(resolved)) != len(resolved):
+        raise DataError(f"--data: a source is given twice in {[str(p) for p in paths]}")
+    return combine_tables([load_table(Path(p)) for p in paths])
 
 
 def load_table(path: Path) -> RoutingTable:

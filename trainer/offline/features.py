@@ -5,7 +5,9 @@ Owns the glue between ``RoutingTable``, the encoder settings and ``EmbeddingCach
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
@@ -13,6 +15,21 @@ from tqdm import tqdm
 from barp_sidecar.policy.encoder import EncoderSettings, build_encoder
 from trainer.offline.datasets import RoutingTable
 from trainer.offline.embedding_cache import EmbeddingCache
+
+# When stderr is not a terminal (a redirected log), redraw at most this often so logs stay short.
+REDIRECTED_PROGRESS_INTERVAL_S = 30.0
+
+
+def progress_bar(*, enabled: bool = True, **kwargs: Any) -> tqdm:
+    """A tqdm bar on stderr; redirected to a file it updates every 30 s and without colour or unicode."""
+    redirected = not sys.stderr.isatty()
+    return tqdm(
+        disable=not enabled,
+        mininterval=REDIRECTED_PROGRESS_INTERVAL_S if redirected else 0.1,
+        ascii=redirected or None,
+        dynamic_ncols=not redirected,
+        **kwargs,
+    )
 
 
 def default_cache_dir() -> Path:
@@ -30,11 +47,11 @@ def embed_prompts(
     encoder.load()
     cache = EmbeddingCache(cache_dir, encoder)
     missing = cache.count_missing(list(prompts))
-    with tqdm(
+    with progress_bar(
         total=missing,
         desc=f"encode ({settings.truncation}, {settings.max_seq_length} tok)",
         unit="prompt",
-        disable=not show_progress or missing == 0,
+        enabled=show_progress and missing > 0,
     ) as bar:
         vectors = cache.embed(list(prompts), progress=bar.update)
     return vectors, encoder.encoder_id, int(encoder.dim)

@@ -170,6 +170,8 @@ def train_offline(
         )
     log_tau = math.log(tau_usd)
     arange = torch.arange(config.batch_size)
+    # Rows from sources that lack some arms: only observed arms may be chosen, so π and μ are masked.
+    observed_all = None if simulator.fully_observed else torch.as_tensor(simulator.observed)
 
     for step in range(config.steps):
         rows = rng.integers(0, n, config.batch_size)
@@ -185,8 +187,13 @@ def train_offline(
             config.exploration_epsilon_start
             + (config.exploration_epsilon - config.exploration_epsilon_start) * decay
         )
+        allowed = None if observed_all is None else observed_all[rows]
         with torch.no_grad():
-            behaviour = (1.0 - epsilon) * policy.probabilities(x, w) + epsilon / k
+            if allowed is None:
+                behaviour = (1.0 - epsilon) * policy.probabilities(x, w) + epsilon / k
+            else:
+                uniform = allowed.float() / allowed.sum(dim=1, keepdim=True)
+                behaviour = (1.0 - epsilon) * policy.probabilities(x, w, allowed) + epsilon * uniform
         arms = torch.multinomial(behaviour, 1, generator=None).squeeze(1)
         propensity = behaviour[arange, arms]
         quality_np, cost_np = simulator.reveal(rows, arms.numpy())
@@ -239,14 +246,22 @@ def train_offline(
         a_rep = arms.repeat(reps)
         mu_rep = propensity.repeat(reps)
         r_rep = reward_from_normalized_cost(quality.repeat(reps), cost_norm.repeat(reps), w_all)
-        terms = policy_gradient_terms(policy(x_rep, w_all), a_rep, mu_rep, config.importance_clip)
+        allowed_rep = None if allowed is None else allowed.repeat(reps, 1)
+        terms = policy_gradient_terms(
+            policy(x_rep, w_all, allowed_rep), a_rep, mu_rep, config.importance_clip, allowed_rep
+        )
         log_probs, probs, entropy = terms.log_probabilities, terms.probabilities, terms.entropy
+        # Masked arms have log π = −inf and π = 0: use 0 for them wherever log π is multiplied.
+        finite_log_probs = log_probs if allowed_rep is None else log_probs.masked_fill(~allowed_rep, 0.0)
         idx = torch.arange(x_rep.shape[0])
         if q_hat is not None and c_hat is not None:
             r_hat = reward_from_normalized_cost(q_hat.repeat(reps, 1), c_hat.repeat(reps, 1), w_all[:, None])
             if config.direct_term == "kl":
-                target = torch.softmax(r_hat / config.critic_temperature, dim=1)
-                direct = (target * log_probs).sum(dim=1)  # −KL(target ‖ π) up to a constant
+                scores = r_hat / config.critic_temperature
+                if allowed_rep is not None:
+                    scores = scores.masked_fill(~allowed_rep, float("-inf"))
+                target = torch.softmax(scores, dim=1)
+                direct = (target * finite_log_probs).sum(dim=1)  # −KL(target ‖ π) up to a constant
             else:
                 direct = (probs * r_hat).sum(dim=1)
             correction = importance_weighted_objective(terms, r_rep - r_hat[idx, a_rep])

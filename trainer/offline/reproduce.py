@@ -18,9 +18,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from barp_sidecar.errors import DataError
 from barp_sidecar.policy.network import PolicyNetwork
 from trainer.offline import baselines
-from trainer.offline.datasets import RoutingTable, load_table
+from trainer.offline.datasets import RoutingTable, load_tables
 from trainer.offline.evaluation import (
     QUALITY_WEIGHT_GRID,
     Chooser,
@@ -122,7 +123,13 @@ def run(args: argparse.Namespace) -> int:
     started = time.monotonic()
     show = not args.no_progress
     args.out.mkdir(parents=True, exist_ok=True)
-    table = load_table(args.data)
+    table = load_tables(args.data)
+    if not table.fully_observed:
+        raise DataError(
+            f"{table.source}: reproduce's full-information baselines need every model on every row, and "
+            "these sources do not share one model set; train with `offline` (several --data) and compare "
+            "with `evaluate` on each source"
+        )
     settings = encoder_settings(args)
     embeddings, encoder_id, _ = embed_table(table, settings, args.cache_dir or default_cache_dir(), show)
     torch.set_num_threads(args.threads)
@@ -168,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
     report["targets"] = check_targets(report)
     report["details"] = {
         **extras,
-        "data": str(args.data),
+        "data": [str(p) for p in args.data],
         "rows": len(table),
         "skipped_rows": table.skipped_rows,
         "encoder": {"id": encoder_id, **{k: v for k, v in vars(settings).items() if k != "device"}},

@@ -17,13 +17,14 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
-from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, save_checkpoint
+from barp_sidecar.errors import DataError
+from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, load_checkpoint, save_checkpoint
 from barp_sidecar.policy.encoder import BUILTIN_MODEL, TRUNCATION_SIDES, EncoderSettings
 from barp_sidecar.policy.network import PolicyNetwork
-from trainer.offline.datasets import RoutingTable, load_table
-from trainer.offline.features import default_cache_dir, embed_table
+from trainer.offline.datasets import RoutingTable, load_tables
+from trainer.offline.evaluate_command import evaluate_table, summary_lines
+from trainer.offline.features import default_cache_dir, embed_table, progress_bar
 from trainer.offline.preferences import PREFERENCE_SAMPLINGS
 from trainer.offline.reinforce import BASELINES, OfflineTrainingConfig, train_offline
 from trainer.offline.simulator import BanditSimulator
@@ -31,9 +32,14 @@ from trainer.offline.simulator import BanditSimulator
 TAU_PERCENTILE = 95.0
 
 
-def tau_from_costs(cost_usd: np.ndarray, percentile: float = TAU_PERCENTILE) -> float:
-    """τ = the given percentile of every (prompt, model) cost in the training table."""
-    tau = float(np.percentile(np.asarray(cost_usd, dtype=np.float64), percentile))
+def tau_from_costs(
+    cost_usd: np.ndarray, percentile: float = TAU_PERCENTILE, observed: np.ndarray | None = None
+) -> float:
+    """τ = the given percentile of every observed (prompt, model) cost in the training table."""
+    costs = np.asarray(cost_usd, dtype=np.float64)
+    if observed is not None:
+        costs = costs[np.asarray(observed, dtype=bool)]
+    tau = float(np.percentile(costs, percentile))
     if not tau > 0:
         raise ValueError("training costs are all zero: τ would be 0")
     return tau
@@ -52,7 +58,13 @@ def table_digest(table: RoutingTable) -> str:
 def add_training_arguments(parser: argparse.ArgumentParser) -> None:
     """Options shared by ``offline`` and ``reproduce``."""
     defaults = OfflineTrainingConfig()
-    parser.add_argument("--data", type=Path, required=True, help="RouterBench CSV dir, .pkl or .jsonl")
+    parser.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="RouterBench CSV dir, .pkl or .jsonl; several sources may have different models",
+    )
     parser.add_argument("--cache-dir", type=Path, default=None, help="embedding cache (default ~/.cache/…)")
     parser.add_argument(
         "--encoder-model", default=BUILTIN_MODEL, help="sentence-transformers name/path or hash:<dim>"
@@ -107,7 +119,7 @@ def fit_policy(
 ) -> tuple[PolicyNetwork, int]:
     """Train on bandit feedback simulated from ``table``; returns (network, number of reveals)."""
     simulator = BanditSimulator(table)
-    with tqdm(total=config.steps, desc=description, unit="step", disable=not show_progress) as bar:
+    with progress_bar(total=config.steps, desc=description, unit="step", enabled=show_progress) as bar:
 
         def progress(step: int, stats: dict[str, float]) -> None:
             bar.update(1)
@@ -175,15 +187,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     torch.set_num_threads(min(2, torch.get_num_threads()))
     started = time.monotonic()
-    table = load_table(args.data).where(split="train", tasks=args.tasks)
+    full = load_tables(args.data)
+    table = full.where(split="train", tasks=args.tasks)
     if len(table) == 0:
-        raise SystemExit(f"no training rows for tasks {args.tasks}")
+        raise DataError(f"{full.source}: no training rows for tasks {args.tasks or 'all'}")
     settings = encoder_settings(args)
     embeddings, encoder_id, dim = embed_table(
         table, settings, args.cache_dir or default_cache_dir(), not args.no_progress
     )
     torch.set_num_threads(args.threads)
-    tau_usd = tau_from_costs(table.cost_usd, args.tau_percentile)
+    tau_usd = tau_from_costs(table.cost_usd, args.tau_percentile, table.observed_mask)
+    tau_by_source = {
+        source: tau_from_costs(part.cost_usd, args.tau_percentile, part.observed_mask)
+        for source in dict.fromkeys(table.sources)
+        for part in [table.from_source(source)]
+    }
     config = training_config(args, args.seed)
     network, reveals = fit_policy(embeddings, table, tau_usd, config, not args.no_progress)
     manifest = build_manifest(
@@ -194,11 +212,40 @@ def run(args: argparse.Namespace) -> int:
         dim,
         tau_usd,
         config,
-        {"tau_percentile": args.tau_percentile, "bandit_reveals": reveals, "seed": args.seed},
+        {
+            "tau_percentile": args.tau_percentile,
+            "tau_usd_by_source": tau_by_source,
+            "sources": [str(p) for p in args.data],
+            "bandit_reveals": reveals,
+            "seed": args.seed,
+        },
     )
     final = write_checkpoint(args.out, network, manifest, args.force)
     print(
         f"wrote {args.out} (rows={len(table)}, tasks={list(table.task_names)}, τ=${tau_usd:.6g}, "
         f"sha256={final.weights_sha256[:12]}, {time.monotonic() - started:.0f}s)"
     )
+    print_held_out_summary(args, full)
     return 0
+
+
+def print_held_out_summary(args: argparse.Namespace, full: RoutingTable) -> None:
+    """The written policy on each source's test split (same ``--tasks``), as ``evaluate`` reports it."""
+    policy = load_checkpoint(args.out)
+    print("held-out summary (barp-trainer evaluate for the full report):")
+    for source in args.data:
+        held_out = full.from_source(str(source)).where(split="test", tasks=args.tasks)
+        if len(held_out) == 0:
+            print(f"{source}: no test split for these tasks")
+            continue
+        report = evaluate_table(
+            policy,
+            args.out,
+            held_out,
+            source,
+            split="test",
+            cache_dir=args.cache_dir or default_cache_dir(),
+            weights=[0.0, 0.5, 1.0],
+            show_progress=not args.no_progress,
+        )
+        print(summary_lines(report, ("0.0", "0.5", "1.0")))
