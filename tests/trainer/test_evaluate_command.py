@@ -124,7 +124,7 @@ def _bad_rows(kind):
         ("score", (), r"log.jsonl:6: score of 'big' is 1.5, outside \[0, 1\]"),
         ("disjoint", (), r"shares no model with the policy \(log models \['other-x'\]"),
         ("empty-split", (), r"the 'test' split has no rows"),
-        ("ok", ("--models", "big", "gpt-9"), r"--models: unknown model\(s\) \['gpt-9'\]"),
+        ("ok", ("--models", "big", "gpt-9"), r"--models: 1 unknown model\(s\) \['gpt-9'\]"),
         ("ok", ("--quality-weights", "1.5"), r"--quality-weights: \[1.5\] outside \[0, 1\]"),
     ],
 )
