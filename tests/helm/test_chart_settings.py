@@ -124,9 +124,7 @@ def test_sidecar_settings_load_and_match_the_pod(render_ci: Render, name: str | 
 
 
 def test_rendered_catalog_is_a_valid_catalog(render_ci: Render) -> None:
-    catalog_module = pytest.importorskip(
-        "barp_sidecar.providers.catalog", reason="the provider catalog (branch providers) is not merged yet"
-    )
+    catalog_module = importlib.import_module("barp_sidecar.providers.catalog")
     rendered = render_ci("sidecar")
     text = rendered.one("ConfigMap", "barp-sidecar-config")["data"]["catalog.yaml"]
     catalog = catalog_module.parse_catalog(yaml.safe_load(text), "catalog.yaml")
@@ -135,10 +133,7 @@ def test_rendered_catalog_is_a_valid_catalog(render_ci: Render) -> None:
 
 @pytest.mark.parametrize("name", ci_names())
 def test_trainer_settings_load(render_ci: Render, name: str | None, tmp_path: Path) -> None:
-    try:
-        trainer_settings = importlib.import_module("trainer.service.settings")
-    except ModuleNotFoundError:
-        pytest.skip("trainer/service/settings.py (branch learning) is not merged yet")
+    trainer_settings = importlib.import_module("trainer.service.settings")
     rendered = render_ci(name)
     config_map = rendered.one("ConfigMap", "-trainer-config")
     local = tmp_path / "trainer.yaml"
@@ -170,8 +165,6 @@ def test_trainer_settings_load(render_ci: Render, name: str | None, tmp_path: Pa
 
 
 def test_example_app_command_uses_real_route_flags(render_ci: Render) -> None:
-    if importlib.util.find_spec("barp_sidecar.rpc.client") is None:
-        pytest.skip("barp_sidecar.rpc.client (`barp-sidecar route`) is not in this checkout yet")
     rendered = render_ci("sidecar")
     app = rendered.one("Deployment", "-example-app")["spec"]["template"]["spec"]["containers"][0]
     script = app["command"][-1]
