@@ -18,31 +18,26 @@ import random
 import signal
 import sys
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import numpy as np
 import structlog
 
-from barp_sidecar.batching.batcher import MicroBatcher
-from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.errors import ConfigError
 from barp_sidecar.log import configure_logging
-from barp_sidecar.metrics import MetricsHttpServer, SidecarMetrics
-from barp_sidecar.policy.device import DevicePlacement, select_device
-from barp_sidecar.policy.embedding_cache import EmbeddingCache
-from barp_sidecar.policy.inference import InferenceRequest, InferenceResult, PolicyInference
-from barp_sidecar.policy.loading import load_encoder, load_startup_policy
-from barp_sidecar.policy.registry import PolicyRegistry
-from barp_sidecar.providers.catalog import catalog_for_policy
-from barp_sidecar.providers.forwarder import Forwarder
-from barp_sidecar.providers.metrics import ProviderMetrics
-from barp_sidecar.providers.pool import ProviderPool
-from barp_sidecar.providers.recorder import InMemoryCompletionRecorder
-from barp_sidecar.rewards.components import LearningComponents
-from barp_sidecar.routing.completion import CompletionService
-from barp_sidecar.routing.service import RoutingDefaults, RoutingService
-from barp_sidecar.rpc.server import GrpcServer
-from barp_sidecar.rpc.servicer import RouterServicer
 from barp_sidecar.settings import Settings, load_settings, validate
+
+if TYPE_CHECKING:
+    from barp_sidecar.batching.batcher import MicroBatcher
+    from barp_sidecar.metrics import MetricsHttpServer
+    from barp_sidecar.policy.device import DevicePlacement
+    from barp_sidecar.policy.inference import InferenceRequest, InferenceResult, PolicyInference
+    from barp_sidecar.policy.registry import PolicyRegistry
+    from barp_sidecar.providers.pool import ProviderPool
+    from barp_sidecar.providers.recorder import InMemoryCompletionRecorder
+    from barp_sidecar.rewards.components import LearningComponents
+    from barp_sidecar.routing.completion import CompletionService
+    from barp_sidecar.routing.service import RoutingService
+    from barp_sidecar.rpc.server import GrpcServer
 
 log = structlog.get_logger(__name__)
 
@@ -77,6 +72,8 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sett
 def select_placement(settings: Settings) -> DevicePlacement:
     import torch
 
+    from barp_sidecar.policy.device import select_device
+
     return select_device(settings.policy.device, torch.cuda.is_available())
 
 
@@ -84,6 +81,8 @@ class SidecarApp:
     """One sidecar: everything built from ``Settings`` by ``build``, started and closed in order."""
 
     def __init__(self, settings: Settings) -> None:
+        from barp_sidecar.metrics import SidecarMetrics
+
         self.settings = settings
         self.metrics = SidecarMetrics()
         self.placement: DevicePlacement | None = None
@@ -110,6 +109,28 @@ class SidecarApp:
         ``env`` is where secrets are read from: provider API keys, trainer/admin tokens (the process
         environment when None).
         """
+        # Imported here, not at module level: `serve` parses arguments and validates settings (and
+        # reports a bad one) before paying for torch and the components (docs/benchmarks.md, start-up).
+        import numpy as np
+
+        from barp_sidecar.batching.batcher import MicroBatcher
+        from barp_sidecar.domain import ExplorationMode
+        from barp_sidecar.metrics import MetricsHttpServer
+        from barp_sidecar.policy.embedding_cache import EmbeddingCache
+        from barp_sidecar.policy.inference import PolicyInference
+        from barp_sidecar.policy.loading import load_encoder, load_startup_policy
+        from barp_sidecar.policy.registry import PolicyRegistry
+        from barp_sidecar.providers.catalog import catalog_for_policy
+        from barp_sidecar.providers.forwarder import Forwarder
+        from barp_sidecar.providers.metrics import ProviderMetrics
+        from barp_sidecar.providers.pool import ProviderPool
+        from barp_sidecar.providers.recorder import InMemoryCompletionRecorder
+        from barp_sidecar.rewards.components import LearningComponents
+        from barp_sidecar.routing.completion import CompletionService
+        from barp_sidecar.routing.service import RoutingDefaults, RoutingService
+        from barp_sidecar.rpc.server import GrpcServer
+        from barp_sidecar.rpc.servicer import RouterServicer
+
         app = cls(settings)
         s = settings
         app.placement = select_placement(s)
@@ -198,6 +219,8 @@ class SidecarApp:
 
     async def start(self) -> None:
         """Bind ports and start serving; logs ``server_started`` with the bound ports."""
+        from barp_sidecar.policy.inference import InferenceRequest
+
         assert self.batcher is not None and self.grpc is not None and self.inference is not None
         try:
             if self.metrics_http is not None:

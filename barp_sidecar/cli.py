@@ -15,6 +15,8 @@ import argparse
 import importlib
 import sys
 
+from barp_sidecar.version import package_version
+
 SUBCOMMANDS = {
     "serve": ("barp_sidecar.app", "run the gRPC sidecar router"),
     "route": ("barp_sidecar.rpc.client", "ask a running sidecar for a decision (prints JSON)"),
@@ -29,6 +31,7 @@ SUBCOMMANDS = {
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = argparse.ArgumentParser(prog="barp-sidecar", description="BaRP LLM router sidecar")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = argv[0] if argv else None
     for name, (module_name, help_text) in SUBCOMMANDS.items():

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import sys
 from collections.abc import Sequence
+
+from barp_sidecar.version import package_version
 
 _SUBCOMMANDS = {
     "offline": (
@@ -26,20 +29,25 @@ _SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the ``chosen`` subcommand's module is imported (for its arguments), so that
+    ``barp-trainer --help`` and a bad command line answer without importing torch."""
     parser = argparse.ArgumentParser(prog="barp-trainer", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in _SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
         command = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(command)
-        command.set_defaults(_module=module)
+        command.set_defaults(_module_name=module_name)
+        if name == chosen:
+            importlib.import_module(module_name).add_arguments(command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return int(args._module.run(args))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if a in _SUBCOMMANDS), None)
+    args = build_parser(chosen).parse_args(argv)
+    return int(importlib.import_module(args._module_name).run(args))
 
 
 if __name__ == "__main__":

@@ -31,9 +31,7 @@ async def publish(port: int, events) -> None:
 async def test_restart_resumes_from_latest_and_its_log_offset(tmp_path):
     config = tmp_path / "trainer.yaml"
     # gate_margin 10 > any SNIPS gap (rewards are in [-1, 1]): the first evaluation always publishes v2.
-    config.write_text(
-        trainer_settings_yaml(tmp_path / "data", every_events=100, every_s=600, gate_margin=10)
-    )
+    config.write_text(trainer_settings_yaml(tmp_path / "data", every_events=100, every_s=600, gate_margin=10))
     settings = load_trainer_settings(config, {})
     rng = random.Random(1)
     app = TrainerApp(settings)

@@ -15,10 +15,8 @@ import signal
 import sys
 
 import structlog
-import torch
 
 from barp_sidecar.errors import CheckpointError, ConfigError
-from trainer.service.app import TrainerApp
 from trainer.service.settings import TrainerSettings, load_trainer_settings
 
 
@@ -55,6 +53,9 @@ def build_settings(args: argparse.Namespace) -> TrainerSettings:
 
 
 async def serve(settings: TrainerSettings) -> None:
+    # Imported here: settings are validated (and a bad one reported) before torch is imported.
+    from trainer.service.app import TrainerApp
+
     app = TrainerApp(settings)
     loop = asyncio.get_running_loop()
     signals_seen = 0
@@ -82,6 +83,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"barp-trainer: invalid setting {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.logging.level)
+    import torch
+
     torch.set_num_threads(min(2, torch.get_num_threads()))
     try:
         asyncio.run(serve(settings))
