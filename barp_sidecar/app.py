@@ -258,8 +258,17 @@ class SidecarApp:
             arms=len(self.registry.arms) if self.registry else None,
             device=self.placement.device if self.placement else None,
             dtype=self.placement.dtype_name if self.placement else None,
+            state_dir=self.settings.state.dir,
+            spool_dir=self.settings.rewards.spool_dir if self.settings.rewards.enabled else None,
+            trainer=self.settings.trainer.target,
             pid=os.getpid(),
         )
+        if self.settings.rewards.enabled and self.settings.trainer.target is None:
+            log.warning(
+                "outcomes_kept_without_trainer",
+                spool_max_bytes=self.settings.rewards.spool_max_bytes_without_trainer,
+                hint="set trainer.target to learn from ReportOutcome; until then outcomes wait in the spool",
+            )
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -5,17 +5,27 @@
 - ``decide`` load the policy in-process and print one decision as JSON (barp_sidecar.decide)
 - ``complete`` send a chat message through a running sidecar's Complete and stream the answer
   (barp_sidecar.rpc.complete_client)
+- ``report`` ReportOutcome for a decision on a running sidecar (barp_sidecar.rpc.outcome_client)
+- ``admin``  GetPolicy / ListPolicies / PinPolicy on a running sidecar's Admin port
+  (barp_sidecar.rpc.admin_client)
 
-Modules are imported only for the chosen subcommand, so ``--help`` stays fast.
+Modules are imported only for the chosen subcommand, so ``--help`` stays fast. Exit codes: 0 success,
+1 the server answered with an error (``CODE: message`` on stderr), 2 a bad argument or configuration
+(one line on stderr).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+from collections.abc import Callable
 
 from barp_sidecar.version import package_version
+
+# What a shell reports for a process killed by SIGPIPE (128 + 13).
+EXIT_BROKEN_PIPE = 141
 
 SUBCOMMANDS = {
     "serve": ("barp_sidecar.app", "run the gRPC sidecar router"),
@@ -25,6 +35,8 @@ SUBCOMMANDS = {
         "barp_sidecar.rpc.complete_client",
         "send a chat message through a running sidecar's Complete and stream the answer",
     ),
+    "report": ("barp_sidecar.rpc.outcome_client", "report a decision's outcome (ReportOutcome)"),
+    "admin": ("barp_sidecar.rpc.admin_client", "get / list / pin / unpin policy versions (Admin)"),
 }
 
 
@@ -40,7 +52,20 @@ def main(argv: list[str] | None = None) -> int:
         if name == chosen:
             importlib.import_module(module_name).add_arguments(sub)
     args = parser.parse_args(argv)
-    return int(importlib.import_module(args.module).run(args))
+    return run_handling_closed_stdout(lambda: int(importlib.import_module(args.module).run(args)))
+
+
+def run_handling_closed_stdout(command: Callable[[], int]) -> int:
+    """Run ``command``; when stdout's reader went away (``| head``), exit quietly like other Unix tools."""
+    try:
+        code = command()
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

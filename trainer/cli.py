@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from barp_sidecar.cli import run_handling_closed_stdout
 from barp_sidecar.version import package_version
 
 _SUBCOMMANDS = {
@@ -47,7 +48,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if a in _SUBCOMMANDS), None)
     args = build_parser(chosen).parse_args(argv)
-    return int(importlib.import_module(args._module_name).run(args))
+    return run_handling_closed_stdout(lambda: int(importlib.import_module(args._module_name).run(args)))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,13 @@ def trainer_channel(target: str, credentials: grpc.ChannelCredentials | None) ->
     return open_channel(target, credentials, options)
 
 
+def required_dir(directory: str | None, key: str) -> str:
+    """A directory setting that ``settings.resolve_state_dirs`` has filled in (``load_settings`` does)."""
+    if directory is None:
+        raise ConfigError(key, "is not set (load settings with load_settings, which resolves state.dir)")
+    return directory
+
+
 class LearningComponents:
     """Everything of the learning loop that lives in a sidecar."""
 
@@ -57,7 +64,13 @@ class LearningComponents:
         self.spool: RewardSpool | None = None
         self.recorder: OutcomeRecorder | None = None
         if r.enabled:
-            self.spool = RewardSpool(Path(r.spool_dir), r.spool_max_bytes, r.spool_fsync_interval_ms)
+            # Without a trainer nothing drains the spool: outcomes are kept for one, under a smaller quota.
+            quota = (
+                r.spool_max_bytes if t.target else min(r.spool_max_bytes, r.spool_max_bytes_without_trainer)
+            )
+            self.spool = RewardSpool(
+                Path(required_dir(r.spool_dir, "rewards.spool_dir")), quota, r.spool_fsync_interval_ms
+            )
             self.recorder = OutcomeRecorder(
                 PendingDecisionStore(r.pending_ttl_s, r.pending_max_entries),
                 self.spool,
@@ -65,6 +78,7 @@ class LearningComponents:
                 r.expiry_action,
                 r.default_quality,
                 sweep_interval_s=r.expiry_sweep_interval_s,
+                trainer_attached=t.target is not None,
             )
         self.channel: grpc.aio.Channel | None = None
         self.publisher: RewardPublisher | None = None
@@ -103,7 +117,7 @@ class LearningComponents:
                 self.trainer_watcher = TrainerPolicyWatcher(
                     self.manager,
                     self.channel,
-                    Path(t.checkpoint_cache_dir),
+                    Path(required_dir(t.checkpoint_cache_dir, "trainer.checkpoint_cache_dir")),
                     self.sidecar_id,
                     t.reconnect_initial_backoff_s,
                     t.reconnect_max_backoff_s,
@@ -167,6 +181,16 @@ class LearningCollector(Collector):
             yield outcomes
             yield GaugeMetricFamily(
                 "barp_pending_decisions", "Decisions waiting for ReportOutcome", value=len(c.recorder.store)
+            )
+            yield GaugeMetricFamily(
+                "barp_trainer_configured",
+                "1 when trainer.target is set; 0 = outcomes are only kept in the spool for a future trainer",
+                value=float(c.recorder.trainer_attached),
+            )
+            yield CounterMetricFamily(
+                "barp_outcomes_kept_without_trainer",
+                "Outcomes recorded while no trainer is configured (kept in the spool, not learned from yet)",
+                value=counters.kept_without_trainer,
             )
         if c.spool is not None:
             yield GaugeMetricFamily("barp_spool_bytes", "Bytes in the reward spool", value=c.spool.size_bytes)

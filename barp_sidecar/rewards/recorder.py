@@ -36,6 +36,8 @@ class RecorderCounters:
     refused_spool_full: int = 0
     # Outcomes acknowledged but not turned into events because a fallback model answered (Complete).
     skipped_fallback: int = 0
+    # Outcomes recorded while no trainer is configured: spooled for a future trainer, not learned from yet.
+    kept_without_trainer: int = 0
 
 
 def validate_outcome(decision_id: str, quality: float, cost_usd: float | None) -> None:
@@ -81,6 +83,7 @@ class OutcomeRecorder:
         expiry_action: str,
         default_quality: float,
         sweep_interval_s: float = 1.0,
+        trainer_attached: bool = True,
     ) -> None:
         if expiry_action not in ("drop", "default_quality"):
             raise ValueError(f"expiry_action must be 'drop' or 'default_quality', not {expiry_action!r}")
@@ -90,6 +93,8 @@ class OutcomeRecorder:
         self.expiry_action = expiry_action
         self.default_quality = default_quality
         self.sweep_interval_s = sweep_interval_s
+        # False when no trainer is configured: events are kept in the spool (under its quota) for one.
+        self.trainer_attached = trainer_attached
         self.counters = RecorderCounters()
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -168,15 +173,23 @@ class OutcomeRecorder:
         event = build_event(found, float(quality), cost_usd, self.sidecar_id, defaulted=False)
         try:
             await self.spool.append(event)
-        except SpoolFull:
+        except SpoolFull as full:
             self.counters.refused_spool_full += 1
             self.store.restore(found)
+            if not self.trainer_attached:
+                raise SpoolFull(
+                    f"no trainer is configured (trainer.target) and the outcomes kept for one fill the spool "
+                    f"({self.spool.size_bytes} bytes, rewards.spool_max_bytes_without_trainer): configure "
+                    "a trainer, or set rewards.enabled to false"
+                ) from full
             raise
         except BaseException:
             self.store.restore(found)
             raise
         self.store.mark_recorded(decision_id)
         self.counters.recorded += 1
+        if not self.trainer_attached:
+            self.counters.kept_without_trainer += 1
         return True
 
     async def sweep(self) -> int:

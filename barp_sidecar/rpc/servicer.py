@@ -117,4 +117,10 @@ class RouterServicer(CompleteServicerMixin, router_pb2_grpc.RouterServicer):
             )
         if code != grpc.StatusCode.OK:
             await context.abort(code, message)
-        return router_pb2.OutcomeAck(recorded=recorded)
+        assert self._outcomes is not None
+        delivery = (
+            router_pb2.OUTCOME_DELIVERY_TRAINER
+            if self._outcomes.trainer_attached
+            else router_pb2.OUTCOME_DELIVERY_KEPT_WITHOUT_TRAINER
+        )
+        return router_pb2.OutcomeAck(recorded=recorded, delivery=delivery)
