@@ -21,19 +21,22 @@ from barp_sidecar.gen.barp.v1 import admin_pb2, admin_pb2_grpc
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--target", default="127.0.0.1:50052", help="Admin address HOST:PORT (admin.port)")
-    parser.add_argument(
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--target", default="127.0.0.1:50052", help="Admin address HOST:PORT (admin.port)")
+    common.add_argument(
         "--token-env",
         default="BARP_ADMIN_TOKEN",
         help="environment variable holding the bearer token (sent when set)",
     )
-    parser.add_argument("--timeout-s", type=float, default=10.0, help="call deadline in seconds")
+    common.add_argument("--timeout-s", type=float, default=10.0, help="call deadline in seconds")
     actions = parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    actions.add_parser("get", help="the policy version serving now")
-    actions.add_parser("list", help="every version this sidecar knows")
-    pin = actions.add_parser("pin", help="serve VERSION and ignore newer announcements (rollback)")
+    actions.add_parser("get", parents=[common], help="the policy version serving now")
+    actions.add_parser("list", parents=[common], help="every version this sidecar knows")
+    pin = actions.add_parser(
+        "pin", parents=[common], help="serve VERSION and ignore newer announcements (rollback)"
+    )
     pin.add_argument("version", type=int, help="policy version (>= 1)")
-    actions.add_parser("unpin", help="follow the trainer's announcements again")
+    actions.add_parser("unpin", parents=[common], help="follow the trainer's announcements again")
 
 
 def policy_json(info: admin_pb2.PolicyInfo) -> dict[str, Any]:

@@ -56,7 +56,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServeProcess]:
 
 
 def admin(served: ServeProcess, *args: str) -> subprocess.CompletedProcess[str]:
-    return cli("admin", "--target", f"127.0.0.1:{served.started['admin_port']}", *args)
+    return cli("admin", *args, "--target", f"127.0.0.1:{served.started['admin_port']}")
 
 
 def test_server_started_names_the_state_directories(served: ServeProcess) -> None:
@@ -93,7 +93,7 @@ def test_admin_errors_are_one_line(served: ServeProcess) -> None:
     assert unknown.stderr.count("\n") == 1 and unknown.stderr.startswith("NOT_FOUND: version")
     bad = admin(served, "pin", "0")
     assert bad.returncode == 2 and bad.stderr.count("\n") == 1 and "version must be >= 1" in bad.stderr
-    down = cli("admin", "--target", "127.0.0.1:1", "--timeout-s", "2", "get")
+    down = cli("admin", "get", "--target", "127.0.0.1:1", "--timeout-s", "2")
     assert down.returncode == 1 and down.stderr.count("\n") == 1 and down.stderr.startswith("UNAVAILABLE")
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
+import time
 
 import grpc
 
@@ -62,3 +64,25 @@ async def test_restart_resumes_from_latest_and_its_log_offset(tmp_path):
             await asyncio.sleep(0.05)
     finally:
         await restarted.close()
+
+
+async def test_close_waits_for_the_training_step_in_flight(tmp_path):
+    """A step runs in a worker thread; close() must not return while it may still read or publish."""
+    config = tmp_path / "trainer.yaml"
+    config.write_text(trainer_settings_yaml(tmp_path / "data"))
+    app = TrainerApp(load_trainer_settings(config, {}))
+    await app.start()
+    entered, finished = threading.Event(), threading.Event()
+
+    def slow_step() -> dict:
+        entered.set()
+        time.sleep(0.5)
+        finished.set()
+        return {"events": 0, "published": None}
+
+    try:
+        app.loop.step = slow_step
+        assert await asyncio.to_thread(entered.wait, 30)
+    finally:
+        await app.close()
+    assert finished.is_set()
