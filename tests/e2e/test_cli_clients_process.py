@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,6 +68,14 @@ def test_server_started_names_the_state_directories(served: ServeProcess) -> Non
     while "outcomes_kept_without_trainer" not in served_events(served) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert "outcomes_kept_without_trainer" in served_events(served)
+
+
+def test_readme_names_the_fields_server_started_has(served: ServeProcess) -> None:
+    readme = (REPO / "README.md").read_text()
+    example = re.search(r'`\{"event": "server_started", (.*?)\}`', readme, re.S)
+    assert example is not None
+    fields = re.findall(r'"(\w+)": …', example.group(1))
+    assert fields and all(name in served.started for name in fields), fields
 
 
 def served_events(served: ServeProcess) -> list[str]:
