@@ -12,6 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from barp_sidecar.cli import run_handling_closed_stdout
+from barp_sidecar.errors import BarpError
 from barp_sidecar.version import package_version
 
 _SUBCOMMANDS = {
@@ -28,6 +29,10 @@ _SUBCOMMANDS = {
         "run the online trainer: ingest reward events, learn, publish policies",
     ),
 }
+
+
+# Bad arguments, data or files (argparse uses 2 as well).
+EXIT_USAGE = 2
 
 
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
@@ -48,7 +53,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = next((a for a in argv if a in _SUBCOMMANDS), None)
     args = build_parser(chosen).parse_args(argv)
-    return run_handling_closed_stdout(lambda: int(importlib.import_module(args._module_name).run(args)))
+    try:
+        return run_handling_closed_stdout(lambda: int(importlib.import_module(args._module_name).run(args)))
+    except (BarpError, FileExistsError, FileNotFoundError) as error:
+        # A user's mistake (bad --data, existing --out, a bad file): one line, exit 2, no traceback.
+        print(f"barp-trainer {args.command}: {error}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

@@ -20,7 +20,8 @@ def test_offline_writes_a_loadable_checkpoint_recording_tau(tmp_path):
     assert policy.manifest.tau_usd > 0
     assert policy.manifest.training["tasks"] == ["arc_challenge", "winogrande"]
     assert policy.manifest.training["bandit_reveals"] == 60 * 32
-    assert main([*args, "--force"]) == 0  # replacing needs --force
+    assert main(args) == 2  # replacing needs --force
+    assert main([*args, "--force"]) == 0
     assert load_checkpoint(out).manifest.training["tasks"] == ["arc_challenge", "mbpp", "winogrande"]
 
 
@@ -57,3 +58,25 @@ def test_reproduce_writes_report_json_md_and_png(tmp_path):
     assert "headroom_captured" in report and "targets" in report
     assert (out / "pareto.png").stat().st_size > 10_000
     assert "| barp |" in (out / "report.md").read_text()
+
+
+def test_an_existing_out_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    import trainer.offline.train_command as train_command
+
+    def must_not_load(path):
+        raise AssertionError("loaded the data although --out exists")
+
+    monkeypatch.setattr(train_command, "load_table", must_not_load)
+    (tmp_path / "policy").mkdir()
+    args = ["offline", "--data", str(tmp_path / "log.jsonl"), "--out", str(tmp_path / "policy"), *FAST]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--out" in err and "--force" in err
+
+
+def test_bad_data_is_one_line_and_exit_2(tmp_path, capsys):
+    args = ["offline", "--data", str(tmp_path / "nonexistent"), "--out", str(tmp_path / "policy"), *FAST]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("barp-trainer offline: ") and err.count("\n") == 1 and "no such file" in err
+    assert not (tmp_path / "policy").exists()

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from barp_sidecar.errors import DataError
 from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, save_checkpoint
 from barp_sidecar.policy.encoder import BUILTIN_MODEL, TRUNCATION_SIDES, EncoderSettings
 from barp_sidecar.policy.network import PolicyNetwork
@@ -173,11 +174,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Checked before minutes of embedding and training, not after.
+    if Path(args.out).exists() and not args.force:
+        raise FileExistsError(f"--out {args.out} exists; pass --force to replace it")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     started = time.monotonic()
     table = load_table(args.data).where(split="train", tasks=args.tasks)
     if len(table) == 0:
-        raise SystemExit(f"no training rows for tasks {args.tasks}")
+        raise DataError(f"--data {args.data}: no training rows for tasks {args.tasks}")
     settings = encoder_settings(args)
     embeddings, encoder_id, dim = embed_table(
         table, settings, args.cache_dir or default_cache_dir(), not args.no_progress
