@@ -10,7 +10,8 @@ median / max wall seconds against the targets of issue 10:
 - ``barp-sidecar decide`` (shipped policy, real encoder)          target ≤ 4 s
 
 and, to show what limits ``serve``/``decide``, the parts: ``import torch``, the encoder + policy load
-after it, and ``import sentence_transformers`` (which the shipped encoder no longer needs).
+after it, and ``import sentence_transformers`` (which the shipped encoder no longer needs), with
+``decide`` through sentence-transformers (the same files, the path before) measured side by side.
 
     python -m bench.startup --repeats 5 --json out/bench/startup.json
 """
@@ -32,6 +33,8 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from barp_sidecar.policy.encoder import builtin_model_path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 SERVE_TIMEOUT_S = 120.0
@@ -169,6 +172,13 @@ def measure(repeats: int, work_dir: Path) -> list[Row]:
         ),
         ("barp-sidecar serve -> SERVING", 4.0, lambda: serve_until_serving(work_dir)),
         ("barp-sidecar decide", 4.0, lambda: timed_command(["-m", "barp_sidecar.cli", "decide", PROMPT], 0)),
+        (
+            "  before: decide via sentence-transformers",
+            None,
+            lambda: timed_command(
+                ["-m", "barp_sidecar.cli", "decide", "--encoder-model", builtin_model_path(), PROMPT], 0
+            ),
+        ),
         (
             "  part: import sentence_transformers (not used)",
             None,
