@@ -66,7 +66,30 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sett
         settings = dataclasses.replace(
             settings, metrics=dataclasses.replace(settings.metrics, port=args.metrics_port)
         )
-    return validate(settings)
+    return check_paths(validate(settings))
+
+
+def check_paths(settings: Settings) -> Settings:
+    """The files and directories the settings name exist: a typo is reported at once, naming the key,
+    before torch and the policy are loaded (contents are checked later, where they are read)."""
+    s = settings
+    directories = {"policy.checkpoint_dir": s.policy.checkpoint_dir}
+    files = {
+        "providers.catalog_file": s.providers.catalog_file,
+        "server.tls_cert_file": s.server.tls_cert_file,
+        "server.tls_key_file": s.server.tls_key_file,
+        "server.tls_client_ca_file": s.server.tls_client_ca_file,
+        "trainer.tls_ca_file": s.trainer.tls_ca_file,
+        "trainer.tls_cert_file": s.trainer.tls_cert_file,
+        "trainer.tls_key_file": s.trainer.tls_key_file,
+    }
+    for key, directory in directories.items():
+        if directory is not None and not os.path.isdir(directory):
+            raise ConfigError(key, f"no such directory: {directory}")
+    for key, file in files.items():
+        if file is not None and not os.path.isfile(file):
+            raise ConfigError(key, f"no such file: {file}")
+    return settings
 
 
 def select_placement(settings: Settings) -> DevicePlacement:
