@@ -18,14 +18,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import os
 import sys
-from collections.abc import Callable
 
-from barp_sidecar.version import package_version
-
-# What a shell reports for a process killed by SIGPIPE (128 + 13).
-EXIT_BROKEN_PIPE = 141
+from barp_sidecar.console import package_version, run_handling_closed_stdout
 
 SUBCOMMANDS = {
     "serve": ("barp_sidecar.app", "run the gRPC sidecar router"),
@@ -53,19 +48,6 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module(module_name).add_arguments(sub)
     args = parser.parse_args(argv)
     return run_handling_closed_stdout(lambda: int(importlib.import_module(args.module).run(args)))
-
-
-def run_handling_closed_stdout(command: Callable[[], int]) -> int:
-    """Run ``command``; when stdout's reader went away (``| head``), exit quietly like other Unix tools."""
-    try:
-        code = command()
-        sys.stdout.flush()
-        return code
-    except BrokenPipeError:
-        # Point stdout at /dev/null so the interpreter's final flush does not raise again.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
-        return EXIT_BROKEN_PIPE
 
 
 if __name__ == "__main__":

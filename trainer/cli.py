@@ -11,9 +11,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from barp_sidecar.cli import run_handling_closed_stdout
+from barp_sidecar.console import package_version, run_handling_closed_stdout
 from barp_sidecar.errors import BarpError
-from barp_sidecar.version import package_version
 
 _SUBCOMMANDS = {
     "offline": (
