@@ -28,13 +28,12 @@ from barp_sidecar.settings import Settings, load_settings, validate
 
 if TYPE_CHECKING:
     from barp_sidecar.batching.batcher import MicroBatcher
+    from barp_sidecar.learning_wiring import LearningComponents
     from barp_sidecar.metrics import MetricsHttpServer
     from barp_sidecar.policy.device import DevicePlacement
     from barp_sidecar.policy.inference import InferenceRequest, InferenceResult, PolicyInference
     from barp_sidecar.policy.registry import PolicyRegistry
     from barp_sidecar.providers.pool import ProviderPool
-    from barp_sidecar.providers.recorder import InMemoryCompletionRecorder
-    from barp_sidecar.rewards.components import LearningComponents
     from barp_sidecar.routing.completion import CompletionService
     from barp_sidecar.routing.service import RoutingService
     from barp_sidecar.rpc.server import GrpcServer
@@ -114,7 +113,6 @@ class SidecarApp:
         self.batcher: MicroBatcher[InferenceRequest, InferenceResult] | None = None
         self.routing: RoutingService | None = None
         self.provider_pool: ProviderPool | None = None
-        self.completion_recorder: InMemoryCompletionRecorder | None = None
         self.completion: CompletionService | None = None
         self.grpc: GrpcServer | None = None
         self.metrics_http: MetricsHttpServer | None = None
@@ -137,7 +135,7 @@ class SidecarApp:
         import numpy as np
 
         from barp_sidecar.batching.batcher import MicroBatcher
-        from barp_sidecar.domain import ExplorationMode
+        from barp_sidecar.learning_wiring import LearningComponents
         from barp_sidecar.metrics import MetricsHttpServer
         from barp_sidecar.policy.embedding_cache import EmbeddingCache
         from barp_sidecar.policy.inference import PolicyInference
@@ -147,10 +145,8 @@ class SidecarApp:
         from barp_sidecar.providers.forwarder import Forwarder
         from barp_sidecar.providers.metrics import ProviderMetrics
         from barp_sidecar.providers.pool import ProviderPool
-        from barp_sidecar.providers.recorder import InMemoryCompletionRecorder
-        from barp_sidecar.rewards.components import LearningComponents
         from barp_sidecar.routing.completion import CompletionService
-        from barp_sidecar.routing.service import RoutingDefaults, RoutingService
+        from barp_sidecar.routing.service import RoutingService
         from barp_sidecar.rpc.server import GrpcServer
         from barp_sidecar.rpc.servicer import RouterServicer
 
@@ -195,13 +191,8 @@ class SidecarApp:
             arms=app.registry.arms,
             encoder_id=app.registry.encoder_id,
             batcher=app.batcher,
-            defaults=RoutingDefaults(
-                quality_weight=s.routing.default_quality_weight,
-                exploration=ExplorationMode(s.routing.default_exploration),
-                epsilon=s.routing.epsilon,
-                max_prompt_bytes=s.server.max_prompt_bytes,
-                disabled_models=disabled,
-            ),
+            settings=s.routing,
+            max_prompt_bytes=s.server.max_prompt_bytes,
             rng=np.random.default_rng(s.routing.seed),
             on_decision=recorder.remember_decision if recorder is not None else None,
         )
@@ -214,12 +205,9 @@ class SidecarApp:
             provider_metrics,
             rng=random.Random(s.routing.seed),
         )
-        # Every completed Complete's cost and latency: kept in memory and handed to the pending decision.
-        app.completion_recorder = InMemoryCompletionRecorder(
-            s.providers.completion_records_max_entries, forward_to=recorder
-        )
+        # Every completed Complete's cost goes into its pending decision (the reward path).
         forwarder = Forwarder(
-            catalog, app.provider_pool, app.completion_recorder, provider_metrics, s.providers.max_fallbacks
+            catalog, app.provider_pool, recorder, provider_metrics, s.providers.max_fallbacks
         )
         app.completion = CompletionService(
             routing=app.routing,

@@ -13,13 +13,9 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from barp_sidecar.errors import BarpError, InvalidArgument
-from barp_sidecar.policy.encoder import BUILTIN_MODEL, BUILTIN_MODEL_ID
-
-if TYPE_CHECKING:
-    from barp_sidecar.policy.checkpoint import LoadedPolicy
 
 GREEDY_NOTE = "greedy: the most probable allowed model is chosen with certainty, so propensity is 1.0"
 SAMPLE_NOTE = "sampled from the probabilities: propensity is the chosen model's probability"
@@ -51,14 +47,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def encoder_model_for(policy: LoadedPolicy, override: str | None) -> str:
-    """The model the encoder loads: the override, the shipped MiniLM files, or the manifest's id."""
-    if override:
-        return override
-    encoder_id = policy.manifest.encoder.encoder_id
-    return BUILTIN_MODEL if encoder_id == BUILTIN_MODEL_ID else encoder_id
-
-
 def decide(args: argparse.Namespace) -> dict[str, object]:
     if not (math.isfinite(args.quality_weight) and 0.0 <= args.quality_weight <= 1.0):
         raise InvalidArgument("quality_weight", f"must be in [0, 1], got {args.quality_weight}")
@@ -68,37 +56,34 @@ def decide(args: argparse.Namespace) -> dict[str, object]:
     import numpy as np
     import torch
 
+    from barp_sidecar.domain import ExplorationMode
     from barp_sidecar.policy.builtin import builtin_policy_dir
     from barp_sidecar.policy.checkpoint import load_checkpoint
     from barp_sidecar.policy.encoder import build_encoder
+    from barp_sidecar.policy.loading import encoder_model_for
+    from barp_sidecar.policy.mask import allowed_mask
+    from barp_sidecar.routing.exploration import choose_arm
 
     policy = load_checkpoint(args.policy or builtin_policy_dir())
     arms = policy.manifest.arms
-    allowed = None
-    if args.allowed_model:
-        unknown = sorted(set(args.allowed_model) - set(arms))
-        if unknown:
-            raise InvalidArgument("allowed_model", f"unknown models {unknown}; known: {list(arms)}")
-        allowed = torch.tensor([[a in args.allowed_model for a in arms]])
-    settings = policy.manifest.encoder.settings(encoder_model_for(policy, args.encoder_model), args.device)
-    encoder = build_encoder(settings)
+    # The sidecar's own rules: the same mask, encoder choice and arm choice as a Route.
+    mask = allowed_mask(arms, tuple(args.allowed_model))
+    identity = policy.manifest.encoder
+    encoder = build_encoder(identity.settings(encoder_model_for(identity, args.encoder_model), args.device))
     encoder.load()
-    if encoder.dim != policy.manifest.encoder.dim:
-        raise InvalidArgument(
-            "encoder_model", f"dim {encoder.dim} != the policy's {policy.manifest.encoder.dim}"
-        )
+    if encoder.dim != identity.dim:
+        raise InvalidArgument("encoder_model", f"dim {encoder.dim} != the policy's {identity.dim}")
     embedding = torch.as_tensor(encoder.encode([args.prompt]))
+    allowed = None if mask.all() else torch.from_numpy(mask).reshape(1, -1)
     with torch.inference_mode():
         logits = policy.network(embedding, torch.tensor([args.quality_weight]), allowed)[0].float()
     p = torch.softmax(logits, dim=-1).numpy().astype(np.float64)
-    if args.sample:
-        index = int(np.random.default_rng(args.seed).choice(len(arms), p=p / p.sum()))
-    else:
-        index = int(np.argmax(p))
+    mode = ExplorationMode.SAMPLE if args.sample else ExplorationMode.GREEDY
+    index, propensity = choose_arm(p, mask, mode, 0.0, np.random.default_rng(args.seed))
     decision: dict[str, object] = {
         "model": arms[index],
-        "propensity": float(p[index]) if args.sample else 1.0,
-        "exploration": "sample" if args.sample else "greedy",
+        "propensity": propensity,
+        "exploration": mode.value,
         "propensity_note": SAMPLE_NOTE if args.sample else GREEDY_NOTE,
         "probabilities": {arm: round(float(v), 6) for arm, v in zip(arms, p, strict=True)},
         "policy_version": policy.version,
@@ -107,12 +92,9 @@ def decide(args: argparse.Namespace) -> dict[str, object]:
         "encoder": policy.manifest.encoder.encoder_id,
     }
     if args.explain:
-        decision["explanation"] = explanation(arms, logits.tolist(), p.tolist(), allowed_names(args, arms))
+        allowed_names = {arm for arm, ok in zip(arms, mask, strict=True) if ok}
+        decision["explanation"] = explanation(arms, logits.tolist(), p.tolist(), allowed_names)
     return decision
-
-
-def allowed_names(args: argparse.Namespace, arms: tuple[str, ...]) -> set[str]:
-    return set(args.allowed_model) if args.allowed_model else set(arms)
 
 
 def explanation(

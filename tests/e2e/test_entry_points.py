@@ -6,7 +6,6 @@ same entry points the Dockerfile's build-time check and the Helm chart's command
 
 from __future__ import annotations
 
-import importlib.util
 import re
 import subprocess
 import sys
@@ -23,7 +22,6 @@ HELP_TIMEOUT_S = 60
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
 def test_console_script_help(script: str) -> None:
     module, function = SCRIPTS[script].split(":")
-    assert importlib.util.find_spec(module) is not None, f"{module} (behind {script}) is missing"
     code = (
         f"import sys; from {module} import {function} as main; "
         f"sys.argv[0] = {script!r}; sys.exit(main(['--help']))"

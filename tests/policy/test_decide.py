@@ -10,7 +10,8 @@ import torch
 from barp_sidecar import decide
 from barp_sidecar.policy.builtin import builtin_policy_dir
 from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, load_checkpoint, save_checkpoint
-from barp_sidecar.policy.encoder import BUILTIN_MODEL_ID
+from barp_sidecar.policy.encoder import BUILTIN_MODEL, BUILTIN_MODEL_ID
+from barp_sidecar.policy.loading import encoder_model_for
 from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
 
 ARMS = ("small", "medium", "large")
@@ -61,7 +62,8 @@ def test_decide_respects_allowed_models_and_samples_with_a_propensity(policy_dir
     [
         (["--quality-weight", "1.5"], "quality_weight"),
         (["--quality-weight", "nan"], "quality_weight"),
-        (["--allowed-model", "nope"], "unknown models"),
+        (["--allowed-model", "nope"], "unknown model(s)"),
+        (["--allowed-model", "large", "--allowed-model", "large"], "duplicate"),
     ],
 )
 def test_decide_rejects_bad_arguments_with_exit_code_2(policy_dir, capsys, argv, message):
@@ -114,9 +116,14 @@ def test_a_missing_policy_directory_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_encoder_model_comes_from_the_manifest_unless_overridden(policy_dir):
-    policy = load_checkpoint(policy_dir)
-    assert decide.encoder_model_for(policy, None) == "hash:32"
-    assert decide.encoder_model_for(policy, "/models/minilm") == "/models/minilm"
+    identity = load_checkpoint(policy_dir).manifest.encoder
+    assert encoder_model_for(identity, None) == "hash:32"
+    assert encoder_model_for(identity, "/models/minilm") == "hash:32"  # self-describing, as in the sidecar
+    builtin = EncoderIdentity(BUILTIN_MODEL_ID, 384, 256, "tail")
+    assert encoder_model_for(builtin, None) == BUILTIN_MODEL
+    assert encoder_model_for(builtin, "/models/minilm") == "/models/minilm"
+    other = EncoderIdentity("org/other-encoder", 384, 256, "tail")
+    assert encoder_model_for(other, None) == "org/other-encoder"
 
 
 def test_the_shipped_default_policy_loads():
