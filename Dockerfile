@@ -39,7 +39,8 @@ RUN groupadd --system --gid 10001 barp \
        --shell /usr/sbin/nologin barp
 COPY --from=build /opt/barp /opt/barp
 # Offline by construction: the Hugging Face libraries never reach for the hub, and every cache they or
-# torch might write goes to /tmp (an emptyDir in the Helm chart: the root filesystem is read-only).
+# torch might write goes to /tmp (an emptyDir in the Helm chart: the root filesystem is read-only); so does
+# the sidecar's default state.dir (the chart mounts the spool and policy cache explicitly).
 # OMP_WAIT_POLICY=PASSIVE: a spinning OpenMP pool made encodes 10-30x slower on shared CPUs
 # (docs/benchmarks.md, Route load).
 ENV PATH=/opt/barp/bin:$PATH \
@@ -49,6 +50,7 @@ ENV PATH=/opt/barp/bin:$PATH \
     TRANSFORMERS_OFFLINE=1 \
     HF_HOME=/tmp/hf \
     XDG_CACHE_HOME=/tmp/cache \
+    XDG_STATE_HOME=/tmp/state \
     TORCHINDUCTOR_CACHE_DIR=/tmp/torchinductor \
     OMP_WAIT_POLICY=PASSIVE
 # Fail the build, not the first start, when the weights, the policy or either entry point is missing.

@@ -5,7 +5,7 @@ OUT ?= out
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint test test-all protos train-default reproduce demo fake-provider \
-	bench-route bench-forward bench-learning helm-check helm-docs
+	bench-route bench-forward bench-learning bench-startup quickstart helm-check helm-docs settings-docs
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -48,12 +48,18 @@ bench-forward:  ## Forwarding overhead: Complete vs Route vs the provider direct
 	$(PYTHON) -m bench.forward_load --rate-rps 140 --tokens 8 --tokens-per-s 10 --requests 2100 --rounds 3 \
 		--json $(OUT)/bench/forward-streams.json
 
+bench-startup:  ## Start-up times (--help, config error, serve until SERVING, decide) against the targets
+	$(PYTHON) -m bench.startup --repeats 5 --json $(OUT)/bench/startup.json
+
 bench-learning:  ## Trainer ingestion (durable acks) and Route p99 during hot swaps
 	$(PYTHON) -m bench.trainer_ingest --json $(OUT)/bench/trainer_ingest.json
 
 helm-check:  ## Lint Dockerfile + Helm chart, render every ci/ values file, validate against Kubernetes schemas
 	PYTHON=$(PYTHON) bash .ci/install-helm.sh .tools/bin
 	PYTHON=$(PYTHON) bash .ci/helm-check.sh
+
+settings-docs:  ## Regenerate docs/trainer-configuration.md from trainer/service/settings.py (a test checks it)
+	$(PYTHON) -m trainer.service.settings_reference
 
 helm-docs:  ## Regenerate helm/barp-sidecar/values.schema.json and its README values table (after settings change)
 	$(PYTHON) helm/generate_docs.py

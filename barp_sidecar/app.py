@@ -16,32 +16,27 @@ import dataclasses
 import os
 import random
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-import numpy as np
 import structlog
 
-from barp_sidecar.batching.batcher import MicroBatcher
 from barp_sidecar.errors import ConfigError
-from barp_sidecar.gen.barp.v1 import router_pb2_grpc
-from barp_sidecar.learning_wiring import LearningComponents
 from barp_sidecar.log import configure_logging
-from barp_sidecar.metrics import MetricsHttpServer, SidecarMetrics
-from barp_sidecar.policy.device import DevicePlacement, select_device
-from barp_sidecar.policy.embedding_cache import EmbeddingCache
-from barp_sidecar.policy.inference import InferenceRequest, InferenceResult, PolicyInference
-from barp_sidecar.policy.loading import load_encoder, load_startup_policy
-from barp_sidecar.policy.registry import PolicyRegistry
 from barp_sidecar.process import EXIT_CONFIG as EXIT_CONFIG
 from barp_sidecar.process import config_error_exit, serve_until_signalled
-from barp_sidecar.providers.catalog import catalog_for_policy
-from barp_sidecar.providers.forwarder import Forwarder
-from barp_sidecar.providers.metrics import ProviderMetrics
-from barp_sidecar.providers.pool import ProviderPool
-from barp_sidecar.routing.completion import CompletionService
-from barp_sidecar.routing.service import RoutingService
-from barp_sidecar.rpc.server import ROUTER_SERVICE, GrpcServer, Service
-from barp_sidecar.rpc.servicer import RouterServicer
 from barp_sidecar.settings import Settings, load_settings, validate
+
+if TYPE_CHECKING:
+    from barp_sidecar.batching.batcher import MicroBatcher
+    from barp_sidecar.learning_wiring import LearningComponents
+    from barp_sidecar.metrics import MetricsHttpServer
+    from barp_sidecar.policy.device import DevicePlacement
+    from barp_sidecar.policy.inference import InferenceRequest, InferenceResult, PolicyInference
+    from barp_sidecar.policy.registry import PolicyRegistry
+    from barp_sidecar.providers.pool import ProviderPool
+    from barp_sidecar.routing.completion import CompletionService
+    from barp_sidecar.routing.service import RoutingService
+    from barp_sidecar.rpc.server import GrpcServer
 
 log = structlog.get_logger(__name__)
 
@@ -74,11 +69,36 @@ def settings_from_args(args: argparse.Namespace, env: Mapping[str, str]) -> Sett
         settings = dataclasses.replace(
             settings, admin=dataclasses.replace(settings.admin, port=args.admin_port)
         )
-    return validate(settings)
+    return check_paths(validate(settings))
+
+
+def check_paths(settings: Settings) -> Settings:
+    """The files and directories the settings name exist: a typo is reported at once, naming the key,
+    before torch and the policy are loaded (contents are checked later, where they are read)."""
+    s = settings
+    directories = {"policy.checkpoint_dir": s.policy.checkpoint_dir}
+    files = {
+        "providers.catalog_file": s.providers.catalog_file,
+        "server.tls_cert_file": s.server.tls_cert_file,
+        "server.tls_key_file": s.server.tls_key_file,
+        "server.tls_client_ca_file": s.server.tls_client_ca_file,
+        "trainer.tls_ca_file": s.trainer.tls_ca_file,
+        "trainer.tls_cert_file": s.trainer.tls_cert_file,
+        "trainer.tls_key_file": s.trainer.tls_key_file,
+    }
+    for key, directory in directories.items():
+        if directory is not None and not os.path.isdir(directory):
+            raise ConfigError(key, f"no such directory: {directory}")
+    for key, file in files.items():
+        if file is not None and not os.path.isfile(file):
+            raise ConfigError(key, f"no such file: {file}")
+    return settings
 
 
 def select_placement(settings: Settings) -> DevicePlacement:
     import torch
+
+    from barp_sidecar.policy.device import select_device
 
     return select_device(settings.policy.device, torch.cuda.is_available())
 
@@ -87,6 +107,8 @@ class SidecarApp:
     """One sidecar: everything built from ``Settings`` by ``build``, started and closed in order."""
 
     def __init__(self, settings: Settings) -> None:
+        from barp_sidecar.metrics import SidecarMetrics
+
         self.settings = settings
         self.metrics = SidecarMetrics()
         self.placement: DevicePlacement | None = None
@@ -112,6 +134,27 @@ class SidecarApp:
         ``env`` is where secrets are read from: provider API keys, trainer/admin tokens (the process
         environment when None).
         """
+        # Imported here, not at module level: `serve` parses arguments and validates settings (and
+        # reports a bad one) before paying for torch and the components (docs/benchmarks.md, start-up).
+        import numpy as np
+
+        from barp_sidecar.batching.batcher import MicroBatcher
+        from barp_sidecar.gen.barp.v1 import router_pb2_grpc
+        from barp_sidecar.learning_wiring import LearningComponents
+        from barp_sidecar.metrics import MetricsHttpServer
+        from barp_sidecar.policy.embedding_cache import EmbeddingCache
+        from barp_sidecar.policy.inference import PolicyInference
+        from barp_sidecar.policy.loading import load_encoder, load_startup_policy
+        from barp_sidecar.policy.registry import PolicyRegistry
+        from barp_sidecar.providers.catalog import catalog_for_policy
+        from barp_sidecar.providers.forwarder import Forwarder
+        from barp_sidecar.providers.metrics import ProviderMetrics
+        from barp_sidecar.providers.pool import ProviderPool
+        from barp_sidecar.routing.completion import CompletionService
+        from barp_sidecar.routing.service import RoutingService
+        from barp_sidecar.rpc.server import ROUTER_SERVICE, GrpcServer, Service
+        from barp_sidecar.rpc.servicer import RouterServicer
+
         app = cls(settings)
         s = settings
         app.placement = select_placement(s)
@@ -197,6 +240,8 @@ class SidecarApp:
 
     async def start(self) -> None:
         """Bind ports and start serving; logs ``server_started`` with the bound ports."""
+        from barp_sidecar.policy.inference import InferenceRequest
+
         assert self.batcher is not None and self.grpc is not None and self.inference is not None
         try:
             if self.metrics_http is not None:
@@ -234,8 +279,17 @@ class SidecarApp:
             arms=len(self.registry.arms) if self.registry else None,
             device=self.placement.device if self.placement else None,
             dtype=self.placement.dtype_name if self.placement else None,
+            state_dir=self.settings.state.dir,
+            spool_dir=self.settings.rewards.spool_dir if self.settings.rewards.enabled else None,
+            trainer=self.settings.trainer.target,
             pid=os.getpid(),
         )
+        if self.settings.rewards.enabled and self.settings.trainer.target is None:
+            log.warning(
+                "outcomes_kept_without_trainer",
+                spool_max_bytes=self.settings.rewards.spool_max_bytes_without_trainer,
+                hint="set trainer.target to learn from ReportOutcome; until then outcomes wait in the spool",
+            )
 
     def request_stop(self) -> None:
         self._stop.set()

@@ -215,10 +215,13 @@ class RewardSettings:
     # On expiry: "drop", or "default_quality" (record default_quality as the outcome).
     expiry_action: ExpiryAction = ExpiryAction.DROP
     default_quality: float = 0.0
-    # Spool directory for reward events not yet acknowledged by the trainer.
-    spool_dir: str = "./barp-spool"
+    # Spool directory for reward events not yet acknowledged by the trainer. None = <state.dir>/spool.
+    spool_dir: str | None = None
     # Disk quota of the spool; beyond it new events are refused (metric + log), never silently dropped.
     spool_max_bytes: int = 1 << 30
+    # Quota while no trainer is configured (trainer.target unset): outcomes are kept for a trainer that may
+    # be configured later, but not without bound; beyond it ReportOutcome answers RESOURCE_EXHAUSTED.
+    spool_max_bytes_without_trainer: int = 64 << 20
     # Group fsync interval (milliseconds): events are durable at most this long after being appended.
     spool_fsync_interval_ms: float = 10.0
     # False = no pending decisions, no spool: ReportOutcome answers FAILED_PRECONDITION.
@@ -233,6 +236,11 @@ class RewardSettings:
         require(self.pending_max_entries >= 1, "rewards.pending_max_entries", "must be >= 1")
         require(0 <= self.default_quality <= 1, "rewards.default_quality", "must be in [0, 1]")
         require(self.spool_max_bytes >= 1 << 16, "rewards.spool_max_bytes", "must be >= 65536")
+        require(
+            self.spool_max_bytes_without_trainer >= 1 << 16,
+            "rewards.spool_max_bytes_without_trainer",
+            "must be >= 65536",
+        )
         require(self.spool_fsync_interval_ms >= 0, "rewards.spool_fsync_interval_ms", "must be >= 0")
         require(self.expiry_sweep_interval_s > 0, "rewards.expiry_sweep_interval_s", "must be > 0")
         require(
@@ -256,7 +264,8 @@ class TrainerClientSettings:
     # Follow Trainer.WatchPolicy and hot-swap announced versions (needs target).
     watch_policies: bool = True
     # Where checkpoints fetched with Trainer.FetchPolicy are kept (v{N}/; PinPolicy can roll back to them).
-    checkpoint_cache_dir: str = "./barp-policies"
+    # None = <state.dir>/policies.
+    checkpoint_cache_dir: str | None = None
     # Shared-volume alternative to FetchPolicy: poll this CheckpointStore's LATEST (None = off).
     checkpoint_store_dir: str | None = None
     checkpoint_poll_interval_s: float = 2.0
@@ -274,6 +283,17 @@ class TrainerClientSettings:
             "trainer.reconnect_max_backoff_s",
             "must be >= trainer.reconnect_initial_backoff_s",
         )
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    """Where the sidecar keeps durable state (the reward spool, fetched policies) unless told otherwise."""
+
+    # None = $XDG_STATE_HOME/barp-sidecar, else ~/.local/state/barp-sidecar (never the working directory).
+    dir: str | None = None
+
+    def check(self) -> None:
+        require(self.dir is None or self.dir != "", "state.dir", "must not be empty (null = the default)")
 
 
 @dataclass(frozen=True)
@@ -349,6 +369,7 @@ class Settings:
     trainer: TrainerClientSettings = field(default_factory=TrainerClientSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     providers: ProvidersSettings = field(default_factory=ProvidersSettings)
+    state: StateSettings = field(default_factory=StateSettings)
 
 
 T = TypeVar("T")
@@ -481,6 +502,33 @@ def validate(settings: Settings) -> Settings:
     return settings
 
 
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    """$XDG_STATE_HOME/barp-sidecar (when set and absolute), else $HOME/.local/state/barp-sidecar."""
+    xdg = env.get("XDG_STATE_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "barp-sidecar"
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    return home / ".local" / "state" / "barp-sidecar"
+
+
+def resolve_state_dirs(settings: Settings, env: Mapping[str, str]) -> Settings:
+    """Fill ``state.dir``, ``rewards.spool_dir`` and ``trainer.checkpoint_cache_dir`` left at None."""
+    state_dir = Path(settings.state.dir) if settings.state.dir else default_state_dir(env)
+    return dataclasses.replace(
+        settings,
+        state=dataclasses.replace(settings.state, dir=str(state_dir)),
+        rewards=dataclasses.replace(
+            settings.rewards, spool_dir=settings.rewards.spool_dir or str(state_dir / "spool")
+        ),
+        trainer=dataclasses.replace(
+            settings.trainer,
+            checkpoint_cache_dir=settings.trainer.checkpoint_cache_dir or str(state_dir / "policies"),
+        ),
+    )
+
+
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Defaults <- YAML file (optional) <- environment overrides; validated."""
-    return validate(build_settings(Settings, read_layers(path, env or {}, ENV_PREFIX)))
+    """Defaults <- YAML file (optional) <- environment overrides; validated; state directories resolved
+    (``env`` supplies XDG_STATE_HOME / HOME for the default state directory)."""
+    env = env or {}
+    return resolve_state_dirs(validate(build_settings(Settings, read_layers(path, env, ENV_PREFIX))), env)

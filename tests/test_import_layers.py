@@ -23,6 +23,7 @@ LAYERS: list[set[str]] = [
         "barp_sidecar.tasks",
         "barp_sidecar.backoff",
         "barp_sidecar.model_names",
+        "barp_sidecar.console",
         "barp_sidecar.gen",
         "barp_sidecar.bounded_text",
     },

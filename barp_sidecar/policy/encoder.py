@@ -144,22 +144,29 @@ class SentenceTransformerEncoder:
 
     def load(self) -> SentenceTransformerEncoder:
         import torch
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as transformers_logging
 
-        # A weight-loading progress bar on stderr would interleave with the JSON logs and CLI output.
-        transformers_logging.disable_progress_bar()
-        path = builtin_model_path() if self._settings.model == BUILTIN_MODEL else self._settings.model
         self._device = resolve_device(self._settings.device)
-        model = SentenceTransformer(path, device=self._device)
-        model.eval()
+        model: Any
+        if self._settings.model == BUILTIN_MODEL:
+            # The shipped files in plain torch: importing sentence-transformers would cost seconds per start.
+            from barp_sidecar.policy.minilm import load_minilm
+
+            model, self._tokenizer = load_minilm(builtin_model_path(), self._device)
+        else:
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
+
+            # A weight-loading progress bar on stderr would interleave with the JSON logs and CLI output.
+            transformers_logging.disable_progress_bar()
+            model = SentenceTransformer(self._settings.model, device=self._device)
+            model.eval()
+            self._tokenizer = model.tokenizer
         self._half = self._device.startswith("cuda")
         if self._half:
             model.half()
-        self._tokenizer = model.tokenizer
         dim = model.get_embedding_dimension()
         if dim is None:
-            raise ValueError(f"{path}: the model does not report an embedding dimension")
+            raise ValueError(f"{self._settings.model}: the model does not report an embedding dimension")
         self._dim = int(dim)
         self._model = model
         self._torch = torch

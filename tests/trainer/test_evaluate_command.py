@@ -137,7 +137,7 @@ def test_bad_input_exits_2_naming_the_problem_and_writes_nothing(
     args = ["evaluate", "--policy", str(policy), "--data", str(log), "--out", str(out), "--no-progress"]
     assert main([*args, "--cache-dir", str(cache), *extra]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("error: ") and len(error.strip().splitlines()) == 1
+    assert error.startswith("barp-trainer evaluate: ") and len(error.strip().splitlines()) == 1
     assert re.search(message, error), error
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name != "log.jsonl"] == []

@@ -261,7 +261,15 @@ class TrainingLoop:
 
     async def _run(self) -> None:
         while True:
-            progressed = await asyncio.to_thread(self.step)
+            # A cancelled to_thread() await leaves its thread running: shield it and, on close(), wait for
+            # the step in flight, so no step reads the log or publishes to the store after close() returns
+            # (a restarted trainer on the same data_dir would race it for the next version).
+            in_flight = asyncio.ensure_future(asyncio.to_thread(self.step))
+            try:
+                progressed = await asyncio.shield(in_flight)
+            except asyncio.CancelledError:
+                await asyncio.wait([in_flight])
+                raise
             if progressed.get("published") is not None:
                 await self.announcer.publish(progressed["published"])
             if not progressed.get("events"):
