@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import structlog
 
 from barp_sidecar.providers.catalog import ModelCatalog
-from barp_sidecar.providers.chat import ChatRequest, TokenUsage
+from barp_sidecar.providers.chat import ChatRequest, TokenUsage, ToolCallDelta
 from barp_sidecar.providers.failures import (
     AllProvidersFailed,
     ProviderFailure,
@@ -51,6 +51,13 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ToolCallsDelta:
+    """Pieces of the tool calls the model is making (OpenAI's streamed ``delta.tool_calls``)."""
+
+    calls: tuple[ToolCallDelta, ...]
+
+
+@dataclass(frozen=True)
 class Completed:
     model: str
     finish_reason: str
@@ -60,7 +67,7 @@ class Completed:
     fallback_from: tuple[str, ...]
 
 
-ForwardEvent = AnswerStarted | TextDelta | Completed
+ForwardEvent = AnswerStarted | TextDelta | ToolCallsDelta | Completed
 
 
 def fallback_order(
@@ -117,7 +124,7 @@ class Forwarder:
         request: ChatRequest,
         deadline_s: float | None,
     ) -> AsyncGenerator[ForwardEvent, None]:
-        """Yield AnswerStarted, TextDelta*, Completed for one call (see the module docstring for failures).
+        """Yield AnswerStarted, (TextDelta | ToolCallsDelta)*, Completed (failures: see the module docstring).
 
         ``deadline_s`` is absolute on the forwarder's (and pool's) clock; None = only per-attempt timeouts.
         """
@@ -143,9 +150,12 @@ class Forwarder:
                             output_tokens = event.output_tokens
                         if event.finish_reason is not None:
                             finish_reason = event.finish_reason
-                        if not started and (event.delta or event.finish_reason is not None):
+                        if not started and event.has_content:
                             started = True
                             yield AnswerStarted(model, fallback_from)
+                        if event.tool_calls:
+                            parts.extend(call.arguments for call in event.tool_calls)
+                            yield ToolCallsDelta(event.tool_calls)
                         if event.delta:
                             parts.append(event.delta)
                             yield TextDelta(event.delta, final=event.finish_reason is not None)

@@ -190,7 +190,7 @@ class ProviderPool:
             try:
                 async with provider.limiter.slot():
                     async for event in self._attempt(provider, request, deadline_s):
-                        if event.delta or event.finish_reason is not None:
+                        if event.has_content:
                             started = True
                         yield event
             except ProviderFailure as failure:

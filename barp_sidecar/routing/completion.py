@@ -2,8 +2,9 @@
 
 Owns Complete's request semantics: which text is routed (``providers.routing_text``), that routing is
 restricted to allowed models with an enabled provider, and the order of events a transport streams:
-``CompletionStarted`` (decision + answering model + fallback_from), ``TextDelta``*, ``Completed``.
-Knows nothing about gRPC (rpc/ converts) or HTTP (providers/ forwards).
+``CompletionStarted`` (decision + answering model + fallback_from), (``TextDelta`` | ``ToolCallsDelta``)*,
+``Completed``. Knows nothing about gRPC (rpc/ converts), the OpenAI-compatible HTTP API (http/ converts)
+or provider HTTP (providers/ forwards).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from barp_sidecar.domain import Decision, ExplorationMode, RouteCommand
 from barp_sidecar.errors import FailedPrecondition
 from barp_sidecar.providers.chat import ChatRequest, routing_text, validate_chat_request
 from barp_sidecar.providers.failures import NoConfiguredModel
-from barp_sidecar.providers.forwarder import AnswerStarted, Completed, Forwarder, TextDelta
+from barp_sidecar.providers.forwarder import AnswerStarted, Completed, Forwarder, TextDelta, ToolCallsDelta
 from barp_sidecar.routing.service import RoutingService
 
 
@@ -42,7 +43,7 @@ class CompletionStarted:
     fallback_from: tuple[str, ...]
 
 
-CompletionEvent = CompletionStarted | TextDelta | Completed
+CompletionEvent = CompletionStarted | TextDelta | ToolCallsDelta | Completed
 
 
 class CompletionService:

@@ -7,7 +7,13 @@ import pytest
 from barp_sidecar.providers.adapter import StreamProtocolError, UpstreamStreamError, adapter_for
 from barp_sidecar.providers.anthropic_adapter import AnthropicAdapter
 from barp_sidecar.providers.catalog import ProviderEntry
-from barp_sidecar.providers.chat import ChatMessage, ChatRequest, GenerationParameters, StreamEvent
+from barp_sidecar.providers.chat import (
+    ChatMessage,
+    ChatRequest,
+    GenerationParameters,
+    StreamEvent,
+    ToolCallDelta,
+)
 from barp_sidecar.providers.openai_adapter import OpenAIAdapter
 
 ENTRY = ProviderEntry(arm="m", enabled=True, base_url="https://x.test/v1", upstream_model="up-1")
@@ -200,13 +206,23 @@ def test_anthropic_non_streamed_body() -> None:
     body = json.dumps(
         {
             "type": "message",
-            "content": [{"type": "text", "text": "a"}, {"type": "tool_use"}, {"type": "text", "text": "b"}],
-            "stop_reason": "end_turn",
+            "content": [
+                {"type": "text", "text": "a"},
+                {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": 1}},
+                {"type": "text", "text": "b"},
+            ],
+            "stop_reason": "tool_use",
             "usage": {"input_tokens": 4, "output_tokens": 2},
         }
     ).encode()
     assert AnthropicAdapter().decode_body(body) == [
-        StreamEvent(delta="ab", finish_reason="stop", input_tokens=4, output_tokens=2)
+        StreamEvent(
+            delta="ab",
+            finish_reason="tool_calls",
+            input_tokens=4,
+            output_tokens=2,
+            tool_calls=(ToolCallDelta(0, "toolu_1", "lookup", '{"q": 1}'),),
+        )
     ]
     with pytest.raises(UpstreamStreamError):
         AnthropicAdapter().decode_body(b'{"type": "error", "error": {"type": "x", "message": "y"}}')
