@@ -2,9 +2,10 @@
 
 Owns wiring and lifecycle only: which component is built from which settings, in which order things start
 and stop. Start order: metrics HTTP -> micro-batcher (+ warm-up pass) -> reward spool recovery + outcome
-recorder -> provider pool (the one aiohttp session) -> gRPC server -> reward publisher, policy watchers,
-Admin server -> health SERVING. Shutdown order: health NOT_SERVING -> ``server.stop(grace_s)`` (no new
-RPCs; in-flight ones finish) -> drain the batcher -> close the provider pool -> Admin, watchers, publisher
+recorder -> provider pool (the one aiohttp session) -> gRPC server -> OpenAI-compatible HTTP server (when
+``http.enabled``) -> reward publisher, policy watchers, Admin server -> health SERVING. Shutdown order:
+health NOT_SERVING -> ``server.stop(grace_s)`` and the HTTP server's close (no new requests; in-flight ones
+finish) -> drain the batcher -> close the provider pool -> Admin, watchers, publisher
 (short drain), spool (final fsync) -> close metrics.
 """
 
@@ -25,6 +26,7 @@ import structlog
 from barp_sidecar.batching.batcher import MicroBatcher
 from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.errors import ConfigError
+from barp_sidecar.http.server import OpenAIHttpServer
 from barp_sidecar.log import configure_logging
 from barp_sidecar.metrics import MetricsHttpServer, SidecarMetrics
 from barp_sidecar.policy.device import DevicePlacement, select_device
@@ -95,6 +97,8 @@ class SidecarApp:
         self.completion_recorder: InMemoryCompletionRecorder | None = None
         self.completion: CompletionService | None = None
         self.grpc: GrpcServer | None = None
+        self.http: OpenAIHttpServer | None = None
+        self.http_port: int | None = None
         self.metrics_http: MetricsHttpServer | None = None
         self.learning: LearningComponents | None = None
         self.admin_port: int | None = None
@@ -192,6 +196,15 @@ class SidecarApp:
             outcomes=recorder,
         )
         app.grpc = GrpcServer(s.server, servicer, max_pending_rpcs=s.batching.max_pending)
+        if s.http.enabled:
+            app.http = OpenAIHttpServer(
+                s.http,
+                app.completion,
+                app.metrics,
+                outcomes=recorder,
+                grace_s=s.server.grace_s,
+                log_prompts=s.logging.log_prompts,
+            )
         if s.metrics.enabled:
             app.metrics_http = MetricsHttpServer(app.metrics, s.metrics.host, s.metrics.port)
         return app
@@ -215,6 +228,8 @@ class SidecarApp:
                 await self.provider_pool.start()
             self.port = await self.grpc.start()
             self._started = True
+            if self.http is not None:
+                self.http_port = await self.http.start()
             if self.learning is not None:
                 self.admin_port = await self.learning.start_background()
         except BaseException:
@@ -230,6 +245,7 @@ class SidecarApp:
             tls=self.settings.server.tls_cert_file is not None,
             mtls=self.settings.server.tls_client_ca_file is not None,
             metrics_port=self.metrics_port,
+            http_port=self.http_port,
             admin_port=self.admin_port,
             policy_version=policy.version if policy else None,
             arms=len(self.registry.arms) if self.registry else None,
@@ -250,7 +266,11 @@ class SidecarApp:
         if self.grpc is not None and self._started:
             await self.grpc.set_not_serving()
             log.info("server_stopping", grace_s=grace_s)
-            await self.grpc.stop(grace_s)
+            await asyncio.gather(
+                self.grpc.stop(grace_s), self.http.close() if self.http else asyncio.sleep(0)
+            )
+        elif self.http is not None:
+            await self.http.close()
         self._started = False
         if self.batcher is not None:
             await self.batcher.close(timeout_s=grace_s)

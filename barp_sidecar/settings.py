@@ -62,6 +62,26 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """The OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models, /v1/feedback); docs/openai-api.md."""
+
+    enabled: bool = False
+    # Loopback by default, like the Router port. Bound beyond it, set api_key_sha256 to require keys.
+    host: str = "127.0.0.1"
+    # 0 = pick a free port and log it (http_port in server_started).
+    port: int = 8080
+    # The model name that means "let the router choose" (listed by /v1/models next to the catalog's models).
+    routed_model: str = "barp-auto"
+    # Comma-separated SHA-256 hex digests of the bearer keys callers may send ("" = no key required).
+    api_key_sha256: str = ""
+    # Largest accepted request body (bytes); larger -> HTTP 413.
+    max_body_bytes: int = 4 << 20
+
+    def api_key_digests(self) -> frozenset[str]:
+        return frozenset(d.strip().lower() for d in self.api_key_sha256.split(",") if d.strip())
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: str = "info"
     # Prompts are personal data: they are never logged unless this is true.
@@ -211,6 +231,7 @@ class ProvidersSettings:
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
@@ -338,6 +359,7 @@ def validate(settings: Settings) -> Settings:
         ("server.port", s.server.port),
         ("metrics.port", s.metrics.port),
         ("admin.port", s.admin.port),
+        ("http.port", s.http.port),
     ):
         check(0 <= port <= 65535, key, f"must be in [0, 65535], not {port}")
     if s.server.health_port is not None:
@@ -350,6 +372,14 @@ def validate(settings: Settings) -> Settings:
             s.server.health_port == 0 or s.server.health_port != s.server.port,
             "server.health_port",
             "must differ from server.port",
+        )
+    check(bool(s.http.routed_model.strip()), "http.routed_model", "must not be empty")
+    check(s.http.max_body_bytes >= 1024, "http.max_body_bytes", "must be >= 1024")
+    for digest in s.http.api_key_digests():
+        check(
+            len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
+            "http.api_key_sha256",
+            "must be comma-separated SHA-256 hex digests (64 hex characters each)",
         )
     check(s.server.grace_s >= 0, "server.grace_s", "must be >= 0")
     check(s.server.max_prompt_bytes > 0, "server.max_prompt_bytes", "must be > 0")

@@ -62,6 +62,11 @@ class CompletionService:
         self._mode = routing_text_mode
         self._max_bytes = routing_text_max_bytes
 
+    @property
+    def callable_models(self) -> frozenset[str]:
+        """Models with an enabled provider: what a caller may name (the HTTP API lists them)."""
+        return self._callable
+
     async def complete(self, command: CompleteCommand) -> AsyncGenerator[CompletionEvent, None]:
         """Route and forward one conversation; every caller-visible failure is a BarpError subclass."""
         validate_chat_request(command.chat)
