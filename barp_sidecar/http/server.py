@@ -226,6 +226,9 @@ class OpenAIHttpServer:
             failure = http_error(error)
             record.status, record.error = failure.status, failure.message
             return _error_response(failure)
+        except web.HTTPException as exc:  # aiohttp's own refusal (413): the middleware shapes it
+            record.status, record.error = exc.status, exc.reason
+            raise
         except Exception as error:  # a bug: a 500 in OpenAI's shape, the traceback in the log
             log.exception("http_internal_error", path=request.path)
             failure = http_error(error)
@@ -250,6 +253,9 @@ class OpenAIHttpServer:
             failure = http_error(error)
             record.status, record.error = failure.status, failure.message
             return _error_response(failure)
+        except web.HTTPException as exc:  # aiohttp's own refusal (413): the middleware shapes it
+            record.status, record.error = exc.status, exc.reason
+            raise
         except Exception as error:  # a bug: a 500 in OpenAI's shape, the traceback in the log
             log.exception("http_internal_error", path=request.path)
             failure = http_error(error)
