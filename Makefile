@@ -5,13 +5,16 @@ OUT ?= out
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint test test-all protos train-default reproduce demo fake-provider \
-	bench-route bench-forward bench-learning helm-check helm-docs
+	bench-route bench-forward bench-learning helm-check helm-docs node-deps
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 install:  ## Install the package with its dev tools (editable)
 	$(PYTHON) -m pip install -e '.[dev]'
+
+node-deps:  ## The openai npm package for the Node client tests (tests/http/node, from its lock file)
+	npm ci --prefix tests/http/node --no-audit --no-fund
 
 lint:  ## ruff lint + format check, mypy types
 	$(PYTHON) -m ruff check barp_sidecar trainer tests bench helm
