@@ -46,6 +46,7 @@ SIDECAR_OWNED = {
         "tls_client_ca_file",
     },
     "metrics": {"host", "port"},
+    "http": {"host", "port"},
     "admin": {"host", "port", "token_env"},
     "rewards": {"spool_dir"},
     "providers": {"catalog_file"},
@@ -231,6 +232,7 @@ def build_schema() -> dict[str, Any]:
                     "grpc",
                     "admin",
                     "metrics",
+                    "http",
                     "health",
                     "trainer",
                     "trainerHealth",
@@ -278,6 +280,7 @@ def build_schema() -> dict[str, Any]:
                     {
                         "type": {"type": "string", "enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
                         "port": PORT,
+                        "httpPort": PORT,
                         "annotations": STRING_MAP,
                     }
                 ),

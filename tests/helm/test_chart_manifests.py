@@ -316,3 +316,18 @@ def test_inconsistent_values_fail_naming_the_value(helm: Helm, set_values: list[
     with pytest.raises(HelmFailed) as caught:
         helm.template(set_values=set_values)
     assert f"{key}:" in caught.value.stderr
+
+
+def test_http_api_on_loopback_when_injected_and_behind_the_service_when_standalone(render_ci: Render) -> None:
+    injected = config_of(render_ci("sidecar"))
+    assert injected["http"] == {"enabled": True, "port": 8080}  # host: the loopback default
+    rendered = render_ci("standalone")
+    assert config_of(rendered)["http"]["enabled"] is True
+    service_ports = {p["name"]: p for p in rendered.one("Service", "-router")["spec"]["ports"]}
+    assert service_ports["http"]["targetPort"] == "barp-http" and service_ports["http"]["port"] == 8080
+    (router,) = [c for _, c in barp_containers(rendered) if "barp-http" in port_numbers(c)]
+    assert port_numbers(router)["barp-http"] == 8080
+    # The probes stay gRPC health: the sidecar reports SERVING only once the HTTP port is bound too.
+    assert "grpc" in router["readinessProbe"]
+    off = render_ci(None)
+    assert all("barp-http" not in port_numbers(c) for _, c in barp_containers(off))
