@@ -28,7 +28,7 @@ from barp_sidecar.providers.failures import (
     ProviderNotConfigured,
     ProviderQueueFull,
 )
-from barp_sidecar.providers.metrics import ProviderMetrics
+from barp_sidecar.providers.metrics import NO_FALLBACK_TARGET, ProviderMetrics
 from barp_sidecar.providers.pool import ProviderPool
 from barp_sidecar.providers.pricing import complete_usage, cost_usd
 from barp_sidecar.providers.recorder import CompletionRecorder
@@ -133,7 +133,8 @@ class Forwarder:
             chosen, probabilities, allowed, self._max_fallbacks, self._pool.is_enabled
         )
         failures: list[ProviderFailure] = []
-        for model in candidates:
+        for position, model in enumerate(candidates):
+            next_model = candidates[position + 1] if position + 1 < len(candidates) else NO_FALLBACK_TARGET
             fallback_from = tuple(f.arm for f in failures)
             started = False
             parts: list[str] = []
@@ -141,6 +142,7 @@ class Forwarder:
             output_tokens: int | None = None
             finish_reason = ""
             started_s = self._clock()
+            first_token_s: float | None = None
             try:
                 async with contextlib.aclosing(self._pool.stream(model, request, deadline_s)) as events:
                     async for event in events:
@@ -152,6 +154,7 @@ class Forwarder:
                             finish_reason = event.finish_reason
                         if not started and event.has_content:
                             started = True
+                            first_token_s = self._clock()
                             yield AnswerStarted(model, fallback_from)
                         if event.tool_calls:
                             parts.extend(call.arguments for call in event.tool_calls)
@@ -161,31 +164,43 @@ class Forwarder:
                             yield TextDelta(event.delta, final=event.finish_reason is not None)
             except ProviderQueueFull as exc:
                 failures.append(ProviderFailure(model, "queue_full", str(exc), retryable=False))
-                self._fell_back(model, "queue_full")
+                self._fell_back(model, next_model, "queue_full")
                 continue
             except ProviderFailure as failure:
                 if started:
                     self._metrics.completions.labels(model, "broken").inc()
                     raise
                 failures.append(failure)
-                self._fell_back(model, failure.kind)
+                self._fell_back(model, next_model, failure.kind)
                 continue
-            latency_ms = (self._clock() - started_s) * 1000.0
+            ended_s = self._clock()
+            latency_ms = (ended_s - started_s) * 1000.0
             if not started:
                 yield AnswerStarted(model, fallback_from)
+            first_token_s = ended_s if first_token_s is None else first_token_s
             usage = complete_usage(input_tokens, output_tokens, request.messages, "".join(parts))
             entry = self._catalog.entry(model)
             cost = cost_usd(usage, entry.input_usd_per_1m_tokens, entry.output_usd_per_1m_tokens)
             self._recorder.record_completion(decision_id, model, cost, latency_ms, usage)
             self._observe(model, usage, cost, latency_ms, fallback_from)
+            self._observe_timing(model, first_token_s - started_s, ended_s - first_token_s, usage)
             yield Completed(model, finish_reason or "stop", usage, cost, latency_ms, fallback_from)
             return
         self._metrics.completions.labels(chosen, "failed").inc()
         raise AllProvidersFailed(failures)
 
-    def _fell_back(self, model: str, kind: str) -> None:
-        self._metrics.fallbacks.labels(model).inc()
-        self._log.warning("provider_failed_before_answer", model=model, kind=kind)
+    def _fell_back(self, model: str, next_model: str, kind: str) -> None:
+        self._metrics.fallbacks.labels(model, next_model).inc()
+        self._log.warning("provider_failed_before_answer", model=model, next_model=next_model, kind=kind)
+
+    def _observe_timing(
+        self, model: str, first_token_s: float, after_first_s: float, usage: TokenUsage
+    ) -> None:
+        """Time to first token, and the mean time per output token after it (when there were two or more)."""
+        metrics = self._metrics.for_model(model)
+        metrics.time_to_first_token.observe(first_token_s)
+        if usage.output_tokens > 1:
+            metrics.time_per_output_token.observe(after_first_s / (usage.output_tokens - 1))
 
     def _observe(
         self, model: str, usage: TokenUsage, cost: float, latency_ms: float, fallback_from: tuple[str, ...]

@@ -24,7 +24,9 @@ pytestmark = pytest.mark.skipif(NODE is None, reason="node is not installed")
 
 
 async def test_openai_npm_package_completes_streams_calls_tools_and_lists_models(live: SidecarApp) -> None:
-    assert (CLIENT_DIR / "node_modules" / "openai").is_dir(), "run `make node-deps` to install the npm package"
+    assert (CLIENT_DIR / "node_modules" / "openai").is_dir(), (
+        "run `make node-deps` to install the npm package"
+    )
     assert NODE is not None
     process = await asyncio.create_subprocess_exec(
         NODE,
