@@ -1,4 +1,4 @@
-"""docs/metrics.md lists exactly the metrics a sidecar exports, with their type and labels; none is `_created`."""
+"""docs/metrics.md lists exactly the metrics a sidecar exports, with type and labels; no `_created`."""
 
 from __future__ import annotations
 
