@@ -358,6 +358,7 @@ def build_schema() -> dict[str, Any]:
                 "podMonitor": obj({"enabled": BOOL, "interval": DURATION, "labels": STRING_MAP}),
             }
         ),
+        "grafanaDashboard": obj({"enabled": BOOL, "labels": STRING_MAP, "annotations": STRING_MAP}),
         "networkPolicy": obj({"enabled": BOOL, "routerClients": PEERS, "metricsScrapers": PEERS}),
         "podSecurityContext": free_object(),
         "securityContext": free_object(),
