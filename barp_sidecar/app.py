@@ -22,6 +22,7 @@ from collections.abc import Mapping
 
 import numpy as np
 import structlog
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from barp_sidecar.batching.batcher import MicroBatcher
 from barp_sidecar.domain import ExplorationMode
@@ -44,7 +45,9 @@ from barp_sidecar.routing.completion import CompletionService
 from barp_sidecar.routing.service import RoutingDefaults, RoutingService
 from barp_sidecar.rpc.server import GrpcServer
 from barp_sidecar.rpc.servicer import RouterServicer
+from barp_sidecar.rpc.tracing_interceptor import TracingInterceptor
 from barp_sidecar.settings import Settings, load_settings, validate
+from barp_sidecar.tracing import Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -88,6 +91,7 @@ class SidecarApp:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.metrics = SidecarMetrics()
+        self.tracing = Tracing.disabled()
         self.placement: DevicePlacement | None = None
         self.registry: PolicyRegistry | None = None
         self.inference: PolicyInference | None = None
@@ -108,14 +112,22 @@ class SidecarApp:
         self._started = False
 
     @classmethod
-    def build(cls, settings: Settings, env: Mapping[str, str] | None = None) -> SidecarApp:
+    def build(
+        cls,
+        settings: Settings,
+        env: Mapping[str, str] | None = None,
+        span_exporter: SpanExporter | None = None,
+    ) -> SidecarApp:
         """Load the policy and encoder and wire every component; binds nothing. Raises ConfigError.
 
         ``env`` is where secrets are read from: provider API keys, trainer/admin tokens (the process
-        environment when None).
+        environment when None). ``span_exporter`` replaces the configured trace exporter (tests).
         """
         app = cls(settings)
         s = settings
+        app.tracing = Tracing.from_settings(s.tracing, exporter=span_exporter)
+        # None when tracing is off: components then skip span bookkeeping entirely.
+        tracer = app.tracing.tracer if app.tracing.enabled else None
         app.placement = select_placement(s)
         policy = load_startup_policy(s.policy)
         encoder = load_encoder(policy.manifest.encoder, s.policy, app.placement)
@@ -164,6 +176,7 @@ class SidecarApp:
             ),
             rng=np.random.default_rng(s.routing.seed),
             on_decision=recorder.remember_decision if recorder is not None else None,
+            tracer=tracer,
         )
         catalog = catalog_for_policy(s.providers.catalog_file, app.registry.arms)
         provider_metrics = ProviderMetrics(app.metrics.registry)
@@ -179,7 +192,12 @@ class SidecarApp:
             s.providers.completion_records_max_entries, forward_to=recorder
         )
         forwarder = Forwarder(
-            catalog, app.provider_pool, app.completion_recorder, provider_metrics, s.providers.max_fallbacks
+            catalog,
+            app.provider_pool,
+            app.completion_recorder,
+            provider_metrics,
+            s.providers.max_fallbacks,
+            tracer=tracer,
         )
         app.completion = CompletionService(
             routing=app.routing,
@@ -195,7 +213,12 @@ class SidecarApp:
             log_prompts=s.logging.log_prompts,
             outcomes=recorder,
         )
-        app.grpc = GrpcServer(s.server, servicer, max_pending_rpcs=s.batching.max_pending)
+        app.grpc = GrpcServer(
+            s.server,
+            servicer,
+            max_pending_rpcs=s.batching.max_pending,
+            interceptors=(TracingInterceptor(tracer),) if tracer is not None else (),
+        )
         if s.http.enabled:
             app.http = OpenAIHttpServer(
                 s.http,
@@ -204,6 +227,7 @@ class SidecarApp:
                 outcomes=recorder,
                 grace_s=s.server.grace_s,
                 log_prompts=s.logging.log_prompts,
+                tracer=tracer,
             )
         if s.metrics.enabled:
             app.metrics_http = MetricsHttpServer(app.metrics, s.metrics.host, s.metrics.port)
@@ -281,6 +305,8 @@ class SidecarApp:
             await self.learning.close()
         if self.metrics_http is not None:
             self.metrics_http.close()
+        # Last: spans of the shutdown itself are exported too.
+        await asyncio.to_thread(self.tracing.close)
         log.info("server_stopped")
 
     async def __aenter__(self) -> SidecarApp:

@@ -24,6 +24,7 @@ from barp_sidecar.errors import ConfigError
 
 ENV_PREFIX = "BARP__"
 EXPLORATION_MODES = ("greedy", "sample", "epsilon_greedy")
+TRACE_EXPORTERS = ("otlp", "console")
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,21 @@ class HttpSettings:
 
     def api_key_digests(self) -> frozenset[str]:
         return frozenset(d.strip().lower() for d in self.api_key_sha256.split(",") if d.strip())
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    """OpenTelemetry traces (docs/tracing.md). Off by default: nothing is recorded or exported."""
+
+    enabled: bool = False
+    # "otlp" (OTLP/gRPC; needs the barp-sidecar[otlp] extra) or "console" (JSON spans on stdout).
+    exporter: str = "otlp"
+    # OTLP/gRPC collector; http:// = plaintext, https:// = TLS.
+    otlp_endpoint: str = "http://127.0.0.1:4317"
+    # The service.name resource attribute.
+    service_name: str = "barp-sidecar"
+    # Fraction of new traces recorded; a caller's sampled traceparent is always followed.
+    sample_ratio: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -232,6 +248,7 @@ class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     http: HttpSettings = field(default_factory=HttpSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
@@ -381,6 +398,14 @@ def validate(settings: Settings) -> Settings:
             "http.api_key_sha256",
             "must be comma-separated SHA-256 hex digests (64 hex characters each)",
         )
+    check(s.tracing.exporter in TRACE_EXPORTERS, "tracing.exporter", f"must be one of {TRACE_EXPORTERS}")
+    check(0 <= s.tracing.sample_ratio <= 1, "tracing.sample_ratio", "must be in [0, 1]")
+    check(
+        s.tracing.otlp_endpoint.startswith(("http://", "https://")),
+        "tracing.otlp_endpoint",
+        "must be an http:// or https:// URL",
+    )
+    check(bool(s.tracing.service_name), "tracing.service_name", "must not be empty")
     check(s.server.grace_s >= 0, "server.grace_s", "must be >= 0")
     check(s.server.max_prompt_bytes > 0, "server.max_prompt_bytes", "must be > 0")
     check(

@@ -25,6 +25,8 @@ from typing import Any
 
 import structlog
 from aiohttp import web
+from opentelemetry import trace
+from opentelemetry.trace import Span, Tracer
 
 from barp_sidecar.errors import BarpError, ConfigError, FailedPrecondition, InvalidArgument
 from barp_sidecar.http.openai_request import (
@@ -44,6 +46,7 @@ from barp_sidecar.providers.forwarder import Completed, TextDelta, ToolCallsDelt
 from barp_sidecar.rewards.recorder import OutcomeRecorder
 from barp_sidecar.routing.completion import CompletionService, CompletionStarted
 from barp_sidecar.settings import HttpSettings
+from barp_sidecar.tracing import extract_context, server_span, set_error
 
 log = structlog.get_logger("barp_sidecar.access")
 
@@ -91,6 +94,7 @@ class OpenAIHttpServer:
         outcomes: OutcomeRecorder | None,
         grace_s: float,
         log_prompts: bool = False,
+        tracer: Tracer | None = None,
     ) -> None:
         self._settings = settings
         self._completion = completion
@@ -98,6 +102,8 @@ class OpenAIHttpServer:
         self._outcomes = outcomes
         self._grace_s = grace_s
         self._log_prompts = log_prompts
+        # None = tracing off: no span, no trace context read from the headers.
+        self._tracer = tracer
         self._digests = settings.api_key_digests()
         self._names = ModelNames(settings.routed_model, tuple(sorted(completion.callable_models)))
         self._runner: web.AppRunner | None = None
@@ -198,71 +204,79 @@ class OpenAIHttpServer:
             raise InvalidArgument("body", f"could not parse the JSON body of your request ({exc})") from None
 
     async def _feedback(self, request: web.Request) -> web.Response:
-        started_s = time.monotonic()
-        record = _AccessRecord()
-        try:
-            body = await self._json_body(request)
-            if not isinstance(body, dict):
-                raise InvalidArgument("body", "must be a JSON object")
-            unknown = sorted(set(body) - {"decision_id", "quality", "cost_usd"})
-            if unknown:
-                raise InvalidArgument(unknown[0], "Unrecognized request argument supplied")
-            decision_id, quality, cost = body.get("decision_id"), body.get("quality"), body.get("cost_usd")
-            if not isinstance(decision_id, str):
-                raise InvalidArgument("decision_id", "is required (a string)")
-            record.decision_id = decision_id[:64]
-            if isinstance(quality, bool) or not isinstance(quality, int | float):
-                raise InvalidArgument("quality", "is required (a number in [0, 1])")
-            if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int | float)):
-                raise InvalidArgument("cost_usd", "must be a number")
-            if self._outcomes is None:
-                raise FailedPrecondition("rewards.enabled is false: this sidecar does not record outcomes")
-            recorded = await self._outcomes.report(decision_id, float(quality), cost)
-            record.status = 200
-            return _json_response(
-                200, {"object": "feedback", "decision_id": decision_id, "recorded": recorded}
-            )
-        except BarpError as error:
-            failure = http_error(error)
-            record.status, record.error = failure.status, failure.message
-            return _error_response(failure)
-        except web.HTTPException as exc:  # aiohttp's own refusal (413): the middleware shapes it
-            record.status, record.error = exc.status, exc.reason
-            raise
-        except Exception as error:  # a bug: a 500 in OpenAI's shape, the traceback in the log
-            log.exception("http_internal_error", path=request.path)
-            failure = http_error(error)
-            record.status, record.error = failure.status, failure.message
-            return _error_response(failure)
-        finally:
-            self._access("Feedback", request, record, started_s)
+        with self._span("Feedback", request):
+            started_s = time.monotonic()
+            record = _AccessRecord()
+            try:
+                body = await self._json_body(request)
+                if not isinstance(body, dict):
+                    raise InvalidArgument("body", "must be a JSON object")
+                unknown = sorted(set(body) - {"decision_id", "quality", "cost_usd"})
+                if unknown:
+                    raise InvalidArgument(unknown[0], "Unrecognized request argument supplied")
+                decision_id, quality, cost = (
+                    body.get("decision_id"),
+                    body.get("quality"),
+                    body.get("cost_usd"),
+                )
+                if not isinstance(decision_id, str):
+                    raise InvalidArgument("decision_id", "is required (a string)")
+                record.decision_id = decision_id[:64]
+                if isinstance(quality, bool) or not isinstance(quality, int | float):
+                    raise InvalidArgument("quality", "is required (a number in [0, 1])")
+                if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int | float)):
+                    raise InvalidArgument("cost_usd", "must be a number")
+                if self._outcomes is None:
+                    raise FailedPrecondition(
+                        "rewards.enabled is false: this sidecar does not record outcomes"
+                    )
+                recorded = await self._outcomes.report(decision_id, float(quality), cost)
+                record.status = 200
+                return _json_response(
+                    200, {"object": "feedback", "decision_id": decision_id, "recorded": recorded}
+                )
+            except BarpError as error:
+                failure = http_error(error)
+                record.status, record.error = failure.status, failure.message
+                return _error_response(failure)
+            except web.HTTPException as exc:  # aiohttp's own refusal (413): the middleware shapes it
+                record.status, record.error = exc.status, exc.reason
+                raise
+            except Exception as error:  # a bug: a 500 in OpenAI's shape, the traceback in the log
+                log.exception("http_internal_error", path=request.path)
+                failure = http_error(error)
+                record.status, record.error = failure.status, failure.message
+                return _error_response(failure)
+            finally:
+                self._access("Feedback", request, record, started_s)
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
-        started_s = time.monotonic()
-        record = _AccessRecord()
-        try:
-            body = await self._json_body(request)
-            call = parse_chat_completion(
-                body, {k.lower(): v for k, v in request.headers.items()}, self._names
-            )
-            record.stream = call.stream
-            if self._log_prompts:
-                record.messages = [m.content for m in call.command.chat.messages]
-            return await self._answer(request, call, record)
-        except BarpError as error:
-            failure = http_error(error)
-            record.status, record.error = failure.status, failure.message
-            return _error_response(failure)
-        except web.HTTPException as exc:  # aiohttp's own refusal (413): the middleware shapes it
-            record.status, record.error = exc.status, exc.reason
-            raise
-        except Exception as error:  # a bug: a 500 in OpenAI's shape, the traceback in the log
-            log.exception("http_internal_error", path=request.path)
-            failure = http_error(error)
-            record.status, record.error = failure.status, failure.message
-            return _error_response(failure)
-        finally:
-            self._access("ChatCompletions", request, record, started_s)
+        with self._span("ChatCompletions", request):
+            started_s = time.monotonic()
+            record = _AccessRecord()
+            try:
+                body = await self._json_body(request)
+                call = parse_chat_completion(
+                    body, {k.lower(): v for k, v in request.headers.items()}, self._names
+                )
+                record.stream = call.stream
+                if self._log_prompts:
+                    record.messages = [m.content for m in call.command.chat.messages]
+                return await self._answer(request, call, record)
+            except BarpError as error:
+                failure = http_error(error)
+                record.status, record.error = failure.status, failure.message
+                return _error_response(failure)
+            except web.HTTPException as exc:  # aiohttp's own refusal (413): the middleware shapes it
+                record.status, record.error = exc.status, exc.reason
+                raise
+            except Exception as error:  # a bug: a 500 in OpenAI's shape, the traceback in the log
+                log.exception("http_internal_error", path=request.path)
+                failure = http_error(error)
+                record.status, record.error = failure.status, failure.message
+                return _error_response(failure)
+            finally:
+                self._access("ChatCompletions", request, record, started_s)
 
     async def _answer(
         self, request: web.Request, call: ChatCompletionCall, record: _AccessRecord
@@ -340,8 +354,22 @@ class OpenAIHttpServer:
         await response.write_eof()
         return response
 
+    def _span(self, method: str, request: web.Request) -> contextlib.AbstractContextManager[Span | None]:
+        """The request's SERVER span (parent from its ``traceparent`` header), current for the handler."""
+        if self._tracer is None:
+            return contextlib.nullcontext()
+        attributes = {"http.request.method": request.method, "url.path": request.path, "barp.method": method}
+        name = f"{request.method} {request.path}"
+        return server_span(self._tracer, name, extract_context(request.headers), attributes)
+
     def _access(self, method: str, request: web.Request, record: _AccessRecord, started_s: float) -> None:
         latency_s = time.monotonic() - started_s
+        span = trace.get_current_span()
+        span.set_attribute("http.response.status_code", record.status)
+        if record.decision_id is not None:
+            span.set_attributes({"barp.decision_id": record.decision_id, "barp.model": record.model or ""})
+        if record.status >= 500:
+            set_error(span, str(record.status), record.error or "")
         self._metrics.rpc_done(method, str(record.status), latency_s, record.routed_model)
         fields = {"messages": record.messages} if record.messages is not None else {}
         log.info(

@@ -9,6 +9,7 @@ or provider HTTP (providers/ forwards).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 
@@ -91,15 +92,20 @@ class CompletionService:
             ) from None
         permitted = set(command.allowed_models) if command.allowed_models else None
         allowed = frozenset(a for a in self._callable if permitted is None or a in permitted)
-        async for event in self._forwarder.forward(
+        forwarded = self._forwarder.forward(
             decision_id=decision.decision_id,
             chosen=decision.model,
             probabilities=tuple(zip(decision.arms, decision.probabilities, strict=True)),
             allowed=allowed,
             request=command.chat,
             deadline_s=command.deadline_monotonic_s,
-        ):
-            if isinstance(event, AnswerStarted):
-                yield CompletionStarted(decision, event.model, event.fallback_from)
-            else:
-                yield event
+        )
+        # Closed here, in the caller's task, when the caller stops early (it has its answer, or went away):
+        # left to the garbage collector, the upstream response and the provider-call span would be closed
+        # later, from another task.
+        async with contextlib.aclosing(forwarded) as events:
+            async for event in events:
+                if isinstance(event, AnswerStarted):
+                    yield CompletionStarted(decision, event.model, event.fallback_from)
+                else:
+                    yield event

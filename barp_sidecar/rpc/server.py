@@ -33,8 +33,10 @@ class GrpcServer:
         router: router_pb2_grpc.RouterServicer,
         *,
         max_pending_rpcs: int = 1024,
+        interceptors: tuple[grpc.aio.ServerInterceptor, ...] = (),
     ) -> None:
         self._settings = settings
+        self._interceptors = interceptors
         self._max_pending_rpcs = max_pending_rpcs
         self._router = router
         self._credentials = server_credentials(server_files_from(settings, "server"))
@@ -49,6 +51,7 @@ class GrpcServer:
         self._health = health.aio.HealthServicer()
         pending_limit = max(MIN_CORE_PENDING_REQUESTS, 4 * self._max_pending_rpcs)
         server = grpc.aio.server(
+            interceptors=self._interceptors,
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
@@ -58,7 +61,7 @@ class GrpcServer:
                 # a burst must instead reach admission control and get a clear RESOURCE_EXHAUSTED.
                 ("grpc.server.max_pending_requests", pending_limit),
                 ("grpc.server.max_pending_requests_hard_limit", pending_limit),
-            ]
+            ],
         )
         router_pb2_grpc.add_RouterServicer_to_server(self._router, server)
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
