@@ -364,6 +364,18 @@ def build_settings(cls: type[T], data: Mapping[str, Any]) -> T:
     return _build(cls, data, "")
 
 
+def validate_tracing(t: TracingSettings, prefix: str = "tracing") -> None:
+    """Range checks of a ``tracing`` section (shared with the trainer's settings)."""
+    if t.exporter not in TRACE_EXPORTERS:
+        raise ConfigError(f"{prefix}.exporter", f"must be one of {TRACE_EXPORTERS}, not {t.exporter!r}")
+    if not 0 <= t.sample_ratio <= 1:
+        raise ConfigError(f"{prefix}.sample_ratio", f"must be in [0, 1], not {t.sample_ratio}")
+    if not t.otlp_endpoint.startswith(("http://", "https://")):
+        raise ConfigError(f"{prefix}.otlp_endpoint", "must be an http:// or https:// URL")
+    if not t.service_name:
+        raise ConfigError(f"{prefix}.service_name", "must not be empty")
+
+
 def validate(settings: Settings) -> Settings:
     """Cross-field and range checks; raises ConfigError naming the key."""
 
@@ -398,14 +410,7 @@ def validate(settings: Settings) -> Settings:
             "http.api_key_sha256",
             "must be comma-separated SHA-256 hex digests (64 hex characters each)",
         )
-    check(s.tracing.exporter in TRACE_EXPORTERS, "tracing.exporter", f"must be one of {TRACE_EXPORTERS}")
-    check(0 <= s.tracing.sample_ratio <= 1, "tracing.sample_ratio", "must be in [0, 1]")
-    check(
-        s.tracing.otlp_endpoint.startswith(("http://", "https://")),
-        "tracing.otlp_endpoint",
-        "must be an http:// or https:// URL",
-    )
-    check(bool(s.tracing.service_name), "tracing.service_name", "must not be empty")
+    validate_tracing(s.tracing)
     check(s.server.grace_s >= 0, "server.grace_s", "must be >= 0")
     check(s.server.max_prompt_bytes > 0, "server.max_prompt_bytes", "must be > 0")
     check(

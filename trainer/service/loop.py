@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 import structlog
+from opentelemetry.trace import NoOpTracer, Tracer
 
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.policy.checkpoint import CheckpointStore, PolicyManifest
@@ -87,7 +88,9 @@ class TrainingLoop:
         learner_settings: LearnerSettings,
         publish_settings: PublishSettings,
         poll_interval_s: float = 0.05,
+        tracer: Tracer | None = None,
     ) -> None:
+        self._tracer = tracer or NoOpTracer()
         self.event_log = event_log
         self.store = store
         self.announcer = announcer
@@ -198,6 +201,19 @@ class TrainingLoop:
         return result
 
     def evaluate_and_maybe_publish(self) -> Any:
+        """The gate, in a ``barp.trainer.publish`` span: its decision and the version it published, if any."""
+        with self._tracer.start_as_current_span("barp.trainer.publish", record_exception=True) as span:
+            announcement = self._evaluate_and_maybe_publish()
+            span.set_attributes(
+                {
+                    "barp.published": announcement is not None,
+                    "barp.version": self.manifest.version,
+                    "barp.events_trained": self.learner.events_trained,
+                }
+            )
+            return announcement
+
+    def _evaluate_and_maybe_publish(self) -> Any:
         self.events_since_evaluation = 0
         self.last_evaluation_monotonic_s = time.monotonic()
         self.counters.evaluations += 1
