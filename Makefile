@@ -5,7 +5,7 @@ OUT ?= out
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint test test-all protos train-default reproduce demo fake-provider \
-	bench-route bench-forward bench-learning helm-check helm-docs node-deps
+	bench-route bench-forward bench-learning bench-http helm-check helm-docs node-deps
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -50,6 +50,11 @@ bench-forward:  ## Forwarding overhead: Complete vs Route vs the provider direct
 	$(PYTHON) -m bench.forward_load --concurrency 1,100 --requests 2400 --rounds 3 --json $(OUT)/bench/forward-closed.json
 	$(PYTHON) -m bench.forward_load --rate-rps 140 --tokens 8 --tokens-per-s 10 --requests 2100 --rounds 3 \
 		--json $(OUT)/bench/forward-streams.json
+
+bench-http:  ## OpenAI-compatible HTTP API vs gRPC Complete, same sidecar and concurrency (docs/benchmarks.md)
+	$(PYTHON) -m bench.http_load --concurrency 1,100 --requests 3000 --rounds 5 --json $(OUT)/bench/http-closed.json
+	$(PYTHON) -m bench.http_load --rate-rps 100 --tokens 8 --tokens-per-s 10 --requests 1500 --rounds 3 \
+		--json $(OUT)/bench/http-streams.json
 
 bench-learning:  ## Trainer ingestion (durable acks) and Route p99 during hot swaps
 	$(PYTHON) -m bench.trainer_ingest --json $(OUT)/bench/trainer_ingest.json

@@ -291,6 +291,9 @@ def parse_chat_completion(
     options = _expect(body.get("stream_options") or {}, dict, "stream_options", "an object")
     if options and not stream:
         raise InvalidArgument("stream_options", "is only allowed when stream is true")
+    unknown = sorted(set(options) - {"include_usage"})
+    if unknown:
+        raise InvalidArgument(f"stream_options.{unknown[0]}", "unrecognized field (known: include_usage)")
     include_usage = bool(
         _expect(options.get("include_usage", False), bool, "stream_options.include_usage", "a boolean")
     )

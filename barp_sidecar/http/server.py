@@ -134,9 +134,7 @@ class OpenAIHttpServer:
                 "http.port", f"cannot bind {self._settings.host}:{self._settings.port} ({exc})"
             ) from exc
         self._runner = runner
-        server = site._server  # aiohttp exposes the bound socket only here
-        assert server is not None
-        self.port = int(server.sockets[0].getsockname()[1])  # type: ignore[attr-defined]
+        self.port = int(runner.addresses[0][1])
         self._serving = True
         return self.port
 

@@ -62,6 +62,7 @@ def error_of(payload: Any) -> dict[str, Any]:
         ({**AUTO, "barp": {"colour": 1}}, None, 400, "barp.colour", ""),
         ({**AUTO, "barp": {"allowed_models": ["x"]}}, None, 400, "", "x"),
         ({**AUTO, "stream_options": {"include_usage": True}}, None, 400, "stream_options", "stream is true"),
+        ({**AUTO, "stream": True, "stream_options": {"x": 1}}, None, 400, "stream_options.x", "unrecognized"),
         ({**AUTO, "tool_choice": "required"}, None, 400, "tool_choice", "tools"),
     ],
 )  # fmt: skip
