@@ -6,7 +6,7 @@ recorder -> provider pool (the one aiohttp session) -> gRPC server -> OpenAI-com
 ``http.enabled``) -> reward publisher, policy watchers, Admin server -> health SERVING. Shutdown order:
 health NOT_SERVING -> ``server.stop(grace_s)`` and the HTTP server's close (no new requests; in-flight ones
 finish) -> drain the batcher -> close the provider pool -> Admin, watchers, publisher
-(short drain), spool (final fsync) -> close metrics.
+(short drain), spool (final fsync) -> close metrics -> flush and stop tracing.
 """
 
 from __future__ import annotations

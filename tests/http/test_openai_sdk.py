@@ -39,6 +39,7 @@ async def test_async_sdk_non_streamed_answer_names_the_model_and_the_decision(
             max_tokens=50,
             temperature=0.3,
             stop=["\n\n"],
+            response_format={"type": "json_object"},
             extra_body={"barp": {"quality_weight": 0.9, "request_id": "req-1"}},
         )
     completion = raw.parse()
@@ -56,6 +57,7 @@ async def test_async_sdk_non_streamed_answer_names_the_model_and_the_decision(
     sent = fake.stats.bodies[-1]
     assert sent["model"] == f"up-{completion.model}"
     assert (sent["max_tokens"], sent["temperature"], sent["stop"]) == (50, 0.3, ["\n\n"])
+    assert sent["response_format"] == {"type": "json_object"}
 
 
 async def test_async_sdk_streams_chunks_usage_and_done(live: SidecarApp) -> None:
