@@ -68,6 +68,14 @@ def attributes(span: ReadableSpan) -> dict[str, Any]:
     return dict(span.attributes or {})
 
 
+async def complete_with_trace_context(app: SidecarApp) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        request = router_pb2.CompleteRequest(messages=[router_pb2.ChatMessage(role="user", content="hi")])
+        chunks = [c async for c in stub.Complete(request, metadata=(("traceparent", TRACEPARENT),))]
+    assert chunks[0].decision.decision_id and chunks[-1].HasField("usage")
+
+
 async def test_grpc_complete_continues_the_callers_trace_with_route_and_provider_spans(
     checkpoint: Path, fake: FakeProvider, tmp_path: Path
 ) -> None:
@@ -76,11 +84,15 @@ async def test_grpc_complete_continues_the_callers_trace_with_route_and_provider
     app = await traced_sidecar(checkpoint, catalog, exporter)
     try:
         fake.push(FakeBehaviour(status=503))  # one retry, then the answer
+        with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+            await complete_with_trace_context(app)
+        access = [e for e in logs if e["event"] == "rpc" and e["method"] == "Complete"]
+        retries = [e for e in logs if e["event"] == "provider_retry"]
+        assert len(access) == 1 and len(retries) == 1
+        assert access[0]["trace_id"] == retries[0]["trace_id"] == TRACE_ID  # every line of the request
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stub = router_pb2_grpc.RouterStub(channel)
-            request = router_pb2.CompleteRequest(messages=[router_pb2.ChatMessage(role="user", content="hi")])
-            chunks = [c async for c in stub.Complete(request, metadata=(("traceparent", TRACEPARENT),))]
-            decision_id = chunks[0].decision.decision_id
+            decision_id = access[0]["decision_id"]
             await stub.ReportOutcome(router_pb2.OutcomeRequest(decision_id=decision_id, quality=0.7))
             with pytest.raises(grpc.aio.AioRpcError):
                 await stub.Route(router_pb2.RouteRequest(prompt=""))
