@@ -109,17 +109,26 @@ def server_span(
 
     Exceptions are recorded on the span and re-raised. With the no-op tracer nothing is bound.
     """
-    with tracer.start_as_current_span(
-        name, context=parent, kind=SpanKind.SERVER, attributes=attributes, record_exception=True
-    ) as span:
-        context = span.get_span_context()
-        if not context.is_valid:
-            yield span
-            return
-        with structlog.contextvars.bound_contextvars(
-            trace_id=trace.format_trace_id(context.trace_id), span_id=trace.format_span_id(context.span_id)
-        ):
-            yield span
+    with (
+        tracer.start_as_current_span(
+            name, context=parent, kind=SpanKind.SERVER, attributes=attributes, record_exception=True
+        ) as span,
+        logged_with(span),
+    ):
+        yield span
+
+
+@contextlib.contextmanager
+def logged_with(span: Span) -> Iterator[None]:
+    """Bind the span's ``trace_id`` and ``span_id`` into structlog's context (nothing if invalid)."""
+    context = span.get_span_context()
+    if not context.is_valid:
+        yield
+        return
+    with structlog.contextvars.bound_contextvars(
+        trace_id=trace.format_trace_id(context.trace_id), span_id=trace.format_span_id(context.span_id)
+    ):
+        yield
 
 
 def set_error(span: Span, code: str, message: str = "") -> None:

@@ -23,6 +23,7 @@ from opentelemetry.trace import NoOpTracer, Tracer
 
 from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
 from barp_sidecar.policy.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, CheckpointStore
+from barp_sidecar.tracing import logged_with
 from trainer.service.eventlog import EventLog
 from trainer.service.policy_source import PolicyAnnouncer
 from trainer.service.validation import event_problem
@@ -107,7 +108,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
 
     async def _ingest(self, batch: list[trainer_pb2.RewardEvent]) -> trainer_pb2.PublishAck:
         """One acknowledged batch, in a ``barp.trainer.ingest`` span (validation, durable append)."""
-        with self._tracer.start_as_current_span("barp.trainer.ingest", record_exception=True) as span:
+        with (
+            self._tracer.start_as_current_span("barp.trainer.ingest", record_exception=True) as span,
+            logged_with(span),
+        ):
             ack = await self._ingest_batch(batch)
             span.set_attributes(
                 {
