@@ -25,9 +25,9 @@ import structlog
 from opentelemetry.sdk.trace.export import SpanExporter
 
 from barp_sidecar.batching.batcher import MicroBatcher
-from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.errors import ConfigError
 from barp_sidecar.http.server import OpenAIHttpServer
+from barp_sidecar.learning_wiring import LearningComponents
 from barp_sidecar.log import configure_logging
 from barp_sidecar.metrics import MetricsHttpServer, SidecarMetrics
 from barp_sidecar.policy.device import DevicePlacement, select_device
@@ -39,10 +39,8 @@ from barp_sidecar.providers.catalog import catalog_for_policy
 from barp_sidecar.providers.forwarder import Forwarder
 from barp_sidecar.providers.metrics import ProviderMetrics
 from barp_sidecar.providers.pool import ProviderPool
-from barp_sidecar.providers.recorder import InMemoryCompletionRecorder
-from barp_sidecar.rewards.components import LearningComponents
 from barp_sidecar.routing.completion import CompletionService
-from barp_sidecar.routing.service import RoutingDefaults, RoutingService
+from barp_sidecar.routing.service import RoutingService
 from barp_sidecar.rpc.server import GrpcServer
 from barp_sidecar.rpc.servicer import RouterServicer
 from barp_sidecar.rpc.tracing_interceptor import TracingInterceptor
@@ -98,7 +96,6 @@ class SidecarApp:
         self.batcher: MicroBatcher[InferenceRequest, InferenceResult] | None = None
         self.routing: RoutingService | None = None
         self.provider_pool: ProviderPool | None = None
-        self.completion_recorder: InMemoryCompletionRecorder | None = None
         self.completion: CompletionService | None = None
         self.grpc: GrpcServer | None = None
         self.http: OpenAIHttpServer | None = None
@@ -167,13 +164,8 @@ class SidecarApp:
             arms=app.registry.arms,
             encoder_id=app.registry.encoder_id,
             batcher=app.batcher,
-            defaults=RoutingDefaults(
-                quality_weight=s.routing.default_quality_weight,
-                exploration=ExplorationMode(s.routing.default_exploration),
-                epsilon=s.routing.epsilon,
-                max_prompt_bytes=s.server.max_prompt_bytes,
-                disabled_models=disabled,
-            ),
+            settings=s.routing,
+            max_prompt_bytes=s.server.max_prompt_bytes,
             rng=np.random.default_rng(s.routing.seed),
             on_decision=recorder.remember_decision if recorder is not None else None,
             tracer=tracer,
@@ -187,14 +179,11 @@ class SidecarApp:
             provider_metrics,
             rng=random.Random(s.routing.seed),
         )
-        # Every completed Complete's cost and latency: kept in memory and handed to the pending decision.
-        app.completion_recorder = InMemoryCompletionRecorder(
-            s.providers.completion_records_max_entries, forward_to=recorder
-        )
+        # Every completed Complete's cost goes into its pending decision (the reward path).
         forwarder = Forwarder(
             catalog,
             app.provider_pool,
-            app.completion_recorder,
+            recorder,
             provider_metrics,
             s.providers.max_fallbacks,
             tracer=tracer,

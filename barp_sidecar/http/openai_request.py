@@ -297,7 +297,9 @@ def parse_chat_completion(
     include_usage = bool(
         _expect(options.get("include_usage", False), bool, "stream_options.include_usage", "a boolean")
     )
-    user = body.get("user")
+    # Accepted and not forwarded (like Route's metadata): OpenAI's end-user id for abuse monitoring.
+    if body.get("user") is not None:
+        _expect(body["user"], str, "user", "a string")
     routing = _routing_fields(body, headers)
     allowed = _pin_model(model, routing.get("allowed_models", ()), names)
     command = CompleteCommand(
@@ -306,7 +308,6 @@ def parse_chat_completion(
         allowed_models=allowed,
         exploration=routing.get("exploration"),
         request_id=routing["request_id"],
-        metadata={} if user is None else {"user": _expect(user, str, "user", "a string")},
         deadline_monotonic_s=deadline_monotonic_s,
     )
     return ChatCompletionCall(command=command, stream=stream, include_usage=include_usage)

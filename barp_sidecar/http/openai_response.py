@@ -17,8 +17,7 @@ from typing import Any
 from barp_sidecar import errors
 from barp_sidecar.http.openai_request import ModelNotFound
 from barp_sidecar.providers.chat import ToolCallDelta
-from barp_sidecar.providers.forwarder import Completed
-from barp_sidecar.routing.completion import CompletionStarted
+from barp_sidecar.providers.forwarder import AnswerStarted, Completed
 
 DONE_EVENT = b"data: [DONE]\n\n"
 
@@ -75,7 +74,7 @@ def http_error(error: BaseException) -> HttpError:
     return HttpError(status, str(error), kind, code=code)
 
 
-def _barp_extension(started: CompletionStarted) -> dict[str, Any]:
+def _barp_extension(started: AnswerStarted) -> dict[str, Any]:
     d = started.decision
     return {
         "decision_id": d.decision_id,
@@ -127,7 +126,7 @@ class CompletionAssembler:
 
     completion_id: str
     created_s: int
-    started: CompletionStarted
+    started: AnswerStarted
     text: list[str] = field(default_factory=list)
     tools: ToolCallAssembler = field(default_factory=ToolCallAssembler)
 
@@ -180,7 +179,7 @@ class ChunkEncoder:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
         return self._event([choice], **extra)
 
-    def first(self, started: CompletionStarted) -> bytes:
+    def first(self, started: AnswerStarted) -> bytes:
         """The role chunk, carrying the router's decision in the ``barp`` extension."""
         return self._delta(
             {"role": "assistant", "content": "", "refusal": None}, barp=_barp_extension(started)

@@ -42,9 +42,9 @@ from barp_sidecar.http.openai_response import (
     http_error,
 )
 from barp_sidecar.metrics import SidecarMetrics
-from barp_sidecar.providers.forwarder import Completed, TextDelta, ToolCallsDelta
+from barp_sidecar.providers.forwarder import AnswerStarted, Completed, TextDelta, ToolCallsDelta
 from barp_sidecar.rewards.recorder import OutcomeRecorder
-from barp_sidecar.routing.completion import CompletionService, CompletionStarted
+from barp_sidecar.routing.completion import CompletionService
 from barp_sidecar.settings import HttpSettings
 from barp_sidecar.tracing import extract_context, server_span, set_error
 
@@ -282,9 +282,9 @@ class OpenAIHttpServer:
         events = self._completion.complete(call.command)
         async with contextlib.aclosing(events):
             # Errors before the first event (bad field, routing, every provider failed) are plain JSON
-            # errors with their status; CompletionStarted always comes first otherwise.
+            # errors with their status; AnswerStarted always comes first otherwise.
             started = await anext(events)
-            assert isinstance(started, CompletionStarted)
+            assert isinstance(started, AnswerStarted)
             decision = started.decision
             record.decision_id, record.model, record.routed_model = (
                 decision.decision_id,
@@ -314,7 +314,7 @@ class OpenAIHttpServer:
         self,
         request: web.Request,
         call: ChatCompletionCall,
-        started: CompletionStarted,
+        started: AnswerStarted,
         events: Any,
         headers: dict[str, str],
         created_s: int,

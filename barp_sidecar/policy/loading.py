@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from barp_sidecar.errors import CheckpointError, ConfigError
+from barp_sidecar.policy.builtin import builtin_policy_dir
 from barp_sidecar.policy.checkpoint import (
     LATEST_FILE,
     MANIFEST_FILE,
@@ -31,11 +32,7 @@ from barp_sidecar.settings import PolicySettings
 def resolve_checkpoint_dir(checkpoint_dir: str | None) -> Path:
     """A single checkpoint dir (has manifest.json) or a store's LATEST; None = the shipped policy."""
     if checkpoint_dir is None:
-        try:
-            from barp_sidecar.policy.builtin import builtin_policy_dir  # shipped by the core branch
-        except ImportError as exc:
-            raise ConfigError("policy.checkpoint_dir", "this build ships no default policy; set it") from exc
-        return Path(builtin_policy_dir())
+        return builtin_policy_dir()
     path = Path(checkpoint_dir)
     if (path / MANIFEST_FILE).is_file():
         return path
@@ -60,14 +57,19 @@ def load_startup_policy(settings: PolicySettings) -> LoadedPolicy:
         raise ConfigError("policy.checkpoint_dir", str(exc)) from exc
 
 
-def encoder_model_for(identity: EncoderIdentity, encoder_model: str) -> str:
-    """The model to load for a manifest's encoder: hash ids are self-describing; the builtin id maps to the
-    shipped files when ``policy.encoder_model`` is the builtin; otherwise the configured model."""
+def encoder_model_for(identity: EncoderIdentity, configured: str | None) -> str:
+    """The one rule for which model to load for a manifest's encoder (the sidecar and ``decide``).
+
+    A ``hash:<dim>`` id is self-describing (no files; anything configured is ignored). Otherwise the
+    configured model (``policy.encoder_model``, ``decide --encoder-model``) when given, else the shipped
+    MiniLM files for the builtin id, else the manifest's id. The builtin id and the builtin model name map
+    to each other either way; the loaded encoder's id and dimension are checked against the manifest after.
+    """
     if identity.encoder_id.startswith("hash:"):
         return identity.encoder_id
-    if identity.encoder_id == BUILTIN_MODEL_ID and encoder_model == BUILTIN_MODEL:
-        return BUILTIN_MODEL
-    return encoder_model
+    if configured is not None:
+        return configured
+    return BUILTIN_MODEL if identity.encoder_id == BUILTIN_MODEL_ID else identity.encoder_id
 
 
 def load_encoder(

@@ -15,7 +15,7 @@ Anthropic equivalent: asking for JSON output from an Anthropic model is ``Invali
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from barp_sidecar.errors import InvalidArgument
 from barp_sidecar.providers.adapter import (
@@ -24,7 +24,6 @@ from barp_sidecar.providers.adapter import (
     UpstreamStreamError,
     json_object,
 )
-from barp_sidecar.providers.catalog import ProviderEntry
 from barp_sidecar.providers.chat import (
     ChatMessage,
     ChatRequest,
@@ -33,6 +32,9 @@ from barp_sidecar.providers.chat import (
     ToolCallDelta,
 )
 from barp_sidecar.providers.sse import SSEError, SSEParser
+
+if TYPE_CHECKING:  # the catalog imports the adapters (api_styles registry) at run time
+    from barp_sidecar.providers.catalog import ProviderEntry
 
 ANTHROPIC_VERSION = "2023-06-01"
 _STOP_REASONS = {

@@ -2,7 +2,7 @@
 
 Owns the order in which models are tried for one Complete call and what the caller is told: which model
 answered, which failed first (``fallback_from``), the text deltas, and at the end the usage, cost and
-provider latency, which are also handed to the ``CompletionRecorder`` with the decision id.
+provider latency, which are also handed to the ``CompletionRecorder`` (if any) with the decision id.
 
 Rules: the routed model must have an enabled provider (else ``ProviderNotConfigured`` → FAILED_PRECONDITION
 naming it). When it fails before its first token (after the pool's retries), the next allowed model by
@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import structlog
 from opentelemetry.trace import NoOpTracer, Span, SpanKind, Tracer
 
+from barp_sidecar.domain import Decision
+from barp_sidecar.policy.mask import models_in
 from barp_sidecar.providers.catalog import ModelCatalog
 from barp_sidecar.providers.chat import ChatRequest, TokenUsage, ToolCallDelta
 from barp_sidecar.providers.failures import (
@@ -38,8 +40,11 @@ from barp_sidecar.tracing import set_error
 
 @dataclass(frozen=True)
 class AnswerStarted:
-    """The first content arrived from ``model``; ``fallback_from`` failed before it, in order."""
+    """The first content arrived from ``model``; ``fallback_from`` failed before it, in order.
 
+    ``decision`` is what routing chose (``decision.model``); ``model`` differs from it after a fallback."""
+
+    decision: Decision
     model: str
     fallback_from: tuple[str, ...]
 
@@ -98,7 +103,7 @@ class Forwarder:
         self,
         catalog: ModelCatalog,
         pool: ProviderPool,
-        recorder: CompletionRecorder,
+        recorder: CompletionRecorder | None,
         metrics: ProviderMetrics,
         max_fallbacks: int,
         clock: Callable[[], float] = time.monotonic,
@@ -121,20 +126,23 @@ class Forwarder:
     async def forward(
         self,
         *,
-        decision_id: str,
-        chosen: str,
-        probabilities: Sequence[tuple[str, float]],
-        allowed: Collection[str] | None,
+        decision: Decision,
         request: ChatRequest,
         deadline_s: float | None,
     ) -> AsyncGenerator[ForwardEvent, None]:
         """Yield AnswerStarted, (TextDelta | ToolCallsDelta)*, Completed (failures: see the module docstring).
 
+        Fallbacks stay inside the decision's mask (``decision.allowed``, computed once by routing).
         ``deadline_s`` is absolute on the forwarder's (and pool's) clock; None = only per-attempt timeouts.
         """
-        self.check_available(chosen)
+        decision_id = decision.decision_id
+        self.check_available(decision.model)
         candidates = fallback_order(
-            chosen, probabilities, allowed, self._max_fallbacks, self._pool.is_enabled
+            decision.model,
+            tuple(zip(decision.arms, decision.probabilities, strict=True)),
+            models_in(decision.arms, decision.allowed) if decision.allowed else None,
+            self._max_fallbacks,
+            self._pool.is_enabled,
         )
         failures: list[ProviderFailure] = []
         for position, model in enumerate(candidates):
@@ -170,7 +178,7 @@ class Forwarder:
                                 first_token_s = self._clock()
                                 ttft_ms = (first_token_s - started_s) * 1000
                                 span.set_attribute("barp.time_to_first_token_ms", ttft_ms)
-                                yield AnswerStarted(model, fallback_from)
+                                yield AnswerStarted(decision, model, fallback_from)
                             if event.tool_calls:
                                 parts.extend(call.arguments for call in event.tool_calls)
                                 yield ToolCallsDelta(event.tool_calls)
@@ -191,12 +199,13 @@ class Forwarder:
                 ended_s = self._clock()
                 latency_ms = (ended_s - started_s) * 1000.0
                 if not started:
-                    yield AnswerStarted(model, fallback_from)
+                    yield AnswerStarted(decision, model, fallback_from)
                 first_token_s = ended_s if first_token_s is None else first_token_s
                 usage = complete_usage(input_tokens, output_tokens, request.messages, "".join(parts))
                 entry = self._catalog.entry(model)
                 cost = cost_usd(usage, entry.input_usd_per_1m_tokens, entry.output_usd_per_1m_tokens)
-                self._recorder.record_completion(decision_id, model, cost, latency_ms, usage)
+                if self._recorder is not None:
+                    self._recorder.record_completion(decision_id, model, cost, latency_ms, usage)
                 self._observe(model, usage, cost, latency_ms, fallback_from)
                 self._observe_timing(model, first_token_s - started_s, ended_s - first_token_s, usage)
                 span.set_attributes(
@@ -210,7 +219,7 @@ class Forwarder:
                 )
                 yield Completed(model, finish_reason or "stop", usage, cost, latency_ms, fallback_from)
                 return
-        self._metrics.completions.labels(chosen, "failed").inc()
+        self._metrics.completions.labels(decision.model, "failed").inc()
         raise AllProvidersFailed(failures)
 
     def _fell_back(self, model: str, next_model: str, kind: str, span: Span, detail: str) -> None:

@@ -8,7 +8,7 @@ Builds the request (parameters, tools, ``tool_choice`` and ``response_format`` p
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from barp_sidecar.providers.adapter import (
     HttpRequest,
@@ -16,7 +16,6 @@ from barp_sidecar.providers.adapter import (
     UpstreamStreamError,
     json_object,
 )
-from barp_sidecar.providers.catalog import ProviderEntry
 from barp_sidecar.providers.chat import (
     ChatMessage,
     ChatRequest,
@@ -25,6 +24,9 @@ from barp_sidecar.providers.chat import (
     ToolCallDelta,
 )
 from barp_sidecar.providers.sse import SSEError, SSEParser
+
+if TYPE_CHECKING:  # the catalog imports the adapters (api_styles registry) at run time
+    from barp_sidecar.providers.catalog import ProviderEntry
 
 
 def _usage_event(usage: Any) -> StreamEvent | None:

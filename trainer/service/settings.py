@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from barp_sidecar.errors import ConfigError
-from barp_sidecar.settings import TracingSettings, build_settings, read_layers, validate_tracing
+from barp_sidecar.settings import TracingSettings, build_settings, read_layers
 
 ENV_PREFIX = "BARP_TRAINER__"
 INITIAL_POLICIES = ("builtin", "cold", "latest_or_builtin", "latest_or_cold")
@@ -155,7 +155,7 @@ def validate(settings: TrainerSettings) -> TrainerSettings:
             raise ConfigError(key, message)
 
     s = settings
-    validate_tracing(s.tracing)
+    s.tracing.check()
     check(0 <= s.server.port <= 65535, "server.port", f"must be in [0, 65535], not {s.server.port}")
     check(0 <= s.metrics.port <= 65535, "metrics.port", f"must be in [0, 65535], not {s.metrics.port}")
     if s.server.health_port is not None:
