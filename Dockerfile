@@ -24,7 +24,8 @@ COPY protos ./protos
 COPY barp_sidecar ./barp_sidecar
 COPY trainer ./trainer
 # torch==2.13.0 is pinned in pyproject.toml; the extra index supplies the CPU (or CUDA) build of it.
-RUN /opt/barp/bin/pip install --extra-index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" . \
+# The otlp extra lets tracing.exporter=otlp work in the image (tracing stays off unless configured).
+RUN /opt/barp/bin/pip install --extra-index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" ".[otlp]" \
     && /opt/barp/bin/python -m compileall -q /opt/barp/lib \
     && /opt/barp/bin/pip uninstall --yes pip
 

@@ -5,13 +5,17 @@ OUT ?= out
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint test test-all protos train-default reproduce demo fake-provider \
-	bench-route bench-forward bench-learning bench-startup quickstart helm-check helm-docs settings-docs
+	bench-route bench-forward bench-learning bench-startup bench-http quickstart helm-check helm-docs \
+	settings-docs node-deps
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
 install:  ## Install the package with its dev tools (editable)
 	$(PYTHON) -m pip install -e '.[dev]'
+
+node-deps:  ## The openai npm package for the Node client tests (tests/http/node, from its lock file)
+	npm ci --prefix tests/http/node --no-audit --no-fund
 
 lint:  ## ruff lint + format check, mypy types
 	$(PYTHON) -m ruff check barp_sidecar trainer tests bench helm
@@ -50,6 +54,11 @@ bench-forward:  ## Forwarding overhead: Complete vs Route vs the provider direct
 
 bench-startup:  ## Start-up times (--help, config error, serve until SERVING, decide) against the targets
 	$(PYTHON) -m bench.startup --repeats 5 --json $(OUT)/bench/startup.json
+
+bench-http:  ## OpenAI-compatible HTTP API vs gRPC Complete, same sidecar and concurrency (docs/benchmarks.md)
+	$(PYTHON) -m bench.http_load --concurrency 1,100 --requests 3000 --rounds 5 --json $(OUT)/bench/http-closed.json
+	$(PYTHON) -m bench.http_load --rate-rps 100 --tokens 8 --tokens-per-s 10 --requests 1500 --rounds 3 \
+		--json $(OUT)/bench/http-streams.json
 
 bench-learning:  ## Trainer ingestion (durable acks) and Route p99 during hot swaps
 	$(PYTHON) -m bench.trainer_ingest --json $(OUT)/bench/trainer_ingest.json

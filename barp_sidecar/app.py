@@ -2,10 +2,11 @@
 
 Owns wiring and lifecycle only: which component is built from which settings, in which order things start
 and stop. Start order: metrics HTTP -> micro-batcher (+ warm-up pass) -> reward spool recovery + outcome
-recorder -> provider pool (the one aiohttp session) -> gRPC server -> reward publisher, policy watchers,
-Admin server -> health SERVING. Shutdown order: health NOT_SERVING -> ``server.stop(grace_s)`` (no new
-RPCs; in-flight ones finish) -> drain the batcher -> close the provider pool -> Admin, watchers, publisher
-(short drain), spool (final fsync) -> close metrics.
+recorder -> provider pool (the one aiohttp session) -> gRPC server -> OpenAI-compatible HTTP server (when
+``http.enabled``) -> reward publisher, policy watchers, Admin server -> health SERVING. Shutdown order:
+health NOT_SERVING -> ``server.stop(grace_s)`` and the HTTP server's close (no new requests; in-flight ones
+finish) -> drain the batcher -> close the provider pool -> Admin, watchers, publisher
+(short drain), spool (final fsync) -> close metrics -> flush and stop tracing.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ from barp_sidecar.process import config_error_exit, serve_until_signalled
 from barp_sidecar.settings import Settings, load_settings, validate
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.export import SpanExporter
+
     from barp_sidecar.batching.batcher import MicroBatcher
+    from barp_sidecar.http.server import OpenAIHttpServer
     from barp_sidecar.learning_wiring import LearningComponents
     from barp_sidecar.metrics import MetricsHttpServer
     from barp_sidecar.policy.device import DevicePlacement
@@ -37,6 +41,7 @@ if TYPE_CHECKING:
     from barp_sidecar.routing.completion import CompletionService
     from barp_sidecar.routing.service import RoutingService
     from barp_sidecar.rpc.server import GrpcServer
+    from barp_sidecar.tracing import Tracing
 
 log = structlog.get_logger(__name__)
 
@@ -111,6 +116,7 @@ class SidecarApp:
 
         self.settings = settings
         self.metrics = SidecarMetrics()
+        self.tracing: Tracing | None = None  # built by ``build``
         self.placement: DevicePlacement | None = None
         self.registry: PolicyRegistry | None = None
         self.inference: PolicyInference | None = None
@@ -119,6 +125,8 @@ class SidecarApp:
         self.provider_pool: ProviderPool | None = None
         self.completion: CompletionService | None = None
         self.grpc: GrpcServer | None = None
+        self.http: OpenAIHttpServer | None = None
+        self.http_port: int | None = None
         self.metrics_http: MetricsHttpServer | None = None
         self.learning: LearningComponents | None = None
         self.admin_port: int | None = None
@@ -128,11 +136,16 @@ class SidecarApp:
         self._started = False
 
     @classmethod
-    def build(cls, settings: Settings, env: Mapping[str, str] | None = None) -> SidecarApp:
+    def build(
+        cls,
+        settings: Settings,
+        env: Mapping[str, str] | None = None,
+        span_exporter: SpanExporter | None = None,
+    ) -> SidecarApp:
         """Load the policy and encoder and wire every component; binds nothing. Raises ConfigError.
 
         ``env`` is where secrets are read from: provider API keys, trainer/admin tokens (the process
-        environment when None).
+        environment when None). ``span_exporter`` replaces the configured trace exporter (tests).
         """
         # Imported here, not at module level: `serve` parses arguments and validates settings (and
         # reports a bad one) before paying for torch and the components (docs/benchmarks.md, start-up).
@@ -154,9 +167,14 @@ class SidecarApp:
         from barp_sidecar.routing.service import RoutingService
         from barp_sidecar.rpc.server import ROUTER_SERVICE, GrpcServer, Service
         from barp_sidecar.rpc.servicer import RouterServicer
+        from barp_sidecar.rpc.tracing_interceptor import TracingInterceptor
+        from barp_sidecar.tracing import Tracing
 
         app = cls(settings)
         s = settings
+        app.tracing = Tracing.from_settings(s.tracing, exporter=span_exporter)
+        # None when tracing is off: components then skip span bookkeeping entirely.
+        tracer = app.tracing.tracer if app.tracing.enabled else None
         app.placement = select_placement(s)
         policy = load_startup_policy(s.policy)
         encoder = load_encoder(policy.manifest.encoder, s.policy, app.placement)
@@ -200,6 +218,7 @@ class SidecarApp:
             max_prompt_bytes=s.server.max_prompt_bytes,
             rng=np.random.default_rng(s.routing.seed),
             on_decision=recorder.remember_decision if recorder is not None else None,
+            tracer=tracer,
         )
         catalog = catalog_for_policy(s.providers.catalog_file, app.registry.arms)
         provider_metrics = ProviderMetrics(app.metrics.registry)
@@ -212,7 +231,12 @@ class SidecarApp:
         )
         # Every completed Complete's cost goes into its pending decision (the reward path).
         forwarder = Forwarder(
-            catalog, app.provider_pool, recorder, provider_metrics, s.providers.max_fallbacks
+            catalog,
+            app.provider_pool,
+            recorder,
+            provider_metrics,
+            s.providers.max_fallbacks,
+            tracer=tracer,
         )
         app.completion = CompletionService(
             routing=app.routing,
@@ -233,7 +257,20 @@ class SidecarApp:
             [Service(ROUTER_SERVICE, router_pb2_grpc.add_RouterServicer_to_server, servicer)],
             max_message_bytes=s.server.max_message_bytes,
             max_pending_rpcs=s.batching.max_pending,
+            interceptors=(TracingInterceptor(tracer),) if tracer is not None else (),
         )
+        if s.http.enabled:
+            from barp_sidecar.http.server import OpenAIHttpServer
+
+            app.http = OpenAIHttpServer(
+                s.http,
+                app.completion,
+                app.metrics,
+                outcomes=recorder,
+                grace_s=s.server.grace_s,
+                log_prompts=s.logging.log_prompts,
+                tracer=tracer,
+            )
         if s.metrics.enabled:
             app.metrics_http = MetricsHttpServer(app.metrics, s.metrics.host, s.metrics.port)
         return app
@@ -259,6 +296,8 @@ class SidecarApp:
                 await self.provider_pool.start()
             self.port = await self.grpc.start()
             self._started = True
+            if self.http is not None:
+                self.http_port = await self.http.start()
             if self.learning is not None:
                 self.admin_port = await self.learning.start_background()
         except BaseException:
@@ -274,6 +313,7 @@ class SidecarApp:
             tls=self.settings.server.tls_cert_file is not None,
             mtls=self.settings.server.tls_client_ca_file is not None,
             metrics_port=self.metrics_port,
+            http_port=self.http_port,
             admin_port=self.admin_port,
             policy_version=policy.version if policy else None,
             arms=len(self.registry.arms) if self.registry else None,
@@ -303,7 +343,11 @@ class SidecarApp:
         if self.grpc is not None and self._started:
             await self.grpc.set_not_serving()
             log.info("server_stopping", grace_s=grace_s)
-            await self.grpc.stop(grace_s)
+            await asyncio.gather(
+                self.grpc.stop(grace_s), self.http.close() if self.http else asyncio.sleep(0)
+            )
+        elif self.http is not None:
+            await self.http.close()
         self._started = False
         if self.batcher is not None:
             await self.batcher.close(timeout_s=grace_s)
@@ -314,6 +358,9 @@ class SidecarApp:
             await self.learning.close()
         if self.metrics_http is not None:
             self.metrics_http.close()
+        # Last: spans of the shutdown itself are exported too.
+        if self.tracing is not None:
+            await asyncio.to_thread(self.tracing.close)
         log.info("server_stopped")
 
     async def __aenter__(self) -> SidecarApp:

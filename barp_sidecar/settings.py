@@ -65,6 +65,13 @@ def check_port(key: str, port: int | None) -> None:
         require(0 <= port <= 65535, key, f"must be in [0, 65535], not {port}")
 
 
+class TraceExporter(StrEnum):
+    """Where spans go when tracing is on."""
+
+    OTLP = "otlp"
+    CONSOLE = "console"
+
+
 @dataclass(frozen=True)
 class ServerSettings:
     """The Router gRPC endpoint."""
@@ -127,6 +134,64 @@ class MetricsSettings:
 
     def check(self) -> None:
         check_port("metrics.port", self.port)
+
+
+@dataclass(frozen=True)
+class HttpSettings:
+    """The OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models, /v1/feedback); docs/openai-api.md."""
+
+    enabled: bool = False
+    # Loopback by default, like the Router port. Bound beyond it, set api_key_sha256 to require keys.
+    host: str = "127.0.0.1"
+    # 0 = pick a free port and log it (http_port in server_started).
+    port: int = 8080
+    # The model name that means "let the router choose" (listed by /v1/models next to the catalog's models).
+    routed_model: str = "barp-auto"
+    # Comma-separated SHA-256 hex digests of the bearer keys callers may send ("" = no key required).
+    api_key_sha256: str = ""
+    # Largest accepted request body (bytes); larger -> HTTP 413.
+    max_body_bytes: int = 4 << 20
+
+    def api_key_digests(self) -> frozenset[str]:
+        return frozenset(d.strip().lower() for d in self.api_key_sha256.split(",") if d.strip())
+
+    def check(self) -> None:
+        check_port("http.port", self.port)
+        require(bool(self.routed_model.strip()), "http.routed_model", "must not be empty")
+        require(self.max_body_bytes >= 1024, "http.max_body_bytes", "must be >= 1024")
+        for digest in self.api_key_digests():
+            require(
+                len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
+                "http.api_key_sha256",
+                "must be comma-separated SHA-256 hex digests (64 hex characters each)",
+            )
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    """OpenTelemetry traces (docs/tracing.md). Off by default: nothing is recorded or exported."""
+
+    enabled: bool = False
+    # "otlp" (OTLP/gRPC; needs the barp-sidecar[otlp] extra) or "console" (JSON spans on stdout).
+    exporter: TraceExporter = TraceExporter.OTLP
+    # OTLP/gRPC collector; http:// = plaintext, https:// = TLS.
+    otlp_endpoint: str = "http://127.0.0.1:4317"
+    # The service.name resource attribute.
+    service_name: str = "barp-sidecar"
+    # Fraction of new traces recorded; a caller's sampled traceparent is always followed.
+    sample_ratio: float = 1.0
+
+    def check(self) -> None:
+        """Also the trainer's ``tracing`` section (same keys)."""
+        require(
+            0 <= self.sample_ratio <= 1, "tracing.sample_ratio", f"must be in [0, 1], not {self.sample_ratio}"
+        )
+        require(
+            self.otlp_endpoint.startswith(("http://", "https://")),
+            "tracing.otlp_endpoint",
+            "must be an http:// or https:// URL",
+        )
+        require(bool(self.service_name), "tracing.service_name", "must not be empty")
 
 
 @dataclass(frozen=True)
@@ -361,6 +426,8 @@ class ProvidersSettings:
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
     batching: BatchingSettings = field(default_factory=BatchingSettings)

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from barp_sidecar.errors import ConfigError
-from barp_sidecar.settings import build_settings, read_layers
+from barp_sidecar.settings import TracingSettings, build_settings, read_layers
 
 ENV_PREFIX = "BARP_TRAINER__"
 INITIAL_POLICIES = ("builtin", "cold", "latest_or_builtin", "latest_or_cold")
@@ -161,6 +161,13 @@ class TrainerLoggingSettings:
 
 
 @dataclass(frozen=True)
+class TrainerTracingSettings(TracingSettings):
+    """OpenTelemetry spans of ingestion and publishing (docs/tracing.md); off by default."""
+
+    service_name: str = "barp-trainer"
+
+
+@dataclass(frozen=True)
 class TrainerSettings:
     server: TrainerServerSettings = field(default_factory=TrainerServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -168,6 +175,7 @@ class TrainerSettings:
     publish: PublishSettings = field(default_factory=PublishSettings)
     metrics: TrainerMetricsSettings = field(default_factory=TrainerMetricsSettings)
     logging: TrainerLoggingSettings = field(default_factory=TrainerLoggingSettings)
+    tracing: TrainerTracingSettings = field(default_factory=TrainerTracingSettings)
 
     @property
     def events_dir(self) -> Path:
@@ -184,6 +192,7 @@ def validate(settings: TrainerSettings) -> TrainerSettings:
             raise ConfigError(key, message)
 
     s = settings
+    s.tracing.check()
     check(0 <= s.server.port <= 65535, "server.port", f"must be in [0, 65535], not {s.server.port}")
     check(0 <= s.metrics.port <= 65535, "metrics.port", f"must be in [0, 65535], not {s.metrics.port}")
     if s.server.health_port is not None:
