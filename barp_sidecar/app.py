@@ -27,6 +27,7 @@ from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.errors import ConfigError
 from barp_sidecar.log import configure_logging
 from barp_sidecar.metrics import MetricsHttpServer, SidecarMetrics
+from barp_sidecar.policy.backends import encoder_backend_identity
 from barp_sidecar.policy.device import DevicePlacement, select_device
 from barp_sidecar.policy.embedding_cache import EmbeddingCache
 from barp_sidecar.policy.inference import InferenceRequest, InferenceResult, PolicyInference
@@ -114,12 +115,12 @@ class SidecarApp:
         s = settings
         app.placement = select_placement(s)
         policy = load_startup_policy(s.policy)
-        encoder = load_encoder(policy.manifest.encoder, s.policy, app.placement)
+        encoder = load_encoder(policy.manifest.encoder, s.policy, app.placement, s.encoder)
         if s.policy.cpu_threads > 0:
             import torch
 
             torch.set_num_threads(s.policy.cpu_threads)
-        app.registry = PolicyRegistry(policy)
+        app.registry = PolicyRegistry(policy, encoder_backend_identity(encoder))
         app.metrics.track_policy(app.registry)
         app.inference = PolicyInference(
             encoder,

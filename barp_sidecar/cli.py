@@ -5,6 +5,7 @@
 - ``decide`` load the policy in-process and print one decision as JSON (barp_sidecar.decide)
 - ``complete`` send a chat message through a running sidecar's Complete and stream the answer
   (barp_sidecar.rpc.complete_client)
+- ``export-onnx`` export and quantise the encoder for the ONNX backends (barp_sidecar.export_onnx)
 
 Modules are imported only for the chosen subcommand, so ``--help`` stays fast.
 """
@@ -22,6 +23,10 @@ SUBCOMMANDS = {
     "complete": (
         "barp_sidecar.rpc.complete_client",
         "send a chat message through a running sidecar's Complete and stream the answer",
+    ),
+    "export-onnx": (
+        "barp_sidecar.export_onnx",
+        "export the encoder to ONNX (fp32 + int8) and print the files",
     ),
 }
 

@@ -24,6 +24,7 @@ from barp_sidecar.errors import ConfigError
 
 ENV_PREFIX = "BARP__"
 EXPLORATION_MODES = ("greedy", "sample", "epsilon_greedy")
+ENCODER_BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,21 @@ class PolicySettings:
     encoder_model: str = "builtin:all-MiniLM-L6-v2"
     # "auto" = CUDA with half precision when present, else CPU float32.
     device: str = "auto"
-    # Torch intra-op threads for the inference thread on CPU (0 = torch's default).
+    # Intra-op threads of the encoder on CPU, torch or ONNX Runtime (0 = the runtime's default).
     cpu_threads: int = 0
+
+
+@dataclass(frozen=True)
+class EncoderBackendSettings:
+    """Which runtime computes the encoder h(x) (docs/benchmarks.md, encoder backends)."""
+
+    # "auto" = onnx-int8 on the CPU, torch on CUDA; "torch" (fp32 PyTorch); "onnx" (ONNX Runtime fp32,
+    # the same function as torch); "onnx-int8" (int8 weights: fastest on CPU; the policy manifest must
+    # list the int8 file's sha256, the shipped policy does). The ONNX backends run on the CPU only.
+    backend: str = "auto"
+    # Where ONNX files are exported to on first start (sha256-verified; re-exported when corrupt) or were
+    # exported at image build time. None = $XDG_CACHE_HOME/barp-sidecar/onnx (~/.cache if unset).
+    onnx_dir: str | None = None
 
 
 @dataclass(frozen=True)
@@ -213,6 +227,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    encoder: EncoderBackendSettings = field(default_factory=EncoderBackendSettings)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     rewards: RewardSettings = field(default_factory=RewardSettings)
@@ -379,6 +394,11 @@ def validate(settings: Settings) -> Settings:
         f"must be debug, info, warning or error, not {s.logging.level!r}",
     )
     check(s.policy.cpu_threads >= 0, "policy.cpu_threads", "must be >= 0")
+    check(
+        s.encoder.backend in ENCODER_BACKENDS,
+        "encoder.backend",
+        f"must be one of {ENCODER_BACKENDS}, not {s.encoder.backend!r}",
+    )
     check(1 <= s.batching.max_batch_size <= 4096, "batching.max_batch_size", "must be in [1, 4096]")
     check(0 <= s.batching.max_wait_ms <= 1000, "batching.max_wait_ms", "must be in [0, 1000]")
     check(s.batching.max_pending >= 1, "batching.max_pending", "must be >= 1")

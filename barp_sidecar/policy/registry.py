@@ -32,12 +32,20 @@ class ActivePolicy:
 class PolicyRegistry:
     """Holds the current policy. Arms and encoder identity are fixed at construction: a swap must match."""
 
-    def __init__(self, initial: LoadedPolicy) -> None:
+    def __init__(self, initial: LoadedPolicy, serving_backend: tuple[str, str] = ("torch", "")) -> None:
+        """``serving_backend`` = (encoder backend, its model file's sha256): every policy must accept it."""
+        self._serving_backend = serving_backend
+        self._check_backend(initial)
         self._current = ActivePolicy(initial.version, initial)
         self._arms = initial.manifest.arms
-        self._encoder = initial.manifest.encoder
+        self._encoder = initial.manifest.encoder.core()
         self._swap_lock = threading.Lock()
         self._listeners: list[Callable[[ActivePolicy, ActivePolicy], None]] = []
+
+    def _check_backend(self, policy: LoadedPolicy) -> None:
+        problem = policy.manifest.encoder.serving_problem(*self._serving_backend)
+        if problem is not None:
+            raise CheckpointError(f"{policy.directory}: {problem}")
 
     @property
     def arms(self) -> tuple[str, ...]:
@@ -60,10 +68,11 @@ class PolicyRegistry:
             raise CheckpointError(
                 f"{new.directory}: arms {list(new.manifest.arms)} differ from the serving {list(self._arms)}"
             )
-        if new.manifest.encoder != self._encoder:
+        if new.manifest.encoder.core() != self._encoder:
             raise CheckpointError(
                 f"{new.directory}: encoder {new.manifest.encoder} differs from the serving {self._encoder}"
             )
+        self._check_backend(new)
         with self._swap_lock:
             old = self._current
             self._current = ActivePolicy(new.version, new)
