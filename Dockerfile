@@ -25,15 +25,9 @@ COPY barp_sidecar ./barp_sidecar
 COPY trainer ./trainer
 # torch==2.13.0 is pinned in pyproject.toml; the extra index supplies the CPU (or CUDA) build of it.
 # The ONNX encoder files (encoder.backend onnx / onnx-int8) are exported here, from the shipped weights,
-# so no container exports at start. On the CPU image --require-validated fails the build unless the
-# shipped policy lists the int8 file's sha256 (else encoder.backend auto would serve torch); CUDA images
-# serve torch by default and export the files for an explicit choice only.
+# so no container exports at start (BARP__ENCODER__ONNX_DIR below points the sidecar at them).
 RUN /opt/barp/bin/pip install --extra-index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" . \
-    && if [ "${TORCH_VARIANT}" = cpu ]; then \
-         /opt/barp/bin/barp-sidecar export-onnx --onnx-dir /opt/barp/onnx --require-validated; \
-       else \
-         /opt/barp/bin/barp-sidecar export-onnx --onnx-dir /opt/barp/onnx; \
-       fi \
+    && /opt/barp/bin/barp-sidecar export-onnx --onnx-dir /opt/barp/onnx \
     && /opt/barp/bin/python -m compileall -q /opt/barp/lib \
     && /opt/barp/bin/pip uninstall --yes pip
 

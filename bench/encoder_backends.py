@@ -8,10 +8,13 @@ data sets with scores and costs, the largest change of the routing metrics (scor
 0.002) over the grid. Large sets are subsampled (``--max-prompts``, seeded; the table says so).
 
 ``speed``: the in-process encoders side by side in ONE run, rounds interleaved, at 16/64/256 tokens and
-batch 1/8/32 (prompts/s and batch-1 p50), plus the ONNX Runtime thread settings.
+batch 1/8/32 (prompts/s and per-batch p50).
+
+``threads``: ONNX Runtime session settings for the int8 file (intra-op threads, spinning, memory arena).
 
     python -m bench.encoder_backends agreement --cache-dir /work/cache/embeddings --json out/agree.json
-    OMP_WAIT_POLICY=PASSIVE python -m bench.encoder_backends speed --json out/encoder_speed.json
+    OMP_WAIT_POLICY=PASSIVE python -m bench.encoder_backends speed --threads 2 --json out/encoder_speed.json
+    python -m bench.encoder_backends threads --json out/encoder_threads.json
 """
 
 from __future__ import annotations
@@ -255,9 +258,66 @@ def speed_table(rows: list[SpeedRow]) -> str:
     return "\n".join(lines)
 
 
+def run_threads(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """ONNX Runtime session settings for the int8 file: intra-op threads x spinning x memory arena,
+    at batch 1 and 8 of 64 tokens, interleaved in rounds (each configuration its own session)."""
+    import onnxruntime
+
+    from barp_sidecar.policy.encoder import builtin_model_path
+    from barp_sidecar.policy.onnx_export import ensure_onnx_model
+
+    model = ensure_onnx_model(Path(builtin_model_path()), args.onnx_dir, "onnx-int8")
+    configs = [
+        (threads, spinning, arena)
+        for threads in (1, 2)
+        for spinning in (False, True)
+        for arena in (True, False)
+    ]
+    sessions = {}
+    for threads, spinning, arena in configs:
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.enable_cpu_mem_arena = arena
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
+        sessions[(threads, spinning, arena)] = onnxruntime.InferenceSession(
+            str(model.path), options, providers=["CPUExecutionProvider"]
+        )
+    rates: dict[tuple[Any, ...], list[float]] = {}
+    for _round in range(args.rounds):
+        for batch in (1, 8):
+            ids = np.asarray(synthetic_token_ids(64, batch, batch), dtype=np.int64)
+            feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+            for key, session in sessions.items():
+                session.run(None, feeds)
+                count, started = 0, time.perf_counter()
+                while time.perf_counter() - started < args.seconds and count < 10_000:
+                    session.run(None, feeds)
+                    count += 1
+                rates.setdefault((*key, batch), []).append(batch * count / (time.perf_counter() - started))
+    return [
+        {"threads": t, "spinning": sp, "arena": ar, "batch": b, "prompts_per_s": statistics.median(v),
+         "rounds": [round(x, 1) for x in v]}
+        for (t, sp, ar, b), v in rates.items()
+    ]  # fmt: skip
+
+
+def threads_table(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "| intra-op threads | spinning | arena | batch | prompts/s (64 tokens, int8) | rounds |",
+        "|---:|---|---|---:|---:|---|",
+    ]
+    for r in sorted(rows, key=lambda r: (r["batch"], r["threads"], r["spinning"], not r["arena"])):
+        lines.append(
+            f"| {r['threads']} | {r['spinning']} | {r['arena']} | {r['batch']} | {r['prompts_per_s']:.1f} | "
+            f"{', '.join(map(str, r['rounds']))} |"
+        )
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("mode", choices=("agreement", "speed"))
+    parser.add_argument("mode", choices=("agreement", "speed", "threads"))
     parser.add_argument("--checkpoint", type=Path, default=None, help="policy dir (default: the shipped one)")
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--onnx-dir", type=Path, default=None, help="ONNX files (default: the user cache)")
@@ -291,6 +351,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_agreement(args)
         print(agreement_table(rows))
         output = {"agreement": [row.__dict__ for row in rows]}
+    elif args.mode == "threads":
+        thread_rows = run_threads(args)
+        print(threads_table(thread_rows))
+        output = {"threads": thread_rows}
     else:
         speed_rows = run_speed(args)
         print(speed_table(speed_rows))

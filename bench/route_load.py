@@ -5,6 +5,10 @@ For each prompt length it measures, in ONE run on the same machine:
   sidecar    the real ``barp-sidecar serve`` subprocess with micro-batching, driven over gRPC by N clients;
   unbatched  the same server with batching.max_batch_size = 1.
 and, at 1 client, the sidecar's p50 against the single-prompt (batch 1) in-process latency.
+With ``--encoder-backend`` other than torch (``auto`` resolves to onnx-int8 on CPU for the shipped policy),
+the same rounds also measure today's fp32 torch encoder: ``torch_ceiling`` in-process and ``sidecar_torch``
+(a third server), and the summary compares the sidecar with them (issue 16's targets).
+``--client-processes N`` splits the callers over N load-generator processes (a GPU sidecar outruns one).
 
 Prompts are unique (the embedding cache is disabled as well) and come from a file (one per line) or are
 synthetic with an exact token count. The load generator is one grpc.aio process (it shares the CPU with
@@ -39,7 +43,7 @@ import yaml
 from barp_sidecar.settings import BatchingSettings
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_ORDER = ["torch_ceiling", "ceiling", "sidecar", "unbatched"]
+RUN_ORDER = ["torch_ceiling", "ceiling", "sidecar_torch", "sidecar", "unbatched"]
 
 
 @dataclass
@@ -103,6 +107,25 @@ def resolve_checkpoint(arg: str | None) -> Path:
     from barp_sidecar.policy.builtin import builtin_policy_dir
 
     return Path(arg) if arg else Path(builtin_policy_dir())
+
+
+def int8_accepting_copy(checkpoint: Path, scratch: Path) -> Path:
+    """A copy of the checkpoint whose manifest accepts this machine's int8 encoder file, for SPEED runs
+    only: whether the policy decides the same on it is bench/encoder_backends.py's question."""
+    import shutil
+
+    from barp_sidecar.policy.backends import default_onnx_dir
+    from barp_sidecar.policy.encoder import builtin_model_path
+    from barp_sidecar.policy.onnx_export import ensure_onnx_model
+
+    model = ensure_onnx_model(Path(builtin_model_path()), default_onnx_dir(), "onnx-int8")
+    copy = scratch / "int8-accepting-policy"
+    shutil.copytree(checkpoint, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["encoder"]["int8_validated_sha256"] = [model.sha256]
+    (copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    print(f"speed only: {copy} accepts the int8 file {model.sha256[:12]}…", file=sys.stderr)
+    return copy
 
 
 # ---------------------------------------------------------------------------------------------- ceiling
@@ -432,6 +455,11 @@ def ratio_values(results: list[Result]) -> dict[str, float]:
             )
         # With a non-torch backend: against today's fp32 torch encoder, measured in the same round.
         torch_ceiling, torch_one = by.get(("torch_ceiling", True)), by.get(("torch_ceiling", False))
+        sidecar_torch = by.get(("sidecar_torch", True))
+        if sidecar_torch and sidecar:
+            out[f"{tokens} tokens: sidecar / torch sidecar throughput"] = (
+                sidecar.throughput_rps / sidecar_torch.throughput_rps
+            )
         if torch_ceiling and sidecar:
             out[f"{tokens} tokens: sidecar / torch ceiling throughput"] = (
                 sidecar.throughput_rps / torch_ceiling.throughput_rps
@@ -487,6 +515,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--client-processes", type=int, default=1, help="load generator processes (GPU: several)"
     )
+    parser.add_argument(
+        "--allow-unvalidated-int8",
+        action="store_true",
+        help="serve a copy of the policy that accepts the int8 encoder file (speed runs only)",
+    )
     parser.add_argument("--skip-unbatched", action="store_true", help="no batch-size-1 server")
     parser.add_argument("--skip-latency", action="store_true", help="skip the 1-client latency runs")
     parser.add_argument("--json", type=Path, help="write the results here")
@@ -501,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     scratch = Path(tempfile.mkdtemp(prefix="route-load-"))
     checkpoint = resolve_checkpoint(args.checkpoint_dir)
+    if args.allow_unvalidated_int8:
+        checkpoint = int8_accepting_copy(checkpoint, scratch)
     inference = build_inference(checkpoint, args.encoder_model, args.max_batch_tokens, args.encoder_backend)
     backend = getattr(inference.encoder, "backend", "torch")
     torch_inference = (
@@ -536,6 +571,16 @@ def main(argv: list[str] | None = None) -> int:
         for name, size in (("sidecar", args.max_batch_size), ("unbatched", 1))
         if name == "sidecar" or not args.skip_unbatched
     }
+    if torch_inference is not None:  # today's sidecar (fp32 torch), driven in the same rounds
+        servers["sidecar_torch"] = Server(
+            checkpoint,
+            scratch,
+            "sidecar_torch",
+            {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
+             "max_batch_tokens": args.max_batch_tokens},
+            args.threads,
+            backend="torch",
+        )  # fmt: skip
     all_rounds: list[list[Result]] = []
     try:
         for round_index in range(args.rounds):

@@ -48,6 +48,7 @@ def test_env_override_parses_yaml_scalars_and_null() -> None:
         ({"BARP__SERVER__TLS_CLIENT_CA_FILE": "/ca.pem"}, "server.tls_client_ca_file"),
         ({"BARP__REWARDS__EXPIRY_ACTION": "keep"}, "rewards.expiry_action"),
         ({"BARP__LOGGING__LEVEL": "loud"}, "logging.level"),
+        ({"BARP__ENCODER__BACKEND": "tensorrt"}, "encoder.backend"),
         ({"BARP__SERVER": "1"}, "BARP__SERVER"),
     ],
 )

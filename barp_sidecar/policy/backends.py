@@ -23,8 +23,8 @@ from barp_sidecar.policy.encoder import (
 from barp_sidecar.policy.onnx_export import ONNX_BACKENDS, ensure_onnx_model
 
 BACKENDS = ("torch", *ONNX_BACKENDS)
-# Chosen with bench/encoder_backends.py (docs/benchmarks.md): the fastest backend meeting the agreement
-# target.
+# auto's CPU choice for a policy that accepts the int8 file: the fastest backend measured (1.6-2.3x torch,
+# docs/benchmarks.md). Policies that do not accept it (the shipped one) get torch.
 DEFAULT_CPU_BACKEND = "onnx-int8"
 
 

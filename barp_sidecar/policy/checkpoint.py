@@ -45,9 +45,9 @@ class EncoderIdentity:
     max_seq_length: int
     truncation: str
     normalized: bool = True
-    # sha256 of int8 ONNX encoder files (backend onnx-int8) this policy was measured to decide the same
-    # with: greedy agreement with the fp32 encoder >= 99.5% at every w_q (bench/encoder_backends.py).
-    # The fp32 backends (torch, onnx) compute the same function and need no entry.
+    # sha256 of int8 ONNX encoder files (backend onnx-int8) accepted for this policy after measuring its
+    # decisions with them against the fp32 encoder (bench/encoder_backends.py agreement; the target is
+    # >= 99.5% at every w_q). The fp32 backends (torch, onnx) compute the same function: no entry needed.
     int8_validated_sha256: tuple[str, ...] = ()
 
     @classmethod
@@ -73,8 +73,9 @@ class EncoderIdentity:
             return None
         return (
             f"the policy was not validated with the int8 ONNX encoder {model_sha256[:12]}… (validated: "
-            f"{[v[:12] + '…' for v in self.int8_validated_sha256] or 'none'}); measure it with "
-            "bench/encoder_backends.py or serve it with encoder.backend torch or onnx"
+            f"{[v[:12] + '…' for v in self.int8_validated_sha256] or 'none'}): measure its decisions "
+            "with bench/encoder_backends.py agreement and list the sha256 in the manifest's "
+            "encoder.int8_validated_sha256, or serve it with encoder.backend torch or onnx"
         )
 
     def settings(self, model: str, device: str = "auto") -> EncoderSettings:

@@ -175,6 +175,7 @@ class PolicyManager:
                     f"{directory}: weights sha256 {loaded.manifest.weights_sha256[:12]}… differs from the "
                     f"announced {expected_sha256[:12]}…"
                 )
+            self.registry.check(loaded)  # e.g. not validated with the serving int8 encoder file
         except CheckpointError as exc:
             reason = classify_rejection(str(exc))
             self.rejected_total[reason] += 1

@@ -20,11 +20,15 @@ outputs for this model (../shared/docs/MEASUREMENTS.md).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
+import logging
 import os
+import sys
 import tempfile
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -116,7 +120,9 @@ def export_fp32(model_path: Path, out: Path) -> None:
     """Export transformer + mean pooling + L2 normalisation as one graph with dynamic batch and length."""
     import torch
     from sentence_transformers import SentenceTransformer
+    from transformers.utils import logging as transformers_logging
 
+    transformers_logging.disable_progress_bar()
     model = SentenceTransformer(str(model_path), device="cpu")
     model.eval()
 
@@ -136,16 +142,19 @@ def export_fp32(model_path: Path, out: Path) -> None:
     example = torch.full((2, 9), 1000, dtype=torch.long)
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
     axes = {0: batch, 1: length}
-    program = torch.onnx.export(
-        _Embedder(model).eval(),
-        (example, torch.ones_like(example)),
-        dynamo=True,
-        opset_version=OPSET,
-        input_names=list(INPUT_NAMES),
-        output_names=[OUTPUT_NAME],
-        dynamic_shapes={"input_ids": axes, "attention_mask": axes},
-        verbose=False,
-    )
+    # The exporter prints progress on stdout, where the sidecar writes its JSON log: send it to stderr.
+    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            _Embedder(model).eval(),
+            (example, torch.ones_like(example)),
+            dynamo=True,
+            opset_version=OPSET,
+            input_names=list(INPUT_NAMES),
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"input_ids": axes, "attention_mask": axes},
+            verbose=False,
+        )
     if program is None:
         raise OnnxModelError(f"{out}: torch.onnx.export returned no program")
     program.save(str(out))
@@ -159,14 +168,20 @@ def quantize_int8(fp32: Path, out: Path) -> None:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    quantize_dynamic(
-        fp32,
-        out,
-        weight_type=QuantType.QInt8,
-        per_channel=True,
-        op_types_to_quantize=["MatMul"],
-        extra_options={"MatMulConstBOnly": True},
-    )
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)  # the quantiser warns "consider pre-processing" on the root logger
+    try:
+        quantize_dynamic(
+            fp32,
+            out,
+            weight_type=QuantType.QInt8,
+            per_channel=True,
+            op_types_to_quantize=["MatMul"],
+            extra_options={"MatMulConstBOnly": True},
+        )
+    finally:
+        root.setLevel(level)
 
 
 def _read_record(directory: Path) -> dict[str, Any] | None:

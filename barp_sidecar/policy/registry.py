@@ -42,6 +42,19 @@ class PolicyRegistry:
         self._swap_lock = threading.Lock()
         self._listeners: list[Callable[[ActivePolicy, ActivePolicy], None]] = []
 
+    def check(self, policy: LoadedPolicy) -> None:
+        """Raise CheckpointError unless ``policy`` could be swapped in (arms, encoder, serving backend)."""
+        manifest = policy.manifest
+        if manifest.arms != self._arms:
+            raise CheckpointError(
+                f"{policy.directory}: arms {list(manifest.arms)} differ from the serving {list(self._arms)}"
+            )
+        if manifest.encoder.core() != self._encoder:
+            raise CheckpointError(
+                f"{policy.directory}: encoder {manifest.encoder} differs from the serving {self._encoder}"
+            )
+        self._check_backend(policy)
+
     def _check_backend(self, policy: LoadedPolicy) -> None:
         problem = policy.manifest.encoder.serving_problem(*self._serving_backend)
         if problem is not None:
@@ -64,15 +77,7 @@ class PolicyRegistry:
 
     def swap(self, new: LoadedPolicy) -> ActivePolicy:
         """Make ``new`` current; returns the previous snapshot. Raises CheckpointError if incompatible."""
-        if new.manifest.arms != self._arms:
-            raise CheckpointError(
-                f"{new.directory}: arms {list(new.manifest.arms)} differ from the serving {list(self._arms)}"
-            )
-        if new.manifest.encoder.core() != self._encoder:
-            raise CheckpointError(
-                f"{new.directory}: encoder {new.manifest.encoder} differs from the serving {self._encoder}"
-            )
-        self._check_backend(new)
+        self.check(new)
         with self._swap_lock:
             old = self._current
             self._current = ActivePolicy(new.version, new)

@@ -162,10 +162,6 @@ def test_int8_serves_only_policies_validated_with_that_file(exported: Path) -> N
         load_encoder(unvalidated, PolicySettings(), CPU, EncoderBackendSettings("onnx-int8", onnx_dir))
     assert caught.value.key == "encoder.backend" and "not validated" in str(caught.value)
     # auto picks torch for it; fp32 ONNX is the same function and needs no validation.
-    assert (
-        load_encoder(unvalidated, PolicySettings(), CPU, EncoderBackendSettings("auto", onnx_dir)).device
-        == "cpu"
-    )
     auto = load_encoder(unvalidated, PolicySettings(), CPU, EncoderBackendSettings("auto", onnx_dir))
     assert getattr(auto, "backend", "torch") == "torch"
     fp32 = load_encoder(unvalidated, PolicySettings(), CPU, EncoderBackendSettings("onnx", onnx_dir))
@@ -176,9 +172,15 @@ def test_int8_serves_only_policies_validated_with_that_file(exported: Path) -> N
     assert getattr(int8, "backend", None) == "onnx-int8"
 
 
-def test_the_shipped_policy_is_validated_with_this_machines_int8_file(exported: Path) -> None:
+def test_the_shipped_policy_serves_on_torch_by_default(exported: Path) -> None:
+    """Its int8 agreement was 94.5-98.7% < 99.5% (docs/benchmarks.md): it lists no int8 file, so auto is
+    torch, and asking for onnx-int8 explicitly is refused at start."""
     from barp_sidecar.policy.builtin import builtin_policy_dir
 
-    manifest = read_manifest(builtin_policy_dir())
-    sha = file_sha256(model_directory(Path(builtin_model_path()), exported)[0] / INT8_FILE)
-    assert sha in manifest.encoder.int8_validated_sha256
+    identity = read_manifest(builtin_policy_dir()).encoder
+    assert identity.int8_validated_sha256 == ()
+    onnx_dir = str(exported)
+    auto = load_encoder(identity, PolicySettings(), CPU, EncoderBackendSettings("auto", onnx_dir))
+    assert getattr(auto, "backend", "torch") == "torch"
+    with pytest.raises(ConfigError, match="not validated"):
+        load_encoder(identity, PolicySettings(), CPU, EncoderBackendSettings("onnx-int8", onnx_dir))
