@@ -27,9 +27,13 @@ log = structlog.get_logger("barp_sidecar.policy.manager")
 
 
 class ServingRegistry(Protocol):
-    """What the manager needs from ``PolicyRegistry``: the current snapshot and an atomic swap."""
+    """What the manager needs from ``PolicyRegistry``: the current snapshot, a check, an atomic swap."""
 
     def current(self) -> Any:  # ActivePolicy: .version, .policy (LoadedPolicy)
+        ...
+
+    def check(self, policy: LoadedPolicy) -> None:
+        """Raise CheckpointError unless ``policy`` could be swapped in."""
         ...
 
     def swap(self, new: LoadedPolicy) -> Any: ...

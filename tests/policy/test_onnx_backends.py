@@ -184,3 +184,21 @@ def test_the_shipped_policy_serves_on_torch_by_default(exported: Path) -> None:
     assert getattr(auto, "backend", "torch") == "torch"
     with pytest.raises(ConfigError, match="not validated"):
         load_encoder(identity, PolicySettings(), CPU, EncoderBackendSettings("onnx-int8", onnx_dir))
+
+
+def test_export_onnx_command_prints_the_verified_files(exported: Path) -> None:
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "barp_sidecar.cli", "export-onnx", "--onnx-dir", str(exported)]
+    repository = Path(__file__).resolve().parents[2]
+    result = subprocess.run(command, cwd=repository, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, result.stderr
+    files = json.loads(result.stdout)
+    assert files[INT8_FILE]["sha256"] == file_sha256(Path(files[INT8_FILE]["path"]))
+    assert Path(files[FP32_FILE]["path"]).parent.parent == exported
+    # The shipped policy does not accept the int8 file: --require-validated says so and fails.
+    result = subprocess.run(
+        [*command, "--require-validated"], cwd=repository, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 1 and "not validated" in result.stderr
