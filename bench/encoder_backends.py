@@ -128,26 +128,26 @@ def run_agreement(args: argparse.Namespace) -> list[AgreementRow]:
         del encoder
     rows = []
     tau = policy.manifest.tau_usd
-    arms_match = None
     for name, table, note in tables:
         reference = embeddings[(name, "torch")]
         has_metrics = tuple(table.arms) == policy.manifest.arms
-        arms_match = has_metrics
         torch_decisions = {w: greedy(policy, reference, w) for w in QUALITY_WEIGHT_GRID}
         for backend in args.backends:
             if backend == "torch":
                 continue
             vectors = embeddings[(name, backend)]
             cosine = (vectors * reference).sum(axis=1)
-            agreement, score_delta, reward_delta = {}, 0.0, 0.0
+            agreement: dict[str, float] = {}
+            deltas = {"score": 0.0, "reward": 0.0}  # largest |change| of the routing metric over the grid
             for w in QUALITY_WEIGHT_GRID:
                 decisions = greedy(policy, vectors, w)
                 agreement[f"{w:.1f}"] = float((decisions == torch_decisions[w]).mean())
                 if has_metrics:
                     ours = metrics_for_arms(table, decisions, w, tau)
                     theirs = metrics_for_arms(table, torch_decisions[w], w, tau)
-                    score_delta = max(score_delta, abs(float(ours["score"]) - float(theirs["score"])))  # type: ignore[arg-type]
-                    reward_delta = max(reward_delta, abs(float(ours["reward"]) - float(theirs["reward"])))  # type: ignore[arg-type]
+                    for key in deltas:
+                        delta = abs(float(ours[key]) - float(theirs[key]))  # type: ignore[arg-type]
+                        deltas[key] = max(deltas[key], delta)
             rows.append(
                 AgreementRow(
                     name,
@@ -158,11 +158,10 @@ def run_agreement(args: argparse.Namespace) -> list[AgreementRow]:
                     agreement,
                     float(cosine.mean()),
                     float(cosine.min()),
-                    score_delta if has_metrics else None,
-                    reward_delta if has_metrics else None,
+                    deltas["score"] if has_metrics else None,
+                    deltas["reward"] if has_metrics else None,
                 )
             )
-    del arms_match
     return rows
 
 
