@@ -29,7 +29,7 @@ from barp_sidecar.policy.checkpoint import (
 )
 from barp_sidecar.policy.device import DevicePlacement
 from barp_sidecar.policy.encoder import BUILTIN_MODEL, BUILTIN_MODEL_ID, Encoder, EncoderSettings
-from barp_sidecar.policy.onnx_export import OnnxModelError
+from barp_sidecar.policy.onnx_export import OnnxModelError, OnnxRuntimeUnsupported
 from barp_sidecar.settings import EncoderBackendSettings, PolicySettings
 
 log = structlog.get_logger(__name__)
@@ -123,9 +123,10 @@ def _load(encoder_settings: EncoderSettings, choice: BackendChoice, model: str) 
         return load_backend_encoder(
             encoder_settings, choice, lambda reason: log.info("onnx_export_started", reason=reason)
         )
+    except OnnxRuntimeUnsupported as exc:
+        raise ConfigError("encoder.backend", str(exc)) from exc
     except OnnxModelError as exc:
-        key = "encoder.backend" if "onnxruntime" in str(exc) else "encoder.onnx_dir"
-        raise ConfigError(key, str(exc)) from exc
+        raise ConfigError("encoder.onnx_dir", str(exc)) from exc
     except ImportError as exc:
         raise ConfigError(
             "encoder.backend", f"{choice.backend} needs a package that is missing: {exc}"

@@ -28,7 +28,13 @@ from barp_sidecar.policy.encoder import (
     model_path_for,
     truncated_token_ids,
 )
-from barp_sidecar.policy.onnx_export import INPUT_NAMES, OUTPUT_NAME, OnnxModel, OnnxModelError
+from barp_sidecar.policy.onnx_export import (
+    INPUT_NAMES,
+    OUTPUT_NAME,
+    OnnxModel,
+    OnnxModelError,
+    OnnxRuntimeUnsupported,
+)
 
 
 class OnnxEncoder:
@@ -90,7 +96,7 @@ class OnnxEncoder:
                 str(self._model.path), options, providers=["CPUExecutionProvider"]
             )
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/NotImplemented classes
-            raise OnnxModelError(
+            raise OnnxRuntimeUnsupported(
                 f"{self._model.path}: onnxruntime {onnxruntime.__version__} cannot run it "
                 f"({type(exc).__name__}: {exc})"
             ) from exc
@@ -109,7 +115,7 @@ class OnnxEncoder:
             self.encode_token_ids([[1000, 1001]])
         except Exception as exc:
             self._session = None
-            raise OnnxModelError(
+            raise OnnxRuntimeUnsupported(
                 f"{self._model.path}: onnxruntime {onnxruntime.__version__} failed a probe pass "
                 f"({type(exc).__name__}: {exc})"
             ) from exc

@@ -52,6 +52,10 @@ class OnnxModelError(Exception):
     """An ONNX model file is missing, corrupt or cannot be produced. The message names the file."""
 
 
+class OnnxRuntimeUnsupported(OnnxModelError):
+    """This onnxruntime cannot run a verified file (an operator or opset it lacks)."""
+
+
 @dataclass(frozen=True)
 class OnnxModel:
     """A verified ONNX encoder file and its sha256 (the identity a policy manifest records)."""

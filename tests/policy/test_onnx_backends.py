@@ -25,6 +25,7 @@ from barp_sidecar.policy.onnx_export import (
     RECORD_FILE,
     OnnxModel,
     OnnxModelError,
+    OnnxRuntimeUnsupported,
     ensure_onnx_model,
     file_sha256,
     model_directory,
@@ -136,12 +137,22 @@ def test_an_onnx_runtime_without_the_operators_fails_at_start(tmp_path: Path) ->
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("com.example.missing", 1)]
     )
-    path = tmp_path / FP32_FILE
+    # A verified file (its sha256 matches export.json) that this onnxruntime cannot run.
+    directory, source = model_directory(Path(builtin_model_path()), tmp_path / "onnx")
+    directory.mkdir(parents=True)
+    path = directory / FP32_FILE
     onnx.save(model, path)
+    record = {**source, "files": {FP32_FILE: file_sha256(path)}}
+    (directory / RECORD_FILE).write_text(json.dumps(record))
     encoder = OnnxEncoder(SETTINGS, OnnxModel("onnx", path, file_sha256(path)))
-    with pytest.raises(OnnxModelError, match=r"onnxruntime .* cannot run it") as caught:
+    with pytest.raises(OnnxRuntimeUnsupported, match=r"onnxruntime .* cannot run it") as caught:
         encoder.load()
     assert str(path) in str(caught.value)
+    identity = EncoderIdentity(BUILTIN_MODEL_ID, 384, 256, "tail")
+    settings = EncoderBackendSettings(backend="onnx", onnx_dir=str(tmp_path / "onnx"))
+    with pytest.raises(ConfigError) as config_error:
+        load_encoder(identity, PolicySettings(), CPU, settings)
+    assert config_error.value.key == "encoder.backend" and str(path) in str(config_error.value)
 
 
 def test_backend_resolution() -> None:
