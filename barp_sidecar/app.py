@@ -23,8 +23,8 @@ import numpy as np
 import structlog
 
 from barp_sidecar.batching.batcher import MicroBatcher
-from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.errors import ConfigError
+from barp_sidecar.learning_wiring import LearningComponents
 from barp_sidecar.log import configure_logging
 from barp_sidecar.metrics import MetricsHttpServer, SidecarMetrics
 from barp_sidecar.policy.backends import encoder_backend_identity
@@ -37,10 +37,8 @@ from barp_sidecar.providers.catalog import catalog_for_policy
 from barp_sidecar.providers.forwarder import Forwarder
 from barp_sidecar.providers.metrics import ProviderMetrics
 from barp_sidecar.providers.pool import ProviderPool
-from barp_sidecar.providers.recorder import InMemoryCompletionRecorder
-from barp_sidecar.rewards.components import LearningComponents
 from barp_sidecar.routing.completion import CompletionService
-from barp_sidecar.routing.service import RoutingDefaults, RoutingService
+from barp_sidecar.routing.service import RoutingService
 from barp_sidecar.rpc.server import GrpcServer
 from barp_sidecar.rpc.servicer import RouterServicer
 from barp_sidecar.settings import Settings, load_settings, validate
@@ -93,7 +91,6 @@ class SidecarApp:
         self.batcher: MicroBatcher[InferenceRequest, InferenceResult] | None = None
         self.routing: RoutingService | None = None
         self.provider_pool: ProviderPool | None = None
-        self.completion_recorder: InMemoryCompletionRecorder | None = None
         self.completion: CompletionService | None = None
         self.grpc: GrpcServer | None = None
         self.metrics_http: MetricsHttpServer | None = None
@@ -152,13 +149,8 @@ class SidecarApp:
             arms=app.registry.arms,
             encoder_id=app.registry.encoder_id,
             batcher=app.batcher,
-            defaults=RoutingDefaults(
-                quality_weight=s.routing.default_quality_weight,
-                exploration=ExplorationMode(s.routing.default_exploration),
-                epsilon=s.routing.epsilon,
-                max_prompt_bytes=s.server.max_prompt_bytes,
-                disabled_models=disabled,
-            ),
+            settings=s.routing,
+            max_prompt_bytes=s.server.max_prompt_bytes,
             rng=np.random.default_rng(s.routing.seed),
             on_decision=recorder.remember_decision if recorder is not None else None,
         )
@@ -171,12 +163,9 @@ class SidecarApp:
             provider_metrics,
             rng=random.Random(s.routing.seed),
         )
-        # Every completed Complete's cost and latency: kept in memory and handed to the pending decision.
-        app.completion_recorder = InMemoryCompletionRecorder(
-            s.providers.completion_records_max_entries, forward_to=recorder
-        )
+        # Every completed Complete's cost goes into its pending decision (the reward path).
         forwarder = Forwarder(
-            catalog, app.provider_pool, app.completion_recorder, provider_metrics, s.providers.max_fallbacks
+            catalog, app.provider_pool, recorder, provider_metrics, s.providers.max_fallbacks
         )
         app.completion = CompletionService(
             routing=app.routing,

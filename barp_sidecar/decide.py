@@ -14,10 +14,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.errors import BarpError, InvalidArgument
 from barp_sidecar.policy.builtin import builtin_policy_dir
-from barp_sidecar.policy.checkpoint import LoadedPolicy, load_checkpoint
-from barp_sidecar.policy.encoder import BUILTIN_MODEL, BUILTIN_MODEL_ID, build_encoder
+from barp_sidecar.policy.checkpoint import load_checkpoint
+from barp_sidecar.policy.encoder import build_encoder
+from barp_sidecar.policy.loading import encoder_model_for
+from barp_sidecar.policy.mask import allowed_mask
+from barp_sidecar.routing.exploration import choose_arm
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -39,51 +43,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="encoder device: cpu, cuda, auto")
 
 
-def encoder_model_for(policy: LoadedPolicy, override: str | None) -> str:
-    """The model the encoder loads: the override, the shipped MiniLM files, or the manifest's id."""
-    if override:
-        return override
-    encoder_id = policy.manifest.encoder.encoder_id
-    return BUILTIN_MODEL if encoder_id == BUILTIN_MODEL_ID else encoder_id
-
-
 def decide(args: argparse.Namespace) -> dict[str, object]:
     if not 0.0 <= args.quality_weight <= 1.0:
         raise InvalidArgument("quality_weight", f"must be in [0, 1], got {args.quality_weight}")
     policy = load_checkpoint(args.policy or builtin_policy_dir())
     arms = policy.manifest.arms
-    allowed = None
-    if args.allowed_models:
-        unknown = sorted(set(args.allowed_models) - set(arms))
-        if unknown:
-            raise InvalidArgument("allowed_models", f"unknown models {unknown}; known: {list(arms)}")
-        allowed = torch.tensor([[a in args.allowed_models for a in arms]])
-    settings = policy.manifest.encoder.settings(encoder_model_for(policy, args.encoder_model), args.device)
-    encoder = build_encoder(settings)
+    # The sidecar's own rules: the same mask, encoder choice and arm choice as a Route.
+    mask = allowed_mask(arms, tuple(args.allowed_models or ()))
+    identity = policy.manifest.encoder
+    encoder = build_encoder(identity.settings(encoder_model_for(identity, args.encoder_model), args.device))
     encoder.load()
-    if encoder.dim != policy.manifest.encoder.dim:
-        raise InvalidArgument(
-            "encoder_model", f"dim {encoder.dim} != the policy's {policy.manifest.encoder.dim}"
-        )
+    if encoder.dim != identity.dim:
+        raise InvalidArgument("encoder_model", f"dim {encoder.dim} != the policy's {identity.dim}")
     embedding = torch.as_tensor(encoder.encode([args.prompt]))
+    allowed = None if mask.all() else torch.from_numpy(mask).reshape(1, -1)
     with torch.inference_mode():
-        probabilities = policy.network.probabilities(embedding, torch.tensor([args.quality_weight]), allowed)[
-            0
-        ]
-    p = probabilities.numpy().astype(np.float64)
-    if args.sample:
-        index = int(np.random.default_rng(args.seed).choice(len(arms), p=p / p.sum()))
-    else:
-        index = int(np.argmax(p))
+        probabilities = policy.network.probabilities(embedding, torch.tensor([args.quality_weight]), allowed)
+    p = probabilities[0].numpy().astype(np.float64)
+    mode = ExplorationMode.SAMPLE if args.sample else ExplorationMode.GREEDY
+    index, propensity = choose_arm(p, mask, mode, 0.0, np.random.default_rng(args.seed))
     return {
         "model": arms[index],
-        "propensity": float(p[index]) if args.sample else 1.0,
+        "propensity": propensity,
         "probabilities": {arm: round(float(v), 6) for arm, v in zip(arms, p, strict=True)},
         "policy_version": policy.version,
         "policy_sha256": policy.manifest.weights_sha256,
         "quality_weight": args.quality_weight,
         "encoder": policy.manifest.encoder.encoder_id,
-        "exploration": "sample" if args.sample else "greedy",
+        "exploration": mode.value,
     }
 
 

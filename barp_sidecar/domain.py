@@ -6,7 +6,6 @@ lives in ``barp_sidecar.routing``; conversion from/to protobuf lives in ``barp_s
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -31,7 +30,6 @@ class RouteCommand:
     allowed_models: tuple[str, ...] = ()
     exploration: ExplorationMode | None = None
     request_id: str = ""
-    metadata: Mapping[str, str] = field(default_factory=dict)
     # Absolute deadline on the ``time.monotonic()`` clock; ``None`` = no deadline.
     deadline_monotonic_s: float | None = None
 

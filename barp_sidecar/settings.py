@@ -1,30 +1,77 @@
 """Frozen, validated settings for the sidecar, built from a YAML file plus environment overrides.
 
-Owns the schema (one frozen dataclass per concern), defaults, parsing and validation; nothing else.
-``load_settings(path, env)`` is pure given its inputs and raises ``ConfigError`` naming the dotted key
-(``batching.max_wait_ms``) before any port binds. Secrets are never stored here: settings hold the *name*
-of an environment variable or a file path, and the value is read where it is used.
+Owns the schema (one frozen dataclass per concern, enum-valued keys typed as ``StrEnum``s, lists as
+tuples), defaults, parsing and validation; nothing else. Each section validates itself (its ``check``
+method, next to its fields); ``validate`` runs every section's. ``load_settings(path, env)`` is pure given
+its inputs and raises ``ConfigError`` naming the dotted key (``batching.max_wait_ms``) before any port
+binds. The Helm chart's JSON schema is derived from these dataclasses (``helm/generate_docs.py``).
+Secrets are never stored here: settings hold the *name* of an environment variable or a file path, and
+the value is read where it is used.
 
 Environment overrides: ``BARP__<SECTION>__<KEY>=value`` (double underscores, case-insensitive), parsed
-as a YAML scalar, e.g. ``BARP__SERVER__PORT=6000`` or ``BARP__BATCHING__MAX_WAIT_MS=1.5``.
+as a YAML scalar, e.g. ``BARP__SERVER__PORT=6000`` or ``BARP__BATCHING__MAX_WAIT_MS=1.5``. A list setting
+takes a YAML list or a comma-separated string (``BARP__ROUTING__DISABLED_MODELS=a,b``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
 import yaml
 
+from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.errors import ConfigError
 
 ENV_PREFIX = "BARP__"
-EXPLORATION_MODES = ("greedy", "sample", "epsilon_greedy")
-ENCODER_BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+
+
+class LogLevel(StrEnum):
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+
+
+class ExpiryAction(StrEnum):
+    """What happens to a pending decision whose outcome never arrives."""
+
+    DROP = "drop"
+    DEFAULT_QUALITY = "default_quality"
+
+
+class EncoderBackend(StrEnum):
+    """Which runtime computes the encoder (policy.backends resolves AUTO)."""
+
+    AUTO = "auto"
+    TORCH = "torch"
+    ONNX = "onnx"
+    ONNX_INT8 = "onnx-int8"
+
+
+class RoutingTextMode(StrEnum):
+    """Which text of a conversation Complete routes on."""
+
+    LAST_USER = "last_user"
+    CONVERSATION = "conversation"
+
+
+def require(condition: bool, key: str, message: str) -> None:
+    """Raise ConfigError(key, message) unless ``condition``: the one check helper of every section."""
+    if not condition:
+        raise ConfigError(key, message)
+
+
+def check_port(key: str, port: int | None) -> None:
+    if port is not None:
+        require(0 <= port <= 65535, key, f"must be in [0, 65535], not {port}")
 
 
 @dataclass(frozen=True)
@@ -51,6 +98,32 @@ class ServerSettings:
     health_port: int | None = None
     health_host: str = "0.0.0.0"
 
+    def check(self) -> None:
+        check_port("server.port", self.port)
+        check_port("server.health_port", self.health_port)
+        require(
+            self.health_port in (None, 0) or self.health_port != self.port,
+            "server.health_port",
+            "must differ from server.port",
+        )
+        require(self.grace_s >= 0, "server.grace_s", "must be >= 0")
+        require(self.max_prompt_bytes > 0, "server.max_prompt_bytes", "must be > 0")
+        require(
+            self.max_message_bytes > self.max_prompt_bytes,
+            "server.max_message_bytes",
+            "must exceed server.max_prompt_bytes",
+        )
+        require(
+            (self.tls_cert_file is None) == (self.tls_key_file is None),
+            "server.tls_key_file",
+            "tls_cert_file and tls_key_file go together",
+        )
+        require(
+            self.tls_client_ca_file is None or self.tls_cert_file is not None,
+            "server.tls_client_ca_file",
+            "mTLS needs server.tls_cert_file and server.tls_key_file",
+        )
+
 
 @dataclass(frozen=True)
 class MetricsSettings:
@@ -61,12 +134,18 @@ class MetricsSettings:
     # 0 = pick a free port and log it.
     port: int = 9464
 
+    def check(self) -> None:
+        check_port("metrics.port", self.port)
+
 
 @dataclass(frozen=True)
 class LoggingSettings:
-    level: str = "info"
+    level: LogLevel = LogLevel.INFO
     # Prompts are personal data: they are never logged unless this is true.
     log_prompts: bool = False
+
+    def check(self) -> None:
+        """The level is checked by its type (LogLevel)."""
 
 
 @dataclass(frozen=True)
@@ -83,18 +162,26 @@ class PolicySettings:
     # Intra-op threads of the encoder on CPU, torch or ONNX Runtime (0 = the runtime's default).
     cpu_threads: int = 0
 
+    def check(self) -> None:
+        require(self.cpu_threads >= 0, "policy.cpu_threads", "must be >= 0")
+
 
 @dataclass(frozen=True)
 class EncoderBackendSettings:
     """Which runtime computes the encoder h(x) (docs/benchmarks.md, encoder backends)."""
 
-    # "auto" = onnx-int8 on the CPU, torch on CUDA; "torch" (fp32 PyTorch); "onnx" (ONNX Runtime fp32,
-    # the same function as torch); "onnx-int8" (int8 weights: fastest on CPU; the policy manifest must
-    # list the int8 file's sha256, the shipped policy does). The ONNX backends run on the CPU only.
-    backend: str = "auto"
+    # "torch" (fp32 PyTorch); "onnx" (ONNX Runtime fp32, the same function as torch); "onnx-int8" (int8
+    # weights: fastest on CPU, but it changes some decisions: the policy manifest must list the int8
+    # file's sha256). "auto" = onnx-int8 on the CPU for a policy that lists this machine's int8 file, else
+    # torch (the shipped policy lists none); torch on CUDA. The ONNX backends run on the CPU only.
+    backend: EncoderBackend = EncoderBackend.AUTO
     # Where ONNX files are exported to on first start (sha256-verified; re-exported when corrupt) or were
     # exported at image build time. None = $XDG_CACHE_HOME/barp-sidecar/onnx (~/.cache if unset).
     onnx_dir: str | None = None
+
+    def check(self) -> None:
+        # The backend is an enum (parsing rejects unknown names); the files are checked at start.
+        require(self.onnx_dir is None or self.onnx_dir.strip() != "", "encoder.onnx_dir", "must not be empty")
 
 
 @dataclass(frozen=True)
@@ -113,23 +200,35 @@ class BatchingSettings:
     # Exact-match embedding cache entries (0 disables).
     embedding_cache_entries: int = 10000
 
+    def check(self) -> None:
+        require(1 <= self.max_batch_size <= 4096, "batching.max_batch_size", "must be in [1, 4096]")
+        require(0 <= self.max_wait_ms <= 1000, "batching.max_wait_ms", "must be in [0, 1000]")
+        require(self.max_pending >= 1, "batching.max_pending", "must be >= 1")
+        require(self.max_batch_tokens >= 1, "batching.max_batch_tokens", "must be >= 1")
+        require(self.embedding_cache_entries >= 0, "batching.embedding_cache_entries", "must be >= 0")
+
 
 @dataclass(frozen=True)
 class RoutingSettings:
     """Defaults applied when a request leaves a field unset."""
 
     default_quality_weight: float = 0.5
-    default_exploration: str = "greedy"
+    default_exploration: ExplorationMode = ExplorationMode.GREEDY
     # Probability of a uniform allowed model under epsilon_greedy.
     epsilon: float = 0.05
     # Seed of the exploration RNG (None = from the OS).
     seed: int | None = None
-    # Comma-separated model names this sidecar never chooses (masked for every request), e.g. models it
-    # has no provider contract for. "" = none. Every name must be an arm of the serving policy.
-    disabled_models: str = ""
+    # Model names this sidecar never chooses (masked for every request), e.g. models it has no provider
+    # contract for. A list (or a comma-separated string); empty = none. Each must be a model of the policy.
+    disabled_models: tuple[str, ...] = ()
 
     def disabled_model_names(self) -> frozenset[str]:
-        return frozenset(name.strip() for name in self.disabled_models.split(",") if name.strip())
+        return frozenset(self.disabled_models)
+
+    def check(self) -> None:
+        require(0 <= self.default_quality_weight <= 1, "routing.default_quality_weight", "must be in [0, 1]")
+        require(0 <= self.epsilon <= 1, "routing.epsilon", "must be in [0, 1]")
+        require(all(self.disabled_models), "routing.disabled_models", "names must not be empty")
 
 
 @dataclass(frozen=True)
@@ -141,7 +240,7 @@ class RewardSettings:
     # Most pending decisions held; the oldest expire first beyond it.
     pending_max_entries: int = 100_000
     # On expiry: "drop", or "default_quality" (record default_quality as the outcome).
-    expiry_action: str = "drop"
+    expiry_action: ExpiryAction = ExpiryAction.DROP
     default_quality: float = 0.0
     # Spool directory for reward events not yet acknowledged by the trainer.
     spool_dir: str = "./barp-spool"
@@ -155,6 +254,19 @@ class RewardSettings:
     sidecar_id: str | None = None
     # How often expired pending decisions are swept (seconds).
     expiry_sweep_interval_s: float = 1.0
+
+    def check(self) -> None:
+        require(self.pending_ttl_s > 0, "rewards.pending_ttl_s", "must be > 0")
+        require(self.pending_max_entries >= 1, "rewards.pending_max_entries", "must be >= 1")
+        require(0 <= self.default_quality <= 1, "rewards.default_quality", "must be in [0, 1]")
+        require(self.spool_max_bytes >= 1 << 16, "rewards.spool_max_bytes", "must be >= 65536")
+        require(self.spool_fsync_interval_ms >= 0, "rewards.spool_fsync_interval_ms", "must be >= 0")
+        require(self.expiry_sweep_interval_s > 0, "rewards.expiry_sweep_interval_s", "must be > 0")
+        require(
+            self.sidecar_id is None or 0 < len(self.sidecar_id) <= 128,
+            "rewards.sidecar_id",
+            "must be 1 to 128 characters",
+        )
 
 
 @dataclass(frozen=True)
@@ -176,6 +288,20 @@ class TrainerClientSettings:
     checkpoint_store_dir: str | None = None
     checkpoint_poll_interval_s: float = 2.0
 
+    def check(self) -> None:
+        require(
+            (self.tls_cert_file is None) == (self.tls_key_file is None),
+            "trainer.tls_key_file",
+            "tls_cert_file and tls_key_file go together",
+        )
+        require(self.checkpoint_poll_interval_s > 0, "trainer.checkpoint_poll_interval_s", "must be > 0")
+        require(self.reconnect_initial_backoff_s > 0, "trainer.reconnect_initial_backoff_s", "must be > 0")
+        require(
+            self.reconnect_max_backoff_s >= self.reconnect_initial_backoff_s,
+            "trainer.reconnect_max_backoff_s",
+            "must be >= trainer.reconnect_initial_backoff_s",
+        )
+
 
 @dataclass(frozen=True)
 class AdminSettings:
@@ -188,6 +314,9 @@ class AdminSettings:
     # Name of the environment variable holding the bearer token (required when host is not loopback).
     token_env: str = "BARP_ADMIN_TOKEN"
 
+    def check(self) -> None:
+        check_port("admin.port", self.port)
+
 
 @dataclass(frozen=True)
 class ProvidersSettings:
@@ -196,7 +325,7 @@ class ProvidersSettings:
     # Path to the model catalog YAML; None = the shipped catalog (RouterBench arms, all disabled).
     catalog_file: str | None = None
     # Text that Complete routes on: "last_user" message, or the whole "conversation" (tail-truncated).
-    routing_text: str = "last_user"
+    routing_text: RoutingTextMode = RoutingTextMode.LAST_USER
     # Largest routing text taken from a conversation (UTF-8 bytes; the tail is kept): the encoder
     # truncates again to its token budget, this only bounds the work of joining long conversations.
     routing_text_max_bytes: int = 64 << 10
@@ -217,8 +346,22 @@ class ProvidersSettings:
     connect_timeout_s: float = 5.0
     # Calls waiting for one provider's max_concurrency slots; beyond it that provider counts as failed.
     max_queued_per_provider: int = 1024
-    # Completed-call records (cost, latency, usage) kept in memory for the reward path, oldest evicted.
-    completion_records_max_entries: int = 100_000
+
+    def check(self) -> None:
+        require(self.routing_text_max_bytes >= 64, "providers.routing_text_max_bytes", "must be >= 64")
+        require(1 <= self.max_attempts <= 10, "providers.max_attempts", "must be in [1, 10]")
+        require(self.retry_initial_backoff_ms >= 0, "providers.retry_initial_backoff_ms", "must be >= 0")
+        require(
+            self.retry_max_backoff_ms >= self.retry_initial_backoff_ms,
+            "providers.retry_max_backoff_ms",
+            "must be >= providers.retry_initial_backoff_ms",
+        )
+        require(self.retry_after_max_s >= 0, "providers.retry_after_max_s", "must be >= 0")
+        require(self.breaker_failure_threshold >= 0, "providers.breaker_failure_threshold", "must be >= 0")
+        require(self.breaker_open_s > 0, "providers.breaker_open_s", "must be > 0")
+        require(self.max_fallbacks >= 0, "providers.max_fallbacks", "must be >= 0")
+        require(self.connect_timeout_s > 0, "providers.connect_timeout_s", "must be > 0")
+        require(self.max_queued_per_provider >= 0, "providers.max_queued_per_provider", "must be >= 0")
 
 
 @dataclass(frozen=True)
@@ -241,28 +384,46 @@ T = TypeVar("T")
 
 def _coerce(key: str, value: Any, annotation: Any) -> Any:
     """Convert a parsed YAML/env value to the field's type or raise ConfigError naming the key."""
-    text = str(annotation)
-    optional = "None" in text
+    args = typing.get_args(annotation)
+    optional = type(None) in args
+    if optional:
+        annotation = next(arg for arg in args if arg is not type(None))
     if value is None:
         if optional:
             return None
         raise ConfigError(key, "must not be null")
-    base = text.replace(" | None", "").replace("None | ", "")
-    if base in ("bool", "<class 'bool'>"):
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        allowed = [member.value for member in annotation]
+        text = value.lower() if isinstance(value, str) else value
+        if text not in allowed:
+            raise ConfigError(key, f"must be one of {allowed}, not {value!r}")
+        return annotation(text)
+    if typing.get_origin(annotation) is tuple:
+        # A YAML list, or a comma-separated string (the environment-variable form).
+        items = (
+            [part.strip() for part in value.split(",") if part.strip()] if isinstance(value, str) else value
+        )
+        if not isinstance(items, list):
+            raise ConfigError(key, f"must be a list, not {value!r}")
+        return tuple(
+            _coerce(f"{key}[{index}]", item, typing.get_args(annotation)[0])
+            for index, item in enumerate(items)
+        )
+    if annotation is bool:
         if isinstance(value, bool):
             return value
         raise ConfigError(key, f"must be true or false, not {value!r}")
-    if base in ("int", "<class 'int'>"):
+    if annotation is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(key, f"must be an integer, not {value!r}")
         return value
-    if base in ("float", "<class 'float'>"):
+    if annotation is float:
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(key, f"must be a number, not {value!r}")
         if not math.isfinite(float(value)):
             raise ConfigError(key, f"must be finite, not {value!r}")
         return float(value)
-    if base in ("str", "<class 'str'>"):
+    if annotation is str:
         if not isinstance(value, str):
             raise ConfigError(key, f"must be a string, not {value!r}")
         return value
@@ -342,119 +503,9 @@ def build_settings(cls: type[T], data: Mapping[str, Any]) -> T:
 
 
 def validate(settings: Settings) -> Settings:
-    """Cross-field and range checks; raises ConfigError naming the key."""
-
-    def check(condition: bool, key: str, message: str) -> None:
-        if not condition:
-            raise ConfigError(key, message)
-
-    s = settings
-    for key, port in (
-        ("server.port", s.server.port),
-        ("metrics.port", s.metrics.port),
-        ("admin.port", s.admin.port),
-    ):
-        check(0 <= port <= 65535, key, f"must be in [0, 65535], not {port}")
-    if s.server.health_port is not None:
-        check(
-            0 <= s.server.health_port <= 65535,
-            "server.health_port",
-            f"must be in [0, 65535], not {s.server.health_port}",
-        )
-        check(
-            s.server.health_port == 0 or s.server.health_port != s.server.port,
-            "server.health_port",
-            "must differ from server.port",
-        )
-    check(s.server.grace_s >= 0, "server.grace_s", "must be >= 0")
-    check(s.server.max_prompt_bytes > 0, "server.max_prompt_bytes", "must be > 0")
-    check(
-        s.server.max_message_bytes > s.server.max_prompt_bytes,
-        "server.max_message_bytes",
-        "must exceed server.max_prompt_bytes",
-    )
-    check(
-        (s.server.tls_cert_file is None) == (s.server.tls_key_file is None),
-        "server.tls_key_file",
-        "tls_cert_file and tls_key_file go together",
-    )
-    check(
-        s.server.tls_client_ca_file is None or s.server.tls_cert_file is not None,
-        "server.tls_client_ca_file",
-        "mTLS needs server.tls_cert_file and server.tls_key_file",
-    )
-    check(
-        (s.trainer.tls_cert_file is None) == (s.trainer.tls_key_file is None),
-        "trainer.tls_key_file",
-        "tls_cert_file and tls_key_file go together",
-    )
-    check(
-        s.logging.level.lower() in ("debug", "info", "warning", "error"),
-        "logging.level",
-        f"must be debug, info, warning or error, not {s.logging.level!r}",
-    )
-    check(s.policy.cpu_threads >= 0, "policy.cpu_threads", "must be >= 0")
-    check(
-        s.encoder.backend in ENCODER_BACKENDS,
-        "encoder.backend",
-        f"must be one of {ENCODER_BACKENDS}, not {s.encoder.backend!r}",
-    )
-    check(1 <= s.batching.max_batch_size <= 4096, "batching.max_batch_size", "must be in [1, 4096]")
-    check(0 <= s.batching.max_wait_ms <= 1000, "batching.max_wait_ms", "must be in [0, 1000]")
-    check(s.batching.max_pending >= 1, "batching.max_pending", "must be >= 1")
-    check(s.batching.max_batch_tokens >= 1, "batching.max_batch_tokens", "must be >= 1")
-    check(s.batching.embedding_cache_entries >= 0, "batching.embedding_cache_entries", "must be >= 0")
-    check(0 <= s.routing.default_quality_weight <= 1, "routing.default_quality_weight", "must be in [0, 1]")
-    check(
-        s.routing.default_exploration in EXPLORATION_MODES,
-        "routing.default_exploration",
-        f"must be one of {EXPLORATION_MODES}",
-    )
-    check(0 <= s.routing.epsilon <= 1, "routing.epsilon", "must be in [0, 1]")
-    check(s.rewards.pending_ttl_s > 0, "rewards.pending_ttl_s", "must be > 0")
-    check(s.rewards.pending_max_entries >= 1, "rewards.pending_max_entries", "must be >= 1")
-    check(
-        s.rewards.expiry_action in ("drop", "default_quality"),
-        "rewards.expiry_action",
-        "must be 'drop' or 'default_quality'",
-    )
-    check(0 <= s.rewards.default_quality <= 1, "rewards.default_quality", "must be in [0, 1]")
-    check(s.rewards.spool_max_bytes >= 1 << 16, "rewards.spool_max_bytes", "must be >= 65536")
-    check(s.rewards.spool_fsync_interval_ms >= 0, "rewards.spool_fsync_interval_ms", "must be >= 0")
-    check(s.rewards.expiry_sweep_interval_s > 0, "rewards.expiry_sweep_interval_s", "must be > 0")
-    check(
-        s.rewards.sidecar_id is None or 0 < len(s.rewards.sidecar_id) <= 128,
-        "rewards.sidecar_id",
-        "must be 1 to 128 characters",
-    )
-    check(s.trainer.checkpoint_poll_interval_s > 0, "trainer.checkpoint_poll_interval_s", "must be > 0")
-    check(s.trainer.reconnect_initial_backoff_s > 0, "trainer.reconnect_initial_backoff_s", "must be > 0")
-    check(
-        s.trainer.reconnect_max_backoff_s >= s.trainer.reconnect_initial_backoff_s,
-        "trainer.reconnect_max_backoff_s",
-        "must be >= trainer.reconnect_initial_backoff_s",
-    )
-    check(
-        s.providers.routing_text in ("last_user", "conversation"),
-        "providers.routing_text",
-        "must be 'last_user' or 'conversation'",
-    )
-    p = s.providers
-    check(p.routing_text_max_bytes >= 64, "providers.routing_text_max_bytes", "must be >= 64")
-    check(1 <= p.max_attempts <= 10, "providers.max_attempts", "must be in [1, 10]")
-    check(p.retry_initial_backoff_ms >= 0, "providers.retry_initial_backoff_ms", "must be >= 0")
-    check(
-        p.retry_max_backoff_ms >= p.retry_initial_backoff_ms,
-        "providers.retry_max_backoff_ms",
-        "must be >= providers.retry_initial_backoff_ms",
-    )
-    check(p.retry_after_max_s >= 0, "providers.retry_after_max_s", "must be >= 0")
-    check(p.breaker_failure_threshold >= 0, "providers.breaker_failure_threshold", "must be >= 0")
-    check(p.breaker_open_s > 0, "providers.breaker_open_s", "must be > 0")
-    check(p.max_fallbacks >= 0, "providers.max_fallbacks", "must be >= 0")
-    check(p.connect_timeout_s > 0, "providers.connect_timeout_s", "must be > 0")
-    check(p.max_queued_per_provider >= 0, "providers.max_queued_per_provider", "must be >= 0")
-    check(p.completion_records_max_entries >= 1, "providers.completion_records_max_entries", "must be >= 1")
+    """Every section's own checks (ranges, pairs of keys); raises ConfigError naming the key."""
+    for section in dataclasses.fields(settings):
+        getattr(settings, section.name).check()
     return settings
 
 

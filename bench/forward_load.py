@@ -1,4 +1,4 @@
-"""Forwarding overhead benchmark (issue 4): Complete through the sidecar vs the provider called directly.
+"""Forwarding overhead benchmark: Complete through the sidecar vs the provider called directly.
 
 In ONE run, against the fake provider with zero latency (a separate process), at each concurrency:
   direct            the same chat request streamed straight to the fake provider with aiohttp

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
+import enum
 import inspect
 import json
 import re
@@ -123,23 +123,29 @@ TLS_SERVER = obj(
         "clientCASecretName": OPTIONAL_DNS_NAME,
     }
 )
-CATALOG_ENTRY = obj(
-    {
-        "arm": {"type": "string", "minLength": 1},
-        "enabled": BOOL,
-        "api_style": {"type": "string", "enum": ["openai", "anthropic"]},
-        "base_url": {"type": "string", "pattern": "^https?://"},
-        "upstream_model": STRING,
-        "api_key_env": ENV_VAR_NAME,
-        "api_key_file": STRING,
-        "input_usd_per_1m_tokens": {"type": "number", "minimum": 0},
-        "output_usd_per_1m_tokens": {"type": "number", "minimum": 0},
-        "max_concurrency": POSITIVE,
-        "timeout_s": {"type": "number", "exclusiveMinimum": 0},
-        "default_max_tokens": POSITIVE,
-    },
-    required=["arm"],
-)
+
+
+def catalog_entry_schema() -> dict[str, Any]:
+    """One catalog entry; the ``api_style`` names come from the adapter registry (providers.api_styles)."""
+    from barp_sidecar.providers.api_styles import API_STYLES
+
+    return obj(
+        {
+            "arm": {"type": "string", "minLength": 1},
+            "enabled": BOOL,
+            "api_style": {"type": "string", "enum": list(API_STYLES)},
+            "base_url": {"type": "string", "pattern": "^https?://"},
+            "upstream_model": STRING,
+            "api_key_env": ENV_VAR_NAME,
+            "api_key_file": STRING,
+            "input_usd_per_1m_tokens": {"type": "number", "minimum": 0},
+            "output_usd_per_1m_tokens": {"type": "number", "minimum": 0},
+            "max_concurrency": POSITIVE,
+            "timeout_s": {"type": "number", "exclusiveMinimum": 0},
+            "default_max_tokens": POSITIVE,
+        },
+        required=["arm"],
+    )
 
 
 def settings_schema(root: type, owned: dict[str, set[str]]) -> dict[str, Any]:
@@ -174,6 +180,8 @@ def type_schema(annotation: Any) -> dict[str, Any]:
         return schema
     if origin is tuple:
         return {"type": "array", "items": type_schema(args[0])}
+    if isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+        return {"type": "string", "enum": [member.value for member in annotation]}
     simple = {bool: "boolean", int: "integer", float: "number", str: "string"}
     if annotation in simple:
         return {"type": simple[annotation]}
@@ -196,22 +204,11 @@ def field_comments(cls: type) -> dict[str, str]:
     return comments
 
 
-def trainer_settings_root() -> type | None:
-    """The trainer's settings dataclass, or None while trainer/service/settings.py is absent."""
-    try:
-        module = importlib.import_module("trainer.service.settings")
-    except ModuleNotFoundError:
-        return None
-    return module.TrainerSettings  # type: ignore[no-any-return]
-
-
 def build_schema() -> dict[str, Any]:
     from barp_sidecar.settings import Settings
+    from trainer.service.settings import TrainerSettings
 
-    trainer_root = trainer_settings_root()
-    trainer_config = (
-        settings_schema(trainer_root, TRAINER_OWNED) if trainer_root is not None else free_object()
-    )
+    trainer_config = settings_schema(TrainerSettings, TRAINER_OWNED)
     probes = {"startupProbe": PROBE, "livenessProbe": PROBE, "readinessProbe": PROBE}
     properties = {
         "nameOverride": {"type": "string", "maxLength": 40},
@@ -245,7 +242,7 @@ def build_schema() -> dict[str, Any]:
             "required": ["providers"],
             "properties": {
                 "version": {"const": 1},
-                "providers": {"type": "array", "minItems": 1, "items": CATALOG_ENTRY},
+                "providers": {"type": "array", "minItems": 1, "items": catalog_entry_schema()},
             },
         },
         "apiKeys": {

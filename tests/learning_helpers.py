@@ -84,32 +84,24 @@ def trainer_settings_yaml(data_dir: Path, **publish: object) -> str:
     )
 
 
-class Active:
-    """What ``PolicyRegistry.current()`` returns: a version and the loaded policy."""
-
-    def __init__(self, policy) -> None:
-        self.version = policy.version
-        self.policy = policy
-
-
 class FakeRegistry:
     """The PolicyRegistry contract (current() / check / swap(new) -> old, arms must match), no serving."""
 
     def __init__(self, initial) -> None:
-        self._current = Active(initial)
+        self._current = initial
         self.swapped_to: list[int] = []
         self.checked: list[int] = []
 
-    def current(self) -> Active:
+    def current(self):
         return self._current
 
     def check(self, policy) -> None:
         """The real registry also checks the serving encoder backend; the fake records the call."""
         self.checked.append(policy.version)
 
-    def swap(self, new) -> Active:
-        if new.manifest.arms != self._current.policy.manifest.arms:
+    def swap(self, new):
+        if new.manifest.arms != self._current.manifest.arms:
             raise AssertionError("manager must reject mismatched arms before swapping")
-        old, self._current = self._current, Active(new)
+        old, self._current = self._current, new
         self.swapped_to.append(new.version)
         return old

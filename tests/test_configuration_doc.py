@@ -34,6 +34,8 @@ def test_every_setting_is_documented_with_its_default(key: str, default: object)
         assert "none" in shown
     elif isinstance(default, bool):
         assert f"`{str(default).lower()}`" in shown
+    elif isinstance(default, tuple):
+        assert f"`{list(default)}`" in shown, (key, shown)
     elif isinstance(default, str):
         assert f"`{default}`" in shown or (default == "" and '`""`' in shown)
     else:

@@ -2,10 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
+from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.errors import ConfigError
-from barp_sidecar.settings import Settings, env_overrides, load_settings
+from barp_sidecar.settings import (
+    BatchingSettings,
+    ExpiryAction,
+    LogLevel,
+    ServerSettings,
+    Settings,
+    env_overrides,
+    load_settings,
+)
 
 
 def test_defaults_need_no_file_and_are_valid() -> None:
@@ -75,3 +86,33 @@ def test_bad_files_are_config_errors(tmp_path) -> None:
     with pytest.raises(ConfigError) as caught:
         load_settings(wrong_section, {})
     assert caught.value.key == "server"
+
+
+def test_enum_keys_are_typed_and_list_keys_take_a_list_or_a_comma_string(tmp_path) -> None:
+    path = tmp_path / "c.yaml"
+    path.write_text(
+        "routing: {default_exploration: sample, disabled_models: [a, b]}\nlogging: {level: WARNING}\n"
+    )
+    settings = load_settings(path, {"BARP__REWARDS__EXPIRY_ACTION": "default_quality"})
+    assert settings.routing.default_exploration is ExplorationMode.SAMPLE
+    assert settings.routing.disabled_models == ("a", "b")
+    assert settings.logging.level is LogLevel.WARNING
+    assert settings.rewards.expiry_action is ExpiryAction.DEFAULT_QUALITY
+    from_env = load_settings(None, {"BARP__ROUTING__DISABLED_MODELS": "a, b,,"})
+    assert from_env.routing.disabled_models == ("a", "b")
+    with pytest.raises(
+        ConfigError, match=r"routing\.default_exploration: must be one of \['greedy', 'sample'"
+    ):
+        load_settings(None, {"BARP__ROUTING__DEFAULT_EXPLORATION": "random"})
+    with pytest.raises(ConfigError, match=r"routing\.disabled_models\[1\]: must be a string"):
+        load_settings(None, {"BARP__ROUTING__DISABLED_MODELS": "[a, 3]"})
+
+
+def test_every_section_checks_itself() -> None:
+    """``validate`` is the sections' own checks: a bad value is caught by its section alone."""
+    with pytest.raises(ConfigError, match=r"^batching\.max_wait_ms"):
+        BatchingSettings(max_wait_ms=5000).check()
+    with pytest.raises(ConfigError, match=r"^server\.health_port: must differ"):
+        ServerSettings(port=7000, health_port=7000).check()
+    for section in dataclasses.fields(Settings):
+        getattr(Settings(), section.name).check()  # the defaults pass

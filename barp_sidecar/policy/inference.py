@@ -121,7 +121,7 @@ class PolicyInference:
         """One result per request, in order, all from one policy version."""
         started_s = time.perf_counter()
         active = self._registry.current()  # read once: the whole batch uses this version
-        network = self._network_for(active.policy)
+        network = self._network_for(active)
         embeddings, hits, passes = self.embed([r.prompt for r in requests])
         num_arms = len(self._registry.arms)
         allowed = None

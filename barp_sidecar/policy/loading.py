@@ -19,6 +19,7 @@ from barp_sidecar.policy.backends import (
     load_backend_encoder,
     resolve_backend,
 )
+from barp_sidecar.policy.builtin import builtin_policy_dir
 from barp_sidecar.policy.checkpoint import (
     LATEST_FILE,
     MANIFEST_FILE,
@@ -30,7 +31,7 @@ from barp_sidecar.policy.checkpoint import (
 from barp_sidecar.policy.device import DevicePlacement
 from barp_sidecar.policy.encoder import BUILTIN_MODEL, BUILTIN_MODEL_ID, Encoder, EncoderSettings
 from barp_sidecar.policy.onnx_export import OnnxModelError, OnnxRuntimeUnsupported
-from barp_sidecar.settings import EncoderBackendSettings, PolicySettings
+from barp_sidecar.settings import EncoderBackend, EncoderBackendSettings, PolicySettings
 
 log = structlog.get_logger(__name__)
 
@@ -38,11 +39,7 @@ log = structlog.get_logger(__name__)
 def resolve_checkpoint_dir(checkpoint_dir: str | None) -> Path:
     """A single checkpoint dir (has manifest.json) or a store's LATEST; None = the shipped policy."""
     if checkpoint_dir is None:
-        try:
-            from barp_sidecar.policy.builtin import builtin_policy_dir  # shipped by the core branch
-        except ImportError as exc:
-            raise ConfigError("policy.checkpoint_dir", "this build ships no default policy; set it") from exc
-        return Path(builtin_policy_dir())
+        return builtin_policy_dir()
     path = Path(checkpoint_dir)
     if (path / MANIFEST_FILE).is_file():
         return path
@@ -67,14 +64,19 @@ def load_startup_policy(settings: PolicySettings) -> LoadedPolicy:
         raise ConfigError("policy.checkpoint_dir", str(exc)) from exc
 
 
-def encoder_model_for(identity: EncoderIdentity, encoder_model: str) -> str:
-    """The model to load for a manifest's encoder: hash ids are self-describing; the builtin id maps to the
-    shipped files when ``policy.encoder_model`` is the builtin; otherwise the configured model."""
+def encoder_model_for(identity: EncoderIdentity, configured: str | None) -> str:
+    """The one rule for which model to load for a manifest's encoder (the sidecar and ``decide``).
+
+    A ``hash:<dim>`` id is self-describing (no files; anything configured is ignored). Otherwise the
+    configured model (``policy.encoder_model``, ``decide --encoder-model``) when given, else the shipped
+    MiniLM files for the builtin id, else the manifest's id. The builtin id and the builtin model name map
+    to each other either way; the loaded encoder's id and dimension are checked against the manifest after.
+    """
     if identity.encoder_id.startswith("hash:"):
         return identity.encoder_id
-    if identity.encoder_id == BUILTIN_MODEL_ID and encoder_model == BUILTIN_MODEL:
-        return BUILTIN_MODEL
-    return encoder_model
+    if configured is not None:
+        return configured
+    return BUILTIN_MODEL if identity.encoder_id == BUILTIN_MODEL_ID else identity.encoder_id
 
 
 def load_encoder(
@@ -85,7 +87,7 @@ def load_encoder(
 ) -> Encoder:
     """Build and load the encoder the manifest names, on ``placement`` and the configured backend; check
     its id and dimension, and that the policy accepts the backend (an int8 file must be validated)."""
-    backend = backend or EncoderBackendSettings(backend="torch")
+    backend = backend or EncoderBackendSettings(backend=EncoderBackend.TORCH)
     model = encoder_model_for(identity, settings.encoder_model)
     try:
         encoder_settings = identity.settings(model, device=placement.device)

@@ -14,14 +14,15 @@ from __future__ import annotations
 import asyncio
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import structlog
 
 from barp_sidecar.errors import CheckpointError, FailedPrecondition, NotFound
 from barp_sidecar.policy.checkpoint import LoadedPolicy, load_checkpoint
+from barp_sidecar.policy.version import PolicyVersion
 
 log = structlog.get_logger("barp_sidecar.policy.manager")
 
@@ -29,31 +30,17 @@ log = structlog.get_logger("barp_sidecar.policy.manager")
 class ServingRegistry(Protocol):
     """What the manager needs from ``PolicyRegistry``: the current snapshot, a check, an atomic swap."""
 
-    def current(self) -> Any:  # ActivePolicy: .version, .policy (LoadedPolicy)
-        ...
+    def current(self) -> LoadedPolicy: ...
 
     def check(self, policy: LoadedPolicy) -> None:
         """Raise CheckpointError unless ``policy`` could be swapped in."""
         ...
 
-    def swap(self, new: LoadedPolicy) -> Any: ...
+    def swap(self, new: LoadedPolicy) -> LoadedPolicy: ...
 
 
 # Fetch version N (expected weights sha256 or "") into a new local directory; raise CheckpointError.
 CheckpointFetcher = Callable[[int, str], Awaitable[Path]]
-
-
-@dataclass(frozen=True)
-class KnownPolicy:
-    """A version this sidecar has loaded or heard announced."""
-
-    version: int
-    weights_sha256: str
-    arms: tuple[str, ...]
-    encoder: str = ""
-    created_at_unix_s: float = 0.0
-    source: str = ""
-    directory: Path | None = None
 
 
 def classify_rejection(message: str) -> str:
@@ -78,59 +65,53 @@ def classify_rejection(message: str) -> str:
 class PolicyManager:
     """Version catalogue + pin + the validate-then-swap install path. Event-loop only."""
 
-    def __init__(self, registry: ServingRegistry, source: str = "builtin") -> None:
+    def __init__(
+        self, registry: ServingRegistry, source: str = "builtin", fetcher: CheckpointFetcher | None = None
+    ) -> None:
+        """``fetcher`` obtains versions this sidecar has no directory for (None: only local ones install)."""
         self.registry = registry
-        self.fetcher: CheckpointFetcher | None = None
+        self.fetcher = fetcher
         self.pinned_version: int | None = None
-        self.latest_announced: KnownPolicy | None = None
+        self.latest_announced: PolicyVersion | None = None
         self.swaps_total = 0
         self.rejected_total: Counter[str] = Counter()
-        self._known: dict[int, KnownPolicy] = {}
+        self._known: dict[int, PolicyVersion] = {}
         # (version, announced sha256) pairs that failed validation: not retried until something changes.
         self._rejected: set[tuple[int, str]] = set()
         self._lock = asyncio.Lock()
-        current = registry.current().policy
+        current = registry.current()
         self._remember_loaded(current, source)
 
     # -- catalogue ------------------------------------------------------------------------------------
 
     @staticmethod
-    def _entry(policy: LoadedPolicy, source: str) -> KnownPolicy:
-        m = policy.manifest
-        return KnownPolicy(
-            m.version,
-            m.weights_sha256,
-            m.arms,
-            m.encoder.encoder_id,
-            m.created_at_unix_s,
-            source,
-            policy.directory,
-        )
+    def _entry(policy: LoadedPolicy, source: str) -> PolicyVersion:
+        return PolicyVersion.of(policy.manifest, source=source, directory=policy.directory)
 
-    def _remember_loaded(self, policy: LoadedPolicy, source: str) -> KnownPolicy:
+    def _remember_loaded(self, policy: LoadedPolicy, source: str) -> PolicyVersion:
         # Versions are per trainer: a trainer's v1 may differ from the startup v1. The latest info wins.
         known = self._entry(policy, source)
         self._known[known.version] = known
         return known
 
-    def current(self) -> KnownPolicy:
-        policy: LoadedPolicy = self.registry.current().policy
+    def current(self) -> PolicyVersion:
+        policy = self.registry.current()
         known = self._known.get(policy.version)
         if known is None or known.weights_sha256 != policy.manifest.weights_sha256:
             return self._entry(policy, "unknown")
         return known
 
-    def add_available(self, known: KnownPolicy) -> None:
+    def add_available(self, known: PolicyVersion) -> None:
         """A version that can be installed (e.g. found in a checkpoint store) without announcing it."""
         if known.version not in self._known:
             self._known[known.version] = known
 
-    def list(self) -> list[KnownPolicy]:
+    def list(self) -> list[PolicyVersion]:
         return [self._known[v] for v in sorted(self._known)]
 
     # -- announcements and installs --------------------------------------------------------------------
 
-    async def on_announcement(self, announced: KnownPolicy) -> bool:
+    async def on_announcement(self, announced: PolicyVersion) -> bool:
         """A newer version exists upstream. Installs it unless pinned or already serving; True if swapped."""
         previous = self._known.get(announced.version)
         if previous is None or previous.weights_sha256 != announced.weights_sha256:
@@ -149,14 +130,14 @@ class PolicyManager:
             return False
         return True
 
-    async def install(self, version: int, expected_sha256: str = "") -> KnownPolicy:
+    async def install(self, version: int, expected_sha256: str = "") -> PolicyVersion:
         """Obtain, validate and swap in ``version``. Raises CheckpointError (counted, logged) or NotFound."""
         async with self._lock:
             return await self._install_locked(version, expected_sha256)
 
-    async def _install_locked(self, version: int, expected_sha256: str) -> KnownPolicy:
+    async def _install_locked(self, version: int, expected_sha256: str) -> PolicyVersion:
         known = self._known.get(version)
-        current = self.registry.current().policy
+        current = self.registry.current()
         arms, encoder = current.manifest.arms, current.manifest.encoder
         try:
             if known is not None and known.arms and tuple(known.arms) != tuple(arms):
@@ -193,10 +174,10 @@ class PolicyManager:
         source = known.source if known is not None and known.source else "trainer"
         entry = self._remember_loaded(loaded, source)
         self._known[version] = replace(entry, directory=directory)
-        log.info("policy_installed", version=version, previous=getattr(old, "version", None), source=source)
+        log.info("policy_installed", version=version, previous=old.version, source=source)
         return self._known[version]
 
-    async def pin(self, version: int) -> KnownPolicy:
+    async def pin(self, version: int) -> PolicyVersion:
         """Serve ``version`` and ignore announcements until unpinned; 0 unpins (and catches up)."""
         if version < 0:
             raise NotFound(f"version: {version} is not a policy version")

@@ -1,6 +1,7 @@
 """The serving registry: which policy version answers right now.
 
-Owns one immutable ``ActivePolicy`` (version, LoadedPolicy) snapshot. ``current()`` is a plain attribute
+Owns one reference to the serving ``LoadedPolicy`` (immutable: manifest with its version, network, directory).
+``current()`` is a plain attribute
 read, so the inference thread reads it ONCE per batch and a batch never mixes versions; ``swap`` replaces
 the snapshot atomically (one reference assignment), so in-flight batches finish on the old one. Knows
 nothing about files, watching or gRPC: whoever loads a new checkpoint (the hot-swap watcher, Admin
@@ -11,7 +12,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import structlog
 
@@ -21,14 +21,6 @@ from barp_sidecar.policy.checkpoint import LoadedPolicy
 log = structlog.get_logger(__name__)
 
 
-@dataclass(frozen=True)
-class ActivePolicy:
-    """An immutable (version, policy) pair."""
-
-    version: int
-    policy: LoadedPolicy
-
-
 class PolicyRegistry:
     """Holds the current policy. Arms and encoder identity are fixed at construction: a swap must match."""
 
@@ -36,11 +28,11 @@ class PolicyRegistry:
         """``serving_backend`` = (encoder backend, its model file's sha256): every policy must accept it."""
         self._serving_backend = serving_backend
         self._check_backend(initial)
-        self._current = ActivePolicy(initial.version, initial)
+        self._current = initial
         self._arms = initial.manifest.arms
         self._encoder = initial.manifest.encoder.core()
         self._swap_lock = threading.Lock()
-        self._listeners: list[Callable[[ActivePolicy, ActivePolicy], None]] = []
+        self._listeners: list[Callable[[LoadedPolicy, LoadedPolicy], None]] = []
 
     def check(self, policy: LoadedPolicy) -> None:
         """Raise CheckpointError unless ``policy`` could be swapped in (arms, encoder, serving backend)."""
@@ -68,19 +60,19 @@ class PolicyRegistry:
     def encoder_id(self) -> str:
         return self._encoder.encoder_id
 
-    def current(self) -> ActivePolicy:
+    def current(self) -> LoadedPolicy:
         return self._current
 
-    def add_listener(self, listener: Callable[[ActivePolicy, ActivePolicy], None]) -> None:
+    def add_listener(self, listener: Callable[[LoadedPolicy, LoadedPolicy], None]) -> None:
         """``listener(old, new)`` is called after every swap (on the swapping thread)."""
         self._listeners.append(listener)
 
-    def swap(self, new: LoadedPolicy) -> ActivePolicy:
-        """Make ``new`` current; returns the previous snapshot. Raises CheckpointError if incompatible."""
+    def swap(self, new: LoadedPolicy) -> LoadedPolicy:
+        """Make ``new`` current; returns the previous policy. Raises CheckpointError if incompatible."""
         self.check(new)
         with self._swap_lock:
             old = self._current
-            self._current = ActivePolicy(new.version, new)
+            self._current = new
         log.info("policy_swapped", old=old.version, new=new.version)
         for listener in self._listeners:
             listener(old, self._current)

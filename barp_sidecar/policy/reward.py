@@ -2,6 +2,8 @@
 
 r = w_q·q − (1 − w_q)·min(c / τ, 1). Shared by the sidecar, the online and the offline trainer and the
 evaluation code, so the number a report prints is the number the learner maximised. No I/O, no state.
+``reward_from_normalized_cost`` is the formula itself for callers that already hold min(c/τ, 1) (estimated
+costs of a critic or a baseline, torch tensors inside a training step): nobody writes w·q − (1 − w)·c again.
 Because r is linear in w_q for a fixed (q, c), one revealed (q, c) gives the reward at every preference.
 """
 
@@ -20,6 +22,15 @@ def normalized_cost(cost_usd: ArrayLike, tau_usd: float) -> Any:
     return np.minimum(np.asarray(cost_usd, dtype=np.float64) / tau_usd, 1.0)
 
 
+def reward_from_normalized_cost(quality: Any, cost_normalized: Any, quality_weight: Any) -> Any:
+    """w_q·q − (1 − w_q)·ĉ for an already normalised cost ĉ = min(c/τ, 1).
+
+    Uses arithmetic operators only, so it works elementwise (with broadcasting) on floats, numpy arrays and
+    torch tensors alike, and keeps autograd graphs intact.
+    """
+    return quality_weight * quality - (1.0 - quality_weight) * cost_normalized
+
+
 def reward(quality: ArrayLike, cost_usd: ArrayLike, quality_weight: ArrayLike, tau_usd: float) -> Any:
     """r = w_q·q − (1 − w_q)·min(c/τ, 1), elementwise with numpy broadcasting.
 
@@ -29,7 +40,9 @@ def reward(quality: ArrayLike, cost_usd: ArrayLike, quality_weight: ArrayLike, t
     w_q = 0; monotone increasing in q and decreasing in c.
     """
     w_q = np.asarray(quality_weight, dtype=np.float64)
-    result = w_q * np.asarray(quality, dtype=np.float64) - (1.0 - w_q) * normalized_cost(cost_usd, tau_usd)
+    result = reward_from_normalized_cost(
+        np.asarray(quality, dtype=np.float64), normalized_cost(cost_usd, tau_usd), w_q
+    )
     if np.ndim(result) == 0:
         return float(result)
     return result

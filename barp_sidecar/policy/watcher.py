@@ -17,11 +17,13 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
 import structlog
 
+from barp_sidecar.backoff import ReconnectBackoff
 from barp_sidecar.errors import CheckpointError, NotFound
 from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
 from barp_sidecar.policy.checkpoint import (
@@ -31,8 +33,8 @@ from barp_sidecar.policy.checkpoint import (
     read_manifest,
     version_dir_name,
 )
-from barp_sidecar.policy.manager import KnownPolicy, PolicyManager
-from barp_sidecar.rewards.backoff import backoff_delay_s
+from barp_sidecar.policy.manager import PolicyManager
+from barp_sidecar.policy.version import PolicyVersion
 from barp_sidecar.tasks import cancel_and_wait
 
 log = structlog.get_logger("barp_sidecar.policy.watcher")
@@ -111,14 +113,28 @@ def _write_checkpoint(download_root: Path, version: int, files: dict[str, bytear
             shutil.rmtree(staging, ignore_errors=True)
 
 
+class TrainerCheckpointFetcher:
+    """The manager's ``CheckpointFetcher`` over Trainer.FetchPolicy: verified downloads to ``download_root``.
+
+    ``channel`` returns the trainer channel when a fetch starts (it is opened once the event loop runs,
+    after the manager that holds this fetcher was built)."""
+
+    def __init__(self, channel: Callable[[], grpc.aio.Channel], download_root: Path) -> None:
+        self._channel = channel
+        self.download_root = Path(download_root)
+
+    async def __call__(self, version: int, expected_sha256: str) -> Path:
+        return await fetch_checkpoint(self._channel(), version, expected_sha256, self.download_root)
+
+
 class TrainerPolicyWatcher:
-    """Follows Trainer.WatchPolicy and installs announced versions through the manager."""
+    """Follows Trainer.WatchPolicy and installs announced versions through the manager (which fetches them
+    with its own ``CheckpointFetcher``)."""
 
     def __init__(
         self,
         manager: PolicyManager,
         channel: grpc.aio.Channel,
-        download_root: Path,
         sidecar_id: str,
         initial_backoff_s: float = 0.5,
         max_backoff_s: float = 30.0,
@@ -126,18 +142,11 @@ class TrainerPolicyWatcher:
     ) -> None:
         self.manager = manager
         self.channel = channel
-        self.download_root = Path(download_root)
         self.sidecar_id = sidecar_id
-        self.initial_backoff_s = initial_backoff_s
-        self.max_backoff_s = max_backoff_s
         self.connected = False
         self.reconnects = 0
-        self._rng = random.Random(seed)
+        self._backoff = ReconnectBackoff(initial_backoff_s, max_backoff_s, random.Random(seed))
         self._task: asyncio.Task[None] | None = None
-        manager.fetcher = self.fetch
-
-    async def fetch(self, version: int, expected_sha256: str) -> Path:
-        return await fetch_checkpoint(self.channel, version, expected_sha256, self.download_root)
 
     async def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="policy-watcher")
@@ -147,7 +156,6 @@ class TrainerPolicyWatcher:
         self._task = None
 
     async def _run(self) -> None:
-        attempt = 0
         stub = trainer_pb2_grpc.TrainerStub(self.channel)
         while True:
             announced = 0
@@ -163,7 +171,7 @@ class TrainerPolicyWatcher:
                         log.info("policy_watch_connected", version=announcement.version)
                     announced += 1
                     await self.manager.on_announcement(
-                        KnownPolicy(
+                        PolicyVersion(
                             version=announcement.version,
                             weights_sha256=announcement.weights_sha256,
                             arms=tuple(announcement.arms),
@@ -180,10 +188,7 @@ class TrainerPolicyWatcher:
                 log.exception("policy_watch_failed")
             self.connected = False
             self.reconnects += 1
-            attempt = 0 if announced else attempt + 1
-            await asyncio.sleep(
-                backoff_delay_s(attempt, self.initial_backoff_s, self.max_backoff_s, self._rng)
-            )
+            await asyncio.sleep(self._backoff.next_delay_s(made_progress=announced > 0))
 
 
 class DirectoryPolicyWatcher:
@@ -203,18 +208,10 @@ class DirectoryPolicyWatcher:
         await cancel_and_wait(self._task)
         self._task = None
 
-    def _describe(self, version: int) -> KnownPolicy:
+    def _describe(self, version: int) -> PolicyVersion:
         directory = self.store.path(version)
         manifest = read_manifest(directory)
-        return KnownPolicy(
-            version=version,
-            weights_sha256=manifest.weights_sha256,
-            arms=manifest.arms,
-            encoder=manifest.encoder.encoder_id,
-            created_at_unix_s=manifest.created_at_unix_s,
-            source=str(directory),
-            directory=directory,
-        )
+        return PolicyVersion.of(manifest, source=str(directory), directory=directory)
 
     async def poll_once(self) -> bool:
         """Register every version in the store (PinPolicy can roll back to them) and install LATEST if it

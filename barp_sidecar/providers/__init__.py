@@ -1,4 +1,4 @@
-"""Forwarding a routed conversation to the chosen LLM provider (DESIGN §1, issue 4).
+"""Forwarding a routed conversation to the chosen LLM provider (DESIGN §1).
 
 Owns the model catalog, the provider adapters (OpenAI-compatible chat completions, Anthropic Messages),
 the shared aiohttp client pool with per-provider limits, retries and circuit breakers, fallback to the

@@ -1,17 +1,20 @@
 """What an API-style adapter provides, and the errors its stream decoders raise.
 
 An adapter turns a ``ChatRequest`` into one HTTP request for its API style and decodes the streamed
-response into ``StreamEvent``s. Adapters are pure (no I/O): the pool does the HTTP.
+response into ``StreamEvent``s. Adapters are pure (no I/O): the pool does the HTTP. Which adapter serves
+which ``api_style`` is listed once, in ``providers.api_styles``.
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from barp_sidecar.providers.catalog import ProviderEntry
 from barp_sidecar.providers.chat import ChatRequest, StreamEvent
+
+if TYPE_CHECKING:  # the catalog imports the adapters (api_styles registry) at run time
+    from barp_sidecar.providers.catalog import ProviderEntry
 
 
 class StreamProtocolError(ValueError):
@@ -65,14 +68,3 @@ class Adapter(Protocol):
     def decode_body(self, body: bytes) -> list[StreamEvent]:
         """Decode a non-streamed JSON body (a server that ignored ``stream: true``)."""
         ...
-
-
-def adapter_for(api_style: str) -> Adapter:
-    from barp_sidecar.providers.anthropic_adapter import AnthropicAdapter
-    from barp_sidecar.providers.openai_adapter import OpenAIAdapter
-
-    if api_style == "openai":
-        return OpenAIAdapter()
-    if api_style == "anthropic":
-        return AnthropicAdapter()
-    raise ValueError(f"unknown api_style {api_style!r}")

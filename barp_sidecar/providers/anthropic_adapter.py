@@ -8,7 +8,7 @@ the catalog's ``default_max_tokens`` fills in for 0) and decodes the event strea
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from barp_sidecar.providers.adapter import (
     HttpRequest,
@@ -16,9 +16,11 @@ from barp_sidecar.providers.adapter import (
     UpstreamStreamError,
     json_object,
 )
-from barp_sidecar.providers.catalog import ProviderEntry
 from barp_sidecar.providers.chat import ChatRequest, StreamEvent
 from barp_sidecar.providers.sse import SSEError, SSEParser
+
+if TYPE_CHECKING:  # the catalog imports the adapters (api_styles registry) at run time
+    from barp_sidecar.providers.catalog import ProviderEntry
 
 ANTHROPIC_VERSION = "2023-06-01"
 _STOP_REASONS = {"end_turn": "stop", "stop_sequence": "stop", "max_tokens": "length"}

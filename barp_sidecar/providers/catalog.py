@@ -23,8 +23,8 @@ from urllib.parse import urlsplit
 import yaml
 
 from barp_sidecar.errors import ConfigError
+from barp_sidecar.providers.api_styles import API_STYLES
 
-API_STYLES = ("openai", "anthropic")
 SHIPPED_CATALOG = "catalog.routerbench.yaml"
 _ENTRY_KEYS = {
     "arm",

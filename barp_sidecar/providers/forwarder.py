@@ -2,7 +2,7 @@
 
 Owns the order in which models are tried for one Complete call and what the caller is told: which model
 answered, which failed first (``fallback_from``), the text deltas, and at the end the usage, cost and
-provider latency, which are also handed to the ``CompletionRecorder`` with the decision id.
+provider latency, which are also handed to the ``CompletionRecorder`` (if any) with the decision id.
 
 Rules: the routed model must have an enabled provider (else ``ProviderNotConfigured`` → FAILED_PRECONDITION
 naming it). When it fails before its first token (after the pool's retries), the next allowed model by
@@ -20,6 +20,8 @@ from dataclasses import dataclass
 
 import structlog
 
+from barp_sidecar.domain import Decision
+from barp_sidecar.policy.mask import models_in
 from barp_sidecar.providers.catalog import ModelCatalog
 from barp_sidecar.providers.chat import ChatRequest, TokenUsage
 from barp_sidecar.providers.failures import (
@@ -36,8 +38,11 @@ from barp_sidecar.providers.recorder import CompletionRecorder
 
 @dataclass(frozen=True)
 class AnswerStarted:
-    """The first content arrived from ``model``; ``fallback_from`` failed before it, in order."""
+    """The first content arrived from ``model``; ``fallback_from`` failed before it, in order.
 
+    ``decision`` is what routing chose (``decision.model``); ``model`` differs from it after a fallback."""
+
+    decision: Decision
     model: str
     fallback_from: tuple[str, ...]
 
@@ -89,7 +94,7 @@ class Forwarder:
         self,
         catalog: ModelCatalog,
         pool: ProviderPool,
-        recorder: CompletionRecorder,
+        recorder: CompletionRecorder | None,
         metrics: ProviderMetrics,
         max_fallbacks: int,
         clock: Callable[[], float] = time.monotonic,
@@ -110,20 +115,23 @@ class Forwarder:
     async def forward(
         self,
         *,
-        decision_id: str,
-        chosen: str,
-        probabilities: Sequence[tuple[str, float]],
-        allowed: Collection[str] | None,
+        decision: Decision,
         request: ChatRequest,
         deadline_s: float | None,
     ) -> AsyncGenerator[ForwardEvent, None]:
         """Yield AnswerStarted, TextDelta*, Completed for one call (see the module docstring for failures).
 
+        Fallbacks stay inside the decision's mask (``decision.allowed``, computed once by routing).
         ``deadline_s`` is absolute on the forwarder's (and pool's) clock; None = only per-attempt timeouts.
         """
-        self.check_available(chosen)
+        decision_id = decision.decision_id
+        self.check_available(decision.model)
         candidates = fallback_order(
-            chosen, probabilities, allowed, self._max_fallbacks, self._pool.is_enabled
+            decision.model,
+            tuple(zip(decision.arms, decision.probabilities, strict=True)),
+            models_in(decision.arms, decision.allowed) if decision.allowed else None,
+            self._max_fallbacks,
+            self._pool.is_enabled,
         )
         failures: list[ProviderFailure] = []
         for model in candidates:
@@ -145,7 +153,7 @@ class Forwarder:
                             finish_reason = event.finish_reason
                         if not started and (event.delta or event.finish_reason is not None):
                             started = True
-                            yield AnswerStarted(model, fallback_from)
+                            yield AnswerStarted(decision, model, fallback_from)
                         if event.delta:
                             parts.append(event.delta)
                             yield TextDelta(event.delta, final=event.finish_reason is not None)
@@ -162,15 +170,16 @@ class Forwarder:
                 continue
             latency_ms = (self._clock() - started_s) * 1000.0
             if not started:
-                yield AnswerStarted(model, fallback_from)
+                yield AnswerStarted(decision, model, fallback_from)
             usage = complete_usage(input_tokens, output_tokens, request.messages, "".join(parts))
             entry = self._catalog.entry(model)
             cost = cost_usd(usage, entry.input_usd_per_1m_tokens, entry.output_usd_per_1m_tokens)
-            self._recorder.record_completion(decision_id, model, cost, latency_ms, usage)
+            if self._recorder is not None:
+                self._recorder.record_completion(decision_id, model, cost, latency_ms, usage)
             self._observe(model, usage, cost, latency_ms, fallback_from)
             yield Completed(model, finish_reason or "stop", usage, cost, latency_ms, fallback_from)
             return
-        self._metrics.completions.labels(chosen, "failed").inc()
+        self._metrics.completions.labels(decision.model, "failed").inc()
         raise AllProvidersFailed(failures)
 
     def _fell_back(self, model: str, kind: str) -> None:

@@ -7,7 +7,7 @@ chunk, ``data: [DONE]``. A stream that ends before a finish reason or ``[DONE]``
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from barp_sidecar.providers.adapter import (
     HttpRequest,
@@ -15,9 +15,11 @@ from barp_sidecar.providers.adapter import (
     UpstreamStreamError,
     json_object,
 )
-from barp_sidecar.providers.catalog import ProviderEntry
 from barp_sidecar.providers.chat import ChatRequest, StreamEvent
 from barp_sidecar.providers.sse import SSEError, SSEParser
+
+if TYPE_CHECKING:  # the catalog imports the adapters (api_styles registry) at run time
+    from barp_sidecar.providers.catalog import ProviderEntry
 
 
 def _usage_event(usage: Any) -> StreamEvent | None:

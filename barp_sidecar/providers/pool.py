@@ -25,7 +25,8 @@ import aiohttp
 import structlog
 
 from barp_sidecar.errors import DeadlineExceeded
-from barp_sidecar.providers.adapter import Adapter, StreamProtocolError, UpstreamStreamError, adapter_for
+from barp_sidecar.providers.adapter import Adapter, StreamProtocolError, UpstreamStreamError
+from barp_sidecar.providers.api_styles import adapter_for
 from barp_sidecar.providers.catalog import ApiKey, ModelCatalog, ProviderEntry
 from barp_sidecar.providers.chat import ChatRequest, StreamEvent, coalesce
 from barp_sidecar.providers.circuit_breaker import OPEN, CircuitBreaker

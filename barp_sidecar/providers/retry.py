@@ -12,6 +12,8 @@ import math
 import random
 from dataclasses import dataclass
 
+from barp_sidecar.backoff import backoff_delay_s
+
 # 408 Request Timeout, 429 Too Many Requests and every 5xx may succeed when asked again; other 4xx will not.
 RETRYABLE_STATUS = frozenset({408, 429})
 
@@ -65,8 +67,7 @@ class RetryPolicy:
         """Delay after failure number ``failed_attempts`` (1-based): U[0, min(cap, base·2^(n-1))]."""
         if failed_attempts < 1:
             raise ValueError("failed_attempts is 1-based")
-        ceiling = min(self.max_backoff_s, self.initial_backoff_s * 2.0 ** (failed_attempts - 1))
-        return rng.uniform(0.0, ceiling)
+        return backoff_delay_s(failed_attempts - 1, self.initial_backoff_s, self.max_backoff_s, rng)
 
     def next_delay_s(
         self, failed_attempts: int, retry_after_s: float | None, rng: random.Random

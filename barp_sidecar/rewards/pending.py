@@ -76,14 +76,6 @@ class PendingDecisionStore:
     def get(self, decision_id: str) -> PendingDecision | None:
         return self._pending.get(decision_id)
 
-    def set_cost(self, decision_id: str, cost_usd: float) -> bool:
-        """Attach the cost of a forwarded call (Complete). False when the decision is not pending."""
-        decision = self._pending.get(decision_id)
-        if decision is None:
-            return False
-        decision.cost_usd = cost_usd
-        return True
-
     def take(self, decision_id: str) -> PendingDecision | str:
         """Remove and return the decision, or ``LookupResult.RECORDED`` / ``LookupResult.UNKNOWN``."""
         self._forget_old_recorded()

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import grpc
 import structlog
 
+from barp_sidecar.backoff import ReconnectBackoff
 from barp_sidecar.gen.barp.v1 import trainer_pb2_grpc
-from barp_sidecar.rewards.backoff import backoff_delay_s
 from barp_sidecar.rewards.spool import RewardSpool
 from barp_sidecar.tasks import cancel_and_wait
 
@@ -47,13 +47,11 @@ class RewardPublisher:
     ) -> None:
         self.spool = spool
         self.channel = channel
-        self.initial_backoff_s = initial_backoff_s
-        self.max_backoff_s = max_backoff_s
         self.max_in_flight = max_in_flight
         self.batch_events = batch_events
         self.counters = PublisherCounters()
         self.connected = False
-        self._rng = random.Random(seed)
+        self._backoff = ReconnectBackoff(initial_backoff_s, max_backoff_s, random.Random(seed))
         self._task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -73,7 +71,6 @@ class RewardPublisher:
         return True
 
     async def _run(self) -> None:
-        attempt = 0
         while True:
             acked_before = self.spool.acked_sequence
             try:
@@ -89,10 +86,7 @@ class RewardPublisher:
             finally:
                 self.connected = False
             # A session that made progress resets the schedule; a trainer that is down backs off.
-            attempt = 0 if self.spool.acked_sequence > acked_before else attempt + 1
-            await asyncio.sleep(
-                backoff_delay_s(attempt, self.initial_backoff_s, self.max_backoff_s, self._rng)
-            )
+            await asyncio.sleep(self._backoff.next_delay_s(self.spool.acked_sequence > acked_before))
 
     async def _session(self) -> None:
         """Run one stream until it fails (always by raising)."""

@@ -120,10 +120,6 @@ class OutcomeRecorder:
             )
         )
 
-    def attach_cost(self, decision_id: str, cost_usd: float) -> bool:
-        """Hook for Complete: the sidecar forwarded the call and knows its cost."""
-        return self.store.set_cost(decision_id, cost_usd)
-
     def record_completion(
         self, decision_id: str, model: str, cost_usd: float, latency_ms: float, usage: object = None
     ) -> None:

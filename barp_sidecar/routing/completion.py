@@ -2,19 +2,17 @@
 
 Owns Complete's request semantics: which text is routed (``providers.routing_text``), that routing is
 restricted to allowed models with an enabled provider, and the order of events a transport streams:
-``CompletionStarted`` (decision + answering model + fallback_from), ``TextDelta``*, ``Completed``.
+``AnswerStarted`` (decision + answering model + fallback_from), ``TextDelta``*, ``Completed``.
 Knows nothing about gRPC (rpc/ converts) or HTTP (providers/ forwards).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 
-from barp_sidecar.domain import Decision, ExplorationMode, RouteCommand
-from barp_sidecar.errors import FailedPrecondition
+from barp_sidecar.domain import ExplorationMode, RouteCommand
 from barp_sidecar.providers.chat import ChatRequest, routing_text, validate_chat_request
-from barp_sidecar.providers.failures import NoConfiguredModel
 from barp_sidecar.providers.forwarder import AnswerStarted, Completed, Forwarder, TextDelta
 from barp_sidecar.routing.service import RoutingService
 
@@ -28,21 +26,11 @@ class CompleteCommand:
     allowed_models: tuple[str, ...] = ()
     exploration: ExplorationMode | None = None
     request_id: str = ""
-    metadata: Mapping[str, str] = field(default_factory=dict)
     # Absolute deadline on the ``time.monotonic()`` clock; ``None`` = no deadline.
     deadline_monotonic_s: float | None = None
 
 
-@dataclass(frozen=True)
-class CompletionStarted:
-    """The first content arrived. ``model`` answers; ``decision.model`` is what routing chose."""
-
-    decision: Decision
-    model: str
-    fallback_from: tuple[str, ...]
-
-
-CompletionEvent = CompletionStarted | TextDelta | Completed
+CompletionEvent = AnswerStarted | TextDelta | Completed
 
 
 class CompletionService:
@@ -70,30 +58,11 @@ class CompletionService:
             allowed_models=command.allowed_models,
             exploration=command.exploration,
             request_id=command.request_id,
-            metadata=command.metadata,
             deadline_monotonic_s=command.deadline_monotonic_s,
         )
-        try:
-            # Field errors (unknown or duplicate models, bad preference) are raised first, as for Route.
-            decision = await self._routing.route(route, restrict_to=self._callable)
-        except FailedPrecondition:
-            # Nothing allowed is callable: name the allowed models that lack a provider (prepare raises
-            # its own FailedPrecondition when routing.disabled_models already masks every one).
-            _, mask, _ = self._routing.prepare(route)
-            raise NoConfiguredModel(
-                [arm for arm, allowed in zip(self._routing.arms, mask, strict=True) if allowed]
-            ) from None
-        permitted = set(command.allowed_models) if command.allowed_models else None
-        allowed = frozenset(a for a in self._callable if permitted is None or a in permitted)
+        # Raises the field errors of Route first; NoConfiguredModel when no allowed model is callable.
+        decision = await self._routing.route(route, restrict_to=self._callable)
         async for event in self._forwarder.forward(
-            decision_id=decision.decision_id,
-            chosen=decision.model,
-            probabilities=tuple(zip(decision.arms, decision.probabilities, strict=True)),
-            allowed=allowed,
-            request=command.chat,
-            deadline_s=command.deadline_monotonic_s,
+            decision=decision, request=command.chat, deadline_s=command.deadline_monotonic_s
         ):
-            if isinstance(event, AnswerStarted):
-                yield CompletionStarted(decision, event.model, event.fallback_from)
-            else:
-                yield event
+            yield event

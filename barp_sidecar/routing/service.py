@@ -12,29 +12,19 @@ import itertools
 import math
 import os
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
 
 import numpy as np
 
 from barp_sidecar.batching.batcher import MicroBatcher
 from barp_sidecar.domain import Decision, ExplorationMode, RouteCommand
-from barp_sidecar.errors import FailedPrecondition, InvalidArgument
+from barp_sidecar.errors import InvalidArgument
 from barp_sidecar.policy.inference import InferenceRequest, InferenceResult
+from barp_sidecar.policy.mask import allowed_mask, models_in
+from barp_sidecar.providers.failures import NoConfiguredModel
 from barp_sidecar.routing.exploration import choose_arm
+from barp_sidecar.settings import RoutingSettings
 
 MAX_REQUEST_ID_CHARS = 128
-
-
-@dataclass(frozen=True)
-class RoutingDefaults:
-    """What a request gets when it leaves a field unset, and service-wide limits."""
-
-    quality_weight: float = 0.5
-    exploration: ExplorationMode = ExplorationMode.GREEDY
-    epsilon: float = 0.05
-    max_prompt_bytes: int = 1 << 20
-    # Models this sidecar never chooses (masked for every request), e.g. no contract with that provider.
-    disabled_models: frozenset[str] = frozenset()
 
 
 class DecisionIds:
@@ -61,22 +51,24 @@ class RoutingService:
         arms: tuple[str, ...],
         encoder_id: str,
         batcher: MicroBatcher[InferenceRequest, InferenceResult],
-        defaults: RoutingDefaults,
+        settings: RoutingSettings,
+        max_prompt_bytes: int,
         rng: np.random.Generator,
         on_decision: Callable[[Decision], None] | None = None,
     ) -> None:
-        unknown = sorted(set(defaults.disabled_models) - set(arms))
+        unknown = sorted(set(settings.disabled_models) - set(arms))
         if unknown:
             raise ValueError(f"disabled models {unknown} are not arms of the policy {list(arms)}")
         self._arms = arms
-        self._arm_index = {name: index for index, name in enumerate(arms)}
         self._encoder_id = encoder_id
         self._batcher = batcher
-        self._defaults = defaults
+        # Defaults for fields a request leaves unset (routing.*), and the prompt size limit (server.*).
+        self._settings = settings
+        self._disabled = settings.disabled_model_names()
+        self._max_prompt_bytes = max_prompt_bytes
         self._rng = rng
         # Called with every decision (the learning loop keeps it pending until ReportOutcome or expiry).
         self._on_decision = on_decision
-        self._enabled = np.array([name not in defaults.disabled_models for name in arms], dtype=bool)
         self._ids = DecisionIds()
 
     @property
@@ -86,7 +78,7 @@ class RoutingService:
     def _check_prompt(self, prompt: str) -> None:
         if not prompt:
             raise InvalidArgument("prompt", "must not be empty")
-        limit = self._defaults.max_prompt_bytes
+        limit = self._max_prompt_bytes
         # A str of n code points is at most 4n UTF-8 bytes: only measure when it might exceed the limit.
         if len(prompt) * 4 > limit:
             size = len(prompt.encode("utf-8", "surrogatepass"))
@@ -97,49 +89,33 @@ class RoutingService:
 
     def _quality_weight(self, value: float | None) -> float:
         if value is None:
-            return self._defaults.quality_weight
+            return self._settings.default_quality_weight
         if not math.isfinite(value) or not 0.0 <= value <= 1.0:
             raise InvalidArgument("preference.quality_weight", f"must be a number in [0, 1], not {value!r}")
         return float(value)
 
     def _mask(self, allowed_models: tuple[str, ...], restrict_to: Collection[str] | None) -> np.ndarray:
-        if allowed_models:
-            seen: set[str] = set()
-            for name in allowed_models:
-                if name in seen:
-                    raise InvalidArgument("allowed_models", f"duplicate model {name!r}")
-                seen.add(name)
-            unknown = [name for name in allowed_models if name not in self._arm_index]
-            if unknown:
-                raise InvalidArgument(
-                    "allowed_models", f"unknown model(s) {unknown}; known models: {list(self._arms)}"
-                )
-            mask = np.zeros(len(self._arms), dtype=bool)
-            mask[[self._arm_index[name] for name in allowed_models]] = True
-            mask &= self._enabled
-        else:
-            mask = self._enabled.copy()
-        if restrict_to is not None:
-            mask &= np.array([name in restrict_to for name in self._arms], dtype=bool)
-        if not mask.any():
-            requested = list(allowed_models) if allowed_models else "all models"
-            raise FailedPrecondition(
-                f"no allowed model is available: allowed_models={requested}, "
-                f"disabled (routing.disabled_models)={sorted(self._defaults.disabled_models)}"
-                + ("" if restrict_to is None else f", callable={sorted(restrict_to)}")
-            )
-        return mask
+        mask = allowed_mask(self._arms, allowed_models, self._disabled)
+        if restrict_to is None:
+            return mask
+        callable_mask = mask & np.array([name in restrict_to for name in self._arms], dtype=bool)
+        if not callable_mask.any():
+            raise NoConfiguredModel(list(models_in(self._arms, mask)))
+        return callable_mask
 
     def prepare(
         self, command: RouteCommand, restrict_to: Collection[str] | None = None
     ) -> tuple[InferenceRequest, np.ndarray, ExplorationMode]:
-        """Validate and resolve defaults; raises InvalidArgument / FailedPrecondition naming the field."""
+        """Validate and resolve defaults; raises InvalidArgument / FailedPrecondition naming the field.
+
+        The mask is computed here once (``policy.mask.allowed_mask``, then ``restrict_to``: models the caller
+        can actually use, NoConfiguredModel when none of the allowed ones is); the Decision carries it."""
         self._check_prompt(command.prompt)
         weight = self._quality_weight(command.quality_weight)
         if len(command.request_id) > MAX_REQUEST_ID_CHARS:
             raise InvalidArgument("request_id", f"must be at most {MAX_REQUEST_ID_CHARS} characters")
         mask = self._mask(command.allowed_models, restrict_to)
-        mode = command.exploration or self._defaults.exploration
+        mode = command.exploration or self._settings.default_exploration
         allowed = None if mask.all() else tuple(bool(flag) for flag in mask)
         return InferenceRequest(command.prompt, weight, allowed), mask, mode
 
@@ -147,7 +123,7 @@ class RoutingService:
         """Decide for one prompt. Raises a BarpError subclass for every caller-visible failure."""
         request, mask, mode = self.prepare(command, restrict_to)
         result = await self._batcher.submit(request, command.deadline_monotonic_s)
-        index, propensity = choose_arm(result.probabilities, mask, mode, self._defaults.epsilon, self._rng)
+        index, propensity = choose_arm(result.probabilities, mask, mode, self._settings.epsilon, self._rng)
         decision = Decision(
             decision_id=self._ids.next(),
             model=self._arms[index],

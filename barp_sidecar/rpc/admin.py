@@ -20,7 +20,8 @@ import structlog
 
 from barp_sidecar.errors import BarpError, ConfigError, FailedPrecondition, NotFound
 from barp_sidecar.gen.barp.v1 import admin_pb2, admin_pb2_grpc
-from barp_sidecar.policy.manager import KnownPolicy, PolicyManager
+from barp_sidecar.policy.manager import PolicyManager
+from barp_sidecar.policy.version import PolicyVersion
 from barp_sidecar.settings import AdminSettings
 
 log = structlog.get_logger("barp_sidecar.rpc.admin")
@@ -48,7 +49,7 @@ def admin_token(settings: AdminSettings, env: Mapping[str, str]) -> str | None:
     return token
 
 
-def _info(known: KnownPolicy, pinned: int | None) -> admin_pb2.PolicyInfo:
+def _info(known: PolicyVersion, pinned: int | None) -> admin_pb2.PolicyInfo:
     return admin_pb2.PolicyInfo(
         version=known.version,
         weights_sha256=known.weights_sha256,

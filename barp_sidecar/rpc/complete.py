@@ -20,8 +20,8 @@ from barp_sidecar.errors import BarpError
 from barp_sidecar.gen.barp.v1 import router_pb2
 from barp_sidecar.metrics import SidecarMetrics
 from barp_sidecar.providers.chat import ChatMessage, ChatRequest, GenerationParameters
-from barp_sidecar.providers.forwarder import Completed, TextDelta
-from barp_sidecar.routing.completion import CompleteCommand, CompletionService, CompletionStarted
+from barp_sidecar.providers.forwarder import AnswerStarted, Completed, TextDelta
+from barp_sidecar.routing.completion import CompleteCommand, CompletionService
 from barp_sidecar.rpc import convert
 from barp_sidecar.rpc.status import status_for
 
@@ -51,12 +51,11 @@ def complete_command(
         allowed_models=tuple(request.allowed_models),
         exploration=convert.exploration_from_pb(request.exploration),
         request_id=request.request_id,
-        metadata=dict(request.metadata),
         deadline_monotonic_s=deadline_monotonic_s,
     )
 
 
-def _first_chunk(started: CompletionStarted, delta: str) -> router_pb2.CompleteChunk:
+def _first_chunk(started: AnswerStarted, delta: str) -> router_pb2.CompleteChunk:
     decision = convert.route_response(started.decision)
     decision.model = started.model
     return router_pb2.CompleteChunk(decision=decision, delta=delta, fallback_from=list(started.fallback_from))
@@ -99,12 +98,12 @@ async def complete_stream(
         deadline_s = None if remaining_s is None else started_s + remaining_s
         # The first chunk carries the decision with the first text; text that ended the answer is held
         # for the usage that follows at once, so a short answer is one message instead of two or three.
-        pending: CompletionStarted | None = None
+        pending: AnswerStarted | None = None
         held = ""
         events = service.complete(complete_command(request, deadline_s))
         async with contextlib.aclosing(events):
             async for event in events:
-                if isinstance(event, CompletionStarted):
+                if isinstance(event, AnswerStarted):
                     pending = event
                     model, chosen, fallback_from = event.model, event.decision.model, event.fallback_from
                     decision_id = event.decision.decision_id

@@ -41,7 +41,6 @@ def route_command(request: router_pb2.RouteRequest, deadline_monotonic_s: float 
         allowed_models=tuple(request.allowed_models),
         exploration=exploration_from_pb(request.exploration),
         request_id=request.request_id,
-        metadata=dict(request.metadata),
         deadline_monotonic_s=deadline_monotonic_s,
     )
 

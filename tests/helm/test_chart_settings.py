@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
-import importlib.util
 import re
 import shlex
 import subprocess
@@ -17,8 +15,10 @@ from typing import Any
 import pytest
 import yaml
 
+from barp_sidecar.providers.catalog import parse_catalog
 from barp_sidecar.settings import ENV_PREFIX, Settings, load_settings
 from tests.helm.chart_render import Rendered, ci_names
+from trainer.service.settings import load_trainer_settings
 
 Render = Callable[[str | None], Rendered]
 
@@ -124,26 +124,19 @@ def test_sidecar_settings_load_and_match_the_pod(render_ci: Render, name: str | 
 
 
 def test_rendered_catalog_is_a_valid_catalog(render_ci: Render) -> None:
-    catalog_module = pytest.importorskip(
-        "barp_sidecar.providers.catalog", reason="the provider catalog (branch providers) is not merged yet"
-    )
     rendered = render_ci("sidecar")
     text = rendered.one("ConfigMap", "barp-sidecar-config")["data"]["catalog.yaml"]
-    catalog = catalog_module.parse_catalog(yaml.safe_load(text), "catalog.yaml")
+    catalog = parse_catalog(yaml.safe_load(text), "catalog.yaml")
     assert [entry.arm for entry in catalog.entries][:1] == ["gpt-4-1106-preview"]
 
 
 @pytest.mark.parametrize("name", ci_names())
 def test_trainer_settings_load(render_ci: Render, name: str | None, tmp_path: Path) -> None:
-    try:
-        trainer_settings = importlib.import_module("trainer.service.settings")
-    except ModuleNotFoundError:
-        pytest.skip("trainer/service/settings.py (branch learning) is not merged yet")
     rendered = render_ci(name)
     config_map = rendered.one("ConfigMap", "-trainer-config")
     local = tmp_path / "trainer.yaml"
     local.write_text(config_map["data"]["trainer.yaml"])
-    settings = trainer_settings.load_trainer_settings(local, {})
+    settings = load_trainer_settings(local, {})
     container = rendered.one("Deployment", "-trainer")["spec"]["template"]["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["trainer-grpc"] == settings.server.port and settings.server.host == "0.0.0.0"
@@ -170,8 +163,6 @@ def test_trainer_settings_load(render_ci: Render, name: str | None, tmp_path: Pa
 
 
 def test_example_app_command_uses_real_route_flags(render_ci: Render) -> None:
-    if importlib.util.find_spec("barp_sidecar.rpc.client") is None:
-        pytest.skip("barp_sidecar.rpc.client (`barp-sidecar route`) is not in this checkout yet")
     rendered = render_ci("sidecar")
     app = rendered.one("Deployment", "-example-app")["spec"]["template"]["spec"]["containers"][0]
     script = app["command"][-1]

@@ -9,7 +9,8 @@ import torch
 from barp_sidecar import decide
 from barp_sidecar.policy.builtin import builtin_policy_dir
 from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, load_checkpoint, save_checkpoint
-from barp_sidecar.policy.encoder import BUILTIN_MODEL_ID
+from barp_sidecar.policy.encoder import BUILTIN_MODEL, BUILTIN_MODEL_ID
+from barp_sidecar.policy.loading import encoder_model_for
 from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
 
 ARMS = ("small", "medium", "large")
@@ -57,7 +58,11 @@ def test_decide_respects_allowed_models_and_samples_with_a_propensity(policy_dir
 
 @pytest.mark.parametrize(
     ("argv", "message"),
-    [(["--quality-weight", "1.5"], "quality_weight"), (["--allowed-models", "nope"], "unknown models")],
+    [
+        (["--quality-weight", "1.5"], "quality_weight"),
+        (["--allowed-models", "nope"], "unknown model(s)"),
+        (["--allowed-models", "large", "large"], "duplicate"),
+    ],
 )
 def test_decide_rejects_bad_arguments_with_exit_code_2(policy_dir, capsys, argv, message):
     code, _, err = _run(["hi", "--policy", str(policy_dir), *argv], capsys)
@@ -65,9 +70,14 @@ def test_decide_rejects_bad_arguments_with_exit_code_2(policy_dir, capsys, argv,
 
 
 def test_encoder_model_comes_from_the_manifest_unless_overridden(policy_dir):
-    policy = load_checkpoint(policy_dir)
-    assert decide.encoder_model_for(policy, None) == "hash:32"
-    assert decide.encoder_model_for(policy, "/models/minilm") == "/models/minilm"
+    identity = load_checkpoint(policy_dir).manifest.encoder
+    assert encoder_model_for(identity, None) == "hash:32"
+    assert encoder_model_for(identity, "/models/minilm") == "hash:32"  # self-describing, as in the sidecar
+    builtin = EncoderIdentity(BUILTIN_MODEL_ID, 384, 256, "tail")
+    assert encoder_model_for(builtin, None) == BUILTIN_MODEL
+    assert encoder_model_for(builtin, "/models/minilm") == "/models/minilm"
+    other = EncoderIdentity("org/other-encoder", 384, 256, "tail")
+    assert encoder_model_for(other, None) == "org/other-encoder"
 
 
 def test_the_shipped_default_policy_loads():

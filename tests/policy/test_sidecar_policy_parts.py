@@ -185,7 +185,7 @@ def test_half_precision_path_runs_and_agrees_with_float32(store: CheckpointStore
     half = make_inference(registry, DevicePlacement("cpu", True)).run_batch(
         [InferenceRequest(p, 0.7) for p in PROMPTS]
     )
-    assert registry.current().policy.network.output.weight.dtype == torch.float32  # registry copy untouched
+    assert registry.current().network.output.weight.dtype == torch.float32  # registry copy untouched
     for a, b in zip(full, half, strict=True):
         np.testing.assert_allclose(a.probabilities, b.probabilities, atol=2e-2)
         assert b.probabilities.dtype == np.float64

@@ -1,11 +1,13 @@
-"""Helpers shared by the provider tests: catalog entries pointing at a fake provider, requests, ports."""
+"""Helpers shared by the provider tests: catalog entries pointing at a fake provider, requests, ports, a
+recorder that keeps every completion."""
 
 from __future__ import annotations
 
 import socket
+from dataclasses import dataclass
 
 from barp_sidecar.providers.catalog import ProviderEntry
-from barp_sidecar.providers.chat import ChatMessage, ChatRequest, GenerationParameters
+from barp_sidecar.providers.chat import ChatMessage, ChatRequest, GenerationParameters, TokenUsage
 from barp_sidecar.settings import ProvidersSettings
 
 TEST_KEY = "sk-test-0123456789abcdefSECRET"
@@ -41,3 +43,29 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+@dataclass(frozen=True)
+class CompletionRecord:
+    model: str
+    cost_usd: float
+    latency_ms: float
+    usage: TokenUsage
+
+
+class RecordingCompletions:
+    """A ``CompletionRecorder`` for tests: every record by decision id."""
+
+    def __init__(self) -> None:
+        self.records: dict[str, CompletionRecord] = {}
+
+    def record_completion(
+        self, decision_id: str, model: str, cost_usd: float, latency_ms: float, usage: TokenUsage
+    ) -> None:
+        self.records[decision_id] = CompletionRecord(model, cost_usd, latency_ms, usage)
+
+    def get(self, decision_id: str) -> CompletionRecord | None:
+        return self.records.get(decision_id)
+
+    def __len__(self) -> int:
+        return len(self.records)

@@ -1,12 +1,17 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from barp_sidecar.providers.adapter import StreamProtocolError, UpstreamStreamError, adapter_for
+from barp_sidecar.errors import ConfigError
+from barp_sidecar.providers.adapter import StreamProtocolError, UpstreamStreamError
 from barp_sidecar.providers.anthropic_adapter import AnthropicAdapter
-from barp_sidecar.providers.catalog import ProviderEntry
+from barp_sidecar.providers.api_styles import ADAPTERS, API_STYLES, adapter_for
+from barp_sidecar.providers.catalog import ProviderEntry, parse_catalog
 from barp_sidecar.providers.chat import ChatMessage, ChatRequest, GenerationParameters, StreamEvent
 from barp_sidecar.providers.openai_adapter import OpenAIAdapter
 
@@ -31,8 +36,27 @@ def openai_chunk(content: str | None = None, finish: str | None = None) -> dict[
 def test_adapter_for_styles() -> None:
     assert isinstance(adapter_for("openai"), OpenAIAdapter)
     assert isinstance(adapter_for("anthropic"), AnthropicAdapter)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="known: \\['openai', 'anthropic'\\]"):
         adapter_for("soap")
+
+
+def _dicts(node: object) -> Iterator[dict[str, Any]]:
+    if isinstance(node, dict):
+        yield node
+        node = list(node.values())
+    if isinstance(node, list):
+        for child in node:
+            yield from _dicts(child)
+
+
+def test_the_registry_is_the_one_list_of_api_styles() -> None:
+    """The catalog validation and the chart's schema take their api_style names from the registry."""
+    assert API_STYLES == tuple(ADAPTERS) == ("openai", "anthropic")
+    schema = json.loads((Path(__file__).parents[2] / "helm/barp-sidecar/values.schema.json").read_text())
+    entries = [node for node in _dicts(schema) if "api_style" in node.get("properties", {})]
+    assert entries and all(e["properties"]["api_style"]["enum"] == list(API_STYLES) for e in entries)
+    with pytest.raises(ConfigError, match=r"api_style.*must be one of \('openai', 'anthropic'\)"):
+        parse_catalog({"providers": [{"arm": "a", "enabled": False, "api_style": "soap"}]})
 
 
 def test_openai_request_passes_parameters_through() -> None:

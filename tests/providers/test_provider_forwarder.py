@@ -5,8 +5,10 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
+import numpy as np
 import pytest
 
+from barp_sidecar.domain import Decision, ExplorationMode
 from barp_sidecar.errors import DeadlineExceeded
 from barp_sidecar.providers.catalog import ModelCatalog, ProviderEntry
 from barp_sidecar.providers.chat import ChatRequest, TokenUsage
@@ -22,9 +24,8 @@ from barp_sidecar.providers.forwarder import (
 )
 from barp_sidecar.providers.metrics import ProviderMetrics
 from barp_sidecar.providers.pool import ProviderPool
-from barp_sidecar.providers.recorder import InMemoryCompletionRecorder
 from barp_sidecar.settings import ProvidersSettings
-from tests.providers.provider_helpers import chat, closed_port, entry_for
+from tests.providers.provider_helpers import RecordingCompletions, chat, closed_port, entry_for
 
 MakePool = Callable[..., Awaitable[ProviderPool]]
 PROBABILITIES = [("a", 0.5), ("b", 0.1), ("c", 0.3), ("d", 0.1), ("e", 0.0)]
@@ -39,20 +40,41 @@ def test_fallback_order_is_by_probability_among_allowed_enabled_models() -> None
     assert fallback_order("a", PROBABILITIES, None, 10, {"a", "b"}.__contains__) == ["a", "b"]
 
 
-async def run(
-    forwarder: Forwarder, request: ChatRequest, chosen: str = "a", **kwargs: object
-) -> list[ForwardEvent]:
-    arguments: dict[str, object] = dict(
-        decision_id="d-1", chosen=chosen, probabilities=PROBABILITIES, allowed=None, deadline_s=None
+def decision_for(chosen: str = "a", allowed: list[str] | None = None, decision_id: str = "d-1") -> Decision:
+    """A routing decision over PROBABILITIES; ``allowed`` None = every model (the mask routing computed)."""
+    arms = tuple(name for name, _ in PROBABILITIES)
+    return Decision(
+        decision_id=decision_id,
+        model=chosen,
+        propensity=1.0,
+        arms=arms,
+        probabilities=tuple(p for _, p in PROBABILITIES),
+        policy_version=1,
+        encoder="hash:8",
+        exploration=ExplorationMode.GREEDY,
+        quality_weight=0.5,
+        embedding=np.zeros(8, dtype=np.float32),
+        allowed=tuple(allowed is None or name in allowed for name in arms),
     )
-    arguments.update(kwargs)
-    return [event async for event in forwarder.forward(request=request, **arguments)]  # type: ignore[arg-type]
+
+
+async def run(
+    forwarder: Forwarder,
+    request: ChatRequest,
+    chosen: str = "a",
+    allowed: list[str] | None = None,
+    deadline_s: float | None = None,
+) -> list[ForwardEvent]:
+    decision = decision_for(chosen, allowed)
+    return [
+        event async for event in forwarder.forward(decision=decision, request=request, deadline_s=deadline_s)
+    ]
 
 
 def build(
     pool: ProviderPool, entries: list[ProviderEntry], metrics: ProviderMetrics, max_fallbacks: int = 2
-) -> tuple[Forwarder, InMemoryCompletionRecorder]:
-    recorder = InMemoryCompletionRecorder(100)
+) -> tuple[Forwarder, RecordingCompletions]:
+    recorder = RecordingCompletions()
     return Forwarder(ModelCatalog(tuple(entries)), pool, recorder, metrics, max_fallbacks), recorder
 
 
@@ -62,7 +84,7 @@ async def test_a_healthy_call_streams_and_records_cost(
     entries = [entry_for("a", fake.base_url, input_usd_per_1m_tokens=10.0, output_usd_per_1m_tokens=30.0)]
     forwarder, recorder = build(await make_pool(entries), entries, metrics)
     events = await run(forwarder, chat("two words"))
-    assert events[0] == AnswerStarted("a", ())
+    assert events[0] == AnswerStarted(decision_for(), "a", ())
     assert "".join(e.text for e in events if isinstance(e, TextDelta)) == "".join(
         f"tok{i} " for i in range(8)
     )
@@ -96,7 +118,7 @@ async def test_connection_refused_falls_back_to_the_next_most_probable(
     forwarder, recorder = build(await make_pool(entries), entries, metrics)
     events = await run(forwarder, chat())
     # c (p=0.3) is tried before b (p=0.1); both a and c refuse connections.
-    assert events[0] == AnswerStarted("b", ("a", "c"))
+    assert events[0] == AnswerStarted(decision_for(), "b", ("a", "c"))
     done = events[-1]
     assert isinstance(done, Completed) and done.model == "b" and done.fallback_from == ("a", "c")
     record = recorder.get("d-1")
@@ -135,16 +157,9 @@ async def test_a_failure_after_the_first_token_is_not_hidden_by_a_fallback(
     fake.push(FakeBehaviour(malformed="truncated", tokens=2))
     seen: list[ForwardEvent] = []
     with pytest.raises(ProviderFailure, match="stream ended"):
-        async for event in forwarder.forward(
-            decision_id="d",
-            chosen="a",
-            probabilities=PROBABILITIES,
-            allowed=None,
-            request=chat(),
-            deadline_s=None,
-        ):
+        async for event in forwarder.forward(decision=decision_for(), request=chat(), deadline_s=None):
             seen.append(event)
-    assert seen[0] == AnswerStarted("a", ())
+    assert seen[0] == AnswerStarted(decision_for(), "a", ())
     assert "".join(e.text for e in seen[1:] if isinstance(e, TextDelta)) == "tok0 tok1 "
     assert fake.stats.requests == 1 and len(recorder) == 0
 
@@ -182,7 +197,7 @@ async def test_an_open_breaker_falls_back_without_calling_the_provider(
         forwarder, _ = build(await make_pool(entries, settings), entries, metrics)
         fake.push(FakeBehaviour(status=503))
         first = await run(forwarder, chat())  # a fails once: its breaker opens; c answers
-        assert first[0] == AnswerStarted("c", ("a",))
+        assert first[0] == AnswerStarted(decision_for(), "c", ("a",))
         second = await run(forwarder, chat())
-        assert second[0] == AnswerStarted("c", ("a",))
+        assert second[0] == AnswerStarted(decision_for(), "c", ("a",))
         assert fake.stats.requests == 1 and other.stats.requests == 2  # a was not called again

@@ -27,7 +27,6 @@ def test_provider_settings_defaults_and_env_overrides() -> None:
         ("max_fallbacks", "-1"),
         ("connect_timeout_s", "0"),
         ("max_queued_per_provider", "-1"),
-        ("completion_records_max_entries", "0"),
         ("routing_text_max_bytes", "10"),
         ("routing_text", "first_user"),
     ],

@@ -50,7 +50,7 @@ async def recorder(tmp_path):
 
 async def test_report_records_an_event_with_everything_the_trainer_needs(recorder):
     recorder.remember(decision("d1"))
-    assert recorder.attach_cost("d1", 0.003)
+    recorder.record_completion("d1", "strong", 0.003, 120.0)  # Complete forwarded it: the cost is known
     assert await recorder.report("d1", 0.9) is True
     (event,) = recorder.spool.read_after(0, 10)
     assert event.event_id == "d1" and event.sidecar_id == "sc-1" and event.sequence == 1

@@ -15,11 +15,12 @@ from structlog.testing import capture_logs
 from barp_sidecar.gen.barp.v1 import admin_pb2, admin_pb2_grpc, trainer_pb2_grpc
 from barp_sidecar.policy.checkpoint import CheckpointStore, load_checkpoint
 from barp_sidecar.policy.manager import PolicyManager
-from barp_sidecar.policy.watcher import TrainerPolicyWatcher
+from barp_sidecar.policy.version import PolicyVersion
+from barp_sidecar.policy.watcher import TrainerCheckpointFetcher, TrainerPolicyWatcher
 from barp_sidecar.rpc.admin import AdminServer
 from barp_sidecar.settings import AdminSettings
 from tests.learning_helpers import ARMS, DIM, FakeRegistry, publish_tiny, save_tiny_checkpoint
-from trainer.service.policy_source import Announcement, PolicyAnnouncer, announcement_for
+from trainer.service.policy_source import PolicyAnnouncer, announcement_for
 from trainer.service.servicer import TrainerServicer
 
 
@@ -34,7 +35,7 @@ class Upstream:
         trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
 
-    async def publish(self, version: int, seed: int, arms=ARMS) -> Announcement:
+    async def publish(self, version: int, seed: int, arms=ARMS) -> PolicyVersion:
         publish_tiny(self.store, version, seed, arms)
         manifest = load_checkpoint(self.store.path(version)).manifest
         announcement = announcement_for(self.store, manifest)
@@ -48,9 +49,11 @@ async def setup(tmp_path):
     await upstream.server.start()
     initial = load_checkpoint(save_tiny_checkpoint(tmp_path / "initial", version=1, seed=100))
     registry = FakeRegistry(initial)
-    manager = PolicyManager(registry, source="builtin")
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{upstream.port}")
-    watcher = TrainerPolicyWatcher(manager, channel, tmp_path / "downloads", "sc-1", 0.05, 0.2, seed=0)
+    manager = PolicyManager(
+        registry, "builtin", TrainerCheckpointFetcher(lambda: channel, tmp_path / "downloads")
+    )
+    watcher = TrainerPolicyWatcher(manager, channel, "sc-1", 0.05, 0.2, seed=0)
     await watcher.start()
     yield upstream, registry, manager, watcher
     await watcher.close()
@@ -98,10 +101,10 @@ async def test_bad_checkpoints_are_rejected_and_the_previous_version_keeps_servi
                 (path / "policy.safetensors").write_bytes(bytes(data))
             else:
                 (path / "manifest.json").write_text("{not json")
-            await upstream.announcer.publish(Announcement(3, sha, 1, ARMS))
+            await upstream.announcer.publish(PolicyVersion(3, sha, ARMS, size_bytes=1))
         await wait_for(lambda: sum(manager.rejected_total.values()) == 1)
     assert registry.current().version == 2
-    assert registry.current().policy.manifest.weights_sha256 == good.weights_sha256
+    assert registry.current().manifest.weights_sha256 == good.weights_sha256
     rejected = [e for e in logs if e["event"] == "policy_rejected"]
     assert rejected and rejected[0]["version"] == 3 and rejected[0]["serving"] == 2
     expected = {
@@ -181,9 +184,9 @@ async def test_watcher_reconnects_after_the_trainer_restarts(tmp_path):
     port = upstream.port
     initial = load_checkpoint(save_tiny_checkpoint(tmp_path / "initial", version=1, seed=100))
     registry = FakeRegistry(initial)
-    manager = PolicyManager(registry)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    watcher = TrainerPolicyWatcher(manager, channel, tmp_path / "dl", "sc", 0.05, 0.2, seed=0)
+    manager = PolicyManager(registry, fetcher=TrainerCheckpointFetcher(lambda: channel, tmp_path / "dl"))
+    watcher = TrainerPolicyWatcher(manager, channel, "sc", 0.05, 0.2, seed=0)
     await watcher.start()
     try:
         await upstream.publish(2, seed=2)

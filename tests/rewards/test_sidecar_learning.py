@@ -69,9 +69,7 @@ async def test_route_report_outcome_reaches_the_trainer_and_its_policy_comes_bac
     async with running_sidecar(settings) as app:
         # The trainer's cold v1 differs from the sidecar's startup policy: the sidecar swaps to it.
         await wait_for(
-            lambda: (
-                app.registry.current().policy.manifest.weights_sha256 == trainer.loop.manifest.weights_sha256
-            )
+            lambda: app.registry.current().manifest.weights_sha256 == trainer.loop.manifest.weights_sha256
         )
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stub = router_pb2_grpc.RouterStub(channel)

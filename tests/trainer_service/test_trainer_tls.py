@@ -15,7 +15,7 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from barp_sidecar.errors import ConfigError
-from barp_sidecar.rewards.components import trainer_channel
+from barp_sidecar.learning_wiring import trainer_channel
 from barp_sidecar.rewards.publisher import RewardPublisher
 from barp_sidecar.rewards.spool import RewardSpool
 from barp_sidecar.rpc.tls import channel_credentials, client_files_from

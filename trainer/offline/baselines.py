@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from barp_sidecar.policy.reward import normalized_cost, reward
+from barp_sidecar.policy.reward import normalized_cost, reward, reward_from_normalized_cost
 from trainer.offline.datasets import RoutingTable
 from trainer.offline.evaluation import Chooser
 from trainer.offline.simulator import BanditSimulator
@@ -69,7 +69,7 @@ def knn(
     nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
     q_hat = train.quality[nearest].mean(axis=1)
     c_hat = normalized_cost(train.cost_usd, tau_usd)[nearest].mean(axis=1)
-    return lambda w: np.argmax(w * q_hat - (1.0 - w) * c_hat, axis=1)
+    return lambda w: np.argmax(reward_from_normalized_cost(q_hat, c_hat, w), axis=1)
 
 
 def mlp_full_info(
@@ -109,8 +109,8 @@ def mlp_full_info(
     with torch.inference_mode():
         out = model(torch.as_tensor(np.asarray(test_x, dtype=np.float32)))
     q_hat = torch.sigmoid(out[:, :k]).numpy()
-    c_hat = np.minimum(np.exp(out[:, k:].numpy()) / tau_usd, 1.0)
-    return lambda w: np.argmax(w * q_hat - (1.0 - w) * c_hat, axis=1)
+    c_hat = normalized_cost(np.exp(out[:, k:].numpy()), tau_usd)
+    return lambda w: np.argmax(reward_from_normalized_cost(q_hat, c_hat, w), axis=1)
 
 
 def pca_projection(train_x: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
@@ -176,9 +176,9 @@ def train_linear_bandit(
                 spread = np.sqrt(np.einsum("i,kij,j->k", f, bandit.inverse, f))
                 q = theta_q @ f + alpha * spread * noise[:, 0]
                 c = theta_c @ f + alpha * spread * noise[:, 1]
-                score = w * q - (1.0 - w) * c
+                score = reward_from_normalized_cost(q, c, w)
             else:
-                score = w * (theta_q @ f) - (1.0 - w) * (theta_c @ f)
+                score = reward_from_normalized_cost(theta_q @ f, theta_c @ f, w)
                 if kind == "linucb":
                     score = score + alpha * np.sqrt(np.einsum("i,kij,j->k", f, bandit.inverse, f))
             arm = int(np.argmax(score))
@@ -199,4 +199,4 @@ def linear_bandit_router(
     bandit, mean, components = train_linear_bandit(kind, train_x, simulator, tau_usd, seed, events=events)
     features = np.hstack([(test_x - mean) @ components, np.ones((test_x.shape[0], 1))])
     q_hat, c_hat = bandit.estimates(features)
-    return lambda w: np.argmax(w * q_hat - (1.0 - w) * c_hat, axis=1)
+    return lambda w: np.argmax(reward_from_normalized_cost(q_hat, c_hat, w), axis=1)

@@ -4,7 +4,8 @@ Owns the training loop; reads embeddings (precomputed), asks ``BanditSimulator``
 (q, c) only, and returns a trained ``PolicyNetwork``. Knows nothing about files, encoders or reports.
 
 Each step: draw B prompts and B preferences w_q, sample an arm from the behaviour policy μ (the current
-policy mixed with ε·uniform, so every arm keeps support), reveal that arm's (q, c), then update.
+policy mixed with ε·uniform, so every arm keeps support), reveal that arm's (q, c), then update. The
+importance-weighted gradient terms come from ``trainer.reinforce_core`` (shared with the online learner).
 
 - ``baseline="batch_mean"`` is vanilla BaRP: ∇ = (r − mean r)·∇log π(a|x,w) + β·∇H.
 - ``baseline="critic"`` learns, from the revealed (q, c) only, a per-arm model q̂(x,a), ĉ(x,a) and uses
@@ -28,9 +29,10 @@ import torch
 from torch import nn
 
 from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
-from barp_sidecar.policy.reward import normalized_cost
+from barp_sidecar.policy.reward import normalized_cost, reward_from_normalized_cost
 from trainer.offline.preferences import sample_quality_weights
 from trainer.offline.simulator import BanditSimulator
+from trainer.reinforce_core import importance_weighted_objective, policy_gradient_terms
 
 BASELINES = ("batch_mean", "critic")
 
@@ -236,26 +238,22 @@ def train_offline(
         x_rep = x.repeat(reps, 1)
         a_rep = arms.repeat(reps)
         mu_rep = propensity.repeat(reps)
-        r_rep = w_all * quality.repeat(reps) - (1.0 - w_all) * cost_norm.repeat(reps)
-        logits = policy(x_rep, w_all)
-        log_probs = torch.log_softmax(logits, dim=-1)
-        probs = log_probs.exp()
+        r_rep = reward_from_normalized_cost(quality.repeat(reps), cost_norm.repeat(reps), w_all)
+        terms = policy_gradient_terms(policy(x_rep, w_all), a_rep, mu_rep, config.importance_clip)
+        log_probs, probs, entropy = terms.log_probabilities, terms.probabilities, terms.entropy
         idx = torch.arange(x_rep.shape[0])
-        log_pi_a = log_probs[idx, a_rep]
-        ratio = torch.clamp(log_pi_a.detach().exp() / mu_rep, max=config.importance_clip)
-        entropy = -(probs * log_probs).sum(dim=1)
         if q_hat is not None and c_hat is not None:
-            r_hat = w_all[:, None] * q_hat.repeat(reps, 1) - (1.0 - w_all[:, None]) * c_hat.repeat(reps, 1)
+            r_hat = reward_from_normalized_cost(q_hat.repeat(reps, 1), c_hat.repeat(reps, 1), w_all[:, None])
             if config.direct_term == "kl":
                 target = torch.softmax(r_hat / config.critic_temperature, dim=1)
                 direct = (target * log_probs).sum(dim=1)  # −KL(target ‖ π) up to a constant
             else:
                 direct = (probs * r_hat).sum(dim=1)
-            correction = ratio * (r_rep - r_hat[idx, a_rep]) * log_pi_a
+            correction = importance_weighted_objective(terms, r_rep - r_hat[idx, a_rep])
             objective = direct + config.correction_weight * correction
         else:
             advantage = torch.cat([r - r.mean() for r in r_rep.chunk(reps)])
-            objective = ratio * advantage * log_pi_a
+            objective = importance_weighted_objective(terms, advantage)
         beta = _entropy_coefficient(config, step)
         loss = -(objective + beta * entropy).mean()
         optimizer.zero_grad()

@@ -9,10 +9,10 @@ from __future__ import annotations
 import asyncio
 import copy
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
+from barp_sidecar.policy.builtin import builtin_policy_dir
 from barp_sidecar.policy.checkpoint import (
     WEIGHTS_FILE,
     CheckpointStore,
@@ -22,6 +22,7 @@ from barp_sidecar.policy.checkpoint import (
     load_checkpoint,
 )
 from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
+from barp_sidecar.policy.version import PolicyVersion
 from trainer.service.learner import uniform_network
 from trainer.service.settings import LearnerSettings
 
@@ -34,13 +35,6 @@ class StartingPolicy:
     manifest: PolicyManifest
     log_offset: int
     source: str
-
-
-def _builtin_dir() -> Path:
-    # Lazy: the shipped checkpoint arrives from another branch; the trainer works without it (cold start).
-    from barp_sidecar.policy.builtin import builtin_policy_dir  # type: ignore[import-not-found,unused-ignore]
-
-    return Path(builtin_policy_dir())
 
 
 def cold_policy(settings: LearnerSettings) -> StartingPolicy:
@@ -81,37 +75,29 @@ def starting_policy(settings: LearnerSettings, store: CheckpointStore) -> Starti
             return _from_loaded(load_checkpoint(store.path(latest)), "latest", settings)
     if settings.initial_policy in ("cold", "latest_or_cold"):
         return cold_policy(settings)
-    return _from_loaded(load_checkpoint(_builtin_dir()), "builtin", settings)
+    return _from_loaded(load_checkpoint(builtin_policy_dir()), "builtin", settings)
 
 
-@dataclass(frozen=True)
-class Announcement:
-    version: int
-    weights_sha256: str
-    size_bytes: int
-    arms: tuple[str, ...]
-
-
-def announcement_for(store: CheckpointStore, manifest: PolicyManifest) -> Announcement:
+def announcement_for(store: CheckpointStore, manifest: PolicyManifest) -> PolicyVersion:
     directory = store.path(manifest.version)
     size = sum(p.stat().st_size for p in directory.iterdir() if p.is_file())
     assert (directory / WEIGHTS_FILE).is_file()
-    return Announcement(manifest.version, manifest.weights_sha256, size, manifest.arms)
+    return PolicyVersion.of(manifest, source="trainer", directory=directory, size_bytes=size)
 
 
 class PolicyAnnouncer:
     """Latest published version; WatchPolicy streams ``await wait_newer(v)``. Event-loop only."""
 
     def __init__(self) -> None:
-        self._current: Announcement | None = None
+        self._current: PolicyVersion | None = None
         self._changed = asyncio.Condition()
         self._closed = False
 
     @property
-    def current(self) -> Announcement | None:
+    def current(self) -> PolicyVersion | None:
         return self._current
 
-    async def publish(self, announcement: Announcement) -> None:
+    async def publish(self, announcement: PolicyVersion) -> None:
         async with self._changed:
             self._current = announcement
             self._changed.notify_all()
@@ -121,7 +107,7 @@ class PolicyAnnouncer:
             self._closed = True
             self._changed.notify_all()
 
-    async def wait_newer(self, version: int) -> Announcement | None:
+    async def wait_newer(self, version: int) -> PolicyVersion | None:
         """The current announcement once its version differs from ``version``; None when closing."""
         async with self._changed:
             await self._changed.wait_for(

@@ -1,10 +1,13 @@
-"""The sidecar's learning-loop components, built from settings and started/closed in one order.
+"""Composition-root wiring of the sidecar's learning loop: built from settings, started/closed in one order.
 
-Owns wiring for: pending-decision store + outcome recorder + durable spool (``rewards``), the publisher
-and policy watcher towards the trainer (``trainer``), the directory watcher (``checkpoint_store_dir``),
-the ``PolicyManager`` and the Admin server (``admin``), and their metrics. ``SidecarApp`` (the composition
-root) builds one ``LearningComponents`` and calls ``start_recording`` before the Router serves,
-``start_background`` after, and ``close`` after the Router and batcher stopped.
+Part of the composition root (``app.py`` is the other part, and the only caller): this is the one module
+below ``app.py`` that may import every package (``rewards``, ``policy``, ``rpc``), so those packages never
+import each other upwards. Owns wiring for: pending-decision store + outcome recorder + durable spool
+(``rewards``), the publisher and policy watcher towards the trainer (``trainer``), the directory watcher
+(``checkpoint_store_dir``), the ``PolicyManager`` and the Admin server (``admin``), and their metrics.
+``SidecarApp`` builds one ``LearningComponents`` and calls ``start_recording`` before the Router serves,
+``start_background`` after, and ``close`` after the Router and batcher stopped (``app.py`` docstring has
+the whole order).
 
 Close order: Admin server -> watchers -> expiry sweep -> publisher (a short drain: acknowledged events are
 trimmed; the rest stays in the spool for the next start) -> spool (final fsync) -> trainer channel.
@@ -21,9 +24,9 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
-from barp_sidecar.errors import ConfigError
+from barp_sidecar.errors import CheckpointError, ConfigError
 from barp_sidecar.policy.manager import PolicyManager, ServingRegistry
-from barp_sidecar.policy.watcher import DirectoryPolicyWatcher, TrainerPolicyWatcher
+from barp_sidecar.policy.watcher import DirectoryPolicyWatcher, TrainerCheckpointFetcher, TrainerPolicyWatcher
 from barp_sidecar.rewards.pending import PendingDecisionStore
 from barp_sidecar.rewards.publisher import RewardPublisher
 from barp_sidecar.rewards.recorder import OutcomeRecorder
@@ -32,7 +35,7 @@ from barp_sidecar.rpc.admin import AdminServer
 from barp_sidecar.rpc.tls import channel_credentials, client_files_from, open_channel
 from barp_sidecar.settings import Settings
 
-log = structlog.get_logger("barp_sidecar.rewards.components")
+log = structlog.get_logger(__name__)
 # Seconds the publisher may spend delivering the spool at shutdown (the rest is resent at the next start).
 SHUTDOWN_DRAIN_S = 2.0
 
@@ -53,7 +56,14 @@ class LearningComponents:
         r, t = settings.rewards, settings.trainer
         self.settings = settings
         self.sidecar_id = r.sidecar_id or socket.gethostname()
-        self.manager = PolicyManager(registry, source=settings.policy.checkpoint_dir or "builtin")
+        # The manager fetches versions announced by the trainer (or pinned through Admin) over the trainer
+        # channel, which start_recording opens once the event loop runs.
+        fetcher = (
+            TrainerCheckpointFetcher(self._open_channel, Path(t.checkpoint_cache_dir))
+            if t.target is not None and t.watch_policies
+            else None
+        )
+        self.manager = PolicyManager(registry, settings.policy.checkpoint_dir or "builtin", fetcher)
         self.spool: RewardSpool | None = None
         self.recorder: OutcomeRecorder | None = None
         if r.enabled:
@@ -84,6 +94,11 @@ class LearningComponents:
             channel_credentials(client_files_from(t, "trainer")) if t.target is not None else None
         )
 
+    def _open_channel(self) -> grpc.aio.Channel:
+        if self.channel is None:
+            raise CheckpointError("fetch: the trainer channel is not open (the sidecar is not started)")
+        return self.channel
+
     def register_metrics(self, registry: CollectorRegistry) -> None:
         registry.register(LearningCollector(self))
 
@@ -103,7 +118,6 @@ class LearningComponents:
                 self.trainer_watcher = TrainerPolicyWatcher(
                     self.manager,
                     self.channel,
-                    Path(t.checkpoint_cache_dir),
                     self.sidecar_id,
                     t.reconnect_initial_backoff_s,
                     t.reconnect_max_backoff_s,
