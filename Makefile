@@ -5,8 +5,8 @@ OUT ?= out
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint test test-all protos train-default reproduce demo fake-provider \
-	bench-route bench-forward bench-learning bench-startup bench-http quickstart helm-check helm-docs \
-	settings-docs node-deps
+	bench-route bench-forward bench-learning bench-startup bench-http bench-encoders gpu-check quickstart \
+	helm-check helm-docs settings-docs node-deps
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
@@ -62,6 +62,14 @@ bench-http:  ## OpenAI-compatible HTTP API vs gRPC Complete, same sidecar and co
 
 bench-learning:  ## Trainer ingestion (durable acks) and Route p99 during hot swaps
 	$(PYTHON) -m bench.trainer_ingest --json $(OUT)/bench/trainer_ingest.json
+
+bench-encoders:  ## Encoder backends: decision agreement (../shared/data), in-process speed, ONNX Runtime threads
+	$(PYTHON) -m bench.encoder_backends agreement --json $(OUT)/bench/encoder_agreement.json
+	OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m bench.encoder_backends speed --threads 2 --json $(OUT)/bench/encoder_speed.json
+	$(PYTHON) -m bench.encoder_backends threads --json $(OUT)/bench/encoder_threads.json
+
+gpu-check:  ## On a CUDA machine: the CUDA tests and the route bench with CUDA settings, one table (< 8 min)
+	PYTHON=$(PYTHON) OUT_DIR=$(OUT)/gpu_check bash bench/gpu_check.sh
 
 helm-check:  ## Lint Dockerfile + Helm chart, render every ci/ values file, validate against Kubernetes schemas
 	PYTHON=$(PYTHON) bash .ci/install-helm.sh .tools/bin

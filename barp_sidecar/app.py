@@ -155,6 +155,7 @@ class SidecarApp:
         from barp_sidecar.gen.barp.v1 import router_pb2_grpc
         from barp_sidecar.learning_wiring import LearningComponents
         from barp_sidecar.metrics import MetricsHttpServer
+        from barp_sidecar.policy.backends import encoder_backend_identity
         from barp_sidecar.policy.embedding_cache import EmbeddingCache
         from barp_sidecar.policy.inference import PolicyInference
         from barp_sidecar.policy.loading import load_encoder, load_startup_policy
@@ -177,12 +178,12 @@ class SidecarApp:
         tracer = app.tracing.tracer if app.tracing.enabled else None
         app.placement = select_placement(s)
         policy = load_startup_policy(s.policy)
-        encoder = load_encoder(policy.manifest.encoder, s.policy, app.placement)
+        encoder = load_encoder(policy.manifest.encoder, s.policy, app.placement, s.encoder)
         if s.policy.cpu_threads > 0:
             import torch
 
             torch.set_num_threads(s.policy.cpu_threads)
-        app.registry = PolicyRegistry(policy)
+        app.registry = PolicyRegistry(policy, encoder_backend_identity(encoder))
         app.metrics.track_policy(app.registry)
         app.inference = PolicyInference(
             encoder,

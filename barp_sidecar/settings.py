@@ -47,6 +47,15 @@ class ExpiryAction(StrEnum):
     DEFAULT_QUALITY = "default_quality"
 
 
+class EncoderBackend(StrEnum):
+    """Which runtime computes the encoder (policy.backends resolves AUTO)."""
+
+    AUTO = "auto"
+    TORCH = "torch"
+    ONNX = "onnx"
+    ONNX_INT8 = "onnx-int8"
+
+
 class RoutingTextMode(StrEnum):
     """Which text of a conversation Complete routes on."""
 
@@ -215,11 +224,29 @@ class PolicySettings:
     encoder_model: str = "builtin:all-MiniLM-L6-v2"
     # "auto" = CUDA with half precision when present, else CPU float32.
     device: str = "auto"
-    # Torch intra-op threads for the inference thread on CPU (0 = torch's default).
+    # Intra-op threads of the encoder on CPU, torch or ONNX Runtime (0 = the runtime's default).
     cpu_threads: int = 0
 
     def check(self) -> None:
         require(self.cpu_threads >= 0, "policy.cpu_threads", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class EncoderBackendSettings:
+    """Which runtime computes the encoder h(x) (docs/benchmarks.md, encoder backends)."""
+
+    # "torch" (fp32 PyTorch); "onnx" (ONNX Runtime fp32, the same function as torch); "onnx-int8" (int8
+    # weights: fastest on CPU, but it changes some decisions: the policy manifest must list the int8
+    # file's sha256). "auto" = onnx-int8 on the CPU for a policy that lists this machine's int8 file, else
+    # torch (the shipped policy lists none); torch on CUDA. The ONNX backends run on the CPU only.
+    backend: EncoderBackend = EncoderBackend.AUTO
+    # Where ONNX files are exported to on first start (sha256-verified; re-exported when corrupt) or were
+    # exported at image build time. None = $XDG_CACHE_HOME/barp-sidecar/onnx (~/.cache if unset).
+    onnx_dir: str | None = None
+
+    def check(self) -> None:
+        # The backend is an enum (parsing rejects unknown names); the files are checked at start.
+        require(self.onnx_dir is None or self.onnx_dir.strip() != "", "encoder.onnx_dir", "must not be empty")
 
 
 @dataclass(frozen=True)
@@ -430,6 +457,7 @@ class Settings:
     tracing: TracingSettings = field(default_factory=TracingSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    encoder: EncoderBackendSettings = field(default_factory=EncoderBackendSettings)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     rewards: RewardSettings = field(default_factory=RewardSettings)

@@ -86,6 +86,7 @@ def test_env_override_parses_yaml_scalars_and_null() -> None:
         ({"BARP__REWARDS__SPOOL_MAX_BYTES_WITHOUT_TRAINER": "10"}, "rewards.spool_max_bytes_without_trainer"),
         ({"BARP__STATE__DIR": "''"}, "state.dir"),
         ({"BARP__LOGGING__LEVEL": "loud"}, "logging.level"),
+        ({"BARP__ENCODER__BACKEND": "tensorrt"}, "encoder.backend"),
         ({"BARP__SERVER": "1"}, "BARP__SERVER"),
     ],
 )
