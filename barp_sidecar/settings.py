@@ -180,6 +180,7 @@ class HttpSettings:
 class TracingSettings:
     """OpenTelemetry traces (docs/tracing.md). Off by default: nothing is recorded or exported."""
 
+    # Record spans and export them (false: nothing is recorded or exported).
     enabled: bool = False
     # "otlp" (OTLP/gRPC; needs the barp-sidecar[otlp] extra) or "console" (JSON spans on stdout).
     exporter: TraceExporter = TraceExporter.OTLP

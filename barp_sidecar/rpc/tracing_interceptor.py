@@ -14,17 +14,24 @@ from typing import Any
 import grpc
 from opentelemetry.trace import Tracer
 
+from barp_sidecar.rpc.status import status_for, status_message
 from barp_sidecar.tracing import extract_context, grpc_metadata_carrier, server_span, set_error
 
 TRACED_PREFIX = "/barp.v1.Router/"
 
 
-def _finish(span: Any, context: grpc.aio.ServicerContext) -> None:
-    code = context.code()
-    name = code.name if isinstance(code, grpc.StatusCode) else "OK"
+def _finish(span: Any, context: grpc.aio.ServicerContext, error: BaseException | None) -> None:
+    """The span ends with the status the caller gets: set on the context, or (a handler's exception, which
+    the error boundary outside this interceptor turns into the status) the one the boundary will set."""
+    if error is not None and not isinstance(error, grpc.aio.AbortError):
+        name, details = status_for(error).name, status_message(error)
+    else:
+        code = context.code()
+        name = code.name if isinstance(code, grpc.StatusCode) else "OK"
+        details = context.details() or ""
     span.set_attribute("rpc.grpc.status_code", name)
     if name != "OK":
-        set_error(span, name, context.details() or "")
+        set_error(span, name, details)
 
 
 class TracingInterceptor(grpc.aio.ServerInterceptor):
@@ -50,10 +57,14 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
             async def unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
                 parent = extract_context(grpc_metadata_carrier(context.invocation_metadata()))
                 with server_span(tracer, name, parent, attributes) as span:
+                    error: BaseException | None = None
                     try:
                         return await behaviour(request, context)
+                    except Exception as raised:
+                        error = raised
+                        raise
                     finally:
-                        _finish(span, context)
+                        _finish(span, context, error)
 
             return grpc.unary_unary_rpc_method_handler(
                 unary, handler.request_deserializer, handler.response_serializer
@@ -64,11 +75,15 @@ class TracingInterceptor(grpc.aio.ServerInterceptor):
             async def stream(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
                 parent = extract_context(grpc_metadata_carrier(context.invocation_metadata()))
                 with server_span(tracer, name, parent, attributes) as span:
+                    error: BaseException | None = None
                     try:
                         async for response in stream_behaviour(request, context):
                             yield response
+                    except Exception as raised:
+                        error = raised
+                        raise
                     finally:
-                        _finish(span, context)
+                        _finish(span, context, error)
 
             return grpc.unary_stream_rpc_method_handler(
                 stream, handler.request_deserializer, handler.response_serializer

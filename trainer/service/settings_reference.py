@@ -36,18 +36,22 @@ value is validated before anything binds or opens: a bad one exits 2 with one li
 
 
 def field_comments(cls: type) -> dict[str, str]:
-    """The ``#`` comment lines directly above each field of a dataclass, joined."""
+    """The ``#`` comment lines directly above each field of a dataclass, joined; a section that extends
+    another (the trainer's tracing extends the sidecar's) inherits the comments of the base's fields."""
     comments: dict[str, str] = {}
-    pending: list[str] = []
-    for line in inspect.getsource(cls).splitlines():
-        stripped = line.strip()
-        if stripped.startswith("#"):
-            pending.append(stripped.lstrip("#").strip())
+    for klass in reversed(cls.__mro__):
+        if klass is object or not dataclasses.is_dataclass(klass):
             continue
-        match = re.match(r"^([a-z_][a-z0-9_]*)\s*:", stripped)
-        if match:
-            comments[match.group(1)] = " ".join(pending)
-        pending = []
+        pending: list[str] = []
+        for line in inspect.getsource(klass).splitlines():
+            stripped = line.strip()
+            if stripped.startswith("#"):
+                pending.append(stripped.lstrip("#").strip())
+                continue
+            match = re.match(r"^([a-z_][a-z0-9_]*)\s*:", stripped)
+            if match and (pending or match.group(1) not in comments):
+                comments[match.group(1)] = " ".join(pending)
+            pending = []
     return comments
 
 
