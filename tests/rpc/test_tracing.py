@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -19,26 +18,15 @@ from structlog.testing import capture_logs
 
 from barp_sidecar.app import SidecarApp
 from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
-from barp_sidecar.providers.fake_server import FakeBehaviour, FakeProvider, FakeProviderOptions
+from barp_sidecar.providers.fake_server import FakeBehaviour, FakeProvider
 from barp_sidecar.settings import TracingSettings
 from barp_sidecar.tracing import Tracing
 from tests.support.providers import FAST_RETRIES, all_live, write_catalog
-from tests.support.sidecar import make_tiny_checkpoint, sidecar_settings
+from tests.support.sidecar import sidecar_settings
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("policy") / "v1")
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProvider]:
-    async with FakeProvider(FakeProviderOptions()) as provider:
-        yield provider
 
 
 async def traced_sidecar(
