@@ -113,6 +113,19 @@ async def test_grpc_complete_continues_the_callers_trace_with_route_and_provider
     assert attributes(bad)["rpc.grpc.status_code"] == "INVALID_ARGUMENT"
 
 
+async def traced_chat_completion(app: SidecarApp) -> dict[str, Any]:
+    """One non-streamed chat completion through the HTTP API with the caller's ``traceparent``; 200 expected."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"http://127.0.0.1:{app.http_port}/v1/chat/completions",
+            json={"model": "barp-auto", "messages": [{"role": "user", "content": "hello"}]},
+            headers={"traceparent": TRACEPARENT},
+        ) as response:
+            assert response.status == 200
+            body: dict[str, Any] = await response.json()
+            return body
+
+
 async def test_http_chat_span_records_fallback_and_logs_carry_the_trace_id(
     checkpoint: Path, fake: FakeProvider, tmp_path: Path
 ) -> None:
@@ -122,14 +135,7 @@ async def test_http_chat_span_records_fallback_and_logs_carry_the_trace_id(
     try:
         fake.push(FakeBehaviour(status=400))  # not retryable: the routed model fails, a fallback answers
         with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-            async with aiohttp.ClientSession() as http:
-                async with http.post(
-                    f"http://127.0.0.1:{app.http_port}/v1/chat/completions",
-                    json={"model": "barp-auto", "messages": [{"role": "user", "content": "hello"}]},
-                    headers={"traceparent": TRACEPARENT},
-                ) as response:
-                    assert response.status == 200
-                    body = await response.json()
+            body = await traced_chat_completion(app)
     finally:
         await app.close()
     spans = exporter.get_finished_spans()
@@ -156,13 +162,7 @@ async def test_tracing_off_records_nothing_and_binds_no_trace_id(
     try:
         assert not app.tracing.enabled
         with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-            async with aiohttp.ClientSession() as http:
-                async with http.post(
-                    f"http://127.0.0.1:{app.http_port}/v1/chat/completions",
-                    json={"model": "barp-auto", "messages": [{"role": "user", "content": "hello"}]},
-                    headers={"traceparent": TRACEPARENT},
-                ) as response:
-                    assert response.status == 200
+            await traced_chat_completion(app)
     finally:
         await app.close()
     assert exporter.get_finished_spans() == ()
