@@ -114,7 +114,7 @@ async def test_grpc_complete_continues_the_callers_trace_with_route_and_provider
 
 
 async def traced_chat_completion(app: SidecarApp) -> dict[str, Any]:
-    """One non-streamed chat completion through the HTTP API with the caller's ``traceparent``; 200 expected."""
+    """One chat completion over the HTTP API with the caller's ``traceparent``; expects a 200."""
     async with aiohttp.ClientSession() as http:
         async with http.post(
             f"http://127.0.0.1:{app.http_port}/v1/chat/completions",
