@@ -1,5 +1,7 @@
-"""A real sidecar process hot-swaps 5 versions from a checkpoint store during 2,000 Route calls at 32 in
-flight: zero failed calls, and every response names a version that was current during its call.
+"""A real sidecar process hot-swaps 5 versions from a checkpoint store during at least 2,000 Route calls at
+32 in flight: zero failed calls, and every response names a version that was current during its call.
+Traffic continues until the last swap has been served (bounded at 20,000 calls), so a slow machine that
+finishes 2,000 calls before the sidecar polls the last version does not fail the test.
 
 From outside the process "current" is checked by two observable facts: a version is never served before
 it was published, and once any response carried version v, no call started later gets an older one.
@@ -44,13 +46,14 @@ async def test_five_swaps_under_load_in_a_real_sidecar(tmp_path):
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
             stub = router_pb2_grpc.RouterStub(channel)
-            queue: asyncio.Queue[int] = asyncio.Queue()
-            for i in range(2000):
-                queue.put_nowait(i)
+            issued = 0
+            publisher_done = asyncio.Event()
 
             async def worker() -> None:
-                while not queue.empty():
-                    i = queue.get_nowait()
+                nonlocal issued
+                while (issued < 2000 or not publisher_done.is_set()) and issued < 20000:
+                    i = issued
+                    issued += 1
                     start = time.monotonic()
                     try:
                         response = await stub.Route(router_pb2.RouteRequest(prompt=f"p {i % 61}"), timeout=30)
@@ -68,11 +71,12 @@ async def test_five_swaps_under_load_in_a_real_sidecar(tmp_path):
                     published_at[version] = time.monotonic()
                     await asyncio.to_thread(store.set_latest, version)
                     await until(lambda v=version: any(seen == v for _, _, seen in results[-64:]))
+                publisher_done.set()
 
             await asyncio.wait_for(asyncio.gather(publisher(), *(worker() for _ in range(32))), timeout=180)
     finally:
         await asyncio.to_thread(sidecar.stop)
-    assert len(results) == 2000
+    assert 2000 <= len(results) <= 20000
     assert [r for r in results if r[2] is None] == []
     assert {v for _, _, v in results} == {1, 2, 3, 4, 5, 6}
     first_seen: dict[int, float] = {}

@@ -42,6 +42,18 @@ async def wait_for(predicate, timeout_s: float = 20.0) -> None:
         await asyncio.sleep(0.02)
 
 
+async def route_and_report(port: int, count: int) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        for i in range(count):
+            decision = await stub.Route(router_pb2.RouteRequest(prompt=f"more {i}"))
+            await stub.ReportOutcome(
+                router_pb2.OutcomeRequest(
+                    decision_id=decision.decision_id, quality=(i % 5) / 4, cost_usd=0.001
+                )
+            )
+
+
 @pytest.fixture
 async def trainer(tmp_path):
     config = tmp_path / "trainer.yaml"
@@ -115,8 +127,16 @@ async def test_route_report_outcome_reaches_the_trainer_and_its_policy_comes_bac
             first.policy_version == decisions[0].policy_version and len(first.embedding) == HASH_ENCODER.dim
         )
 
-        # 200 events with every_events=150: the trainer publishes v2 and the sidecar swaps to it.
-        await wait_for(lambda: app.registry.current().version == 2, timeout_s=60)
+        # The trainer evaluates every 150 trained events and publishes v2 once its gate passes; the gate
+        # skips an evaluation whose held-out slice is too small (ids are random), so more traffic may be
+        # needed: up to 10 more rounds of 100 outcomes, then the sidecar must have swapped to v2.
+        for _ in range(10):
+            try:
+                await wait_for(lambda: app.registry.current().version == 2, timeout_s=20)
+                break
+            except AssertionError:
+                await route_and_report(app.port, 100)
+        await wait_for(lambda: app.registry.current().version == 2, timeout_s=20)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.admin_port}") as admin_channel:
             info = await admin_pb2_grpc.AdminStub(admin_channel).GetPolicy(admin_pb2.GetPolicyRequest())
         assert info.version == 2 and info.source == "trainer" and list(info.arms) == list(ARMS)
