@@ -31,6 +31,7 @@ import torch
 from opentelemetry.trace import NoOpTracer, Tracer
 
 from barp_sidecar.gen.barp.v1 import trainer_pb2
+from barp_sidecar.policy.calibration import CalibrationSet, select_calibration
 from barp_sidecar.policy.checkpoint import CheckpointStore, PolicyManifest
 from barp_sidecar.policy.network import PolicyNetwork
 from barp_sidecar.tasks import cancel_and_wait
@@ -175,6 +176,7 @@ class TrainingLoop:
         self.counters = GateCounters()
         self._task: asyncio.Task[None] | None = None
         self._starting_source = starting.source
+        self._starting_calibration = starting.calibration
         # Resumable learner state, one file per published version (learner_state.py).
         self.state_dir = self.store.root.parent / "learner-state"
         self._restored_holdout_ids: set[str] = set()
@@ -230,6 +232,20 @@ class TrainingLoop:
         for path in sorted(self.state_dir.glob("v*.safetensors"), key=lambda p: int(p.stem[1:]))[:-2]:
             path.unlink(missing_ok=True)
 
+    def calibration_set(self) -> CalibrationSet | None:
+        """The calibration set to publish with the next version: real embeddings and preference weights of
+        the held-out and replay events (evenly spaced, deterministic); before any event, the starting
+        policy's set (None for a cold start: sidecars then dry-run it on random unit vectors)."""
+        events = [*self.holdout, *self.replay]
+        if events:
+            dim = self.published_network.architecture.embedding_dim
+            embeddings = np.array([e.embedding for e in events if len(e.embedding) == dim], dtype=np.float32)
+            weights = np.array([e.quality_weight for e in events], dtype=np.float32)
+            chosen = select_calibration(embeddings.reshape(-1, dim), weights)
+            if chosen is not None:
+                return chosen
+        return self._starting_calibration
+
     @property
     def current_version(self) -> int:
         return self.manifest.version
@@ -255,7 +271,7 @@ class TrainingLoop:
                 "training": {**self.manifest.training, "initial_policy": self._starting_source},
             }
         )
-        self.manifest = self.store.publish(self.published_network, manifest)
+        self.manifest = self.store.publish(self.published_network, manifest, self.calibration_set())
         log.info("initial_policy_published", version=version, source=self._starting_source)
 
     async def close(self) -> None:
@@ -400,7 +416,7 @@ class TrainingLoop:
             }
         )
         self._save_state(version)  # before the checkpoint: a published version always has its state
-        self.manifest = self.store.publish(network, manifest)
+        self.manifest = self.store.publish(network, manifest, self.calibration_set())
         self.published_network = network
         self.counters.published += 1
         log.info("policy_gate", decision="published", version=version, **fields)
