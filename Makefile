@@ -35,6 +35,7 @@ protos:  ## Regenerate the checked-in gRPC stubs from protos/
 
 train-default:  ## Retrain the shipped default policy (barp_sidecar/policies/routerbench-11) on $(DATA)
 	$(PYTHON) -m trainer.cli offline --data $(DATA) --out barp_sidecar/policies/routerbench-11 --seed 0 --force
+	$(PYTHON) -m trainer.cli calibrate barp_sidecar/policies/routerbench-11
 
 builtin-calibration:  ## Regenerate the shipped policy's calibration set from the built-in prompts (deterministic)
 	$(PYTHON) -m trainer.cli calibrate barp_sidecar/policies/routerbench-11
