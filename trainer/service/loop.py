@@ -31,7 +31,7 @@ import torch
 from opentelemetry.trace import NoOpTracer, Tracer
 
 from barp_sidecar.gen.barp.v1 import trainer_pb2
-from barp_sidecar.policy.calibration import CalibrationSet, select_calibration
+from barp_sidecar.policy.calibration import CalibrationSet, nonfinite_outputs, select_calibration
 from barp_sidecar.policy.checkpoint import CheckpointStore, PolicyManifest
 from barp_sidecar.policy.network import PolicyNetwork
 from barp_sidecar.tasks import cancel_and_wait
@@ -392,6 +392,13 @@ class TrainingLoop:
             log.info("policy_gate", decision="skipped" if small else "rejected", **fields)
             return None
         network = copy.deepcopy(self.learner.network).eval()
+        calibration = self.calibration_set()
+        if calibration is not None and (bad := nonfinite_outputs(network, *calibration.dry_run_inputs())):
+            # Every sidecar would reject it (non_finite): do not publish it at all.
+            self.counters.rejected += 1
+            fields["reason"] = f"non-finite outputs on {bad} calibration rows (sidecars would reject it)"
+            log.warning("policy_gate", decision="rejected", **fields)
+            return None
         version = max(self.store.versions(), default=0) + 1
         manifest = PolicyManifest(
             **{
@@ -416,7 +423,7 @@ class TrainingLoop:
             }
         )
         self._save_state(version)  # before the checkpoint: a published version always has its state
-        self.manifest = self.store.publish(network, manifest, self.calibration_set())
+        self.manifest = self.store.publish(network, manifest, calibration)
         self.published_network = network
         self.counters.published += 1
         log.info("policy_gate", decision="published", version=version, **fields)
