@@ -60,7 +60,9 @@ async def fetch_checkpoint(
     verified: set[str] = set()
     total = 0
     try:
-        async for chunk in stub.FetchPolicy(trainer_pb2.FetchPolicyRequest(version=version)):
+        async for chunk in stub.FetchPolicy(
+            trainer_pb2.FetchPolicyRequest(version=version, include_calibration=True)
+        ):
             name = chunk.file_name
             if name not in EXPECTED_FILES + OPTIONAL_FILES:
                 raise CheckpointError(f"fetch of v{version}: unexpected file {name!r}", FETCH_FAILED)

@@ -143,6 +143,10 @@ async def test_watch_and_fetch_policy_and_a_new_version_after_enough_events(trai
         # v2 carries a calibration set of the events' real embeddings; FetchPolicy sends it, the sidecar's
         # fetch verifies and writes it, and the downloaded checkpoint is dry-run on it.
         downloaded = await fetch_checkpoint(channel, 2, second.weights_sha256, tmp_path / "downloads")
+        # An older sidecar does not ask for it and gets only the files it knows (rolling upgrades).
+        request = trainer_pb2.FetchPolicyRequest(version=2)
+        old_style = {chunk.file_name async for chunk in stub.FetchPolicy(request)}
+        assert old_style == {"manifest.json", "policy.safetensors"}
     manifest_metrics = trainer.store.path(2) / "manifest.json"
     assert "snips_candidate" in manifest_metrics.read_text()
     names = sorted(p.name for p in downloaded.iterdir())

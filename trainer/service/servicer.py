@@ -186,8 +186,10 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
             raise NotFound(f"version: policy v{request.version} is not published")
         for name in (MANIFEST_FILE, WEIGHTS_FILE, CALIBRATION_FILE):
             path = directory / name
-            if name == CALIBRATION_FILE and not await asyncio.to_thread(path.is_file):
-                continue  # a checkpoint written before calibration sets existed
+            if name == CALIBRATION_FILE and not (
+                request.include_calibration and await asyncio.to_thread(path.is_file)
+            ):
+                continue  # not asked for (an older sidecar), or a checkpoint written before sets existed
             data = await asyncio.to_thread(path.read_bytes)
             digest = hashlib.sha256(data).hexdigest()
             offset = 0
