@@ -2,7 +2,8 @@
 
 Owns the command's arguments and the composition load -> embed (cached) -> τ -> train -> save; the
 pieces live in their own modules. The checkpoint directory follows DESIGN §4 (policy.safetensors +
-manifest.json) and records τ, the encoder identity, the training config, the data digest and the seed.
+manifest.json) and records τ, the encoder identity, the training config, the data digest and the seed;
+its calibration.safetensors holds evenly spaced training-prompt embeddings (policy/calibration.py).
 """
 
 from __future__ import annotations
