@@ -31,7 +31,12 @@ import torch
 from opentelemetry.trace import NoOpTracer, Tracer
 
 from barp_sidecar.gen.barp.v1 import trainer_pb2
-from barp_sidecar.policy.calibration import CalibrationSet, nonfinite_outputs, select_calibration
+from barp_sidecar.policy.calibration import (
+    DEFAULT_CALIBRATION_SIZE,
+    CalibrationSet,
+    nonfinite_outputs,
+    select_calibration,
+)
 from barp_sidecar.policy.checkpoint import CheckpointStore, PolicyManifest
 from barp_sidecar.policy.network import PolicyNetwork
 from barp_sidecar.tasks import cancel_and_wait
@@ -239,7 +244,10 @@ class TrainingLoop:
         events = [*self.holdout, *self.replay]
         if events:
             dim = self.published_network.architecture.embedding_dim
-            embeddings = np.array([e.embedding for e in events if len(e.embedding) == dim], dtype=np.float32)
+            # Only the evenly spaced rows a set keeps are converted (the buffers hold thousands of events).
+            rows = np.unique(np.linspace(0, len(events) - 1, num=min(DEFAULT_CALIBRATION_SIZE, len(events))))
+            picked = [events[int(i)] for i in rows]
+            embeddings = np.array([e.embedding for e in picked if len(e.embedding) == dim], dtype=np.float32)
             weights = np.array([e.quality_weight for e in events], dtype=np.float32)
             chosen = select_calibration(embeddings.reshape(-1, dim), weights)
             if chosen is not None:
