@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import random
 
+import structlog
 import torch
 from structlog.testing import capture_logs
 
@@ -56,6 +57,9 @@ def test_versions_carry_the_events_embeddings_and_a_nonfinite_candidate_is_not_p
         "trainer.service.loop.gate",
         lambda candidate, current, *_: GateDecision(True, candidate, current, "gate passed (test)"),
     )
+    # A fresh logger: an in-process `barp-trainer replay` earlier in the session caches this module's logger
+    # on its own (closed) stdout, which capture_logs cannot redirect.
+    monkeypatch.setattr("trainer.service.loop.log", structlog.get_logger("trainer.service.loop"))
     rejected_before = loop.counters.rejected
     with capture_logs() as logs:
         assert loop.evaluate_and_maybe_publish() is None

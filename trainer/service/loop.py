@@ -405,7 +405,7 @@ class TrainingLoop:
             # Every sidecar would reject it (non_finite): do not publish it at all.
             self.counters.rejected += 1
             fields["reason"] = f"non-finite outputs on {bad} calibration rows (sidecars would reject it)"
-            log.warning("policy_gate", decision="rejected", **fields)
+            log.info("policy_gate", decision="rejected", **fields)
             return None
         version = max(self.store.versions(), default=0) + 1
         manifest = PolicyManifest(
