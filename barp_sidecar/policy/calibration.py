@@ -45,9 +45,6 @@ class CalibrationEntry:
     sha256: str
     count: int
 
-    def to_json(self) -> dict[str, Any]:
-        return {"file": self.file, "sha256": self.sha256, "count": self.count}
-
     @classmethod
     def from_json(cls, data: Any) -> CalibrationEntry:
         if not isinstance(data, dict):
