@@ -375,7 +375,11 @@ def replace_calibration(directory: Path, calibration: CalibrationSet) -> PolicyM
         staging.chmod(0o755)
         load_checkpoint(staging)  # the new set must pass the dry run before it replaces the old one
         os.rename(directory, retired)
-        os.rename(staging, directory)
+        try:
+            os.rename(staging, directory)
+        except BaseException:
+            os.rename(retired, directory)  # the old checkpoint comes back; nothing is lost
+            raise
         _fsync_dir(directory.parent)
         return final
     finally:
