@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -250,3 +251,24 @@ async def test_a_hot_swap_to_a_policy_that_overflows_on_its_calibration_set_is_r
     store.set_latest(4)
     assert await watcher.poll_once()
     assert registry.current().version == 4 and registry.current().calibration is not None
+
+
+def test_replace_calibration_that_fails_to_rename_keeps_the_old_checkpoint(
+    tmp_path: Path, monkeypatch
+) -> None:
+    directory = make_tiny_checkpoint(tmp_path / "v1", calibrated=False)
+    before = {p.name: p.read_bytes() for p in directory.iterdir()}
+    real_rename = os.rename
+    calls = []
+
+    def rename(source, target):  # type: ignore[no-untyped-def]
+        calls.append(Path(source).name)
+        if len(calls) == 2:  # the staging directory moving into place
+            raise OSError("disk went away")
+        real_rename(source, target)
+
+    monkeypatch.setattr("barp_sidecar.policy.checkpoint.os.rename", rename)
+    with pytest.raises(OSError, match="disk went away"):
+        replace_calibration(directory, tiny_calibration())
+    assert {p.name: p.read_bytes() for p in directory.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["v1"], "no staging or retired directory left"
