@@ -1,7 +1,7 @@
 """The calibration set stored with a policy (issue 13 item 6): written with the checkpoint and recorded in the
 manifest, verified on load (sha256, shape, unit norms), and the dry run before every load and swap runs the
 policy on it; a policy that overflows on real embeddings is rejected even when random unit vectors pass.
-Older manifests without one keep loading (random unit vectors, logged once)."""
+Older manifests without one keep loading (random unit vectors, logged when such a version serves)."""
 
 from __future__ import annotations
 
