@@ -1,5 +1,6 @@
 """A real sidecar process rejects bad checkpoints from its store and keeps serving the previous version;
-a metric (barp_policy_rejected_total{reason}) and a log line (policy_rejected) say why."""
+a metric (barp_policy_rejected_total{reason}) and a log line (policy_rejected) say why. At start-up the
+same validation (the calibration set's dry run included) exits 2 naming the file."""
 
 from __future__ import annotations
 
@@ -56,10 +57,15 @@ async def test_corrupt_mismatched_and_wrong_sha_checkpoints_are_rejected(tmp_pat
             2: "corrupt_weights",  # bytes flipped: the weights no longer match the manifest's sha256
             3: "arm_mismatch",  # another arm list
             4: "sha256_mismatch",  # manifest claims a different sha256
+            5: "non_finite",  # finite 1e38 weights: random unit vectors pass, the calibration set overflows
         }
         for version, reason in faults.items():
             if reason == "arm_mismatch":
                 make_tiny_checkpoint(store.path(version), version=version, arms=("x", "y", "z", "w"))
+            elif reason == "non_finite":
+                sound = load_checkpoint(make_tiny_checkpoint(tmp_path / "sound", version=version))
+                bad = overflowing_on_real_embeddings(sound, version)
+                save_checkpoint(store.path(version), bad.network, bad.manifest, bad.calibration)
             else:
                 make_tiny_checkpoint(store.path(version), version=version, seed=version)
                 if reason == "corrupt_weights":
@@ -87,7 +93,9 @@ async def test_corrupt_mismatched_and_wrong_sha_checkpoints_are_rejected(tmp_pat
             json.loads(line) for line in sidecar.log_path.read_text().splitlines() if line.startswith("{")
         ]
         rejections = [e for e in log_lines if e.get("event") == "policy_rejected"]
-        assert sorted(e["version"] for e in rejections) == [2, 3, 4]  # each rejected once, not per poll
+        assert sorted(e["version"] for e in rejections) == [2, 3, 4, 5]  # each rejected once, not per poll
+        [overflow] = [e for e in rejections if e["version"] == 5]
+        assert overflow["reason"] == "non_finite" and CALIBRATION_FILE in overflow["error"]
         assert all(e["serving"] == 1 and e["error"] for e in rejections)
     finally:
         await asyncio.to_thread(sidecar.stop)
