@@ -4,7 +4,7 @@ DATA ?= ../shared/data/routerbench
 OUT ?= out
 
 .DEFAULT_GOAL := help
-.PHONY: help install lint test test-all protos train-default reproduce demo fake-provider \
+.PHONY: help install lint test test-all protos train-default builtin-calibration reproduce demo fake-provider \
 	bench-route bench-forward bench-learning bench-startup bench-http bench-encoders gpu-check quickstart \
 	helm-check helm-docs settings-docs node-deps
 
@@ -35,6 +35,10 @@ protos:  ## Regenerate the checked-in gRPC stubs from protos/
 
 train-default:  ## Retrain the shipped default policy (barp_sidecar/policies/routerbench-11) on $(DATA)
 	$(PYTHON) -m trainer.cli offline --data $(DATA) --out barp_sidecar/policies/routerbench-11 --seed 0 --force
+	$(PYTHON) -m trainer.cli calibrate barp_sidecar/policies/routerbench-11
+
+builtin-calibration:  ## Regenerate the shipped policy's calibration set from the built-in prompts (deterministic)
+	$(PYTHON) -m trainer.cli calibrate barp_sidecar/policies/routerbench-11
 
 reproduce:  ## BaRP vs every baseline, in- and out-of-distribution: $(OUT)/reproduce/report.md (~15 min cold)
 	$(PYTHON) -m trainer.cli reproduce --data $(DATA) --out $(OUT)/reproduce

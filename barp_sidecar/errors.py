@@ -91,6 +91,7 @@ class RejectionReason(StrEnum):
     NON_FINITE = "non_finite"
     FETCH_FAILED = "fetch_failed"
     INVALID = "invalid"
+    CALIBRATION_INVALID = "calibration_invalid"
 
 
 # Reasons a later attempt can cure on its own (a writer still copying files, a network hiccup).

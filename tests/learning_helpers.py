@@ -12,6 +12,7 @@ import torch
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.policy.checkpoint import CheckpointStore, EncoderIdentity, PolicyManifest, save_checkpoint
 from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
+from tests.support.sidecar import tiny_calibration
 
 ARMS = ("cheap", "mid", "strong")
 DIM = 32
@@ -38,13 +39,13 @@ def save_tiny_checkpoint(
     directory: Path, version: int = 1, seed: int = 0, arms: tuple[str, ...] = ARMS
 ) -> Path:
     network = tiny_network(seed, arms)
-    save_checkpoint(directory, network, tiny_manifest(version, network, arms))
+    save_checkpoint(directory, network, tiny_manifest(version, network, arms), tiny_calibration())
     return directory
 
 
 def publish_tiny(store: CheckpointStore, version: int, seed: int = 0, arms: tuple[str, ...] = ARMS) -> None:
     network = tiny_network(seed, arms)
-    store.publish(network, tiny_manifest(version, network, arms))
+    store.publish(network, tiny_manifest(version, network, arms), tiny_calibration())
 
 
 def random_event(

@@ -31,6 +31,10 @@ _SUBCOMMANDS = {
         "trainer.offline.evaluate_command",
         "evaluate a policy on a log: vs single models, per-task best, oracle; report.md/json + plot",
     ),
+    "calibrate": (
+        "trainer.offline.calibrate_command",
+        "store a calibration set (embeddings of real prompts) with a checkpoint; weights untouched",
+    ),
     "serve": (
         "trainer.service.main",
         "run the online trainer: ingest reward events, learn, publish policies",

@@ -9,7 +9,8 @@ BUILTIN_POLICY_NAME = "routerbench-11"
 
 
 def builtin_policy_dir(name: str = BUILTIN_POLICY_NAME) -> Path:
-    """Directory of a checkpoint shipped in ``barp_sidecar/policies/`` (policy.safetensors + manifest.json).
+    """Directory of a checkpoint shipped in ``barp_sidecar/policies/`` (policy.safetensors, manifest.json,
+    calibration.safetensors).
 
     Requires a regular (not zipped) install, which pip's wheels and editable installs both are.
     """

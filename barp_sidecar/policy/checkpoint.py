@@ -1,8 +1,10 @@
 """Policy checkpoints on disk (DESIGN §4): write, verify, load, and the versioned store with ``LATEST``.
 
-A checkpoint is a directory holding ``policy.safetensors`` (the network's weights) and ``manifest.json``
-(everything needed to rebuild and check it). A store is a directory of ``v{N}/`` checkpoints plus a
-``LATEST`` pointer file replaced atomically (write temp, fsync, rename).
+A checkpoint is a directory holding ``policy.safetensors`` (the network's weights), ``manifest.json``
+(everything needed to rebuild and check it) and ``calibration.safetensors`` (real prompt embeddings the
+policy is dry-run on before it serves, ``calibration.py``; absent in checkpoints written before it existed).
+A store is a directory of ``v{N}/`` checkpoints plus a ``LATEST`` pointer file replaced atomically (write
+temp, fsync, rename).
 
 Owns the file format and its validation; knows nothing about serving, training or gRPC. Every failure is a
 ``CheckpointError`` whose message names the file and the problem.
@@ -27,6 +29,15 @@ from safetensors.torch import load_file, save_file
 
 from barp_sidecar.errors import CheckpointError, RejectionReason
 from barp_sidecar.model_names import canonical_model_name
+from barp_sidecar.policy.calibration import (
+    CALIBRATION_FILE,
+    CalibrationEntry,
+    CalibrationSet,
+    nonfinite_outputs,
+    random_probe,
+    read_calibration,
+    write_calibration,
+)
 from barp_sidecar.policy.encoder import EncoderSettings
 from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
 
@@ -101,10 +112,14 @@ class PolicyManifest:
     metrics: dict[str, Any] = field(default_factory=dict)
     weights_sha256: str = ""
     format_version: int = FORMAT_VERSION
+    # The calibration set's file and sha256, filled in by ``save_checkpoint``; None in older manifests.
+    calibration: CalibrationEntry | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["arms"] = list(self.arms)
+        if self.calibration is None:
+            del data["calibration"]  # byte-identical manifests for checkpoints without one
         return data
 
     @classmethod
@@ -135,6 +150,11 @@ class PolicyManifest:
                 metrics=dict(data.get("metrics", {})),
                 weights_sha256=str(data["weights_sha256"]),
                 format_version=FORMAT_VERSION,
+                calibration=(
+                    None
+                    if data.get("calibration") is None
+                    else CalibrationEntry.from_json(data["calibration"])
+                ),
             )
         except CheckpointError:
             raise
@@ -147,11 +167,13 @@ class PolicyManifest:
 
 @dataclass(frozen=True)
 class LoadedPolicy:
-    """An immutable (manifest, network) pair; the network is in eval mode on CPU float32."""
+    """An immutable (manifest, network) pair; the network is in eval mode on CPU float32. ``calibration``
+    is the set stored with it (None for older checkpoints); producers carry it into versions they derive."""
 
     manifest: PolicyManifest
     network: PolicyNetwork
     directory: Path
+    calibration: CalibrationSet | None = None
 
     @property
     def version(self) -> int:
@@ -174,11 +196,18 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def save_checkpoint(directory: Path, network: PolicyNetwork, manifest: PolicyManifest) -> PolicyManifest:
+def save_checkpoint(
+    directory: Path,
+    network: PolicyNetwork,
+    manifest: PolicyManifest,
+    calibration: CalibrationSet | None = None,
+) -> PolicyManifest:
     """Write a checkpoint into ``directory`` (which must not exist) atomically; return the final manifest.
 
-    Files are written into a sibling temporary directory, fsync'd, then renamed into place, so a reader
-    never sees a half-written checkpoint.
+    ``calibration`` (real prompt embeddings, ``calibration.py``) is stored with it and recorded in the
+    manifest; every producer passes one (None only when it has no embedding at all, e.g. a cold start with
+    an empty log). Files are written into a sibling temporary directory, fsync'd, then renamed into place,
+    so a reader never sees a half-written checkpoint.
     """
     directory = Path(directory)
     if directory.exists():
@@ -189,16 +218,27 @@ def save_checkpoint(directory: Path, network: PolicyNetwork, manifest: PolicyMan
         raise CheckpointError(
             f"{directory}: {len(manifest.arms)} arms but the network has {manifest.architecture.num_arms}"
         )
+    if calibration is not None and (problem := calibration.problem(manifest.encoder.dim)) is not None:
+        raise CheckpointError(f"{directory}: calibration set: {problem}")
     directory.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
         weights_path = staging / WEIGHTS_FILE
         state = {k: v.detach().to("cpu", torch.float32).contiguous() for k, v in network.state_dict().items()}
         save_file(state, str(weights_path))
-        final = PolicyManifest(**{**manifest.__dict__, "weights_sha256": sha256_file(weights_path)})
+        written = [weights_path]
+        entry = None
+        if calibration is not None:
+            calibration_path = staging / CALIBRATION_FILE
+            write_calibration(calibration_path, calibration)
+            entry = CalibrationEntry(
+                CALIBRATION_FILE, sha256_file(calibration_path), len(calibration.embeddings)
+            )
+            written.append(calibration_path)
+        final = replace(manifest, weights_sha256=sha256_file(weights_path), calibration=entry)
         manifest_path = staging / MANIFEST_FILE
         manifest_path.write_text(json.dumps(final.to_json(), indent=2, sort_keys=True) + "\n")
-        for path in (weights_path, manifest_path):
+        for path in (*written, manifest_path):
             path.chmod(0o644)  # mkstemp/mkdtemp modes are private; checkpoints are read by other users
             with path.open("rb") as handle:
                 os.fsync(handle.fileno())
@@ -225,31 +265,14 @@ def read_manifest(directory: Path) -> PolicyManifest:
     return PolicyManifest.from_json(data, str(path))
 
 
-# Unit-norm probe embeddings (the encoder L2-normalises) at a few preferences, plus the zero vector.
-CALIBRATION_EMBEDDINGS = 32
-CALIBRATION_SEED = 20251007
-
-
-def calibration_batch(dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The dry run's inputs: the zero vector and deterministic random unit vectors, each at w_q 0, 0.5, 1.
-
-    Zero embeddings alone let finite but huge weights (±1e38) through: on real embeddings they overflow and
-    Route served NaN probabilities. Real embeddings are unit vectors, so random unit vectors exercise every
-    weight the way real traffic does."""
-    generator = torch.Generator().manual_seed(CALIBRATION_SEED)
-    vectors = torch.randn(CALIBRATION_EMBEDDINGS, dim, generator=generator)
-    vectors = torch.nn.functional.normalize(vectors, dim=1)
-    embeddings = torch.cat([torch.zeros(1, dim), vectors]).repeat(3, 1)
-    weights = torch.tensor([0.0, 0.5, 1.0]).repeat_interleave(CALIBRATION_EMBEDDINGS + 1)
-    return embeddings, weights
-
-
 def load_checkpoint(
     directory: Path,
     expected_arms: tuple[str, ...] | None = None,
     expected_encoder: EncoderIdentity | None = None,
 ) -> LoadedPolicy:
-    """Load and fully validate a checkpoint: sha256, arm list, encoder identity, tensor shapes, dry run."""
+    """Load and fully validate a checkpoint: sha256s, arm list, encoder identity, tensor shapes, and a dry run
+    on its calibration set (random unit vectors for a manifest without one: ``calibration`` is then None and
+    whoever serves it logs ``policy_calibration_missing``) at w_q 0, 0.5, 1."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     weights_path = directory / WEIGHTS_FILE
@@ -292,15 +315,76 @@ def load_checkpoint(
     network.eval()
     for parameter in network.parameters():
         parameter.requires_grad_(False)
-    embeddings, weights = calibration_batch(manifest.encoder.dim)
-    with torch.inference_mode():
-        probe = network.probabilities(embeddings, weights, None)
-    if not torch.isfinite(probe).all():
+    calibration = load_calibration(directory, manifest)
+    if calibration is not None:
+        embeddings, weights = calibration.dry_run_inputs()
+        probe = f"its calibration set {CALIBRATION_FILE} ({len(calibration.embeddings)} prompt embeddings)"
+    else:
+        embeddings, weights = random_probe(manifest.encoder.dim)
+        probe = "random unit vectors (the manifest names no calibration set)"
+    bad = nonfinite_outputs(network, embeddings, weights)
+    if bad:
         raise CheckpointError(
-            f"{weights_path}: non-finite probabilities on the calibration embeddings (dry forward pass)",
+            f"{weights_path}: non-finite logits or probabilities on {bad} of {len(embeddings)} dry-run "
+            f"inputs ({probe} at w_q {sorted(set(weights.tolist()))})",
             RejectionReason.NON_FINITE,
         )
-    return LoadedPolicy(manifest=manifest, network=network, directory=directory)
+    return LoadedPolicy(manifest=manifest, network=network, directory=directory, calibration=calibration)
+
+
+def load_calibration(directory: Path, manifest: PolicyManifest) -> CalibrationSet | None:
+    """The calibration set ``manifest`` names, verified (file present, sha256, shape, unit norms); None when
+    the manifest names none."""
+    entry = manifest.calibration
+    if entry is None:
+        return None
+    path = Path(directory) / entry.file
+    if not path.is_file():
+        raise CheckpointError(f"{path}: missing (the manifest names it)", RejectionReason.MISSING_FILES)
+    actual = sha256_file(path)
+    if actual != entry.sha256:
+        raise CheckpointError(
+            f"{path}: sha256 mismatch (manifest {entry.sha256[:12]}…, file {actual[:12]}…)",
+            RejectionReason.SHA256_MISMATCH,
+        )
+    return read_calibration(path, manifest.encoder.dim, entry.count)
+
+
+def replace_calibration(directory: Path, calibration: CalibrationSet) -> PolicyManifest:
+    """Give the checkpoint at ``directory`` a new calibration set (weights byte-identical, manifest updated);
+    returns the new manifest. The checkpoint is loaded (validated) first; the new one is assembled in a
+    sibling directory and renamed into place, so a reader sees the old or the new checkpoint, never a mix."""
+    directory = Path(directory)
+    manifest = load_checkpoint(directory).manifest
+    if (problem := calibration.problem(manifest.encoder.dim)) is not None:
+        raise CheckpointError(f"{directory}: calibration set: {problem}", RejectionReason.CALIBRATION_INVALID)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.calibrated.", dir=directory.parent))
+    retired = staging.with_name(staging.name + ".old")
+    try:
+        shutil.copyfile(directory / WEIGHTS_FILE, staging / WEIGHTS_FILE)
+        write_calibration(staging / CALIBRATION_FILE, calibration)
+        entry = CalibrationEntry(
+            CALIBRATION_FILE, sha256_file(staging / CALIBRATION_FILE), len(calibration.embeddings)
+        )
+        final = replace(manifest, calibration=entry)
+        (staging / MANIFEST_FILE).write_text(json.dumps(final.to_json(), indent=2, sort_keys=True) + "\n")
+        for name in (WEIGHTS_FILE, CALIBRATION_FILE, MANIFEST_FILE):
+            (staging / name).chmod(0o644)
+            with (staging / name).open("rb") as handle:
+                os.fsync(handle.fileno())
+        staging.chmod(0o755)
+        load_checkpoint(staging)  # the new set must pass the dry run before it replaces the old one
+        os.rename(directory, retired)
+        try:
+            os.rename(staging, directory)
+        except BaseException:
+            os.rename(retired, directory)  # the old checkpoint comes back; nothing is lost
+            raise
+        _fsync_dir(directory.parent)
+        return final
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(retired, ignore_errors=True)
 
 
 def version_dir_name(version: int) -> str:
@@ -337,11 +421,14 @@ class CheckpointStore:
             raise CheckpointError(f"{pointer}: expected 'v<N>', found {text[:40]!r}")
         return int(match.group(1))
 
-    def publish(self, network: PolicyNetwork, manifest: PolicyManifest) -> PolicyManifest:
-        """Save ``manifest.version`` and point ``LATEST`` at it. The version must be new."""
+    def publish(
+        self, network: PolicyNetwork, manifest: PolicyManifest, calibration: CalibrationSet | None = None
+    ) -> PolicyManifest:
+        """Save ``manifest.version`` (with its calibration set) and point ``LATEST`` at it. The version must
+        be new."""
         if manifest.version in self.versions():
             raise CheckpointError(f"{self.path(manifest.version)}: version already published")
-        final = save_checkpoint(self.path(manifest.version), network, manifest)
+        final = save_checkpoint(self.path(manifest.version), network, manifest, calibration)
         self.set_latest(manifest.version)
         return final
 

@@ -28,6 +28,7 @@ class PolicyRegistry:
         """``serving_backend`` = (encoder backend, its model file's sha256): every policy must accept it."""
         self._serving_backend = serving_backend
         self._check_backend(initial)
+        _report_missing_calibration(initial)
         self._current = initial
         self._arms = initial.manifest.arms
         self._encoder = initial.manifest.encoder.core()
@@ -76,6 +77,20 @@ class PolicyRegistry:
             old = self._current
             self._current = new
         log.info("policy_swapped", old=old.version, new=new.version)
+        _report_missing_calibration(new)
         for listener in self._listeners:
             listener(old, self._current)
         return old
+
+
+def _report_missing_calibration(policy: LoadedPolicy) -> None:
+    """Log, once per version that starts serving, that it has no calibration set: its dry run used random
+    unit vectors, not real prompt embeddings (``barp-trainer calibrate`` gives it one)."""
+    if policy.calibration is None:
+        log.warning(
+            "policy_calibration_missing",
+            version=policy.version,
+            directory=str(policy.directory),
+            dry_run="random unit vectors",
+            fix="barp-trainer calibrate <checkpoint>",
+        )

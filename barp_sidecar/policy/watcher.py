@@ -26,6 +26,7 @@ import structlog
 from barp_sidecar.backoff import ReconnectBackoff
 from barp_sidecar.errors import CheckpointError, NotFound, RejectionReason
 from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
+from barp_sidecar.policy.calibration import CALIBRATION_FILE
 from barp_sidecar.policy.checkpoint import (
     MANIFEST_FILE,
     WEIGHTS_FILE,
@@ -40,6 +41,8 @@ from barp_sidecar.tasks import cancel_and_wait
 FETCH_FAILED = RejectionReason.FETCH_FAILED
 log = structlog.get_logger("barp_sidecar.policy.watcher")
 EXPECTED_FILES = (MANIFEST_FILE, WEIGHTS_FILE)
+# Sent when the checkpoint has one (required then: the manifest names it); older checkpoints have none.
+OPTIONAL_FILES = (CALIBRATION_FILE,)
 # A checkpoint bigger than this is refused while downloading (protects the disk from a bad peer).
 MAX_CHECKPOINT_BYTES = 1 << 30
 
@@ -57,9 +60,11 @@ async def fetch_checkpoint(
     verified: set[str] = set()
     total = 0
     try:
-        async for chunk in stub.FetchPolicy(trainer_pb2.FetchPolicyRequest(version=version)):
+        async for chunk in stub.FetchPolicy(
+            trainer_pb2.FetchPolicyRequest(version=version, include_calibration=True)
+        ):
             name = chunk.file_name
-            if name not in EXPECTED_FILES:
+            if name not in EXPECTED_FILES + OPTIONAL_FILES:
                 raise CheckpointError(f"fetch of v{version}: unexpected file {name!r}", FETCH_FAILED)
             data = files.setdefault(name, bytearray())
             if chunk.offset != len(data):
@@ -87,7 +92,7 @@ async def fetch_checkpoint(
         raise CheckpointError(
             f"fetch of v{version} failed: {exc.code().name} {exc.details()}", FETCH_FAILED
         ) from exc
-    missing = [n for n in EXPECTED_FILES if n not in verified]
+    missing = [n for n in EXPECTED_FILES + _named_calibration(files) if n not in verified]
     if missing:
         raise CheckpointError(
             f"fetch of v{version}: incomplete, missing or unverified {missing}", FETCH_FAILED
@@ -100,6 +105,15 @@ async def fetch_checkpoint(
             RejectionReason.SHA256_MISMATCH,
         )
     return await asyncio.to_thread(_write_checkpoint, download_root, version, files)
+
+
+def _named_calibration(files: dict[str, bytearray]) -> tuple[str, ...]:
+    """The calibration file the received manifest names (load_checkpoint reports a malformed manifest)."""
+    try:
+        entry = json.loads(bytes(files.get(MANIFEST_FILE, b""))).get("calibration")
+    except (ValueError, AttributeError):
+        return ()
+    return (CALIBRATION_FILE,) if entry is not None else ()
 
 
 def _write_checkpoint(download_root: Path, version: int, files: dict[str, bytearray]) -> Path:

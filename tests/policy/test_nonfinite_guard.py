@@ -1,4 +1,5 @@
-"""Non-finite policies: finite but huge weights are rejected at load (calibration embeddings, not zeros),
+"""Non-finite policies: finite but huge weights are rejected at load (random unit vectors, not zeros, when
+the checkpoint has no calibration set: tests/policy/test_calibration.py covers the set),
 and a policy that still yields non-finite probabilities at inference is never served (real channel)."""
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ def huge(policy: LoadedPolicy, version: int) -> LoadedPolicy:
     return LoadedPolicy(manifest=manifest, network=network, directory=policy.directory)
 
 
-def test_huge_weights_pass_a_zero_embedding_dry_run_but_not_the_calibration(tmp_path: Path) -> None:
+def test_huge_weights_pass_a_zero_embedding_dry_run_but_not_random_unit_vectors(tmp_path: Path) -> None:
+    """A checkpoint without a calibration set (older manifests) is dry-run on random unit vectors."""
     good = load_checkpoint(make_tiny_checkpoint(tmp_path / "v1"))
     bad = huge(good, 2)
     dim = good.manifest.encoder.dim
@@ -45,7 +47,7 @@ def test_huge_weights_pass_a_zero_embedding_dry_run_but_not_the_calibration(tmp_
         at_zero = bad.network.probabilities(torch.zeros(2, dim), torch.tensor([0.0, 1.0]), None)
     assert torch.isfinite(at_zero).all(), "the old dry run would have accepted it"
     save_checkpoint(tmp_path / "v2", bad.network, bad.manifest)
-    with pytest.raises(CheckpointError, match="non-finite probabilities on the calibration embeddings"):
+    with pytest.raises(CheckpointError, match=r"non-finite logits or probabilities .*random unit vectors"):
         load_checkpoint(tmp_path / "v2")
 
 

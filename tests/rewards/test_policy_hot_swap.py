@@ -7,13 +7,15 @@ is the real PolicyManager + TrainerPolicyWatcher + AdminServer, over a fake regi
 from __future__ import annotations
 
 import asyncio
+import shutil
 
 import grpc
 import pytest
 from structlog.testing import capture_logs
 
 from barp_sidecar.gen.barp.v1 import admin_pb2, admin_pb2_grpc, trainer_pb2_grpc
-from barp_sidecar.policy.checkpoint import CheckpointStore, load_checkpoint
+from barp_sidecar.policy.calibration import CALIBRATION_FILE
+from barp_sidecar.policy.checkpoint import CheckpointStore, load_checkpoint, read_manifest
 from barp_sidecar.policy.manager import PolicyManager
 from barp_sidecar.policy.version import PolicyVersion
 from barp_sidecar.policy.watcher import TrainerCheckpointFetcher, TrainerPolicyWatcher
@@ -21,6 +23,7 @@ from barp_sidecar.rpc.admin import AdminServer
 from barp_sidecar.rpc.boundary import ErrorBoundary
 from barp_sidecar.settings import AdminSettings
 from tests.learning_helpers import ARMS, DIM, FakeRegistry, publish_tiny, save_tiny_checkpoint
+from tests.policy.test_nonfinite_guard import huge
 from trainer.service.policy_source import PolicyAnnouncer, announcement_for
 from trainer.service.servicer import TrainerServicer
 
@@ -82,7 +85,17 @@ async def test_announced_versions_are_fetched_verified_and_swapped(setup, tmp_pa
     assert manager.current().source == "trainer"
 
 
-@pytest.mark.parametrize("fault", ["wrong_sha", "corrupt_weights", "corrupt_manifest", "other_arms"])
+@pytest.mark.parametrize(
+    "fault",
+    [
+        "wrong_sha",
+        "corrupt_weights",
+        "corrupt_manifest",
+        "other_arms",
+        "corrupt_calibration",
+        "overflows_on_calibration",
+    ],
+)
 async def test_bad_checkpoints_are_rejected_and_the_previous_version_keeps_serving(setup, fault):
     upstream, registry, manager, _ = setup
     good = await upstream.publish(2, seed=2)
@@ -96,10 +109,18 @@ async def test_bad_checkpoints_are_rejected_and_the_previous_version_keeps_servi
             sha = load_checkpoint(path).manifest.weights_sha256
             if fault == "wrong_sha":
                 sha = "0" * 64
-            elif fault == "corrupt_weights":
-                data = bytearray((path / "policy.safetensors").read_bytes())
+            elif fault in ("corrupt_weights", "corrupt_calibration"):
+                name = "policy.safetensors" if fault == "corrupt_weights" else CALIBRATION_FILE
+                data = bytearray((path / name).read_bytes())
                 data[-5] ^= 0xFF
-                (path / "policy.safetensors").write_bytes(bytes(data))
+                (path / name).write_bytes(bytes(data))
+            elif fault == "overflows_on_calibration":
+                # Finite but huge weights (±1e38): the stored prompt embeddings overflow them.
+                shutil.rmtree(path)
+                sound = load_checkpoint(save_tiny_checkpoint(path.parent / "sound", version=3, seed=3))
+                bad = huge(sound, 3)
+                upstream.store.publish(bad.network, bad.manifest, sound.calibration)
+                sha = read_manifest(path).weights_sha256
             else:
                 (path / "manifest.json").write_text("{not json")
             await upstream.announcer.publish(PolicyVersion(3, sha, ARMS, size_bytes=1))
@@ -113,8 +134,12 @@ async def test_bad_checkpoints_are_rejected_and_the_previous_version_keeps_servi
         "corrupt_weights": "sha256_mismatch",
         "corrupt_manifest": "corrupt_manifest",
         "other_arms": "arm_mismatch",
+        "corrupt_calibration": "sha256_mismatch",
+        "overflows_on_calibration": "non_finite",
     }[fault]
     assert manager.rejected_total[expected] == 1
+    if fault.endswith("calibration"):
+        assert CALIBRATION_FILE in rejected[0]["error"]
 
 
 async def test_admin_pin_survives_announcements_until_unpinned(setup):

@@ -240,3 +240,12 @@ def test_every_reason_is_documented() -> None:
     for rule in STATUS_RULES:
         assert f"| `{rule.reason}` | {rule.code.name} |" in doc, rule.reason
     assert "| `INTERNAL` | INTERNAL |" in doc
+
+
+def test_every_checkpoint_rejection_reason_is_documented() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "errors.md").read_text()
+    section = doc.split("## Checkpoint rejections", 1)[1]
+    documented = {line.split("`")[1] for line in section.splitlines() if line.startswith("| `")}
+    assert documented == {reason.value for reason in errors.RejectionReason}
+    retried = {line.split("`")[1] for line in section.splitlines() if line.endswith("| yes |")}
+    assert retried == {reason.value for reason in errors.RETRYABLE_REJECTIONS}

@@ -10,7 +10,9 @@ from typing import Any
 import torch
 
 from barp_sidecar.app import SidecarApp
+from barp_sidecar.policy.calibration import CalibrationSet, select_calibration
 from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, save_checkpoint
+from barp_sidecar.policy.encoder import HashingEncoder
 from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
 from barp_sidecar.settings import Settings, build_settings, validate
 
@@ -18,10 +20,35 @@ ARMS = ("small-model", "medium-model", "large-model", "huge-model")
 HASH_ENCODER = EncoderIdentity("hash:32", 32, 64, "tail")
 
 
+# Prompts whose hash:32 embeddings form the tiny policy's calibration set.
+CALIBRATION_PROMPTS = (
+    "hi",
+    "Write a Python function to reverse a list.",
+    "Which planet is closest to the Sun? (A) Venus (B) Mercury (C) Mars (D) Earth",
+    "Summarise the plot of Hamlet in two sentences.",
+    "Solve for x: 2x + 3 = 11.",
+    "Translate 'good morning' into German.",
+)
+
+
+def tiny_calibration() -> CalibrationSet:
+    """The hash:32 embeddings of ``CALIBRATION_PROMPTS`` as a calibration set (what a producer stores)."""
+    encoder = HashingEncoder(HASH_ENCODER.settings("hash:32"))
+    calibration = select_calibration(encoder.load().encode(list(CALIBRATION_PROMPTS)))
+    assert calibration is not None
+    return calibration
+
+
 def make_tiny_checkpoint(
-    directory: Path, *, version: int = 1, seed: int = 0, arms: tuple[str, ...] = ARMS
+    directory: Path,
+    *,
+    version: int = 1,
+    seed: int = 0,
+    arms: tuple[str, ...] = ARMS,
+    calibrated: bool = True,
 ) -> Path:
-    """Save a small randomly initialised policy for the ``hash:32`` encoder into ``directory``."""
+    """Save a small randomly initialised policy for the ``hash:32`` encoder into ``directory``, with a
+    calibration set of (hash:32) prompt embeddings unless ``calibrated`` is False (an older checkpoint)."""
     torch.manual_seed(seed)
     architecture = PolicyArchitecture(
         embedding_dim=32,
@@ -40,7 +67,7 @@ def make_tiny_checkpoint(
     manifest = PolicyManifest(
         version=version, arms=arms, encoder=HASH_ENCODER, tau_usd=0.005, architecture=architecture
     )
-    save_checkpoint(directory, network, manifest)
+    save_checkpoint(directory, network, manifest, tiny_calibration() if calibrated else None)
     return directory
 
 

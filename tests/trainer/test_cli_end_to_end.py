@@ -20,6 +20,11 @@ def test_offline_writes_a_loadable_checkpoint_recording_tau(tmp_path, capsys):
     assert policy.manifest.tau_usd > 0
     assert policy.manifest.training["tasks"] == ["arc_challenge", "winogrande"]
     assert policy.manifest.training["bandit_reveals"] == 60 * 32
+    # Stored with it: a calibration set of the training prompts' own embeddings (hash:64 here).
+    assert policy.calibration is not None and policy.manifest.calibration is not None
+    assert policy.calibration.embeddings.shape == (policy.manifest.calibration.count, 64)
+    assert policy.manifest.calibration.count == min(64, policy.manifest.training["rows"])
+    assert policy.calibration.preference_weights.tolist() == [0.0, 0.5, 1.0]
     # offline ends with the held-out (test split) summary of the policy it wrote
     printed = capsys.readouterr().out
     assert "held-out summary" in printed and "(test split, 20 rows, 2 tasks)" in printed

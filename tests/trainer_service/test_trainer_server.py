@@ -12,14 +12,18 @@ import hashlib
 import random
 
 import grpc
+import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
+from barp_sidecar.policy.calibration import CALIBRATION_FILE
+from barp_sidecar.policy.checkpoint import load_checkpoint
+from barp_sidecar.policy.watcher import fetch_checkpoint
 from barp_sidecar.rewards.publisher import RewardPublisher
 from barp_sidecar.rewards.spool import RewardSpool
-from tests.learning_helpers import random_event, trainer_settings_yaml
+from tests.learning_helpers import DIM, random_event, trainer_settings_yaml
 from trainer.service.app import TrainerApp
 from trainer.service.settings import load_trainer_settings
 
@@ -92,7 +96,7 @@ async def test_spool_and_publisher_deliver_every_event_exactly_once(trainer, tmp
     assert trainer.servicer.counters.duplicates == 1
 
 
-async def test_watch_and_fetch_policy_and_a_new_version_after_enough_events(trainer):
+async def test_watch_and_fetch_policy_and_a_new_version_after_enough_events(trainer, tmp_path):
     async with grpc.aio.insecure_channel(f"127.0.0.1:{trainer.port}") as channel:
         health = health_pb2_grpc.HealthStub(channel)
         status = await health.Check(health_pb2.HealthCheckRequest(service="barp.v1.Trainer"))
@@ -136,5 +140,25 @@ async def test_watch_and_fetch_policy_and_a_new_version_after_enough_events(trai
         second = await asyncio.wait_for(watch.read(), timeout=30)
         assert second.version == 2
         watch.cancel()
+        # v2 carries a calibration set of the events' real embeddings; FetchPolicy sends it, the sidecar's
+        # fetch verifies and writes it, and the downloaded checkpoint is dry-run on it.
+        downloaded = await fetch_checkpoint(channel, 2, second.weights_sha256, tmp_path / "downloads")
+        # An older sidecar does not ask for it and gets only the files it knows (rolling upgrades).
+        request = trainer_pb2.FetchPolicyRequest(version=2)
+        old_style = {chunk.file_name async for chunk in stub.FetchPolicy(request)}
+        assert old_style == {"manifest.json", "policy.safetensors"}
     manifest_metrics = trainer.store.path(2) / "manifest.json"
     assert "snips_candidate" in manifest_metrics.read_text()
+    names = sorted(p.name for p in downloaded.iterdir())
+    assert names == [CALIBRATION_FILE, "manifest.json", "policy.safetensors"]
+    policy = load_checkpoint(downloaded)
+    assert policy.calibration is not None and policy.manifest.calibration is not None
+    count = policy.manifest.calibration.count
+    assert 10 <= count <= 64 and policy.calibration.embeddings.shape == (count, DIM)  # held-out + replay
+    rng = random.Random(3)  # the events the test sent, again
+    sent = [random_event(rng, sequence=i) for i in range(1, 801)]
+    closest = (policy.calibration.embeddings.numpy() @ np.array([e.embedding for e in sent]).T).max(axis=1)
+    assert (closest > 1 - 1e-5).all(), "every calibration row is one of the events' embeddings (cosine)"
+    sent_weights = {round(e.quality_weight, 3) for e in sent}
+    weights = policy.calibration.preference_weights.tolist()
+    assert len(weights) == 8 and all(round(w, 3) in sent_weights for w in weights)

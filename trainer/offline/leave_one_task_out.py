@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from barp_sidecar.policy.calibration import select_calibration
 from barp_sidecar.policy.checkpoint import load_checkpoint
 from trainer.offline.datasets import load_table
 from trainer.offline.evaluate_command import evaluate_table
@@ -50,7 +51,7 @@ def run_task(args: argparse.Namespace, source: Path, task: str, work: Path) -> d
     network, _ = fit_policy(x, train, tau, config, False)
     manifest = build_manifest(network, train, settings, encoder_id, dim, tau, config, {"left_out": task})
     policy_dir = work / task
-    write_checkpoint(policy_dir, network, manifest, force=True)
+    write_checkpoint(policy_dir, network, manifest, force=True, calibration=select_calibration(x))
     report = evaluate_table(
         load_checkpoint(policy_dir),
         policy_dir,

@@ -2,7 +2,8 @@
 
 Owns the command's arguments and the composition load -> embed (cached) -> τ -> train -> save; the
 pieces live in their own modules. The checkpoint directory follows DESIGN §4 (policy.safetensors +
-manifest.json) and records τ, the encoder identity, the training config, the data digest and the seed.
+manifest.json) and records τ, the encoder identity, the training config, the data digest and the seed;
+its calibration.safetensors holds evenly spaced training-prompt embeddings (policy/calibration.py).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import numpy as np
 import torch
 
 from barp_sidecar.errors import DataError
+from barp_sidecar.policy.calibration import CalibrationSet, select_calibration
 from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, load_checkpoint, save_checkpoint
 from barp_sidecar.policy.encoder import BUILTIN_MODEL, TRUNCATION_SIDES, EncoderSettings
 from barp_sidecar.policy.network import PolicyNetwork
@@ -160,16 +162,21 @@ def build_manifest(
 
 
 def write_checkpoint(
-    out: Path, network: PolicyNetwork, manifest: PolicyManifest, force: bool
+    out: Path,
+    network: PolicyNetwork,
+    manifest: PolicyManifest,
+    force: bool,
+    calibration: CalibrationSet | None = None,
 ) -> PolicyManifest:
-    """Save to ``out``; with ``force`` an existing checkpoint there is replaced (never half-written)."""
+    """Save to ``out`` with its calibration set; with ``force`` an existing checkpoint there is replaced
+    (never half-written)."""
     out = Path(out)
     if not out.exists():
-        return save_checkpoint(out, network, manifest)
+        return save_checkpoint(out, network, manifest, calibration)
     if not force:
         raise FileExistsError(f"{out} exists; pass --force to replace it")
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.new.", dir=out.parent)) / "checkpoint"
-    final = save_checkpoint(staging, network, manifest)
+    final = save_checkpoint(staging, network, manifest, calibration)
     shutil.rmtree(out)
     staging.rename(out)
     shutil.rmtree(staging.parent, ignore_errors=True)
@@ -223,7 +230,8 @@ def run(args: argparse.Namespace) -> int:
             "seed": args.seed,
         },
     )
-    final = write_checkpoint(args.out, network, manifest, args.force)
+    # The training prompts' own embeddings: every load and swap dry-runs the policy on them.
+    final = write_checkpoint(args.out, network, manifest, args.force, select_calibration(embeddings))
     print(
         f"wrote {args.out} (rows={len(table)}, tasks={list(table.task_names)}, τ=${tau_usd:.6g}, "
         f"sha256={final.weights_sha256[:12]}, {time.monotonic() - started:.0f}s)"

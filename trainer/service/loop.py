@@ -31,6 +31,12 @@ import torch
 from opentelemetry.trace import NoOpTracer, Tracer
 
 from barp_sidecar.gen.barp.v1 import trainer_pb2
+from barp_sidecar.policy.calibration import (
+    DEFAULT_CALIBRATION_SIZE,
+    CalibrationSet,
+    nonfinite_outputs,
+    select_calibration,
+)
 from barp_sidecar.policy.checkpoint import CheckpointStore, PolicyManifest
 from barp_sidecar.policy.network import PolicyNetwork
 from barp_sidecar.tasks import cancel_and_wait
@@ -175,6 +181,7 @@ class TrainingLoop:
         self.counters = GateCounters()
         self._task: asyncio.Task[None] | None = None
         self._starting_source = starting.source
+        self._starting_calibration = starting.calibration
         # Resumable learner state, one file per published version (learner_state.py).
         self.state_dir = self.store.root.parent / "learner-state"
         self._restored_holdout_ids: set[str] = set()
@@ -230,6 +237,23 @@ class TrainingLoop:
         for path in sorted(self.state_dir.glob("v*.safetensors"), key=lambda p: int(p.stem[1:]))[:-2]:
             path.unlink(missing_ok=True)
 
+    def calibration_set(self) -> CalibrationSet | None:
+        """The calibration set to publish with the next version: real embeddings and preference weights of
+        the held-out and replay events (evenly spaced, deterministic); before any event, the starting
+        policy's set (None for a cold start: sidecars then dry-run it on random unit vectors)."""
+        events = [*self.holdout, *self.replay]
+        if events:
+            dim = self.published_network.architecture.embedding_dim
+            # Only the evenly spaced rows a set keeps are converted (the buffers hold thousands of events).
+            rows = np.unique(np.linspace(0, len(events) - 1, num=min(DEFAULT_CALIBRATION_SIZE, len(events))))
+            picked = [events[int(i)] for i in rows]
+            embeddings = np.array([e.embedding for e in picked if len(e.embedding) == dim], dtype=np.float32)
+            weights = np.array([e.quality_weight for e in events], dtype=np.float32)
+            chosen = select_calibration(embeddings.reshape(-1, dim), weights)
+            if chosen is not None:
+                return chosen
+        return self._starting_calibration
+
     @property
     def current_version(self) -> int:
         return self.manifest.version
@@ -255,7 +279,7 @@ class TrainingLoop:
                 "training": {**self.manifest.training, "initial_policy": self._starting_source},
             }
         )
-        self.manifest = self.store.publish(self.published_network, manifest)
+        self.manifest = self.store.publish(self.published_network, manifest, self.calibration_set())
         log.info("initial_policy_published", version=version, source=self._starting_source)
 
     async def close(self) -> None:
@@ -376,6 +400,13 @@ class TrainingLoop:
             log.info("policy_gate", decision="skipped" if small else "rejected", **fields)
             return None
         network = copy.deepcopy(self.learner.network).eval()
+        calibration = self.calibration_set()
+        if calibration is not None and (bad := nonfinite_outputs(network, *calibration.dry_run_inputs())):
+            # Every sidecar would reject it (non_finite): do not publish it at all.
+            self.counters.rejected += 1
+            fields["reason"] = f"non-finite outputs on {bad} calibration rows (sidecars would reject it)"
+            log.info("policy_gate", decision="rejected", **fields)
+            return None
         version = max(self.store.versions(), default=0) + 1
         manifest = PolicyManifest(
             **{
@@ -400,7 +431,7 @@ class TrainingLoop:
             }
         )
         self._save_state(version)  # before the checkpoint: a published version always has its state
-        self.manifest = self.store.publish(network, manifest)
+        self.manifest = self.store.publish(network, manifest, calibration)
         self.published_network = network
         self.counters.published += 1
         log.info("policy_gate", decision="published", version=version, **fields)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from barp_sidecar.policy.builtin import builtin_policy_dir
+from barp_sidecar.policy.calibration import CalibrationSet
 from barp_sidecar.policy.checkpoint import (
     WEIGHTS_FILE,
     CheckpointStore,
@@ -29,12 +30,14 @@ from trainer.service.settings import LearnerSettings
 
 @dataclass(frozen=True)
 class StartingPolicy:
-    """The network to train from, its manifest, and the log offset its weights already include."""
+    """The network to train from, its manifest, the log offset its weights already include, and the
+    calibration set stored with it (carried into versions published before any event arrives)."""
 
     network: PolicyNetwork
     manifest: PolicyManifest
     log_offset: int
     source: str
+    calibration: CalibrationSet | None = None
 
 
 def cold_policy(settings: LearnerSettings) -> StartingPolicy:
@@ -74,7 +77,7 @@ def _from_loaded(loaded: LoadedPolicy, source: str, settings: LearnerSettings) -
     if settings.tau_usd is not None and settings.tau_usd != manifest.tau_usd:
         manifest = PolicyManifest(**{**manifest.__dict__, "tau_usd": settings.tau_usd})
     offset = int(manifest.training.get("log_offset", 0)) if source == "latest" else 0
-    return StartingPolicy(network, manifest, offset, source)
+    return StartingPolicy(network, manifest, offset, source, loaded.calibration)
 
 
 def starting_policy(settings: LearnerSettings, store: CheckpointStore) -> StartingPolicy:

@@ -23,6 +23,7 @@ from opentelemetry.trace import NoOpTracer, Tracer
 
 from barp_sidecar.errors import InvalidArgument, NotFound
 from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
+from barp_sidecar.policy.calibration import CALIBRATION_FILE
 from barp_sidecar.policy.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, CheckpointStore
 from barp_sidecar.tracing import logged_with
 from trainer.service.eventlog import EventLog
@@ -183,8 +184,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         directory = self.store.path(request.version)
         if request.version not in self.store.versions():
             raise NotFound(f"version: policy v{request.version} is not published")
-        for name in (MANIFEST_FILE, WEIGHTS_FILE):
+        for name in (MANIFEST_FILE, WEIGHTS_FILE, CALIBRATION_FILE):
             path = directory / name
+            if name == CALIBRATION_FILE and not (
+                request.include_calibration and await asyncio.to_thread(path.is_file)
+            ):
+                continue  # not asked for (an older sidecar), or a checkpoint written before sets existed
             data = await asyncio.to_thread(path.read_bytes)
             digest = hashlib.sha256(data).hexdigest()
             offset = 0

@@ -67,10 +67,12 @@ class PolicyAnnouncement(_message.Message):
     def __init__(self, version: _Optional[int] = ..., weights_sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ..., arms: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FetchPolicyRequest(_message.Message):
-    __slots__ = ("version",)
+    __slots__ = ("version", "include_calibration")
     VERSION_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_CALIBRATION_FIELD_NUMBER: _ClassVar[int]
     version: int
-    def __init__(self, version: _Optional[int] = ...) -> None: ...
+    include_calibration: bool
+    def __init__(self, version: _Optional[int] = ..., include_calibration: _Optional[bool] = ...) -> None: ...
 
 class CheckpointChunk(_message.Message):
     __slots__ = ("file_name", "offset", "data", "file_sha256")
