@@ -513,11 +513,15 @@ def ratio_summary(rounds: list[list[Result]]) -> dict[str, dict[str, float | lis
     }
 
 
-def sweep_runs(servers: dict[str, Server], prompts: list[str], tokens: int, args) -> list[Result]:
-    """``baseline`` then ``sidecar`` at each ``--sweep-clients`` count (one load generator process)."""
+def sweep_runs(
+    servers: dict[str, Server], prompts: list[str], tokens: int, args, round_index: int
+) -> list[Result]:
+    """``baseline`` and ``sidecar`` at each ``--sweep-clients`` count (one load generator process); which
+    of the two runs first alternates by round, so a drifting machine load does not favour one side."""
+    order = ("baseline", "sidecar") if round_index % 2 == 0 else ("sidecar", "baseline")
     out = []
     for clients in args.sweep_clients:
-        for name in ("baseline", "sidecar"):
+        for name in order:
             if name in servers:
                 result = run_load(
                     servers[name], name, prompts, tokens, clients, args.duration_s, args.requests
@@ -691,7 +695,7 @@ def main(argv: list[str] | None = None) -> int:
             current: list[Result] = []
             for tokens, prompts in prompt_sets.items():
                 if args.sweep_clients:
-                    current += sweep_runs(servers, prompts, tokens, args)
+                    current += sweep_runs(servers, prompts, tokens, args, round_index)
                 else:
                     current += standard_runs(servers, inference, torch_inference, prompts, tokens, args)
             for result in current:
