@@ -257,7 +257,7 @@ class BatchingSettings:
     # Most prompts per forward pass.
     max_batch_size: int = 32
     # Opt-in linger (milliseconds): how long an idle inference thread may hold the first queued prompt for a
-    # full batch. 0 = continuous batching: an idle thread starts at once, arrivals during a batch form the next.
+    # full batch. 0 = continuous batching: an idle thread starts at once, arrivals mid-batch form the next.
     max_wait_ms: float = 0.0
     # Most requests admitted and not yet answered; beyond it, RESOURCE_EXHAUSTED at once.
     max_pending: int = 1024
