@@ -256,8 +256,9 @@ class BatchingSettings:
 
     # Most prompts per forward pass.
     max_batch_size: int = 32
-    # How long the batcher waits after the first queued prompt for more (milliseconds).
-    max_wait_ms: float = 2.0
+    # Opt-in linger (milliseconds): how long an idle inference thread may hold the first queued prompt for a
+    # full batch. 0 = continuous batching: an idle thread starts at once, arrivals mid-batch form the next.
+    max_wait_ms: float = 0.0
     # Most requests admitted and not yet answered; beyond it, RESOURCE_EXHAUSTED at once.
     max_pending: int = 1024
     # Token budget of one encoder forward pass (rows × padded length): long prompts do not pad short ones.

@@ -78,6 +78,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                 "http": {"enabled": True, "port": 0},
                 "metrics": {"enabled": False},
                 "admin": {"enabled": False},
+                "state": {"dir": str(root / "state")},  # its own spool: another sidecar may hold the default
                 "logging": {"level": "info"},  # as deployed: one access event per request
                 "policy": {"checkpoint_dir": str(root / "policy"), "device": "cpu", "cpu_threads": 1},
                 "batching": {"embedding_cache_entries": 0},

@@ -9,6 +9,10 @@ With ``--encoder-backend`` other than torch (``auto`` resolves to onnx-int8 on C
 the same rounds also measure today's fp32 torch encoder: ``torch_ceiling`` in-process and ``sidecar_torch``
 (a third server), and the summary compares the sidecar with them (issue 16's targets).
 ``--client-processes N`` splits the callers over N load-generator processes (a GPU sidecar outruns one).
+``--baseline-src DIR`` adds a ``baseline`` server run from another checkout (e.g. main's batcher, exported
+with ``git archive main | tar -x -C out/main-src``) with that checkout's own batching defaults, and
+``--sweep-clients 1 16 64`` replaces the standard runs: ``sidecar`` and ``baseline`` at each client count; the
+summary then compares them per client count (throughput ratio, p50 and p99 differences).
 
 Prompts are unique (the embedding cache is disabled as well) and come from a file (one per line) or are
 synthetic with an exact token count. The load generator is one grpc.aio process (it shares the CPU with
@@ -43,7 +47,8 @@ import yaml
 from barp_sidecar.settings import BatchingSettings
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_ORDER = ["torch_ceiling", "ceiling", "sidecar_torch", "sidecar", "unbatched"]
+RUN_ORDER = ["torch_ceiling", "ceiling", "sidecar_torch", "baseline", "sidecar", "unbatched"]
+SWEEP_NOTE = "clients sweep"
 
 
 @dataclass
@@ -75,15 +80,24 @@ def percentile_ms(latencies_s: list[float], q: float) -> float:
 def synthetic_prompts(tokenizer, tokens: int, count: int, seed: int) -> list[str]:
     """``count`` distinct prompts of exactly ``tokens`` word-pieces (without [CLS]/[SEP])."""
     rng = random.Random(seed)
-    words = [w for w in tokenizer.get_vocab() if w.isalpha() and w.isascii() and len(w) >= 3]
+    # The plain-torch MiniLM's WordPieceTokenizer wraps a `tokenizers.Tokenizer` (batch-only __call__).
+    raw = getattr(tokenizer, "_tokenizer", None)
+
+    def word_pieces(text: str) -> list[int]:
+        if raw is not None:
+            return list(raw.encode(text, add_special_tokens=False).ids)
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    vocabulary = (raw or tokenizer).get_vocab()
+    words = [w for w in vocabulary if w.isalpha() and w.isascii() and len(w) >= 3]
     prompts: list[str] = []
     seen: set[str] = set()
     while len(prompts) < count:
         chosen = rng.sample(words, tokens)
-        ids = tokenizer(" ".join(chosen), add_special_tokens=False)["input_ids"]
+        ids = word_pieces(" ".join(chosen))
         while len(ids) > tokens:
             chosen.pop()
-            ids = tokenizer(" ".join(chosen), add_special_tokens=False)["input_ids"]
+            ids = word_pieces(" ".join(chosen))
         text = " ".join(chosen)
         if len(ids) == tokens and text not in seen:
             seen.add(text)
@@ -197,12 +211,14 @@ class Server:
         threads: int,
         log_level: str = "info",
         backend: str = "auto",
+        source: Path = REPO,
     ) -> None:
         config = {
             "logging": {"level": log_level},
             "server": {"port": 0, "grace_s": 5.0},
             "metrics": {"port": 0},
             "admin": {"enabled": False},
+            "state": {"dir": str(scratch / f"{name}-state")},  # each sidecar needs its own spool
             "policy": {"checkpoint_dir": str(checkpoint), "cpu_threads": threads},
             "encoder": {"backend": backend},
             "batching": {"embedding_cache_entries": 0, **batching},
@@ -213,8 +229,8 @@ class Server:
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "barp_sidecar.cli", "serve", "--config", str(self.config_path)],
-            cwd=REPO,
-            env={**os.environ, "PYTHONPATH": str(REPO), "HF_HUB_OFFLINE": "1"},
+            cwd=source,
+            env={**os.environ, "PYTHONPATH": str(source), "HF_HUB_OFFLINE": "1"},
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
@@ -434,7 +450,21 @@ def ratio_values(results: list[Result]) -> dict[str, float]:
     """The target comparisons within ONE round (runs minutes apart at most)."""
     out: dict[str, float] = {}
     for tokens in sorted({r.prompt_tokens for r in results}):
-        by = {(r.name, r.concurrency > 1): r for r in results if r.prompt_tokens == tokens}
+        sweep = {
+            (r.name, r.concurrency): r for r in results if r.prompt_tokens == tokens and r.note == SWEEP_NOTE
+        }
+        for clients in sorted({c for _, c in sweep}):
+            after, before = sweep.get(("sidecar", clients)), sweep.get(("baseline", clients))
+            if after and before:
+                label = f"{tokens} tokens, {clients} clients: sidecar vs baseline"
+                out[f"{label} throughput ratio"] = after.throughput_rps / before.throughput_rps
+                out[f"{label} p50 difference (ms)"] = after.p50_ms - before.p50_ms
+                out[f"{label} p99 difference (ms)"] = after.p99_ms - before.p99_ms
+        by = {
+            (r.name, r.concurrency > 1): r
+            for r in results
+            if r.prompt_tokens == tokens and r.note != SWEEP_NOTE
+        }
         ceiling, sidecar, unbatched = (
             by.get(("ceiling", True)),
             by.get(("sidecar", True)),
@@ -483,6 +513,58 @@ def ratio_summary(rounds: list[list[Result]]) -> dict[str, dict[str, float | lis
     }
 
 
+def sweep_runs(
+    servers: dict[str, Server], prompts: list[str], tokens: int, args, round_index: int
+) -> list[Result]:
+    """``baseline`` and ``sidecar`` at each ``--sweep-clients`` count (one load generator process); which
+    of the two runs first alternates by round, so a drifting machine load does not favour one side."""
+    order = ("baseline", "sidecar") if round_index % 2 == 0 else ("sidecar", "baseline")
+    out = []
+    for clients in args.sweep_clients:
+        for name in order:
+            if name in servers:
+                result = run_load(
+                    servers[name], name, prompts, tokens, clients, args.duration_s, args.requests
+                )
+                result.note = SWEEP_NOTE
+                out.append(result)
+    return out
+
+
+def standard_runs(
+    servers: dict[str, Server], inference, torch_inference, prompts, tokens, args
+) -> list[Result]:
+    """Ceiling(s), every server at ``--concurrency``, then the 1-client latency pair."""
+    current: list[Result] = []
+    current.append(ceiling_result(inference, prompts, tokens, args))
+    if torch_inference is not None:
+        current.append(ceiling_result(torch_inference, prompts, tokens, args, "torch_ceiling"))
+    for name, server in servers.items():
+        result = run_load(
+            server,
+            name,
+            prompts,
+            tokens,
+            args.concurrency,
+            args.duration_s,
+            args.requests,
+            args.client_processes,
+        )
+        current.append(result)
+    if not args.skip_latency:
+        _, single = measure_ceiling(inference, prompts, 1, args.duration_s / 2)
+        current.append(latency_result("ceiling", tokens, single, "in-process single-prompt encode + policy"))
+        if torch_inference is not None:
+            _, single = measure_ceiling(torch_inference, prompts, 1, args.duration_s / 2)
+            current.append(
+                latency_result("torch_ceiling", tokens, single, "torch single-prompt encode + policy")
+            )
+        one = run_load(servers["sidecar"], "sidecar", prompts, tokens, 1, args.duration_s / 2, args.requests)
+        one.note = "1 client"
+        current.append(one)
+    return current
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompt-tokens", type=int, nargs="+", default=[16, 64])
@@ -494,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=10**9, help="stop a run after this many requests")
     parser.add_argument("--ceiling-batch-sizes", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--max-batch-size", type=int, default=32)
-    parser.add_argument("--max-wait-ms", type=float, default=2.0)
+    parser.add_argument("--max-wait-ms", type=float, default=BatchingSettings().max_wait_ms)
     parser.add_argument(
         "--max-batch-tokens",
         type=int,
@@ -522,12 +604,28 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--skip-unbatched", action="store_true", help="no batch-size-1 server")
     parser.add_argument("--skip-latency", action="store_true", help="skip the 1-client latency runs")
+    parser.add_argument(
+        "--baseline-src",
+        type=Path,
+        help="also serve a `baseline` sidecar from this checkout (its own batching defaults), same rounds",
+    )
+    parser.add_argument(
+        "--sweep-clients",
+        type=int,
+        nargs="+",
+        default=[],
+        help="instead of the standard runs: sidecar (and baseline) at each client count, e.g. 1 16 64",
+    )
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--rounds", type=int, default=3, help="interleaved rounds; the table shows the median"
     )
     args = parser.parse_args(argv)
+    if args.baseline_src is not None and not args.sweep_clients:
+        parser.error("--baseline-src needs --sweep-clients (the baseline is compared per client count)")
+    if args.baseline_src is not None and not (args.baseline_src / "barp_sidecar" / "cli.py").is_file():
+        parser.error(f"--baseline-src {args.baseline_src}: no barp_sidecar/cli.py there")
 
     import torch
 
@@ -569,9 +667,19 @@ def main(argv: list[str] | None = None) -> int:
             backend=args.encoder_backend,
         )
         for name, size in (("sidecar", args.max_batch_size), ("unbatched", 1))
-        if name == "sidecar" or not args.skip_unbatched
+        if name == "sidecar" or not (args.skip_unbatched or args.sweep_clients)
     }
-    if torch_inference is not None:  # today's sidecar (fp32 torch), driven in the same rounds
+    if args.baseline_src is not None:  # another checkout's sidecar, with its own batching defaults
+        servers["baseline"] = Server(
+            checkpoint,
+            scratch,
+            "baseline",
+            {"max_batch_size": args.max_batch_size, "max_batch_tokens": args.max_batch_tokens},
+            args.threads,
+            backend=args.encoder_backend,
+            source=args.baseline_src.resolve(),
+        )
+    if torch_inference is not None and not args.sweep_clients:  # today's fp32 torch sidecar, same rounds
         servers["sidecar_torch"] = Server(
             checkpoint,
             scratch,
@@ -586,38 +694,10 @@ def main(argv: list[str] | None = None) -> int:
         for round_index in range(args.rounds):
             current: list[Result] = []
             for tokens, prompts in prompt_sets.items():
-                current.append(ceiling_result(inference, prompts, tokens, args))
-                if torch_inference is not None:
-                    current.append(ceiling_result(torch_inference, prompts, tokens, args, "torch_ceiling"))
-                for name, server in servers.items():
-                    result = run_load(
-                        server,
-                        name,
-                        prompts,
-                        tokens,
-                        args.concurrency,
-                        args.duration_s,
-                        args.requests,
-                        args.client_processes,
-                    )
-                    current.append(result)
-                if not args.skip_latency:
-                    _, single = measure_ceiling(inference, prompts, 1, args.duration_s / 2)
-                    current.append(
-                        latency_result("ceiling", tokens, single, "in-process single-prompt encode + policy")
-                    )
-                    if torch_inference is not None:
-                        _, single = measure_ceiling(torch_inference, prompts, 1, args.duration_s / 2)
-                        current.append(
-                            latency_result(
-                                "torch_ceiling", tokens, single, "torch single-prompt encode + policy"
-                            )
-                        )
-                    one = run_load(
-                        servers["sidecar"], "sidecar", prompts, tokens, 1, args.duration_s / 2, args.requests
-                    )
-                    one.note = "1 client"
-                    current.append(one)
+                if args.sweep_clients:
+                    current += sweep_runs(servers, prompts, tokens, args, round_index)
+                else:
+                    current += standard_runs(servers, inference, torch_inference, prompts, tokens, args)
             for result in current:
                 print(
                     f"round {round_index}: {result.name} {result.prompt_tokens} tok x{result.concurrency}: "

@@ -123,7 +123,7 @@ def sidecar_yaml(work: Path, trainer_port: int, args: argparse.Namespace) -> str
         "admin:\n  enabled: false\n"
         f"policy:\n  checkpoint_dir: {json.dumps(str(work / 'trainer' / 'checkpoints'))}\n"
         "  device: cpu\n  cpu_threads: 2\n"
-        "batching:\n  max_batch_size: 16\n  max_wait_ms: 2\n  embedding_cache_entries: 20000\n"
+        "batching:\n  max_batch_size: 16\n  embedding_cache_entries: 20000\n"
         f"routing:\n  default_quality_weight: {args.quality_weight}\n"
         f"  default_exploration: {args.exploration}\n  epsilon: {args.epsilon}\n  seed: {args.seed}\n"
         f"rewards:\n  spool_dir: {json.dumps(str(work / 'spool'))}\n  spool_fsync_interval_ms: 5\n"

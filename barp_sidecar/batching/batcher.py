@@ -11,10 +11,14 @@ Invariants:
   queued is failed with DeadlineExceeded, not computed.
 - Batches run one at a time on one dedicated thread, so ``process`` may own non-thread-safe state.
 
-Waiting policy: while a batch runs, new requests queue, so under load batches fill without any waiting.
-When the worker is idle, the batcher waits at most ``max_wait_ms`` after the first queued request, and only
-until as many requests are queued as the previous batch had: a lone caller at low load is never held back,
-while a steady group of concurrent callers is gathered into one batch.
+Batch formation (continuous batching, as in text-embeddings-inference or Triton's dynamic batcher with no
+queue delay): an idle worker takes what is queued at once, up to ``max_batch_size``; requests that arrive
+while a batch runs queue and form the next batch when it ends. Under load batches therefore grow on their
+own, and no request waits for a worker that is idle. ``max_wait_ms`` (0 by default) is an opt-in linger: an
+idle worker holds the first queued request up to that long for a full batch. It trades latency for bigger
+batches when a pass has a large fixed cost, and makes closed-loop callers move in lock-step (every request
+pays the window while the worker sits idle), which is why it is off by default (docs/benchmarks.md).
+The linger's window is measured with the injected ``clock``, re-checked on every arrival.
 """
 
 from __future__ import annotations
@@ -114,10 +118,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
         self._executor: ThreadPoolExecutor | None = None
+        # Set on every arrival and on close: wakes the batching task when idle or lingering.
         self._wakeup: asyncio.Event | None = None
-        self._full: asyncio.Event | None = None
-        # How many queued requests end the wait early: the previous batch's size (see module docstring).
-        self._fill_target = 1
 
     @property
     def pending(self) -> int:
@@ -134,7 +136,6 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             raise RuntimeError("MicroBatcher already started")
         self._loop = asyncio.get_running_loop()
         self._wakeup = asyncio.Event()
-        self._full = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=self._thread_name)
         self._task = self._loop.create_task(self._run(), name="micro-batcher")
 
@@ -154,7 +155,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
 
         ``on_timing`` (tracing) is called with this item's queue wait, batch size and batch run time just
         before a computed result is delivered."""
-        if self._loop is None or self._wakeup is None or self._full is None:
+        if self._loop is None or self._wakeup is None:
             raise RuntimeError("MicroBatcher not started")
         if self._closing:
             raise ShuttingDown("the sidecar is shutting down")
@@ -173,8 +174,6 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         future.add_done_callback(self._release)
         self._queue.append(_Pending(item, future, now, deadline_monotonic_s, on_timing))
         self._wakeup.set()
-        if len(self._queue) >= self._fill_target:
-            self._full.set()
         return future
 
     def _release(self, _future: asyncio.Future[ResultT]) -> None:
@@ -184,9 +183,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         """Stop admitting, finish the queue (within ``timeout_s``), fail what is left, stop the thread."""
         self._closing = True
         drained = True
-        if self._task is not None and self._wakeup is not None and self._full is not None:
+        if self._task is not None and self._wakeup is not None:
             self._wakeup.set()
-            self._full.set()
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
             except TimeoutError:
@@ -208,7 +206,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             self._executor = None
 
     async def _run(self) -> None:
-        assert self._wakeup is not None and self._full is not None
+        assert self._wakeup is not None
         while True:
             if not self._queue:
                 if self._closing:
@@ -216,18 +214,25 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
-            if len(self._queue) < self._fill_target and self._max_wait_s > 0 and not self._closing:
-                remaining_s = self._queue[0].enqueued_s + self._max_wait_s - self._clock()
-                if remaining_s > 0:
-                    self._full.clear()
-                    try:
-                        await asyncio.wait_for(self._full.wait(), remaining_s)
-                    except TimeoutError:
-                        pass
+            if self._max_wait_s > 0:
+                await self._linger()
             batch, waits_s = self._take()
             if batch:
-                self._fill_target = len(batch)
                 await self._execute(batch, waits_s)
+
+    async def _linger(self) -> None:
+        """Opt-in (``max_wait_ms`` > 0): hold the idle worker until a full batch is queued, the first queued
+        request has waited ``max_wait_ms`` by the clock, or the batcher closes."""
+        assert self._wakeup is not None
+        while len(self._queue) < self._max_batch_size and not self._closing:
+            remaining_s = self._queue[0].enqueued_s + self._max_wait_s - self._clock()
+            if remaining_s <= 0:
+                return
+            self._wakeup.clear()
+            try:
+                await asyncio.wait_for(self._wakeup.wait(), remaining_s)
+            except TimeoutError:
+                pass
 
     def _take(self) -> tuple[list[_Pending[ItemT, ResultT]], list[float]]:
         """Pop up to max_batch_size live requests; skip cancelled ones, fail expired ones."""

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 
 import pytest
 
@@ -30,6 +29,16 @@ class RecordingProcess:
         return [item * 2 for item in items]
 
 
+class FakeClock:
+    """An injectable monotonic clock that moves only when a test moves it."""
+
+    def __init__(self, now_s: float = 1000.0) -> None:
+        self.now_s = now_s
+
+    def __call__(self) -> float:
+        return self.now_s
+
+
 class CountingObserver:
     def __init__(self) -> None:
         self.sizes: list[int] = []
@@ -48,7 +57,7 @@ class CountingObserver:
 
 
 def make(process, **kwargs) -> MicroBatcher:
-    options = {"max_batch_size": 8, "max_wait_ms": 20.0, "max_pending": 100}
+    options = {"max_batch_size": 8, "max_wait_ms": 0.0, "max_pending": 100}
     options.update(kwargs)
     return MicroBatcher(process, **options)
 
@@ -78,43 +87,77 @@ async def test_unbatched_mode_runs_one_item_per_batch() -> None:
     assert process.batches == [[0], [1], [2], [3], [4]]
 
 
-async def test_a_lone_caller_is_not_held_back_by_max_wait() -> None:
-    batcher = make(RecordingProcess(), max_wait_ms=500.0)
-    batcher.start()
-    for value in range(3):
-        started = time.monotonic()
-        assert await batcher.submit(value) == 2 * value
-        assert time.monotonic() - started < 0.25
-    await batcher.close()
-
-
-async def test_after_a_batch_of_n_it_waits_up_to_max_wait_for_n_callers() -> None:
+async def test_an_idle_worker_takes_a_lone_request_at_once_even_after_a_big_batch() -> None:
+    """Continuous batching: no wait while the worker is idle (the clock never moves: no window can pass)."""
+    clock = FakeClock()
     process = RecordingProcess()
-    batcher = make(process, max_wait_ms=300.0)
+    batcher = make(process, clock=clock)
     batcher.start()
     assert await asyncio.gather(*(batcher.submit(i) for i in range(3))) == [0, 2, 4]
-    started = time.monotonic()
-    first = batcher.submit(10)
-    await asyncio.sleep(0.01)
-    second = batcher.submit(11)
-    await asyncio.sleep(0.01)
-    third = batcher.submit(12)  # the third caller completes the group: no need to wait the full 300 ms
-    assert await asyncio.gather(first, second, third) == [20, 22, 24]
-    assert process.batches[1] == [10, 11, 12] and time.monotonic() - started < 0.25
-    lone_started = time.monotonic()
-    assert await batcher.submit(13) == 26  # fewer than 3 arrive: waits out max_wait, then runs
-    waited_s = time.monotonic() - lone_started
-    assert process.batches[2] == [13] and 0.29 <= waited_s < 2.0
-    started = time.monotonic()
-    assert await batcher.submit(14) == 28  # the previous batch had 1: no waiting now
-    assert time.monotonic() - started < 0.25
+    for value in (10, 11):
+        assert await asyncio.wait_for(batcher.submit(value), 10) == 2 * value
     await batcher.close()
+    assert process.batches == [[0, 1, 2], [10], [11]]
+
+
+async def test_requests_arriving_while_a_batch_runs_form_the_next_batch() -> None:
+    gate = threading.Event()
+    process = RecordingProcess(gate)
+    batcher = make(process, clock=FakeClock())
+    batcher.start()
+    first = batcher.submit(0)
+    await asyncio.to_thread(process.entered.wait, 5)  # the worker is busy with [0]
+    queued = [batcher.submit(i) for i in range(1, 6)]
+    gate.set()
+    assert await first == 0 and await asyncio.gather(*queued) == [2, 4, 6, 8, 10]
+    await batcher.close()
+    assert process.batches == [[0], [1, 2, 3, 4, 5]]
+
+
+async def test_the_next_batch_never_exceeds_max_batch_size() -> None:
+    gate = threading.Event()
+    process = RecordingProcess(gate)
+    observer = CountingObserver()
+    batcher = make(process, max_batch_size=2, observer=observer, clock=FakeClock())
+    batcher.start()
+    first = batcher.submit(0)
+    await asyncio.to_thread(process.entered.wait, 5)
+    queued = [batcher.submit(i) for i in range(1, 6)]
+    gate.set()
+    assert await first == 0 and await asyncio.gather(*queued) == [2, 4, 6, 8, 10]
+    await batcher.close()
+    assert process.batches == [[0], [1, 2], [3, 4], [5]]
+    assert observer.sizes == [1, 2, 2, 1]
+
+
+async def test_opt_in_linger_holds_an_idle_worker_until_the_window_passes_by_the_clock() -> None:
+    clock = FakeClock()
+    process = RecordingProcess()
+    batcher = make(process, max_wait_ms=5.0, clock=clock)
+    batcher.start()
+    lone = batcher.submit(1)
+    await asyncio.sleep(0.02)  # four windows of real time: only the injected clock can end the linger
+    assert not lone.done() and not process.entered.is_set()
+    clock.now_s += 0.005
+    assert await asyncio.wait_for(lone, 10) == 2
+    await batcher.close()
+    assert process.batches == [[1]]
+
+
+async def test_opt_in_linger_ends_as_soon_as_a_full_batch_is_queued() -> None:
+    process = RecordingProcess()
+    batcher = make(process, max_batch_size=3, max_wait_ms=1000.0, clock=FakeClock())
+    batcher.start()
+    futures = [batcher.submit(i) for i in range(3)]  # the clock never moves: only the full batch ends it
+    assert await asyncio.wait_for(asyncio.gather(*futures), 10) == [0, 2, 4]
+    await batcher.close()
+    assert process.batches == [[0, 1, 2]]
 
 
 async def test_admission_beyond_max_pending_is_refused_at_once() -> None:
     gate = threading.Event()
     observer = CountingObserver()
-    batcher = make(RecordingProcess(gate), max_pending=4, max_batch_size=2, max_wait_ms=0, observer=observer)
+    batcher = make(RecordingProcess(gate), max_pending=4, max_batch_size=2, observer=observer)
     batcher.start()
     admitted = [batcher.submit(i) for i in range(4)]
     with pytest.raises(ResourceExhausted, match=r"batching\.max_pending=4"):
@@ -129,7 +172,7 @@ async def test_admission_beyond_max_pending_is_refused_at_once() -> None:
 async def test_cancelled_callers_are_skipped_and_release_their_slot() -> None:
     gate = threading.Event()
     process = RecordingProcess(gate)
-    batcher = make(process, max_batch_size=1, max_wait_ms=0, max_pending=3)
+    batcher = make(process, max_batch_size=1, max_pending=3)
     batcher.start()
     first = batcher.submit(1)
     await asyncio.to_thread(process.entered.wait, 5)  # item 1 is running; the rest queue behind it
@@ -148,27 +191,31 @@ async def test_deadline_expired_while_queued_is_not_computed() -> None:
     gate = threading.Event()
     process = RecordingProcess(gate)
     observer = CountingObserver()
-    batcher = make(process, max_batch_size=1, max_wait_ms=0, observer=observer)
+    clock = FakeClock()
+    batcher = make(process, max_batch_size=1, observer=observer, clock=clock)
     batcher.start()
     first = batcher.submit(1)
     await asyncio.to_thread(process.entered.wait, 5)
-    doomed = batcher.submit(2, deadline_monotonic_s=time.monotonic() + 0.02)
-    await asyncio.sleep(0.05)
+    doomed = batcher.submit(2, deadline_monotonic_s=clock.now_s + 0.02)
+    kept = batcher.submit(3, deadline_monotonic_s=clock.now_s + 0.05)
+    clock.now_s += 0.03  # doomed's deadline passes while it waits behind the running batch; kept's does not
     gate.set()
     assert await first == 2
     with pytest.raises(DeadlineExceeded, match="while it was queued"):
         await doomed
+    assert await kept == 6
     await batcher.close()
-    assert process.batches == [[1]]
+    assert process.batches == [[1], [3]]
     assert observer.expired == 1
 
 
 async def test_deadline_already_expired_is_refused_at_submit() -> None:
     process = RecordingProcess()
-    batcher = make(process)
+    clock = FakeClock()
+    batcher = make(process, clock=clock)
     batcher.start()
     with pytest.raises(DeadlineExceeded, match="before it was queued"):
-        batcher.submit(1, deadline_monotonic_s=time.monotonic() - 1)
+        batcher.submit(1, deadline_monotonic_s=clock.now_s)
     await batcher.close()
     assert process.batches == []
 
@@ -182,7 +229,7 @@ async def test_failing_process_fails_every_caller_of_the_batch_and_keeps_serving
             raise ValueError("boom")
         return items
 
-    batcher = make(process, max_wait_ms=10.0)
+    batcher = make(process)
     batcher.start()
     futures = [batcher.submit(i) for i in range(3)]
     results = await asyncio.gather(*futures, return_exceptions=True)
@@ -192,7 +239,7 @@ async def test_failing_process_fails_every_caller_of_the_batch_and_keeps_serving
 
 
 async def test_wrong_result_count_fails_the_batch_instead_of_misassigning() -> None:
-    batcher = make(lambda items: items[:-1], max_wait_ms=10.0)
+    batcher = make(lambda items: items[:-1])
     batcher.start()
     results = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
     await batcher.close()
@@ -200,7 +247,7 @@ async def test_wrong_result_count_fails_the_batch_instead_of_misassigning() -> N
 
 
 async def test_exception_result_fails_only_that_caller() -> None:
-    batcher = make(lambda items: [ValueError(f"bad {i}") if i == 1 else i for i in items], max_wait_ms=10.0)
+    batcher = make(lambda items: [ValueError(f"bad {i}") if i == 1 else i for i in items])
     batcher.start()
     results = await asyncio.gather(*(batcher.submit(i) for i in range(3)), return_exceptions=True)
     await batcher.close()
@@ -210,7 +257,7 @@ async def test_exception_result_fails_only_that_caller() -> None:
 
 async def test_close_drains_queued_work_then_refuses_new_work() -> None:
     process = RecordingProcess()
-    batcher = make(process, max_wait_ms=200.0)
+    batcher = make(process, max_wait_ms=200.0, clock=FakeClock())  # only close() can end the linger
     batcher.start()
     futures = [batcher.submit(i) for i in range(3)]
     await batcher.close(timeout_s=5)
@@ -222,15 +269,14 @@ async def test_close_drains_queued_work_then_refuses_new_work() -> None:
 async def test_close_timeout_fails_the_rest_instead_of_hanging() -> None:
     gate = threading.Event()
     process = RecordingProcess(gate)
-    batcher = make(process, max_batch_size=1, max_wait_ms=0)
+    batcher = make(process, max_batch_size=1)
     batcher.start()
     running = batcher.submit(1)
     await asyncio.to_thread(process.entered.wait, 5)
     queued = batcher.submit(2)
-    closing = asyncio.create_task(batcher.close(timeout_s=0.05))
-    await asyncio.sleep(0.2)
-    gate.set()
-    await closing
-    with pytest.raises(Unavailable):
+    await batcher.close(timeout_s=0)  # the running batch cannot finish in no time: close gives up on it
+    with pytest.raises(Unavailable, match="shut down before this request ran"):
         await queued
-    assert running.done()
+    with pytest.raises(Unavailable, match="shut down while this request ran"):
+        await running
+    gate.set()  # let the abandoned worker thread finish

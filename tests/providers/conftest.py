@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import pytest
@@ -22,14 +23,22 @@ def metrics() -> ProviderMetrics:
 
 @pytest.fixture
 async def make_pool(metrics: ProviderMetrics) -> AsyncIterator[Callable[..., Awaitable[ProviderPool]]]:
-    """Factory: ``await make_pool(entries, settings)`` -> a started ProviderPool, closed after the test."""
+    """Factory: ``await make_pool(entries, settings, clock=...)`` -> a started ProviderPool, closed after the
+    test. ``clock`` (default ``time.monotonic``) is the pool's monotonic clock: deadlines and breakers."""
     pools: list[ProviderPool] = []
 
     async def build(
-        entries: list[ProviderEntry], settings: ProvidersSettings = FAST_SETTINGS
+        entries: list[ProviderEntry],
+        settings: ProvidersSettings = FAST_SETTINGS,
+        clock: Callable[[], float] = time.monotonic,
     ) -> ProviderPool:
         pool = ProviderPool(
-            ModelCatalog(tuple(entries)), settings, {"FAKE_KEY": TEST_KEY}, metrics, rng=random.Random(7)
+            ModelCatalog(tuple(entries)),
+            settings,
+            {"FAKE_KEY": TEST_KEY},
+            metrics,
+            rng=random.Random(7),
+            clock=clock,
         )
         pools.append(pool)
         await pool.start()

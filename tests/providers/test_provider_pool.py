@@ -252,7 +252,8 @@ async def test_the_circuit_breaker_opens_and_recovers(
     settings = ProvidersSettings(
         max_attempts=1, breaker_failure_threshold=2, breaker_open_s=0.2, retry_initial_backoff_ms=1
     )
-    pool = await make_pool([entry_for("m", fake.base_url)], settings)
+    now_s = [1000.0]  # the pool's clock: only this test moves it
+    pool = await make_pool([entry_for("m", fake.base_url)], settings, clock=lambda: now_s[0])
     fake.push(FakeBehaviour(status=500), FakeBehaviour(status=500))
     for _ in range(2):
         with pytest.raises(ProviderFailure, match="HTTP 500"):
@@ -264,7 +265,10 @@ async def test_the_circuit_breaker_opens_and_recovers(
     assert sample("barp_provider_breaker_open", {"model": "m"}) == 1.0
     assert sample("barp_provider_attempts_total", {"model": "m", "outcome": "http_status"}) == 2.0
     assert sample("barp_provider_attempts_total", {"model": "m", "outcome": "circuit_open"}) == 1.0
-    await asyncio.sleep(0.25)
+    now_s[0] += 0.1
+    with pytest.raises(ProviderFailure, match="circuit"):  # still open within breaker_open_s
+        await collect(pool, "m", chat())
+    now_s[0] += 0.1
     assert text_of(await collect(pool, "m", chat())).startswith("tok0")  # the half-open probe succeeds
     assert pool.breaker("m").state == "closed"
     assert sample("barp_provider_breaker_open", {"model": "m"}) == 0.0

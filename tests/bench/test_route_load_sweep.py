@@ -1,0 +1,71 @@
+"""bench/route_load.py's before/after sweep: per-client comparisons, argument errors, a tiny real run."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.route_load import SWEEP_NOTE, Result, main, ratio_values
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def row(name: str, clients: int, rps: float, p50_ms: float, p99_ms: float) -> Result:
+    return Result(name, 16, clients, rps, p50_ms, p50_ms, p99_ms, 1.0, note=SWEEP_NOTE)
+
+
+def test_the_sweep_compares_sidecar_with_baseline_at_each_client_count() -> None:
+    values = ratio_values(
+        [
+            row("baseline", 1, 50.0, 20.0, 30.0),
+            row("sidecar", 1, 55.0, 18.0, 25.0),
+            row("baseline", 16, 100.0, 160.0, 400.0),
+            row("sidecar", 16, 250.0, 64.0, 90.0),
+        ]
+    )
+    assert values == {
+        "16 tokens, 1 clients: sidecar vs baseline throughput ratio": pytest.approx(1.1),
+        "16 tokens, 1 clients: sidecar vs baseline p50 difference (ms)": pytest.approx(-2.0),
+        "16 tokens, 1 clients: sidecar vs baseline p99 difference (ms)": pytest.approx(-5.0),
+        "16 tokens, 16 clients: sidecar vs baseline throughput ratio": pytest.approx(2.5),
+        "16 tokens, 16 clients: sidecar vs baseline p50 difference (ms)": pytest.approx(-96.0),
+        "16 tokens, 16 clients: sidecar vs baseline p99 difference (ms)": pytest.approx(-310.0),
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--baseline-src", "."], "--baseline-src needs --sweep-clients"),
+        (["--baseline-src", "/nonexistent", "--sweep-clients", "1"], "no barp_sidecar/cli.py there"),
+    ],
+)
+def test_bad_baseline_arguments_exit_2_naming_the_flag(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(argv)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_tiny_sweep_against_a_baseline_checkout_runs_end_to_end(tmp_path: Path) -> None:
+    out = tmp_path / "sweep.json"
+    command = [sys.executable, "-m", "bench.route_load", "--prompt-tokens", "8", "--sweep-clients", "1", "4"]
+    command += ["--baseline-src", str(REPO), "--duration-s", "0.5", "--rounds", "1", "--json", str(out)]
+    finished = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert sorted((r["name"], r["concurrency"]) for r in report["results"]) == [
+        ("baseline", 1),
+        ("baseline", 4),
+        ("sidecar", 1),
+        ("sidecar", 4),
+    ]
+    assert all(r["requests"] > 0 and r["errors"] == 0 for r in report["results"])
+    assert "8 tokens, 4 clients: sidecar vs baseline throughput ratio" in report["comparisons"]
