@@ -17,7 +17,18 @@ calls per second whatever the completions, so all three are compared at the same
 keeps about 100 streams open at once.
 
     python -m bench.forward_load [--concurrency 1,100] [--requests 2400] [--rounds 3] [--tokens 8]
-        [--tokens-per-s 0] [--rate-rps 0] [--policy hash|builtin] [--json PATH]
+        [--long-tokens 0] [--tokens-per-s 0] [--rate-rps 0] [--policy hash|builtin] [--json PATH]
+        [--baseline-src DIR] [--profile-sidecar PATH]
+
+CPU of forwarding (process CPU time from /proc, not wall time): ``forward_cpu_ms_per_request`` is the
+sidecar's CPU per Complete minus its CPU per Route (the decision both pay for). ``--long-tokens N`` adds
+the mode ``sidecar_complete_long`` (Complete with max_tokens N; every request names its token count, so
+one fake serves both) and ``sidecar_cpu_ms_per_extra_token`` = its extra CPU over ``sidecar_complete``
+per extra token. With ``--tokens-per-s`` high enough (e.g. 200) each token is its own read and its own gRPC
+message: the per-chunk cost. ``--baseline-src DIR`` starts a second sidecar from another checkout (e.g.
+``git archive main | tar -x -C DIR``) and runs the same modes against it as ``baseline_*``, interleaved in
+the same rounds: before/after side by side in one run. ``--profile-sidecar PATH`` runs the sidecar under
+cProfile and prints its costliest functions (own time) per Complete call.
 
 ``--policy hash`` (default) serves a small randomly initialised 11-arm policy on the ``hash:384`` encoder,
 so the numbers isolate forwarding; ``builtin`` serves the shipped RouterBench policy with the real encoder.
