@@ -506,11 +506,16 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
         )
 
 
+def optional(row: dict[str, Any], key: str, spec: str) -> str:
+    return format(row[key], spec) if key in row else ""
+
+
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         "| mode | concurrency | load | throughput (req/s) | p50 (ms) | p95 (ms) | p99 (ms) | added p50 (ms) "
-        "| p50 first token (ms) | added p50 first token (ms) | sidecar CPU/req (ms) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| p50 first token (ms) | added p50 first token (ms) | sidecar CPU/req (ms) "
+        "| forwarding CPU/req (ms) | CPU/extra token (ms) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         added = f"{r['p50_added_ms']:+.2f}" if "p50_added_ms" in r else ""
@@ -520,7 +525,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['name']} | {r['concurrency']} | {r['load']} | {r['throughput_rps']:.0f} | "
             f"{r['p50_ms']:.2f} | "
             f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {added} | {first} | {first_added} | "
-            f"{r['sidecar_cpu_ms_per_request']:.3f} |"
+            f"{r['sidecar_cpu_ms_per_request']:.3f} | {optional(r, 'forward_cpu_ms_per_request', '.3f')} | "
+            f"{optional(r, 'sidecar_cpu_ms_per_extra_token', '.4f')} |"
         )
     return "\n".join(lines)
 
