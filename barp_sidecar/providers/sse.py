@@ -109,9 +109,9 @@ class SSEParser:
         if self._event_bytes > self._max_event_bytes:
             raise SSEError(f"event larger than {self._max_event_bytes} bytes")
         if raw.startswith(b"data:"):  # nearly every line: no partition, one decode
-            value = raw[6:] if raw.startswith(b"data: ") else raw[5:]
+            data = raw[6:] if raw.startswith(b"data: ") else raw[5:]
             try:
-                self._data.append(value.decode("utf-8"))
+                self._data.append(data.decode("utf-8"))
             except UnicodeDecodeError as exc:
                 raise SSEError(f"event stream line is not UTF-8 ({exc.reason})") from exc
             return None
