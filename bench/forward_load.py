@@ -466,7 +466,11 @@ def add_cpu_summary(rows: dict[str, dict[str, Any]], args: argparse.Namespace, p
 
 
 def print_profile(path: str, complete_calls: int, top: int = PROFILE_TOP_FUNCTIONS) -> None:
-    """The sidecar's costliest functions (own time), in microseconds per streamed Complete."""
+    """The sidecar's costliest functions (own time), in microseconds per streamed Complete.
+
+    cProfile's clock is wall time: ``select.epoll.poll`` is mostly the loop waiting (idle, not CPU), and
+    grpc.aio's Cython callbacks are not profiled on their own: their time shows under ``Context.run``.
+    """
     import pstats
 
     stats = pstats.Stats(path)
