@@ -17,7 +17,18 @@ calls per second whatever the completions, so all three are compared at the same
 keeps about 100 streams open at once.
 
     python -m bench.forward_load [--concurrency 1,100] [--requests 2400] [--rounds 3] [--tokens 8]
-        [--tokens-per-s 0] [--rate-rps 0] [--policy hash|builtin] [--json PATH]
+        [--long-tokens 0] [--tokens-per-s 0] [--rate-rps 0] [--policy hash|builtin] [--json PATH]
+        [--baseline-src DIR] [--profile-sidecar PATH]
+
+CPU of forwarding (process CPU time from /proc, not wall time): ``forward_cpu_ms_per_request`` is the
+sidecar's CPU per Complete minus its CPU per Route (the decision both pay for). ``--long-tokens N`` adds
+the mode ``sidecar_complete_long`` (Complete with max_tokens N; every request names its token count, so
+one fake serves both) and ``sidecar_cpu_ms_per_extra_token`` = its extra CPU over ``sidecar_complete``
+per extra token. With ``--tokens-per-s`` high enough (e.g. 200) each token is its own read and its own gRPC
+message: the per-chunk cost. ``--baseline-src DIR`` starts a second sidecar from another checkout (e.g.
+``git archive main | tar -x -C DIR``) and runs the same modes against it as ``baseline_*``, interleaved in
+the same rounds: before/after side by side in one run. ``--profile-sidecar PATH`` runs the sidecar under
+cProfile and prints its costliest functions (own time) per Complete call.
 
 ``--policy hash`` (default) serves a small randomly initialised 11-arm policy on the ``hash:384`` encoder,
 so the numbers isolate forwarding; ``builtin`` serves the shipped RouterBench policy with the real encoder.
@@ -28,6 +39,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -47,7 +59,10 @@ from barp_sidecar.errors import CheckpointError
 from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
 from barp_sidecar.providers.openai_adapter import OpenAIStreamDecoder
 
-MODES = ("direct", "sidecar_route", "sidecar_complete")
+BASE_MODES = ("direct", "sidecar_route", "sidecar_complete")
+LONG_MODE = "sidecar_complete_long"
+PROFILE_TOP_FUNCTIONS = 25
+WARM_UP_REQUESTS = 200
 STARTUP_TIMEOUT_S = 120.0
 
 
@@ -100,13 +115,18 @@ async def wait_for_json_event(
 
 @contextlib.asynccontextmanager
 async def process(
-    args: Sequence[str], event: str, what: str, log_file: Path
+    args: Sequence[str], event: str, what: str, log_file: Path, source: Path | None = None
 ) -> AsyncIterator[dict[str, Any]]:
-    """Start a child process (stdout to ``log_file``), yield its startup event, then SIGTERM it."""
+    """Start a child process (stdout to ``log_file``), yield its startup event, then SIGTERM it.
+
+    ``source``: run it in that checkout (its directory first on the import path) instead of this one.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    if source is not None:
+        env["PYTHONPATH"] = str(source)
     with log_file.open("wb") as sink:
         child = await asyncio.create_subprocess_exec(
-            *args, stdout=sink, stderr=asyncio.subprocess.STDOUT, env=env
+            *args, stdout=sink, stderr=asyncio.subprocess.STDOUT, env=env, cwd=source
         )
     try:
         started = await wait_for_json_event(log_file, event, what, child)
@@ -206,7 +226,9 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         else:
             checkpoint, arms = builtin_checkpoint()
         fake_cmd = [sys.executable, "-m", "barp_sidecar.providers.fake_server", "--port", "0"]
-        fake_cmd += ["--tokens", str(args.tokens), "--tokens-per-s", str(args.tokens_per_s)]
+        # Every request names its token count (max_tokens), so one fake serves both stream lengths.
+        fake_tokens = max(args.tokens, args.long_tokens)
+        fake_cmd += ["--tokens", str(fake_tokens), "--tokens-per-s", str(args.tokens_per_s)]
         async with process(fake_cmd, "fake_provider_started", "fake provider", logs / "fake.log") as fake:
             base_url = fake["base_url"]
             catalog = {
@@ -234,40 +256,71 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                 # Route and Complete see the same prompts: no cache, so both pay for the decision.
                 "batching": {"embedding_cache_entries": 0},
                 "providers": {"catalog_file": str(root / "catalog.yaml")},
+                # Its own spool and state: another sidecar on the machine holds the default one.
+                "state": {"dir": str(root / "state")},
             }
             (root / "sidecar.yaml").write_text(yaml.safe_dump(config))
             profile = ["-m", "cProfile", "-o", args.profile_sidecar] if args.profile_sidecar else []
-            serve_cmd = [
-                sys.executable,
-                *profile,
-                "-m",
-                "barp_sidecar.cli",
-                "serve",
-                "--config",
-                str(root / "sidecar.yaml"),
-            ]
-            async with process(serve_cmd, "server_started", "sidecar", logs / "sidecar.log") as sidecar:
+            serve = [sys.executable, "-m", "barp_sidecar.cli", "serve", "--config"]
+            async with contextlib.AsyncExitStack() as stack:
+                sidecar = await stack.enter_async_context(
+                    process(
+                        [*serve[:1], *profile, *serve[1:], str(root / "sidecar.yaml")],
+                        "server_started",
+                        "sidecar",
+                        logs / "sidecar.log",
+                    )
+                )
                 pids = {"sidecar": int(sidecar["_pid"]), "fake": int(fake["_pid"])}
-                return await measure(args, concurrencies, base_url, int(sidecar["port"]), pids)
+                ports = {"sidecar": int(sidecar["port"])}
+                if args.baseline_src:
+                    config["state"] = {"dir": str(root / "baseline-state")}
+                    (root / "baseline.yaml").write_text(yaml.safe_dump(config))
+                    baseline = await stack.enter_async_context(
+                        process(
+                            [*serve, str(root / "baseline.yaml")],
+                            "server_started",
+                            "baseline sidecar",
+                            logs / "baseline.log",
+                            source=args.baseline_src,
+                        )
+                    )
+                    pids["baseline"] = int(baseline["_pid"])
+                    ports["baseline"] = int(baseline["port"])
+                return await measure(args, concurrencies, base_url, ports, pids)
 
 
 async def measure(
     args: argparse.Namespace,
     concurrencies: list[int],
     base_url: str,
-    port: int,
+    ports: dict[str, int],
     pids: dict[str, int],
 ) -> dict[str, Any]:
     prompts = [f"Question {i}: what is {i} times {(i * 7) % 13}, in base {2 + i % 9}?" for i in range(4096)]
     messages = [[{"role": "user", "content": p}] for p in prompts]
-    body_template = {"model": "fake", "stream": True, "stream_options": {"include_usage": True}}
+    body_template = {
+        "model": "fake",
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "max_tokens": args.tokens,
+    }
+    sidecar_modes = BASE_MODES[1:] + ((LONG_MODE,) if args.long_tokens > args.tokens else ())
+    # The baseline sidecar's modes: the same calls, named "baseline_…" (e.g. baseline_complete).
+    baseline_modes = tuple(m.replace("sidecar_", "baseline_") for m in sidecar_modes)
+    modes = ("direct", *sidecar_modes, *(baseline_modes if "baseline" in ports else ()))
     connector = aiohttp.TCPConnector(limit=0)
     options = [("grpc.max_concurrent_streams", 1000)]
-    async with (
-        aiohttp.ClientSession(connector=connector) as session,
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel,
-    ):
-        stub = router_pb2_grpc.RouterStub(channel)
+    async with contextlib.AsyncExitStack() as stack:
+        session = await stack.enter_async_context(aiohttp.ClientSession(connector=connector))
+        stubs = {
+            who: router_pb2_grpc.RouterStub(
+                await stack.enter_async_context(
+                    grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options)
+                )
+            )
+            for who, port in ports.items()
+        }
         url = f"{base_url}/chat/completions"
 
         async def direct(i: int) -> float | None:
@@ -283,37 +336,43 @@ async def measure(
             decoder.finish()
             return first
 
-        async def route(i: int) -> float | None:
-            await stub.Route(router_pb2.RouteRequest(prompt=prompts[i % len(prompts)]), timeout=60)
+        async def route(i: int, who: str = "sidecar") -> float | None:
+            await stubs[who].Route(router_pb2.RouteRequest(prompt=prompts[i % len(prompts)]), timeout=60)
             return None
 
-        async def complete(i: int) -> float | None:
+        async def complete(i: int, tokens: int = args.tokens, who: str = "sidecar") -> float | None:
             started = time.perf_counter()
             first = None
             request = router_pb2.CompleteRequest(
-                messages=[router_pb2.ChatMessage(role="user", content=prompts[i % len(prompts)])]
+                messages=[router_pb2.ChatMessage(role="user", content=prompts[i % len(prompts)])],
+                parameters=router_pb2.GenerationParameters(max_tokens=tokens),
             )
             last = None
-            async for chunk in stub.Complete(request, timeout=60):
+            async for chunk in stubs[who].Complete(request, timeout=60):
                 if chunk.delta and first is None:
                     first = time.perf_counter() - started
                 last = chunk
             assert last is not None and last.HasField("usage")
             return first
 
-        calls = {"direct": direct, "sidecar_route": route, "sidecar_complete": complete}
+        calls: dict[str, Call] = {"direct": direct}
+        for who in ports:
+            prefix = "sidecar" if who == "sidecar" else "baseline"
+            calls[f"{prefix}_route"] = functools.partial(route, who=who)
+            calls[f"{prefix}_complete"] = functools.partial(complete, who=who)
+            calls[f"{prefix}_complete_long"] = functools.partial(complete, tokens=args.long_tokens, who=who)
         # Warm-up: connections, code paths, the sidecar's first batches.
-        for name in MODES:
-            await run_load(calls[name], 200, 20)
+        for name in modes:
+            await run_load(calls[name], WARM_UP_REQUESTS, 20)
         results = []
         for concurrency in concurrencies:
-            latencies: dict[str, list[float]] = {name: [] for name in MODES}
-            firsts: dict[str, list[float]] = {name: [] for name in MODES}
-            wall: dict[str, float] = dict.fromkeys(MODES, 0.0)
-            cpu: dict[str, dict[str, float]] = {name: dict.fromkeys([*pids, "client"], 0.0) for name in MODES}
+            latencies: dict[str, list[float]] = {name: [] for name in modes}
+            firsts: dict[str, list[float]] = {name: [] for name in modes}
+            wall: dict[str, float] = dict.fromkeys(modes, 0.0)
+            cpu: dict[str, dict[str, float]] = {name: dict.fromkeys([*pids, "client"], 0.0) for name in modes}
             per_round = max(concurrency, args.requests // args.rounds)
             for _ in range(args.rounds):
-                for name in MODES:
+                for name in modes:
                     before = {who: cpu_seconds(pid) for who, pid in pids.items()}
                     client_before = cpu_seconds(os.getpid())
                     if args.rate_rps > 0:
@@ -341,15 +400,19 @@ async def measure(
                     "p99_ms": round(percentile_ms(latencies[name], 0.99), 3),
                     "mean_ms": round(statistics.fmean(latencies[name]) * 1000, 3),
                     # CPU time the servers spent per request: robust where wall-clock latency is noisy.
+                    # A baseline_* mode's sidecar is the baseline process.
                     "sidecar_cpu_ms_per_request": round(
-                        cpu[name]["sidecar"] * 1000 / len(latencies[name]), 3
+                        cpu[name]["baseline" if name.startswith("baseline") else "sidecar"]
+                        * 1000
+                        / len(latencies[name]),
+                        3,
                     ),
                     "fake_cpu_ms_per_request": round(cpu[name]["fake"] * 1000 / len(latencies[name]), 3),
                     "client_cpu_ms_per_request": round(cpu[name]["client"] * 1000 / len(latencies[name]), 3),
                 }
-                for name in MODES
+                for name in modes
             }
-            p50 = {name: percentile_ms(latencies[name], 0.50) for name in MODES}
+            p50 = {name: percentile_ms(latencies[name], 0.50) for name in modes}
             added_ms = p50["sidecar_complete"] - p50["sidecar_route"] - p50["direct"]
             rows["sidecar_complete"]["p50_added_ms"] = round(added_ms, 3)
             for name in ("direct", "sidecar_complete"):
@@ -360,23 +423,67 @@ async def measure(
                 - percentile_ms(firsts["direct"], 0.50)
             )
             rows["sidecar_complete"]["p50_first_token_added_ms"] = round(first_added_ms, 3)
-            results += [rows[name] for name in MODES]
-            print_rows([rows[name] for name in MODES])
+            for prefix in ("sidecar", "baseline"):
+                if f"{prefix}_complete" in rows:
+                    add_cpu_summary(rows, args, prefix)
+            results += [rows[name] for name in modes]
+            print_rows([rows[name] for name in modes])
     return {
         "config": {
             "policy": args.policy,
             "tokens_per_completion": args.tokens,
+            "long_tokens_per_completion": args.long_tokens if args.long_tokens > args.tokens else None,
             "rounds": args.rounds,
             "requests_per_mode": args.requests,
             "concurrency": concurrencies,
             "fake_provider_latency_ms": 0,
             "fake_tokens_per_s": args.tokens_per_s,
             "rate_rps": args.rate_rps,
+            "modes": list(modes),
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
         },
         "results": results,
     }
+
+
+def add_cpu_summary(rows: dict[str, dict[str, Any]], args: argparse.Namespace, prefix: str) -> None:
+    """Sidecar CPU of forwarding itself: Complete minus Route, and per extra token (from the long mode).
+
+    ``forward_cpu_ms_per_request`` = CPU/Complete − CPU/Route (the routing decision both pay for);
+    ``sidecar_cpu_ms_per_extra_token`` = (CPU/long Complete − CPU/Complete) / (extra tokens).
+    """
+    complete = rows[f"{prefix}_complete"]
+    complete["forward_cpu_ms_per_request"] = round(
+        complete["sidecar_cpu_ms_per_request"] - rows[f"{prefix}_route"]["sidecar_cpu_ms_per_request"], 3
+    )
+    if f"{prefix}_complete_long" in rows:
+        long = rows[f"{prefix}_complete_long"]
+        extra_tokens = args.long_tokens - args.tokens
+        extra_ms = long["sidecar_cpu_ms_per_request"] - complete["sidecar_cpu_ms_per_request"]
+        per_token = extra_ms / extra_tokens
+        long["sidecar_cpu_ms_per_extra_token"] = round(per_token, 4)
+
+
+def print_profile(path: str, complete_calls: int, top: int = PROFILE_TOP_FUNCTIONS) -> None:
+    """The sidecar's costliest functions (own time), in microseconds per streamed Complete.
+
+    cProfile's clock is wall time: ``select.epoll.poll`` is mostly the loop waiting (idle, not CPU), and
+    grpc.aio's Cython callbacks are not profiled on their own: their time shows under ``Context.run``.
+    """
+    import pstats
+
+    stats = pstats.Stats(path)
+    entries = sorted(stats.stats.items(), key=lambda item: -item[1][2])  # type: ignore[attr-defined]
+    total_s = sum(value[2] for _, value in entries)
+    print(f"\nsidecar profile ({path}): own time per Complete call ({complete_calls} calls), top {top}")
+    print(f"{'us/call':>9} {'share':>6} {'calls/call':>10}  function")
+    for (filename, line, name), (_, ncalls, tottime, _, _) in entries[:top]:
+        where = f"{Path(filename).name}:{line}" if line else filename
+        print(
+            f"{tottime * 1e6 / complete_calls:9.1f} {tottime / total_s:6.1%} "
+            f"{ncalls / complete_calls:10.1f}  {name} ({where})"
+        )
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:
@@ -388,16 +495,31 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
             f"p50 {row['p50_ms']:>8.2f} ms  p95 {row['p95_ms']:>8.2f}  p99 {row['p99_ms']:>8.2f}  "
             f"cpu/req sidecar {row['sidecar_cpu_ms_per_request']:.3f} ms "
             f"fake {row['fake_cpu_ms_per_request']:.3f} ms client {row['client_cpu_ms_per_request']:.3f} ms"
-            + (f"  added p50 {added:+.2f} ms" if added is not None else ""),
+            + (f"  added p50 {added:+.2f} ms" if added is not None else "")
+            + (
+                f"  forwarding cpu {row['forward_cpu_ms_per_request']:.3f} ms"
+                if "forward_cpu_ms_per_request" in row
+                else ""
+            )
+            + (
+                f"  cpu/extra token {row['sidecar_cpu_ms_per_extra_token']:.4f} ms"
+                if "sidecar_cpu_ms_per_extra_token" in row
+                else ""
+            ),
             flush=True,
         )
+
+
+def optional(row: dict[str, Any], key: str, spec: str) -> str:
+    return format(row[key], spec) if key in row else ""
 
 
 def markdown(report: dict[str, Any]) -> str:
     lines = [
         "| mode | concurrency | load | throughput (req/s) | p50 (ms) | p95 (ms) | p99 (ms) | added p50 (ms) "
-        "| p50 first token (ms) | added p50 first token (ms) | sidecar CPU/req (ms) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| p50 first token (ms) | added p50 first token (ms) | sidecar CPU/req (ms) "
+        "| forwarding CPU/req (ms) | CPU/extra token (ms) |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in report["results"]:
         added = f"{r['p50_added_ms']:+.2f}" if "p50_added_ms" in r else ""
@@ -407,7 +529,8 @@ def markdown(report: dict[str, Any]) -> str:
             f"| {r['name']} | {r['concurrency']} | {r['load']} | {r['throughput_rps']:.0f} | "
             f"{r['p50_ms']:.2f} | "
             f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {added} | {first} | {first_added} | "
-            f"{r['sidecar_cpu_ms_per_request']:.3f} |"
+            f"{r['sidecar_cpu_ms_per_request']:.3f} | {optional(r, 'forward_cpu_ms_per_request', '.3f')} | "
+            f"{optional(r, 'sidecar_cpu_ms_per_extra_token', '.4f')} |"
         )
     return "\n".join(lines)
 
@@ -418,6 +541,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=1500, help="requests per mode and concurrency")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three modes")
     parser.add_argument("--tokens", type=int, default=8, help="tokens per completion from the fake")
+    parser.add_argument(
+        "--long-tokens",
+        type=int,
+        default=0,
+        help="add a Complete mode with this many tokens; the CPU difference gives the cost per extra token",
+    )
     parser.add_argument(
         "--tokens-per-s", type=float, default=0.0, help="fake provider's streaming rate (0 = all at once)"
     )
@@ -430,8 +559,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--policy", choices=("hash", "builtin"), default="hash")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
     parser.add_argument("--log-dir", metavar="DIR", help="keep the fake's and the sidecar's logs here")
-    parser.add_argument("--profile-sidecar", metavar="PATH", help="run the sidecar under cProfile into PATH")
+    parser.add_argument(
+        "--profile-sidecar",
+        metavar="PATH",
+        help="run the sidecar under cProfile into PATH and print its costliest functions per Complete",
+    )
+    parser.add_argument(
+        "--baseline-src",
+        metavar="DIR",
+        help="also run a sidecar from this checkout (e.g. an export of main): baseline_* modes, same rounds",
+    )
     args = parser.parse_args(argv)
+    if args.baseline_src:
+        args.baseline_src = Path(args.baseline_src).resolve()
+        if not (args.baseline_src / "barp_sidecar").is_dir():
+            print(
+                f"forward_load: --baseline-src {args.baseline_src}: no barp_sidecar package there",
+                file=sys.stderr,
+            )
+            return 2
     try:
         report = asyncio.run(bench(args))
     except CheckpointError as error:
@@ -439,6 +585,14 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print()
     print(markdown(report))
+    if args.profile_sidecar:
+        # Warm-up calls are in the profile too; Route calls (sidecar_route mode) share the gRPC functions.
+        complete_calls = sum(
+            r["requests"] for r in report["results"] if r["name"].startswith("sidecar_complete")
+        )
+        modes = report["config"]["modes"]
+        warm_ups = WARM_UP_REQUESTS * sum(1 for mode in modes if mode.startswith("sidecar_complete"))
+        print_profile(args.profile_sidecar, complete_calls + warm_ups)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

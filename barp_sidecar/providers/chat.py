@@ -207,6 +207,8 @@ def coalesce(events: Sequence[StreamEvent]) -> list[StreamEvent]:
     overwrite a value already there or put text after a finish reason. Forwarding one message per read
     instead of one per token keeps the per-token overhead off the hot path when tokens arrive in bursts.
     """
+    if len(events) < 2:  # one event per read: the common case while tokens arrive one by one
+        return list(events)
     merged: list[StreamEvent] = []
     for event in events:
         if merged:

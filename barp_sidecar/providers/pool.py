@@ -194,7 +194,7 @@ class ProviderPool:
             try:
                 async with provider.limiter.slot():
                     async for event in self._attempt(provider, request, deadline_s):
-                        if event.has_content:
+                        if not started and event.has_content:
                             started = True
                         yield event
             except ProviderFailure as failure:

@@ -44,3 +44,51 @@ async def test_forward_load_writes_the_three_modes(tmp_path: Path) -> None:
     assert all("p50_added_ms" in r and "p50_first_token_added_ms" in r for r in complete)
     assert all(r["sidecar_cpu_ms_per_request"] > 0 for r in complete)
     assert report["config"]["policy"] == "hash"
+
+
+@pytest.mark.slow
+async def test_forward_load_cpu_per_token_baseline_and_profile(tmp_path: Path) -> None:
+    # The baseline is this checkout again: the mode names, the CPU columns and the profile printout.
+    out = tmp_path / "forward.json"
+    profile = tmp_path / "sidecar.pstats"
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench.forward_load",
+        *("--concurrency", "2", "--requests", "30", "--rounds", "1", "--tokens", "2"),
+        *("--long-tokens", "6", "--tokens-per-s", "1000", "--baseline-src", str(REPO)),
+        *("--profile-sidecar", str(profile), "--json", str(out)),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    output, _ = await asyncio.wait_for(process.communicate(), 300)
+    text = output.decode()
+    assert process.returncode == 0, text[-2000:]
+    report = json.loads(out.read_text())
+    rows = {r["name"]: r for r in report["results"]}
+    assert list(rows) == [
+        "direct",
+        "sidecar_route",
+        "sidecar_complete",
+        "sidecar_complete_long",
+        "baseline_route",
+        "baseline_complete",
+        "baseline_complete_long",
+    ]
+    assert report["config"]["long_tokens_per_completion"] == 6
+    for prefix in ("sidecar", "baseline"):
+        complete, route = rows[f"{prefix}_complete"], rows[f"{prefix}_route"]
+        assert complete["forward_cpu_ms_per_request"] == pytest.approx(
+            complete["sidecar_cpu_ms_per_request"] - route["sidecar_cpu_ms_per_request"], abs=0.002
+        )
+        assert "sidecar_cpu_ms_per_extra_token" in rows[f"{prefix}_complete_long"]
+        # Each sidecar's own process: both served requests, so both spent CPU.
+        assert complete["sidecar_cpu_ms_per_request"] > 0
+    assert profile.is_file() and "sidecar profile" in text and "us/call" in text
+
+
+def test_forward_load_rejects_a_baseline_without_the_package(tmp_path: Path) -> None:
+    from bench.forward_load import main
+
+    assert main(["--baseline-src", str(tmp_path)]) == 2

@@ -76,3 +76,16 @@ def test_oversized_events_and_lines_are_errors() -> None:
     with pytest.raises(SSEError, match="larger than"):
         for _ in range(10):
             parser.feed(b"data: " + b"y" * 10 + b"\n")  # many lines of one event
+
+
+def test_lf_only_streams_take_the_same_path_to_the_same_events() -> None:
+    # Providers send LF-only streams, which take the split fast path; every split point gives the events
+    # that the general line scan gives for the same stream with CR and CRLF line ends.
+    lf_only = STREAM.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
+    for cut in range(len(lf_only) + 1):
+        parser = SSEParser()
+        assert parser.feed(lf_only[:cut]) + parser.feed(lf_only[cut:]) == EXPECTED, cut
+    # A CR at the very end of one chunk, then LF-only chunks: the CRLF is one line end, not two.
+    parser = SSEParser()
+    events = parser.feed(b"data: a\r") + parser.feed(b"\ndata: b\n") + parser.feed(b"\n")
+    assert events == [SSEEvent("a\nb")]

@@ -108,3 +108,34 @@ def test_the_journal_stays_bounded_under_steady_traffic(tmp_path: Path) -> None:
     state = PendingJournal(tmp_path, ttl_s=50.0, arms=ARMS, wall_clock=clock).open()
     assert {d.decision_id for d, _ in state.pending} == set(live)
     assert set(state.recorded) == {i for i, at in recorded_at.items() if clock.now - at <= 50.0}
+
+
+def test_the_added_record_parses_as_protobufs_own_encoding() -> None:
+    # The embedding is written from the array's bytes (not a list of Python floats): the record must parse
+    # to exactly the message protobuf itself would have written, for short, empty and long embeddings.
+    from barp_sidecar.gen.barp.v1 import trainer_pb2
+    from barp_sidecar.rewards.pending_journal import ADDED, decode_added, encode_added
+
+    rng = np.random.default_rng(0)
+    for size in (0, 1, 8, 31, 32, 384, 5000):  # 32 floats = 128 bytes: a two-byte length varint
+        original = decision("d-1", 1_000.0, cost=0.0025)
+        original.embedding = rng.standard_normal(size).astype(np.float32)
+        original.answered_by = "b"
+        record = encode_added(original)
+        assert record.startswith(ADDED)
+        expected = trainer_pb2.RewardEvent(
+            event_id="d-1",
+            embedding=original.embedding.tolist(),
+            quality_weight=0.25,
+            allowed=[True, False, True],
+            model="c",
+            propensity=0.5,
+            policy_version=3,
+            decided_at_unix_s=1_000.0,
+            sidecar_id="b",
+            cost_usd=0.0025,
+        )
+        assert trainer_pb2.RewardEvent.FromString(record[1:]) == expected, size
+        back = decode_added(record[1:], ARMS)
+        assert np.array_equal(back.embedding, original.embedding)
+        assert (back.cost_usd, back.answered_by, back.allowed) == (0.0025, "b", (True, False, True))
