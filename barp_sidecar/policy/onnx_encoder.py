@@ -28,13 +28,8 @@ from barp_sidecar.policy.encoder import (
     model_path_for,
     truncated_token_ids,
 )
-from barp_sidecar.policy.onnx_export import (
-    INPUT_NAMES,
-    OUTPUT_NAME,
-    OnnxModel,
-    OnnxModelError,
-    OnnxRuntimeUnsupported,
-)
+from barp_sidecar.policy.onnx_export import OnnxModel, OnnxModelError, OnnxRuntimeUnsupported
+from barp_sidecar.policy.onnx_fused import INPUT_NAMES, OUTPUT_NAME
 
 
 class OnnxEncoder:
