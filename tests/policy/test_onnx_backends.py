@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 
 from barp_sidecar.errors import ConfigError
-from barp_sidecar.policy.backends import BackendChoice, load_backend_encoder, resolve_backend
+from barp_sidecar.policy import onnx_fused
+from barp_sidecar.policy.backends import (
+    BackendChoice,
+    load_backend_encoder,
+    onnx_exportable,
+    resolve_backend,
+)
 from barp_sidecar.policy.checkpoint import EncoderIdentity, read_manifest
 from barp_sidecar.policy.device import DevicePlacement
 from barp_sidecar.policy.encoder import BUILTIN_MODEL, BUILTIN_MODEL_ID, EncoderSettings, builtin_model_path
@@ -67,6 +73,46 @@ def test_fp32_onnx_computes_what_torch_computes(exported: Path, torch_embeddings
     assert onnx.shape == torch_embeddings.shape == (4, 384)
     assert np.abs(onnx - torch_embeddings).max() < 1e-5
     assert encoder.token_ids(PROMPTS)[2][-1] == encoder.token_ids(["Which planet is the largest?"])[0][-1]
+
+
+def test_the_fp32_graph_is_fused_by_onnx_runtime(exported: Path) -> None:
+    onnx = pytest.importorskip("onnx")
+    model = ensure_onnx_model(Path(builtin_model_path()), exported, "onnx")
+    operators = [node.op_type for node in onnx.load(str(model.path), load_external_data=False).graph.node]
+    assert operators.count("EmbedLayerNormalization") == 1
+    assert operators.count("Attention") == 6 and operators.count("BiasGelu") == 6
+    assert operators.count("SkipLayerNormalization") == 12
+
+
+def test_an_export_that_differs_from_torch_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The verification can fail: with a zero tolerance the (tiny, ~2e-7) difference is too much."""
+    monkeypatch.setattr(onnx_fused, "VERIFY_MAX_ABS_DIFF", 0.0)
+    out = tmp_path / FP32_FILE
+    with pytest.raises(onnx_fused.FusedExportError, match="differs from the torch model by") as caught:
+        onnx_fused.export_fused_fp32(Path(builtin_model_path()), out)
+    assert str(out) in str(caught.value)
+
+
+def test_export_onnx_of_a_model_it_cannot_fuse_exits_2_naming_the_directory(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    source = Path(builtin_model_path())
+    model = tmp_path / "not-bert"
+    shutil.copytree(source, model, ignore=shutil.ignore_patterns("*.safetensors", "*.bin", "onnx", "openvino"))
+    (model / "model.safetensors").symlink_to(source / "model.safetensors")
+    config = json.loads((model / "config.json").read_text())
+    (model / "config.json").write_text(json.dumps({**config, "hidden_act": "relu"}))
+    assert not onnx_exportable(EncoderSettings(model=str(model)))  # auto would serve it on torch
+    command = [sys.executable, "-m", "barp_sidecar.cli", "export-onnx", "--onnx-dir", str(tmp_path / "onnx"),
+               "--encoder-model", str(model)]  # fmt: skip
+    repository = Path(__file__).resolve().parents[2]
+    result = subprocess.run(command, cwd=repository, capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 2, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("encoder.onnx_dir:")]
+    assert str(model) in line and "not a BERT sentence encoder" in line
 
 
 def test_int8_stays_close_to_torch(exported: Path, torch_embeddings: np.ndarray) -> None:
@@ -157,8 +203,11 @@ def test_an_onnx_runtime_without_the_operators_fails_at_start(tmp_path: Path) ->
 
 def test_backend_resolution() -> None:
     assert resolve_backend("auto", "cpu", int8_validated=True) == "onnx-int8"
-    assert resolve_backend("auto", "cpu", int8_validated=False) == "torch"
+    assert resolve_backend("auto", "cpu", int8_validated=False) == "onnx"
+    assert resolve_backend("auto", "cpu", onnx_exportable=False) == "torch"
     assert resolve_backend("auto", "cuda", int8_validated=True) == "torch"
+    assert onnx_exportable(SETTINGS)
+    assert not onnx_exportable(EncoderSettings(model="hash:64"))
     assert resolve_backend("onnx", "cpu") == "onnx"
     with pytest.raises(ValueError, match="CPU only"):
         resolve_backend("onnx-int8", "cuda:0")
@@ -172,9 +221,9 @@ def test_int8_serves_only_policies_validated_with_that_file(exported: Path) -> N
     with pytest.raises(ConfigError) as caught:
         load_encoder(unvalidated, PolicySettings(), CPU, EncoderBackendSettings("onnx-int8", onnx_dir))
     assert caught.value.key == "encoder.backend" and "not validated" in str(caught.value)
-    # auto picks torch for it; fp32 ONNX is the same function and needs no validation.
+    # auto picks the fused fp32 graph for it: the same function as torch, so it needs no validation.
     auto = load_encoder(unvalidated, PolicySettings(), CPU, EncoderBackendSettings("auto", onnx_dir))
-    assert getattr(auto, "backend", "torch") == "torch"
+    assert getattr(auto, "backend", None) == "onnx"
     fp32 = load_encoder(unvalidated, PolicySettings(), CPU, EncoderBackendSettings("onnx", onnx_dir))
     assert getattr(fp32, "backend", None) == "onnx"
     sha = file_sha256(model_directory(Path(builtin_model_path()), exported)[0] / INT8_FILE)
@@ -183,16 +232,18 @@ def test_int8_serves_only_policies_validated_with_that_file(exported: Path) -> N
     assert getattr(int8, "backend", None) == "onnx-int8"
 
 
-def test_the_shipped_policy_serves_on_torch_by_default(exported: Path) -> None:
+def test_the_shipped_policy_serves_on_fused_fp32_onnx_by_default(exported: Path) -> None:
     """Its int8 agreement was 94.5-98.7% < 99.5% (docs/benchmarks.md): it lists no int8 file, so auto is
-    torch, and asking for onnx-int8 explicitly is refused at start."""
+    the fp32 ONNX graph (100% agreement), torch stays one setting away, and onnx-int8 is refused."""
     from barp_sidecar.policy.builtin import builtin_policy_dir
 
     identity = read_manifest(builtin_policy_dir()).encoder
     assert identity.int8_validated_sha256 == ()
     onnx_dir = str(exported)
     auto = load_encoder(identity, PolicySettings(), CPU, EncoderBackendSettings("auto", onnx_dir))
-    assert getattr(auto, "backend", "torch") == "torch"
+    assert getattr(auto, "backend", None) == "onnx"
+    torch = load_encoder(identity, PolicySettings(), CPU, EncoderBackendSettings("torch", onnx_dir))
+    assert getattr(torch, "backend", "torch") == "torch"
     with pytest.raises(ConfigError, match="not validated"):
         load_encoder(identity, PolicySettings(), CPU, EncoderBackendSettings("onnx-int8", onnx_dir))
 
