@@ -1,10 +1,9 @@
 """Encoder backends: which runtime computes h(x) — ``torch``, ``onnx`` (fp32) or ``onnx-int8``.
 
-Owns the choice (``auto`` -> onnx-int8 on the CPU for a policy validated with it, else the fused fp32
-``onnx`` for a BERT sentence encoder, else torch; torch on CUDA), the default ONNX directory, and the
-construction of a loaded encoder for a backend. Knows nothing about policies: whether a policy may serve on a backend is ``EncoderIdentity.serving_problem``. The hashing test encoder
-(``hash:<dim>``) has no weights and therefore no backends: it is built as is, whatever the backend says.
-"""
+Owns the choice (``auto`` -> onnx-int8 on the CPU for a policy validated with it, else torch), the default
+ONNX directory, and the construction of a loaded encoder for a backend. Knows nothing about policies:
+whether a policy may serve on a backend is ``EncoderIdentity.serving_problem``. The hashing test encoder
+(``hash:<dim>``) has no weights and therefore no backends: it is built as is, whatever the backend says."""
 
 from __future__ import annotations
 
@@ -21,37 +20,22 @@ from barp_sidecar.policy.encoder import (
     model_path_for,
 )
 from barp_sidecar.policy.onnx_export import ONNX_BACKENDS, ensure_onnx_model
-from barp_sidecar.policy.onnx_fused import is_fusable_model_dir
 
 BACKENDS = ("torch", *ONNX_BACKENDS)
 
 
-def resolve_backend(
-    requested: str, device: str, int8_validated: bool = False, onnx_exportable: bool = True
-) -> str:
-    """``auto`` -> the fastest backend that decides as the policy was validated (docs/benchmarks.md):
-    ``onnx-int8`` on the CPU when the policy lists validated int8 files; else ``onnx`` (the fused fp32
-    graph: the same function as torch, faster on the CPU) when the model can be exported to it; else
-    ``torch``; always ``torch`` on CUDA. Other names as given (validated)."""
+def resolve_backend(requested: str, device: str, int8_validated: bool = False) -> str:
+    """``auto`` -> the fastest backend measured that decides as the policy was validated
+    (docs/benchmarks.md): ``onnx-int8`` on the CPU when the policy lists validated int8 files, else
+    ``torch`` (the fused fp32 ``onnx`` graph decides the same but was not faster on batches); always
+    ``torch`` on CUDA. Other names as given (validated)."""
     if requested == "auto":
-        if device.startswith("cuda"):
-            return "torch"
-        if int8_validated:
-            return "onnx-int8"
-        return "onnx" if onnx_exportable else "torch"
+        return "onnx-int8" if int8_validated and not device.startswith("cuda") else "torch"
     if requested not in BACKENDS:
         raise ValueError(f"must be 'auto' or one of {BACKENDS}, not {requested!r}")
     if requested in ONNX_BACKENDS and device != "cpu":
         raise ValueError(f"{requested!r} runs on the CPU only, but the encoder device is {device!r}")
     return requested
-
-
-def onnx_exportable(settings: EncoderSettings) -> bool:
-    """Whether ``auto`` may choose an ONNX backend for this encoder: a local BERT sentence-encoder
-    directory with mean pooling (what ``policy.onnx_fused`` exports); not the hashing test encoder."""
-    if settings.model.startswith("hash:"):
-        return False
-    return is_fusable_model_dir(Path(model_path_for(settings)))
 
 
 def default_onnx_dir(env: Mapping[str, str] | None = None) -> Path:

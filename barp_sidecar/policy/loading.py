@@ -17,7 +17,6 @@ from barp_sidecar.policy.backends import (
     default_onnx_dir,
     encoder_backend_identity,
     load_backend_encoder,
-    onnx_exportable,
     resolve_backend,
 )
 from barp_sidecar.policy.builtin import builtin_policy_dir
@@ -96,10 +95,7 @@ def load_encoder(
         raise ConfigError("policy.checkpoint_dir", f"manifest encoder settings are invalid: {exc}") from exc
     try:
         resolved = resolve_backend(
-            backend.backend,
-            placement.device,
-            int8_validated=bool(identity.int8_validated_sha256),
-            onnx_exportable=onnx_exportable(encoder_settings),
+            backend.backend, placement.device, int8_validated=bool(identity.int8_validated_sha256)
         )
     except ValueError as exc:
         raise ConfigError("encoder.backend", str(exc)) from exc

@@ -40,24 +40,6 @@ class FusedExportError(Exception):
     """The model could not be exported, fused or verified. The message names the file."""
 
 
-def is_fusable_model_dir(model_path: Path) -> bool:
-    """A local BERT sentence-encoder directory with mean pooling (cheap: reads two small JSON files)."""
-    try:
-        config = json.loads((model_path / "config.json").read_text())
-        pooling = json.loads((model_path / "1_Pooling" / "config.json").read_text())
-    except (OSError, ValueError):
-        return False
-    return (
-        isinstance(config, dict)
-        and isinstance(pooling, dict)
-        and config.get("model_type") == "bert"
-        and config.get("hidden_act") == "gelu"
-        and config.get("position_embedding_type", "absolute") == "absolute"
-        and bool(pooling.get("pooling_mode_mean_tokens"))
-        and (model_path / "model.safetensors").is_file()
-    )
-
-
 def _fusable_module(model: Any) -> Any:
     """``MiniLMSentenceModel``'s computation in the operator pattern ONNX Runtime fuses (same weights)."""
     import torch
