@@ -11,8 +11,10 @@ OUT ?= out
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
-install:  ## Install the package with its dev tools (editable)
+install:  ## Install the package with its dev tools (editable), and the Node test client's package if npm is here
 	$(PYTHON) -m pip install -e '.[dev]'
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory node-deps; \
+	else echo "npm not found: the Node client test (tests/http/test_openai_node.py) will skip"; fi
 
 node-deps:  ## The openai npm package for the Node client tests (tests/http/node, from its lock file)
 	npm ci --prefix tests/http/node --no-audit --no-fund
