@@ -1,14 +1,15 @@
-"""ONNX files of a sentence-transformers encoder: export, int8 quantisation, sha256-verified cache.
+"""ONNX files of a BERT sentence encoder: export, int8 quantisation, sha256-verified cache.
 
-Owns the on-disk layout ``<onnx_dir>/<source digest>/`` holding ``model.onnx`` (fp32, the exported
-transformer + pooling + normalisation), ``model-int8.onnx`` (dynamic int8 weights, per channel, MatMul
-with constant weights only) and ``export.json`` (each file's sha256, the source weights' sha256 and the
-exporting library versions). ``<source digest>`` covers the weights and those versions, so a different
-model or exporter never reuses another's files. Knows nothing about policies or serving.
+Owns the on-disk layout ``<onnx_dir>/<source digest>/`` holding ``model.onnx`` (fp32, the fused
+transformer + pooling + normalisation), ``model-int8.onnx`` (dynamic int8 weights, per channel, of its
+MatMuls with constant weights: attention output and FFN; the fused Attention stays fp32) and
+``export.json`` (each file's sha256, the source weights' sha256 and the exporting library versions).
+``<source digest>`` covers the weights and those versions, so a different model or exporter never reuses
+another's files. Knows nothing about policies or serving.
 
-``ensure_onnx_model`` returns a verified file: it is exported (seconds to a minute, needs torch and
-onnxscript) when missing, and re-exported when its sha256 no longer matches ``export.json``; a directory
-that cannot be written (a read-only image layer) turns either case into ``OnnxModelError`` naming the file.
+``ensure_onnx_model`` returns a verified file: it is exported (seconds to a minute, needs torch) when
+missing, and re-exported when its sha256 no longer matches ``export.json``; a directory that cannot be
+written (a read-only image layer) turns either case into ``OnnxModelError`` naming the file.
 Every file is written to a temporary name, fsync'd and renamed, so a crash never leaves a half file, and
 two processes exporting at once write identical bytes. Export is deterministic for fixed library versions
 (measured: two exports, one sha256), which is what lets a policy manifest name the file it was validated
@@ -128,7 +129,8 @@ def quantize_int8(fp32: Path, out: Path) -> None:
     """Dynamic int8: per-channel weights of MatMuls with constant weights (activations stay float).
 
     Per-tensor weights or quantising the attention's activation×activation MatMuls too gave cosine 0.96
-    mean / 0.91 min to fp32 on AlpacaEval prompts; this recipe 0.994 / 0.975 (docs/benchmarks.md).
+    mean / 0.91 min to fp32 on AlpacaEval prompts; this recipe 0.995 / 0.987. More accurate variants
+    (SmoothQuant, block-wise 8-bit) were measured and not adopted (docs/benchmarks.md).
     """
     from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -224,5 +226,5 @@ def ensure_onnx_model(
     except OSError as exc:
         raise OnnxModelError(f"{reason}; exporting it failed: {exc}") from exc
     except ImportError as exc:
-        raise OnnxModelError(f"{reason}; exporting it needs torch and onnxscript: {exc}") from exc
+        raise OnnxModelError(f"{reason}; exporting it needs torch and onnxruntime: {exc}") from exc
     return OnnxModel(backend, directory / name, files[name])
