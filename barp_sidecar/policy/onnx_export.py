@@ -223,8 +223,12 @@ def ensure_onnx_model(
         on_export(reason)
     try:
         files = export_all(model_path, directory, source)
+    except OnnxModelError as exc:
+        raise OnnxModelError(f"{reason}; exporting it failed: {exc}") from exc
     except OSError as exc:
         raise OnnxModelError(f"{reason}; exporting it failed: {exc}") from exc
     except ImportError as exc:
         raise OnnxModelError(f"{reason}; exporting it needs torch and onnxruntime: {exc}") from exc
+    except Exception as exc:  # the exporters raise RuntimeError and their own classes, e.g. on a full disk
+        raise OnnxModelError(f"{reason}; exporting it failed ({type(exc).__name__}: {exc})") from exc
     return OnnxModel(backend, directory / name, files[name])

@@ -146,6 +146,38 @@ def test_a_corrupt_model_is_re_exported(exported: Path, tmp_path: Path) -> None:
     assert model.sha256 == good == file_sha256(int8)  # quantisation is deterministic
 
 
+def test_a_corrupt_model_that_cannot_be_re_exported_exits_2_naming_the_file(
+    exported: Path, tmp_path: Path
+) -> None:
+    """export-onnx on a corrupt fp32 file whose re-export cannot be written (the process may write files
+    of at most 1 MiB, as on a full disk): exit 2, one line naming the file; nothing else is replaced."""
+    import resource
+    import subprocess
+    import sys
+
+    directory, _ = model_directory(Path(builtin_model_path()), exported)
+    copy = tmp_path / "onnx"
+    shutil.copytree(directory, copy / directory.name)
+    fp32 = copy / directory.name / FP32_FILE
+    with fp32.open("r+b") as handle:
+        handle.seek(4096)
+        handle.write(b"\x00corrupt\x00")
+    corrupt = file_sha256(fp32)
+
+    def small_files() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+
+    command = [sys.executable, "-m", "barp_sidecar.cli", "export-onnx", "--onnx-dir", str(copy)]
+    repository = Path(__file__).resolve().parents[2]
+    result = subprocess.run(command, cwd=repository, capture_output=True, text=True, timeout=300,
+                            check=False, preexec_fn=small_files)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    (line,) = [line for line in result.stderr.splitlines() if line.startswith("encoder.onnx_dir:")]
+    assert str(fp32) in line and "corrupt" in line and "exporting it failed" in line
+    assert file_sha256(fp32) == corrupt  # not half-overwritten
+    assert sorted(p.name for p in fp32.parent.iterdir()) == sorted([FP32_FILE, INT8_FILE, RECORD_FILE])
+
+
 def test_a_missing_model_that_cannot_be_exported_names_the_file(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-directory"
     blocker.write_text("")
