@@ -10,11 +10,15 @@ data sets with scores and costs, the largest change of the routing metrics (scor
 ``speed``: the in-process encoders side by side in ONE run, rounds interleaved, at 16/64/256 tokens and
 batch 1/8/32 (prompts/s and per-batch p50).
 
+``variants``: int8 variants of the fused fp32 graph that are NOT shipped (dynamic, SmoothQuant + dynamic,
+block-wise 8-bit): cosine to fp32 on AlpacaEval prompts and prompts/s next to fp32 ONNX and torch.
+
 ``threads``: ONNX Runtime session settings for the int8 file (intra-op threads, spinning, memory arena).
 
     python -m bench.encoder_backends agreement --cache-dir /work/cache/embeddings --json out/agree.json
     OMP_WAIT_POLICY=PASSIVE python -m bench.encoder_backends speed --threads 2 --json out/encoder_speed.json
     python -m bench.encoder_backends threads --json out/encoder_threads.json
+    OMP_WAIT_POLICY=PASSIVE python -m bench.encoder_backends variants --threads 2 --tokens 16 64
 """
 
 from __future__ import annotations
@@ -314,9 +318,178 @@ def threads_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+# ------------------------------------------------------------------------------------- int8 variants
+
+
+def int8_variants(fp32: Path, scratch: Path, calibration: list[list[int]]) -> dict[str, Path]:
+    """Quantised copies of the fused fp32 graph, none of them shipped (docs/benchmarks.md says why):
+    dynamic int8 (per-channel weights, per-tensor activations) of the MatMuls (the FFN and attention
+    output; the fused Attention's Q/K/V stay fp32); the same after SmoothQuant-style per-channel scales
+    (α = 0.85, from ``calibration``) moved from the activations into the weights; ONNX Runtime's
+    block-wise 8-bit MatMulNBits with int8 compute (accuracy level 4) at block 32 and 128."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import (
+        DefaultWeightOnlyQuantConfig,
+        MatMulNBitsQuantizer,
+    )
+
+    options = {"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT}
+    out = {"dynamic-matmul": scratch / "dynamic-matmul.onnx"}
+    quantize_dynamic(fp32, out["dynamic-matmul"], weight_type=QuantType.QInt8, per_channel=True,
+                     op_types_to_quantize=["MatMul"], extra_options=options)  # fmt: skip
+    for block in (32, 128):
+        config = DefaultWeightOnlyQuantConfig(block_size=block, is_symmetric=True, accuracy_level=4, bits=8)
+        quantizer = MatMulNBitsQuantizer(onnx.load(str(fp32)), algo_config=config)
+        quantizer.process()
+        out[f"nbits8-block{block}"] = scratch / f"nbits8-block{block}.onnx"
+        quantizer.model.save_model_to_file(str(out[f"nbits8-block{block}"]), use_external_data_format=False)
+    # SmoothQuant: x·W = (x / s)·(s·W) with s = max|x|^α / max|W|^(1-α) per input channel.
+    model = onnx.load(str(fp32))
+    weights = {i.name: i for i in model.graph.initializer}
+    matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
+    probe = onnx.load(str(fp32))
+    probe.graph.output.extend(
+        helper.make_tensor_value_info(n.input[0], TensorProto.FLOAT, None) for n in matmuls
+    )
+    session = _session(probe.SerializeToString(), 2)
+    peak: dict[str, np.ndarray] = {}
+    for ids in calibration:
+        feeds = _feeds([ids])
+        for node, value in zip(matmuls, session.run([n.input[0] for n in matmuls], feeds), strict=True):
+            current = np.abs(value.reshape(-1, value.shape[-1])).max(axis=0)
+            peak[node.input[0]] = np.maximum(peak.get(node.input[0], current), current)
+    nodes = []
+    for node in model.graph.node:
+        if node in matmuls:
+            weight = numpy_helper.to_array(weights[node.input[1]])
+            scale = (np.maximum(peak[node.input[0]], 1e-5) ** 0.85
+                     / np.maximum(np.abs(weight).max(axis=1), 1e-5) ** 0.15).astype(np.float32)  # fmt: skip
+            weights[node.input[1]].CopyFrom(numpy_helper.from_array(weight * scale[:, None], node.input[1]))
+            model.graph.initializer.append(numpy_helper.from_array(1 / scale, f"{node.name}_smooth"))
+            nodes.append(helper.make_node("Mul", [node.input[0], f"{node.name}_smooth"], [f"{node.name}_in"]))
+            node.input[0] = f"{node.name}_in"
+        nodes.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(scratch / "smooth-fp32.onnx"))
+    out["smoothquant-dynamic"] = scratch / "smoothquant-dynamic.onnx"
+    quantize_dynamic(scratch / "smooth-fp32.onnx", out["smoothquant-dynamic"], weight_type=QuantType.QInt8,
+                     per_channel=True, op_types_to_quantize=["MatMul"], extra_options=options)  # fmt: skip
+    return out
+
+
+def _session(model: Path | bytes, threads: int) -> Any:
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    source = model if isinstance(model, bytes) else str(model)
+    return onnxruntime.InferenceSession(source, options, providers=["CPUExecutionProvider"])
+
+
+def _feeds(token_ids: list[list[int]]) -> dict[str, np.ndarray]:
+    """[CLS] ids [SEP] rows of equal length (the variants mode never pads)."""
+    input_ids = np.asarray([[101, *ids, 102] for ids in token_ids], dtype=np.int64)
+    return {"input_ids": input_ids, "attention_mask": np.ones_like(input_ids)}
+
+
+def run_variants(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each int8 variant's cosine to the fp32 graph on real prompts, and prompts/s side by side in one
+    run with the fp32 graph and torch (interleaved rounds)."""
+    import logging
+    import tempfile
+
+    from barp_sidecar.policy.encoder import builtin_model_path
+    from barp_sidecar.policy.onnx_export import ensure_onnx_model
+
+    fp32 = ensure_onnx_model(Path(builtin_model_path()), args.onnx_dir, "onnx").path
+    policy = load_checkpoint(args.checkpoint)
+    reference = load_encoder_for(policy, "torch", args.onnx_dir, args.threads)
+    prompts = prompts_only(args.data_root / "alpacaeval" / "alpacaeval.jsonl", 10_000, args.seed).prompts
+    calibration = prompts_only(args.data_root / "routerdc7" / "routerdc7.jsonl", 128, args.seed).prompts
+    measured = reference.token_ids(list(prompts[: args.variant_prompts]))
+    logging.disable(logging.WARNING)  # the quantisers log every node
+    try:
+        with tempfile.TemporaryDirectory(dir=args.json.parent if args.json else None) as scratch:
+            paths = {
+                "fp32": fp32,
+                **int8_variants(fp32, Path(scratch), reference.token_ids(list(calibration))),
+            }
+            sessions = {name: _session(path, args.threads) for name, path in paths.items()}
+            embeddings = {
+                name: np.concatenate([session.run(None, _feeds([ids]))[0] for ids in measured])
+                for name, session in sessions.items()
+            }
+            rows = []
+            for name in sessions:
+                cosine = (embeddings[name] * embeddings["fp32"]).sum(axis=1) / np.linalg.norm(
+                    embeddings[name], axis=1
+                )
+                rows.append({"variant": name, "one_minus_cosine_mean": float((1 - cosine).mean()),
+                             "one_minus_cosine_max": float((1 - cosine).max())})  # fmt: skip
+            runners: dict[str, Any] = {"torch": reference.encode_token_ids}
+            runners.update({name: _runner(session) for name, session in sessions.items()})
+            rates = _interleaved_rates(runners, args)
+    finally:
+        logging.disable(logging.NOTSET)
+    for row in rows:
+        row["prompts_per_s"] = {
+            f"{t}x{b}": rates[(str(row["variant"]), t, b)] for t in args.tokens for b in args.batches
+        }
+    rows.append({"variant": "torch", "prompts_per_s": {
+        f"{t}x{b}": rates[("torch", t, b)] for t in args.tokens for b in args.batches}})  # fmt: skip
+    return rows
+
+
+def _runner(session: Any) -> Any:
+    return lambda ids: session.run(None, _feeds(ids))
+
+
+def _interleaved_rates(
+    runners: dict[str, Any], args: argparse.Namespace
+) -> dict[tuple[str, int, int], float]:
+    """Median prompts/s over ``args.rounds`` interleaved rounds per (runner, tokens, batch)."""
+    rounds: dict[tuple[str, int, int], list[float]] = {}
+    for round_index in range(args.rounds):
+        for tokens in args.tokens:
+            for batch in args.batches:
+                ids = synthetic_token_ids(tokens, batch, round_index)
+                for name, run in runners.items():
+                    run(ids)
+                    count, started = 0, time.perf_counter()
+                    while time.perf_counter() - started < args.seconds and count < 10_000:
+                        run(ids)
+                        count += 1
+                    rate = batch * count / (time.perf_counter() - started)
+                    rounds.setdefault((name, tokens, batch), []).append(rate)
+    return {key: statistics.median(values) for key, values in rounds.items()}
+
+
+def variants_table(rows: list[dict[str, Any]]) -> str:
+    shapes = list(rows[0]["prompts_per_s"])
+    torch_rates = next(r for r in rows if r["variant"] == "torch")["prompts_per_s"]
+    lines = [
+        "| variant | 1 − cosine to fp32 mean / max | " + " | ".join(f"{s} ×torch" for s in shapes) + " |",
+        "|---|---:|" + "---:|" * len(shapes),
+    ]
+    for r in rows:
+        cosine = (f"{r['one_minus_cosine_mean']:.1e} / {r['one_minus_cosine_max']:.1e}"
+                  if "one_minus_cosine_mean" in r else "—")  # fmt: skip
+        speed = " | ".join(
+            f"{r['prompts_per_s'][s]:.0f} ({r['prompts_per_s'][s] / torch_rates[s]:.2f})" for s in shapes
+        )
+        lines.append(f"| {r['variant']} | {cosine} | {speed} |")
+    return "\n".join(lines)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("mode", choices=("agreement", "speed", "threads"))
+    parser.add_argument("mode", choices=("agreement", "speed", "threads", "variants"))
     parser.add_argument("--checkpoint", type=Path, default=None, help="policy dir (default: the shipped one)")
     parser.add_argument("--backends", nargs="+", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--onnx-dir", type=Path, default=None, help="ONNX files (default: the user cache)")
@@ -335,6 +508,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     speed.add_argument("--rounds", type=int, default=3)
     speed.add_argument("--seconds", type=float, default=1.5, help="per backend, shape and round")
     speed.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = runtime default)")
+    speed.add_argument("--variant-prompts", type=int, default=300, help="variants: AlpacaEval prompts")
     args = parser.parse_args(argv)
     args.checkpoint = args.checkpoint or builtin_policy_dir()
     args.onnx_dir = args.onnx_dir or default_onnx_dir()
@@ -350,6 +524,10 @@ def main(argv: list[str] | None = None) -> int:
         rows = run_agreement(args)
         print(agreement_table(rows))
         output = {"agreement": [row.__dict__ for row in rows]}
+    elif args.mode == "variants":
+        variant_rows = run_variants(args)
+        print(variants_table(variant_rows))
+        output = {"variants": variant_rows}
     elif args.mode == "threads":
         thread_rows = run_threads(args)
         print(threads_table(thread_rows))

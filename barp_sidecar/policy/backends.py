@@ -3,8 +3,7 @@
 Owns the choice (``auto`` -> onnx-int8 on the CPU for a policy validated with it, else torch), the default
 ONNX directory, and the construction of a loaded encoder for a backend. Knows nothing about policies:
 whether a policy may serve on a backend is ``EncoderIdentity.serving_problem``. The hashing test encoder
-(``hash:<dim>``) has no weights and therefore no backends: it is built as is, whatever the backend says.
-"""
+(``hash:<dim>``) has no weights and therefore no backends: it is built as is, whatever the backend says."""
 
 from __future__ import annotations
 
@@ -23,18 +22,15 @@ from barp_sidecar.policy.encoder import (
 from barp_sidecar.policy.onnx_export import ONNX_BACKENDS, ensure_onnx_model
 
 BACKENDS = ("torch", *ONNX_BACKENDS)
-# auto's CPU choice for a policy that accepts the int8 file: the fastest backend measured (1.6-2.3x torch,
-# docs/benchmarks.md). Policies that do not accept it (the shipped one) get torch.
-DEFAULT_CPU_BACKEND = "onnx-int8"
 
 
-def resolve_backend(requested: str, device: str, int8_validated: bool = True) -> str:
-    """``auto`` -> DEFAULT_CPU_BACKEND on the CPU when the policy lists validated int8 files, else torch
-    (always torch on CUDA); other names as given (validated)."""
+def resolve_backend(requested: str, device: str, int8_validated: bool = False) -> str:
+    """``auto`` -> the fastest backend measured that decides as the policy was validated
+    (docs/benchmarks.md): ``onnx-int8`` on the CPU when the policy lists validated int8 files, else
+    ``torch`` (the fused fp32 ``onnx`` graph decides the same but was not faster on batches); always
+    ``torch`` on CUDA. Other names as given (validated)."""
     if requested == "auto":
-        if device.startswith("cuda") or (DEFAULT_CPU_BACKEND == "onnx-int8" and not int8_validated):
-            return "torch"
-        return DEFAULT_CPU_BACKEND
+        return "onnx-int8" if int8_validated and not device.startswith("cuda") else "torch"
     if requested not in BACKENDS:
         raise ValueError(f"must be 'auto' or one of {BACKENDS}, not {requested!r}")
     if requested in ONNX_BACKENDS and device != "cpu":

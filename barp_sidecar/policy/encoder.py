@@ -103,6 +103,32 @@ def truncated_token_ids(tokenizer: Any, texts: Sequence[str], settings: EncoderS
     return [truncate_ids(ids, budget, settings.truncation) for ids in encoded]
 
 
+def padded_batch(token_ids: Sequence[Sequence[int]], tokenizer: Any) -> tuple[np.ndarray, np.ndarray]:
+    """[CLS] ids [SEP] per row, right-padded: (input_ids, attention_mask), int64 [N, longest + 2]."""
+    width = max(len(ids) for ids in token_ids) + 2
+    input_ids = np.full((len(token_ids), width), tokenizer.pad_token_id, dtype=np.int64)
+    attention = np.zeros((len(token_ids), width), dtype=np.int64)
+    for row, ids in enumerate(token_ids):
+        length = len(ids) + 2
+        input_ids[row, 0] = tokenizer.cls_token_id
+        input_ids[row, 1 : length - 1] = ids
+        input_ids[row, length - 1] = tokenizer.sep_token_id
+        attention[row, :length] = 1
+    return input_ids, attention
+
+
+def encode_by_length(encoder: Encoder, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    """``encoder.encode`` for the sentence encoders: forward passes over length-sorted chunks (little
+    padding each), rows returned in the caller's order."""
+    ids = encoder.token_ids(texts)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    out = np.zeros((len(ids), encoder.dim), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        out[chunk] = encoder.encode_token_ids([ids[i] for i in chunk])
+    return out
+
+
 def model_path_for(settings: EncoderSettings) -> str:
     """The directory (or hub name) the settings' model loads from."""
     return builtin_model_path() if settings.model == BUILTIN_MODEL else settings.model
@@ -197,18 +223,8 @@ class SentenceTransformerEncoder:
         if not token_ids:
             return np.zeros((0, self._dim), dtype=np.float32)
         torch = self._torch
-        cls_id, sep_id, pad_id = (
-            self._tokenizer.cls_token_id,
-            self._tokenizer.sep_token_id,
-            self._tokenizer.pad_token_id,
-        )
-        width = max(len(ids) for ids in token_ids) + 2
-        input_ids = torch.full((len(token_ids), width), pad_id, dtype=torch.long)
-        attention = torch.zeros((len(token_ids), width), dtype=torch.long)
-        for row, ids in enumerate(token_ids):
-            full = [cls_id, *ids, sep_id]
-            input_ids[row, : len(full)] = torch.tensor(full, dtype=torch.long)
-            attention[row, : len(full)] = 1
+        ids, mask = padded_batch(token_ids, self._tokenizer)
+        input_ids, attention = torch.from_numpy(ids), torch.from_numpy(mask)
         features = {
             "input_ids": input_ids.to(self._device),
             "attention_mask": attention.to(self._device),
@@ -220,14 +236,7 @@ class SentenceTransformerEncoder:
         return embedding.cpu().numpy().astype(np.float32, copy=False)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        ids = self.token_ids(texts)
-        # Sort by length so each forward pass pads little, then restore the caller's order.
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            out[chunk] = self.encode_token_ids([ids[i] for i in chunk])
-        return out
+        return encode_by_length(self, texts, batch_size)
 
 
 _WORD = re.compile(r"\w+", re.UNICODE)

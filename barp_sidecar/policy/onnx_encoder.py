@@ -25,16 +25,13 @@ from barp_sidecar.policy.encoder import (
     BUILTIN_MODEL,
     BUILTIN_MODEL_ID,
     EncoderSettings,
+    encode_by_length,
     model_path_for,
+    padded_batch,
     truncated_token_ids,
 )
-from barp_sidecar.policy.onnx_export import (
-    INPUT_NAMES,
-    OUTPUT_NAME,
-    OnnxModel,
-    OnnxModelError,
-    OnnxRuntimeUnsupported,
-)
+from barp_sidecar.policy.onnx_export import OnnxModel, OnnxModelError, OnnxRuntimeUnsupported
+from barp_sidecar.policy.onnx_fused import INPUT_NAMES, OUTPUT_NAME
 
 
 class OnnxEncoder:
@@ -131,16 +128,7 @@ class OnnxEncoder:
             raise RuntimeError("encoder not loaded: call load() first")
         if not token_ids:
             return np.zeros((0, self._dim), dtype=np.float32)
-        tokenizer = self._tokenizer
-        width = max(len(ids) for ids in token_ids) + 2
-        input_ids = np.full((len(token_ids), width), tokenizer.pad_token_id, dtype=np.int64)
-        attention = np.zeros((len(token_ids), width), dtype=np.int64)
-        for row, ids in enumerate(token_ids):
-            length = len(ids) + 2
-            input_ids[row, 0] = tokenizer.cls_token_id
-            input_ids[row, 1 : length - 1] = ids
-            input_ids[row, length - 1] = tokenizer.sep_token_id
-            attention[row, :length] = 1
+        input_ids, attention = padded_batch(token_ids, self._tokenizer)
         with self._lock:
             (embedding,) = self._session.run(
                 [OUTPUT_NAME], {INPUT_NAMES[0]: input_ids, INPUT_NAMES[1]: attention}
@@ -151,10 +139,4 @@ class OnnxEncoder:
         return embedding / np.maximum(norms, 1e-12)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
-        ids = self.token_ids(texts)
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        out = np.zeros((len(ids), self.dim), dtype=np.float32)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            out[chunk] = self.encode_token_ids([ids[i] for i in chunk])
-        return out
+        return encode_by_length(self, texts, batch_size)

@@ -1,50 +1,45 @@
-"""ONNX files of a sentence-transformers encoder: export, int8 quantisation, sha256-verified cache.
+"""ONNX files of a BERT sentence encoder: export, int8 quantisation, sha256-verified cache.
 
-Owns the on-disk layout ``<onnx_dir>/<source digest>/`` holding ``model.onnx`` (fp32, the exported
-transformer + pooling + normalisation), ``model-int8.onnx`` (dynamic int8 weights, per channel, MatMul
-with constant weights only) and ``export.json`` (each file's sha256, the source weights' sha256 and the
-exporting library versions). ``<source digest>`` covers the weights and those versions, so a different
-model or exporter never reuses another's files. Knows nothing about policies or serving.
+Owns the on-disk layout ``<onnx_dir>/<source digest>/`` holding ``model.onnx`` (fp32, the fused
+transformer + pooling + normalisation), ``model-int8.onnx`` (dynamic int8 weights, per channel, of its
+MatMuls with constant weights: attention output and FFN; the fused Attention stays fp32) and
+``export.json`` (each file's sha256, the source weights' sha256 and the exporting library versions).
+``<source digest>`` covers the weights and those versions, so a different model or exporter never reuses
+another's files. Knows nothing about policies or serving.
 
-``ensure_onnx_model`` returns a verified file: it is exported (seconds to a minute, needs torch and
-onnxscript) when missing, and re-exported when its sha256 no longer matches ``export.json``; a directory
-that cannot be written (a read-only image layer) turns either case into ``OnnxModelError`` naming the file.
+``ensure_onnx_model`` returns a verified file: it is exported (seconds to a minute, needs torch) when
+missing, and re-exported when its sha256 no longer matches ``export.json``; a directory that cannot be
+written (a read-only image layer) turns either case into ``OnnxModelError`` naming the file.
 Every file is written to a temporary name, fsync'd and renamed, so a crash never leaves a half file, and
 two processes exporting at once write identical bytes. Export is deterministic for fixed library versions
 (measured: two exports, one sha256), which is what lets a policy manifest name the file it was validated
 with.
 
-Export uses ``torch.onnx.export(dynamo=True)``: the legacy TorchScript exporter silently produced wrong
-outputs for this model (../shared/docs/MEASUREMENTS.md).
+The fp32 graph is ``policy.onnx_fused``'s: fused by ONNX Runtime's BERT optimiser and verified against
+the torch model (max |Δ| ≤ 1e-5) before it is written.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import json
 import logging
 import os
-import sys
 import tempfile
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from barp_sidecar.policy.onnx_fused import OPSET
 
 ONNX_BACKENDS = ("onnx", "onnx-int8")
 FP32_FILE = "model.onnx"
 INT8_FILE = "model-int8.onnx"
 RECORD_FILE = "export.json"
 # Bump when the exported graph or the quantisation recipe changes: old cache directories are then ignored.
-EXPORT_RECIPE = 1
-# ONNX opset of the export; onnxruntime must implement it (checked when a session is created).
-OPSET = 18
-INPUT_NAMES = ("input_ids", "attention_mask")
-# Not "embedding": the exporter names an internal node that way and onnxruntime rejects the duplicate.
-OUTPUT_NAME = "sentence_embedding"
+EXPORT_RECIPE = 2
 _LIBRARIES = ("torch", "onnx", "onnxscript", "onnxruntime", "sentence-transformers", "transformers")
 
 
@@ -121,55 +116,23 @@ def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
 
 
 def export_fp32(model_path: Path, out: Path) -> None:
-    """Export transformer + mean pooling + L2 normalisation as one graph with dynamic batch and length."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from transformers.utils import logging as transformers_logging
+    """The fused, verified fp32 graph (``policy.onnx_fused``): transformer + mean pooling + L2 norm."""
+    from barp_sidecar.policy.onnx_fused import FusedExportError, export_fused_fp32
 
-    transformers_logging.disable_progress_bar()
-    model = SentenceTransformer(str(model_path), device="cpu")
-    model.eval()
-
-    class _Embedder(torch.nn.Module):
-        def __init__(self, inner: Any) -> None:
-            super().__init__()
-            self.inner = inner
-
-        def forward(self, input_ids: Any, attention_mask: Any) -> Any:
-            features = {
-                "input_ids": input_ids,
-                "attention_mask": attention_mask,
-                "token_type_ids": torch.zeros_like(input_ids),
-            }
-            return self.inner(features)["sentence_embedding"]
-
-    example = torch.full((2, 9), 1000, dtype=torch.long)
-    batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
-    axes = {0: batch, 1: length}
-    # The exporter prints progress on stdout, where the sidecar writes its JSON log: send it to stderr.
-    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            _Embedder(model).eval(),
-            (example, torch.ones_like(example)),
-            dynamo=True,
-            opset_version=OPSET,
-            input_names=list(INPUT_NAMES),
-            output_names=[OUTPUT_NAME],
-            dynamic_shapes={"input_ids": axes, "attention_mask": axes},
-            verbose=False,
-        )
-    if program is None:
-        raise OnnxModelError(f"{out}: torch.onnx.export returned no program")
-    program.save(str(out))
+    try:
+        export_fused_fp32(model_path, out)
+    except FusedExportError as exc:
+        raise OnnxModelError(str(exc)) from exc
 
 
 def quantize_int8(fp32: Path, out: Path) -> None:
     """Dynamic int8: per-channel weights of MatMuls with constant weights (activations stay float).
 
     Per-tensor weights or quantising the attention's activation×activation MatMuls too gave cosine 0.96
-    mean / 0.91 min to fp32 on AlpacaEval prompts; this recipe 0.994 / 0.975 (docs/benchmarks.md).
+    mean / 0.91 min to fp32 on AlpacaEval prompts; this recipe 0.995 / 0.987. More accurate variants
+    (SmoothQuant, block-wise 8-bit) were measured and not adopted (docs/benchmarks.md).
     """
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     root = logging.getLogger()
@@ -182,7 +145,8 @@ def quantize_int8(fp32: Path, out: Path) -> None:
             weight_type=QuantType.QInt8,
             per_channel=True,
             op_types_to_quantize=["MatMul"],
-            extra_options={"MatMulConstBOnly": True},
+            # The fused graph's contrib operators defeat the quantiser's shape inference: outputs are float.
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT},
         )
     finally:
         root.setLevel(level)
@@ -259,8 +223,12 @@ def ensure_onnx_model(
         on_export(reason)
     try:
         files = export_all(model_path, directory, source)
+    except OnnxModelError as exc:
+        raise OnnxModelError(f"{reason}; exporting it failed: {exc}") from exc
     except OSError as exc:
         raise OnnxModelError(f"{reason}; exporting it failed: {exc}") from exc
     except ImportError as exc:
-        raise OnnxModelError(f"{reason}; exporting it needs torch and onnxscript: {exc}") from exc
+        raise OnnxModelError(f"{reason}; exporting it needs torch and onnxruntime: {exc}") from exc
+    except Exception as exc:  # the exporters raise RuntimeError and their own classes, e.g. on a full disk
+        raise OnnxModelError(f"{reason}; exporting it failed ({type(exc).__name__}: {exc})") from exc
     return OnnxModel(backend, directory / name, files[name])
