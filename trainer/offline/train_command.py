@@ -27,9 +27,15 @@ from trainer.offline.evaluate_command import evaluate_table, summary_lines
 from trainer.offline.features import default_cache_dir, embed_table, progress_bar
 from trainer.offline.preferences import PREFERENCE_SAMPLINGS
 from trainer.offline.reinforce import BASELINES, OfflineTrainingConfig, train_offline
+from trainer.offline.reward_model_fit import REGRESSORS, RewardModelFitConfig, fit_reward_model
 from trainer.offline.simulator import BanditSimulator
 
 TAU_PERCENTILE = 95.0
+ARCHITECTURES = ("barp", "reward_model")
+TRAINING_METHODS = {
+    "barp": "offline REINFORCE on simulated bandit feedback (BaRP)",
+    "reward_model": "full-information per-model quality/normalised-cost regression (reward_model)",
+}
 
 
 def tau_from_costs(
@@ -130,6 +136,47 @@ def fit_policy(
     return network, simulator.reveals
 
 
+def add_architecture_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``offline`` (and the research harnesses) that choose what is trained."""
+    defaults = RewardModelFitConfig()
+    parser.add_argument(
+        "--architecture",
+        choices=ARCHITECTURES,
+        default="barp",
+        help="barp: REINFORCE on simulated bandit feedback; reward_model: per-model quality/cost "
+        "regression on the full table (observed outcomes only)",
+    )
+    parser.add_argument(
+        "--regressor", choices=REGRESSORS, default=defaults.regressor, help="reward_model: ridge or mlp"
+    )
+    parser.add_argument(
+        "--exploration-scale",
+        type=float,
+        default=defaults.exploration_scale,
+        help="reward_model: s in π ∝ exp(s·r̂) when sampling",
+    )
+
+
+def train_network(
+    args: argparse.Namespace,
+    embeddings: np.ndarray,
+    table: RoutingTable,
+    tau_usd: float,
+    seed: int,
+    show_progress: bool,
+) -> tuple[PolicyNetwork, OfflineTrainingConfig | RewardModelFitConfig, dict[str, Any]]:
+    """(network, its config, facts for the manifest) for ``--architecture``."""
+    if args.architecture == "reward_model":
+        fit_config = RewardModelFitConfig(
+            regressor=args.regressor, exploration_scale=args.exploration_scale, seed=seed
+        )
+        network, facts = fit_reward_model(embeddings, table, tau_usd, fit_config)
+        return network, fit_config, {"fit": facts}
+    config = training_config(args, seed)
+    network, reveals = fit_policy(embeddings, table, tau_usd, config, show_progress)
+    return network, config, {"bandit_reveals": reveals}
+
+
 def build_manifest(
     network: PolicyNetwork,
     table: RoutingTable,
@@ -137,7 +184,7 @@ def build_manifest(
     encoder_id: str,
     dim: int,
     tau_usd: float,
-    config: OfflineTrainingConfig,
+    config: OfflineTrainingConfig | RewardModelFitConfig,
     extra: dict[str, Any],
 ) -> PolicyManifest:
     return PolicyManifest(
@@ -147,7 +194,7 @@ def build_manifest(
         tau_usd=tau_usd,
         architecture=network.architecture,
         training={
-            "method": "offline REINFORCE on simulated bandit feedback (BaRP)",
+            "method": TRAINING_METHODS[network.architecture.kind],
             "config": config.to_dict(),
             "data": table.source,
             "data_sha256": table_digest(table),
@@ -178,6 +225,7 @@ def write_checkpoint(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_training_arguments(parser)
+    add_architecture_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     parser.add_argument("--tasks", nargs="+", default=None, help="train only on these tasks (default: all)")
     parser.add_argument("--seed", type=int, default=0)
@@ -202,8 +250,7 @@ def run(args: argparse.Namespace) -> int:
         for source in dict.fromkeys(table.sources)
         for part in [table.from_source(source)]
     }
-    config = training_config(args, args.seed)
-    network, reveals = fit_policy(embeddings, table, tau_usd, config, not args.no_progress)
+    network, config, facts = train_network(args, embeddings, table, tau_usd, args.seed, not args.no_progress)
     manifest = build_manifest(
         network,
         table,
@@ -216,7 +263,7 @@ def run(args: argparse.Namespace) -> int:
             "tau_percentile": args.tau_percentile,
             "tau_usd_by_source": tau_by_source,
             "sources": [str(p) for p in args.data],
-            "bandit_reveals": reveals,
+            **facts,
             "seed": args.seed,
         },
     )
