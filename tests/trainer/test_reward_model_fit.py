@@ -107,3 +107,15 @@ def test_offline_reward_model_writes_a_checkpoint_evaluate_scores(tmp_path, caps
     assert main([*evaluate, cache, "--no-progress"]) == 0
     results = json.loads((report / "report.json").read_text())["results"]
     assert results["1.0"]["policy"]["reward"] >= results["1.0"]["best_single"]["reward"]
+
+
+def test_leave_one_task_out_harness_fits_reward_models(tmp_path):
+    from trainer.offline.leave_one_task_out import main as loto
+
+    log = write_jsonl(tmp_path / "log.jsonl", synthetic_jsonl_rows())
+    args = ["--data", str(log), "--out", str(tmp_path / "loto"), "--cache-dir", str(tmp_path / "cache")]
+    assert loto([*args, "--encoder-model", "hash:64", "--architecture", "reward_model"]) == 0
+    summary = json.loads((tmp_path / "loto" / "loto.json").read_text())
+    assert [row["task"] for row in summary["tasks"]] == ["arc_challenge", "mbpp", "winogrande"]
+    for row in summary["tasks"]:
+        assert row["train_rows"] == 60 and 0.0 <= row["apgr"] <= row["apgr_oracle_ranking"] + 1e-9
