@@ -39,12 +39,13 @@ class RewardModelFitConfig:
     """Hyper-parameters of one fit; stored in the checkpoint manifest."""
 
     regressor: str = "ridge"
+    # "mlp" only: the shared trunk's width, and AdamW on mini-batches, early-stopped on the validation slice.
     hidden: int = 256
     epochs: int = 200
+    patience_epochs: int = 10
     batch_size: int = 256
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
-    patience_epochs: int = 10
     # π ∝ exp(s·r̂) when the sidecar samples; the greedy choice (argmax r̂) never depends on s.
     exploration_scale: float = 100.0
     seed: int = 0

@@ -139,21 +139,17 @@ def fit_policy(
 def add_architecture_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``offline`` (and the research harnesses) that choose what is trained."""
     defaults = RewardModelFitConfig()
-    parser.add_argument(
-        "--architecture",
-        choices=ARCHITECTURES,
-        default="barp",
-        help="barp: REINFORCE on simulated bandit feedback; reward_model: per-model quality/cost "
-        "regression on the full table (observed outcomes only)",
+    architecture_help = (
+        "barp: REINFORCE on simulated bandit feedback; reward_model: per-model quality/cost regression "
+        "on the full table (observed outcomes only)"
     )
+    parser.add_argument("--architecture", choices=ARCHITECTURES, default="barp", help=architecture_help)
     parser.add_argument(
-        "--regressor", choices=REGRESSORS, default=defaults.regressor, help="reward_model: ridge or mlp"
+        "--regressor", choices=REGRESSORS, default=defaults.regressor, help="reward_model only"
     )
+    scale_help = "reward_model: s in π ∝ exp(s·r̂) when sampling"
     parser.add_argument(
-        "--exploration-scale",
-        type=float,
-        default=defaults.exploration_scale,
-        help="reward_model: s in π ∝ exp(s·r̂) when sampling",
+        "--exploration-scale", type=float, default=defaults.exploration_scale, help=scale_help
     )
 
 
