@@ -119,3 +119,13 @@ def test_leave_one_task_out_harness_fits_reward_models(tmp_path):
     assert [row["task"] for row in summary["tasks"]] == ["arc_challenge", "mbpp", "winogrande"]
     for row in summary["tasks"]:
         assert row["train_rows"] == 60 and 0.0 <= row["apgr"] <= row["apgr_oracle_ranking"] + 1e-9
+
+
+def test_a_non_positive_exploration_scale_exits_2_naming_the_option(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "log.jsonl", synthetic_jsonl_rows())
+    args = ["offline", "--data", str(data), "--out", str(tmp_path / "p"), "--architecture", "reward_model"]
+    with pytest.raises(SystemExit) as exit_info:
+        main([*args, "--exploration-scale", "0"])
+    assert exit_info.value.code == 2
+    assert "--exploration-scale: must be > 0, not 0" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()

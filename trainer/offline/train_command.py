@@ -136,6 +136,14 @@ def fit_policy(
     return network, simulator.reveals
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a float > 0 (argparse then exits 2 naming the option)."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
 def add_architecture_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``offline`` (and the research harnesses) that choose what is trained."""
     defaults = RewardModelFitConfig()
@@ -149,7 +157,7 @@ def add_architecture_arguments(parser: argparse.ArgumentParser) -> None:
     )
     scale_help = "reward_model: s in π ∝ exp(s·r̂) when sampling"
     parser.add_argument(
-        "--exploration-scale", type=float, default=defaults.exploration_scale, help=scale_help
+        "--exploration-scale", type=positive_float, default=defaults.exploration_scale, help=scale_help
     )
 
 
