@@ -6,7 +6,7 @@ APGR / CPT for the pair (best single model on T, the cheapest model within 0.15 
 mix scores 0.5 — and the worst shortfall below the random-mix line. Writes ``loto.json`` into ``--out``.
 
     python -m trainer.offline.leave_one_task_out --data ../shared/data/routerbench --out out/loto \\
-        --cache-dir /work/cache/embeddings [--steps 1500]
+        --cache-dir /work/cache/embeddings [--steps 1500] [--architecture reward_model]
 """
 
 from __future__ import annotations
@@ -28,12 +28,12 @@ from trainer.offline.datasets import load_table
 from trainer.offline.evaluate_command import evaluate_table
 from trainer.offline.features import default_cache_dir, embed_table
 from trainer.offline.train_command import (
+    add_architecture_arguments,
     add_training_arguments,
     build_manifest,
     encoder_settings,
-    fit_policy,
     tau_from_costs,
-    training_config,
+    train_network,
     write_checkpoint,
 )
 
@@ -46,9 +46,8 @@ def run_task(args: argparse.Namespace, source: Path, task: str, work: Path) -> d
     settings = encoder_settings(args)
     x, encoder_id, dim = embed_table(train, settings, args.cache_dir or default_cache_dir(), False)
     tau = tau_from_costs(train.cost_usd, args.tau_percentile, train.observed_mask)
-    config = training_config(args, args.seed)
     torch.set_num_threads(args.threads)
-    network, _ = fit_policy(x, train, tau, config, False)
+    network, config, _ = train_network(args, x, train, tau, args.seed, False)
     manifest = build_manifest(network, train, settings, encoder_id, dim, tau, config, {"left_out": task})
     policy_dir = work / task
     write_checkpoint(policy_dir, network, manifest, force=True, calibration=select_calibration(x))
@@ -96,6 +95,7 @@ def describe(row: dict[str, Any]) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_training_arguments(parser)
+    add_architecture_arguments(parser)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tasks", nargs="+", default=None, help="only these tasks (default: every task)")

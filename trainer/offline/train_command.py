@@ -29,9 +29,15 @@ from trainer.offline.evaluate_command import evaluate_table, summary_lines
 from trainer.offline.features import default_cache_dir, embed_table, progress_bar
 from trainer.offline.preferences import PREFERENCE_SAMPLINGS
 from trainer.offline.reinforce import BASELINES, OfflineTrainingConfig, train_offline
+from trainer.offline.reward_model_fit import REGRESSORS, RewardModelFitConfig, fit_reward_model
 from trainer.offline.simulator import BanditSimulator
 
 TAU_PERCENTILE = 95.0
+ARCHITECTURES = ("barp", "reward_model")
+TRAINING_METHODS = {
+    "barp": "offline REINFORCE on simulated bandit feedback (BaRP)",
+    "reward_model": "full-information per-model quality/normalised-cost regression (reward_model)",
+}
 
 
 def tau_from_costs(
@@ -132,6 +138,51 @@ def fit_policy(
     return network, simulator.reveals
 
 
+def positive_float(text: str) -> float:
+    """argparse type: a float > 0 (argparse then exits 2 naming the option)."""
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, not {text}")
+    return value
+
+
+def add_architecture_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``offline`` (and the research harnesses) that choose what is trained."""
+    defaults = RewardModelFitConfig()
+    architecture_help = (
+        "barp: REINFORCE on simulated bandit feedback; reward_model: per-model quality/cost regression "
+        "on the full table (observed outcomes only)"
+    )
+    parser.add_argument("--architecture", choices=ARCHITECTURES, default="barp", help=architecture_help)
+    parser.add_argument(
+        "--regressor", choices=REGRESSORS, default=defaults.regressor, help="reward_model only"
+    )
+    scale_help = "reward_model: s in π ∝ exp(s·r̂) when sampling"
+    parser.add_argument(
+        "--exploration-scale", type=positive_float, default=defaults.exploration_scale, help=scale_help
+    )
+
+
+def train_network(
+    args: argparse.Namespace,
+    embeddings: np.ndarray,
+    table: RoutingTable,
+    tau_usd: float,
+    seed: int,
+    show_progress: bool,
+) -> tuple[PolicyNetwork, OfflineTrainingConfig | RewardModelFitConfig, dict[str, Any]]:
+    """(network, its config, facts for the manifest) for ``--architecture``."""
+    if args.architecture == "reward_model":
+        fit_config = RewardModelFitConfig(
+            regressor=args.regressor, exploration_scale=args.exploration_scale, seed=seed
+        )
+        network, facts = fit_reward_model(embeddings, table, tau_usd, fit_config)
+        return network, fit_config, {"fit": facts}
+    config = training_config(args, seed)
+    network, reveals = fit_policy(embeddings, table, tau_usd, config, show_progress)
+    return network, config, {"bandit_reveals": reveals}
+
+
 def build_manifest(
     network: PolicyNetwork,
     table: RoutingTable,
@@ -139,7 +190,7 @@ def build_manifest(
     encoder_id: str,
     dim: int,
     tau_usd: float,
-    config: OfflineTrainingConfig,
+    config: OfflineTrainingConfig | RewardModelFitConfig,
     extra: dict[str, Any],
 ) -> PolicyManifest:
     return PolicyManifest(
@@ -149,7 +200,7 @@ def build_manifest(
         tau_usd=tau_usd,
         architecture=network.architecture,
         training={
-            "method": "offline REINFORCE on simulated bandit feedback (BaRP)",
+            "method": TRAINING_METHODS[network.architecture.kind],
             "config": config.to_dict(),
             "data": table.source,
             "data_sha256": table_digest(table),
@@ -185,6 +236,7 @@ def write_checkpoint(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_training_arguments(parser)
+    add_architecture_arguments(parser)
     parser.add_argument("--out", type=Path, required=True, help="checkpoint directory to write")
     parser.add_argument("--tasks", nargs="+", default=None, help="train only on these tasks (default: all)")
     parser.add_argument("--seed", type=int, default=0)
@@ -212,8 +264,7 @@ def run(args: argparse.Namespace) -> int:
         for source in dict.fromkeys(table.sources)
         for part in [table.from_source(source)]
     }
-    config = training_config(args, args.seed)
-    network, reveals = fit_policy(embeddings, table, tau_usd, config, not args.no_progress)
+    network, config, facts = train_network(args, embeddings, table, tau_usd, args.seed, not args.no_progress)
     manifest = build_manifest(
         network,
         table,
@@ -226,7 +277,7 @@ def run(args: argparse.Namespace) -> int:
             "tau_percentile": args.tau_percentile,
             "tau_usd_by_source": tau_by_source,
             "sources": [str(p) for p in args.data],
-            "bandit_reveals": reveals,
+            **facts,
             "seed": args.seed,
         },
     )
