@@ -36,9 +36,9 @@ async def test_restart_resumes_from_latest_and_its_log_offset(tmp_path):
         while app.loop.current_version < 2:
             assert asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.05)
-        published = app.loop.manifest
     finally:
         await app.close()
+    published = app.loop.manifest  # the last version published before the restart (v2 or later)
     offset = published.training["log_offset"]
     assert 0 < offset <= 300 and published.parent_version is not None
     # The learner's statistics were saved with the published version (docs/learning.md §4.3).
