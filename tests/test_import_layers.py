@@ -23,11 +23,12 @@ LAYERS: list[set[str]] = [
         "barp_sidecar.tasks",
         "barp_sidecar.backoff",
         "barp_sidecar.model_names",
+        "barp_sidecar.console",
         "barp_sidecar.gen",
         "barp_sidecar.bounded_text",
     },
     {"barp_sidecar.settings"},
-    {"barp_sidecar.log", "barp_sidecar.process"},
+    {"barp_sidecar.log", "barp_sidecar.process", "barp_sidecar.tracing"},
     {"barp_sidecar.batching"},
     {"barp_sidecar.policy"},
     # choose_arm: pure (numpy + domain), shared by the sidecar's routing, `decide` and the trainer's replay,
@@ -36,7 +37,8 @@ LAYERS: list[set[str]] = [
     {"barp_sidecar.providers", "barp_sidecar.rewards"},
     {"barp_sidecar.routing"},
     {"barp_sidecar.metrics"},
-    {"barp_sidecar.rpc"},
+    # The transports: gRPC, and the OpenAI-compatible HTTP API (independent of each other).
+    {"barp_sidecar.rpc", "barp_sidecar.http"},
     # The composition root and the one-shot commands.
     {"barp_sidecar.learning_wiring", "barp_sidecar.decide"},
     {"barp_sidecar.app"},
@@ -59,6 +61,7 @@ SIDECAR_ONLY = {
     "barp_sidecar.batching",
     "barp_sidecar.providers",
     "barp_sidecar.metrics",
+    "barp_sidecar.http",
 }
 LAYER_OF = {unit: index for index, layer in enumerate(LAYERS) for unit in layer}
 
