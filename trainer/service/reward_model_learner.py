@@ -37,7 +37,7 @@ class RewardModelHyperParameters:
     prior_quality: float = 1.0
     prior_cost: float = 0.0
     exploration_scale: float = 60.0
-    projection_dim: int = 8
+    projection_dim: int = 32
     # Penalty on the slopes every model shares (0 = no shared component: independent per-model ridges).
     shared_ridge_lambda: float = 300.0
 

@@ -121,7 +121,7 @@ class LearnerSettings:
     exploration_scale: float = 60.0
     # reward_model: regress on the top this-many principal directions of the embeddings seen so far
     # (0 = the whole embedding); fewer parameters per model separate the models with fewer events.
-    projection_dim: int = 8
+    projection_dim: int = 32
     # reward_model: penalty on the slopes all models share (a population term every model's regression
     # adds its own deviation to; 0 = independent per-model regressions).
     shared_ridge_lambda: float = 300.0
