@@ -11,6 +11,11 @@ so q̂_a(x) = θ_a^q·z and ĉ_a(x) = θ_a^c·z, and the policy's logits are β�
 Only the logged model's outcome is revealed per event; the regression needs no importance weights (the
 regression-oracle view of contextual bandits), so every event counts fully whatever its propensity.
 
+- **Shared slopes (hierarchical):** with ``shared_ridge_lambda`` > 0 the regressions are solved jointly:
+  model a predicts θ₀·u + θ_a·[u; 1] (u: the projected embedding), θ₀ shared by every model and penalised
+  by ``shared_ridge_lambda``, each θ_a by ``ridge_lambda``. What every model has in common (prompt
+  difficulty, prompt length) is learned from all events; each model's own events only fit its deviation.
+  θ₀ + θ_a is written into the same linear head, so the network's format does not change.
 - **Optimism for untried models:** the prior mean quality ``prior_quality`` (default 1) on the bias makes
   a model nobody has tried look good until a handful of its outcomes arrive (λ is worth λ events).
 - **Exploration temperature:** β = ``exploration_scale``·√(1 + events/K). Early on π is flat
