@@ -112,7 +112,6 @@ def trainer_yaml(data_dir: Path, models: tuple[str, ...], tau_usd: float, args: 
         f"  encoder_max_seq_length: {args.max_seq_length}\n  encoder_truncation: tail\n"
         f"  tau_usd: {tau_usd!r}\n  batch_size: 64\n  seed: {args.seed}\n"
         f"publish:\n  every_events: {args.publish_every_events}\n  every_s: 5\n  gate_margin: 0.01\n"
-        "  gate_min_holdout_events: 30\n"
     )
 
 
@@ -149,12 +148,13 @@ class Served:
 async def watch_versions(
     port: int, store: Path, served: list[Served], published: list[dict[str, object]], start_s: float
 ) -> None:
-    """Print one line per published version (events served so far, the gate's SNIPS estimate)."""
+    """Print one line per published version (events served so far, the gate's estimate)."""
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = trainer_pb2_grpc.TrainerStub(channel)
         async for announcement in stub.WatchPolicy(trainer_pb2.WatchRequest(sidecar_id="demo")):
             manifest = await asyncio.to_thread(read_manifest, store / f"v{announcement.version}")
-            estimate = manifest.metrics.get("snips_candidate") or {}
+            # "snips_candidate": manifests published before the gate's keys were renamed.
+            estimate = manifest.metrics.get("gate_candidate") or manifest.metrics.get("snips_candidate") or {}
             entry = {
                 "version": announcement.version,
                 "events": len(served),

@@ -29,7 +29,7 @@ def trainer_yaml(data_dir: Path, metrics_port: int) -> str:
         f"  encoder_id: {HASH_ENCODER.encoder_id}\n  encoder_dim: {HASH_ENCODER.dim}\n"
         f"  encoder_max_seq_length: {HASH_ENCODER.max_seq_length}\n  encoder_truncation: tail\n"
         "  tau_usd: 0.005\n  batch_size: 16\n"
-        "publish:\n  every_events: 100000\n  every_s: 600\n"
+        "publish:\n  every_events: 100000\n  min_every_events: 0\n  every_s: 600\n"
     )
 
 

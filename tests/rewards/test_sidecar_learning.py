@@ -30,7 +30,8 @@ def trainer_yaml(data_dir: Path, every_events: int) -> str:
         f"  encoder_id: {HASH_ENCODER.encoder_id}\n  encoder_dim: {HASH_ENCODER.dim}\n"
         f"  encoder_max_seq_length: {HASH_ENCODER.max_seq_length}\n  encoder_truncation: tail\n"
         "  tau_usd: 0.005\n  batch_size: 16\n"
-        f"publish:\n  every_events: {every_events}\n  every_s: 600\n  gate_min_holdout_events: 3\n"
+        f"publish:\n  every_events: {every_events}\n  min_every_events: 0\n  every_s: 600\n"
+        "  gate_min_holdout_events: 3\n"
         "  gate_margin: 1.0\n"
     )
 

@@ -42,10 +42,13 @@ def clustered_batch(n: int, seed: int, uniform_logging: bool = True) -> EventBat
     )
 
 
-@pytest.mark.parametrize("projection_dim", [0, 4])
-def test_learns_the_right_model_per_cluster_for_every_preference(projection_dim):
+@pytest.mark.parametrize(("projection_dim", "shared_ridge_lambda"), [(0, 0.0), (4, 0.0), (4, 1.0)])
+def test_learns_the_right_model_per_cluster_for_every_preference(projection_dim, shared_ridge_lambda):
     learner = RewardModelLearner(
-        network(), RewardModelHyperParameters(ridge_lambda=1.0, projection_dim=projection_dim)
+        network(),
+        RewardModelHyperParameters(
+            ridge_lambda=1.0, projection_dim=projection_dim, shared_ridge_lambda=shared_ridge_lambda
+        ),
     )
     for seed in range(6):
         learner.step(clustered_batch(64, seed))
@@ -74,15 +77,21 @@ def test_same_events_same_weights_and_replays_are_ignored():
     assert a.events_trained == b.events_trained == 64
 
 
-def test_untried_models_look_good_and_the_scale_grows_with_evidence():
+@pytest.mark.parametrize("shared_ridge_lambda", [0.0, 300.0])
+def test_untried_models_look_good_and_the_scale_grows_with_evidence(shared_ridge_lambda):
     learner = RewardModelLearner(
-        network(), RewardModelHyperParameters(prior_quality=1.0, exploration_scale=10.0)
+        network(),
+        RewardModelHyperParameters(
+            prior_quality=1.0, exploration_scale=10.0, shared_ridge_lambda=shared_ridge_lambda
+        ),
     )
     before = float(learner.network.exploration_scale)
     learner.step(clustered_batch(64, 0, uniform_logging=False))  # only arm 0 tried
     with torch.no_grad():
         quality, _ = learner.network.predicted_outcomes(clustered_batch(10, 5).embeddings)
-    assert float(quality[:, 1].mean()) == pytest.approx(1.0, abs=1e-6)  # untried: the optimistic prior
+    # Untried: the optimistic prior (plus, with a shared component, the population's slope).
+    tolerance = 1e-6 if shared_ridge_lambda == 0 else 0.05
+    assert float(quality[:, 1].mean()) == pytest.approx(1.0, abs=tolerance)
     assert float(quality[:, 0].mean()) < 0.8
     assert float(learner.network.exploration_scale) > before
 
@@ -111,3 +120,58 @@ def test_doubly_robust_is_unbiased_whatever_the_critic():
     assert with_learned_critic.value == pytest.approx(truth, abs=0.01)
     assert with_learned_critic.ci_low <= truth + 0.01 and truth - 0.01 <= with_learned_critic.ci_high
     assert with_learned_critic.events == 3000
+
+
+def difficulty_batch(n: int, seed: int, rare_arm_events: int) -> EventBatch:
+    """Quality = a prompt difficulty every model shares (linear in x) + a per-model offset; arm 2 is
+    logged only ``rare_arm_events`` times, arms 0 and 1 share the rest."""
+    rng = np.random.default_rng(seed)
+    direction = np.random.default_rng(7).normal(size=DIM)
+    direction /= np.linalg.norm(direction)
+    x = rng.normal(size=(n, DIM))
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    action = rng.integers(0, 2, n)
+    action[:rare_arm_events] = 2
+    offsets = np.array([0.0, 0.1, 0.2])
+    quality = 0.5 + 2.0 * (x @ direction) + offsets[action]
+    return EventBatch(
+        embeddings=torch.tensor(x, dtype=torch.float32),
+        quality_weight=torch.full((n,), 1.0),
+        allowed=torch.ones(n, ARMS, dtype=torch.bool),
+        action=torch.tensor(action),
+        propensity=torch.full((n,), 0.5),
+        quality=torch.tensor(quality, dtype=torch.float32),
+        normalized_cost=torch.full((n,), 0.1),
+    )
+
+
+def rare_arm_error(shared_ridge_lambda: float) -> float:
+    learner = RewardModelLearner(
+        network(),
+        RewardModelHyperParameters(
+            ridge_lambda=3.0, projection_dim=0, shared_ridge_lambda=shared_ridge_lambda
+        ),
+    )
+    learner.step(difficulty_batch(400, 1, rare_arm_events=6))
+    test = difficulty_batch(300, 2, rare_arm_events=300)  # every test row on arm 2
+    with torch.no_grad():
+        quality, _ = learner.network.predicted_outcomes(test.embeddings)
+    return float((quality[:, 2] - test.quality).abs().mean())
+
+
+def test_a_shared_component_lets_a_rarely_tried_model_borrow_the_prompt_difficulty():
+    independent = rare_arm_error(0.0)
+    shared = rare_arm_error(1.0)
+    assert shared < 0.5 * independent, (shared, independent)
+    # A huge penalty on the shared slopes switches the shared component off: independent ridges again.
+    assert rare_arm_error(1e9) == pytest.approx(independent, abs=1e-4)
+
+
+def test_the_shared_component_resumes_exactly_from_saved_state():
+    hyper = RewardModelHyperParameters(projection_dim=4, shared_ridge_lambda=5.0)
+    a = RewardModelLearner(network(), hyper)
+    a.step(clustered_batch(64, 1))
+    a.step(clustered_batch(64, 2))
+    b = RewardModelLearner(network(), hyper)
+    b.load_state(a.state())
+    assert torch.equal(a.network.reward_head.weight, b.network.reward_head.weight)

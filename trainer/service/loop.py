@@ -7,11 +7,12 @@ thread, one step at a time, so the event loop keeps serving ingestion.
 
 After every new batch, ``replay_steps`` more steps run on random batches of recent training events
 (experience replay, seeded: deterministic for a given event order). Held-out events (1 in
-``holdout_every`` by event-id hash) are never trained on; the most recent ones form
-the gate's evaluation slice. A candidate is published as version v+1 iff
-SNIPS(candidate) >= SNIPS(current) − ``gate_margin`` on that slice, with at least
-``gate_min_holdout_events`` events. Each decision is logged (``policy_gate``) with both estimates and their
-confidence intervals, and counted in ``GateCounters``.
+``holdout_every`` by event-id hash) are never trained on; the most recent ones form the gate's
+evaluation slice. A candidate is evaluated every ``every_events`` training events (sooner while the
+learner is young, ``evaluation_interval_events``) and published as version v+1 iff
+V(candidate) >= V(current) − ``gate_margin`` on that slice (V: doubly robust for ``reward_model``
+candidates, SNIPS otherwise), with at least ``gate_min_holdout_events`` events. Each decision is logged
+(``policy_gate``) with both estimates and their confidence intervals, and counted in ``GateCounters``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ class GateCounters:
     skipped_small_holdout: int = 0
     last_candidate: dict[str, Any] = field(default_factory=dict)
     last_current: dict[str, Any] = field(default_factory=dict)
+    last_estimator: str = ""  # "doubly_robust" (reward_model candidates) or "snips"
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ def build_learner(network: PolicyNetwork, settings: LearnerSettings) -> OnlineLe
                 exploration_scale=settings.exploration_scale,
                 projection_dim=settings.projection_dim,
                 prior_quality=settings.prior_quality,
+                shared_ridge_lambda=settings.shared_ridge_lambda,
             ),
         )
     return OnlineLearner(
@@ -331,7 +334,7 @@ class TrainingLoop:
             self.events_since_evaluation += len(chunk)
             self.trained_offset = self.pending[0][0] if self.pending else self.cursor
         result: dict[str, Any] = {"events": len(records), "published": None}
-        due_events = self.events_since_evaluation >= self.publish_settings.every_events
+        due_events = self.events_since_evaluation >= self.evaluation_interval_events()
         due_time = (
             self.events_since_evaluation > 0
             and self.clock() - self.last_evaluation_monotonic_s >= self.publish_settings.every_s
@@ -339,6 +342,15 @@ class TrainingLoop:
         if due_events or due_time:
             result["published"] = self.evaluate_and_maybe_publish()
         return result
+
+    def evaluation_interval_events(self) -> int:
+        """New training events between evaluations: ``every_events``, or sooner while the learner is young
+        (``max(min_every_events, every_fraction × events trained)``, never more than ``every_events``)."""
+        p = self.publish_settings
+        if p.min_every_events <= 0:
+            return p.every_events
+        grown = max(p.min_every_events, int(p.every_fraction * self.learner.events_trained))
+        return min(p.every_events, grown)
 
     def _estimates(self, holdout: EventBatch) -> tuple[Estimate, Estimate, str]:
         """(candidate, current, estimator name). A ``reward_model`` candidate is its own critic: both
@@ -383,6 +395,7 @@ class TrainingLoop:
         )
         self.counters.last_candidate = candidate.to_json()
         self.counters.last_current = current.to_json()
+        self.counters.last_estimator = estimator
         fields = {
             "candidate": candidate.to_json(),
             "current": current.to_json(),
@@ -423,8 +436,8 @@ class TrainingLoop:
                     "hyper_parameters": self.learner.hyper.__dict__,
                 },
                 "metrics": {
-                    "snips_candidate": candidate.to_json(),
-                    "snips_parent": current.to_json(),
+                    "gate_candidate": candidate.to_json(),
+                    "gate_parent": current.to_json(),
                     "estimator": estimator,
                 },
                 "weights_sha256": "",

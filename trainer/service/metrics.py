@@ -56,11 +56,13 @@ class TrainerCollector(Collector):
                 "Events used in gradient steps.",
                 value=loop.learner.events_trained,
             )
-            for key, family in (("last_candidate", "candidate"), ("last_current", "current")):
+            estimates = GaugeMetricFamily(
+                "barp_trainer_gate_estimate",
+                "The gate's last off-policy estimate of the candidate's and the current policy's reward.",
+                labels=["policy", "estimator"],
+            )
+            for key, policy in (("last_candidate", "candidate"), ("last_current", "current")):
                 estimate = getattr(loop.counters, key)
                 if estimate:
-                    yield GaugeMetricFamily(
-                        f"barp_trainer_snips_{family}",
-                        f"Last SNIPS estimate of the {family} policy.",
-                        value=estimate["value"],
-                    )
+                    estimates.add_metric([policy, loop.counters.last_estimator], estimate["value"])
+            yield estimates

@@ -11,6 +11,11 @@ so q̂_a(x) = θ_a^q·z and ĉ_a(x) = θ_a^c·z, and the policy's logits are β�
 Only the logged model's outcome is revealed per event; the regression needs no importance weights (the
 regression-oracle view of contextual bandits), so every event counts fully whatever its propensity.
 
+- **Shared slopes (hierarchical):** with ``shared_ridge_lambda`` > 0 the regressions are solved jointly:
+  model a predicts θ₀·u + θ_a·[u; 1] (u: the projected embedding), θ₀ shared by every model and penalised
+  by ``shared_ridge_lambda``, each θ_a by ``ridge_lambda``. What every model has in common (prompt
+  difficulty, prompt length) is learned from all events; each model's own events only fit its deviation.
+  θ₀ + θ_a is written into the same linear head, so the network's format does not change.
 - **Optimism for untried models:** the prior mean quality ``prior_quality`` (default 1) on the bias makes
   a model nobody has tried look good until a handful of its outcomes arrive (λ is worth λ events).
 - **Exploration temperature:** β = ``exploration_scale``·√(1 + events/K). Early on π is flat
@@ -38,6 +43,8 @@ class RewardModelHyperParameters:
     prior_cost: float = 0.0
     exploration_scale: float = 60.0
     projection_dim: int = 32
+    # Penalty on the slopes every model shares (0 = no shared component: independent per-model ridges).
+    shared_ridge_lambda: float = 300.0
 
 
 class RewardModelLearner:
@@ -108,18 +115,39 @@ class RewardModelLearner:
         k = self.num_arms
         projection = self._projection()
         p = projection.shape[0]
+        r = p - 1  # projected slopes (the last coordinate is the intercept)
         diagonal = torch.full((p,), self.hyper.ridge_lambda, dtype=torch.float64)
         diagonal[-1] = self.hyper.prior_events  # the intercept's prior, worth prior_events events
         prior = torch.zeros(2, p, dtype=torch.float64)
         prior[0, -1] = self.hyper.prior_events * self.hyper.prior_quality
         prior[1, -1] = self.hyper.prior_events * self.hyper.prior_cost
+        grams = projection @ self.gram @ projection.T  # [K, p, p]
+        moments = self.moments @ projection.T + prior  # [K, 2, p]
+        shared_lambda = self.hyper.shared_ridge_lambda
+        if shared_lambda > 0:
+            # One joint ridge: unknowns [θ_0 (r shared slopes); θ_1 … θ_K (p each)], prediction for model a
+            # θ_0·u[:r] + θ_a·u; penalties shared_lambda on θ_0, ridge_lambda / prior_events on each θ_a.
+            n = r + k * p
+            system = torch.zeros(n, n, dtype=torch.float64)
+            rhs = torch.zeros(n, 2, dtype=torch.float64)
+            system[:r, :r] = grams[:, :r, :r].sum(dim=0) + shared_lambda * torch.eye(r, dtype=torch.float64)
+            rhs[:r] = (self.moments @ projection.T)[:, :, :r].sum(dim=0).T
+            for arm in range(k):
+                block = slice(r + arm * p, r + (arm + 1) * p)
+                system[block, block] = grams[arm] + torch.diag(diagonal)
+                system[:r, block] = grams[arm][:r, :]
+                system[block, :r] = grams[arm][:, :r]
+                rhs[block] = moments[arm].T
+            solution = torch.linalg.solve(system, rhs)
+            shared = torch.cat([solution[:r], torch.zeros(1, 2, dtype=torch.float64)])  # [p, 2]
+            thetas = [solution[r + a * p : r + (a + 1) * p] + shared for a in range(k)]
+        else:
+            thetas = [torch.linalg.solve(grams[a] + torch.diag(diagonal), moments[a].T) for a in range(k)]
         with torch.no_grad():
             weight = self.network.reward_head.weight  # [2K, D]
             bias = self.network.reward_head.bias  # [2K]
             for arm in range(k):
-                precision = projection @ self.gram[arm] @ projection.T + torch.diag(diagonal)
-                moments = self.moments[arm] @ projection.T + prior  # [2, p]
-                theta = projection.T @ torch.linalg.solve(precision, moments.T)  # [d, 2] in z-space
+                theta = projection.T @ thetas[arm]  # [d, 2] in z-space
                 for row, column in ((arm, 0), (k + arm, 1)):
                     weight[row] = theta[:-1, column].float()
                     bias[row] = float(theta[-1, column])

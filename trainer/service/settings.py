@@ -122,6 +122,9 @@ class LearnerSettings:
     # reward_model: regress on the top this-many principal directions of the embeddings seen so far
     # (0 = the whole embedding); fewer parameters per model separate the models with fewer events.
     projection_dim: int = 32
+    # reward_model: penalty on the slopes all models share (a population term every model's regression
+    # adds its own deviation to; 0 = independent per-model regressions).
+    shared_ridge_lambda: float = 300.0
 
 
 @dataclass(frozen=True)
@@ -130,12 +133,19 @@ class PublishSettings:
 
     # Evaluate a candidate after this many new training events ...
     every_events: int = 1000
+    # ... or sooner while the learner is young: after max(min_every_events, every_fraction × events
+    # trained) new events, never more than every_events (from a cold start: every 100 events until 1,000
+    # are trained, then whenever the data grew by 10%). 0 = off (a fixed every_events cadence).
+    min_every_events: int = 100
+    # Growth of the trained events that triggers an early evaluation (see min_every_events).
+    every_fraction: float = 0.1
     # ... or this many seconds after the last evaluation, whichever comes first (if any new events).
     every_s: float = 60.0
-    # Publish only if SNIPS(candidate) >= SNIPS(current) - margin (reward units).
+    # Publish only if V(candidate) >= V(current) - margin (reward units; V: the gate's off-policy estimate,
+    # doubly robust for reward_model candidates, SNIPS for barp ones).
     gate_margin: float = 0.01
     # No publication before this many held-out events exist (the estimate would be noise).
-    gate_min_holdout_events: int = 50
+    gate_min_holdout_events: int = 20
     # Bytes per FetchPolicy chunk.
     chunk_bytes: int = 1 << 20
 
@@ -248,6 +258,7 @@ def validate(settings: TrainerSettings) -> TrainerSettings:
     )
     check(le.projection_dim >= 0, "learner.projection_dim", "must be >= 0")
     check(le.ridge_lambda > 0, "learner.ridge_lambda", "must be > 0")
+    check(le.shared_ridge_lambda >= 0, "learner.shared_ridge_lambda", "must be >= 0")
     check(0 <= le.prior_quality <= 1, "learner.prior_quality", "must be in [0, 1]")
     check(le.prior_events > 0, "learner.prior_events", "must be > 0")
     check(le.exploration_scale > 0, "learner.exploration_scale", "must be > 0")
@@ -264,6 +275,8 @@ def validate(settings: TrainerSettings) -> TrainerSettings:
     check(le.holdout_max_events >= 1, "learner.holdout_max_events", "must be >= 1")
     p = s.publish
     check(p.every_events >= 1, "publish.every_events", "must be >= 1")
+    check(p.min_every_events >= 0, "publish.min_every_events", "must be >= 0")
+    check(p.every_fraction >= 0, "publish.every_fraction", "must be >= 0")
     check(p.every_s > 0, "publish.every_s", "must be > 0")
     check(p.gate_margin >= 0, "publish.gate_margin", "must be >= 0")
     check(p.gate_min_holdout_events >= 1, "publish.gate_min_holdout_events", "must be >= 1")
