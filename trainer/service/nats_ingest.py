@@ -1,0 +1,209 @@
+"""NATS ingestion: the trainer's durable JetStream consumer feeding its event log.
+
+The ``nats`` counterpart of ``TrainerServicer.PublishRewards``. Owns one durable pull consumer
+(``events.consumer``) on the reward stream, its reconnect loop (``barp_sidecar/backoff.py``), validation
+(the same ``event_problem`` as the gRPC path), dead-lettering and acknowledgement. A fetched batch is
+appended to the ``EventLog`` (fsync'd, de-duplicated by event id) *before* any of its messages is
+acknowledged, so a crash between the two redelivers them and the log drops the repeats. A message that is
+not a reward event (undecodable, no or a different ``Nats-Msg-Id``, or failing validation) is copied to
+``events.dead_letter_subject`` with the reason in a ``Barp-Dead-Reason`` header, counted, and
+acknowledged: it never stops the consumer or crashes the trainer.
+
+Decision (docs/learning.md §8): the stream feeds the trainer's log rather than being it. Knows nothing
+about learning (the training loop reads the log).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import random
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+from google.protobuf.message import DecodeError
+
+from barp_sidecar.backoff import ReconnectBackoff
+from barp_sidecar.broker.nats_connection import (
+    BrokerAuthFailed,
+    BrokerUnavailable,
+    NatsConnector,
+    ensure_event_streams,
+)
+from barp_sidecar.gen.barp.v1 import trainer_pb2
+from barp_sidecar.tasks import cancel_and_wait
+from trainer.service.eventlog import EventLog
+from trainer.service.validation import event_problem
+
+log = structlog.get_logger("trainer.service.nats_ingest")
+
+MSG_ID_HEADER = "Nats-Msg-Id"
+DEAD_REASON_HEADER = "Barp-Dead-Reason"
+
+
+@dataclass
+class NatsIngestCounters:
+    received: int = 0
+    stored: int = 0
+    duplicates: int = 0
+    dead_lettered: Counter[str] = field(default_factory=Counter)
+    sessions: int = 0
+    session_failures: int = 0
+    connect_failures: int = 0
+
+
+def classify(
+    msg_data: bytes, headers: dict[str, str] | None, arms: tuple[str, ...], embedding_dim: int
+) -> tuple[trainer_pb2.RewardEvent | None, str, str]:
+    """(event or None, dead-letter reason kind, detail). Pure: the consumer's whole notion of "malformed"."""
+    try:
+        event = trainer_pb2.RewardEvent.FromString(msg_data)
+    except DecodeError as exc:
+        return None, "undecodable", f"not a barp.v1.RewardEvent: {exc}"
+    msg_id = (headers or {}).get(MSG_ID_HEADER)
+    if not msg_id or msg_id != event.event_id:
+        return None, "foreign", f"{MSG_ID_HEADER} {msg_id!r} does not match event_id {event.event_id[:64]!r}"
+    problem = event_problem(event, arms, embedding_dim)
+    if problem is not None:
+        return None, "invalid", problem
+    return event, "", ""
+
+
+class NatsEventIngestor:
+    """Durable consumer -> ``EventLog``. ``start()`` / ``close()``; ``connected`` and counters for metrics."""
+
+    def __init__(
+        self,
+        connector: NatsConnector,
+        event_log: EventLog,
+        arms: tuple[str, ...],
+        embedding_dim: int,
+        max_batch_events: int = 1024,
+        fetch_timeout_s: float = 1.0,
+        seed: int | None = None,
+    ) -> None:
+        s = connector.settings
+        self.settings = s
+        self.connector = connector
+        self.event_log = event_log
+        self.arms = arms
+        self.embedding_dim = embedding_dim
+        self.max_batch_events = max_batch_events
+        self.fetch_timeout_s = fetch_timeout_s
+        self.counters = NatsIngestCounters()
+        self.connected = False
+        self.state = "connecting"
+        self._backoff = ReconnectBackoff(
+            s.reconnect_initial_backoff_s, s.reconnect_max_backoff_s, random.Random(seed)
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="nats-event-ingest")
+
+    async def close(self) -> None:
+        await cancel_and_wait(self._task)
+        self._task = None
+
+    def _set_state(self, state: str, **fields: Any) -> None:
+        changed = state != self.state
+        self.state = state
+        self.connected = state == "connected"
+        if state == "connected":
+            log.info(
+                "event_broker_connected",
+                stream=self.settings.stream,
+                consumer=self.settings.consumer,
+                **fields,
+            )
+        elif changed or state == "auth_failed":
+            level = log.error if state == "auth_failed" else log.warning
+            level(f"event_broker_{state}", urls=list(self.settings.nats_urls), **fields)
+
+    async def _run(self) -> None:
+        while True:
+            stored_before = self.counters.received
+            try:
+                client = await self.connector.connect()
+            except BrokerAuthFailed as exc:
+                self.counters.connect_failures += 1
+                self._set_state("auth_failed", error=str(exc))
+            except BrokerUnavailable as exc:
+                self.counters.connect_failures += 1
+                self._set_state("unreachable", error=str(exc))
+            else:
+                try:
+                    await self._session(client)
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    self.counters.session_failures += 1
+                    self._set_state("unreachable", error=repr(exc), phase="consuming")
+                finally:
+                    self.connected = False
+                    try:
+                        await asyncio.wait_for(client.close(), 2.0)
+                    except Exception as exc:  # a broken connection may fail to close; it is gone either way
+                        log.debug("event_broker_close_failed", error=repr(exc))
+            await asyncio.sleep(self._backoff.next_delay_s(self.counters.received > stored_before))
+
+    async def _session(self, client: Any) -> None:
+        api = importlib.import_module("nats.js.api")
+        nats_errors = importlib.import_module("nats.errors")
+        s = self.settings
+        js = client.jetstream(timeout=s.publish_timeout_s)
+        await ensure_event_streams(js, s)
+        subscription = await js.pull_subscribe(
+            s.subject,
+            durable=s.consumer,
+            stream=s.stream,
+            config=api.ConsumerConfig(
+                ack_policy=api.AckPolicy.EXPLICIT,
+                deliver_policy=api.DeliverPolicy.ALL,
+                ack_wait=60.0,
+                max_ack_pending=8 * self.max_batch_events,
+            ),
+        )
+        self.counters.sessions += 1
+        self._set_state("connected")
+        while True:
+            if not client.is_connected:
+                raise ConnectionError("the NATS connection closed")
+            try:
+                messages = await subscription.fetch(self.max_batch_events, timeout=self.fetch_timeout_s)
+            except nats_errors.TimeoutError:
+                # Idle: make sure the consumer still exists (a deleted stream takes it along silently).
+                await subscription.consumer_info()
+                continue
+            await self._ingest(js, messages)
+
+    async def _ingest(self, js: Any, messages: list[Any]) -> None:
+        valid: list[trainer_pb2.RewardEvent] = []
+        for msg in messages:
+            event, kind, detail = classify(msg.data, msg.headers, self.arms, self.embedding_dim)
+            if event is not None:
+                valid.append(event)
+                continue
+            # Copy to the dead-letter stream (acknowledged by JetStream) before acknowledging the original.
+            await js.publish(
+                self.settings.dead_letter_subject,
+                msg.data,
+                headers={DEAD_REASON_HEADER: f"{kind}: {detail}"[:512]},
+            )
+            self.counters.dead_lettered[kind] += 1
+            log.warning(
+                "reward_event_dead_lettered",
+                kind=kind,
+                reason=detail[:256],
+                stream_sequence=msg.metadata.sequence.stream,
+            )
+        if valid:
+            flags = await asyncio.to_thread(self.event_log.append, valid)
+            stored = sum(flags)
+            self.counters.stored += stored
+            self.counters.duplicates += len(flags) - stored
+        for msg in messages:
+            await msg.ack()
+        self.counters.received += len(messages)
