@@ -9,6 +9,9 @@ import each other upwards. Owns wiring for: pending-decision store + outcome rec
 ``start_background`` after, and ``close`` after the Router and batcher stopped (``app.py`` docstring has
 the whole order).
 
+Reward events go to the trainer over gRPC (``trainer.target``) or to a NATS JetStream stream
+(``events.backend: nats``); both publishers implement ``rewards.transport.RewardTransport``.
+
 Close order: Admin server -> watchers -> expiry sweep -> publisher (a short drain: acknowledged events are
 trimmed; the rest stays in the spool for the next start) -> spool (final fsync) -> trainer channel.
 """
@@ -24,14 +27,18 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from barp_sidecar.broker.nats_connection import NatsConnector
+from barp_sidecar.broker.settings import EventsBackend
 from barp_sidecar.errors import CheckpointError, ConfigError
 from barp_sidecar.policy.manager import PolicyManager, ServingRegistry
 from barp_sidecar.policy.watcher import DirectoryPolicyWatcher, TrainerCheckpointFetcher, TrainerPolicyWatcher
+from barp_sidecar.rewards.nats_publisher import BROKER_STATES, NatsRewardPublisher
 from barp_sidecar.rewards.pending import PendingDecisionStore
 from barp_sidecar.rewards.pending_journal import PendingJournal
 from barp_sidecar.rewards.publisher import RewardPublisher
 from barp_sidecar.rewards.recorder import OutcomeRecorder
 from barp_sidecar.rewards.spool import RewardSpool
+from barp_sidecar.rewards.transport import RewardTransport
 from barp_sidecar.rpc.admin import AdminServer
 from barp_sidecar.rpc.tls import channel_credentials, client_files_from, open_channel
 from barp_sidecar.settings import Settings
@@ -82,7 +89,13 @@ class LearningComponents:
                 ),
             )
         self.channel: grpc.aio.Channel | None = None
-        self.publisher: RewardPublisher | None = None
+        self.publisher: RewardTransport | None = None
+        # NATS: credentials, TLS files and the optional client are checked now (ConfigError naming the key).
+        self.nats_connector = (
+            NatsConnector(settings.events, env, f"barp-sidecar/{self.sidecar_id}")
+            if settings.events.backend is EventsBackend.NATS and r.enabled
+            else None
+        )
         self.trainer_watcher: TrainerPolicyWatcher | None = None
         self.directory_watcher: DirectoryPolicyWatcher | None = None
         self._trainer_settings = t
@@ -113,9 +126,11 @@ class LearningComponents:
         if self.spool is not None and self.recorder is not None:
             await self.spool.start()
             await self.recorder.start()
+        if self.spool is not None and self.nats_connector is not None:
+            self.publisher = NatsRewardPublisher(self.spool, self.nats_connector)
         if t.target is not None:
             self.channel = trainer_channel(t.target, self._trainer_credentials)
-            if self.spool is not None:
+            if self.spool is not None and self.publisher is None:
                 self.publisher = RewardPublisher(
                     self.spool, self.channel, t.reconnect_initial_backoff_s, t.reconnect_max_backoff_s
                 )
@@ -218,6 +233,23 @@ class LearningCollector(Collector):
                 "barp_trainer_connected",
                 "1 when the reward stream is connected",
                 value=float(c.publisher.connected),
+            )
+        if isinstance(c.publisher, NatsRewardPublisher):
+            state = GaugeMetricFamily(
+                "barp_event_broker_state", "1 for the NATS broker's current state", labels=["state"]
+            )
+            for name in BROKER_STATES:
+                state.add_metric([name], float(c.publisher.state == name))
+            yield state
+            yield CounterMetricFamily(
+                "barp_event_broker_connect_failures",
+                "Failed connection attempts to the NATS broker",
+                value=c.publisher.connect_failures,
+            )
+            yield CounterMetricFamily(
+                "barp_reward_events_duplicate",
+                "Resent reward events JetStream recognised by Nats-Msg-Id",
+                value=c.publisher.duplicates,
             )
         yield CounterMetricFamily("barp_policy_swaps", "Hot swaps performed", value=c.manager.swaps_total)
         rejected = CounterMetricFamily(

@@ -27,6 +27,7 @@ from typing import Any, TypeVar, get_type_hints
 
 import yaml
 
+from barp_sidecar.broker.settings import EventsSettings
 from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.errors import ConfigError
 
@@ -349,6 +350,8 @@ class Settings:
     trainer: TrainerClientSettings = field(default_factory=TrainerClientSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     providers: ProvidersSettings = field(default_factory=ProvidersSettings)
+    # Reward-event transport: grpc (to trainer.target) or nats (barp_sidecar/broker/settings.py).
+    events: EventsSettings = field(default_factory=EventsSettings)
 
 
 T = TypeVar("T")

@@ -1,26 +1,33 @@
 """Composition root of ``barp-trainer serve``: build -> start -> wait for stop -> ordered shutdown.
 
-Owns wiring and lifecycle only: event log, checkpoint store, starting policy, training loop, gRPC server
+Owns wiring and lifecycle only: event log, checkpoint store, starting policy, training loop, the NATS
+durable consumer when ``events.backend`` is ``nats`` (``nats_ingest.py``), gRPC server
 (the server kit ``barp_sidecar.rpc.server`` shared with the sidecar: Trainer + health + reflection + error
 boundary, optional TLS/mTLS, optional plaintext health-only port for Kubernetes probes) and metrics.
-Shutdown order: health NOT_SERVING -> close announcements (WatchPolicy streams end) ->
-``server.stop(grace_s)`` (in-flight acks finish) -> stop the training loop -> close the log (final fsync).
+Shutdown order: health NOT_SERVING -> close announcements (WatchPolicy streams end) -> stop the NATS
+consumer (unacknowledged messages are redelivered later) -> ``server.stop(grace_s)`` (in-flight acks
+finish) -> stop the training loop -> close the log (final fsync).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import structlog
 from prometheus_client import CollectorRegistry, start_http_server
 
+from barp_sidecar.broker.nats_connection import NatsConnector
+from barp_sidecar.broker.settings import EventsBackend
 from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
 from barp_sidecar.policy.checkpoint import CheckpointStore
 from barp_sidecar.rpc.server import GrpcServer, Service
 from trainer.service.eventlog import SegmentedEventLog
 from trainer.service.loop import TrainingLoop
 from trainer.service.metrics import TrainerCollector
+from trainer.service.nats_ingest import NatsEventIngestor
 from trainer.service.policy_source import PolicyAnnouncer, starting_policy
 from trainer.service.servicer import TrainerServicer
 from trainer.service.settings import TrainerSettings
@@ -34,13 +41,20 @@ MAX_PENDING_RPCS = 1024
 
 
 class TrainerApp:
-    def __init__(self, settings: TrainerSettings) -> None:
+    def __init__(self, settings: TrainerSettings, env: Mapping[str, str] | None = None) -> None:
         self.settings = settings
         self.event_log: SegmentedEventLog | None = None
         self.store = CheckpointStore(settings.checkpoints_dir)
         self.announcer = PolicyAnnouncer()
         self.loop: TrainingLoop | None = None
         self.servicer: TrainerServicer | None = None
+        self.ingestor: NatsEventIngestor | None = None
+        # NATS credentials, TLS files and the optional client are checked before anything opens or binds.
+        self.nats_connector = (
+            NatsConnector(settings.events, os.environ if env is None else env, "barp-trainer")
+            if settings.events.backend is EventsBackend.NATS
+            else None
+        )
         # The server kit shared with the sidecar; TLS files are read and checked here, before the event log
         # opens or any port binds.
         self.server = GrpcServer(
@@ -74,6 +88,11 @@ class TrainerApp:
             manifest.architecture.embedding_dim,
             s.publish.chunk_bytes,
         )
+        if self.nats_connector is not None:
+            self.ingestor = NatsEventIngestor(
+                self.nats_connector, self.event_log, manifest.arms, manifest.architecture.embedding_dim
+            )
+            await self.ingestor.start()
         self.server.add_service(
             Service(SERVICE_NAME, trainer_pb2_grpc.add_TrainerServicer_to_server, self.servicer)
         )
@@ -95,6 +114,7 @@ class TrainerApp:
             version=manifest.version,
             arms=len(manifest.arms),
             tls=self.server.tls,
+            events_backend=s.events.backend.value,
             mtls=s.server.tls_client_ca_file is not None,
         )
 
@@ -107,6 +127,8 @@ class TrainerApp:
     async def close(self) -> None:
         await self.server.set_not_serving()
         await self.announcer.close()
+        if self.ingestor is not None:
+            await self.ingestor.close()
         await self.server.stop(self.settings.server.grace_s)
         if self.loop is not None:
             await self.loop.close()
