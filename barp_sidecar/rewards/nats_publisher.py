@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import deque
 from typing import Any
 
 import structlog
@@ -35,16 +36,23 @@ BROKER_STATES = ("connecting", "connected", "unreachable", "auth_failed")
 
 
 class NatsRewardPublisher:
-    """Publishes the spool to JetStream in order, ``batch_events`` in flight at a time. start/close."""
+    """Publishes the spool to JetStream in order, up to ``max_batches_in_flight`` batches of
+    ``batch_events`` awaiting their acks; the spool is trimmed batch by batch, in order. start/close."""
 
     def __init__(
-        self, spool: RewardSpool, connector: NatsConnector, batch_events: int = 512, seed: int | None = None
+        self,
+        spool: RewardSpool,
+        connector: NatsConnector,
+        batch_events: int = 256,
+        max_batches_in_flight: int = 4,
+        seed: int | None = None,
     ) -> None:
         s = connector.settings
         self.spool = spool
         self.connector = connector
         self.settings = s
         self.batch_events = batch_events
+        self.max_batches_in_flight = max_batches_in_flight
         self.counters = PublisherCounters()
         self.duplicates = 0
         self.connect_failures = 0
@@ -122,27 +130,44 @@ class NatsRewardPublisher:
         self.counters.sessions += 1
         self._set_state("connected", acked_sequence=self.spool.acked_sequence)
         cursor = self.spool.acked_sequence
-        while True:
-            if not client.is_connected:
-                raise ConnectionError("the NATS connection closed")
-            batch = self.spool.read_after(cursor, self.batch_events)
-            if not batch:
-                await self.spool.wait_durable_after(cursor, timeout_s=0.2)
-                continue
-            futures = [
-                await js.publish_async(
-                    self.settings.subject,
-                    event.SerializeToString(),
-                    headers={MSG_ID_HEADER: event.event_id},
-                )
-                for event in batch
-            ]
-            self.counters.sent += len(batch)
-            acks = await asyncio.wait_for(asyncio.gather(*futures), self.settings.publish_timeout_s)
-            self.duplicates += sum(1 for ack in acks if ack.duplicate)
-            await self.spool.ack(batch[-1].sequence)
-            self.counters.acked_sequence = self.spool.acked_sequence
-            cursor = batch[-1].sequence
+        # Batches whose publish acks are outstanding, oldest first: (last sequence, all their acks).
+        in_flight: deque[tuple[int, asyncio.Future[list[Any]]]] = deque()
+        try:
+            while True:
+                if not client.is_connected:
+                    raise ConnectionError("the NATS connection closed")
+                if in_flight and (in_flight[0][1].done() or len(in_flight) >= self.max_batches_in_flight):
+                    await self._settle(in_flight.popleft())
+                    continue
+                batch = self.spool.read_after(cursor, self.batch_events)
+                if not batch:
+                    if in_flight:
+                        await self._settle(in_flight.popleft())
+                    else:
+                        await self.spool.wait_durable_after(cursor, timeout_s=0.2)
+                    continue
+                futures = [
+                    await js.publish_async(
+                        self.settings.subject,
+                        event.SerializeToString(),
+                        headers={MSG_ID_HEADER: event.event_id},
+                    )
+                    for event in batch
+                ]
+                self.counters.sent += len(batch)
+                in_flight.append((batch[-1].sequence, asyncio.ensure_future(asyncio.gather(*futures))))
+                cursor = batch[-1].sequence
+        finally:
+            for _, pending in in_flight:
+                pending.cancel()
+
+    async def _settle(self, entry: tuple[int, asyncio.Future[list[Any]]]) -> None:
+        """Wait for one batch's publish acks (in order), then trim the spool up to its last event."""
+        last_sequence, acks = entry
+        results = await asyncio.wait_for(acks, self.settings.publish_timeout_s)
+        self.duplicates += sum(1 for ack in results if ack.duplicate)
+        await self.spool.ack(last_sequence)
+        self.counters.acked_sequence = self.spool.acked_sequence
 
 
 async def _close_quietly(client: Any) -> None:

@@ -71,6 +71,21 @@ def classify(
     return event, "", ""
 
 
+async def fetch_available(subscription: Any, max_messages: int, timeout_s: float) -> list[Any]:
+    """Up to ``max_messages`` messages, returning as soon as what is available now has arrived.
+
+    nats-py's ``fetch(n)`` waits for all ``n`` (or the timeout) against nats-server 2.9, so a batch
+    fetch on a stream with fewer pending messages always costs the whole timeout. Instead: wait for
+    one message, then ask for exactly the number the server says is pending after it (its metadata).
+    Raises ``nats.errors.TimeoutError`` when nothing arrives within ``timeout_s``.
+    """
+    messages: list[Any] = await subscription.fetch(1, timeout=timeout_s)
+    pending = int(messages[-1].metadata.num_pending or 0)
+    if pending and max_messages > 1:
+        messages += await subscription.fetch(min(pending, max_messages - 1), timeout=timeout_s)
+    return messages
+
+
 class NatsEventIngestor:
     """Durable consumer -> ``EventLog``. ``start()`` / ``close()``; ``connected`` and counters for metrics."""
 
@@ -172,7 +187,7 @@ class NatsEventIngestor:
             if not client.is_connected:
                 raise ConnectionError("the NATS connection closed")
             try:
-                messages = await subscription.fetch(self.max_batch_events, timeout=self.fetch_timeout_s)
+                messages = await fetch_available(subscription, self.max_batch_events, self.fetch_timeout_s)
             except nats_errors.TimeoutError:
                 # Idle: make sure the consumer still exists (a deleted stream takes it along silently).
                 await subscription.consumer_info()
