@@ -30,7 +30,8 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from barp_sidecar.broker.nats_connection import NatsConnector
 from barp_sidecar.broker.settings import EventsBackend
 from barp_sidecar.errors import CheckpointError, ConfigError
-from barp_sidecar.policy.manager import PolicyManager, ServingRegistry
+from barp_sidecar.policy.manager import CheckpointFetcher, PolicyManager, ServingRegistry
+from barp_sidecar.policy.nats_policies import NatsPolicyWatcher
 from barp_sidecar.policy.watcher import DirectoryPolicyWatcher, TrainerCheckpointFetcher, TrainerPolicyWatcher
 from barp_sidecar.rewards.nats_publisher import BROKER_STATES, NatsRewardPublisher
 from barp_sidecar.rewards.pending import PendingDecisionStore
@@ -64,14 +65,29 @@ class LearningComponents:
         r, t = settings.rewards, settings.trainer
         self.settings = settings
         self.sidecar_id = r.sidecar_id or socket.gethostname()
-        # The manager fetches versions announced by the trainer (or pinned through Admin) over the trainer
-        # channel, which start_recording opens once the event loop runs.
-        fetcher = (
-            TrainerCheckpointFetcher(self._open_channel, Path(t.checkpoint_cache_dir))
-            if t.target is not None and t.watch_policies
+        nats = settings.events.backend is EventsBackend.NATS
+        # NATS: credentials, TLS files and the optional client are checked now (ConfigError naming the key).
+        self.nats_connector = (
+            NatsConnector(settings.events, env, f"barp-sidecar/{self.sidecar_id}")
+            if nats and (r.enabled or (t.target is None and t.watch_policies))
             else None
         )
+        # Without a trainer target, a NATS sidecar follows the policies the trainer mirrors into JetStream.
+        self.nats_policy_watcher = (
+            NatsPolicyWatcher(self.nats_connector, Path(t.checkpoint_cache_dir))
+            if self.nats_connector is not None and t.target is None and t.watch_policies
+            else None
+        )
+        # The manager fetches versions announced by the trainer (or pinned through Admin) over the trainer
+        # channel, which start_recording opens once the event loop runs, or from the NATS Object Store.
+        fetcher: CheckpointFetcher | None = None
+        if t.target is not None and t.watch_policies:
+            fetcher = TrainerCheckpointFetcher(self._open_channel, Path(t.checkpoint_cache_dir))
+        elif self.nats_policy_watcher is not None:
+            fetcher = self.nats_policy_watcher.fetch
         self.manager = PolicyManager(registry, settings.policy.checkpoint_dir or "builtin", fetcher)
+        if self.nats_policy_watcher is not None:
+            self.nats_policy_watcher.manager = self.manager
         self.spool: RewardSpool | None = None
         self.recorder: OutcomeRecorder | None = None
         if r.enabled:
@@ -90,12 +106,6 @@ class LearningComponents:
             )
         self.channel: grpc.aio.Channel | None = None
         self.publisher: RewardTransport | None = None
-        # NATS: credentials, TLS files and the optional client are checked now (ConfigError naming the key).
-        self.nats_connector = (
-            NatsConnector(settings.events, env, f"barp-sidecar/{self.sidecar_id}")
-            if settings.events.backend is EventsBackend.NATS and r.enabled
-            else None
-        )
         self.trainer_watcher: TrainerPolicyWatcher | None = None
         self.directory_watcher: DirectoryPolicyWatcher | None = None
         self._trainer_settings = t
@@ -126,7 +136,7 @@ class LearningComponents:
         if self.spool is not None and self.recorder is not None:
             await self.spool.start()
             await self.recorder.start()
-        if self.spool is not None and self.nats_connector is not None:
+        if self.spool is not None and self.nats_connector is not None and self.settings.rewards.enabled:
             self.publisher = NatsRewardPublisher(self.spool, self.nats_connector)
         if t.target is not None:
             self.channel = trainer_channel(t.target, self._trainer_credentials)
@@ -145,7 +155,12 @@ class LearningComponents:
 
     async def start_background(self) -> int | None:
         """After the Router serves: publisher, watchers, Admin. Returns the Admin port (None = disabled)."""
-        for component in (self.publisher, self.trainer_watcher, self.directory_watcher):
+        for component in (
+            self.publisher,
+            self.trainer_watcher,
+            self.nats_policy_watcher,
+            self.directory_watcher,
+        ):
             if component is not None:
                 await component.start()
         if self.admin is not None:
@@ -158,7 +173,7 @@ class LearningComponents:
     async def close(self) -> None:
         if self.admin is not None:
             await self.admin.close(grace_s=1.0)
-        for watcher in (self.trainer_watcher, self.directory_watcher):
+        for watcher in (self.trainer_watcher, self.nats_policy_watcher, self.directory_watcher):
             if watcher is not None:
                 await watcher.close()
         if self.recorder is not None:

@@ -62,6 +62,10 @@ class EventsSettings:
     duplicate_window_s: float = 120.0
     # The trainer's durable consumer.
     consumer: str = "barp-trainer"
+    # Policies: the trainer stores each published version (manifest + weights) in this JetStream Object
+    # Store and points key "latest" of this KV bucket at it; sidecars without trainer.target watch it.
+    policy_object_bucket: str = "BARP_POLICIES"
+    policy_kv_bucket: str = "BARP_POLICY"
     # Seconds to wait for a publish ack / a connection.
     publish_timeout_s: float = 5.0
     connect_timeout_s: float = 2.0
@@ -103,7 +107,12 @@ class EventsSettings:
             "nats_tls_cert_file and nats_tls_key_file go together",
         )
         _require(_NAME.match(self.stream) is not None, "events.stream", "must be 1-64 of [A-Za-z0-9_-]")
-        _require(_NAME.match(self.consumer) is not None, "events.consumer", "must be 1-64 of [A-Za-z0-9_-]")
+        for key, name in (
+            ("events.consumer", self.consumer),
+            ("events.policy_object_bucket", self.policy_object_bucket),
+            ("events.policy_kv_bucket", self.policy_kv_bucket),
+        ):
+            _require(_NAME.match(name) is not None, key, "must be 1-64 of [A-Za-z0-9_-]")
         for key, subject in (
             ("events.subject", self.subject),
             ("events.dead_letter_subject", self.dead_letter_subject),

@@ -99,10 +99,10 @@ async def fetch_checkpoint(
             f"{expected_weights_sha256[:12]}…",
             RejectionReason.SHA256_MISMATCH,
         )
-    return await asyncio.to_thread(_write_checkpoint, download_root, version, files)
+    return await asyncio.to_thread(write_checkpoint, download_root, version, files)
 
 
-def _write_checkpoint(download_root: Path, version: int, files: dict[str, bytearray]) -> Path:
+def write_checkpoint(download_root: Path, version: int, files: dict[str, bytearray]) -> Path:
     """Write into a staging directory, fsync, and rename into place (replacing an older download)."""
     download_root.mkdir(parents=True, exist_ok=True)
     final = download_root / version_dir_name(version)

@@ -1,12 +1,13 @@
 """Composition root of ``barp-trainer serve``: build -> start -> wait for stop -> ordered shutdown.
 
 Owns wiring and lifecycle only: event log, checkpoint store, starting policy, training loop, the NATS
-durable consumer when ``events.backend`` is ``nats`` (``nats_ingest.py``), gRPC server
+durable consumer and the policy mirror (Object Store + KV) when ``events.backend`` is ``nats``
+(``nats_ingest.py``, ``nats_policy_mirror.py``), gRPC server
 (the server kit ``barp_sidecar.rpc.server`` shared with the sidecar: Trainer + health + reflection + error
 boundary, optional TLS/mTLS, optional plaintext health-only port for Kubernetes probes) and metrics.
 Shutdown order: health NOT_SERVING -> close announcements (WatchPolicy streams end) -> stop the NATS
-consumer (unacknowledged messages are redelivered later) -> ``server.stop(grace_s)`` (in-flight acks
-finish) -> stop the training loop -> close the log (final fsync).
+consumer (unacknowledged messages are redelivered later) and policy mirror -> ``server.stop(grace_s)``
+(in-flight acks finish) -> stop the training loop -> close the log (final fsync).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from trainer.service.eventlog import SegmentedEventLog
 from trainer.service.loop import TrainingLoop
 from trainer.service.metrics import TrainerCollector
 from trainer.service.nats_ingest import NatsEventIngestor
+from trainer.service.nats_policy_mirror import NatsPolicyMirror
 from trainer.service.policy_source import PolicyAnnouncer, starting_policy
 from trainer.service.servicer import TrainerServicer
 from trainer.service.settings import TrainerSettings
@@ -49,6 +51,7 @@ class TrainerApp:
         self.loop: TrainingLoop | None = None
         self.servicer: TrainerServicer | None = None
         self.ingestor: NatsEventIngestor | None = None
+        self.policy_mirror: NatsPolicyMirror | None = None
         # NATS credentials, TLS files and the optional client are checked before anything opens or binds.
         self.nats_connector = (
             NatsConnector(settings.events, os.environ if env is None else env, "barp-trainer")
@@ -93,6 +96,8 @@ class TrainerApp:
                 self.nats_connector, self.event_log, manifest.arms, manifest.architecture.embedding_dim
             )
             await self.ingestor.start()
+            self.policy_mirror = NatsPolicyMirror(self.nats_connector, self.store, self.announcer)
+            await self.policy_mirror.start()
         self.server.add_service(
             Service(SERVICE_NAME, trainer_pb2_grpc.add_TrainerServicer_to_server, self.servicer)
         )
@@ -127,8 +132,9 @@ class TrainerApp:
     async def close(self) -> None:
         await self.server.set_not_serving()
         await self.announcer.close()
-        if self.ingestor is not None:
-            await self.ingestor.close()
+        for component in (self.ingestor, self.policy_mirror):
+            if component is not None:
+                await component.close()
         await self.server.stop(self.settings.server.grace_s)
         if self.loop is not None:
             await self.loop.close()

@@ -175,7 +175,7 @@ class NatsEventIngestor:
             durable=s.consumer,
             stream=s.stream,
             config=api.ConsumerConfig(
-                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_policy=api.AckPolicy.ALL,
                 deliver_policy=api.DeliverPolicy.ALL,
                 ack_wait=60.0,
                 max_ack_pending=8 * self.max_batch_events,
@@ -219,6 +219,6 @@ class NatsEventIngestor:
             stored = sum(flags)
             self.counters.stored += stored
             self.counters.duplicates += len(flags) - stored
-        for msg in messages:
-            await msg.ack()
+        # AckPolicy.ALL: acknowledging the last message of the fetch acknowledges every one before it.
+        await messages[-1].ack()
         self.counters.received += len(messages)
