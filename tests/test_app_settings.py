@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,9 @@ def test_flags_override_file_and_environment(tmp_path: Path) -> None:
         ((), {"BARP__BATCHING__MAX_PENDING": "0"}, "batching.max_pending"),
         ((), {"BARP__ROUTING__DEFAULT_EXPLORATION": "explore"}, "routing.default_exploration"),
         ((), {"BARP__BATCHING__NOPE": "1"}, "batching.nope"),
+        ((), {"BARP__POLICY__CHECKPOINT_DIR": "/nonexistent/policies"}, "policy.checkpoint_dir"),
+        ((), {"BARP__PROVIDERS__CATALOG_FILE": "/nonexistent/catalog.yaml"}, "providers.catalog_file"),
+        ((), {"BARP__TRAINER__TLS_CA_FILE": "/nonexistent/ca.pem"}, "trainer.tls_ca_file"),
     ],
 )
 def test_bad_settings_name_the_key(argv, env, key) -> None:
@@ -49,6 +54,27 @@ def test_bad_settings_name_the_key(argv, env, key) -> None:
 def test_run_returns_2_and_prints_the_key(capsys: pytest.CaptureFixture[str]) -> None:
     assert app.run(parse("--config", "/nonexistent/sidecar.yaml")) == app.EXIT_CONFIG
     assert "invalid configuration: --config: no such file" in capsys.readouterr().err
+
+
+def test_a_bad_setting_is_reported_before_torch_is_imported(tmp_path: Path) -> None:
+    """Validation (including the paths settings name) runs before the heavy imports (issue 10, start-up)."""
+    code = (
+        "import sys; from barp_sidecar.cli import main; "
+        "code = main(['serve', '--config', sys.argv[1]]); "
+        "print('torch' in sys.modules, code)"
+    )
+    config = tmp_path / "bad.yaml"
+    config.write_text("policy: {checkpoint_dir: /nonexistent/policies}\n")
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(config)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.stdout.split() == ["False", "2"], result.stderr
+    assert result.stderr.strip().endswith("policy.checkpoint_dir: no such directory: /nonexistent/policies")
 
 
 def test_unknown_disabled_model_is_a_config_error(tmp_path: Path) -> None:

@@ -26,7 +26,7 @@ def all_settings() -> list[tuple[str, object]]:
 def test_every_setting_is_documented_with_its_default(key: str, default: object) -> None:
     rows = {
         m.group(1): m.group(2)
-        for m in re.finditer(r"^\| `([a-z_]+\.[a-z_]+)` \| ([^|]+) \|", DOC.read_text(), re.M)
+        for m in re.finditer(r"^\| `([a-z0-9_]+\.[a-z0-9_]+)` \| ([^|]+) \|", DOC.read_text(), re.M)
     }
     assert key in rows, f"{key} is missing from docs/configuration.md"
     shown = rows[key]

@@ -23,13 +23,14 @@ LAYERS: list[set[str]] = [
         "barp_sidecar.tasks",
         "barp_sidecar.backoff",
         "barp_sidecar.model_names",
+        "barp_sidecar.console",
         "barp_sidecar.gen",
         "barp_sidecar.bounded_text",
     },
     # The broker's settings section and NATS connection glue (below settings, which embeds the section).
     {"barp_sidecar.broker"},
     {"barp_sidecar.settings"},
-    {"barp_sidecar.log", "barp_sidecar.process"},
+    {"barp_sidecar.log", "barp_sidecar.process", "barp_sidecar.tracing"},
     {"barp_sidecar.batching"},
     {"barp_sidecar.policy"},
     # choose_arm: pure (numpy + domain), shared by the sidecar's routing, `decide` and the trainer's replay,
@@ -38,7 +39,8 @@ LAYERS: list[set[str]] = [
     {"barp_sidecar.providers", "barp_sidecar.rewards"},
     {"barp_sidecar.routing"},
     {"barp_sidecar.metrics"},
-    {"barp_sidecar.rpc"},
+    # The transports: gRPC, and the OpenAI-compatible HTTP API (independent of each other).
+    {"barp_sidecar.rpc", "barp_sidecar.http"},
     # The composition root and the one-shot commands.
     {"barp_sidecar.learning_wiring", "barp_sidecar.decide"},
     {"barp_sidecar.app"},
@@ -61,6 +63,7 @@ SIDECAR_ONLY = {
     "barp_sidecar.batching",
     "barp_sidecar.providers",
     "barp_sidecar.metrics",
+    "barp_sidecar.http",
 }
 LAYER_OF = {unit: index for index, layer in enumerate(LAYERS) for unit in layer}
 

@@ -16,15 +16,40 @@ from barp_sidecar.settings import (
     Settings,
     env_overrides,
     load_settings,
+    resolve_state_dirs,
 )
 
 
 def test_defaults_need_no_file_and_are_valid() -> None:
-    settings = load_settings(None, {})
-    assert settings == Settings()
+    settings = load_settings(None, {"HOME": "/home/newcomer"})
+    assert settings == resolve_state_dirs(Settings(), {"HOME": "/home/newcomer"})
     assert settings.server.host == "127.0.0.1"
     assert settings.admin.host == "127.0.0.1"
     assert settings.logging.log_prompts is False
+
+
+@pytest.mark.parametrize(
+    ("env", "state_dir"),
+    [
+        ({"HOME": "/home/u"}, "/home/u/.local/state/barp-sidecar"),
+        ({"HOME": "/home/u", "XDG_STATE_HOME": "/xdg"}, "/xdg/barp-sidecar"),
+        ({"HOME": "/home/u", "XDG_STATE_HOME": "relative"}, "/home/u/.local/state/barp-sidecar"),
+        ({"HOME": "/home/u", "BARP__STATE__DIR": "/srv/barp"}, "/srv/barp"),
+    ],
+)
+def test_durable_state_goes_under_the_state_dir_never_the_working_directory(
+    env: dict[str, str], state_dir: str
+) -> None:
+    settings = load_settings(None, env)
+    assert settings.state.dir == state_dir
+    assert settings.rewards.spool_dir == f"{state_dir}/spool"
+    assert settings.trainer.checkpoint_cache_dir == f"{state_dir}/policies"
+
+
+def test_explicit_spool_and_policy_dirs_win_over_the_state_dir() -> None:
+    env = {"HOME": "/h", "BARP__REWARDS__SPOOL_DIR": "/s", "BARP__TRAINER__CHECKPOINT_CACHE_DIR": "/p"}
+    settings = load_settings(None, env)
+    assert (settings.rewards.spool_dir, settings.trainer.checkpoint_cache_dir) == ("/s", "/p")
 
 
 def test_file_then_env_layering(tmp_path) -> None:
@@ -58,7 +83,10 @@ def test_env_override_parses_yaml_scalars_and_null() -> None:
         ({"BARP__SERVER__TLS_CERT_FILE": "/c.pem"}, "server.tls_key_file"),
         ({"BARP__SERVER__TLS_CLIENT_CA_FILE": "/ca.pem"}, "server.tls_client_ca_file"),
         ({"BARP__REWARDS__EXPIRY_ACTION": "keep"}, "rewards.expiry_action"),
+        ({"BARP__REWARDS__SPOOL_MAX_BYTES_WITHOUT_TRAINER": "10"}, "rewards.spool_max_bytes_without_trainer"),
+        ({"BARP__STATE__DIR": "''"}, "state.dir"),
         ({"BARP__LOGGING__LEVEL": "loud"}, "logging.level"),
+        ({"BARP__ENCODER__BACKEND": "tensorrt"}, "encoder.backend"),
         ({"BARP__SERVER": "1"}, "BARP__SERVER"),
     ],
 )

@@ -11,6 +11,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from barp_sidecar.console import package_version, run_handling_closed_stdout
 from barp_sidecar.errors import BarpError
 
 _SUBCOMMANDS = {
@@ -37,25 +38,34 @@ _SUBCOMMANDS = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Bad arguments, data or files (argparse uses 2 as well).
+EXIT_USAGE = 2
+
+
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only the ``chosen`` subcommand's module is imported (for its arguments), so that
+    ``barp-trainer --help`` and a bad command line answer without importing torch."""
     parser = argparse.ArgumentParser(prog="barp-trainer", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {package_version()}")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module_name, help_text) in _SUBCOMMANDS.items():
-        module = importlib.import_module(module_name)
         command = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(command)
-        command.set_defaults(_module=module)
+        command.set_defaults(_module_name=module_name)
+        if name == chosen:
+            importlib.import_module(module_name).add_arguments(command)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run a subcommand; a ``BarpError`` (bad data, bad checkpoint, bad option) exits 2 with one line."""
-    args = build_parser().parse_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = next((a for a in argv if a in _SUBCOMMANDS), None)
+    args = build_parser(chosen).parse_args(argv)
     try:
-        return int(args._module.run(args))
-    except BarpError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return run_handling_closed_stdout(lambda: int(importlib.import_module(args._module_name).run(args)))
+    except (BarpError, FileExistsError, FileNotFoundError) as error:
+        # A user's mistake (bad --data, existing --out, a bad file): one line, exit 2, no traceback.
+        print(f"barp-trainer {args.command}: {error}", file=sys.stderr)
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":

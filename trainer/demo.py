@@ -478,7 +478,7 @@ async def run_demo(args: argparse.Namespace) -> int:
     return 0 if policy_reward > best_reward or not args.require_overtake else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -507,6 +507,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--require-overtake", action="store_true", help="exit 1 if the policy does not win")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
     args = parser.parse_args(argv)
     if not 0 <= args.quality_weight <= 1:
         parser.error("--quality-weight must be in [0, 1]")

@@ -58,16 +58,26 @@ class _NullObserver:
         pass
 
 
+# Told, before the caller's future resolves: its queue wait (s), its batch's size and run time (s).
+TimingCallback = Callable[[float, int, float], None]
+
+
 class _Pending(Generic[ItemT, ResultT]):
-    __slots__ = ("deadline_s", "enqueued_s", "future", "item")
+    __slots__ = ("deadline_s", "enqueued_s", "future", "item", "on_timing")
 
     def __init__(
-        self, item: ItemT, future: asyncio.Future[ResultT], enqueued_s: float, deadline_s: float | None
+        self,
+        item: ItemT,
+        future: asyncio.Future[ResultT],
+        enqueued_s: float,
+        deadline_s: float | None,
+        on_timing: TimingCallback | None = None,
     ) -> None:
         self.item = item
         self.future = future
         self.enqueued_s = enqueued_s
         self.deadline_s = deadline_s
+        self.on_timing = on_timing
 
 
 class MicroBatcher(Generic[ItemT, ResultT]):
@@ -134,8 +144,16 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             raise RuntimeError("MicroBatcher not started")
         return await self._loop.run_in_executor(self._executor, function)
 
-    def submit(self, item: ItemT, deadline_monotonic_s: float | None = None) -> asyncio.Future[ResultT]:
-        """Admit ``item`` or raise at once. The returned future resolves exactly once."""
+    def submit(
+        self,
+        item: ItemT,
+        deadline_monotonic_s: float | None = None,
+        on_timing: TimingCallback | None = None,
+    ) -> asyncio.Future[ResultT]:
+        """Admit ``item`` or raise at once. The returned future resolves exactly once.
+
+        ``on_timing`` (tracing) is called with this item's queue wait, batch size and batch run time just
+        before a computed result is delivered."""
         if self._loop is None or self._wakeup is None or self._full is None:
             raise RuntimeError("MicroBatcher not started")
         if self._closing:
@@ -153,7 +171,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         future: asyncio.Future[ResultT] = self._loop.create_future()
         self._pending += 1
         future.add_done_callback(self._release)
-        self._queue.append(_Pending(item, future, now, deadline_monotonic_s))
+        self._queue.append(_Pending(item, future, now, deadline_monotonic_s, on_timing))
         self._wakeup.set()
         if len(self._queue) >= self._fill_target:
             self._full.set()
@@ -249,11 +267,14 @@ class MicroBatcher(Generic[ItemT, ResultT]):
                 if not pending.future.done():
                     pending.future.set_exception(error)
             return
-        for pending, result in zip(batch, results, strict=True):
+        run_s = self._clock() - started_s
+        for pending, result, wait_s in zip(batch, results, waits_s, strict=True):
             if pending.future.done():  # cancelled while the batch ran
                 continue
+            if pending.on_timing is not None:
+                pending.on_timing(wait_s, len(batch), run_s)
             if isinstance(result, BaseException):
                 pending.future.set_exception(result)
             else:
                 pending.future.set_result(result)
-        self._observer.batch_done(len(batch), waits_s, self._clock() - started_s)
+        self._observer.batch_done(len(batch), waits_s, run_s)

@@ -17,7 +17,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +46,38 @@ class EncoderIdentity:
     max_seq_length: int
     truncation: str
     normalized: bool = True
+    # sha256 of int8 ONNX encoder files (backend onnx-int8) accepted for this policy after measuring its
+    # decisions with them against the fp32 encoder (bench/encoder_backends.py agreement; the target is
+    # >= 99.5% at every w_q). The fp32 backends (torch, onnx) compute the same function: no entry needed.
+    int8_validated_sha256: tuple[str, ...] = ()
 
     @classmethod
     def from_settings(cls, encoder_id: str, dim: int, settings: EncoderSettings) -> EncoderIdentity:
         return cls(encoder_id, dim, settings.max_seq_length, settings.truncation, True)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> EncoderIdentity:
+        validated = data.get("int8_validated_sha256", ())
+        if not isinstance(validated, list | tuple) or not all(isinstance(v, str) for v in validated):
+            raise ValueError("encoder.int8_validated_sha256 must be a list of sha256 strings")
+        return cls(**{**data, "int8_validated_sha256": tuple(validated)})
+
+    def core(self) -> EncoderIdentity:
+        """The identity without the validated-backend list: what embeddings a policy expects."""
+        return replace(self, int8_validated_sha256=())
+
+    def serving_problem(self, backend: str, model_sha256: str) -> str | None:
+        """Why this policy must not run on the encoder ``backend`` (file ``model_sha256``), or None."""
+        if backend != "onnx-int8":
+            return None  # torch and onnx fp32: the same math as the encoder the policy was trained with
+        if model_sha256 in self.int8_validated_sha256:
+            return None
+        return (
+            f"the policy was not validated with the int8 ONNX encoder {model_sha256[:12]}… (validated: "
+            f"{[v[:12] + '…' for v in self.int8_validated_sha256] or 'none'}): measure its decisions "
+            "with bench/encoder_backends.py agreement and list the sha256 in the manifest's "
+            "encoder.int8_validated_sha256, or serve it with encoder.backend torch or onnx"
+        )
 
     def settings(self, model: str, device: str = "auto") -> EncoderSettings:
         return EncoderSettings(
@@ -98,7 +126,7 @@ class PolicyManifest:
             return cls(
                 version=int(data["version"]),
                 arms=arms,
-                encoder=EncoderIdentity(**data["encoder"]),
+                encoder=EncoderIdentity.from_json(data["encoder"]),
                 tau_usd=float(data["tau_usd"]),
                 architecture=PolicyArchitecture.from_dict(data["architecture"]),
                 created_at_unix_s=float(data["created_at_unix_s"]),
@@ -239,7 +267,7 @@ def load_checkpoint(
             f"{directory}: arm list {list(manifest.arms)} does not match the expected {list(expected_arms)}",
             RejectionReason.ARM_MISMATCH,
         )
-    if expected_encoder is not None and expected_encoder != manifest.encoder:
+    if expected_encoder is not None and expected_encoder.core() != manifest.encoder.core():
         raise CheckpointError(
             f"{directory}: trained with encoder {manifest.encoder}, but this sidecar runs {expected_encoder}",
             RejectionReason.ENCODER_MISMATCH,

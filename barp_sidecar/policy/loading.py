@@ -1,15 +1,24 @@
 """Startup policy resolution: which checkpoint directory serves, and the encoder it needs.
 
-Owns the mapping from settings (``policy.checkpoint_dir``, ``policy.encoder_model``, ``policy.device``) to a
-loaded checkpoint and a matching, loaded encoder. Every failure is a ConfigError naming the setting, raised
-before any port binds.
+Owns the mapping from settings (``policy.checkpoint_dir``, ``policy.encoder_model``, ``policy.device``,
+``encoder.backend``, ``encoder.onnx_dir``) to a loaded checkpoint and a matching, loaded encoder. Every
+failure is a ConfigError naming the setting, raised before any port binds.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import structlog
+
 from barp_sidecar.errors import CheckpointError, ConfigError
+from barp_sidecar.policy.backends import (
+    BackendChoice,
+    default_onnx_dir,
+    encoder_backend_identity,
+    load_backend_encoder,
+    resolve_backend,
+)
 from barp_sidecar.policy.builtin import builtin_policy_dir
 from barp_sidecar.policy.checkpoint import (
     LATEST_FILE,
@@ -20,13 +29,11 @@ from barp_sidecar.policy.checkpoint import (
     load_checkpoint,
 )
 from barp_sidecar.policy.device import DevicePlacement
-from barp_sidecar.policy.encoder import (
-    BUILTIN_MODEL,
-    BUILTIN_MODEL_ID,
-    HashingEncoder,
-    SentenceTransformerEncoder,
-)
-from barp_sidecar.settings import PolicySettings
+from barp_sidecar.policy.encoder import BUILTIN_MODEL, BUILTIN_MODEL_ID, Encoder, EncoderSettings
+from barp_sidecar.policy.onnx_export import OnnxModelError, OnnxRuntimeUnsupported
+from barp_sidecar.settings import EncoderBackend, EncoderBackendSettings, PolicySettings
+
+log = structlog.get_logger(__name__)
 
 
 def resolve_checkpoint_dir(checkpoint_dir: str | None) -> Path:
@@ -73,28 +80,58 @@ def encoder_model_for(identity: EncoderIdentity, configured: str | None) -> str:
 
 
 def load_encoder(
-    identity: EncoderIdentity, settings: PolicySettings, placement: DevicePlacement
-) -> SentenceTransformerEncoder | HashingEncoder:
-    """Build and load the encoder the manifest names, on ``placement``; check its id and dimension."""
+    identity: EncoderIdentity,
+    settings: PolicySettings,
+    placement: DevicePlacement,
+    backend: EncoderBackendSettings | None = None,
+) -> Encoder:
+    """Build and load the encoder the manifest names, on ``placement`` and the configured backend; check
+    its id and dimension, and that the policy accepts the backend (an int8 file must be validated)."""
+    backend = backend or EncoderBackendSettings(backend=EncoderBackend.TORCH)
     model = encoder_model_for(identity, settings.encoder_model)
     try:
         encoder_settings = identity.settings(model, device=placement.device)
     except ValueError as exc:
         raise ConfigError("policy.checkpoint_dir", f"manifest encoder settings are invalid: {exc}") from exc
-    encoder: SentenceTransformerEncoder | HashingEncoder
     try:
-        encoder = (
-            HashingEncoder(encoder_settings)
-            if model.startswith("hash:")
-            else SentenceTransformerEncoder(encoder_settings)
+        resolved = resolve_backend(
+            backend.backend, placement.device, int8_validated=bool(identity.int8_validated_sha256)
         )
-        encoder.load()
-    except (OSError, ValueError) as exc:
-        raise ConfigError("policy.encoder_model", f"cannot load encoder {model!r}: {exc}") from exc
+    except ValueError as exc:
+        raise ConfigError("encoder.backend", str(exc)) from exc
+    onnx_dir = Path(backend.onnx_dir) if backend.onnx_dir is not None else default_onnx_dir()
+    choice = BackendChoice(resolved, onnx_dir, settings.cpu_threads)
+    encoder = _load(encoder_settings, choice, model)
+    problem = identity.serving_problem(*encoder_backend_identity(encoder))
+    if problem is not None and backend.backend == "auto":
+        # auto promises the fastest backend this policy is validated for: this int8 file is not one.
+        log.warning("encoder_backend_auto_uses_torch", reason=problem)
+        encoder = _load(encoder_settings, BackendChoice("torch", onnx_dir, settings.cpu_threads), model)
+    elif problem is not None:
+        raise ConfigError("encoder.backend", problem)
     if encoder.encoder_id != identity.encoder_id or encoder.dim != identity.dim:
         raise ConfigError(
             "policy.encoder_model",
             f"encoder {encoder.encoder_id!r} (dim {encoder.dim}) does not match the policy's "
             f"{identity.encoder_id!r} (dim {identity.dim})",
         )
+    log.info("encoder_loaded", encoder=encoder.encoder_id, backend=encoder_backend_identity(encoder)[0])
     return encoder
+
+
+def _load(encoder_settings: EncoderSettings, choice: BackendChoice, model: str) -> Encoder:
+    """Load one backend; every failure becomes a ConfigError naming the setting to fix."""
+    try:
+        return load_backend_encoder(
+            encoder_settings, choice, lambda reason: log.info("onnx_export_started", reason=reason)
+        )
+    except OnnxRuntimeUnsupported as exc:
+        raise ConfigError("encoder.backend", str(exc)) from exc
+    except OnnxModelError as exc:
+        raise ConfigError("encoder.onnx_dir", str(exc)) from exc
+    except ImportError as exc:
+        raise ConfigError(
+            "encoder.backend", f"{choice.backend} needs a package that is missing: {exc}"
+        ) from exc
+    except (OSError, ValueError) as exc:
+        raise ConfigError("policy.encoder_model", f"cannot load encoder {model!r}: {exc}") from exc

@@ -35,9 +35,13 @@ log = structlog.get_logger("barp_sidecar.policy.manager")
 
 
 class ServingRegistry(Protocol):
-    """What the manager needs from ``PolicyRegistry``: the current snapshot and an atomic swap."""
+    """What the manager needs from ``PolicyRegistry``: the current snapshot, a check, an atomic swap."""
 
     def current(self) -> LoadedPolicy: ...
+
+    def check(self, policy: LoadedPolicy) -> None:
+        """Raise CheckpointError unless ``policy`` could be swapped in."""
+        ...
 
     def swap(self, new: LoadedPolicy) -> LoadedPolicy: ...
 
@@ -191,6 +195,7 @@ class PolicyManager:
                     f"announced {expected_sha256[:12]}…",
                     RejectionReason.SHA256_MISMATCH,
                 )
+            self.registry.check(loaded)  # e.g. not validated with the serving int8 encoder file
         except CheckpointError as exc:
             self._rejection(version, expected_sha256, exc, current.version)
             raise

@@ -24,12 +24,35 @@ log = structlog.get_logger(__name__)
 class PolicyRegistry:
     """Holds the current policy. Arms and encoder identity are fixed at construction: a swap must match."""
 
-    def __init__(self, initial: LoadedPolicy) -> None:
+    def __init__(self, initial: LoadedPolicy, serving_backend: tuple[str, str] = ("torch", "")) -> None:
+        """``serving_backend`` = (encoder backend, its model file's sha256): every policy must accept it."""
+        self._serving_backend = serving_backend
+        self._check_backend(initial)
         self._current = initial
         self._arms = initial.manifest.arms
-        self._encoder = initial.manifest.encoder
+        self._encoder = initial.manifest.encoder.core()
         self._swap_lock = threading.Lock()
         self._listeners: list[Callable[[LoadedPolicy, LoadedPolicy], None]] = []
+
+    def check(self, policy: LoadedPolicy) -> None:
+        """Raise CheckpointError unless ``policy`` could be swapped in (arms, encoder, serving backend)."""
+        manifest = policy.manifest
+        if manifest.arms != self._arms:
+            raise CheckpointError(
+                f"{policy.directory}: arms {list(manifest.arms)} differ from the serving {list(self._arms)}",
+                RejectionReason.ARM_MISMATCH,
+            )
+        if manifest.encoder.core() != self._encoder:
+            raise CheckpointError(
+                f"{policy.directory}: encoder {manifest.encoder} differs from the serving {self._encoder}",
+                RejectionReason.ENCODER_MISMATCH,
+            )
+        self._check_backend(policy)
+
+    def _check_backend(self, policy: LoadedPolicy) -> None:
+        problem = policy.manifest.encoder.serving_problem(*self._serving_backend)
+        if problem is not None:
+            raise CheckpointError(f"{policy.directory}: {problem}", RejectionReason.ENCODER_MISMATCH)
 
     @property
     def arms(self) -> tuple[str, ...]:
@@ -48,16 +71,7 @@ class PolicyRegistry:
 
     def swap(self, new: LoadedPolicy) -> LoadedPolicy:
         """Make ``new`` current; returns the previous policy. Raises CheckpointError if incompatible."""
-        if new.manifest.arms != self._arms:
-            raise CheckpointError(
-                f"{new.directory}: arms {list(new.manifest.arms)} differ from the serving {list(self._arms)}",
-                RejectionReason.ARM_MISMATCH,
-            )
-        if new.manifest.encoder != self._encoder:
-            raise CheckpointError(
-                f"{new.directory}: encoder {new.manifest.encoder} differs from the serving {self._encoder}",
-                RejectionReason.ENCODER_MISMATCH,
-            )
+        self.check(new)
         with self._swap_lock:
             old = self._current
             self._current = new

@@ -8,23 +8,47 @@ raises ``InvalidArgument`` naming the field (``messages[2].role``) so the caller
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TypeVar
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 from barp_sidecar.errors import InvalidArgument
 
-ROLES = ("system", "user", "assistant")
+ROLES = ("system", "user", "assistant", "tool")
 ROUTING_TEXT_MODES = ("last_user", "conversation")
+TOOL_CHOICES = ("auto", "none", "required")
 MAX_STOP_SEQUENCES = 4
 MAX_MESSAGES = 1024
+MAX_TOOLS = 128
 T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    """A function call the assistant made: ``arguments`` is the JSON text exactly as the model wrote it."""
+
+    id: str
+    name: str
+    arguments: str
 
 
 @dataclass(frozen=True)
 class ChatMessage:
     role: str
     content: str
+    # An assistant turn that called tools (its content may then be empty).
+    tool_calls: tuple[ToolCall, ...] = ()
+    # A ``tool`` message answers the call with this id.
+    tool_call_id: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    """A function the model may call; ``parameters`` is its JSON Schema (passed through unchanged)."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -36,6 +60,13 @@ class GenerationParameters:
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    # Function calling, in OpenAI's vocabulary: the tools, and "auto" | "none" | "required" or the name
+    # of the one tool that must be called (``tool_choice_name``).
+    tools: tuple[ToolSpec, ...] = ()
+    tool_choice: str | None = None
+    tool_choice_name: str | None = None
+    # OpenAI's ``response_format`` object ({"type": "json_object"} / "json_schema"), passed through.
+    response_format: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -54,6 +85,16 @@ class TokenUsage:
 
 
 @dataclass(frozen=True)
+class ToolCallDelta:
+    """A piece of a streamed tool call: ``index`` names the call; its first piece carries id and name."""
+
+    index: int
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True)
 class StreamEvent:
     """One decoded piece of a provider's stream: a text delta, the finish reason, token counts, or several.
 
@@ -65,6 +106,12 @@ class StreamEvent:
     finish_reason: str | None = None
     input_tokens: int | None = None
     output_tokens: int | None = None
+    tool_calls: tuple[ToolCallDelta, ...] = ()
+
+    @property
+    def has_content(self) -> bool:
+        """Text, a tool call or the finish reason: the answer has started (retries would repeat it)."""
+        return bool(self.delta or self.tool_calls or self.finish_reason is not None)
 
 
 def validate_chat_request(request: ChatRequest) -> ChatRequest:
@@ -76,8 +123,14 @@ def validate_chat_request(request: ChatRequest) -> ChatRequest:
     for index, message in enumerate(request.messages):
         if message.role not in ROLES:
             raise InvalidArgument(f"messages[{index}].role", f"must be one of {ROLES}, not {message.role!r}")
-        if not message.content:
+        if not message.content and not message.tool_calls:
             raise InvalidArgument(f"messages[{index}].content", "must not be empty")
+        if message.tool_calls and message.role != "assistant":
+            raise InvalidArgument(f"messages[{index}].tool_calls", "only assistant messages call tools")
+        if (message.role == "tool") != (message.tool_call_id is not None):
+            raise InvalidArgument(
+                f"messages[{index}].tool_call_id", "required on role 'tool' messages and only there"
+            )
     if not any(m.role == "user" for m in request.messages):
         raise InvalidArgument("messages", "at least one message must have role 'user'")
     p = request.parameters
@@ -96,7 +149,27 @@ def validate_chat_request(request: ChatRequest) -> ChatRequest:
     for index, stop in enumerate(p.stop):
         if not stop:
             raise InvalidArgument(f"parameters.stop[{index}]", "must not be empty")
+    _validate_tools(p)
     return request
+
+
+def _validate_tools(p: GenerationParameters) -> None:
+    if len(p.tools) > MAX_TOOLS:
+        raise InvalidArgument("tools", f"at most {MAX_TOOLS} tools, got {len(p.tools)}")
+    names = [tool.name for tool in p.tools]
+    for index, name in enumerate(names):
+        if not name:
+            raise InvalidArgument(f"tools[{index}].function.name", "must not be empty")
+        if name in names[:index]:
+            raise InvalidArgument(f"tools[{index}].function.name", f"duplicate tool name {name!r}")
+    if p.tool_choice is not None and p.tool_choice not in TOOL_CHOICES:
+        raise InvalidArgument(
+            "tool_choice", f"must be one of {TOOL_CHOICES} or a function, not {p.tool_choice!r}"
+        )
+    if p.tool_choice_name is not None and p.tool_choice_name not in names:
+        raise InvalidArgument("tool_choice.function.name", f"{p.tool_choice_name!r} is not one of the tools")
+    if (p.tool_choice is not None or p.tool_choice_name is not None) and not p.tools:
+        raise InvalidArgument("tool_choice", "needs tools")
 
 
 def routing_text(messages: Sequence[ChatMessage], mode: str, max_bytes: int) -> str:
@@ -139,7 +212,8 @@ def coalesce(events: Sequence[StreamEvent]) -> list[StreamEvent]:
         if merged:
             last = merged[-1]
             conflict = (
-                (last.finish_reason is not None and (event.delta or event.finish_reason is not None))
+                bool(last.tool_calls or event.tool_calls)
+                or (last.finish_reason is not None and (event.delta or event.finish_reason is not None))
                 or (last.input_tokens is not None and event.input_tokens is not None)
                 or (last.output_tokens is not None and event.output_tokens is not None)
             )

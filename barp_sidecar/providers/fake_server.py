@@ -4,8 +4,10 @@ For tests, benchmarks and demos; binds 127.0.0.1 only. Behaviour per request com
 scripted queue (``push``), the 429 burst budget, the random error rate, then the default behaviour. It
 can add latency, stream at a given token rate, fail with any status (with Retry-After), hang, send
 malformed JSON / SSE / truncated streams, omit usage, and echo the caller's credentials or the request into
-an error body (to prove neither reaches a log line or a status message). ``stats`` counts requests,
-concurrency and upstream cancellations.
+an error body (to prove neither reaches a log line or a status message). A request with ``tools`` whose
+last message is not a tool result is answered with one call of the forced tool (``tool_choice``) or the
+first tool, arguments ``FAKE_TOOL_ARGUMENTS`` streamed in two pieces, finish reason ``tool_calls`` /
+``tool_use``. ``stats`` counts requests, concurrency and upstream cancellations.
 
 Run standalone: ``python -m barp_sidecar.providers.fake_server --port 0 [--latency-ms 5 ...]``; it prints
 one JSON line ``{"event": "fake_provider_started", "port": N, "base_url": ...}`` and serves until
@@ -89,6 +91,33 @@ class FakeProviderStats:
     statuses: dict[int, int] = field(default_factory=dict)
     # The JSON bodies received, most recent last (bounded).
     bodies: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=256))
+
+
+FAKE_TOOL_ARGUMENTS = '{"query": "fake"}'
+FAKE_TOOL_CALL_ID = "call_fake_0"
+
+
+def _tool_to_call(body: dict[str, Any], style: str) -> str | None:
+    """The tool the fake calls for this request, or None (no tools, or the last turn is a tool result)."""
+    tools = body.get("tools")
+    messages = body.get("messages") or [{}]
+    if not isinstance(tools, list) or not tools or not isinstance(messages[-1], dict):
+        return None
+    last = messages[-1]
+    if last.get("role") == "tool":
+        return None
+    if isinstance(last.get("content"), list) and any(
+        isinstance(b, dict) and b.get("type") == "tool_result" for b in last["content"]
+    ):
+        return None
+    choice = body.get("tool_choice")
+    if style == "openai":
+        if isinstance(choice, dict):
+            return str(choice.get("function", {}).get("name"))
+        return str(tools[0].get("function", {}).get("name"))
+    if isinstance(choice, dict) and choice.get("type") == "tool":
+        return str(choice.get("name"))
+    return str(tools[0].get("name"))
 
 
 def _token(index: int) -> str:
@@ -271,14 +300,17 @@ class FakeProvider:
         input_tokens: int,
     ) -> web.Response:
         text = "".join(_token(i) for i in range(count))
+        tool = _tool_to_call(body, style)
         if style == "openai":
+            message: dict[str, Any] = {"role": "assistant", "content": text}
+            if tool is not None:
+                message = {"role": "assistant", "content": None, "tool_calls": [_openai_call(tool)]}
+                finish = "tool_calls"
             payload: dict[str, Any] = {
                 "id": "chatcmpl-fake",
                 "object": "chat.completion",
                 "model": body["model"],
-                "choices": [
-                    {"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": finish}
-                ],
+                "choices": [{"index": 0, "message": message, "finish_reason": finish}],
             }
             if behaviour.usage:
                 payload["usage"] = {"prompt_tokens": input_tokens, "completion_tokens": count}
@@ -291,6 +323,10 @@ class FakeProvider:
                 "content": [{"type": "text", "text": text}],
                 "stop_reason": "end_turn" if finish == "stop" else "max_tokens",
             }
+            if tool is not None:
+                block = {"type": "tool_use", "id": FAKE_TOOL_CALL_ID, "name": tool}
+                payload["content"] = [{**block, "input": json.loads(FAKE_TOOL_ARGUMENTS)}]
+                payload["stop_reason"] = "tool_use"
             if behaviour.usage:
                 payload["usage"] = {"input_tokens": input_tokens, "output_tokens": count}
         return web.json_response(payload)
@@ -332,7 +368,15 @@ class FakeProvider:
         if behaviour.malformed == "sse":
             await response.write(b"data: \xff\xfe\xfd\n\n")
             return
-        await self._tokens(response, behaviour, count, lambda text: chunk({"content": text}))
+        tool = _tool_to_call(body, "openai")
+        if tool is not None:
+            call = _openai_call(tool, "")
+            await response.write(chunk({"tool_calls": [{"index": 0, **call}]}))
+            for piece in _halves(FAKE_TOOL_ARGUMENTS):
+                await response.write(chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}))
+            finish = "tool_calls"
+        else:
+            await self._tokens(response, behaviour, count, lambda text: chunk({"content": text}))
         if behaviour.malformed == "truncated":
             return
         await response.write(chunk({}, finish))
@@ -396,11 +440,29 @@ class FakeProvider:
         if behaviour.malformed == "truncated":
             return
         await response.write(event("content_block_stop", {"index": 0}))
-        delta: dict[str, Any] = {"delta": {"stop_reason": "end_turn" if finish == "stop" else "max_tokens"}}
+        stop_reason = "end_turn" if finish == "stop" else "max_tokens"
+        tool = _tool_to_call(body, "anthropic")
+        if tool is not None:
+            block = {"type": "tool_use", "id": FAKE_TOOL_CALL_ID, "name": tool, "input": {}}
+            await response.write(event("content_block_start", {"index": 1, "content_block": block}))
+            for piece in _halves(FAKE_TOOL_ARGUMENTS):
+                json_delta = {"type": "input_json_delta", "partial_json": piece}
+                await response.write(event("content_block_delta", {"index": 1, "delta": json_delta}))
+            await response.write(event("content_block_stop", {"index": 1}))
+            stop_reason = "tool_use"
+        delta: dict[str, Any] = {"delta": {"stop_reason": stop_reason}}
         if behaviour.usage:
             delta["usage"] = {"output_tokens": count}
         await response.write(event("message_delta", delta))
         await response.write(event("message_stop", {}))
+
+
+def _openai_call(name: str, arguments: str = FAKE_TOOL_ARGUMENTS) -> dict[str, Any]:
+    return {"id": FAKE_TOOL_CALL_ID, "type": "function", "function": {"name": name, "arguments": arguments}}
+
+
+def _halves(text: str) -> tuple[str, str]:
+    return text[: len(text) // 2], text[len(text) // 2 :]
 
 
 def _error(status: int, kind: str, message: str) -> web.Response:

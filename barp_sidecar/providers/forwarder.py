@@ -19,21 +19,23 @@ from collections.abc import AsyncGenerator, Callable, Collection, Sequence
 from dataclasses import dataclass
 
 import structlog
+from opentelemetry.trace import NoOpTracer, Span, SpanKind, Tracer
 
 from barp_sidecar.domain import Decision
 from barp_sidecar.policy.mask import models_in
 from barp_sidecar.providers.catalog import ModelCatalog
-from barp_sidecar.providers.chat import ChatRequest, TokenUsage
+from barp_sidecar.providers.chat import ChatRequest, TokenUsage, ToolCallDelta
 from barp_sidecar.providers.failures import (
     AllProvidersFailed,
     ProviderFailure,
     ProviderNotConfigured,
     ProviderQueueFull,
 )
-from barp_sidecar.providers.metrics import ProviderMetrics
+from barp_sidecar.providers.metrics import NO_FALLBACK_TARGET, ProviderMetrics
 from barp_sidecar.providers.pool import ProviderPool
 from barp_sidecar.providers.pricing import complete_usage, cost_usd
 from barp_sidecar.providers.recorder import CompletionRecorder
+from barp_sidecar.tracing import set_error
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,13 @@ class TextDelta:
 
 
 @dataclass(frozen=True)
+class ToolCallsDelta:
+    """Pieces of the tool calls the model is making (OpenAI's streamed ``delta.tool_calls``)."""
+
+    calls: tuple[ToolCallDelta, ...]
+
+
+@dataclass(frozen=True)
 class Completed:
     model: str
     finish_reason: str
@@ -65,7 +74,7 @@ class Completed:
     fallback_from: tuple[str, ...]
 
 
-ForwardEvent = AnswerStarted | TextDelta | Completed
+ForwardEvent = AnswerStarted | TextDelta | ToolCallsDelta | Completed
 
 
 def fallback_order(
@@ -98,8 +107,10 @@ class Forwarder:
         metrics: ProviderMetrics,
         max_fallbacks: int,
         clock: Callable[[], float] = time.monotonic,
+        tracer: Tracer | None = None,
     ) -> None:
         self._catalog = catalog
+        self._tracer = tracer or NoOpTracer()
         self._pool = pool
         self._recorder = recorder
         self._metrics = metrics
@@ -119,7 +130,7 @@ class Forwarder:
         request: ChatRequest,
         deadline_s: float | None,
     ) -> AsyncGenerator[ForwardEvent, None]:
-        """Yield AnswerStarted, TextDelta*, Completed for one call (see the module docstring for failures).
+        """Yield AnswerStarted, (TextDelta | ToolCallsDelta)*, Completed (failures: see the module docstring).
 
         Fallbacks stay inside the decision's mask (``decision.allowed``, computed once by routing).
         ``deadline_s`` is absolute on the forwarder's (and pool's) clock; None = only per-attempt timeouts.
@@ -134,57 +145,97 @@ class Forwarder:
             self._pool.is_enabled,
         )
         failures: list[ProviderFailure] = []
-        for model in candidates:
-            fallback_from = tuple(f.arm for f in failures)
-            started = False
-            parts: list[str] = []
-            input_tokens: int | None = None
-            output_tokens: int | None = None
-            finish_reason = ""
-            started_s = self._clock()
-            try:
-                async with contextlib.aclosing(self._pool.stream(model, request, deadline_s)) as events:
-                    async for event in events:
-                        if event.input_tokens is not None:
-                            input_tokens = event.input_tokens
-                        if event.output_tokens is not None:
-                            output_tokens = event.output_tokens
-                        if event.finish_reason is not None:
-                            finish_reason = event.finish_reason
-                        if not started and (event.delta or event.finish_reason is not None):
-                            started = True
-                            yield AnswerStarted(decision, model, fallback_from)
-                        if event.delta:
-                            parts.append(event.delta)
-                            yield TextDelta(event.delta, final=event.finish_reason is not None)
-            except ProviderQueueFull as exc:
-                failures.append(ProviderFailure(model, "queue_full", str(exc), retryable=False))
-                self._fell_back(model, "queue_full")
-                continue
-            except ProviderFailure as failure:
-                if started:
-                    self._metrics.completions.labels(model, "broken").inc()
-                    raise
-                failures.append(failure)
-                self._fell_back(model, failure.kind)
-                continue
-            latency_ms = (self._clock() - started_s) * 1000.0
-            if not started:
-                yield AnswerStarted(decision, model, fallback_from)
-            usage = complete_usage(input_tokens, output_tokens, request.messages, "".join(parts))
-            entry = self._catalog.entry(model)
-            cost = cost_usd(usage, entry.input_usd_per_1m_tokens, entry.output_usd_per_1m_tokens)
-            if self._recorder is not None:
-                self._recorder.record_completion(decision_id, model, cost, latency_ms, usage)
-            self._observe(model, usage, cost, latency_ms, fallback_from)
-            yield Completed(model, finish_reason or "stop", usage, cost, latency_ms, fallback_from)
-            return
+        for position, model in enumerate(candidates):
+            next_model = candidates[position + 1] if position + 1 < len(candidates) else NO_FALLBACK_TARGET
+            attributes: dict[str, str | int] = {
+                "barp.model": model,
+                "barp.fallback_index": position,
+                "barp.decision_id": decision_id,
+            }
+            # Current while this model is called: the pool's retries are events on it.
+            with self._tracer.start_as_current_span(
+                "barp.provider.call", kind=SpanKind.CLIENT, attributes=attributes, record_exception=True
+            ) as span:
+                fallback_from = tuple(f.arm for f in failures)
+                started = False
+                parts: list[str] = []
+                input_tokens: int | None = None
+                output_tokens: int | None = None
+                finish_reason = ""
+                started_s = self._clock()
+                first_token_s: float | None = None
+                try:
+                    async with contextlib.aclosing(self._pool.stream(model, request, deadline_s)) as events:
+                        async for event in events:
+                            if event.input_tokens is not None:
+                                input_tokens = event.input_tokens
+                            if event.output_tokens is not None:
+                                output_tokens = event.output_tokens
+                            if event.finish_reason is not None:
+                                finish_reason = event.finish_reason
+                            if not started and event.has_content:
+                                started = True
+                                first_token_s = self._clock()
+                                ttft_ms = (first_token_s - started_s) * 1000
+                                span.set_attribute("barp.time_to_first_token_ms", ttft_ms)
+                                yield AnswerStarted(decision, model, fallback_from)
+                            if event.tool_calls:
+                                parts.extend(call.arguments for call in event.tool_calls)
+                                yield ToolCallsDelta(event.tool_calls)
+                            if event.delta:
+                                parts.append(event.delta)
+                                yield TextDelta(event.delta, final=event.finish_reason is not None)
+                except ProviderQueueFull as exc:
+                    failures.append(ProviderFailure(model, "queue_full", str(exc), retryable=False))
+                    self._fell_back(model, next_model, "queue_full", span, str(exc))
+                    continue
+                except ProviderFailure as failure:
+                    if started:
+                        self._metrics.completions.labels(model, "broken").inc()
+                        raise
+                    failures.append(failure)
+                    self._fell_back(model, next_model, failure.kind, span, str(failure))
+                    continue
+                ended_s = self._clock()
+                latency_ms = (ended_s - started_s) * 1000.0
+                if not started:
+                    yield AnswerStarted(decision, model, fallback_from)
+                first_token_s = ended_s if first_token_s is None else first_token_s
+                usage = complete_usage(input_tokens, output_tokens, request.messages, "".join(parts))
+                entry = self._catalog.entry(model)
+                cost = cost_usd(usage, entry.input_usd_per_1m_tokens, entry.output_usd_per_1m_tokens)
+                if self._recorder is not None:
+                    self._recorder.record_completion(decision_id, model, cost, latency_ms, usage)
+                self._observe(model, usage, cost, latency_ms, fallback_from)
+                self._observe_timing(model, first_token_s - started_s, ended_s - first_token_s, usage)
+                span.set_attributes(
+                    {
+                        "barp.latency_ms": latency_ms,
+                        "barp.input_tokens": usage.input_tokens,
+                        "barp.output_tokens": usage.output_tokens,
+                        "barp.cost_usd": cost,
+                        "barp.finish_reason": finish_reason or "stop",
+                    }
+                )
+                yield Completed(model, finish_reason or "stop", usage, cost, latency_ms, fallback_from)
+                return
         self._metrics.completions.labels(decision.model, "failed").inc()
         raise AllProvidersFailed(failures)
 
-    def _fell_back(self, model: str, kind: str) -> None:
-        self._metrics.fallbacks.labels(model).inc()
-        self._log.warning("provider_failed_before_answer", model=model, kind=kind)
+    def _fell_back(self, model: str, next_model: str, kind: str, span: Span, detail: str) -> None:
+        self._metrics.fallbacks.labels(model, next_model).inc()
+        set_error(span, kind, detail)
+        span.add_event("fallback", {"barp.from_model": model, "barp.to_model": next_model, "barp.kind": kind})
+        self._log.warning("provider_failed_before_answer", model=model, next_model=next_model, kind=kind)
+
+    def _observe_timing(
+        self, model: str, first_token_s: float, after_first_s: float, usage: TokenUsage
+    ) -> None:
+        """Time to first token, and the mean time per output token after it (when there were two or more)."""
+        metrics = self._metrics.for_model(model)
+        metrics.time_to_first_token.observe(first_token_s)
+        if usage.output_tokens > 1:
+            metrics.time_per_output_token.observe(after_first_s / (usage.output_tokens - 1))
 
     def _observe(
         self, model: str, usage: TokenUsage, cost: float, latency_ms: float, fallback_from: tuple[str, ...]

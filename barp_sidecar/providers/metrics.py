@@ -11,6 +11,9 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+_TOKEN_INTERVAL_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.25, 0.5, 1.0)
+# Fallback target when no model was left to try.
+NO_FALLBACK_TARGET = "none"
 
 
 @dataclass(frozen=True)
@@ -22,6 +25,8 @@ class ModelMetrics:
     completions_ok: Any
     completions_fallback: Any
     latency: Any
+    time_to_first_token: Any
+    time_per_output_token: Any
     cost: Any
     input_tokens: Any
     output_tokens: Any
@@ -45,8 +50,9 @@ class ProviderMetrics:
         )
         self.fallbacks = Counter(
             "barp_provider_fallbacks",
-            "Complete calls that moved on from a failed model to the next most probable one",
-            ["from_model"],
+            "Complete calls that moved on from a failed model to the next most probable one "
+            "(to_model 'none': no model was left to try)",
+            ["from_model", "to_model"],
             registry=registry,
         )
         self.in_flight = Gauge(
@@ -80,6 +86,20 @@ class ProviderMetrics:
             buckets=_LATENCY_BUCKETS_S,
             registry=registry,
         )
+        self.time_to_first_token = Histogram(
+            "barp_completion_time_to_first_token_seconds",
+            "From the first attempt to the answering model to its first token (retries included)",
+            ["model"],
+            buckets=_LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.time_per_output_token = Histogram(
+            "barp_completion_time_per_output_token_seconds",
+            "Mean interval between output tokens after the first, per completed call",
+            ["model"],
+            buckets=_TOKEN_INTERVAL_BUCKETS_S,
+            registry=registry,
+        )
         self.cost = Counter(
             "barp_completion_cost_usd",
             "Cost of completed calls in USD (catalog prices)",
@@ -99,6 +119,8 @@ class ProviderMetrics:
                 completions_ok=self.completions.labels(model, "ok"),
                 completions_fallback=self.completions.labels(model, "fallback"),
                 latency=self.latency.labels(model),
+                time_to_first_token=self.time_to_first_token.labels(model),
+                time_per_output_token=self.time_per_output_token.labels(model),
                 cost=self.cost.labels(model),
                 input_tokens=self.tokens.labels(model, "input"),
                 output_tokens=self.tokens.labels(model, "output"),

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import aiohttp
 import structlog
+from opentelemetry import trace
 
 from barp_sidecar.errors import DeadlineExceeded
 from barp_sidecar.providers.adapter import Adapter, StreamProtocolError, UpstreamStreamError
@@ -193,7 +194,7 @@ class ProviderPool:
             try:
                 async with provider.limiter.slot():
                     async for event in self._attempt(provider, request, deadline_s):
-                        if event.delta or event.finish_reason is not None:
+                        if event.has_content:
                             started = True
                         yield event
             except ProviderFailure as failure:
@@ -211,6 +212,15 @@ class ProviderPool:
                 if deadline_s is not None and self._clock() + delay_s >= deadline_s:
                     raise
                 self._metrics.for_model(arm).retries.inc()
+                # On the forwarder's provider-call span when tracing is on (a no-op span otherwise).
+                trace.get_current_span().add_event(
+                    "retry",
+                    {
+                        "barp.kind": failure.kind,
+                        "barp.attempt": failed_attempts,
+                        "barp.delay_ms": delay_s * 1000,
+                    },
+                )
                 self._log.info(
                     "provider_retry",
                     model=arm,

@@ -39,6 +39,8 @@ class RecorderCounters:
     refused_spool_full: int = 0
     # Outcomes acknowledged but not turned into events because a fallback model answered (Complete).
     skipped_fallback: int = 0
+    # Outcomes recorded while no trainer is configured: spooled for a future trainer, not learned from yet.
+    kept_without_trainer: int = 0
 
 
 def validate_outcome(decision_id: str, quality: float, cost_usd: float | None) -> None:
@@ -85,6 +87,7 @@ class OutcomeRecorder:
         default_quality: float,
         sweep_interval_s: float = 1.0,
         journal: PendingJournal | None = None,
+        trainer_attached: bool = True,
     ) -> None:
         if expiry_action not in ("drop", "default_quality"):
             raise ValueError(f"expiry_action must be 'drop' or 'default_quality', not {expiry_action!r}")
@@ -94,6 +97,8 @@ class OutcomeRecorder:
         self.expiry_action = expiry_action
         self.default_quality = default_quality
         self.sweep_interval_s = sweep_interval_s
+        # False when no trainer is configured: events are kept in the spool (under its quota) for one.
+        self.trainer_attached = trainer_attached
         self.counters = RecorderCounters()
         self._sweeper: asyncio.Task[None] | None = None
         # Decisions whose outcome is being made durable now -> resolves True once recorded, False if not.
@@ -206,13 +211,21 @@ class OutcomeRecorder:
         try:
             await self.spool.append(event)
             durable = True
-        except SpoolFull:
+        except SpoolFull as full:
             self.counters.refused_spool_full += 1
+            if not self.trainer_attached:
+                raise SpoolFull(
+                    f"no trainer is configured (trainer.target) and the outcomes kept for one fill the spool "
+                    f"({self.spool.size_bytes} bytes, rewards.spool_max_bytes_without_trainer): configure "
+                    "a trainer, or set rewards.enabled to false"
+                ) from full
             raise
         finally:
             if durable:
                 self._mark_recorded(decision_id)
                 self.counters.recorded += 1
+                if not self.trainer_attached:
+                    self.counters.kept_without_trainer += 1
             else:
                 self.store.restore(found)
             del self._in_flight[decision_id]

@@ -20,6 +20,7 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import re
 from collections import deque
@@ -28,13 +29,15 @@ from pathlib import Path
 
 import structlog
 
-from barp_sidecar.errors import ResourceExhausted
+from barp_sidecar.errors import ConfigError, ResourceExhausted
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.rewards.records import encode_record, scan_file, truncate_to_valid
 from barp_sidecar.tasks import cancel_and_wait
 
 _SEGMENT = re.compile(r"^segment-(\d{20})\.spool$")
 ACKED_FILE = "ACKED"
+# Held (flock, exclusive) while a spool is open: two sidecars must never share one spool directory.
+LOCK_FILE = "LOCK"
 
 log = structlog.get_logger("barp_sidecar.rewards.spool")
 
@@ -73,6 +76,7 @@ class RewardSpool:
         self.segment_max_bytes = segment_max_bytes
         self._segments: list[_Segment] = []
         self._fd: int | None = None
+        self._lock_fd: int | None = None
         self._next_sequence = 1
         self._written_sequence = 0
         self._durable_sequence = 0
@@ -107,6 +111,23 @@ class RewardSpool:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
+
+    def _lock_directory(self) -> None:
+        """Take the directory's exclusive lock, or raise ConfigError naming the setting (nothing opened)."""
+        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ConfigError(
+                "rewards.spool_dir",
+                f"{self.directory} is in use by another sidecar (each needs its own spool; set "
+                "rewards.spool_dir or state.dir)",
+            ) from None
+        self._lock_fd = fd
 
     # -- state -----------------------------------------------------------------------------------------
 
@@ -271,6 +292,7 @@ class RewardSpool:
 
     def _recover(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
+        self._lock_directory()
         acked_path = self.directory / ACKED_FILE
         try:
             self._acked_sequence = int(acked_path.read_text().strip() or 0)

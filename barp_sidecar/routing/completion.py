@@ -2,18 +2,20 @@
 
 Owns Complete's request semantics: which text is routed (``providers.routing_text``), that routing is
 restricted to allowed models with an enabled provider, and the order of events a transport streams:
-``AnswerStarted`` (decision + answering model + fallback_from), ``TextDelta``*, ``Completed``.
-Knows nothing about gRPC (rpc/ converts) or HTTP (providers/ forwards).
+``AnswerStarted`` (decision + answering model + fallback_from), (``TextDelta`` | ``ToolCallsDelta``)*,
+``Completed``. Knows nothing about gRPC (rpc/ converts), the OpenAI-compatible HTTP API (http/ converts)
+or provider HTTP (providers/ forwards).
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 
 from barp_sidecar.domain import ExplorationMode, RouteCommand
 from barp_sidecar.providers.chat import ChatRequest, routing_text, validate_chat_request
-from barp_sidecar.providers.forwarder import AnswerStarted, Completed, Forwarder, TextDelta
+from barp_sidecar.providers.forwarder import AnswerStarted, Completed, Forwarder, TextDelta, ToolCallsDelta
 from barp_sidecar.routing.service import RoutingService
 
 
@@ -30,7 +32,7 @@ class CompleteCommand:
     deadline_monotonic_s: float | None = None
 
 
-CompletionEvent = AnswerStarted | TextDelta | Completed
+CompletionEvent = AnswerStarted | TextDelta | ToolCallsDelta | Completed
 
 
 class CompletionService:
@@ -49,6 +51,11 @@ class CompletionService:
         self._mode = routing_text_mode
         self._max_bytes = routing_text_max_bytes
 
+    @property
+    def callable_models(self) -> frozenset[str]:
+        """Models with an enabled provider: what a caller may name (the HTTP API lists them)."""
+        return self._callable
+
     async def complete(self, command: CompleteCommand) -> AsyncGenerator[CompletionEvent, None]:
         """Route and forward one conversation; every caller-visible failure is a BarpError subclass."""
         validate_chat_request(command.chat)
@@ -62,7 +69,12 @@ class CompletionService:
         )
         # Raises the field errors of Route first; NoConfiguredModel when no allowed model is callable.
         decision = await self._routing.route(route, restrict_to=self._callable)
-        async for event in self._forwarder.forward(
+        forwarded = self._forwarder.forward(
             decision=decision, request=command.chat, deadline_s=command.deadline_monotonic_s
-        ):
-            yield event
+        )
+        # Closed here, in the caller's task, when the caller stops early (it has its answer, or went away):
+        # left to the garbage collector, the upstream response and the provider-call span would be closed
+        # later, from another task.
+        async with contextlib.aclosing(forwarded) as events:
+            async for event in events:
+                yield event

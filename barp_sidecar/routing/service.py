@@ -13,6 +13,7 @@ import os
 from collections.abc import Callable, Collection
 
 import numpy as np
+from opentelemetry.trace import Span, Tracer
 
 from barp_sidecar.batching.batcher import MicroBatcher
 from barp_sidecar.domain import Decision, ExplorationMode, RouteCommand
@@ -63,6 +64,7 @@ class RoutingService:
         max_prompt_bytes: int,
         rng: np.random.Generator,
         on_decision: Callable[[Decision], None] | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         unknown = sorted(set(settings.disabled_models) - set(arms))
         if unknown:
@@ -77,6 +79,8 @@ class RoutingService:
         self._rng = rng
         # Called with every decision (the learning loop keeps it pending until ReportOutcome or expiry).
         self._on_decision = on_decision
+        # None = tracing off: no span, no timing callback (the hot path stays as it was).
+        self._tracer = tracer
         self._ids = DecisionIds()
 
     @property
@@ -129,8 +133,39 @@ class RoutingService:
 
     async def route(self, command: RouteCommand, restrict_to: Collection[str] | None = None) -> Decision:
         """Decide for one prompt. Raises a BarpError subclass for every caller-visible failure."""
+        if self._tracer is None:
+            return await self._decide(command, restrict_to, None)
+        with self._tracer.start_as_current_span("barp.route", record_exception=True) as span:
+            decision = await self._decide(command, restrict_to, span)
+            span.set_attributes(
+                {
+                    "barp.decision_id": decision.decision_id,
+                    "barp.model": decision.model,
+                    "barp.propensity": decision.propensity,
+                    "barp.policy_version": decision.policy_version,
+                    "barp.quality_weight": decision.quality_weight,
+                }
+            )
+            return decision
+
+    async def _decide(
+        self, command: RouteCommand, restrict_to: Collection[str] | None, span: Span | None
+    ) -> Decision:
         request, mask, mode = self.prepare(command, restrict_to)
-        result = await self._batcher.submit(request, command.deadline_monotonic_s)
+
+        def timing(queue_wait_s: float, batch_size: int, run_s: float) -> None:
+            assert span is not None
+            span.set_attributes(
+                {
+                    "barp.queue_wait_ms": queue_wait_s * 1000.0,
+                    "barp.batch_size": batch_size,
+                    "barp.inference_ms": run_s * 1000.0,
+                }
+            )
+
+        result = await self._batcher.submit(
+            request, command.deadline_monotonic_s, None if span is None else timing
+        )
         index, propensity = choose_arm(result.probabilities, mask, mode, self._settings.epsilon, self._rng)
         decision = Decision(
             decision_id=self._ids.next(),

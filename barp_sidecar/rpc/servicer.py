@@ -97,7 +97,12 @@ class RouterServicer(CompleteServicerMixin, router_pb2_grpc.RouterServicer):
                 raise InvalidArgument("quality", "is required (a number in [0, 1])")
             cost = request.cost_usd if request.HasField("cost_usd") else None
             recorded = await self._outcomes.report(request.decision_id, request.quality, cost)
-            return router_pb2.OutcomeAck(recorded=recorded)
+            delivery = (
+                router_pb2.OUTCOME_DELIVERY_TRAINER
+                if self._outcomes.trainer_attached
+                else router_pb2.OUTCOME_DELIVERY_KEPT_WITHOUT_TRAINER
+            )
+            return router_pb2.OutcomeAck(recorded=recorded, delivery=delivery)
         except Exception as error:  # the boundary (rpc.boundary) turns it into the status
             code, message = status_for(error), status_message(error)
             raise

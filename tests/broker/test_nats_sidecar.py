@@ -26,6 +26,7 @@ async def test_spool_quota_reached_while_the_broker_is_down_refuses_with_a_metri
             "spool_max_bytes": 65536,
             "spool_fsync_interval_ms": 1.0,
         },
+        trainer={"checkpoint_cache_dir": str(tmp_path / "cache")},
         events={
             "backend": "nats",
             "nats_urls": [f"nats://127.0.0.1:{port}"],

@@ -55,7 +55,8 @@ def sidecar_yaml(tmp: Path, port: int, metrics_port: int, nats_url: str) -> str:
         "admin:\n  enabled: false\n"
         f"policy:\n  checkpoint_dir: {tmp / 'policy'}\n  device: cpu\n"
         "routing:\n  default_exploration: epsilon_greedy\n  epsilon: 0.3\n  seed: 1\n"
-        f"rewards:\n  spool_dir: {tmp / 'spool'}\n  spool_fsync_interval_ms: 2\n" + events_yaml(nats_url)
+        f"rewards:\n  spool_dir: {tmp / 'spool'}\n  spool_fsync_interval_ms: 2\n"
+        f"state:\n  dir: {tmp / 'state'}\n" + events_yaml(nats_url)
     )
 
 
@@ -199,7 +200,8 @@ def test_invalid_nats_settings_exit_2_naming_the_key(tmp_path, events, key):
     config.write_text(
         f"server:\n  host: 127.0.0.1\n  port: {port}\nmetrics:\n  enabled: false\nadmin:\n  enabled: false\n"
         f"policy:\n  checkpoint_dir: {tmp_path / 'policy'}\n  device: cpu\n"
-        f"rewards:\n  spool_dir: {tmp_path / 'spool'}\nevents:\n  backend: nats\n{events}"
+        f"rewards:\n  spool_dir: {tmp_path / 'spool'}\nstate:\n  dir: {tmp_path / 'state'}\n"
+        f"events:\n  backend: nats\n{events}"
     )
     env = {k: v for k, v in os.environ.items() if k != "BARP_TEST_NATS_PASSWORD_UNSET"}
     env["PYTHONPATH"] = str(ROOT)

@@ -236,6 +236,7 @@ async def test_second_signal_forces_exit(checkpoint_store: Path, tmp_path: Path)
         ({"batching": {"max_wait_ms": -1}}, {}, "batching.max_wait_ms"),
         ({}, {"BARP__ROUTING__EPSILON": "2"}, "routing.epsilon"),
         ({"policy": {"checkpoint_dir": "/nonexistent/policies"}}, {}, "policy.checkpoint_dir"),
+        ({"encoder": {"backend": "tensorrt"}}, {}, "encoder.backend"),
     ],
 )
 def test_bad_configuration_exits_2_naming_the_key(

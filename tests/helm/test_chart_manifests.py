@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -316,3 +318,43 @@ def test_inconsistent_values_fail_naming_the_value(helm: Helm, set_values: list[
     with pytest.raises(HelmFailed) as caught:
         helm.template(set_values=set_values)
     assert f"{key}:" in caught.value.stderr
+
+
+def test_http_api_on_loopback_when_injected_and_behind_the_service_when_standalone(render_ci: Render) -> None:
+    injected = config_of(render_ci("sidecar"))
+    assert injected["http"] == {"enabled": True, "port": 8080}  # host: the loopback default
+    rendered = render_ci("standalone")
+    assert config_of(rendered)["http"]["enabled"] is True
+    service_ports = {p["name"]: p for p in rendered.one("Service", "-router")["spec"]["ports"]}
+    assert service_ports["http"]["targetPort"] == "barp-http" and service_ports["http"]["port"] == 8080
+    (router,) = [c for _, c in barp_containers(rendered) if "barp-http" in port_numbers(c)]
+    assert port_numbers(router)["barp-http"] == 8080
+    # The probes stay gRPC health: the sidecar reports SERVING only once the HTTP port is bound too.
+    assert "grpc" in router["readinessProbe"]
+    off = render_ci(None)
+    assert all("barp-http" not in port_numbers(c) for _, c in barp_containers(off))
+
+
+def test_grafana_dashboard_configmap_ships_the_dashboard_using_documented_metrics(render_ci: Render) -> None:
+    rendered = render_ci("servicemonitor")
+    config_map = rendered.one("ConfigMap", "-dashboard")
+    assert config_map["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert config_map["metadata"]["annotations"] == {"grafana_folder": "LLM"}
+    dashboard = json.loads(config_map["data"]["barp-sidecar.json"])
+    assert dashboard == json.loads((CHART / "dashboards" / "barp-sidecar.json").read_text())
+    documented = set(
+        re.findall(r"^\| `([a-z_]+)` \|", (CHART.parents[1] / "docs" / "metrics.md").read_text(), re.M)
+    )
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    used = {
+        re.sub(r"_(bucket|sum|count)$", "", name)
+        for e in exprs
+        for name in re.findall(r"\b(?:barp|process)_[a-z_]+", e)
+    }
+    assert used and used <= documented, sorted(used - documented)
+    # Each TTFT / TPOT / fallback panel the issue asks for is there.
+    assert {"barp_completion_time_to_first_token_seconds", "barp_provider_fallbacks_total"} <= used
+    assert all(
+        "ConfigMap" != o["kind"] or not o["metadata"]["name"].endswith("-dashboard")
+        for o in render_ci(None).objects
+    )

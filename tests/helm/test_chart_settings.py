@@ -100,6 +100,11 @@ def test_sidecar_settings_load_and_match_the_pod(render_ci: Render, name: str | 
             assert ports["barp-grpc"] == settings.server.port and settings.server.host == "0.0.0.0", where
         else:  # injected: the application calls it on loopback
             assert settings.server.host == "127.0.0.1", where
+        if "barp-http" in ports:  # standalone with config.http.enabled: the Service's HTTP port
+            assert settings.http.enabled and settings.http.host == "0.0.0.0", where
+            assert ports["barp-http"] == settings.http.port, where
+        else:  # injected (or off): only the application in the pod can call it
+            assert settings.http.host == "127.0.0.1", where
         if "barp-admin" in ports:
             assert ports["barp-admin"] == settings.admin.port and settings.admin.host == "0.0.0.0", where
             token = next(e for e in container["env"] if e["name"] == settings.admin.token_env)

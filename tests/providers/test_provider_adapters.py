@@ -7,12 +7,21 @@ from typing import Any
 
 import pytest
 
-from barp_sidecar.errors import ConfigError
+from barp_sidecar.errors import ConfigError, InvalidArgument
 from barp_sidecar.providers.adapter import StreamProtocolError, UpstreamStreamError
 from barp_sidecar.providers.anthropic_adapter import AnthropicAdapter
 from barp_sidecar.providers.api_styles import ADAPTERS, API_STYLES, adapter_for
 from barp_sidecar.providers.catalog import ProviderEntry, parse_catalog
-from barp_sidecar.providers.chat import ChatMessage, ChatRequest, GenerationParameters, StreamEvent
+from barp_sidecar.providers.chat import (
+    ChatMessage,
+    ChatRequest,
+    GenerationParameters,
+    StreamEvent,
+    ToolCall,
+    ToolCallDelta,
+    ToolSpec,
+    coalesce,
+)
 from barp_sidecar.providers.openai_adapter import OpenAIAdapter
 
 ENTRY = ProviderEntry(arm="m", enabled=True, base_url="https://x.test/v1", upstream_model="up-1")
@@ -227,15 +236,127 @@ def test_anthropic_non_streamed_body() -> None:
     body = json.dumps(
         {
             "type": "message",
-            "content": [{"type": "text", "text": "a"}, {"type": "tool_use"}, {"type": "text", "text": "b"}],
-            "stop_reason": "end_turn",
+            "content": [
+                {"type": "text", "text": "a"},
+                {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": 1}},
+                {"type": "text", "text": "b"},
+            ],
+            "stop_reason": "tool_use",
             "usage": {"input_tokens": 4, "output_tokens": 2},
         }
     ).encode()
     assert AnthropicAdapter().decode_body(body) == [
-        StreamEvent(delta="ab", finish_reason="stop", input_tokens=4, output_tokens=2)
+        StreamEvent(
+            delta="ab",
+            finish_reason="tool_calls",
+            input_tokens=4,
+            output_tokens=2,
+            tool_calls=(ToolCallDelta(0, "toolu_1", "lookup", '{"q": 1}'),),
+        )
     ]
     with pytest.raises(UpstreamStreamError):
         AnthropicAdapter().decode_body(b'{"type": "error", "error": {"type": "x", "message": "y"}}')
     with pytest.raises(StreamProtocolError):
         AnthropicAdapter().decode_body(b'{"type": "message"}')
+
+
+TOOL_REQUEST = ChatRequest(
+    (
+        ChatMessage("user", "weather?"),
+        ChatMessage("assistant", "", tool_calls=(ToolCall("call_1", "lookup", '{"q": "Paris"}'),)),
+        ChatMessage("tool", "sunny", tool_call_id="call_1"),
+        ChatMessage("tool", "warm", tool_call_id="call_2"),
+    ),
+    GenerationParameters(
+        tools=(ToolSpec("lookup", "Look it up", {"type": "object"}),),
+        tool_choice_name="lookup",
+        response_format={"type": "json_object"},
+    ),
+)
+
+
+def test_openai_passes_tools_and_decodes_streamed_and_whole_tool_calls() -> None:
+    body = OpenAIAdapter().build_request(ENTRY, TOOL_REQUEST, None).body
+    assert body["messages"][1] == {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "lookup", "arguments": '{"q": "Paris"}'},
+            }
+        ],
+    }
+    assert body["messages"][2] == {"role": "tool", "content": "sunny", "tool_call_id": "call_1"}
+    assert body["tools"] == [
+        {
+            "type": "function",
+            "function": {"name": "lookup", "description": "Look it up", "parameters": {"type": "object"}},
+        }
+    ]
+    assert body["tool_choice"] == {"type": "function", "function": {"name": "lookup"}}
+    assert body["response_format"] == {"type": "json_object"}
+    piece = {"index": 0, "id": "c", "type": "function", "function": {"name": "lookup", "arguments": '{"q"'}}
+    rest = {"index": 0, "function": {"arguments": ": 1}"}}
+    decoder = OpenAIAdapter().stream_decoder()
+    events = decoder.feed(
+        sse(
+            {"choices": [{"index": 0, "delta": {"tool_calls": [piece]}, "finish_reason": None}]},
+            {"choices": [{"index": 0, "delta": {"tool_calls": [rest]}, "finish_reason": "tool_calls"}]},
+            b"[DONE]",
+        )
+    )
+    assert [e.tool_calls for e in events] == [
+        (ToolCallDelta(0, "c", "lookup", '{"q"'),),
+        (ToolCallDelta(0, None, None, ": 1}"),),
+    ]
+    assert events[-1].finish_reason == "tool_calls" and events[0].has_content
+    whole = json.dumps(
+        {"choices": [{"message": {"content": None, "tool_calls": [piece]}, "finish_reason": "tool_calls"}]}
+    ).encode()
+    (event,) = OpenAIAdapter().decode_body(whole)
+    assert event.delta == "" and event.tool_calls == (ToolCallDelta(0, "c", "lookup", '{"q"'),)
+    with pytest.raises(StreamProtocolError):
+        decoder = OpenAIAdapter().stream_decoder()
+        decoder.feed(sse({"choices": [{"index": 0, "delta": {"tool_calls": "x"}}]}))
+
+
+def test_anthropic_maps_tools_and_refuses_json_mode() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        AnthropicAdapter().build_request(ENTRY, TOOL_REQUEST, None)
+    assert caught.value.field == "response_format"
+    request = ChatRequest(
+        TOOL_REQUEST.messages,
+        GenerationParameters(tools=TOOL_REQUEST.parameters.tools, tool_choice="required"),
+    )
+    body = AnthropicAdapter().build_request(ENTRY, request, None).body
+    assert body["messages"][1] == {
+        "role": "assistant",
+        "content": [{"type": "tool_use", "id": "call_1", "name": "lookup", "input": {"q": "Paris"}}],
+    }
+    # Consecutive tool results share one user turn.
+    assert body["messages"][2] == {
+        "role": "user",
+        "content": [
+            {"type": "tool_result", "tool_use_id": "call_1", "content": "sunny"},
+            {"type": "tool_result", "tool_use_id": "call_2", "content": "warm"},
+        ],
+    }
+    assert body["tools"] == [
+        {"name": "lookup", "description": "Look it up", "input_schema": {"type": "object"}}
+    ]
+    assert body["tool_choice"] == {"type": "any"}
+    bad = ChatRequest((ChatMessage("assistant", "", tool_calls=(ToolCall("c", "lookup", "{oops"),)),))
+    with pytest.raises(InvalidArgument) as caught:
+        AnthropicAdapter().build_request(ENTRY, bad, None)
+    assert caught.value.field == "messages[0].tool_calls[0].function.arguments"
+
+
+def test_tool_call_events_are_not_merged_by_coalesce() -> None:
+    call = StreamEvent(tool_calls=(ToolCallDelta(0, "c", "f", "{"),))
+    assert coalesce([StreamEvent(delta="a"), call, StreamEvent(delta="b")]) == [
+        StreamEvent(delta="a"),
+        call,
+        StreamEvent(delta="b"),
+    ]

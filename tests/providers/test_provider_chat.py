@@ -10,6 +10,8 @@ from barp_sidecar.providers.chat import (
     ChatRequest,
     GenerationParameters,
     StreamEvent,
+    ToolCall,
+    ToolSpec,
     coalesce,
     routing_text,
     validate_chat_request,
@@ -92,3 +94,40 @@ def test_coalesce_merges_what_arrived_together_without_losing_order() -> None:
     # Text never moves after a finish reason.
     late = [StreamEvent(finish_reason="stop"), StreamEvent(delta="x")]
     assert coalesce(late) == late
+
+
+def _tools_request(*messages: ChatMessage, **parameters: object) -> ChatRequest:
+    return ChatRequest((ChatMessage("user", "q"), *messages), GenerationParameters(**parameters))  # type: ignore[arg-type]
+
+
+CALL = ToolCall("call_1", "lookup", "{}")
+
+
+@pytest.mark.parametrize(
+    ("request_", "field"),
+    [
+        (_tools_request(ChatMessage("tool", "result")), "messages[1].tool_call_id"),
+        (_tools_request(ChatMessage("user", "x", tool_call_id="c")), "messages[1].tool_call_id"),
+        (_tools_request(ChatMessage("user", "x", tool_calls=(CALL,))), "messages[1].tool_calls"),
+        (_tools_request(tools=(ToolSpec(""),)), "tools[0].function.name"),
+        (_tools_request(tools=(ToolSpec("a"), ToolSpec("a"))), "tools[1].function.name"),
+        (_tools_request(tools=(ToolSpec("a"),), tool_choice="sometimes"), "tool_choice"),
+        (_tools_request(tools=(ToolSpec("a"),), tool_choice_name="b"), "tool_choice.function.name"),
+        (_tools_request(tool_choice="auto"), "tool_choice"),
+    ],
+)
+def test_bad_tool_use_names_the_field(request_: ChatRequest, field: str) -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        validate_chat_request(request_)
+    assert caught.value.field == field
+
+
+def test_tool_turns_pass_validation() -> None:
+    validate_chat_request(
+        _tools_request(
+            ChatMessage("assistant", "", tool_calls=(CALL,)),
+            ChatMessage("tool", "sunny", tool_call_id="call_1"),
+            tools=(ToolSpec("lookup"),),
+            tool_choice="required",
+        )
+    )

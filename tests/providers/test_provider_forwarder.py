@@ -123,7 +123,13 @@ async def test_connection_refused_falls_back_to_the_next_most_probable(
     assert isinstance(done, Completed) and done.model == "b" and done.fallback_from == ("a", "c")
     record = recorder.get("d-1")
     assert record is not None and record.model == "b"
-    assert metrics.fallbacks.labels("a")._value.get() == 1
+    # Each fallback names where it came from and where it went.
+    assert metrics.fallbacks.labels("a", "c")._value.get() == 1
+    assert metrics.fallbacks.labels("c", "b")._value.get() == 1
+    sample = metrics.registry.get_sample_value
+    assert sample("barp_completion_time_to_first_token_seconds_count", {"model": "b"}) == 1
+    assert sample("barp_completion_time_per_output_token_seconds_count", {"model": "b"}) == 1  # 8 tokens
+    assert not sample("barp_completion_time_to_first_token_seconds_count", {"model": "a"})
 
 
 async def test_every_provider_failing_is_unavailable_with_each_reason(

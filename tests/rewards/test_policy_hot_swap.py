@@ -77,6 +77,7 @@ async def test_announced_versions_are_fetched_verified_and_swapped(setup, tmp_pa
     await upstream.publish(3, seed=3)
     await wait_for(lambda: registry.current().version == 3)
     assert registry.swapped_to == [2, 3]
+    assert registry.checked == [2, 3]  # every install is checked against the serving encoder first
     assert (tmp_path / "downloads" / "v3" / "policy.safetensors").is_file()
     assert manager.current().source == "trainer"
 

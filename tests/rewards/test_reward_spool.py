@@ -7,6 +7,7 @@ import random
 
 import pytest
 
+from barp_sidecar.errors import ConfigError
 from barp_sidecar.rewards.spool import RewardSpool, SpoolFull
 from tests.learning_helpers import random_event
 
@@ -109,3 +110,13 @@ async def test_corrupted_byte_in_last_record_is_detected_by_crc(tmp_path):
     reopened = await _spool(tmp_path)
     assert [e.sequence for e in reopened.read_after(0, 10)] == [1, 2]
     await reopened.close()
+
+
+async def test_two_spools_never_share_a_directory(tmp_path):
+    first = await _spool(tmp_path)
+    with pytest.raises(ConfigError, match="in use by another sidecar") as caught:
+        await _spool(tmp_path)
+    assert caught.value.key == "rewards.spool_dir"
+    await first.close()
+    second = await _spool(tmp_path)  # the lock goes with the first one's close
+    await second.close()

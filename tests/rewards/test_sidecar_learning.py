@@ -84,7 +84,7 @@ async def test_route_report_outcome_reaches_the_trainer_and_its_policy_comes_bac
                         decision_id=decision.decision_id, quality=(i % 5) / 4, cost_usd=0.001
                     )
                 )
-                assert ack.recorded
+                assert ack.recorded and ack.delivery == router_pb2.OUTCOME_DELIVERY_TRAINER
             repeat = await stub.ReportOutcome(
                 router_pb2.OutcomeRequest(decision_id=decisions[0].decision_id, quality=1)
             )

@@ -390,10 +390,12 @@ async def test_metrics_endpoint_exposes_counters_after_traffic(checkpoint: Path)
     assert "barp_policy_version 1.0" in body
 
 
-async def test_two_sidecars_in_one_process_have_separate_metrics(checkpoint: Path) -> None:
+async def test_two_sidecars_in_one_process_have_separate_metrics(checkpoint: Path, tmp_path: Path) -> None:
+    # Each sidecar needs its own spool (the directory is locked).
+    second = sidecar_settings(checkpoint, rewards={"spool_dir": str(tmp_path / "second-spool")})
     async with (
         running_sidecar(sidecar_settings(checkpoint)) as one,
-        running_sidecar(sidecar_settings(checkpoint)) as two,
+        running_sidecar(second) as two,
     ):
         assert one.port != two.port and one.metrics_port != two.metrics_port
         await call(one.port, route_request("only one"))

@@ -24,7 +24,8 @@ def test_offline_writes_a_loadable_checkpoint_recording_tau(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "held-out summary" in printed and "(test split, 20 rows, 2 tasks)" in printed
     assert " 1.0 per_task_best " in printed and "pair big / cheap-a: APGR" in printed
-    assert main([*args, "--force"]) == 0  # replacing needs --force
+    assert main(args) == 2  # replacing needs --force
+    assert main([*args, "--force"]) == 0
     assert load_checkpoint(out).manifest.training["tasks"] == ["arc_challenge", "mbpp", "winogrande"]
 
 

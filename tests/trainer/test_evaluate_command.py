@@ -7,6 +7,7 @@ import re
 import numpy as np
 import pytest
 
+from barp_sidecar.decide import add_arguments as add_decide_arguments
 from barp_sidecar.decide import decide
 from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.policy.checkpoint import load_checkpoint
@@ -77,7 +78,7 @@ def test_models_mask_restricts_every_router_and_sets_the_pair(trained, tmp_path)
 
 
 def test_greedy_decisions_equal_the_sidecar_decide_command(trained):
-    """Same masked probabilities and greedy choice as ``barp-sidecar decide --allowed-models``."""
+    """Same masked probabilities and greedy choice as ``barp-sidecar decide --allowed-model``."""
     _, policy_dir, cache = trained
     policy = load_checkpoint(policy_dir)
     prompts = [r["prompt"] for r in synthetic_jsonl_rows()[:12]]
@@ -88,15 +89,23 @@ def test_greedy_decisions_equal_the_sidecar_decide_command(trained):
     probabilities = scorer.probabilities(0.7, allowed)
     choices = PolicyScorer.greedy(probabilities, allowed)
     for prompt, p, choice in zip(prompts, probabilities, choices, strict=True):
-        args = argparse.Namespace(
-            prompt=prompt,
-            quality_weight=0.7,
-            policy=policy_dir,
-            encoder_model="hash:64",
-            allowed_models=["cheap-a", "big"],
-            sample=False,
-            seed=None,
-            device="cpu",
+        # Parsed by the command's own parser, so the test follows its flags.
+        parser = argparse.ArgumentParser()
+        add_decide_arguments(parser)
+        args = parser.parse_args(
+            [
+                prompt,
+                "--quality-weight",
+                "0.7",
+                "--policy",
+                str(policy_dir),
+                "--encoder-model",
+                "hash:64",
+                "--allowed-model",
+                "cheap-a",
+                "--allowed-model",
+                "big",
+            ]
         )
         decision = decide(args)
         assert decision["model"] == MODELS[choice]
@@ -137,7 +146,7 @@ def test_bad_input_exits_2_naming_the_problem_and_writes_nothing(
     args = ["evaluate", "--policy", str(policy), "--data", str(log), "--out", str(out), "--no-progress"]
     assert main([*args, "--cache-dir", str(cache), *extra]) == 2
     error = capsys.readouterr().err
-    assert error.startswith("error: ") and len(error.strip().splitlines()) == 1
+    assert error.startswith("barp-trainer evaluate: ") and len(error.strip().splitlines()) == 1
     assert re.search(message, error), error
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name != "log.jsonl"] == []

@@ -1,9 +1,16 @@
-"""The trainer resumes from its LATEST checkpoint and the log offset recorded in it."""
+"""The trainer resumes from its LATEST checkpoint and the log offset recorded in it.
+
+The gate is made to publish deterministically (a margin no SNIPS difference can exceed: rewards lie in
+[-1, 1]), so the test does not depend on the gate's verdict on random events; the deadlines only bound a
+wait for work that is certain to happen.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import random
+import threading
+import time
 
 import grpc
 
@@ -25,18 +32,20 @@ async def publish(port: int, events) -> None:
 
 async def test_restart_resumes_from_latest_and_its_log_offset(tmp_path):
     config = tmp_path / "trainer.yaml"
-    config.write_text(trainer_settings_yaml(tmp_path / "data", every_events=100, every_s=600))
+    # gate_margin 10 > any SNIPS gap (rewards are in [-1, 1]): the first evaluation always publishes v2.
+    config.write_text(trainer_settings_yaml(tmp_path / "data", every_events=100, every_s=600, gate_margin=10))
     settings = load_trainer_settings(config, {})
     rng = random.Random(1)
     app = TrainerApp(settings)
     await app.start()
     try:
         await publish(app.port, [random_event(rng, sequence=i) for i in range(1, 301)])
-        deadline = asyncio.get_running_loop().time() + 30
+        deadline = asyncio.get_running_loop().time() + 120
         while app.loop.current_version < 2:
             assert asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.05)
         published = app.loop.manifest
+        assert app.loop.counters.rejected == 0
     finally:
         await app.close()
     offset = published.training["log_offset"]
@@ -55,9 +64,31 @@ async def test_restart_resumes_from_latest_and_its_log_offset(tmp_path):
         assert restarted.loop.learner.events_trained >= published.training["events_trained"]
         # Events after the published offset are replayed into training; nothing is re-stored.
         assert restarted.event_log.end_offset == 300
-        deadline = asyncio.get_running_loop().time() + 30
+        deadline = asyncio.get_running_loop().time() + 120
         while restarted.loop.cursor < 300:
             assert asyncio.get_running_loop().time() < deadline
             await asyncio.sleep(0.05)
     finally:
         await restarted.close()
+
+
+async def test_close_waits_for_the_training_step_in_flight(tmp_path):
+    """A step runs in a worker thread; close() must not return while it may still read or publish."""
+    config = tmp_path / "trainer.yaml"
+    config.write_text(trainer_settings_yaml(tmp_path / "data"))
+    app = TrainerApp(load_trainer_settings(config, {}))
+    await app.start()
+    entered, finished = threading.Event(), threading.Event()
+
+    def slow_step() -> dict:
+        entered.set()
+        time.sleep(0.5)
+        finished.set()
+        return {"events": 0, "published": None}
+
+    try:
+        app.loop.step = slow_step
+        assert await asyncio.to_thread(entered.wait, 30)
+    finally:
+        await app.close()
+    assert finished.is_set()

@@ -1,4 +1,4 @@
-"""On-disk embedding cache keyed by (encoder id, dim, max_seq_length, truncation, sha256 of the text).
+"""On-disk embedding cache keyed by (encoder id and backend, dim, max_seq_length, truncation, text sha256).
 
 Owns the cache files; knows nothing about policies. Each encoder configuration gets its own directory
 ``<root>/<config digest>/`` holding ``config.json`` (human-readable key) and append-only ``shard-*.npz``
@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from barp_sidecar.policy.backends import encoder_backend_identity
 from barp_sidecar.policy.encoder import Encoder
 
 DIGEST_BYTES = 16
@@ -31,12 +32,17 @@ def text_digest(text: str) -> bytes:
 def encoder_config(encoder: Encoder) -> dict[str, object]:
     """The part of the key that names the encoder and its truncation."""
     settings = encoder.settings
-    return {
+    config: dict[str, object] = {
         "encoder_id": encoder.encoder_id,
         "dim": int(encoder.dim),
         "max_seq_length": settings.max_seq_length,
         "truncation": settings.truncation,
     }
+    backend, model_sha256 = encoder_backend_identity(encoder)
+    if backend != "torch":  # torch keeps the key it always had, so existing caches stay valid
+        config["backend"] = backend
+        config["model_sha256"] = model_sha256
+    return config
 
 
 def config_digest(config: dict[str, object]) -> str:

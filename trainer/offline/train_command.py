@@ -185,6 +185,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    # Checked before minutes of embedding and training, not after.
+    if Path(args.out).exists() and not args.force:
+        raise FileExistsError(f"--out {args.out} exists; pass --force to replace it")
     torch.set_num_threads(min(2, torch.get_num_threads()))
     started = time.monotonic()
     full = load_tables(args.data)

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import structlog
+from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry, start_http_server
 
 from barp_sidecar.broker.nats_connection import NatsConnector
@@ -25,6 +26,7 @@ from barp_sidecar.broker.settings import EventsBackend
 from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
 from barp_sidecar.policy.checkpoint import CheckpointStore
 from barp_sidecar.rpc.server import GrpcServer, Service
+from barp_sidecar.tracing import Tracing
 from trainer.service.eventlog import SegmentedEventLog
 from trainer.service.loop import TrainingLoop
 from trainer.service.metrics import TrainerCollector
@@ -43,8 +45,18 @@ MAX_PENDING_RPCS = 1024
 
 
 class TrainerApp:
-    def __init__(self, settings: TrainerSettings, env: Mapping[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        span_exporter: SpanExporter | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``span_exporter`` replaces the configured trace exporter (tests); ``env`` is where secrets
+        (NATS password/token) are read from (the process environment when None)."""
         self.settings = settings
+        self.tracing = Tracing.from_settings(settings.tracing, exporter=span_exporter)
+        tracer = self.tracing.tracer if self.tracing.enabled else None
+        self._tracer = tracer
         self.event_log: SegmentedEventLog | None = None
         self.store = CheckpointStore(settings.checkpoints_dir)
         self.announcer = PolicyAnnouncer()
@@ -80,7 +92,9 @@ class TrainerApp:
             ).open
         )
         starting = await asyncio.to_thread(starting_policy, s.learner, self.store)
-        self.loop = TrainingLoop(self.event_log, self.store, self.announcer, starting, s.learner, s.publish)
+        self.loop = TrainingLoop(
+            self.event_log, self.store, self.announcer, starting, s.learner, s.publish, tracer=self._tracer
+        )
         await self.loop.start()
         manifest = self.loop.manifest
         self.servicer = TrainerServicer(
@@ -90,6 +104,7 @@ class TrainerApp:
             manifest.arms,
             manifest.architecture.embedding_dim,
             s.publish.chunk_bytes,
+            tracer=self._tracer,
         )
         if self.nats_connector is not None:
             self.ingestor = NatsEventIngestor(
@@ -142,4 +157,5 @@ class TrainerApp:
             await asyncio.to_thread(self.event_log.close)
         if self._metrics_server is not None:
             self._metrics_server.shutdown()  # type: ignore[attr-defined]
+        await asyncio.to_thread(self.tracing.close)
         log.info("trainer_stopped")

@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import structlog
 import torch
+from opentelemetry.trace import NoOpTracer, Tracer
 
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.policy.checkpoint import CheckpointStore, PolicyManifest
@@ -146,7 +147,9 @@ class TrainingLoop:
         publish_settings: PublishSettings,
         poll_interval_s: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
+        tracer: Tracer | None = None,
     ) -> None:
+        self._tracer = tracer or NoOpTracer()
         self.event_log = event_log
         self.store = store
         self.announcer = announcer
@@ -261,7 +264,15 @@ class TrainingLoop:
 
     async def _run(self) -> None:
         while True:
-            progressed = await asyncio.to_thread(self.step)
+            # A cancelled to_thread() await leaves its thread running: shield it and, on close(), wait for
+            # the step in flight, so no step reads the log or publishes to the store after close() returns
+            # (a restarted trainer on the same data_dir would race it for the next version).
+            in_flight = asyncio.ensure_future(asyncio.to_thread(self.step))
+            try:
+                progressed = await asyncio.shield(in_flight)
+            except asyncio.CancelledError:
+                await asyncio.wait([in_flight])
+                raise
             if progressed.get("published") is not None:
                 await self.announcer.publish(progressed["published"])
             if not progressed.get("events"):
@@ -318,6 +329,19 @@ class TrainingLoop:
         return snips(critic, holdout), snips(self.published_network, holdout), "snips"
 
     def evaluate_and_maybe_publish(self) -> Any:
+        """The gate, in a ``barp.trainer.publish`` span: its decision and the version it published, if any."""
+        with self._tracer.start_as_current_span("barp.trainer.publish", record_exception=True) as span:
+            announcement = self._evaluate_and_maybe_publish()
+            span.set_attributes(
+                {
+                    "barp.published": announcement is not None,
+                    "barp.version": self.manifest.version,
+                    "barp.events_trained": self.learner.events_trained,
+                }
+            )
+            return announcement
+
+    def _evaluate_and_maybe_publish(self) -> Any:
         self.events_since_evaluation = 0
         self.last_evaluation_monotonic_s = self.clock()
         self.counters.evaluations += 1

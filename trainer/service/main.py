@@ -15,12 +15,9 @@ import dataclasses
 import os
 import sys
 
-import torch
-
 from barp_sidecar.errors import CheckpointError, ConfigError
 from barp_sidecar.log import configure_logging
 from barp_sidecar.process import EXIT_CONFIG, config_error_exit, serve_until_signalled
-from trainer.service.app import TrainerApp
 from trainer.service.settings import TrainerSettings, load_trainer_settings
 
 PROGRAM = "barp-trainer serve"
@@ -51,6 +48,11 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         return config_error_exit(PROGRAM, exc)
     configure_logging(settings.logging.level)
+    # Imported here: settings are validated (and a bad one reported) before torch is imported.
+    import torch
+
+    from trainer.service.app import TrainerApp
+
     torch.set_num_threads(min(2, torch.get_num_threads()))
     try:
         return asyncio.run(serve_until_signalled(TrainerApp(settings), PROGRAM))

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 
 import grpc
 import structlog
+from opentelemetry.trace import NoOpTracer, Tracer
 
 from barp_sidecar.errors import InvalidArgument, NotFound
 from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
 from barp_sidecar.policy.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, CheckpointStore
+from barp_sidecar.tracing import logged_with
 from trainer.service.eventlog import EventLog
 from trainer.service.policy_source import PolicyAnnouncer
 from trainer.service.validation import event_problem
@@ -50,6 +52,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         embedding_dim: int,
         chunk_bytes: int = 1 << 20,
         max_batch_events: int = 1024,
+        tracer: Tracer | None = None,
     ) -> None:
         self.event_log = event_log
         self.store = store
@@ -59,6 +62,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         self.chunk_bytes = chunk_bytes
         self.max_batch_events = max_batch_events
         self.counters = IngestCounters()
+        self._tracer = tracer or NoOpTracer()
         # One writer at a time: the log's fsync is the bottleneck; concurrent streams queue here.
         self._append_lock = asyncio.Lock()
 
@@ -104,6 +108,23 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                 pass
 
     async def _ingest(self, batch: list[trainer_pb2.RewardEvent]) -> trainer_pb2.PublishAck:
+        """One acknowledged batch, in a ``barp.trainer.ingest`` span (validation, durable append)."""
+        with (
+            self._tracer.start_as_current_span("barp.trainer.ingest", record_exception=True) as span,
+            logged_with(span),
+        ):
+            ack = await self._ingest_batch(batch)
+            span.set_attributes(
+                {
+                    "barp.sidecar_id": batch[0].sidecar_id,
+                    "barp.events": len(batch),
+                    "barp.rejected": len(ack.rejected_sequences),
+                    "barp.durable_sequence": ack.durable_sequence,
+                }
+            )
+            return ack
+
+    async def _ingest_batch(self, batch: list[trainer_pb2.RewardEvent]) -> trainer_pb2.PublishAck:
         ack = trainer_pb2.PublishAck()
         valid = []
         for event in batch:

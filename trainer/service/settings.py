@@ -14,7 +14,7 @@ from pathlib import Path
 
 from barp_sidecar.broker.settings import EventsSettings
 from barp_sidecar.errors import ConfigError
-from barp_sidecar.settings import build_settings, read_layers
+from barp_sidecar.settings import TracingSettings, build_settings, read_layers
 
 ENV_PREFIX = "BARP_TRAINER__"
 INITIAL_POLICIES = ("builtin", "cold", "latest_or_builtin", "latest_or_cold")
@@ -26,17 +26,22 @@ EXPLORATION_SHAPES = ("boltzmann", "inverse_gap")
 class TrainerServerSettings:
     """The Trainer gRPC endpoint (PublishRewards, WatchPolicy, FetchPolicy, health, reflection)."""
 
+    # Bind address: 0.0.0.0 when sidecars in other pods connect (then use TLS).
     host: str = "127.0.0.1"
     # 0 = pick a free port; the bound port is logged and written to data_dir/PORT.
     port: int = 50061
+    # Seconds in-flight calls (acks, fetches) get to finish after SIGTERM.
     grace_s: float = 5.0
-    # TLS: server certificate and key (PEM). Both or neither. With tls_client_ca_file, clients need mTLS.
+    # TLS: server certificate (PEM). Set together with tls_key_file to serve TLS.
     tls_cert_file: str | None = None
+    # TLS: private key of the certificate (PEM).
     tls_key_file: str | None = None
+    # mTLS: CA bundle client certificates must chain to (needs tls_cert_file).
     tls_client_ca_file: str | None = None
     # Extra plaintext listener serving only grpc.health.v1 (None = off): Kubernetes' gRPC probes reach the
     # pod IP without TLS, so they cannot probe a TLS port. The Helm chart sets it.
     health_port: int | None = None
+    # Bind address of that health-only listener.
     health_host: str = "0.0.0.0"
 
 
@@ -51,6 +56,7 @@ class StorageSettings:
     # Retention: sealed segments are deleted when the log exceeds this size or they are older than this.
     # De-duplication remembers only the ids of retained events.
     retention_max_bytes: int = 4 << 30
+    # ... and sealed segments older than this many seconds are deleted.
     retention_max_age_s: float = 7 * 24 * 3600.0
 
 
@@ -61,14 +67,19 @@ class LearnerSettings:
     # "latest_or_builtin": resume from data_dir/checkpoints LATEST, else the shipped RouterBench policy.
     # "cold": a fresh network whose outputs start uniform (needs arms + encoder below). "builtin": shipped.
     initial_policy: str = "latest_or_builtin"
-    # For a cold start: arm names in order, encoder id/dim/max_seq_length/truncation, τ.
+    # For a cold start: arm names in order (a YAML list, or "a,b,c" in the environment).
     arms: tuple[str, ...] = ()
+    # For a cold start: the encoder id the sidecars embed prompts with (recorded in every checkpoint).
     encoder_id: str = "sentence-transformers/all-MiniLM-L6-v2"
+    # For a cold start: the embedding dimension.
     encoder_dim: int = 384
+    # For a cold start: tokens per prompt the encoder keeps (including [CLS]/[SEP]).
     encoder_max_seq_length: int = 256
+    # For a cold start: which tokens a long prompt keeps: head, tail or head_tail.
     encoder_truncation: str = "tail"
     # τ in USD; None = from the starting manifest (a cold start then requires it).
     tau_usd: float | None = None
+    # Adam learning rate.
     learning_rate: float = 1e-3
     # Events per gradient step.
     batch_size: int = 64
@@ -92,6 +103,7 @@ class LearnerSettings:
     holdout_every: int = 10
     # Most recent held-out events kept for the gate.
     holdout_max_events: int = 5000
+    # Seed of the learner (preference augmentation, replay sampling): same events, same policy.
     seed: int = 0
     # Network kind of a cold start: "reward_model" (per-model quality/cost regression, closed-form ridge
     # updates, docs/learning.md §4) or "barp" (the paper's network, trained by REINFORCE). A start from a
@@ -133,7 +145,9 @@ class PublishSettings:
 class TrainerMetricsSettings:
     """Prometheus exposition over HTTP (``/metrics``)."""
 
+    # Serve /metrics over HTTP.
     enabled: bool = True
+    # Bind address (0.0.0.0 to let Prometheus scrape the pod IP).
     host: str = "127.0.0.1"
     # 0 = pick a free port.
     port: int = 9465
@@ -141,7 +155,17 @@ class TrainerMetricsSettings:
 
 @dataclass(frozen=True)
 class TrainerLoggingSettings:
+    """JSON log lines on stderr."""
+
+    # debug, info, warning or error.
     level: str = "info"
+
+
+@dataclass(frozen=True)
+class TrainerTracingSettings(TracingSettings):
+    """OpenTelemetry spans of ingestion and publishing (docs/tracing.md); off by default."""
+
+    service_name: str = "barp-trainer"
 
 
 @dataclass(frozen=True)
@@ -152,6 +176,7 @@ class TrainerSettings:
     publish: PublishSettings = field(default_factory=PublishSettings)
     metrics: TrainerMetricsSettings = field(default_factory=TrainerMetricsSettings)
     logging: TrainerLoggingSettings = field(default_factory=TrainerLoggingSettings)
+    tracing: TrainerTracingSettings = field(default_factory=TrainerTracingSettings)
     # Where reward events come from besides PublishRewards: events.backend nats = a durable JetStream
     # consumer (the same section as the sidecar's, barp_sidecar/broker/settings.py).
     events: EventsSettings = field(default_factory=EventsSettings)
@@ -171,6 +196,7 @@ def validate(settings: TrainerSettings) -> TrainerSettings:
             raise ConfigError(key, message)
 
     s = settings
+    s.tracing.check()
     check(0 <= s.server.port <= 65535, "server.port", f"must be in [0, 65535], not {s.server.port}")
     check(0 <= s.metrics.port <= 65535, "metrics.port", f"must be in [0, 65535], not {s.metrics.port}")
     if s.server.health_port is not None:

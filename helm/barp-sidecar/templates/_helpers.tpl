@@ -101,6 +101,7 @@ the injected sidecars and the standalone router share one ConfigMap.
 {{- $owned := dict
   "server" (dict "port" .Values.ports.grpc "health_port" .Values.ports.health)
   "metrics" (dict "host" "0.0.0.0" "port" .Values.ports.metrics)
+  "http" (dict "port" .Values.ports.http)
   "admin" (dict "host" (ternary "0.0.0.0" "127.0.0.1" .Values.admin.expose) "port" .Values.ports.admin "token_env" $layout.adminTokenEnv)
   "rewards" (dict "spool_dir" $layout.spoolDir)
 -}}
@@ -151,6 +152,11 @@ the injected sidecars and the standalone router share one ConfigMap.
 
 {{- define "barp-sidecar.trainerConfigChecksum" -}}
 {{- include "barp-sidecar.trainerConfig" . | sha256sum }}
+{{- end }}
+
+{{/* "true" when config.http.enabled turns the OpenAI-compatible HTTP API on, else "". */}}
+{{- define "barp-sidecar.httpEnabled" -}}
+{{- if (.Values.config.http | default dict).enabled }}true{{ end }}
 {{- end }}
 
 {{/* gRPC probe block on a plaintext health-only port: (dict "port" N "probe" <values probe>). */}}

@@ -35,6 +35,7 @@ checksum/barp-config: {{ include "barp-sidecar.configChecksum" . }}
 {{- $layout := include "barp-sidecar.layout" . | fromYaml -}}
 {{- $standalone := eq (default "sidecar" .mode) "standalone" -}}
 {{- $serverTLS := and $standalone .Values.standalone.tls.enabled -}}
+{{- $http := and $standalone (include "barp-sidecar.httpEnabled" .) -}}
 - name: {{ $layout.containerName }}
   image: {{ include "barp-sidecar.image" . }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
@@ -59,10 +60,20 @@ checksum/barp-config: {{ include "barp-sidecar.configChecksum" . }}
       containerPort: {{ .Values.ports.admin }}
       protocol: TCP
     {{- end }}
+    {{- if $http }}
+    {{- /* Injected: the application calls the HTTP API on loopback, so the port is not declared. */}}
+    - name: barp-http
+      containerPort: {{ .Values.ports.http }}
+      protocol: TCP
+    {{- end }}
   env:
     # Mode-specific settings; the rest comes from {{ $layout.configFile }}.
     - name: {{ $layout.envPrefix }}SERVER__HOST
       value: {{ ternary "0.0.0.0" "127.0.0.1" $standalone | quote }}
+    {{- if $http }}
+    - name: {{ $layout.envPrefix }}HTTP__HOST
+      value: {{ ternary "0.0.0.0" "127.0.0.1" $standalone | quote }}
+    {{- end }}
     {{- if $serverTLS }}
     - name: {{ $layout.envPrefix }}SERVER__TLS_CERT_FILE
       value: {{ printf "%s/tls.crt" $layout.serverTLSDir | quote }}

@@ -13,10 +13,19 @@ class Exploration(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXPLORATION_GREEDY: _ClassVar[Exploration]
     EXPLORATION_SAMPLE: _ClassVar[Exploration]
     EXPLORATION_EPSILON_GREEDY: _ClassVar[Exploration]
+
+class OutcomeDelivery(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_DELIVERY_UNSPECIFIED: _ClassVar[OutcomeDelivery]
+    OUTCOME_DELIVERY_TRAINER: _ClassVar[OutcomeDelivery]
+    OUTCOME_DELIVERY_KEPT_WITHOUT_TRAINER: _ClassVar[OutcomeDelivery]
 EXPLORATION_UNSPECIFIED: Exploration
 EXPLORATION_GREEDY: Exploration
 EXPLORATION_SAMPLE: Exploration
 EXPLORATION_EPSILON_GREEDY: Exploration
+OUTCOME_DELIVERY_UNSPECIFIED: OutcomeDelivery
+OUTCOME_DELIVERY_TRAINER: OutcomeDelivery
+OUTCOME_DELIVERY_KEPT_WITHOUT_TRAINER: OutcomeDelivery
 
 class Preference(_message.Message):
     __slots__ = ("quality_weight",)
@@ -161,7 +170,9 @@ class OutcomeRequest(_message.Message):
     def __init__(self, decision_id: _Optional[str] = ..., quality: _Optional[float] = ..., cost_usd: _Optional[float] = ...) -> None: ...
 
 class OutcomeAck(_message.Message):
-    __slots__ = ("recorded",)
+    __slots__ = ("recorded", "delivery")
     RECORDED_FIELD_NUMBER: _ClassVar[int]
+    DELIVERY_FIELD_NUMBER: _ClassVar[int]
     recorded: bool
-    def __init__(self, recorded: _Optional[bool] = ...) -> None: ...
+    delivery: OutcomeDelivery
+    def __init__(self, recorded: _Optional[bool] = ..., delivery: _Optional[_Union[OutcomeDelivery, str]] = ...) -> None: ...

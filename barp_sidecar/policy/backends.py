@@ -1,0 +1,83 @@
+"""Encoder backends: which runtime computes h(x) — ``torch``, ``onnx`` (fp32) or ``onnx-int8``.
+
+Owns the choice (``auto`` -> onnx-int8 on the CPU for a policy validated with it, else torch), the default
+ONNX directory, and the construction of a loaded encoder for a backend. Knows nothing about policies:
+whether a policy may serve on a backend is ``EncoderIdentity.serving_problem``. The hashing test encoder
+(``hash:<dim>``) has no weights and therefore no backends: it is built as is, whatever the backend says.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from barp_sidecar.policy.encoder import (
+    Encoder,
+    EncoderSettings,
+    HashingEncoder,
+    SentenceTransformerEncoder,
+    model_path_for,
+)
+from barp_sidecar.policy.onnx_export import ONNX_BACKENDS, ensure_onnx_model
+
+BACKENDS = ("torch", *ONNX_BACKENDS)
+# auto's CPU choice for a policy that accepts the int8 file: the fastest backend measured (1.6-2.3x torch,
+# docs/benchmarks.md). Policies that do not accept it (the shipped one) get torch.
+DEFAULT_CPU_BACKEND = "onnx-int8"
+
+
+def resolve_backend(requested: str, device: str, int8_validated: bool = True) -> str:
+    """``auto`` -> DEFAULT_CPU_BACKEND on the CPU when the policy lists validated int8 files, else torch
+    (always torch on CUDA); other names as given (validated)."""
+    if requested == "auto":
+        if device.startswith("cuda") or (DEFAULT_CPU_BACKEND == "onnx-int8" and not int8_validated):
+            return "torch"
+        return DEFAULT_CPU_BACKEND
+    if requested not in BACKENDS:
+        raise ValueError(f"must be 'auto' or one of {BACKENDS}, not {requested!r}")
+    if requested in ONNX_BACKENDS and device != "cpu":
+        raise ValueError(f"{requested!r} runs on the CPU only, but the encoder device is {device!r}")
+    return requested
+
+
+def default_onnx_dir(env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    cache = env.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "barp-sidecar" / "onnx"
+
+
+@dataclass(frozen=True)
+class BackendChoice:
+    """A resolved backend and where its ONNX files live (ignored by torch)."""
+
+    backend: str
+    onnx_dir: Path
+    intra_op_threads: int = 0
+
+
+def load_backend_encoder(
+    settings: EncoderSettings, choice: BackendChoice, on_export: Callable[[str], None] | None = None
+) -> Encoder:
+    """A loaded encoder for ``settings`` on ``choice.backend``.
+
+    Raises OnnxModelError (file problems, missing operators), ValueError or OSError (model loading).
+    """
+    if settings.model.startswith("hash:"):
+        return HashingEncoder(settings).load()
+    if choice.backend == "torch":
+        return SentenceTransformerEncoder(settings).load()
+    from barp_sidecar.policy.onnx_encoder import OnnxEncoder
+
+    source = Path(model_path_for(settings))
+    if not source.is_dir():
+        raise ValueError(f"the ONNX backends export from a local model directory; {source} is not one")
+    model = ensure_onnx_model(source, choice.onnx_dir, choice.backend, on_export)
+    return OnnxEncoder(settings, model, choice.intra_op_threads).load()
+
+
+def encoder_backend_identity(encoder: Encoder) -> tuple[str, str]:
+    """(backend, model file sha256) of a loaded encoder; ("torch", "") for torch and hashing encoders."""
+    backend = getattr(encoder, "backend", "torch")
+    return str(backend), str(getattr(encoder, "model_sha256", ""))

@@ -1,0 +1,30 @@
+"""Suite-wide isolation: durable state of every sidecar the tests start goes under a temporary directory.
+
+A sidecar keeps its spool and fetched policies under ``state.dir`` (default ``$XDG_STATE_HOME/barp-sidecar``
+or ``~/.local/state/barp-sidecar``). Test processes, and the subprocesses they start (which inherit the
+environment), must never share the real one: with parallel runs on one machine they would share a spool.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def isolated_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    previous = os.environ.get("XDG_STATE_HOME")
+    os.environ["XDG_STATE_HOME"] = str(tmp_path_factory.mktemp("xdg-state"))
+    yield
+    if previous is None:
+        os.environ.pop("XDG_STATE_HOME", None)
+    else:
+        os.environ["XDG_STATE_HOME"] = previous
+
+
+@pytest.fixture(autouse=True)
+def per_test_state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test's own processes get their own state directory (module-scoped servers keep the session's)."""
+    monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state-test")))
