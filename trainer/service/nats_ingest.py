@@ -41,6 +41,9 @@ log = structlog.get_logger("trainer.service.nats_ingest")
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 DEAD_REASON_HEADER = "Barp-Dead-Reason"
+# Messages fetched but not acknowledged (a trainer killed between fetch and ack) are redelivered after
+# this long; an ack follows the log's fsync within milliseconds, so this only bounds crash recovery.
+ACK_WAIT_S = 10.0
 
 
 @dataclass
@@ -175,9 +178,9 @@ class NatsEventIngestor:
             durable=s.consumer,
             stream=s.stream,
             config=api.ConsumerConfig(
-                ack_policy=api.AckPolicy.ALL,
+                ack_policy=api.AckPolicy.EXPLICIT,
                 deliver_policy=api.DeliverPolicy.ALL,
-                ack_wait=60.0,
+                ack_wait=ACK_WAIT_S,
                 max_ack_pending=8 * self.max_batch_events,
             ),
         )
@@ -219,6 +222,8 @@ class NatsEventIngestor:
             stored = sum(flags)
             self.counters.stored += stored
             self.counters.duplicates += len(flags) - stored
-        # AckPolicy.ALL: acknowledging the last message of the fetch acknowledges every one before it.
-        await messages[-1].ack()
+        # Explicit acks, one per message: with AckPolicy.ALL an ack for a new message would also cover an
+        # older one still waiting for redelivery after a crash, which was never stored.
+        for msg in messages:
+            await msg.ack()
         self.counters.received += len(messages)
