@@ -59,6 +59,17 @@ SIDECAR_OWNED = {
         # The shared-volume alternative to FetchPolicy: the chart mounts no shared (RWX) volume.
         "checkpoint_store_dir",
     },
+    # The broker connection is the nats: values block (templates/_helpers.tpl barp-sidecar.natsEvents).
+    "events": {
+        "backend",
+        "nats_urls",
+        "stream_replicas",
+        "nats_user",
+        "nats_password_env",
+        "nats_token_env",
+        "nats_creds_file",
+        "nats_tls_ca_file",
+    },
 }
 TRAINER_OWNED = {
     "server": {
@@ -72,6 +83,17 @@ TRAINER_OWNED = {
     },
     "storage": {"data_dir"},
     "metrics": {"host", "port"},
+    # The broker connection is the nats: values block (templates/_helpers.tpl barp-sidecar.natsEvents).
+    "events": {
+        "backend",
+        "nats_urls",
+        "stream_replicas",
+        "nats_user",
+        "nats_password_env",
+        "nats_token_env",
+        "nats_creds_file",
+        "nats_tls_ca_file",
+    },
 }
 
 # --- JSON schema building blocks -----------------------------------------------------------------------
@@ -319,6 +341,27 @@ def build_schema() -> dict[str, Any]:
                 "tolerations": TOLERATIONS,
                 "affinity": free_object(),
                 "terminationGracePeriodSeconds": NON_NEGATIVE,
+            }
+        ),
+        "nats": obj(
+            {
+                "enabled": BOOL,
+                "urls": {
+                    "type": "array",
+                    "minItems": 1,
+                    "items": {"type": "string", "pattern": r"^(nats|tls)://[^\s/]+:[0-9]{1,5}$"},
+                },
+                "streamReplicas": {"type": "integer", "minimum": 1, "maximum": 5},
+                "policiesFromNats": BOOL,
+                "auth": obj(
+                    {
+                        "secretName": OPTIONAL_DNS_NAME,
+                        "method": {"type": "string", "enum": ["creds", "token", "password"]},
+                        "secretKey": {"type": "string", "minLength": 1},
+                        "user": {"type": "string"},
+                    }
+                ),
+                "tls": obj({"caSecretName": OPTIONAL_DNS_NAME}),
             }
         ),
         "trainerClient": obj(

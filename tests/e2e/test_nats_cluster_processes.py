@@ -3,7 +3,7 @@
 through the stream, policies through the Object Store + KV). During traffic: kill -9 of one NATS node,
 of the trainer and of one sidecar (each restarted). Then: every acknowledged ReportOutcome is in the
 trainer's log exactly once, no Route or ReportOutcome failed on a live sidecar, and every sidecar serves
-the trainer's latest version. Slow (about a minute on a busy 2-core machine): .ci/run runs it.
+the trainer's latest version. About 30 s on a busy 2-core machine.
 """
 
 from __future__ import annotations
@@ -13,15 +13,12 @@ import time
 from pathlib import Path
 
 import grpc
-import pytest
 
 from barp_sidecar.gen.barp.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 from tests.e2e.learning_processes import SidecarProcess, TrainerProcess, free_port
 from tests.support.nats_server import NatsCluster, require_nats_server
 from tests.support.sidecar import ARMS, HASH_ENCODER, make_tiny_checkpoint
 from trainer.service.eventlog import SegmentedEventLog
-
-pytestmark = pytest.mark.slow
 
 
 def events_yaml(urls: list[str]) -> str:
