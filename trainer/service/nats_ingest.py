@@ -186,25 +186,39 @@ class NatsEventIngestor:
         )
         self.counters.sessions += 1
         self._set_state("connected")
-        while True:
-            if not client.is_connected:
-                raise ConnectionError("the NATS connection closed")
-            try:
-                messages = await fetch_available(subscription, self.max_batch_events, self.fetch_timeout_s)
-            except nats_errors.TimeoutError:
-                # Idle: make sure the consumer still exists (a deleted stream takes it along silently).
-                await subscription.consumer_info()
-                continue
-            await self._ingest(js, messages)
+        # The next fetch overlaps the previous batch's append (fsync) and acks; appends stay in order.
+        storing: asyncio.Future[None] | None = None
+        try:
+            while True:
+                if not client.is_connected:
+                    raise ConnectionError("the NATS connection closed")
+                try:
+                    messages = await fetch_available(
+                        subscription, self.max_batch_events, self.fetch_timeout_s
+                    )
+                except nats_errors.TimeoutError:
+                    if storing is not None and storing.done():
+                        storing.result()  # surfaces a failed append (the session restarts)
+                    # Idle: make sure the consumer still exists (a deleted stream takes it along silently).
+                    await subscription.consumer_info()
+                    continue
+                valid = await self._validate(js, messages)
+                if storing is not None:
+                    await storing
+                storing = asyncio.ensure_future(self._store_and_ack(valid, messages))
+        finally:
+            if storing is not None and not storing.done():
+                storing.cancel()  # unacknowledged messages are redelivered; the log drops repeats
 
-    async def _ingest(self, js: Any, messages: list[Any]) -> None:
+    async def _validate(self, js: Any, messages: list[Any]) -> list[trainer_pb2.RewardEvent]:
+        """The valid events of a fetch; the others are copied to the dead-letter subject (acknowledged by
+        JetStream there) before their originals are acknowledged with the batch."""
         valid: list[trainer_pb2.RewardEvent] = []
         for msg in messages:
             event, kind, detail = classify(msg.data, msg.headers, self.arms, self.embedding_dim)
             if event is not None:
                 valid.append(event)
                 continue
-            # Copy to the dead-letter stream (acknowledged by JetStream) before acknowledging the original.
             await js.publish(
                 self.settings.dead_letter_subject,
                 msg.data,
@@ -217,6 +231,9 @@ class NatsEventIngestor:
                 reason=detail[:256],
                 stream_sequence=msg.metadata.sequence.stream,
             )
+        return valid
+
+    async def _store_and_ack(self, valid: list[trainer_pb2.RewardEvent], messages: list[Any]) -> None:
         if valid:
             flags = await asyncio.to_thread(self.event_log.append, valid)
             stored = sum(flags)
