@@ -28,12 +28,13 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from barp_sidecar.broker.nats_connection import NatsConnector
+from barp_sidecar.broker.session_loop import BROKER_STATES
 from barp_sidecar.broker.settings import EventsBackend
 from barp_sidecar.errors import CheckpointError, ConfigError
 from barp_sidecar.policy.manager import CheckpointFetcher, PolicyManager, ServingRegistry
 from barp_sidecar.policy.nats_policies import NatsPolicyWatcher
 from barp_sidecar.policy.watcher import DirectoryPolicyWatcher, TrainerCheckpointFetcher, TrainerPolicyWatcher
-from barp_sidecar.rewards.nats_publisher import BROKER_STATES, NatsRewardPublisher
+from barp_sidecar.rewards.nats_publisher import NatsRewardPublisher
 from barp_sidecar.rewards.pending import PendingDecisionStore
 from barp_sidecar.rewards.pending_journal import PendingJournal
 from barp_sidecar.rewards.publisher import RewardPublisher

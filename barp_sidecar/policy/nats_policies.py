@@ -16,21 +16,19 @@ import asyncio
 import hashlib
 import importlib
 import json
-import random
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from barp_sidecar.backoff import ReconnectBackoff
-from barp_sidecar.broker.nats_connection import BrokerUnavailable, NatsConnector
+from barp_sidecar.broker.nats_connection import NatsConnector
+from barp_sidecar.broker.session_loop import BrokerSessionLoop
 from barp_sidecar.broker.settings import EventsSettings
 from barp_sidecar.errors import CheckpointError, NotFound, RejectionReason
 from barp_sidecar.policy.checkpoint import MANIFEST_FILE, WEIGHTS_FILE
 from barp_sidecar.policy.manager import PolicyManager
 from barp_sidecar.policy.version import PolicyVersion
 from barp_sidecar.policy.watcher import EXPECTED_FILES, MAX_CHECKPOINT_BYTES, write_checkpoint
-from barp_sidecar.tasks import cancel_and_wait
 
 log = structlog.get_logger("barp_sidecar.policy.nats_policies")
 LATEST_KEY = "latest"
@@ -89,30 +87,22 @@ async def ensure_policy_buckets(js: Any, s: EventsSettings) -> tuple[Any, Any]:
     return objects, kv
 
 
-class NatsPolicyWatcher:
+class NatsPolicyWatcher(BrokerSessionLoop):
     """Watches KV ``latest`` and installs announced versions through the manager; also the manager's
     fetcher (``fetch``), over the same connection. ``start()`` / ``close()``."""
 
+    task_name = "nats-policy-watcher"
+    log_prefix = "policy_watch"
+
     def __init__(self, connector: NatsConnector, download_root: Path, seed: int | None = None) -> None:
-        s = connector.settings
-        self.settings = s
-        self.connector = connector
+        super().__init__(connector, seed)
         self.download_root = Path(download_root)
         self.manager: PolicyManager | None = None
-        self.connected = False
         self.announcements = 0
         self._objects: Any = None
-        self._backoff = ReconnectBackoff(
-            s.reconnect_initial_backoff_s, s.reconnect_max_backoff_s, random.Random(seed)
-        )
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="nats-policy-watcher")
-
-    async def close(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
+    def progress(self) -> int:
+        return self.announcements
 
     async def fetch(self, version: int, expected_weights_sha256: str) -> Path:
         """Download ``version`` from the Object Store into ``download_root/v{N}`` (atomic), verified."""
@@ -155,36 +145,19 @@ class NatsPolicyWatcher:
             raise CheckpointError(f"fetch of v{version}: no manifest", RejectionReason.FETCH_FAILED)
         return await asyncio.to_thread(write_checkpoint, self.download_root, version, files)
 
-    async def _run(self) -> None:
-        while True:
-            before = self.announcements
-            try:
-                client = await self.connector.connect()
-            except BrokerUnavailable as exc:
-                log.warning("policy_watch_disconnected", error=str(exc), transport="nats")
-            else:
-                try:
-                    await self._session(client)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.warning("policy_watch_disconnected", error=repr(exc), transport="nats")
-                finally:
-                    self.connected = False
-                    self._objects = None
-                    try:
-                        await asyncio.wait_for(client.close(), 2.0)
-                    except Exception as exc:  # a broken connection may fail to close; it is gone either way
-                        log.debug("policy_watch_close_failed", error=repr(exc))
-            await asyncio.sleep(self._backoff.next_delay_s(self.announcements > before))
-
-    async def _session(self, client: Any) -> None:
+    async def session(self, client: Any) -> None:
         assert self.manager is not None, "the composition root sets the manager before start()"
         js = client.jetstream(timeout=self.settings.publish_timeout_s)
         self._objects, kv = await ensure_policy_buckets(js, self.settings)
         watcher = await kv.watch(LATEST_KEY)
-        self.connected = True
-        log.info("policy_watch_connected", transport="nats", bucket=self.settings.policy_kv_bucket)
+        self.set_state("connected", bucket=self.settings.policy_kv_bucket)
+        try:
+            await self._follow(client, watcher)
+        finally:
+            self._objects = None
+
+    async def _follow(self, client: Any, watcher: Any) -> None:
+        assert self.manager is not None
         while True:
             if not client.is_connected:
                 raise ConnectionError("the NATS connection closed")

@@ -41,7 +41,11 @@ class TrainerCollector(Collector):
                 ("barp_trainer_nats_events_received", n.received, "Messages fetched from the event stream."),
                 ("barp_trainer_nats_events_stored", n.stored, "Stream events stored durably (new)."),
                 ("barp_trainer_nats_events_duplicate", n.duplicates, "Stream events already in the log."),
-                ("barp_trainer_nats_connect_failures", n.connect_failures, "Failed broker connections."),
+                (
+                    "barp_trainer_nats_connect_failures",
+                    ingestor.connect_failures,
+                    "Failed broker connections.",
+                ),
             ):
                 yield CounterMetricFamily(name, doc, value=value)
             dead = CounterMetricFamily(

@@ -1,7 +1,7 @@
 """NATS ingestion: the trainer's durable JetStream consumer feeding its event log.
 
 The ``nats`` counterpart of ``TrainerServicer.PublishRewards``. Owns one durable pull consumer
-(``events.consumer``) on the reward stream, its reconnect loop (``barp_sidecar/backoff.py``), validation
+(``events.consumer``) on the reward stream (the reconnect loop is ``broker.session_loop``'s), validation
 (the same ``event_problem`` as the gRPC path), dead-lettering and acknowledgement. A fetched batch is
 appended to the ``EventLog`` (fsync'd, de-duplicated by event id) *before* any of its messages is
 acknowledged, so a crash between the two redelivers them and the log drops the repeats. A message that is
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import random
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,15 +24,9 @@ from typing import Any
 import structlog
 from google.protobuf.message import DecodeError
 
-from barp_sidecar.backoff import ReconnectBackoff
-from barp_sidecar.broker.nats_connection import (
-    BrokerAuthFailed,
-    BrokerUnavailable,
-    NatsConnector,
-    ensure_event_streams,
-)
+from barp_sidecar.broker.nats_connection import NatsConnector, ensure_event_streams
+from barp_sidecar.broker.session_loop import BrokerSessionLoop
 from barp_sidecar.gen.barp.v1 import trainer_pb2
-from barp_sidecar.tasks import cancel_and_wait
 from trainer.service.eventlog import EventLog
 from trainer.service.validation import event_problem
 
@@ -52,9 +45,6 @@ class NatsIngestCounters:
     stored: int = 0
     duplicates: int = 0
     dead_lettered: Counter[str] = field(default_factory=Counter)
-    sessions: int = 0
-    session_failures: int = 0
-    connect_failures: int = 0
 
 
 def classify(
@@ -89,8 +79,11 @@ async def fetch_available(subscription: Any, max_messages: int, timeout_s: float
     return messages
 
 
-class NatsEventIngestor:
+class NatsEventIngestor(BrokerSessionLoop):
     """Durable consumer -> ``EventLog``. ``start()`` / ``close()``; ``connected`` and counters for metrics."""
+
+    task_name = "nats-event-ingest"
+    log_prefix = "event_broker"
 
     def __init__(
         self,
@@ -102,72 +95,18 @@ class NatsEventIngestor:
         fetch_timeout_s: float = 1.0,
         seed: int | None = None,
     ) -> None:
-        s = connector.settings
-        self.settings = s
-        self.connector = connector
+        super().__init__(connector, seed)
         self.event_log = event_log
         self.arms = arms
         self.embedding_dim = embedding_dim
         self.max_batch_events = max_batch_events
         self.fetch_timeout_s = fetch_timeout_s
         self.counters = NatsIngestCounters()
-        self.connected = False
-        self.state = "connecting"
-        self._backoff = ReconnectBackoff(
-            s.reconnect_initial_backoff_s, s.reconnect_max_backoff_s, random.Random(seed)
-        )
-        self._task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="nats-event-ingest")
+    def progress(self) -> int:
+        return self.counters.received
 
-    async def close(self) -> None:
-        await cancel_and_wait(self._task)
-        self._task = None
-
-    def _set_state(self, state: str, **fields: Any) -> None:
-        changed = state != self.state
-        self.state = state
-        self.connected = state == "connected"
-        if state == "connected":
-            log.info(
-                "event_broker_connected",
-                stream=self.settings.stream,
-                consumer=self.settings.consumer,
-                **fields,
-            )
-        elif changed or state == "auth_failed":
-            level = log.error if state == "auth_failed" else log.warning
-            level(f"event_broker_{state}", urls=list(self.settings.nats_urls), **fields)
-
-    async def _run(self) -> None:
-        while True:
-            stored_before = self.counters.received
-            try:
-                client = await self.connector.connect()
-            except BrokerAuthFailed as exc:
-                self.counters.connect_failures += 1
-                self._set_state("auth_failed", error=str(exc))
-            except BrokerUnavailable as exc:
-                self.counters.connect_failures += 1
-                self._set_state("unreachable", error=str(exc))
-            else:
-                try:
-                    await self._session(client)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    self.counters.session_failures += 1
-                    self._set_state("unreachable", error=repr(exc), phase="consuming")
-                finally:
-                    self.connected = False
-                    try:
-                        await asyncio.wait_for(client.close(), 2.0)
-                    except Exception as exc:  # a broken connection may fail to close; it is gone either way
-                        log.debug("event_broker_close_failed", error=repr(exc))
-            await asyncio.sleep(self._backoff.next_delay_s(self.counters.received > stored_before))
-
-    async def _session(self, client: Any) -> None:
+    async def session(self, client: Any) -> None:
         api = importlib.import_module("nats.js.api")
         nats_errors = importlib.import_module("nats.errors")
         s = self.settings
@@ -184,8 +123,7 @@ class NatsEventIngestor:
                 max_ack_pending=8 * self.max_batch_events,
             ),
         )
-        self.counters.sessions += 1
-        self._set_state("connected")
+        self.set_state("connected", stream=s.stream, consumer=s.consumer)
         # The next fetch overlaps the previous batch's append (fsync) and acks; appends stay in order.
         storing: asyncio.Future[None] | None = None
         try:
