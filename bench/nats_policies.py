@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import tempfile
 import time
@@ -34,6 +33,7 @@ from barp_sidecar.broker.nats_connection import NatsConnector
 from barp_sidecar.broker.settings import EventsBackend, EventsSettings
 from barp_sidecar.gen.barp.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 from barp_sidecar.policy.checkpoint import CheckpointStore, load_checkpoint
+from bench.nats_transport import write_results
 from tests.e2e.learning_processes import SidecarProcess, free_port
 from tests.support.nats_server import NatsServer
 from tests.support.sidecar import make_tiny_checkpoint
@@ -182,9 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         f"publish -> all {p['sidecars']} sidecars serving ({p['versions']} versions): "
         f"p50 {p['p50_s']:.3f} s, p95 {p['p95_s']:.3f} s, max {p['max_s']:.3f} s"
     )
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    write_results(args.json, results)
     return 0
 
 

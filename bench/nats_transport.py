@@ -204,10 +204,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"nats / grpc = {n['events_per_s'] / g['events_per_s']:.2f}")
     log_rate, stream_rate = r["log_events_per_s"], r["stream_events_per_s"]
     print(f"replay read: local log {log_rate:.0f} events/s, JetStream {stream_rate:.0f} events/s")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2))
+    write_results(args.json, results)
     return 0
+
+
+def write_results(path: Path | None, results: dict[str, Any]) -> None:
+    """``--json PATH``: the numbers behind the printed table."""
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-import time
 from pathlib import Path
 
 import nats
@@ -19,6 +18,7 @@ from barp_sidecar.rewards.nats_publisher import MSG_ID_HEADER, NatsRewardPublish
 from barp_sidecar.rewards.spool import RewardSpool
 from tests.learning_helpers import ARMS, DIM, random_event
 from tests.support.nats_server import NatsServer, free_port, require_nats_server
+from tests.support.waiting import wait_until
 from trainer.service.eventlog import SegmentedEventLog
 from trainer.service.nats_ingest import NatsEventIngestor
 
@@ -27,13 +27,6 @@ FAST = {"reconnect_initial_backoff_s": 0.05, "reconnect_max_backoff_s": 0.3, "co
 
 def events_settings(urls: list[str], **extra: object) -> EventsSettings:
     return EventsSettings(backend=EventsBackend.NATS, nats_urls=tuple(urls), **{**FAST, **extra})  # type: ignore[arg-type]
-
-
-async def wait_for(predicate, timeout_s: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout_s} s"
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -89,7 +82,7 @@ async def test_every_event_reaches_the_trainer_log_once_and_the_spool_is_trimmed
     pipeline = await Pipeline(tmp_path, events_settings([server.url])).start()
     try:
         ids = await append(pipeline.spool, random.Random(0), 300)
-        await wait_for(lambda: len(pipeline.stored_ids()) == 300, what="300 events in the log")
+        await wait_until(lambda: len(pipeline.stored_ids()) == 300, what="300 events in the log")
         assert sorted(pipeline.stored_ids()) == sorted(ids)
         assert await pipeline.publisher.drain(5.0)
         assert pipeline.spool.acked_sequence == 300 and pipeline.publisher.state == "connected"
@@ -101,13 +94,13 @@ async def test_every_event_reaches_the_trainer_log_once_and_the_spool_is_trimmed
 async def test_a_resend_after_a_lost_ack_is_dropped_by_msg_id_and_by_the_log(tmp_path, server):
     pipeline = await Pipeline(tmp_path, events_settings([server.url])).start()
     ids = await append(pipeline.spool, random.Random(1), 50)
-    await wait_for(lambda: pipeline.spool.acked_sequence == 50, what="50 acks")
+    await wait_until(lambda: pipeline.spool.acked_sequence == 50, what="50 acks")
     await pipeline.close()
     # A crash after JetStream stored the events but before ACKED reached the disk: everything is resent.
     (tmp_path / "spool" / "ACKED").write_text("0\n")
     again = await Pipeline(tmp_path, events_settings([server.url])).start()
     try:
-        await wait_for(lambda: again.spool.acked_sequence == 50, what="resend acknowledged")
+        await wait_until(lambda: again.spool.acked_sequence == 50, what="resend acknowledged")
         assert again.publisher.duplicates == 50  # JetStream recognised every Nats-Msg-Id
         await asyncio.sleep(0.5)
         assert sorted(again.stored_ids()) == sorted(ids)
@@ -122,10 +115,10 @@ async def test_broker_unreachable_at_start_spools_then_delivers_when_it_appears(
     node = NatsServer(tmp_path / "late-store", port=port)
     try:
         ids = await append(pipeline.spool, random.Random(2), 40)  # recording never waits for the broker
-        await wait_for(lambda: pipeline.publisher.state == "unreachable", what="unreachable state")
+        await wait_until(lambda: pipeline.publisher.state == "unreachable", what="unreachable state")
         assert pipeline.publisher.connect_failures >= 1 and pipeline.spool.unacked_events == 40
         node.start()
-        await wait_for(lambda: sorted(pipeline.stored_ids()) == sorted(ids), what="late delivery")
+        await wait_until(lambda: sorted(pipeline.stored_ids()) == sorted(ids), what="late delivery")
         assert pipeline.publisher.state == "connected"
     finally:
         await pipeline.close()
@@ -139,13 +132,13 @@ async def test_broker_killed_mid_run_loses_nothing_and_counts_nothing_twice(tmp_
     try:
         rng = random.Random(3)
         ids = await append(pipeline.spool, rng, 100)
-        await wait_for(lambda: len(pipeline.stored_ids()) == 100, what="first 100")
+        await wait_until(lambda: len(pipeline.stored_ids()) == 100, what="first 100")
         node.kill()
         ids += await append(pipeline.spool, rng, 100)  # recorded while the broker is down
-        await wait_for(lambda: pipeline.publisher.state == "unreachable", what="broker lost")
+        await wait_until(lambda: pipeline.publisher.state == "unreachable", what="broker lost")
         node.start()  # same port, same store: the stream and the durable consumer survive
         ids += await append(pipeline.spool, rng, 100)
-        await wait_for(lambda: len(pipeline.stored_ids()) >= 300, what="all 300")
+        await wait_until(lambda: len(pipeline.stored_ids()) >= 300, what="all 300")
         await asyncio.sleep(0.5)
         assert sorted(pipeline.stored_ids()) == sorted(ids)
     finally:
@@ -158,12 +151,12 @@ async def test_deleted_stream_is_recreated_and_delivery_continues(tmp_path, serv
     try:
         rng = random.Random(4)
         ids = await append(pipeline.spool, rng, 20)
-        await wait_for(lambda: len(pipeline.stored_ids()) == 20, what="first 20")
+        await wait_until(lambda: len(pipeline.stored_ids()) == 20, what="first 20")
         client = await nats.connect(server.url)
         await client.jetstream().delete_stream(pipeline.settings.stream)
         await client.close()
         ids += await append(pipeline.spool, rng, 20)
-        await wait_for(lambda: len(pipeline.stored_ids()) >= 40, timeout_s=30, what="after deletion")
+        await wait_until(lambda: len(pipeline.stored_ids()) >= 40, timeout_s=30, what="after deletion")
         assert sorted(pipeline.stored_ids()) == sorted(ids)
     finally:
         await pipeline.close()
@@ -173,7 +166,7 @@ async def test_malformed_and_foreign_messages_are_dead_lettered_and_the_consumer
     pipeline = await Pipeline(tmp_path, events_settings([server.url])).start()
     try:
         rng = random.Random(5)
-        await wait_for(lambda: pipeline.ingestor.connected, what="consumer connected")
+        await wait_until(lambda: pipeline.ingestor.connected, what="consumer connected")
         client = await nats.connect(server.url)
         js = client.jetstream()
         s = pipeline.settings
@@ -183,7 +176,7 @@ async def test_malformed_and_foreign_messages_are_dead_lettered_and_the_consumer
         await js.publish(s.subject, random_event(rng).SerializeToString())  # foreign: no Nats-Msg-Id
         await js.publish(s.subject, bad_arm.SerializeToString(), headers={MSG_ID_HEADER: bad_arm.event_id})
         ids = await append(pipeline.spool, rng, 30)
-        await wait_for(lambda: len(pipeline.stored_ids()) == 30, what="good events after bad ones")
+        await wait_until(lambda: len(pipeline.stored_ids()) == 30, what="good events after bad ones")
         assert sorted(pipeline.stored_ids()) == sorted(ids)
         dead = pipeline.ingestor.counters.dead_lettered
         assert dict(dead) == {"undecodable": 1, "foreign": 1, "invalid": 1}
@@ -203,14 +196,14 @@ async def test_wrong_credentials_show_auth_failed_and_the_right_ones_connect(tmp
         wrong = events_settings([node.url], nats_user="barp", nats_password_env="NATS_PASSWORD")
         pipeline = await Pipeline(tmp_path / "wrong", wrong, {"NATS_PASSWORD": "nope"}).start()
         try:
-            await wait_for(lambda: pipeline.publisher.state == "auth_failed", what="auth_failed")
+            await wait_until(lambda: pipeline.publisher.state == "auth_failed", what="auth_failed")
             assert pipeline.ingestor.state == "auth_failed"
         finally:
             await pipeline.close()
         right = await Pipeline(tmp_path / "right", wrong, {"NATS_PASSWORD": "s3cret"}).start()
         try:
             ids = await append(right.spool, random.Random(6), 10)
-            await wait_for(lambda: sorted(right.stored_ids()) == sorted(ids), what="delivery with auth")
+            await wait_until(lambda: sorted(right.stored_ids()) == sorted(ids), what="delivery with auth")
         finally:
             await right.close()
     finally:

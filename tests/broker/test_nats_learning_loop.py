@@ -7,9 +7,7 @@ PinPolicy rolls back to an older version fetched from the Object Store, and PinP
 
 from __future__ import annotations
 
-import asyncio
 import shutil
-import time
 from pathlib import Path
 
 import grpc
@@ -19,33 +17,20 @@ import pytest
 from barp_sidecar.gen.barp.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 from barp_sidecar.policy.checkpoint import WEIGHTS_FILE
 from barp_sidecar.policy.nats_policies import LATEST_KEY, parse_announcement
+from tests.rewards.test_sidecar_learning import trainer_yaml
 from tests.support.nats_server import NatsServer, require_nats_server
-from tests.support.sidecar import ARMS, HASH_ENCODER, make_tiny_checkpoint, running_sidecar, sidecar_settings
+from tests.support.sidecar import make_tiny_checkpoint, running_sidecar, sidecar_settings
+from tests.support.waiting import wait_until
 from trainer.service.app import TrainerApp
 from trainer.service.settings import load_trainer_settings
 
 FAST = "  reconnect_initial_backoff_s: 0.05\n  reconnect_max_backoff_s: 0.3\n  connect_timeout_s: 1\n"
 
 
-def trainer_yaml(data_dir: Path, url: str) -> str:
-    return (
-        "server:\n  host: 127.0.0.1\n  port: 0\n  grace_s: 1\n"
-        f"storage:\n  data_dir: {data_dir}\n"
-        "metrics:\n  enabled: false\n"
-        f"learner:\n  initial_policy: cold\n  arms: [{', '.join(ARMS)}]\n"
-        f"  encoder_id: {HASH_ENCODER.encoder_id}\n  encoder_dim: {HASH_ENCODER.dim}\n"
-        f"  encoder_max_seq_length: {HASH_ENCODER.max_seq_length}\n  encoder_truncation: tail\n"
-        "  tau_usd: 0.005\n  batch_size: 16\n"
-        "publish:\n  every_events: 150\n  every_s: 600\n  gate_min_holdout_events: 3\n  gate_margin: 1.0\n"
-        f"events:\n  backend: nats\n  nats_urls: [{url}]\n" + FAST
-    )
-
-
-async def wait_for(predicate, timeout_s: float = 30.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        assert time.monotonic() < deadline, f"{what} not reached in {timeout_s} s"
-        await asyncio.sleep(0.02)
+def trainer_nats_yaml(data_dir: Path, url: str) -> str:
+    """The gRPC learning-loop test's trainer (cold, v2 after 150 events), with the NATS backend."""
+    events = f"events:\n  backend: nats\n  nats_urls: [{url}]\n"
+    return trainer_yaml(data_dir, every_events=150) + events + FAST
 
 
 @pytest.fixture
@@ -58,7 +43,7 @@ def broker(tmp_path):
 
 async def test_events_and_policies_flow_through_jetstream_with_pin_and_rollback(tmp_path, broker):
     config = tmp_path / "trainer.yaml"
-    config.write_text(trainer_yaml(tmp_path / "trainer", broker.url))
+    config.write_text(trainer_nats_yaml(tmp_path / "trainer", broker.url))
     trainer = TrainerApp(load_trainer_settings(config, {}), env={})
     await trainer.start()
     settings = sidecar_settings(
@@ -77,7 +62,7 @@ async def test_events_and_policies_flow_through_jetstream_with_pin_and_rollback(
     try:
         async with running_sidecar(settings) as app:
             # The trainer's cold v1 reaches the sidecar through KV "latest" + the Object Store.
-            await wait_for(
+            await wait_until(
                 lambda: (
                     app.registry.current().manifest.weights_sha256 == trainer.loop.manifest.weights_sha256
                 ),
@@ -94,10 +79,11 @@ async def test_events_and_policies_flow_through_jetstream_with_pin_and_rollback(
                     )
                     assert ack.recorded
                     ids.add(decision.decision_id)
-            await wait_for(lambda: len(trainer.event_log.read_from(0, 1000)) == 200, what="events in the log")
+            stored = trainer.event_log.read_from
+            await wait_until(lambda: len(stored(0, 1000)) == 200, what="events in the log")
             assert {e.event_id for _, e in trainer.event_log.read_from(0, 1000)} == ids
             # 200 events with every_events=150: the trainer publishes v2; it arrives through JetStream.
-            await wait_for(lambda: app.registry.current().version == 2, timeout_s=60, what="swap to v2")
+            await wait_until(lambda: app.registry.current().version == 2, timeout_s=60, what="swap to v2")
             client = await nats.connect(broker.url)
             kv = await client.jetstream().key_value(settings.events.policy_kv_bucket)
             latest = parse_announcement((await kv.get(LATEST_KEY)).value)

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import grpc
 
-from barp_sidecar.gen.barp.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
-from tests.e2e.learning_processes import SidecarProcess, TrainerProcess, free_port
+from barp_sidecar.gen.barp.v1 import admin_pb2, admin_pb2_grpc
+from tests.e2e.learning_processes import SidecarProcess, TrainerProcess, free_port, report_outcomes
 from tests.support.nats_server import NatsCluster, require_nats_server
 from tests.support.sidecar import ARMS, HASH_ENCODER, make_tiny_checkpoint
 from trainer.service.eventlog import SegmentedEventLog
@@ -63,20 +63,7 @@ class Sidecar:
 
     async def report(self, count: int, prefix: str) -> list[str]:
         """Route + ReportOutcome; the ids acknowledged as recorded. Any RPC failure fails the test."""
-        ids = []
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            stub = router_pb2_grpc.RouterStub(channel)
-            for i in range(count):
-                decision = await stub.Route(
-                    router_pb2.RouteRequest(prompt=f"{prefix} {i % 29} {i}"), timeout=10
-                )
-                ack = await stub.ReportOutcome(
-                    router_pb2.OutcomeRequest(decision_id=decision.decision_id, quality=(i % 5) / 4),
-                    timeout=10,
-                )
-                assert ack.recorded
-                ids.append(decision.decision_id)
-        return ids
+        return await report_outcomes(self.port, count, prefix)
 
     async def serving(self) -> tuple[int, str]:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{self.admin_port}") as channel:

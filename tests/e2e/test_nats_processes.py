@@ -15,15 +15,20 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
-from tests.e2e.learning_processes import ROOT, SidecarProcess, TrainerProcess, free_port, scrape
+from tests.e2e.learning_processes import (
+    ROOT,
+    SidecarProcess,
+    TrainerProcess,
+    free_port,
+    report_outcomes,
+    scrape,
+)
 from tests.support.nats_server import NatsServer, require_nats_server
 from tests.support.sidecar import ARMS, HASH_ENCODER, make_tiny_checkpoint
 from trainer.service.eventlog import SegmentedEventLog
@@ -60,19 +65,6 @@ def sidecar_yaml(tmp: Path, port: int, metrics_port: int, nats_url: str) -> str:
     )
 
 
-def scrape_labeled(port: int, sample: str) -> float | None:
-    """The value of one exact sample line, e.g. ``barp_event_broker_state{state="connected"}``."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            text = response.read().decode()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith(sample + " "):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
 async def until(predicate, timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not predicate():
@@ -100,18 +92,7 @@ class World:
 
     async def report(self, count: int, prefix: str) -> list[str]:
         """Route + ReportOutcome ``count`` prompts (any failure fails the test); the recorded decision ids."""
-        ids = []
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.sidecar_port}") as channel:
-            stub = router_pb2_grpc.RouterStub(channel)
-            for i in range(count):
-                decision = await stub.Route(router_pb2.RouteRequest(prompt=f"{prefix} {i}"), timeout=10)
-                ack = await stub.ReportOutcome(
-                    router_pb2.OutcomeRequest(decision_id=decision.decision_id, quality=(i % 3) / 2),
-                    timeout=10,
-                )
-                assert ack.recorded
-                ids.append(decision.decision_id)
-        return ids
+        return await report_outcomes(self.sidecar_port, count, prefix)
 
     async def health(self) -> int:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{self.sidecar_port}") as channel:
@@ -143,14 +124,14 @@ async def test_broker_unreachable_at_start_the_sidecar_serves_spools_and_deliver
     assert await world.health() == health_pb2.HealthCheckResponse.SERVING
     ids = await world.report(40, "no broker")
     state = 'barp_event_broker_state{state="unreachable"}'
-    await until(lambda: scrape_labeled(world.sidecar_metrics, state) == 1.0, 20, "unreachable metric")
+    await until(lambda: scrape(world.sidecar_metrics, state) == 1.0, 20, "unreachable metric")
     assert scrape(world.sidecar_metrics, "barp_spool_unacked_events") == 40
     assert b'"event_broker_unreachable"' in (world.tmp / "sidecar.log").read_bytes()
     await asyncio.to_thread(world.broker.start)
     await asyncio.to_thread(world.trainer.start)
     await until(lambda: scrape(world.sidecar_metrics, "barp_spool_unacked_events") == 0, 60, "delivery")
     connected = 'barp_event_broker_state{state="connected"}'
-    assert scrape_labeled(world.sidecar_metrics, connected) == 1.0
+    assert scrape(world.sidecar_metrics, connected) == 1.0
     await until(lambda: len(world.stored_ids()) >= 40, 30, "trainer log")
     await asyncio.to_thread(world.trainer.stop)
     assert sorted(world.stored_ids()) == sorted(ids)
