@@ -103,10 +103,12 @@ class LearningComponents:
             self.nats_policy_watcher.manager = self.manager
         self.spool: RewardSpool | None = None
         self.recorder: OutcomeRecorder | None = None
+        # A trainer target or the NATS stream drains the spool; without either, outcomes are kept for one
+        # under a smaller quota.
+        delivers = t.target is not None or nats
         if r.enabled:
-            # Without a trainer nothing drains the spool: outcomes are kept for one, under a smaller quota.
             quota = (
-                r.spool_max_bytes if t.target else min(r.spool_max_bytes, r.spool_max_bytes_without_trainer)
+                r.spool_max_bytes if delivers else min(r.spool_max_bytes, r.spool_max_bytes_without_trainer)
             )
             spool_dir = Path(required_dir(r.spool_dir, "rewards.spool_dir"))
             self.spool = RewardSpool(spool_dir, quota, r.spool_fsync_interval_ms)
@@ -119,7 +121,7 @@ class LearningComponents:
                 sweep_interval_s=r.expiry_sweep_interval_s,
                 # Pending decisions and recorded ids survive restarts next to the spool they feed.
                 journal=PendingJournal(spool_dir, r.pending_ttl_s, tuple(registry.current().manifest.arms)),
-                trainer_attached=t.target is not None,
+                trainer_attached=delivers,
             )
         self.channel: grpc.aio.Channel | None = None
         self.publisher: RewardTransport | None = None

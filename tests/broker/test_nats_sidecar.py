@@ -1,6 +1,7 @@
-"""A real in-process sidecar on the NATS backend whose broker is down: the spool quota refuses new outcomes
-with RESOURCE_EXHAUSTED and a metric (nothing already recorded is dropped), routing keeps working, and
-everything recorded reaches JetStream once a broker appears.
+"""A real in-process sidecar on the NATS backend (no trainer.target) whose broker is down: outcomes count as
+delivered towards the trainer (the full spool quota applies, not the kept-without-a-trainer one); the quota
+refuses new outcomes with RESOURCE_EXHAUSTED and a metric (nothing already recorded is dropped), routing
+keeps working, and everything recorded reaches JetStream once a broker appears.
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ async def test_spool_quota_reached_while_the_broker_is_down_refuses_with_a_metri
             for i in range(1000):  # bounded: 64 KiB holds a few hundred tiny events
                 decision = await stub.Route(router_pb2.RouteRequest(prompt=f"prompt {i}"), timeout=10)
                 try:
-                    await stub.ReportOutcome(
+                    ack = await stub.ReportOutcome(
                         router_pb2.OutcomeRequest(decision_id=decision.decision_id, quality=0.5), timeout=10
                     )
+                    # The stream is a delivery path: not "kept without a trainer" (no trainer.target here).
+                    assert ack.delivery == router_pb2.OUTCOME_DELIVERY_TRAINER
                     recorded.append(decision.decision_id)
                 except grpc.aio.AioRpcError as exc:
                     assert exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
