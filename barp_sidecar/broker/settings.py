@@ -35,42 +35,55 @@ def _require(condition: bool, key: str, message: str) -> None:
 class EventsSettings:
     """Reward-event transport (docs/learning.md §8). ``grpc`` needs nothing else; ``nats`` reads the rest."""
 
+    # "grpc": events go to trainer.target over Trainer.PublishRewards (the embedded default); "nats": to a
+    # JetStream stream, which the trainer reads with a durable consumer.
     backend: EventsBackend = EventsBackend.GRPC
     # NATS servers (nats:// or tls://); several = a cluster, tried in random order.
     nats_urls: tuple[str, ...] = ("nats://127.0.0.1:4222",)
-    # At most one authentication method: user + password (from the environment variable named here),
-    # a token (environment variable), an NKey seed file, or a credentials (JWT + seed) file.
+    # User name; with nats_password_env. At most one method: user+password, token, NKey seed, creds file.
     nats_user: str | None = None
+    # Name of the environment variable holding the password.
     nats_password_env: str | None = None
+    # Name of the environment variable holding an authentication token.
     nats_token_env: str | None = None
+    # File holding a user NKey seed (SU...), e.g. a mounted Secret.
     nats_nkey_seed_file: str | None = None
+    # NATS credentials file (user JWT + NKey seed), e.g. a mounted Secret.
     nats_creds_file: str | None = None
-    # TLS: CA bundle to verify the servers (implies TLS); client certificate and key for mutual TLS.
+    # PEM CA bundle to verify the servers (implies TLS).
     nats_tls_ca_file: str | None = None
+    # PEM client certificate for mutual TLS; with nats_tls_key_file.
     nats_tls_cert_file: str | None = None
+    # PEM client key for mutual TLS.
     nats_tls_key_file: str | None = None
-    # The JetStream stream of reward events and the subject sidecars publish to.
+    # The JetStream stream of reward events (created when absent; an existing one is used as configured).
     stream: str = "BARP_EVENTS"
+    # The subject sidecars publish to (the stream's only subject).
     subject: str = "barp.events.reward"
     # Malformed or foreign messages are copied here (a second stream, "<stream>_DEAD") and skipped.
     dead_letter_subject: str = "barp.events.dead"
-    # Stream replicas (1 for a single server; 3 on a 3-node cluster) and retention.
+    # Replicas of the streams and policy buckets when created (1 on a single server, 3 on a 3-node cluster).
     stream_replicas: int = 1
+    # Retention by age of the streams when created (seconds).
     stream_max_age_s: float = 7 * 24 * 3600.0
+    # Retention by size of the streams when created (bytes).
     stream_max_bytes: int = 4 << 30
-    # JetStream drops a message whose Nats-Msg-Id (= event id) it saw within this window.
+    # JetStream drops a message whose Nats-Msg-Id (= event id) it saw within this window (seconds).
     duplicate_window_s: float = 120.0
     # The trainer's durable consumer.
     consumer: str = "barp-trainer"
-    # Policies: the trainer stores each published version (manifest + weights) in this JetStream Object
-    # Store and points key "latest" of this KV bucket at it; sidecars without trainer.target watch it.
+    # JetStream Object Store holding every published policy version (v{N}/manifest.json, weights).
     policy_object_bucket: str = "BARP_POLICIES"
+    # JetStream KV bucket whose key "latest" points at the newest version; sidecars without
+    # trainer.target watch it and hot-swap.
     policy_kv_bucket: str = "BARP_POLICY"
-    # Seconds to wait for a publish ack / a connection.
+    # Seconds to wait for publish acks and JetStream API calls.
     publish_timeout_s: float = 5.0
+    # Seconds per connection attempt.
     connect_timeout_s: float = 2.0
-    # Reconnect schedule (jittered exponential backoff, barp_sidecar/backoff.py).
+    # First reconnect delay after the broker was unreachable (jittered, doubling; barp_sidecar/backoff.py).
     reconnect_initial_backoff_s: float = 0.5
+    # Ceiling of the reconnect backoff.
     reconnect_max_backoff_s: float = 30.0
 
     def check(self) -> None:
