@@ -13,7 +13,6 @@ exactly as for the gRPC path; ``Admin.PinPolicy`` fetches older versions through
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import importlib
 import json
 from pathlib import Path
@@ -25,10 +24,15 @@ from barp_sidecar.broker.nats_connection import NatsConnector
 from barp_sidecar.broker.session_loop import BrokerSessionLoop
 from barp_sidecar.broker.settings import EventsSettings
 from barp_sidecar.errors import CheckpointError, NotFound, RejectionReason
-from barp_sidecar.policy.checkpoint import MANIFEST_FILE, WEIGHTS_FILE
+from barp_sidecar.policy.checkpoint import WEIGHTS_FILE
 from barp_sidecar.policy.manager import PolicyManager
 from barp_sidecar.policy.version import PolicyVersion
-from barp_sidecar.policy.watcher import EXPECTED_FILES, MAX_CHECKPOINT_BYTES, write_checkpoint
+from barp_sidecar.policy.watcher import (
+    EXPECTED_FILES,
+    MAX_CHECKPOINT_BYTES,
+    check_announced_weights,
+    write_checkpoint,
+)
 
 log = structlog.get_logger("barp_sidecar.policy.nats_policies")
 LATEST_KEY = "latest"
@@ -134,15 +138,7 @@ class NatsPolicyWatcher(BrokerSessionLoop):
                     RejectionReason.FETCH_FAILED,
                 )
             files[name] = bytearray(data)
-        weights_sha = hashlib.sha256(files[WEIGHTS_FILE]).hexdigest()
-        if expected_weights_sha256 and weights_sha != expected_weights_sha256:
-            raise CheckpointError(
-                f"fetch of v{version}: weights sha256 {weights_sha[:12]}… differs from the announced "
-                f"{expected_weights_sha256[:12]}…",
-                RejectionReason.SHA256_MISMATCH,
-            )
-        if MANIFEST_FILE not in files:
-            raise CheckpointError(f"fetch of v{version}: no manifest", RejectionReason.FETCH_FAILED)
+        check_announced_weights(version, files[WEIGHTS_FILE], expected_weights_sha256)
         return await asyncio.to_thread(write_checkpoint, self.download_root, version, files)
 
     async def session(self, client: Any) -> None:

@@ -92,14 +92,19 @@ async def fetch_checkpoint(
         raise CheckpointError(
             f"fetch of v{version}: incomplete, missing or unverified {missing}", FETCH_FAILED
         )
-    weights_sha = hashlib.sha256(files[WEIGHTS_FILE]).hexdigest()
-    if expected_weights_sha256 and weights_sha != expected_weights_sha256:
+    check_announced_weights(version, files[WEIGHTS_FILE], expected_weights_sha256)
+    return await asyncio.to_thread(write_checkpoint, download_root, version, files)
+
+
+def check_announced_weights(version: int, weights: bytes | bytearray, expected_sha256: str) -> None:
+    """The downloaded weights are the announced ones (any transport); CheckpointError SHA256_MISMATCH."""
+    weights_sha = hashlib.sha256(weights).hexdigest()
+    if expected_sha256 and weights_sha != expected_sha256:
         raise CheckpointError(
             f"fetch of v{version}: weights sha256 {weights_sha[:12]}… differs from the announced "
-            f"{expected_weights_sha256[:12]}…",
+            f"{expected_sha256[:12]}…",
             RejectionReason.SHA256_MISMATCH,
         )
-    return await asyncio.to_thread(write_checkpoint, download_root, version, files)
 
 
 def write_checkpoint(download_root: Path, version: int, files: dict[str, bytearray]) -> Path:

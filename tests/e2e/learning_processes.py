@@ -124,6 +124,17 @@ async def report_outcomes(port: int, count: int, prefix: str) -> list[str]:
     return ids
 
 
+def stored_event_ids(events_dir: Path) -> list[str]:
+    """The event ids in a trainer's event log (``data_dir/events``), in log order."""
+    from trainer.service.eventlog import SegmentedEventLog
+
+    log = SegmentedEventLog(events_dir).open()
+    try:
+        return [event.event_id for _, event in log.read_from(0, 1_000_000)]
+    finally:
+        log.close()
+
+
 def scrape(port: int, metric: str) -> float | None:
     """One sample of a Prometheus metric (first matching line; ``metric`` may carry labels,
     ``name{label="value"}``, to pick one), or None when absent/unreachable."""

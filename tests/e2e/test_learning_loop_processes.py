@@ -13,9 +13,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.learning_processes import SidecarProcess, TrainerProcess, free_port, report_outcomes, scrape
+from tests.e2e.learning_processes import (
+    SidecarProcess,
+    TrainerProcess,
+    free_port,
+    report_outcomes,
+    scrape,
+    stored_event_ids,
+)
 from tests.support.sidecar import ARMS, HASH_ENCODER, make_tiny_checkpoint
-from trainer.service.eventlog import SegmentedEventLog
 
 
 def trainer_yaml(data_dir: Path, metrics_port: int) -> str:
@@ -74,11 +80,7 @@ class World:
         raise AssertionError(f"not delivered: unacked={unacked}")
 
     def stored_ids(self) -> list[str]:
-        log = SegmentedEventLog(self.tmp / "trainer" / "events").open()
-        try:
-            return [e.event_id for _, e in log.read_from(0, 100_000)]
-        finally:
-            log.close()
+        return stored_event_ids(self.tmp / "trainer" / "events")
 
 
 @pytest.fixture

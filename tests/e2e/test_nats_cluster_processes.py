@@ -15,10 +15,15 @@ from pathlib import Path
 import grpc
 
 from barp_sidecar.gen.barp.v1 import admin_pb2, admin_pb2_grpc
-from tests.e2e.learning_processes import SidecarProcess, TrainerProcess, free_port, report_outcomes
+from tests.e2e.learning_processes import (
+    SidecarProcess,
+    TrainerProcess,
+    free_port,
+    report_outcomes,
+    stored_event_ids,
+)
 from tests.support.nats_server import NatsCluster, require_nats_server
 from tests.support.sidecar import ARMS, HASH_ENCODER, make_tiny_checkpoint
-from trainer.service.eventlog import SegmentedEventLog
 
 
 def events_yaml(urls: list[str]) -> str:
@@ -100,9 +105,7 @@ async def test_cluster_node_trainer_and_sidecar_kill9_lose_nothing_and_converge(
         deadline = time.monotonic() + 120
         stored: list[str] = []
         while time.monotonic() < deadline:
-            log = SegmentedEventLog(tmp_path / "trainer" / "events").open()
-            stored = [e.event_id for _, e in log.read_from(0, 100_000)]
-            log.close()
+            stored = stored_event_ids(tmp_path / "trainer" / "events")
             if len(stored) >= len(ids):
                 break
             await asyncio.sleep(0.5)

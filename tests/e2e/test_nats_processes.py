@@ -28,10 +28,10 @@ from tests.e2e.learning_processes import (
     free_port,
     report_outcomes,
     scrape,
+    stored_event_ids,
 )
 from tests.support.nats_server import NatsServer, require_nats_server
 from tests.support.sidecar import ARMS, HASH_ENCODER, make_tiny_checkpoint
-from trainer.service.eventlog import SegmentedEventLog
 
 EVENTS_FAST = "  reconnect_initial_backoff_s: 0.05\n  reconnect_max_backoff_s: 0.5\n  connect_timeout_s: 1\n"
 
@@ -102,11 +102,7 @@ class World:
             return int(reply.status)
 
     def stored_ids(self) -> list[str]:
-        log = SegmentedEventLog(self.tmp / "trainer" / "events").open()
-        try:
-            return [e.event_id for _, e in log.read_from(0, 100_000)]
-        finally:
-            log.close()
+        return stored_event_ids(self.tmp / "trainer" / "events")
 
 
 @pytest.fixture
