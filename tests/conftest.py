@@ -3,14 +3,20 @@
 A sidecar keeps its spool and fetched policies under ``state.dir`` (default ``$XDG_STATE_HOME/barp-sidecar``
 or ``~/.local/state/barp-sidecar``). Test processes, and the subprocesses they start (which inherit the
 environment), must never share the real one: with parallel runs on one machine they would share a spool.
+
+Also the two fixtures most server tests share: a tiny policy checkpoint per module and a fake provider.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
+
+from barp_sidecar.providers.fake_server import FakeProvider, FakeProviderOptions
+from tests.support.sidecar import make_tiny_checkpoint
 
 
 @pytest.fixture(autouse=True, scope="session")
@@ -28,3 +34,16 @@ def isolated_state_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[No
 def per_test_state_home(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each test's own processes get their own state directory (module-scoped servers keep the session's)."""
     monkeypatch.setenv("XDG_STATE_HOME", str(tmp_path_factory.mktemp("xdg-state-test")))
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny policy (hash encoder, the test models), one per test module."""
+    return make_tiny_checkpoint(tmp_path_factory.mktemp("policy") / "v1")
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeProvider]:
+    """A fake OpenAI/Anthropic provider on 127.0.0.1 with default behaviour."""
+    async with FakeProvider(FakeProviderOptions()) as provider:
+        yield provider

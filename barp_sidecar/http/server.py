@@ -201,66 +201,57 @@ class OpenAIHttpServer:
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise InvalidArgument("body", f"could not parse the JSON body of your request ({exc})") from None
 
-    async def _feedback(self, request: web.Request) -> web.Response:
-        with self._span("Feedback", request):
-            started_s = time.monotonic()
-            record = _AccessRecord()
-            try:
-                body = await self._json_body(request)
-                if not isinstance(body, dict):
-                    raise InvalidArgument("body", "must be a JSON object")
-                unknown = sorted(set(body) - {"decision_id", "quality", "cost_usd"})
-                if unknown:
-                    raise InvalidArgument(unknown[0], "Unrecognized request argument supplied")
-                decision_id, quality, cost = (
-                    body.get("decision_id"),
-                    body.get("quality"),
-                    body.get("cost_usd"),
-                )
-                if not isinstance(decision_id, str):
-                    raise InvalidArgument("decision_id", "is required (a string)")
-                record.decision_id = decision_id[:64]
-                if isinstance(quality, bool) or not isinstance(quality, int | float):
-                    raise InvalidArgument("quality", "is required (a number in [0, 1])")
-                if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int | float)):
-                    raise InvalidArgument("cost_usd", "must be a number")
-                if self._outcomes is None:
-                    raise FailedPrecondition(
-                        "rewards.enabled is false: this sidecar does not record outcomes"
-                    )
-                recorded = await self._outcomes.report(decision_id, float(quality), cost)
-                record.status = 200
-                return _json_response(
-                    200, {"object": "feedback", "decision_id": decision_id, "recorded": recorded}
-                )
-            except BarpError as error:
-                failure = http_error(error)
-                record.status, record.error = failure.status, failure.message
-                return _error_response(failure)
-            except web.HTTPException as exc:  # aiohttp's own refusal (413): the middleware shapes it
-                record.status, record.error = exc.status, exc.reason
-                raise
-            except Exception as error:  # a bug: a 500 in OpenAI's shape, the traceback in the log
-                log.exception("http_internal_error", path=request.path)
-                failure = http_error(error)
-                record.status, record.error = failure.status, failure.message
-                return _error_response(failure)
-            finally:
-                self._access("Feedback", request, record, started_s)
+    async def _feedback(self, request: web.Request) -> web.StreamResponse:
+        return await self._endpoint("Feedback", request, self._record_feedback)
+
+    async def _record_feedback(self, request: web.Request, record: _AccessRecord) -> web.StreamResponse:
+        body = await self._json_body(request)
+        if not isinstance(body, dict):
+            raise InvalidArgument("body", "must be a JSON object")
+        unknown = sorted(set(body) - {"decision_id", "quality", "cost_usd"})
+        if unknown:
+            raise InvalidArgument(unknown[0], "Unrecognized request argument supplied")
+        decision_id, quality, cost = (
+            body.get("decision_id"),
+            body.get("quality"),
+            body.get("cost_usd"),
+        )
+        if not isinstance(decision_id, str):
+            raise InvalidArgument("decision_id", "is required (a string)")
+        record.decision_id = decision_id[:64]
+        if isinstance(quality, bool) or not isinstance(quality, int | float):
+            raise InvalidArgument("quality", "is required (a number in [0, 1])")
+        if cost is not None and (isinstance(cost, bool) or not isinstance(cost, int | float)):
+            raise InvalidArgument("cost_usd", "must be a number")
+        if self._outcomes is None:
+            raise FailedPrecondition("rewards.enabled is false: this sidecar does not record outcomes")
+        recorded = await self._outcomes.report(decision_id, float(quality), cost)
+        record.status = 200
+        return _json_response(200, {"object": "feedback", "decision_id": decision_id, "recorded": recorded})
 
     async def _chat_completions(self, request: web.Request) -> web.StreamResponse:
-        with self._span("ChatCompletions", request):
+        return await self._endpoint("ChatCompletions", request, self._chat_completion)
+
+    async def _chat_completion(self, request: web.Request, record: _AccessRecord) -> web.StreamResponse:
+        body = await self._json_body(request)
+        call = parse_chat_completion(body, {k.lower(): v for k, v in request.headers.items()}, self._names)
+        record.stream = call.stream
+        if self._log_prompts:
+            record.messages = [m.content for m in call.command.chat.messages]
+        return await self._answer(request, call, record)
+
+    async def _endpoint(
+        self,
+        method: str,
+        request: web.Request,
+        handle: Callable[[web.Request, _AccessRecord], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """One POST endpoint inside its span and access line; errors answered in OpenAI's shape."""
+        with self._span(method, request):
             started_s = time.monotonic()
             record = _AccessRecord()
             try:
-                body = await self._json_body(request)
-                call = parse_chat_completion(
-                    body, {k.lower(): v for k, v in request.headers.items()}, self._names
-                )
-                record.stream = call.stream
-                if self._log_prompts:
-                    record.messages = [m.content for m in call.command.chat.messages]
-                return await self._answer(request, call, record)
+                return await handle(request, record)
             except BarpError as error:
                 failure = http_error(error)
                 record.status, record.error = failure.status, failure.message
@@ -274,7 +265,7 @@ class OpenAIHttpServer:
                 record.status, record.error = failure.status, failure.message
                 return _error_response(failure)
             finally:
-                self._access("ChatCompletions", request, record, started_s)
+                self._access(method, request, record, started_s)
 
     async def _answer(
         self, request: web.Request, call: ChatCompletionCall, record: _AccessRecord

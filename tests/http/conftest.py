@@ -8,21 +8,9 @@ from pathlib import Path
 import pytest
 
 from barp_sidecar.app import SidecarApp
-from barp_sidecar.providers.fake_server import FakeProvider, FakeProviderOptions
+from barp_sidecar.providers.fake_server import FakeProvider
 from tests.support.openai_http import http_sidecar
 from tests.support.providers import all_live, write_catalog
-from tests.support.sidecar import make_tiny_checkpoint
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("policy") / "v1")
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProvider]:
-    async with FakeProvider(FakeProviderOptions()) as provider:
-        yield provider
 
 
 @pytest.fixture

@@ -9,17 +9,10 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from barp_sidecar.providers.catalog import ModelCatalog, ProviderEntry
-from barp_sidecar.providers.fake_server import FakeProvider, FakeProviderOptions
 from barp_sidecar.providers.metrics import ProviderMetrics
 from barp_sidecar.providers.pool import ProviderPool
 from barp_sidecar.settings import ProvidersSettings
 from tests.providers.provider_helpers import FAST_SETTINGS, TEST_KEY
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProvider]:
-    async with FakeProvider(FakeProviderOptions()) as provider:
-        yield provider
 
 
 @pytest.fixture

@@ -7,15 +7,9 @@ import asyncio
 from pathlib import Path
 
 import grpc
-import pytest
 
 from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
-from tests.support.sidecar import make_tiny_checkpoint, running_sidecar, sidecar_settings
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("policy") / "v1")
+from tests.support.sidecar import running_sidecar, sidecar_settings
 
 
 async def test_eight_concurrent_reports_record_once_and_all_succeed(checkpoint: Path, tmp_path: Path) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -20,20 +19,9 @@ from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
 from barp_sidecar.providers.fake_server import FakeBehaviour, FakeProvider, FakeProviderOptions
 from tests.providers.provider_helpers import closed_port
 from tests.support.providers import all_live, settings_for, sidecar, write_catalog
-from tests.support.sidecar import ARMS, make_tiny_checkpoint
+from tests.support.sidecar import ARMS
 
 KEY = "sk-live-abcdef0123456789SECRET"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("policy") / "v1")
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProvider]:
-    async with FakeProvider(FakeProviderOptions()) as provider:
-        yield provider
 
 
 def complete_request(text: str = "What is 2 + 2?", **fields: Any) -> router_pb2.CompleteRequest:

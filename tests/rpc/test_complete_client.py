@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -14,18 +13,7 @@ from structlog.testing import capture_logs
 from barp_sidecar.providers.fake_server import FakeBehaviour, FakeProvider
 from barp_sidecar.rpc import complete_client
 from tests.support.providers import all_live, settings_for, sidecar, write_catalog
-from tests.support.sidecar import ARMS, make_tiny_checkpoint
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("policy") / "v1")
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProvider]:
-    async with FakeProvider() as provider:
-        yield provider
+from tests.support.sidecar import ARMS
 
 
 def parse(*argv: str) -> argparse.Namespace:

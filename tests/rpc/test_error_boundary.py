@@ -20,17 +20,12 @@ from barp_sidecar.rpc.server import PlainEndpoint, Service
 from barp_sidecar.rpc.status import ERROR_DOMAIN, STATUS_RULES, rich_status_for
 from barp_sidecar.settings import AdminSettings
 from tests.learning_helpers import random_event, trainer_settings_yaml
-from tests.support.sidecar import make_tiny_checkpoint, running_sidecar, sidecar_settings
+from tests.support.sidecar import running_sidecar, sidecar_settings
 from trainer.service.app import TrainerApp
 from trainer.service.settings import load_trainer_settings
 
 # What a client may receive in trailing metadata before grpc-core refuses it (its default limit is 8 KiB).
 CLIENT_METADATA_LIMIT_BYTES = 8192
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("policy") / "v1")
 
 
 def details_of(error: grpc.aio.AioRpcError) -> dict[str, object]:

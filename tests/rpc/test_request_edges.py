@@ -14,12 +14,7 @@ from barp_sidecar.routing.service import DecisionIds
 from barp_sidecar.rpc.admin import admin_token
 from barp_sidecar.settings import AdminSettings
 from tests.e2e.learning_processes import free_port
-from tests.support.sidecar import make_tiny_checkpoint, running_sidecar, sidecar_settings
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("policy") / "v1")
+from tests.support.sidecar import running_sidecar, sidecar_settings
 
 
 async def test_unset_quality_is_invalid_and_an_empty_preference_means_the_default(

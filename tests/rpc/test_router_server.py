@@ -14,14 +14,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
 from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
-from tests.support.sidecar import ARMS, make_tiny_checkpoint, running_sidecar, sidecar_settings
+from tests.support.sidecar import ARMS, running_sidecar, sidecar_settings
 
 PROMPTS = [f"question {i}: what is {i} times {i * 7 % 13} in base {2 + i % 9}?" for i in range(40)]
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("policy") / "v1")
 
 
 def route_request(prompt: str = "hello", weight: float | None = 0.5, **fields) -> router_pb2.RouteRequest:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from concurrent import futures
 from pathlib import Path
 from typing import Any
@@ -19,26 +18,15 @@ from structlog.testing import capture_logs
 
 from barp_sidecar.app import SidecarApp
 from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
-from barp_sidecar.providers.fake_server import FakeBehaviour, FakeProvider, FakeProviderOptions
+from barp_sidecar.providers.fake_server import FakeBehaviour, FakeProvider
 from barp_sidecar.settings import TracingSettings
 from barp_sidecar.tracing import Tracing
 from tests.support.providers import FAST_RETRIES, all_live, write_catalog
-from tests.support.sidecar import make_tiny_checkpoint, sidecar_settings
+from tests.support.sidecar import sidecar_settings
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_SPAN_ID = "00f067aa0ba902b7"
 TRACEPARENT = f"00-{TRACE_ID}-{PARENT_SPAN_ID}-01"
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_tiny_checkpoint(tmp_path_factory.mktemp("policy") / "v1")
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeProvider]:
-    async with FakeProvider(FakeProviderOptions()) as provider:
-        yield provider
 
 
 async def traced_sidecar(
@@ -125,6 +113,19 @@ async def test_grpc_complete_continues_the_callers_trace_with_route_and_provider
     assert attributes(bad)["rpc.grpc.status_code"] == "INVALID_ARGUMENT"
 
 
+async def traced_chat_completion(app: SidecarApp) -> dict[str, Any]:
+    """One chat completion over the HTTP API with the caller's ``traceparent``; expects a 200."""
+    async with aiohttp.ClientSession() as http:
+        async with http.post(
+            f"http://127.0.0.1:{app.http_port}/v1/chat/completions",
+            json={"model": "barp-auto", "messages": [{"role": "user", "content": "hello"}]},
+            headers={"traceparent": TRACEPARENT},
+        ) as response:
+            assert response.status == 200
+            body: dict[str, Any] = await response.json()
+            return body
+
+
 async def test_http_chat_span_records_fallback_and_logs_carry_the_trace_id(
     checkpoint: Path, fake: FakeProvider, tmp_path: Path
 ) -> None:
@@ -134,14 +135,7 @@ async def test_http_chat_span_records_fallback_and_logs_carry_the_trace_id(
     try:
         fake.push(FakeBehaviour(status=400))  # not retryable: the routed model fails, a fallback answers
         with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-            async with aiohttp.ClientSession() as http:
-                async with http.post(
-                    f"http://127.0.0.1:{app.http_port}/v1/chat/completions",
-                    json={"model": "barp-auto", "messages": [{"role": "user", "content": "hello"}]},
-                    headers={"traceparent": TRACEPARENT},
-                ) as response:
-                    assert response.status == 200
-                    body = await response.json()
+            body = await traced_chat_completion(app)
     finally:
         await app.close()
     spans = exporter.get_finished_spans()
@@ -168,13 +162,7 @@ async def test_tracing_off_records_nothing_and_binds_no_trace_id(
     try:
         assert not app.tracing.enabled
         with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
-            async with aiohttp.ClientSession() as http:
-                async with http.post(
-                    f"http://127.0.0.1:{app.http_port}/v1/chat/completions",
-                    json={"model": "barp-auto", "messages": [{"role": "user", "content": "hello"}]},
-                    headers={"traceparent": TRACEPARENT},
-                ) as response:
-                    assert response.status == 200
+            await traced_chat_completion(app)
     finally:
         await app.close()
     assert exporter.get_finished_spans() == ()
