@@ -124,29 +124,19 @@ class NatsEventIngestor(BrokerSessionLoop):
             ),
         )
         self.set_state("connected", stream=s.stream, consumer=s.consumer)
-        # The next fetch overlaps the previous batch's append (fsync) and acks; appends stay in order.
-        storing: asyncio.Future[None] | None = None
-        try:
-            while True:
-                if not client.is_connected:
-                    raise ConnectionError("the NATS connection closed")
-                try:
-                    messages = await fetch_available(
-                        subscription, self.max_batch_events, self.fetch_timeout_s
-                    )
-                except nats_errors.TimeoutError:
-                    if storing is not None and storing.done():
-                        storing.result()  # surfaces a failed append (the session restarts)
-                    # Idle: make sure the consumer still exists (a deleted stream takes it along silently).
-                    await subscription.consumer_info()
-                    continue
-                valid = await self._validate(js, messages)
-                if storing is not None:
-                    await storing
-                storing = asyncio.ensure_future(self._store_and_ack(valid, messages))
-        finally:
-            if storing is not None and not storing.done():
-                storing.cancel()  # unacknowledged messages are redelivered; the log drops repeats
+        # One batch at a time: fetch, validate, append (fsync), ack. (Overlapping the next fetch with the
+        # previous batch's fsync and acks was measured slower: 1,700 vs 3,400 events/s, bench/nats_transport.)
+        while True:
+            if not client.is_connected:
+                raise ConnectionError("the NATS connection closed")
+            try:
+                messages = await fetch_available(subscription, self.max_batch_events, self.fetch_timeout_s)
+            except nats_errors.TimeoutError:
+                # Idle: make sure the consumer still exists (a deleted stream takes it along silently).
+                await subscription.consumer_info()
+                continue
+            valid = await self._validate(js, messages)
+            await self._store_and_ack(valid, messages)
 
     async def _validate(self, js: Any, messages: list[Any]) -> list[trainer_pb2.RewardEvent]:
         """The valid events of a fetch; the others are copied to the dead-letter subject (acknowledged by
