@@ -325,11 +325,13 @@ class SidecarApp:
             trainer=self.settings.trainer.target,
             pid=os.getpid(),
         )
-        if self.settings.rewards.enabled and self.settings.trainer.target is None:
+        recorder = self.learning.recorder if self.learning is not None else None
+        if recorder is not None and not recorder.trainer_attached:
             log.warning(
                 "outcomes_kept_without_trainer",
                 spool_max_bytes=self.settings.rewards.spool_max_bytes_without_trainer,
-                hint="set trainer.target to learn from ReportOutcome; until then outcomes wait in the spool",
+                hint="set trainer.target (or events.backend: nats) to learn from ReportOutcome; until then "
+                "outcomes wait in the spool",
             )
 
     def request_stop(self) -> None:

@@ -9,6 +9,9 @@ import each other upwards. Owns wiring for: pending-decision store + outcome rec
 ``start_background`` after, and ``close`` after the Router and batcher stopped (``app.py`` docstring has
 the whole order).
 
+Reward events go to the trainer over gRPC (``trainer.target``) or to a NATS JetStream stream
+(``events.backend: nats``); both publishers implement ``rewards.transport.RewardTransport``.
+
 Close order: Admin server -> watchers -> expiry sweep -> publisher (a short drain: acknowledged events are
 trimmed; the rest stays in the spool for the next start) -> spool (final fsync) -> trainer channel.
 """
@@ -24,14 +27,20 @@ import structlog
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector, CollectorRegistry
 
+from barp_sidecar.broker.nats_connection import NatsConnector
+from barp_sidecar.broker.session_loop import BROKER_STATES
+from barp_sidecar.broker.settings import EventsBackend
 from barp_sidecar.errors import CheckpointError, ConfigError
-from barp_sidecar.policy.manager import PolicyManager, ServingRegistry
+from barp_sidecar.policy.manager import CheckpointFetcher, PolicyManager, ServingRegistry
+from barp_sidecar.policy.nats_policies import NatsPolicyWatcher
 from barp_sidecar.policy.watcher import DirectoryPolicyWatcher, TrainerCheckpointFetcher, TrainerPolicyWatcher
+from barp_sidecar.rewards.nats_publisher import NatsRewardPublisher
 from barp_sidecar.rewards.pending import PendingDecisionStore
 from barp_sidecar.rewards.pending_journal import PendingJournal
 from barp_sidecar.rewards.publisher import RewardPublisher
 from barp_sidecar.rewards.recorder import OutcomeRecorder
 from barp_sidecar.rewards.spool import RewardSpool
+from barp_sidecar.rewards.transport import RewardTransport
 from barp_sidecar.rpc.admin import AdminServer
 from barp_sidecar.rpc.tls import channel_credentials, client_files_from, open_channel
 from barp_sidecar.settings import Settings
@@ -64,22 +73,42 @@ class LearningComponents:
         r, t = settings.rewards, settings.trainer
         self.settings = settings
         self.sidecar_id = r.sidecar_id or socket.gethostname()
-        # The manager fetches versions announced by the trainer (or pinned through Admin) over the trainer
-        # channel, which start_recording opens once the event loop runs.
-        fetcher = (
-            TrainerCheckpointFetcher(
-                self._open_channel, Path(required_dir(t.checkpoint_cache_dir, "trainer.checkpoint_cache_dir"))
-            )
-            if t.target is not None and t.watch_policies
+        nats = settings.events.backend is EventsBackend.NATS
+        # NATS: credentials, TLS files and the optional client are checked now (ConfigError naming the key).
+        self.nats_connector = (
+            NatsConnector(settings.events, env, f"barp-sidecar/{self.sidecar_id}")
+            if nats and (r.enabled or (t.target is None and t.watch_policies))
             else None
         )
+        # Without a trainer target, a NATS sidecar follows the policies the trainer mirrors into JetStream.
+        self.nats_policy_watcher = (
+            NatsPolicyWatcher(
+                self.nats_connector,
+                Path(required_dir(t.checkpoint_cache_dir, "trainer.checkpoint_cache_dir")),
+            )
+            if self.nats_connector is not None and t.target is None and t.watch_policies
+            else None
+        )
+        # The manager fetches versions announced by the trainer (or pinned through Admin) over the trainer
+        # channel, which start_recording opens once the event loop runs, or from the NATS Object Store.
+        fetcher: CheckpointFetcher | None = None
+        if t.target is not None and t.watch_policies:
+            fetcher = TrainerCheckpointFetcher(
+                self._open_channel, Path(required_dir(t.checkpoint_cache_dir, "trainer.checkpoint_cache_dir"))
+            )
+        elif self.nats_policy_watcher is not None:
+            fetcher = self.nats_policy_watcher.fetch
         self.manager = PolicyManager(registry, settings.policy.checkpoint_dir or "builtin", fetcher)
+        if self.nats_policy_watcher is not None:
+            self.nats_policy_watcher.manager = self.manager
         self.spool: RewardSpool | None = None
         self.recorder: OutcomeRecorder | None = None
+        # A trainer target or the NATS stream drains the spool; without either, outcomes are kept for one
+        # under a smaller quota.
+        delivers = t.target is not None or nats
         if r.enabled:
-            # Without a trainer nothing drains the spool: outcomes are kept for one, under a smaller quota.
             quota = (
-                r.spool_max_bytes if t.target else min(r.spool_max_bytes, r.spool_max_bytes_without_trainer)
+                r.spool_max_bytes if delivers else min(r.spool_max_bytes, r.spool_max_bytes_without_trainer)
             )
             spool_dir = Path(required_dir(r.spool_dir, "rewards.spool_dir"))
             self.spool = RewardSpool(spool_dir, quota, r.spool_fsync_interval_ms)
@@ -92,10 +121,10 @@ class LearningComponents:
                 sweep_interval_s=r.expiry_sweep_interval_s,
                 # Pending decisions and recorded ids survive restarts next to the spool they feed.
                 journal=PendingJournal(spool_dir, r.pending_ttl_s, tuple(registry.current().manifest.arms)),
-                trainer_attached=t.target is not None,
+                trainer_attached=delivers,
             )
         self.channel: grpc.aio.Channel | None = None
-        self.publisher: RewardPublisher | None = None
+        self.publisher: RewardTransport | None = None
         self.trainer_watcher: TrainerPolicyWatcher | None = None
         self.directory_watcher: DirectoryPolicyWatcher | None = None
         self._trainer_settings = t
@@ -126,9 +155,11 @@ class LearningComponents:
         if self.spool is not None and self.recorder is not None:
             await self.spool.start()
             await self.recorder.start()
+        if self.spool is not None and self.nats_connector is not None and self.settings.rewards.enabled:
+            self.publisher = NatsRewardPublisher(self.spool, self.nats_connector)
         if t.target is not None:
             self.channel = trainer_channel(t.target, self._trainer_credentials)
-            if self.spool is not None:
+            if self.spool is not None and self.publisher is None:
                 self.publisher = RewardPublisher(
                     self.spool, self.channel, t.reconnect_initial_backoff_s, t.reconnect_max_backoff_s
                 )
@@ -143,7 +174,12 @@ class LearningComponents:
 
     async def start_background(self) -> int | None:
         """After the Router serves: publisher, watchers, Admin. Returns the Admin port (None = disabled)."""
-        for component in (self.publisher, self.trainer_watcher, self.directory_watcher):
+        for component in (
+            self.publisher,
+            self.trainer_watcher,
+            self.nats_policy_watcher,
+            self.directory_watcher,
+        ):
             if component is not None:
                 await component.start()
         if self.admin is not None:
@@ -156,7 +192,7 @@ class LearningComponents:
     async def close(self) -> None:
         if self.admin is not None:
             await self.admin.close(grace_s=1.0)
-        for watcher in (self.trainer_watcher, self.directory_watcher):
+        for watcher in (self.trainer_watcher, self.nats_policy_watcher, self.directory_watcher):
             if watcher is not None:
                 await watcher.close()
         if self.recorder is not None:
@@ -241,6 +277,23 @@ class LearningCollector(Collector):
                 "barp_trainer_connected",
                 "1 when the reward stream is connected",
                 value=float(c.publisher.connected),
+            )
+        if isinstance(c.publisher, NatsRewardPublisher):
+            state = GaugeMetricFamily(
+                "barp_event_broker_state", "1 for the NATS broker's current state", labels=["state"]
+            )
+            for name in BROKER_STATES:
+                state.add_metric([name], float(c.publisher.state == name))
+            yield state
+            yield CounterMetricFamily(
+                "barp_event_broker_connect_failures",
+                "Failed connection attempts to the NATS broker",
+                value=c.publisher.connect_failures,
+            )
+            yield CounterMetricFamily(
+                "barp_reward_events_duplicate",
+                "Resent reward events JetStream recognised by Nats-Msg-Id",
+                value=c.publisher.duplicates,
             )
         yield CounterMetricFamily("barp_policy_swaps", "Hot swaps performed", value=c.manager.swaps_total)
         rejected = CounterMetricFamily(

@@ -27,6 +27,7 @@ from typing import Any, TypeVar, get_type_hints
 
 import yaml
 
+from barp_sidecar.broker.settings import EventsSettings
 from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.errors import ConfigError
 
@@ -468,6 +469,8 @@ class Settings:
     admin: AdminSettings = field(default_factory=AdminSettings)
     providers: ProvidersSettings = field(default_factory=ProvidersSettings)
     state: StateSettings = field(default_factory=StateSettings)
+    # Reward-event transport: grpc (to trainer.target) or nats (barp_sidecar/broker/settings.py).
+    events: EventsSettings = field(default_factory=EventsSettings)
 
 
 T = TypeVar("T")

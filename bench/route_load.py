@@ -218,12 +218,11 @@ class Server:
             "server": {"port": 0, "grace_s": 5.0},
             "metrics": {"port": 0},
             "admin": {"enabled": False},
-            "state": {"dir": str(scratch / f"{name}-state")},  # each sidecar needs its own spool
+            # Each server its own state (spool): two servers sharing one refuse to start.
+            "state": {"dir": str(scratch / f"{name}-state")},
             "policy": {"checkpoint_dir": str(checkpoint), "cpu_threads": threads},
             "encoder": {"backend": backend},
             "batching": {"embedding_cache_entries": 0, **batching},
-            # Each server its own state (spool): two servers sharing one refuse to start.
-            "state": {"dir": str(scratch / f"{name}-state")},
         }
         self.config_path = scratch / f"{name}.yaml"
         self.config_path.write_text(yaml.safe_dump(config))

@@ -27,6 +27,8 @@ LAYERS: list[set[str]] = [
         "barp_sidecar.gen",
         "barp_sidecar.bounded_text",
     },
+    # The broker's settings section and NATS connection glue (below settings, which embeds the section).
+    {"barp_sidecar.broker"},
     {"barp_sidecar.settings"},
     {"barp_sidecar.log", "barp_sidecar.process", "barp_sidecar.tracing"},
     {"barp_sidecar.batching"},

@@ -92,22 +92,27 @@ async def fetch_checkpoint(
         raise CheckpointError(
             f"fetch of v{version} failed: {exc.code().name} {exc.details()}", FETCH_FAILED
         ) from exc
-    missing = [n for n in EXPECTED_FILES + _named_calibration(files) if n not in verified]
+    missing = [n for n in EXPECTED_FILES + named_calibration(files) if n not in verified]
     if missing:
         raise CheckpointError(
             f"fetch of v{version}: incomplete, missing or unverified {missing}", FETCH_FAILED
         )
-    weights_sha = hashlib.sha256(files[WEIGHTS_FILE]).hexdigest()
-    if expected_weights_sha256 and weights_sha != expected_weights_sha256:
+    check_announced_weights(version, files[WEIGHTS_FILE], expected_weights_sha256)
+    return await asyncio.to_thread(write_checkpoint, download_root, version, files)
+
+
+def check_announced_weights(version: int, weights: bytes | bytearray, expected_sha256: str) -> None:
+    """The downloaded weights are the announced ones (any transport); CheckpointError SHA256_MISMATCH."""
+    weights_sha = hashlib.sha256(weights).hexdigest()
+    if expected_sha256 and weights_sha != expected_sha256:
         raise CheckpointError(
             f"fetch of v{version}: weights sha256 {weights_sha[:12]}… differs from the announced "
-            f"{expected_weights_sha256[:12]}…",
+            f"{expected_sha256[:12]}…",
             RejectionReason.SHA256_MISMATCH,
         )
-    return await asyncio.to_thread(_write_checkpoint, download_root, version, files)
 
 
-def _named_calibration(files: dict[str, bytearray]) -> tuple[str, ...]:
+def named_calibration(files: dict[str, bytearray]) -> tuple[str, ...]:
     """The calibration file the received manifest names (load_checkpoint reports a malformed manifest)."""
     try:
         entry = json.loads(bytes(files.get(MANIFEST_FILE, b""))).get("calibration")
@@ -116,7 +121,7 @@ def _named_calibration(files: dict[str, bytearray]) -> tuple[str, ...]:
     return (CALIBRATION_FILE,) if entry is not None else ()
 
 
-def _write_checkpoint(download_root: Path, version: int, files: dict[str, bytearray]) -> Path:
+def write_checkpoint(download_root: Path, version: int, files: dict[str, bytearray]) -> Path:
     """Write into a staging directory, fsync, and rename into place (replacing an older download)."""
     download_root.mkdir(parents=True, exist_ok=True)
     final = download_root / version_dir_name(version)

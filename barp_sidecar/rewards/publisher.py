@@ -63,12 +63,7 @@ class RewardPublisher:
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until everything durable in the spool is acknowledged (used at shutdown and in tests)."""
-        deadline = asyncio.get_running_loop().time() + timeout_s
-        while self.spool.acked_sequence < self.spool.durable_sequence:
-            if asyncio.get_running_loop().time() >= deadline:
-                return False
-            await asyncio.sleep(0.01)
-        return True
+        return await self.spool.wait_all_acked(timeout_s)
 
     async def _run(self) -> None:
         while True:

@@ -265,6 +265,15 @@ class RewardSpool:
         except TimeoutError:
             pass
 
+    async def wait_all_acked(self, timeout_s: float) -> bool:
+        """Wait until every durable event is acknowledged (a publisher's drain); False after ``timeout_s``."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while self._acked_sequence < self._durable_sequence:
+            if asyncio.get_running_loop().time() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
     async def ack(self, sequence: int) -> None:
         """The trainer made every event up to ``sequence`` durable: remember it, delete covered segments."""
         sequence = min(sequence, self._durable_sequence)

@@ -103,8 +103,41 @@ class SidecarProcess(ManagedProcess):
         return self
 
 
+async def report_outcomes(port: int, count: int, prefix: str) -> list[str]:
+    """Route + ReportOutcome ``count`` prompts on a sidecar; the decision ids, each recorded durably.
+    Any failed call fails the test (quality cycles 0, 0.5, 1)."""
+    import grpc
+
+    from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
+
+    ids = []
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        stub = router_pb2_grpc.RouterStub(channel)
+        for i in range(count):
+            decision = await stub.Route(router_pb2.RouteRequest(prompt=f"{prefix} {i}"), timeout=10)
+            ack = await stub.ReportOutcome(
+                router_pb2.OutcomeRequest(decision_id=decision.decision_id, quality=(i % 3) / 2),
+                timeout=10,
+            )
+            assert ack.recorded
+            ids.append(decision.decision_id)
+    return ids
+
+
+def stored_event_ids(events_dir: Path) -> list[str]:
+    """The event ids in a trainer's event log (``data_dir/events``), in log order."""
+    from trainer.service.eventlog import SegmentedEventLog
+
+    log = SegmentedEventLog(events_dir).open()
+    try:
+        return [event.event_id for _, event in log.read_from(0, 1_000_000)]
+    finally:
+        log.close()
+
+
 def scrape(port: int, metric: str) -> float | None:
-    """One sample of a Prometheus metric (first matching line), or None when absent/unreachable."""
+    """One sample of a Prometheus metric (first matching line; ``metric`` may carry labels,
+    ``name{label="value"}``, to pick one), or None when absent/unreachable."""
     import urllib.request
 
     try:

@@ -11,13 +11,17 @@ import asyncio
 import time
 from pathlib import Path
 
-import grpc
 import pytest
 
-from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
-from tests.e2e.learning_processes import SidecarProcess, TrainerProcess, free_port, scrape
+from tests.e2e.learning_processes import (
+    SidecarProcess,
+    TrainerProcess,
+    free_port,
+    report_outcomes,
+    scrape,
+    stored_event_ids,
+)
 from tests.support.sidecar import ARMS, HASH_ENCODER, make_tiny_checkpoint
-from trainer.service.eventlog import SegmentedEventLog
 
 
 def trainer_yaml(data_dir: Path, metrics_port: int) -> str:
@@ -62,18 +66,7 @@ class World:
 
     async def report(self, count: int, prefix: str) -> list[str]:
         """Route + ReportOutcome ``count`` prompts; returns the decision ids (each recorded durably)."""
-        ids = []
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.sidecar_port}") as channel:
-            stub = router_pb2_grpc.RouterStub(channel)
-            for i in range(count):
-                decision = await stub.Route(router_pb2.RouteRequest(prompt=f"{prefix} {i}"), timeout=10)
-                ack = await stub.ReportOutcome(
-                    router_pb2.OutcomeRequest(decision_id=decision.decision_id, quality=(i % 3) / 2),
-                    timeout=10,
-                )
-                assert ack.recorded
-                ids.append(decision.decision_id)
-        return ids
+        return await report_outcomes(self.sidecar_port, count, prefix)
 
     async def wait_delivered(self, timeout_s: float = 60.0) -> None:
         """Until the sidecar's spool has nothing unacknowledged (every event durable in the trainer)."""
@@ -87,11 +80,7 @@ class World:
         raise AssertionError(f"not delivered: unacked={unacked}")
 
     def stored_ids(self) -> list[str]:
-        log = SegmentedEventLog(self.tmp / "trainer" / "events").open()
-        try:
-            return [e.event_id for _, e in log.read_from(0, 100_000)]
-        finally:
-            log.close()
+        return stored_event_ids(self.tmp / "trainer" / "events")
 
 
 @pytest.fixture

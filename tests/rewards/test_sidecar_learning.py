@@ -17,6 +17,7 @@ import pytest
 from barp_sidecar.gen.barp.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
 from barp_sidecar.policy.checkpoint import CheckpointStore, load_checkpoint
 from tests.support.sidecar import ARMS, HASH_ENCODER, make_tiny_checkpoint, running_sidecar, sidecar_settings
+from tests.support.waiting import reached
 from trainer.service.app import TrainerApp
 from trainer.service.settings import load_trainer_settings
 
@@ -132,11 +133,9 @@ async def test_route_report_outcome_reaches_the_trainer_and_its_policy_comes_bac
         # skips an evaluation whose held-out slice is too small (ids are random), so more traffic may be
         # needed: up to 10 more rounds of 100 outcomes, then the sidecar must have swapped to v2.
         for _ in range(10):
-            try:
-                await wait_for(lambda: app.registry.current().version == 2, timeout_s=20)
+            if await reached(lambda: app.registry.current().version == 2, timeout_s=20):
                 break
-            except AssertionError:
-                await route_and_report(app.port, 100)
+            await route_and_report(app.port, 100)
         await wait_for(lambda: app.registry.current().version == 2, timeout_s=20)
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.admin_port}") as admin_channel:
             info = await admin_pb2_grpc.AdminStub(admin_channel).GetPolicy(admin_pb2.GetPolicyRequest())

@@ -1,21 +1,28 @@
 """Composition root of ``barp-trainer serve``: build -> start -> wait for stop -> ordered shutdown.
 
-Owns wiring and lifecycle only: event log, checkpoint store, starting policy, training loop, gRPC server
+Owns wiring and lifecycle only: event log, checkpoint store, starting policy, training loop, the NATS
+durable consumer and the policy mirror (Object Store + KV) when ``events.backend`` is ``nats``
+(``nats_ingest.py``, ``nats_policy_mirror.py``), gRPC server
 (the server kit ``barp_sidecar.rpc.server`` shared with the sidecar: Trainer + health + reflection + error
 boundary, optional TLS/mTLS, optional plaintext health-only port for Kubernetes probes) and metrics.
-Shutdown order: health NOT_SERVING -> close announcements (WatchPolicy streams end) ->
-``server.stop(grace_s)`` (in-flight acks finish) -> stop the training loop -> close the log (final fsync).
+Shutdown order: health NOT_SERVING -> close announcements (WatchPolicy streams end) -> stop the NATS
+consumer (unacknowledged messages are redelivered later) and policy mirror -> ``server.stop(grace_s)``
+(in-flight acks finish) -> stop the training loop -> close the log (final fsync).
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import structlog
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry, start_http_server
 
+from barp_sidecar.broker.nats_connection import NatsConnector
+from barp_sidecar.broker.settings import EventsBackend
 from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
 from barp_sidecar.policy.checkpoint import CheckpointStore
 from barp_sidecar.rpc.server import GrpcServer, Service
@@ -23,6 +30,8 @@ from barp_sidecar.tracing import Tracing
 from trainer.service.eventlog import SegmentedEventLog
 from trainer.service.loop import TrainingLoop
 from trainer.service.metrics import TrainerCollector
+from trainer.service.nats_ingest import NatsEventIngestor
+from trainer.service.nats_policy_mirror import NatsPolicyMirror
 from trainer.service.policy_source import PolicyAnnouncer, starting_policy
 from trainer.service.servicer import TrainerServicer
 from trainer.service.settings import TrainerSettings
@@ -36,8 +45,14 @@ MAX_PENDING_RPCS = 1024
 
 
 class TrainerApp:
-    def __init__(self, settings: TrainerSettings, span_exporter: SpanExporter | None = None) -> None:
-        """``span_exporter`` replaces the configured trace exporter (tests)."""
+    def __init__(
+        self,
+        settings: TrainerSettings,
+        span_exporter: SpanExporter | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``span_exporter`` replaces the configured trace exporter (tests); ``env`` is where secrets
+        (NATS password/token) are read from (the process environment when None)."""
         self.settings = settings
         self.tracing = Tracing.from_settings(settings.tracing, exporter=span_exporter)
         tracer = self.tracing.tracer if self.tracing.enabled else None
@@ -47,6 +62,14 @@ class TrainerApp:
         self.announcer = PolicyAnnouncer()
         self.loop: TrainingLoop | None = None
         self.servicer: TrainerServicer | None = None
+        self.ingestor: NatsEventIngestor | None = None
+        self.policy_mirror: NatsPolicyMirror | None = None
+        # NATS credentials, TLS files and the optional client are checked before anything opens or binds.
+        self.nats_connector = (
+            NatsConnector(settings.events, os.environ if env is None else env, "barp-trainer")
+            if settings.events.backend is EventsBackend.NATS
+            else None
+        )
         # The server kit shared with the sidecar; TLS files are read and checked here, before the event log
         # opens or any port binds.
         self.server = GrpcServer(
@@ -83,6 +106,13 @@ class TrainerApp:
             s.publish.chunk_bytes,
             tracer=self._tracer,
         )
+        if self.nats_connector is not None:
+            self.ingestor = NatsEventIngestor(
+                self.nats_connector, self.event_log, manifest.arms, manifest.architecture.embedding_dim
+            )
+            await self.ingestor.start()
+            self.policy_mirror = NatsPolicyMirror(self.nats_connector, self.store, self.announcer)
+            await self.policy_mirror.start()
         self.server.add_service(
             Service(SERVICE_NAME, trainer_pb2_grpc.add_TrainerServicer_to_server, self.servicer)
         )
@@ -104,6 +134,7 @@ class TrainerApp:
             version=manifest.version,
             arms=len(manifest.arms),
             tls=self.server.tls,
+            events_backend=s.events.backend.value,
             mtls=s.server.tls_client_ca_file is not None,
         )
 
@@ -116,6 +147,9 @@ class TrainerApp:
     async def close(self) -> None:
         await self.server.set_not_serving()
         await self.announcer.close()
+        for component in (self.ingestor, self.policy_mirror):
+            if component is not None:
+                await component.close()
         await self.server.stop(self.settings.server.grace_s)
         if self.loop is not None:
             await self.loop.close()

@@ -34,6 +34,33 @@ class TrainerCollector(Collector):
             yield GaugeMetricFamily(
                 "barp_trainer_publish_streams", "Open PublishRewards streams.", value=ingest.streams_open
             )
+        ingestor = self.app.ingestor
+        if ingestor is not None:
+            n = ingestor.counters
+            for name, value, doc in (
+                ("barp_trainer_nats_events_received", n.received, "Messages fetched from the event stream."),
+                ("barp_trainer_nats_events_stored", n.stored, "Stream events stored durably (new)."),
+                ("barp_trainer_nats_events_duplicate", n.duplicates, "Stream events already in the log."),
+                (
+                    "barp_trainer_nats_connect_failures",
+                    ingestor.connect_failures,
+                    "Failed broker connections.",
+                ),
+            ):
+                yield CounterMetricFamily(name, doc, value=value)
+            dead = CounterMetricFamily(
+                "barp_trainer_nats_events_dead_lettered",
+                "Messages copied to the dead-letter subject and skipped, by kind.",
+                labels=["kind"],
+            )
+            for kind in ("undecodable", "foreign", "invalid"):
+                dead.add_metric([kind], n.dead_lettered[kind])
+            yield dead
+            yield GaugeMetricFamily(
+                "barp_trainer_nats_connected",
+                "1 while the durable consumer is connected.",
+                value=ingestor.connected,
+            )
         if self.app.event_log is not None:
             yield GaugeMetricFamily(
                 "barp_trainer_event_log_bytes",

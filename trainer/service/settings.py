@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from barp_sidecar.broker.settings import EventsSettings
 from barp_sidecar.errors import ConfigError
 from barp_sidecar.settings import TracingSettings, build_settings, read_layers
 
@@ -186,6 +187,9 @@ class TrainerSettings:
     metrics: TrainerMetricsSettings = field(default_factory=TrainerMetricsSettings)
     logging: TrainerLoggingSettings = field(default_factory=TrainerLoggingSettings)
     tracing: TrainerTracingSettings = field(default_factory=TrainerTracingSettings)
+    # Where reward events come from besides PublishRewards: events.backend nats = a durable JetStream
+    # consumer (the same section as the sidecar's, barp_sidecar/broker/settings.py).
+    events: EventsSettings = field(default_factory=EventsSettings)
 
     @property
     def events_dir(self) -> Path:
@@ -282,6 +286,7 @@ def validate(settings: TrainerSettings) -> TrainerSettings:
     check(p.gate_min_holdout_events >= 1, "publish.gate_min_holdout_events", "must be >= 1")
     check(1024 <= p.chunk_bytes <= 1 << 20, "publish.chunk_bytes", "must be in [1024, 1048576]")
     check(s.logging.level.lower() in ("debug", "info", "warning", "error"), "logging.level", "bad level")
+    s.events.check()
     return settings
 
 

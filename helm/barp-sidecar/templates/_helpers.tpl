@@ -65,6 +65,9 @@ serverTLSDir: /etc/barp/tls/server
 clientCADir: /etc/barp/tls/client-ca
 trainerCADir: /etc/barp/tls/trainer-ca
 trainerClientCertDir: /etc/barp/tls/trainer-client
+natsCredsDir: /etc/barp/nats/creds
+natsCADir: /etc/barp/nats/ca
+natsSecretEnv: BARP_NATS_SECRET
 trainerConfigDir: /etc/barp-trainer
 trainerConfigFile: /etc/barp-trainer/trainer.yaml
 trainerDataDir: /var/lib/barp-trainer
@@ -82,9 +85,85 @@ containerName: barp-sidecar
 {{- printf "%s:%s%s" .Values.image.repository .Values.image.tag $suffix }}
 {{- end }}
 
-{{/* The trainer address sidecars dial: trainerClient.target, else this release's trainer Service. */}}
+{{/* The events section both processes get when nats.enabled (docs/deploy.md §9), as YAML; else "". */}}
+{{- define "barp-sidecar.natsEvents" -}}
+{{- if .Values.nats.enabled }}
+{{- $layout := include "barp-sidecar.layout" . | fromYaml -}}
+{{- $events := dict "backend" "nats" "nats_urls" .Values.nats.urls "stream_replicas" .Values.nats.streamReplicas -}}
+{{- $auth := .Values.nats.auth -}}
+{{- if $auth.secretName }}
+{{- if eq $auth.method "creds" }}
+{{- $_ := set $events "nats_creds_file" (printf "%s/%s" $layout.natsCredsDir $auth.secretKey) }}
+{{- else if eq $auth.method "token" }}
+{{- $_ := set $events "nats_token_env" $layout.natsSecretEnv }}
+{{- else }}
+{{- $_ := set $events "nats_user" $auth.user }}
+{{- $_ := set $events "nats_password_env" $layout.natsSecretEnv }}
+{{- end }}
+{{- end }}
+{{- if .Values.nats.tls.caSecretName }}
+{{- $_ := set $events "nats_tls_ca_file" (printf "%s/ca.crt" $layout.natsCADir) }}
+{{- end }}
+{{- toYaml $events }}
+{{- end }}
+{{- end }}
+
+{{/* Container env, volumeMounts and pod volumes for the NATS credentials and CA (nats.enabled). */}}
+{{- define "barp-sidecar.natsEnv" -}}
+{{- $layout := include "barp-sidecar.layout" . | fromYaml -}}
+{{- with .Values.nats }}
+{{- if and .enabled .auth.secretName (ne .auth.method "creds") }}
+- name: {{ $layout.natsSecretEnv }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ .auth.secretName }}
+      key: {{ .auth.secretKey }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "barp-sidecar.natsMounts" -}}
+{{- $layout := include "barp-sidecar.layout" . | fromYaml -}}
+{{- with .Values.nats }}
+{{- if and .enabled .auth.secretName (eq .auth.method "creds") }}
+- name: barp-nats-creds
+  mountPath: {{ $layout.natsCredsDir }}
+  readOnly: true
+{{- end }}
+{{- if and .enabled .tls.caSecretName }}
+- name: barp-nats-ca
+  mountPath: {{ $layout.natsCADir }}
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "barp-sidecar.natsVolumes" -}}
+{{- with .Values.nats }}
+{{- if and .enabled .auth.secretName (eq .auth.method "creds") }}
+- name: barp-nats-creds
+  secret:
+    secretName: {{ .auth.secretName }}
+    items:
+      - key: {{ .auth.secretKey }}
+        path: {{ .auth.secretKey }}
+{{- end }}
+{{- if and .enabled .tls.caSecretName }}
+- name: barp-nats-ca
+  secret:
+    secretName: {{ .tls.caSecretName }}
+    items:
+      - key: ca.crt
+        path: ca.crt
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The trainer address sidecars dial: trainerClient.target, else this release's trainer Service; none
+when nats.policiesFromNats (policies then come from JetStream, events always do with nats.enabled). */}}
 {{- define "barp-sidecar.trainerTarget" -}}
-{{- if .Values.trainerClient.target }}
+{{- if and .Values.nats.enabled .Values.nats.policiesFromNats }}
+{{- else if .Values.trainerClient.target }}
 {{- .Values.trainerClient.target }}
 {{- else if .Values.trainer.enabled }}
 {{- printf "%s.%s.svc:%v" (include "barp-sidecar.trainerName" .) .Release.Namespace .Values.trainer.service.port }}
@@ -121,6 +200,9 @@ the injected sidecars and the standalone router share one ConfigMap.
 {{- end }}
 {{- end }}
 {{- $_ := set $owned "trainer" $trainer }}
+{{- with include "barp-sidecar.natsEvents" . }}
+{{- $_ := set $owned "events" (fromYaml .) }}
+{{- end }}
 {{- toYaml (mustMergeOverwrite (deepCopy .Values.config) $owned) }}
 {{- end }}
 
@@ -142,6 +224,9 @@ the injected sidecars and the standalone router share one ConfigMap.
 {{- end }}
 {{- end }}
 {{- $owned := dict "server" $server "storage" (dict "data_dir" $layout.trainerDataDir) "metrics" (dict "host" "0.0.0.0" "port" .Values.ports.trainerMetrics) -}}
+{{- with include "barp-sidecar.natsEvents" . }}
+{{- $_ := set $owned "events" (fromYaml .) }}
+{{- end }}
 {{- toYaml (mustMergeOverwrite (deepCopy .Values.trainer.config) $owned) }}
 {{- end }}
 

@@ -102,6 +102,9 @@ checksum/barp-config: {{ include "barp-sidecar.configChecksum" . }}
           name: {{ .secretName }}
           key: {{ .secretKey }}
     {{- end }}
+    {{- with include "barp-sidecar.natsEnv" . }}
+    {{- . | nindent 4 }}
+    {{- end }}
     {{- with .Values.sidecar.env }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -150,6 +153,9 @@ checksum/barp-config: {{ include "barp-sidecar.configChecksum" . }}
       mountPath: {{ $layout.trainerClientCertDir }}
       readOnly: true
     {{- end }}
+    {{- end }}
+    {{- with include "barp-sidecar.natsMounts" . }}
+    {{- . | nindent 4 }}
     {{- end }}
 {{- end }}
 
@@ -202,5 +208,8 @@ checksum/barp-config: {{ include "barp-sidecar.configChecksum" . }}
       - key: tls.key
         path: tls.key
 {{- end }}
+{{- end }}
+{{- with include "barp-sidecar.natsVolumes" . }}
+{{ . }}
 {{- end }}
 {{- end }}
