@@ -13,7 +13,9 @@ from trainer.offline.datasets import RoutingTable
 from trainer.offline.reward_model_fit import (
     RewardModelFitConfig,
     fit_reward_model,
+    neighbour_means,
     regression_targets,
+    smoothed_targets,
 )
 
 TAU = 0.004
@@ -25,7 +27,7 @@ def _greedy(network, x, w_q):
     return probabilities.argmax(dim=1).numpy()
 
 
-@pytest.mark.parametrize("regressor", ["ridge", "mlp"])
+@pytest.mark.parametrize("regressor", ["ridge", "mlp", "smoothed_mlp"])
 def test_fit_predicts_outcomes_and_routes_per_prompt_at_every_weight(regressor):
     table, x = learnable_table(rows_per_cluster=80)
     config = RewardModelFitConfig(regressor=regressor, epochs=150, patience_epochs=30)
@@ -44,6 +46,69 @@ def test_fit_predicts_outcomes_and_routes_per_prompt_at_every_weight(regressor):
     for w_q in (0.3, 0.7, 1.0):
         assert (_greedy(network, x, w_q) == np.where(cluster_a, 0, 1)).mean() > 0.95
     assert ("ridge_lambda" in facts) == (regressor == "ridge")
+
+
+def test_neighbour_means_leave_each_row_out_and_skip_unobserved_outcomes():
+    x = np.array([[1.0, 0.0], [0.99, 0.141], [0.0, 1.0], [0.141, 0.99]], dtype=np.float32)
+    values = np.array([[1.0, 5.0], [3.0, 7.0], [10.0, 0.0], [20.0, 9.0]])
+    weights = np.array([[1.0, 1.0], [1.0, 1.0], [1.0, 0.0], [1.0, 1.0]])
+    # k = 1: each row gets its nearest *other* row's value; row 3's neighbour (2) lacks column 1 -> 0
+    np.testing.assert_allclose(
+        neighbour_means(x, values, weights, 1), [[3.0, 7.0], [1.0, 5.0], [20.0, 9.0], [10.0, 0.0]]
+    )
+    # k larger than the other rows: every other row, weighted by what it observed
+    everyone = neighbour_means(x, values, weights, 10, chunk_rows=3)
+    np.testing.assert_allclose(everyone[0], [(3 + 10 + 20) / 3, (7 + 9) / 2])
+
+
+def _one_task_two_clusters():
+    table, x = learnable_table(rows_per_cluster=60)
+    one_task = RoutingTable(
+        prompts=table.prompts,
+        tasks=tuple("mixed" for _ in table.tasks),
+        splits=table.splits,
+        arms=table.arms,
+        quality=table.quality,
+        cost_usd=table.cost_usd,
+    )
+    return one_task, x
+
+
+def test_smoothed_targets_are_the_task_prior_plus_the_weighted_neighbour_residual():
+    table, x = _one_task_two_clusters()
+    targets = regression_targets(table, TAU)
+    cluster_a = np.arange(len(x)) < 60
+    prior_only = smoothed_targets(
+        x, table.tasks, targets, RewardModelFitConfig(smoothing_residual_k=20, smoothing_residual_weight=0.0)
+    )
+    # one task: the prior is the task mean everywhere (cheap-a right on half the prompts)
+    np.testing.assert_allclose(prior_only.values[:, 0], 0.5)
+    assert prior_only.observed.all()
+    half = smoothed_targets(
+        x, table.tasks, targets, RewardModelFitConfig(smoothing_residual_k=20, smoothing_residual_weight=0.5)
+    )
+    # 20 neighbours all from the row's own cluster: residual ±0.5, half of it added to the prior
+    np.testing.assert_allclose(half.values[cluster_a, 0], 0.75)
+    np.testing.assert_allclose(half.values[~cluster_a, 0], 0.25)
+    np.testing.assert_allclose(half.values[:, 3], 0.025)  # normalised cost of cheap-a, constant
+
+
+def test_smoothed_mlp_routes_within_a_task_only_through_the_residual():
+    table, x = _one_task_two_clusters()
+    cluster_a = np.arange(len(x)) < 60
+    for weight in (0.5, 0.0):
+        config = RewardModelFitConfig(
+            regressor="smoothed_mlp", smoothing_residual_k=20, smoothing_residual_weight=weight
+        )
+        network, _ = fit_reward_model(x, table, TAU, config)
+        with torch.no_grad():
+            quality = network.predicted_outcomes(torch.from_numpy(x))[0].numpy()
+        gap = quality[cluster_a, 0].mean() - quality[~cluster_a, 0].mean()
+        if weight:  # cheap-a is predicted better on its cluster, and the policy routes per prompt
+            assert gap == pytest.approx(0.5, abs=0.1)
+            assert (_greedy(network, x, 0.7) == np.where(cluster_a, 0, 1)).mean() > 0.95
+        else:  # the task prior alone cannot tell the two clusters apart
+            assert abs(gap) < 0.1
 
 
 def test_rows_train_only_the_models_they_observed():
@@ -86,6 +151,10 @@ def test_bad_configs_are_refused():
         RewardModelFitConfig(regressor="forest")
     with pytest.raises(ValueError, match="exploration_scale"):
         RewardModelFitConfig(exploration_scale=0.0)
+    with pytest.raises(ValueError, match="smoothing_task_k"):
+        RewardModelFitConfig(smoothing_task_k=0)
+    with pytest.raises(ValueError, match="smoothing_residual_weight"):
+        RewardModelFitConfig(smoothing_residual_weight=1.5)
 
 
 def test_offline_reward_model_writes_a_checkpoint_evaluate_scores(tmp_path, capsys):

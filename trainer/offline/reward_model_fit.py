@@ -14,6 +14,11 @@ Two regressors (measured in docs/training.md):
   rows, then refitted on all of them. The network is linear (``head_layers`` 0).
 - ``mlp``: a shared GELU trunk (``head_layers`` 1, ``hidden`` units) with the 2K-output head, trained
   with masked squared error (Adam, mini-batches), early-stopped on the same validation slice.
+- ``smoothed_mlp``: the same MLP, fitted to empirical-Bayes kNN estimates instead of the raw outcomes
+  (``smoothed_targets``): each training prompt's target is its task prior (the train means of the tasks
+  of its ``smoothing_task_k`` nearest other prompts) plus ``smoothing_residual_weight`` × the mean
+  residual (outcome − its task's mean) of its ``smoothing_residual_k`` nearest other prompts. The kNN
+  router is distilled into the served head, so the sidecar serves it unchanged (no stored neighbours).
 
 Deterministic for a given seed.
 """
@@ -29,7 +34,7 @@ import torch
 from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
 from trainer.offline.datasets import RoutingTable
 
-REGRESSORS = ("ridge", "mlp")
+REGRESSORS = ("ridge", "mlp", "smoothed_mlp")
 RIDGE_LAMBDAS = (0.1, 0.3, 1.0, 3.0, 10.0, 30.0, 100.0)
 VALIDATION_FRACTION = 0.15
 
@@ -46,6 +51,11 @@ class RewardModelFitConfig:
     batch_size: int = 256
     learning_rate: float = 1e-3
     weight_decay: float = 1e-4
+    # "smoothed_mlp" only: neighbours (cosine) for the task prior and for the per-prompt residual, and
+    # the weight of the residual (0 = task prior only).
+    smoothing_task_k: int = 25
+    smoothing_residual_k: int = 400
+    smoothing_residual_weight: float = 0.5
     # π ∝ exp(s·r̂) when the sidecar samples; the greedy choice (argmax r̂) never depends on s.
     exploration_scale: float = 100.0
     seed: int = 0
@@ -55,6 +65,10 @@ class RewardModelFitConfig:
             raise ValueError(f"regressor must be one of {REGRESSORS}, not {self.regressor!r}")
         if self.hidden <= 0 or self.epochs <= 0 or self.batch_size <= 0 or self.patience_epochs <= 0:
             raise ValueError("hidden, epochs, batch_size and patience_epochs must be positive")
+        if self.smoothing_task_k <= 0 or self.smoothing_residual_k <= 0:
+            raise ValueError("smoothing_task_k and smoothing_residual_k must be positive")
+        if not 0.0 <= self.smoothing_residual_weight <= 1.0:
+            raise ValueError("smoothing_residual_weight must be in [0, 1]")
         if not self.exploration_scale > 0:
             raise ValueError("exploration_scale must be positive")
 
@@ -122,6 +136,54 @@ def fit_ridge(
         chosen[column] = lam
     k = outputs // 2
     return theta, {"quality": chosen[:k].tolist(), "cost": chosen[k:].tolist()}
+
+
+def neighbour_means(
+    x: np.ndarray, values: np.ndarray, weights: np.ndarray, k: int, chunk_rows: int = 1024
+) -> np.ndarray:
+    """[N, C] per row: the weighted mean of ``values`` over its k most cosine-similar *other* rows.
+
+    ``x`` rows are unit-norm embeddings; ``weights`` [N, C] (0 = no outcome there). A column none of the
+    neighbours has keeps 0. Leave-one-out, so a row's own outcome never enters its target.
+    """
+    n = len(x)
+    k = min(k, n - 1)
+    out = np.zeros(values.shape, dtype=np.float64)
+    if k <= 0:
+        return out
+    z = np.asarray(x, dtype=np.float32)
+    for start in range(0, n, chunk_rows):
+        similarity = z[start : start + chunk_rows] @ z.T
+        rows = np.arange(start, min(start + chunk_rows, n))
+        similarity[np.arange(rows.size), rows] = -np.inf
+        nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
+        w = weights[nearest]
+        total = (w * values[nearest]).sum(axis=1)
+        out[rows] = np.where(w.sum(axis=1) > 0, total / np.maximum(w.sum(axis=1), 1e-12), 0.0)
+    return out
+
+
+def smoothed_targets(
+    x: np.ndarray, tasks: tuple[str, ...], targets: RegressionTargets, config: RewardModelFitConfig
+) -> RegressionTargets:
+    """Empirical-Bayes kNN estimates of every target (see the module docstring), all observed."""
+    observed = targets.observed.astype(np.float64)
+    task_array = np.asarray(tasks)
+    names = sorted(set(tasks))
+    membership = np.stack([task_array == name for name in names], axis=1).astype(np.float64)
+    task_means = np.stack(
+        [
+            (targets.values * observed)[task_array == name].sum(axis=0)
+            / np.maximum(observed[task_array == name].sum(axis=0), 1.0)
+            for name in names
+        ]
+    )  # [T, 2K]
+    task_share = neighbour_means(x, membership, np.ones_like(membership), config.smoothing_task_k)
+    prior = task_share @ task_means
+    residual = (targets.values - membership @ task_means) * observed
+    local = neighbour_means(x, residual, observed, config.smoothing_residual_k)
+    values = prior + config.smoothing_residual_weight * local
+    return RegressionTargets(values=values, observed=np.ones(values.shape, dtype=bool))
 
 
 def _masked_mse(predicted: torch.Tensor, values: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
@@ -195,6 +257,9 @@ def fit_reward_model(
             network.reward_head.weight.copy_(torch.from_numpy(theta[:, :-1]).float())
             network.reward_head.bias.copy_(torch.from_numpy(theta[:, -1]).float())
         facts["ridge_lambda"] = lambdas
+    elif config.regressor == "smoothed_mlp":
+        smoothed = smoothed_targets(embeddings, table.tasks, targets, config)
+        facts.update(fit_mlp(network, embeddings, smoothed, config))
     else:
         facts.update(fit_mlp(network, embeddings, targets, config))
     with torch.no_grad():
