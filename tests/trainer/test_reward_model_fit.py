@@ -59,6 +59,9 @@ def test_neighbour_means_leave_each_row_out_and_skip_unobserved_outcomes():
     # k larger than the other rows: every other row, weighted by what it observed
     everyone = neighbour_means(x, values, weights, 10, chunk_rows=3)
     np.testing.assert_allclose(everyone[0], [(3 + 10 + 20) / 3, (7 + 9) / 2])
+    # other prompts asking: nobody is left out (the query next to rows 0 and 1 gets both)
+    asked = neighbour_means(x, values, weights, 2, queries=np.array([[1.0, 0.05]], dtype=np.float32))
+    np.testing.assert_allclose(asked, [[2.0, 6.0]])
 
 
 def _one_task_two_clusters():

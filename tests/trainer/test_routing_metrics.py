@@ -87,3 +87,25 @@ def test_signal_probe_finds_per_prompt_signal_a_full_information_knn_can_use(tmp
     # cheap-a is right on arc/mbpp, cheap-b on winogrande: ranking by kNN's q̂ beats the random mix
     assert result["knn25"]["apgr"] > 0.6 and result["per_task_best"]["apgr"] > 0.6
     assert result["oracle_ranking"]["apgr"] >= result["knn25"]["apgr"] - 1e-9
+
+
+def test_router_probe_scores_every_router_against_per_task_best(tmp_path, capsys):
+    """Generated log: the task decides the right cheap model; the task-aware routers find it."""
+    from tests.trainer.conftest import synthetic_jsonl_rows, write_jsonl
+    from trainer.offline.router_probe import EB_SETTINGS, KNN_K
+    from trainer.offline.router_probe import main as probe
+
+    log = write_jsonl(tmp_path / "log.jsonl", synthetic_jsonl_rows(per_task=80))
+    args = ["--data", str(log), "--cache-dir", str(tmp_path / "cache"), "--encoder-model", "hash:64"]
+    assert probe([*args, "--id-tasks", "winogrande", "mbpp"]) == 0
+    lines = capsys.readouterr().out.splitlines()[2:]
+    table = {c[1].strip(): [float(v) for v in c[2:5]] for c in (line.split("|") for line in lines)}
+    expected = {"per_task_best (hindsight)", "ridge", "task_mean"}
+    expected |= {f"knn{k}" for k in KNN_K} | {f"eb{a}/{b}/{w}" for a, b, w in EB_SETTINGS}
+    assert set(table) == expected
+    # the right cheap model is always right (score 1) and costs 1/40 of τ-capped big
+    assert table["per_task_best (hindsight)"][0] == pytest.approx(1.0)
+    for router in ("task_mean", "eb25/25/0.0", "knn25"):
+        score, reward_half, id_mean = table[router]
+        assert score == pytest.approx(1.0) and id_mean == pytest.approx(100.0)
+        assert reward_half == pytest.approx(table["per_task_best (hindsight)"][1])

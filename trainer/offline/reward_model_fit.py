@@ -139,23 +139,31 @@ def fit_ridge(
 
 
 def neighbour_means(
-    x: np.ndarray, values: np.ndarray, weights: np.ndarray, k: int, chunk_rows: int = 1024
+    x: np.ndarray,
+    values: np.ndarray,
+    weights: np.ndarray,
+    k: int,
+    queries: np.ndarray | None = None,
+    chunk_rows: int = 1024,
 ) -> np.ndarray:
-    """[N, C] per row: the weighted mean of ``values`` over its k most cosine-similar *other* rows.
+    """Per query row: the weighted mean of ``values`` [N, C] over its k most cosine-similar rows of ``x``.
 
-    ``x`` rows are unit-norm embeddings; ``weights`` [N, C] (0 = no outcome there). A column none of the
-    neighbours has keeps 0. Leave-one-out, so a row's own outcome never enters its target.
+    ``x`` (and ``queries``) rows are unit-norm embeddings; ``weights`` [N, C] (0 = no outcome there). A
+    column none of the neighbours has gets 0. Without ``queries`` the rows of ``x`` query themselves,
+    leave-one-out, so a row's own outcome never enters its estimate.
     """
-    n = len(x)
-    k = min(k, n - 1)
-    out = np.zeros(values.shape, dtype=np.float64)
+    base = np.asarray(x, dtype=np.float32)
+    leave_one_out = queries is None
+    asking = base if queries is None else np.asarray(queries, dtype=np.float32)
+    k = min(k, len(base) - 1 if leave_one_out else len(base))
+    out = np.zeros((len(asking), values.shape[1]), dtype=np.float64)
     if k <= 0:
         return out
-    z = np.asarray(x, dtype=np.float32)
-    for start in range(0, n, chunk_rows):
-        similarity = z[start : start + chunk_rows] @ z.T
-        rows = np.arange(start, min(start + chunk_rows, n))
-        similarity[np.arange(rows.size), rows] = -np.inf
+    for start in range(0, len(asking), chunk_rows):
+        similarity = asking[start : start + chunk_rows] @ base.T
+        rows = np.arange(start, min(start + chunk_rows, len(asking)))
+        if leave_one_out:
+            similarity[np.arange(rows.size), rows] = -np.inf
         nearest = np.argpartition(-similarity, k - 1, axis=1)[:, :k]
         w = weights[nearest]
         total = (w * values[nearest]).sum(axis=1)
@@ -164,9 +172,17 @@ def neighbour_means(
 
 
 def smoothed_targets(
-    x: np.ndarray, tasks: tuple[str, ...], targets: RegressionTargets, config: RewardModelFitConfig
+    x: np.ndarray,
+    tasks: tuple[str, ...],
+    targets: RegressionTargets,
+    config: RewardModelFitConfig,
+    queries: np.ndarray | None = None,
 ) -> RegressionTargets:
-    """Empirical-Bayes kNN estimates of every target (see the module docstring), all observed."""
+    """Empirical-Bayes kNN estimates of every target (module docstring), all marked observed.
+
+    For the training rows themselves (leave-one-out) unless ``queries`` asks for other prompts (the
+    kNN router itself, as measured by ``trainer.offline.router_probe``).
+    """
     observed = targets.observed.astype(np.float64)
     task_array = np.asarray(tasks)
     names = sorted(set(tasks))
@@ -178,11 +194,13 @@ def smoothed_targets(
             for name in names
         ]
     )  # [T, 2K]
-    task_share = neighbour_means(x, membership, np.ones_like(membership), config.smoothing_task_k)
+    task_share = neighbour_means(x, membership, np.ones_like(membership), config.smoothing_task_k, queries)
     prior = task_share @ task_means
-    residual = (targets.values - membership @ task_means) * observed
-    local = neighbour_means(x, residual, observed, config.smoothing_residual_k)
-    values = prior + config.smoothing_residual_weight * local
+    values = prior
+    if config.smoothing_residual_weight > 0:
+        residual = (targets.values - membership @ task_means) * observed
+        local = neighbour_means(x, residual, observed, config.smoothing_residual_k, queries)
+        values = prior + config.smoothing_residual_weight * local
     return RegressionTargets(values=values, observed=np.ones(values.shape, dtype=bool))
 
 
