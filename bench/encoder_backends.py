@@ -134,7 +134,7 @@ def run_agreement(args: argparse.Namespace) -> list[AgreementRow]:
     tau = policy.manifest.tau_usd
     for name, table, note in tables:
         reference = embeddings[(name, "torch")]
-        has_metrics = tuple(table.arms) == policy.manifest.arms
+        has_metrics = tuple(table.models) == policy.manifest.models
         torch_decisions = {w: greedy(policy, reference, w) for w in QUALITY_WEIGHT_GRID}
         for backend in args.backends:
             if backend == "torch":

@@ -30,7 +30,7 @@ message: the per-chunk cost. ``--baseline-src DIR`` starts a second sidecar from
 the same rounds: before/after side by side in one run. ``--profile-sidecar PATH`` runs the sidecar under
 cProfile and prints its costliest functions (own time) per Complete call.
 
-``--policy hash`` (default) serves a small randomly initialised 11-arm policy on the ``hash:384`` encoder,
+``--policy hash`` (default) serves a small randomly initialised 11-model policy on the ``hash:384`` encoder,
 so the numbers isolate forwarding; ``builtin`` serves the shipped RouterBench policy with the real encoder.
 """
 
@@ -67,24 +67,24 @@ STARTUP_TIMEOUT_S = 120.0
 
 
 def make_hash_checkpoint(directory: Path) -> tuple[str, ...]:
-    """A small randomly initialised 11-arm policy on the hash:384 encoder (the MLP cost is negligible)."""
+    """A small randomly initialised 11-model policy on the hash:384 encoder (the MLP cost is negligible)."""
     import torch
 
     from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, save_checkpoint
     from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
 
-    arms = tuple(f"model-{i:02d}" for i in range(11))
+    models = tuple(f"model-{i:02d}" for i in range(11))
     torch.manual_seed(0)
-    architecture = PolicyArchitecture(embedding_dim=384, num_arms=len(arms))
+    architecture = PolicyArchitecture(embedding_dim=384, num_models=len(models))
     manifest = PolicyManifest(
         version=1,
-        arms=arms,
+        models=models,
         encoder=EncoderIdentity("hash:384", 384, 256, "tail"),
         tau_usd=0.005,
         architecture=architecture,
     )
     save_checkpoint(directory, PolicyNetwork(architecture), manifest)
-    return arms
+    return models
 
 
 def builtin_checkpoint() -> tuple[Path, tuple[str, ...]]:
@@ -93,7 +93,7 @@ def builtin_checkpoint() -> tuple[Path, tuple[str, ...]]:
     from barp_sidecar.policy.checkpoint import read_manifest
 
     directory = builtin_policy_dir()
-    return directory, read_manifest(directory).arms
+    return directory, read_manifest(directory).models
 
 
 async def wait_for_json_event(
@@ -222,9 +222,9 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         logs.mkdir(parents=True, exist_ok=True)
         if args.policy == "hash":
             checkpoint = root / "policy"
-            arms = make_hash_checkpoint(checkpoint)
+            models = make_hash_checkpoint(checkpoint)
         else:
-            checkpoint, arms = builtin_checkpoint()
+            checkpoint, models = builtin_checkpoint()
         fake_cmd = [sys.executable, "-m", "barp_sidecar.providers.fake_server", "--port", "0"]
         # Every request names its token count (max_tokens), so one fake serves both stream lengths.
         fake_tokens = max(args.tokens, args.long_tokens)
@@ -234,7 +234,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
             catalog = {
                 "providers": [
                     {
-                        "arm": arm,
+                        "arm": model,
                         "base_url": base_url,
                         "upstream_model": "fake",
                         "input_usd_per_1m_tokens": 1.0,
@@ -243,7 +243,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                         "max_concurrency": 1024,
                         "timeout_s": 60,
                     }
-                    for arm in arms
+                    for model in models
                 ]
             }
             (root / "catalog.yaml").write_text(yaml.safe_dump(catalog))

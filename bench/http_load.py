@@ -54,14 +54,14 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         root = Path(tmp)
         logs = Path(args.log_dir) if args.log_dir else root
         logs.mkdir(parents=True, exist_ok=True)
-        arms = make_hash_checkpoint(root / "policy")
+        models = make_hash_checkpoint(root / "policy")
         fake_cmd = [sys.executable, "-m", "barp_sidecar.providers.fake_server", "--port", "0"]
         fake_cmd += ["--tokens", str(args.tokens), "--tokens-per-s", str(args.tokens_per_s)]
         async with process(fake_cmd, "fake_provider_started", "fake provider", logs / "fake.log") as fake:
             catalog = {
                 "providers": [
                     {
-                        "arm": arm,
+                        "arm": model,
                         "base_url": fake["base_url"],
                         "upstream_model": "fake",
                         "input_usd_per_1m_tokens": 1.0,
@@ -69,7 +69,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                         "max_concurrency": 1024,
                         "timeout_s": 60,
                     }
-                    for arm in arms
+                    for model in models
                 ]
             }
             (root / "catalog.yaml").write_text(yaml.safe_dump(catalog))

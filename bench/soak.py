@@ -122,11 +122,11 @@ def write_policy(directory: Path) -> None:
 
     torch.manual_seed(0)
     architecture = PolicyArchitecture(
-        embedding_dim=32, num_arms=len(ARMS), preference_hidden=8, preference_dim=4, head_hidden=16
+        embedding_dim=32, num_models=len(ARMS), preference_hidden=8, preference_dim=4, head_hidden=16
     )
     manifest = PolicyManifest(
         version=1,
-        arms=ARMS,
+        models=ARMS,
         encoder=EncoderIdentity("hash:32", 32, 64, "tail"),
         tau_usd=0.005,
         architecture=architecture,
@@ -140,16 +140,16 @@ def write_configs(
     catalog = {
         "providers": [
             {
-                "arm": arm,
+                "arm": model,
                 "enabled": True,
                 "base_url": provider_url,
-                "upstream_model": f"fake-{arm}",
+                "upstream_model": f"fake-{model}",
                 "input_usd_per_1m_tokens": 1.0,
                 "output_usd_per_1m_tokens": 2.0,
                 "max_concurrency": 32,
                 "timeout_s": 10.0,
             }
-            for arm in ARMS
+            for model in ARMS
         ]
     }
     (scratch / "catalog.yaml").write_text(yaml.safe_dump(catalog))

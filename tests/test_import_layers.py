@@ -33,7 +33,7 @@ LAYERS: list[set[str]] = [
     {"barp_sidecar.log", "barp_sidecar.process", "barp_sidecar.tracing"},
     {"barp_sidecar.batching"},
     {"barp_sidecar.policy"},
-    # choose_arm: pure (numpy + domain), shared by the sidecar's routing, `decide` and the trainer's replay,
+    # choose_model: pure (numpy + domain), shared by the sidecar's routing, `decide` and the trainer's replay,
     # which must decide exactly as a sidecar does.
     {"barp_sidecar.routing.exploration"},
     {"barp_sidecar.providers", "barp_sidecar.rewards"},

@@ -5,7 +5,7 @@ files, gRPC or training. ``h(x)`` arrives as a precomputed embedding. Two kinds 
 ``architecture.kind``):
 
 - ``"barp"`` (the paper's, the default): φ is a small MLP over the preference w = (w_q, 1 − w_q); g is an
-  MLP decision head producing one logit per arm.
+  MLP decision head producing one logit per model.
 - ``"reward_model"``: g predicts each model's quality q̂_a(x) and normalised cost ĉ_a(x) = E[min(c/τ, 1)]
   from h(x) alone (``head_layers`` hidden layers, 0 = linear), and the preference enters exactly as the
   reward does: r̂_a = w_q·q̂_a − (1 − w_q)·ĉ_a. One network ranks models for every trade-off at once (r is
@@ -14,8 +14,8 @@ files, gRPC or training. ``h(x)`` arrives as a precomputed embedding. Two kinds 
   "inverse_gap" (SquareCB's inverse-gap weighting) π_a = 1 / (K + s·(r̂* − r̂_a)) for every model but the
   best one r̂*, which takes the rest. Either way the greedy choice is argmax r̂, whatever s.
 
-Invariants: deterministic given the weights and inputs (no dropout at eval); masked arms get logit −inf
-and probability exactly 0; callers guarantee every row allows at least one arm (the routing layer turns an
+Invariants: deterministic given the weights and inputs (no dropout at eval); masked models get logit −inf
+and probability exactly 0; callers guarantee every row allows at least one model (the routing layer turns an
 all-masked request into FAILED_PRECONDITION before inference).
 """
 
@@ -36,7 +36,7 @@ class PolicyArchitecture:
     """Shape of the network; stored in the checkpoint manifest and used to rebuild it."""
 
     embedding_dim: int
-    num_arms: int
+    num_models: int
     preference_hidden: int = 64
     preference_dim: int = 32
     head_hidden: int = 256
@@ -51,8 +51,8 @@ class PolicyArchitecture:
     exploration: str = "boltzmann"
 
     def __post_init__(self) -> None:
-        if self.embedding_dim <= 0 or self.num_arms <= 0:
-            raise ValueError("embedding_dim and num_arms must be positive")
+        if self.embedding_dim <= 0 or self.num_models <= 0:
+            raise ValueError("embedding_dim and num_models must be positive")
         if self.kind not in ARCHITECTURE_KINDS:
             raise ValueError(f"kind must be one of {ARCHITECTURE_KINDS}, not {self.kind!r}")
         if self.exploration not in EXPLORATION_SHAPES:
@@ -65,15 +65,20 @@ class PolicyArchitecture:
             raise ValueError("dropout must be in [0, 1)")
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Persisted (manifest.json "architecture") under the key "num_arms": the one place that maps it.
+        data = asdict(self)
+        data["num_arms"] = data.pop("num_models")
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PolicyArchitecture:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
+        fields = dict(data)
+        if "num_arms" in fields:
+            fields["num_models"] = fields.pop("num_arms")  # the persisted key, see to_dict
+        unknown = set(fields) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown architecture keys: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**fields)
 
 
 class PolicyNetwork(nn.Module):
@@ -96,7 +101,7 @@ class PolicyNetwork(nn.Module):
                 self.hidden_layers.append(nn.Linear(in_dim, a.head_hidden))
                 in_dim = a.head_hidden
             # Rows 0..K-1: quality; K..2K-1: normalised cost.
-            self.reward_head = nn.Linear(in_dim, 2 * a.num_arms)
+            self.reward_head = nn.Linear(in_dim, 2 * a.num_models)
             self.register_buffer("exploration_scale", torch.ones(1))
             return
         self.preference_mlp = nn.Sequential(
@@ -113,17 +118,17 @@ class PolicyNetwork(nn.Module):
             # Start as the identity modulation so "film" begins exactly like "concat".
             nn.init.zeros_(self.film.weight)
             nn.init.zeros_(self.film.bias)
-        self.output = nn.Linear(in_dim, a.num_arms)
+        self.output = nn.Linear(in_dim, a.num_models)
 
     def predicted_outcomes(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """("reward_model" only) predicted quality and normalised cost per arm, each [B, K]."""
+        """("reward_model" only) predicted quality and normalised cost per model, each [B, K]."""
         if self.architecture.kind != "reward_model":
             raise ValueError(f"predicted_outcomes needs kind 'reward_model', not {self.architecture.kind!r}")
         x = embeddings
         for layer in self.hidden_layers:
             x = self.dropout(torch.nn.functional.gelu(layer(x)))
         outcomes = self.reward_head(x)
-        k = self.architecture.num_arms
+        k = self.architecture.num_models
         return outcomes[:, :k], outcomes[:, k:]
 
     def _reward_model_logits(self, predicted: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
@@ -177,5 +182,5 @@ class PolicyNetwork(nn.Module):
         quality_weight: torch.Tensor,
         allowed: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Softmax over allowed arms, computed in float32 even for half-precision weights."""
+        """Softmax over allowed models, computed in float32 even for half-precision weights."""
         return torch.softmax(self.forward(embeddings, quality_weight, allowed).float(), dim=-1)

@@ -138,7 +138,7 @@ def train_offline(
     x_all = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))
     architecture = PolicyArchitecture(
         embedding_dim=dim,
-        num_arms=k,
+        num_models=k,
         head_hidden=config.head_hidden,
         head_layers=config.head_layers,
         dropout=config.dropout,

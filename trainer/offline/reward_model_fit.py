@@ -262,7 +262,7 @@ def fit_reward_model(
     targets = regression_targets(table, tau_usd)
     architecture = PolicyArchitecture(
         embedding_dim=int(embeddings.shape[1]),
-        num_arms=len(table.arms),
+        num_models=len(table.arms),
         head_hidden=config.hidden,
         head_layers=0 if config.regressor == "ridge" else 1,
         kind="reward_model",

@@ -195,7 +195,7 @@ def build_manifest(
 ) -> PolicyManifest:
     return PolicyManifest(
         version=1,
-        arms=table.arms,
+        models=table.arms,
         encoder=EncoderIdentity.from_settings(encoder_id, dim, settings),
         tau_usd=tau_usd,
         architecture=network.architecture,

@@ -1,5 +1,5 @@
 """The production trainer under replay: the service's own ``TrainingLoop`` and learner, the sidecar's own
-``choose_arm``, an in-memory event log and a checkpoint store in a temporary directory.
+``choose_model``, an in-memory event log and a checkpoint store in a temporary directory.
 
 Owns the glue only (no learning code of its own): each event is decided by the *published* policy (what
 sidecars serve) with the sidecar's exploration, appended to the log as a ``RewardEvent`` exactly as a
@@ -19,7 +19,7 @@ import torch
 from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.policy.checkpoint import CheckpointStore
-from barp_sidecar.routing.exploration import choose_arm
+from barp_sidecar.routing.exploration import choose_model
 from trainer.replay.memory_log import MemoryEventLog
 from trainer.service.loop import TrainingLoop
 from trainer.service.policy_source import PolicyAnnouncer, cold_policy
@@ -72,7 +72,7 @@ class TrainerRouter:
         probabilities = self.loop.published_network.probabilities(
             torch.from_numpy(x).reshape(1, -1), torch.tensor([quality_weight])
         )[0].numpy()
-        return choose_arm(probabilities, self._allowed, self.exploration, self.epsilon, self.rng)
+        return choose_model(probabilities, self._allowed, self.exploration, self.epsilon, self.rng)
 
     def observe(
         self,

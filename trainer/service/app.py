@@ -101,14 +101,14 @@ class TrainerApp:
             self.event_log,
             self.store,
             self.announcer,
-            manifest.arms,
+            manifest.models,
             manifest.architecture.embedding_dim,
             s.publish.chunk_bytes,
             tracer=self._tracer,
         )
         if self.nats_connector is not None:
             self.ingestor = NatsEventIngestor(
-                self.nats_connector, self.event_log, manifest.arms, manifest.architecture.embedding_dim
+                self.nats_connector, self.event_log, manifest.models, manifest.architecture.embedding_dim
             )
             await self.ingestor.start()
             self.policy_mirror = NatsPolicyMirror(self.nats_connector, self.store, self.announcer)
@@ -132,7 +132,7 @@ class TrainerApp:
             metrics_port=self.metrics_port,
             health_port=self.health_port,
             version=manifest.version,
-            arms=len(manifest.arms),
+            arms=len(manifest.models),
             tls=self.server.tls,
             events_backend=s.events.backend.value,
             mtls=s.server.tls_client_ca_file is not None,

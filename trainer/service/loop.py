@@ -166,7 +166,7 @@ class TrainingLoop:
         self.publish_settings = publish_settings
         self.poll_interval_s = poll_interval_s
         self.manifest = starting.manifest
-        self.arms = starting.manifest.arms
+        self.arms = starting.manifest.models
         self.tau_usd = starting.manifest.tau_usd
         self.clock = clock
         self.learner = build_learner(copy.deepcopy(starting.network), learner_settings)

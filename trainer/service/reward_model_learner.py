@@ -59,7 +59,7 @@ class RewardModelLearner:
             raise ValueError("RewardModelLearner needs a linear 'reward_model' network (head_layers 0)")
         self.network = network.eval()
         self.hyper = hyper
-        k, d = architecture.num_arms, architecture.embedding_dim + 1
+        k, d = architecture.num_models, architecture.embedding_dim + 1
         self.num_arms = k
         # Raw statistics (priors are added when solving): Σ z zᵀ and Σ z·(q, ĉ) per model.
         self.gram = torch.zeros(k, d, d, dtype=torch.float64)

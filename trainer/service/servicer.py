@@ -170,7 +170,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                     version=current.version,
                     weights_sha256=current.weights_sha256,
                     size_bytes=current.size_bytes,
-                    arms=list(current.arms),
+                    arms=list(current.models),
                 )
             current = await self.announcer.wait_newer(seen)
             if current is None:

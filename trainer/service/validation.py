@@ -1,6 +1,6 @@
 """Validation of incoming reward events. Pure: returns the reason (naming the field) or None.
 
-Owns what a well-formed ``barp.v1.RewardEvent`` is for a given policy (arm list and embedding size);
+Owns what a well-formed ``barp.v1.RewardEvent`` is for a given policy (model list and embedding size);
 the servicer rejects malformed events in the ack with these reasons and keeps the stream going.
 """
 
@@ -11,7 +11,7 @@ import math
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 
 
-def event_problem(event: trainer_pb2.RewardEvent, arms: tuple[str, ...], embedding_dim: int) -> str | None:
+def event_problem(event: trainer_pb2.RewardEvent, models: tuple[str, ...], embedding_dim: int) -> str | None:
     """INVALID_ARGUMENT semantics: a message naming the bad field, or None when the event is valid."""
     if not event.event_id:
         return "event_id: is required"
@@ -24,11 +24,11 @@ def event_problem(event: trainer_pb2.RewardEvent, arms: tuple[str, ...], embeddi
         return "embedding: contains NaN or infinity"
     if not (math.isfinite(event.quality_weight) and 0.0 <= event.quality_weight <= 1.0):
         return f"quality_weight: must be in [0, 1], not {event.quality_weight!r}"
-    if event.model not in arms:
-        return f"model: unknown arm {event.model!r} (known: {list(arms)})"
-    if len(event.allowed) not in (0, len(arms)):
-        return f"allowed: has {len(event.allowed)} entries, the policy has {len(arms)} arms"
-    if event.allowed and not event.allowed[arms.index(event.model)]:
+    if event.model not in models:
+        return f"model: unknown model {event.model!r} (known: {list(models)})"
+    if len(event.allowed) not in (0, len(models)):
+        return f"allowed: has {len(event.allowed)} entries, the policy has {len(models)} models"
+    if event.allowed and not event.allowed[models.index(event.model)]:
         return f"allowed: the chosen model {event.model!r} is masked out"
     if not (math.isfinite(event.propensity) and 0.0 < event.propensity <= 1.0):
         return f"propensity: must be in (0, 1], not {event.propensity!r}"
