@@ -175,14 +175,14 @@ def fit_mlp(
 def fit_reward_model(
     embeddings: np.ndarray, table: RoutingTable, tau_usd: float, config: RewardModelFitConfig
 ) -> tuple[PolicyNetwork, dict[str, object]]:
-    """A ``reward_model`` network for ``table``'s arms and facts about the fit (for the manifest)."""
+    """A ``reward_model`` network for ``table``'s models and facts about the fit (for the manifest)."""
     if len(table) == 0:
         raise ValueError("no training rows")
     torch.manual_seed(config.seed)
     targets = regression_targets(table, tau_usd)
     architecture = PolicyArchitecture(
         embedding_dim=int(embeddings.shape[1]),
-        num_models=len(table.arms),
+        num_models=len(table.models),
         head_hidden=config.hidden,
         head_layers=0 if config.regressor == "ridge" else 1,
         kind="reward_model",
