@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
+from barp_sidecar.policy.reward import normalized_cost
 from trainer.offline.datasets import RoutingTable
 
 REGRESSORS = ("ridge", "mlp")
@@ -71,11 +72,8 @@ class RegressionTargets:
 
 
 def regression_targets(table: RoutingTable, tau_usd: float) -> RegressionTargets:
-    if not tau_usd > 0:
-        raise ValueError("tau_usd must be positive")
     observed = table.observed_mask
-    normalized_cost = np.minimum(table.cost_usd / tau_usd, 1.0)
-    values = np.concatenate([table.quality, normalized_cost], axis=1)
+    values = np.concatenate([table.quality, normalized_cost(table.cost_usd, tau_usd)], axis=1)
     values = np.where(np.concatenate([observed, observed], axis=1), values, 0.0)
     return RegressionTargets(values=values, observed=np.concatenate([observed, observed], axis=1))
 

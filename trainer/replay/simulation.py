@@ -15,7 +15,7 @@ from typing import Protocol
 
 import numpy as np
 
-from barp_sidecar.policy.reward import normalized_cost, reward_array
+from barp_sidecar.policy.reward import reward, reward_array
 
 QUALITY_WEIGHT_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 
@@ -173,7 +173,7 @@ def run_replay(
         arm, propensity = router.choose(index, x, float(w))
         quality = float(data.train_quality[row, arm])
         cost = float(data.train_cost_usd[row, arm])
-        served.append(float(w * quality - (1.0 - w) * normalized_cost(cost, data.tau_usd)))
+        served.append(float(reward(quality, cost, float(w), data.tau_usd)))
         router.observe(index, x, float(w), arm, propensity, quality, cost)
         events = index + 1
         if events % every_events == 0 or events == len(rows):
