@@ -187,7 +187,6 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path, capsys, rows_split, extr
 
 
 def test_vw_peer_learns_on_the_identical_stream():
-    pytest.importorskip("vowpalwabbit")
     from trainer.replay.vw_peer import VowpalWabbitRouter
 
     data = clustered_data()
@@ -200,7 +199,6 @@ def test_vw_peer_learns_on_the_identical_stream():
 
 
 def test_cli_runs_the_vw_peer_side_by_side(tmp_path):
-    pytest.importorskip("vowpalwabbit")
     data = write_jsonl(tmp_path / "log.jsonl", synthetic_jsonl_rows())
     out = tmp_path / "replay.json"
     argv = ["replay", "--data", str(data), "--encoder-model", "hash:16", "--cache-dir", str(tmp_path)]
