@@ -118,6 +118,7 @@ class PolicyManifest:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["arms"] = list(self.arms)
+        data["architecture"] = self.architecture.to_dict()  # omits an empty exploration_share
         if self.calibration is None:
             del data["calibration"]  # byte-identical manifests for checkpoints without one
         return data

@@ -7,12 +7,22 @@ the servicer rejects malformed events in the ack with these reasons and keeps th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 
 
-def event_problem(event: trainer_pb2.RewardEvent, arms: tuple[str, ...], embedding_dim: int) -> str | None:
-    """INVALID_ARGUMENT semantics: a message naming the bad field, or None when the event is valid."""
+def event_problem(
+    event: trainer_pb2.RewardEvent,
+    arms: tuple[str, ...],
+    embedding_dim: int,
+    arms_at: Callable[[int], tuple[str, ...]] | None = None,
+) -> str | None:
+    """INVALID_ARGUMENT semantics: a message naming the bad field, or None when the event is valid.
+    ``arms_at(policy_version)``: the arm list of the version that decided (after a model-pool change an
+    event may name a retired model and carry the older list's ``allowed`` mask); default ``arms``."""
+    if arms_at is not None:
+        arms = arms_at(event.policy_version)
     if not event.event_id:
         return "event_id: is required"
     if len(event.event_id) > 256:
