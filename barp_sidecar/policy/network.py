@@ -76,7 +76,9 @@ class PolicyArchitecture:
             if self.kind != "reward_model":
                 raise ValueError("exploration_share needs kind 'reward_model'")
             if len(self.exploration_share) != self.num_arms:
-                raise ValueError(f"exploration_share has {len(self.exploration_share)} values for {self.num_arms} arms")
+                raise ValueError(
+                    f"exploration_share has {len(self.exploration_share)} values for {self.num_arms} arms"
+                )
             if not all(0.0 <= v <= 1.0 for v in self.exploration_share):
                 raise ValueError("exploration_share values must be in [0, 1]")
 
@@ -176,7 +178,8 @@ class PolicyNetwork(nn.Module):
         """π with each capped arm a (share s_a < 1) at min(s_a, ½·(1 − Σ shares)·max π_rest): the other arms
         share the rest as π over them alone, so a capped arm is never the most probable one. Rows whose
         every allowed arm is capped keep the uncapped π (the request allowed nothing else)."""
-        caps = torch.tensor(self.architecture.exploration_share, dtype=predicted.dtype, device=predicted.device)
+        shares = self.architecture.exploration_share
+        caps = torch.tensor(shares, dtype=predicted.dtype, device=predicted.device)
         capped = caps < 1.0
         full = torch.softmax(self._spread(predicted), dim=1)
         uncapped_rewards = predicted.masked_fill(capped, float("-inf"))

@@ -184,6 +184,7 @@ def load_replay_data(args: argparse.Namespace) -> ReplayData:
         raise ReplayInputError(f"--data: {args.data} does not exist")
     table = load_table(args.data)
     models = select_models(table, args.models)
+    parse_pool_schedule(args, models)  # checked before the (slow) embedding step
     train, test = table.where(split="train"), table.where(split="test")
     for name, part in (("train", train), ("test", test)):
         if len(part) == 0:

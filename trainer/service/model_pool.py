@@ -105,8 +105,9 @@ class PoolState:
     def caps(
         self, arms: tuple[str, ...], arm_events: Callable[[str], int], min_events: int, share: float
     ) -> tuple[float, ...]:
-        """Per-arm ``exploration_share`` for the next version: 0 for retired models, ``share`` for new ones still
-        below ``min_events`` events (they leave ``new_models`` once they reach it), else 1; () when none."""
+        """Per-arm ``exploration_share`` of the next version: 0 for retired models, ``share`` for new ones
+        still below ``min_events`` events (they leave ``new_models`` once they reach it), else 1; () when
+        none."""
         self.new_models = [a for a in self.new_models if a in arms and arm_events(a) < min_events]
         caps = tuple(
             0.0 if a in self.retired_at_events else share if a in self.new_models else 1.0 for a in arms

@@ -157,7 +157,7 @@ class RewardModelLearner:
 
     def reindex(self, old_arms: tuple[str, ...], new_arms: tuple[str, ...]) -> None:
         """Re-order the statistics by name for ``new_arms`` (new names start empty, missing ones are
-        dropped) and rebuild the network for that many arms (caps cleared: ``set_exploration_share`` sets them)."""
+        dropped) and rebuild the network for that many arms (shares cleared: ``set_exploration_share``)."""
         position = {name: i for i, name in enumerate(old_arms)}
         k, d = len(new_arms), self.gram.shape[1]
         gram = torch.zeros(k, d, d, dtype=torch.float64)

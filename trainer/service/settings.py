@@ -131,9 +131,9 @@ class LearnerSettings:
     shared_ridge_lambda: float = 300.0
     # Pool changes (learner.arms edited while running): a model new to the pool is served this share of
     # the traffic (forced exploration on every kind of prompt, never the greedy choice) ...
-    new_model_share: float = 0.2
+    new_model_share: float = 0.3
     # ... until it has this many events; then it competes like every other model.
-    new_model_min_events: int = 200
+    new_model_min_events: int = 600
     # A retired model is masked at once and dropped from the arm list after this many more training events.
     retire_after_events: int = 500
 
@@ -318,6 +318,10 @@ def load_trainer_settings(
         if not isinstance(raw, list | tuple) or not all(isinstance(a, str) for a in raw):
             raise ConfigError("learner.arms", "must be a list of model names")
         arms = tuple(raw)
+        if not arms:
+            raise ConfigError(
+                "learner.arms", "an empty list removes every model (leave the key out to keep the policy's)"
+            )
         data["learner"] = {k: v for k, v in learner.items() if k != "arms"}
     settings = build_settings(TrainerSettings, data)
     settings = dataclasses.replace(settings, learner=dataclasses.replace(settings.learner, arms=arms))
