@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
 from tests.learning_helpers import ARMS, trainer_settings_yaml
 from tests.support.waiting import wait_until
 from trainer.service.app import TrainerApp
 from trainer.service.config_reload import ConfigReloader
+from trainer.service.metrics import TrainerCollector
 from trainer.service.settings import load_trainer_settings
 
 
@@ -49,6 +51,12 @@ async def test_an_edited_pool_is_published_without_a_restart(trainer):
     assert manifest["architecture"]["exploration_share"][-1] == pytest.approx(0.3)
     assert app.announcer.current is not None and app.announcer.current.arms == (*ARMS, "fresh")
     assert app.reloader is not None and app.reloader.reloads == 1
+    registry = CollectorRegistry()
+    registry.register(TrainerCollector(app))
+    exposed = generate_latest(registry).decode()
+    assert 'barp_trainer_config_reloads_total{result="applied"} 1.0' in exposed
+    assert "barp_trainer_model_pool_changes_total 1.0" in exposed
+    assert "barp_trainer_models 4.0" in exposed
 
 
 @pytest.mark.parametrize(
