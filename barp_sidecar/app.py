@@ -203,16 +203,17 @@ class SidecarApp:
         batcher = app.batcher
         app.metrics.track_pending(lambda: batcher.pending)
         disabled = s.routing.disabled_model_names()
-        unknown = sorted(disabled - set(app.registry.arms))
+        unknown = sorted(disabled - set(app.registry.models))
         if unknown:
             raise ConfigError(
-                "routing.disabled_models", f"{unknown} are not models of the policy {list(app.registry.arms)}"
+                "routing.disabled_models",
+                f"{unknown} are not models of the policy {list(app.registry.models)}",
             )
         app.learning = LearningComponents(s, app.registry, os.environ if env is None else env)
         app.learning.register_metrics(app.metrics.registry)
         recorder = app.learning.recorder
         app.routing = RoutingService(
-            arms=app.registry.arms,
+            models=app.registry.models,
             encoder_id=app.registry.encoder_id,
             batcher=app.batcher,
             settings=s.routing,
@@ -221,7 +222,7 @@ class SidecarApp:
             on_decision=recorder.remember_decision if recorder is not None else None,
             tracer=tracer,
         )
-        catalog = catalog_for_policy(s.providers.catalog_file, app.registry.arms)
+        catalog = catalog_for_policy(s.providers.catalog_file, app.registry.models)
         provider_metrics = ProviderMetrics(app.metrics.registry)
         app.provider_pool = ProviderPool(
             catalog,
@@ -242,7 +243,7 @@ class SidecarApp:
         app.completion = CompletionService(
             routing=app.routing,
             forwarder=forwarder,
-            callable_models=frozenset(catalog.enabled_arms()),
+            callable_models=frozenset(catalog.enabled_models()),
             routing_text_mode=s.providers.routing_text,
             routing_text_max_bytes=s.providers.routing_text_max_bytes,
         )
@@ -317,7 +318,7 @@ class SidecarApp:
             http_port=self.http_port,
             admin_port=self.admin_port,
             policy_version=policy.version if policy else None,
-            arms=len(self.registry.arms) if self.registry else None,
+            arms=len(self.registry.models) if self.registry else None,
             device=self.placement.device if self.placement else None,
             dtype=self.placement.dtype_name if self.placement else None,
             state_dir=self.settings.state.dir,

@@ -1,7 +1,7 @@
 """``barp-sidecar decide``: load a policy in-process, route one prompt, print the decision as JSON.
 
 Owns this one-shot command only (no server, no batching): checkpoint -> encoder built from the manifest's
-encoder identity -> π(a|x, w) -> greedy or sampled arm. ``barp_sidecar.cli`` dispatches ``decide`` here.
+encoder identity -> π(a|x, w) -> greedy or sampled model. ``barp_sidecar.cli`` dispatches ``decide`` here.
 Arguments are checked before torch is imported, so a bad one is reported at once (exit 2, one line).
 ``--explain`` adds the per-model numbers behind the choice (logit, probability, allowed, rank).
 """
@@ -62,12 +62,12 @@ def decide(args: argparse.Namespace) -> dict[str, object]:
     from barp_sidecar.policy.encoder import build_encoder
     from barp_sidecar.policy.loading import encoder_model_for
     from barp_sidecar.policy.mask import allowed_mask
-    from barp_sidecar.routing.exploration import choose_arm
+    from barp_sidecar.routing.exploration import choose_model
 
     policy = load_checkpoint(args.policy or builtin_policy_dir())
-    arms = policy.manifest.arms
-    # The sidecar's own rules: the same mask, encoder choice and arm choice as a Route.
-    mask = allowed_mask(arms, tuple(args.allowed_model))
+    models = policy.manifest.models
+    # The sidecar's own rules: the same mask, encoder choice and model choice as a Route.
+    mask = allowed_mask(models, tuple(args.allowed_model))
     identity = policy.manifest.encoder
     encoder = build_encoder(identity.settings(encoder_model_for(identity, args.encoder_model), args.device))
     encoder.load()
@@ -79,35 +79,35 @@ def decide(args: argparse.Namespace) -> dict[str, object]:
         logits = policy.network(embedding, torch.tensor([args.quality_weight]), allowed)[0].float()
     p = torch.softmax(logits, dim=-1).numpy().astype(np.float64)
     mode = ExplorationMode.SAMPLE if args.sample else ExplorationMode.GREEDY
-    index, propensity = choose_arm(p, mask, mode, 0.0, np.random.default_rng(args.seed))
+    index, propensity = choose_model(p, mask, mode, 0.0, np.random.default_rng(args.seed))
     decision: dict[str, object] = {
-        "model": arms[index],
+        "model": models[index],
         "propensity": propensity,
         "exploration": mode.value,
         "propensity_note": SAMPLE_NOTE if args.sample else GREEDY_NOTE,
-        "probabilities": {arm: round(float(v), 6) for arm, v in zip(arms, p, strict=True)},
+        "probabilities": {model: round(float(v), 6) for model, v in zip(models, p, strict=True)},
         "policy_version": policy.version,
         "policy_sha256": policy.manifest.weights_sha256,
         "quality_weight": args.quality_weight,
         "encoder": policy.manifest.encoder.encoder_id,
     }
     if args.explain:
-        allowed_names = {arm for arm, ok in zip(arms, mask, strict=True) if ok}
-        decision["explanation"] = explanation(arms, logits.tolist(), p.tolist(), allowed_names)
+        allowed_names = {model for model, ok in zip(models, mask, strict=True) if ok}
+        decision["explanation"] = explanation(models, logits.tolist(), p.tolist(), allowed_names)
     return decision
 
 
 def explanation(
-    arms: tuple[str, ...], logits: list[float], probabilities: list[float], allowed: set[str]
+    models: tuple[str, ...], logits: list[float], probabilities: list[float], allowed: set[str]
 ) -> list[dict[str, Any]]:
     """Per model, most probable first: the policy's logit for (prompt, w), its softmax probability over
     the allowed models (0 for masked ones), whether it was allowed, and its rank."""
-    order = sorted(range(len(arms)), key=lambda i: -probabilities[i])
+    order = sorted(range(len(models)), key=lambda i: -probabilities[i])
     return [
         {
             "rank": rank,
-            "model": arms[i],
-            "allowed": arms[i] in allowed,
+            "model": models[i],
+            "allowed": models[i] in allowed,
             "logit": round(logits[i], 4) if math.isfinite(logits[i]) else None,
             "probability": round(probabilities[i], 6),
         }

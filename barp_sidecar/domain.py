@@ -26,7 +26,7 @@ class RouteCommand:
 
     prompt: str
     quality_weight: float | None = None
-    # Empty = every model. Names as in the policy's arm list.
+    # Empty = every model. Names as in the policy's model list.
     allowed_models: tuple[str, ...] = ()
     exploration: ExplorationMode | None = None
     request_id: str = ""
@@ -36,12 +36,12 @@ class RouteCommand:
 
 @dataclass(frozen=True)
 class Decision:
-    """The routing answer. ``probabilities`` follow ``arms`` (the policy's order); masked arms are 0."""
+    """The routing answer. ``probabilities`` follow ``models`` (the policy's order); masked models are 0."""
 
     decision_id: str
     model: str
     propensity: float
-    arms: tuple[str, ...]
+    models: tuple[str, ...]
     probabilities: tuple[float, ...]
     policy_version: int
     encoder: str
@@ -50,6 +50,6 @@ class Decision:
     # h(x), float32 [dim]: what a reward event carries instead of the prompt (DESIGN §1).
     embedding: np.ndarray = field(repr=False, compare=False)
     request_id: str = ""
-    # The mask the choice was made under (policy arm order; disabled/unlisted models False). The learner
-    # needs it to know which arms the logged propensity was spread over.
+    # The mask the choice was made under (policy model order; disabled/unlisted models False). The learner
+    # needs it to know which models the logged propensity was spread over.
     allowed: tuple[bool, ...] = ()

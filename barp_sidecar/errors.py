@@ -85,7 +85,7 @@ class RejectionReason(StrEnum):
     MISSING_WEIGHTS = "missing_weights"
     SHA256_MISMATCH = "sha256_mismatch"
     CORRUPT_WEIGHTS = "corrupt_weights"
-    ARM_MISMATCH = "arm_mismatch"
+    MODEL_LIST_MISMATCH = "arm_mismatch"  # the published reason label (metrics, logs) keeps its old spelling
     ENCODER_MISMATCH = "encoder_mismatch"
     VERSION_MISMATCH = "version_mismatch"
     NON_FINITE = "non_finite"

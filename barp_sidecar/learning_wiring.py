@@ -120,7 +120,7 @@ class LearningComponents:
                 r.default_quality,
                 sweep_interval_s=r.expiry_sweep_interval_s,
                 # Pending decisions and recorded ids survive restarts next to the spool they feed.
-                journal=PendingJournal(spool_dir, r.pending_ttl_s, tuple(registry.current().manifest.arms)),
+                journal=PendingJournal(spool_dir, r.pending_ttl_s, tuple(registry.current().manifest.models)),
                 trainer_attached=delivers,
             )
         self.channel: grpc.aio.Channel | None = None

@@ -409,9 +409,9 @@ class AdminSettings:
 
 @dataclass(frozen=True)
 class ProvidersSettings:
-    """Forwarding to LLM providers (Complete). The catalog itself is a list of arm entries."""
+    """Forwarding to LLM providers (Complete). The catalog itself is a list of model entries."""
 
-    # Path to the model catalog YAML; None = the shipped catalog (RouterBench arms, all disabled).
+    # Path to the model catalog YAML; None = the shipped catalog (RouterBench models, all disabled).
     catalog_file: str | None = None
     # Text that Complete routes on: "last_user" message, or the whole "conversation" (tail-truncated).
     routing_text: RoutingTextMode = RoutingTextMode.LAST_USER
@@ -423,7 +423,7 @@ class ProvidersSettings:
     # Exponential backoff between attempts: full jitter over min(max, initial * 2^(attempt-1)).
     retry_initial_backoff_ms: float = 100.0
     retry_max_backoff_ms: float = 2000.0
-    # A Retry-After longer than this is not waited for: the arm counts as failed and fallback starts.
+    # A Retry-After longer than this is not waited for: the model counts as failed and fallback starts.
     retry_after_max_s: float = 10.0
     # Consecutive failed attempts that open a provider's circuit breaker (0 disables the breaker).
     breaker_failure_threshold: int = 5

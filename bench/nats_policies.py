@@ -2,7 +2,7 @@
 and the time from a policy publication to every sidecar serving it.
 
 All real processes on 127.0.0.1: one ``nats-server -js`` and ``--sidecars`` ``barp-sidecar serve``
-processes (hash:32 encoder, a tiny 4-arm policy, ``events.backend: nats``, no trainer target: events go
+processes (hash:32 encoder, a tiny 4-model policy, ``events.backend: nats``, no trainer target: events go
 to the stream, policies come from the Object Store + KV). The trainer side is played by this process with
 the trainer's own code (``CheckpointStore`` + ``PolicyAnnouncer`` + ``NatsPolicyMirror``).
 

@@ -1,7 +1,7 @@
 """Event-transport benchmark: durable events/s from N sidecar processes into the trainer, gRPC vs NATS
 JetStream, measured side by side in one run; plus the read side of the "stream feeds the log" decision.
 
-Ingestion: a real ``barp-trainer serve`` subprocess (cold start, 11 arms, 384-d events like all-MiniLM)
+Ingestion: a real ``barp-trainer serve`` subprocess (cold start, 11 models, 384-d events like all-MiniLM)
 and, for NATS, a real ``nats-server -js`` on 127.0.0.1. ``--sidecars`` worker processes each run the
 sidecar's own event path (RewardSpool append with group fsync -> publisher -> durable ack -> spool trim),
 ``--events`` events each, started together; the clock stops when the trainer has every event in its

@@ -1,11 +1,11 @@
 """Learning-loop benchmark: trainer ingestion with durable acks, and Route p99 during hot swaps.
 
-Ingestion: a real ``barp-trainer serve`` subprocess (cold start, 11 arms, 384-d events like all-MiniLM)
+Ingestion: a real ``barp-trainer serve`` subprocess (cold start, 11 models, 384-d events like all-MiniLM)
 on 127.0.0.1; this process streams N reward events and measures until the ack covering the last one
 arrives (every ack means fsync'd). Two clients: the raw PublishRewards stream, and the sidecar's own path
 (RewardSpool append with group fsync -> RewardPublisher -> trainer ack -> spool trim).
 
-Swap latency: a real ``barp-sidecar serve`` subprocess (hash:384 encoder, a full-size 11-arm policy) takes
+Swap latency: a real ``barp-sidecar serve`` subprocess (hash:384 encoder, a full-size 11-model policy) takes
 Route calls at 32 in flight; p50/p99 are measured without swaps and then while Admin.PinPolicy alternates
 between two versions every ``--swap-interval-ms`` (each pin = validate a checkpoint off the event loop +
 swap between batches). Both phases run in the same process, one after the other.
@@ -169,11 +169,15 @@ def publish_policies(store: CheckpointStore, versions: int) -> None:
     encoder = EncoderIdentity(f"hash:{DIM}", DIM, 256, "tail")
     for version in range(1, versions + 1):
         torch.manual_seed(version)
-        network = PolicyNetwork(PolicyArchitecture(embedding_dim=DIM, num_arms=len(ARMS)))
+        network = PolicyNetwork(PolicyArchitecture(embedding_dim=DIM, num_models=len(ARMS)))
         store.publish(
             network,
             PolicyManifest(
-                version=version, arms=ARMS, encoder=encoder, tau_usd=0.005, architecture=network.architecture
+                version=version,
+                models=ARMS,
+                encoder=encoder,
+                tau_usd=0.005,
+                architecture=network.architecture,
             ),
         )
     store.set_latest(1)

@@ -20,32 +20,32 @@ ENCODER = EncoderIdentity("hash:32", DIM, 64, "tail")
 TAU_USD = 0.01
 
 
-def tiny_network(seed: int = 0, arms: tuple[str, ...] = ARMS) -> PolicyNetwork:
+def tiny_network(seed: int = 0, models: tuple[str, ...] = ARMS) -> PolicyNetwork:
     torch.manual_seed(seed)
     return PolicyNetwork(
         PolicyArchitecture(
-            embedding_dim=DIM, num_arms=len(arms), preference_hidden=8, preference_dim=4, head_hidden=16
+            embedding_dim=DIM, num_models=len(models), preference_hidden=8, preference_dim=4, head_hidden=16
         )
     )
 
 
-def tiny_manifest(version: int, network: PolicyNetwork, arms: tuple[str, ...] = ARMS) -> PolicyManifest:
+def tiny_manifest(version: int, network: PolicyNetwork, models: tuple[str, ...] = ARMS) -> PolicyManifest:
     return PolicyManifest(
-        version=version, arms=arms, encoder=ENCODER, tau_usd=TAU_USD, architecture=network.architecture
+        version=version, models=models, encoder=ENCODER, tau_usd=TAU_USD, architecture=network.architecture
     )
 
 
 def save_tiny_checkpoint(
-    directory: Path, version: int = 1, seed: int = 0, arms: tuple[str, ...] = ARMS
+    directory: Path, version: int = 1, seed: int = 0, models: tuple[str, ...] = ARMS
 ) -> Path:
-    network = tiny_network(seed, arms)
-    save_checkpoint(directory, network, tiny_manifest(version, network, arms), tiny_calibration())
+    network = tiny_network(seed, models)
+    save_checkpoint(directory, network, tiny_manifest(version, network, models), tiny_calibration())
     return directory
 
 
-def publish_tiny(store: CheckpointStore, version: int, seed: int = 0, arms: tuple[str, ...] = ARMS) -> None:
-    network = tiny_network(seed, arms)
-    store.publish(network, tiny_manifest(version, network, arms), tiny_calibration())
+def publish_tiny(store: CheckpointStore, version: int, seed: int = 0, models: tuple[str, ...] = ARMS) -> None:
+    network = tiny_network(seed, models)
+    store.publish(network, tiny_manifest(version, network, models), tiny_calibration())
 
 
 def random_event(
@@ -70,7 +70,7 @@ def random_event(
 
 
 def trainer_settings_yaml(data_dir: Path, **publish: object) -> str:
-    """A cold-start trainer config for the tiny arms (hash encoder dims)."""
+    """A cold-start trainer config for the tiny models (hash encoder dims)."""
     # A fixed every_events cadence unless the test asks for the early one (tests count versions).
     publish = {"min_every_events": 0, **publish}
     publish_lines = "".join(f"  {k}: {v}\n" for k, v in publish.items())
@@ -88,7 +88,7 @@ def trainer_settings_yaml(data_dir: Path, **publish: object) -> str:
 
 
 class FakeRegistry:
-    """The PolicyRegistry contract (current() / check / swap(new) -> old, arms must match), no serving."""
+    """The PolicyRegistry contract (current() / check / swap(new) -> old, models must match), no serving."""
 
     def __init__(self, initial) -> None:
         self._current = initial
@@ -103,8 +103,8 @@ class FakeRegistry:
         self.checked.append(policy.version)
 
     def swap(self, new):
-        if new.manifest.arms != self._current.manifest.arms:
-            raise AssertionError("manager must reject mismatched arms before swapping")
+        if new.manifest.models != self._current.manifest.models:
+            raise AssertionError("manager must reject mismatched models before swapping")
         old, self._current = self._current, new
         self.swapped_to.append(new.version)
         return old

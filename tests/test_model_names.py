@@ -22,19 +22,19 @@ def test_aliases_map_to_canonical_names_that_are_not_aliases_themselves():
 
 def test_catalog_arms_are_canonical_and_aliases_of_one_model_collide():
     catalog = parse_catalog({"providers": [{"arm": "gpt4_1106_preview", "enabled": False}]})
-    assert catalog.arms == ("gpt-4-1106-preview",)
-    catalog.check_arms(["gpt-4-1106-preview"])
-    catalog.check_arms(["gpt4_1106_preview"])
+    assert catalog.models == ("gpt-4-1106-preview",)
+    catalog.check_models(["gpt-4-1106-preview"])
+    catalog.check_models(["gpt4_1106_preview"])
     twice = {"providers": [{"arm": "claude-2", "enabled": False}, {"arm": "claude-v2", "enabled": False}]}
-    with pytest.raises(ConfigError, match=r"duplicate arm 'claude-v2' \(aliases name one model\)"):
+    with pytest.raises(ConfigError, match=r"duplicate model 'claude-v2' \(aliases name one model\)"):
         parse_catalog(twice)
 
 
-def _save(tmp_path, arms):
-    architecture = PolicyArchitecture(embedding_dim=8, num_arms=len(arms), head_hidden=4)
+def _save(tmp_path, models):
+    architecture = PolicyArchitecture(embedding_dim=8, num_models=len(models), head_hidden=4)
     manifest = PolicyManifest(
         version=1,
-        arms=arms,
+        models=models,
         encoder=EncoderIdentity("hash:8", 8, 256, "tail"),
         tau_usd=0.01,
         architecture=architecture,
@@ -45,7 +45,7 @@ def _save(tmp_path, arms):
 
 def test_policy_manifest_arms_load_canonical(tmp_path):
     _save(tmp_path, ("gpt4_1106_preview", "claude-2"))
-    assert load_checkpoint(tmp_path / "p").manifest.arms == ("gpt-4-1106-preview", "claude-v2")
+    assert load_checkpoint(tmp_path / "p").manifest.models == ("gpt-4-1106-preview", "claude-v2")
 
 
 def test_policy_with_two_aliases_of_one_model_is_rejected(tmp_path):

@@ -156,7 +156,7 @@ def random_probe(dim: int) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def nonfinite_outputs(network: PolicyNetwork, embeddings: torch.Tensor, weights: torch.Tensor) -> int:
-    """How many (embedding, weight) rows give a non-finite logit or probability (no arm masked)."""
+    """How many (embedding, weight) rows give a non-finite logit or probability (no model masked)."""
     with torch.inference_mode():
         logits = network(embeddings, weights, None)
         probabilities = torch.softmax(logits.float(), dim=-1)

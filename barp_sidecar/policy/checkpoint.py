@@ -101,7 +101,7 @@ class PolicyManifest:
     """Contents of ``manifest.json``. ``weights_sha256`` is filled in by ``save_checkpoint``."""
 
     version: int
-    arms: tuple[str, ...]
+    models: tuple[str, ...]
     encoder: EncoderIdentity
     tau_usd: float
     architecture: PolicyArchitecture
@@ -117,8 +117,10 @@ class PolicyManifest:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data["arms"] = list(self.arms)
-        data["architecture"] = self.architecture.to_dict()  # omits an empty exploration_share
+        # The one place the persisted names differ from ours: manifest.json keeps "arms" (and
+        # architecture.num_arms, see PolicyArchitecture.to_dict) so every published checkpoint keeps loading.
+        data["arms"] = list(data.pop("models"))
+        data["architecture"] = self.architecture.to_dict()
         if self.calibration is None:
             del data["calibration"]  # byte-identical manifests for checkpoints without one
         return data
@@ -132,16 +134,16 @@ class PolicyManifest:
                     f"(this build reads {FORMAT_VERSION})",
                     RejectionReason.CORRUPT_MANIFEST,
                 )
-            # One spelling per model (barp_sidecar/model_names.py), so catalogs and logs meet the arms.
-            arms = tuple(canonical_model_name(str(a)) for a in data["arms"])
-            if len(arms) == 0 or len(set(arms)) != len(arms):
+            # One spelling per model (barp_sidecar/model_names.py), so catalogs and logs meet the models.
+            models = tuple(canonical_model_name(str(a)) for a in data["arms"])  # persisted key, see to_json
+            if len(models) == 0 or len(set(models)) != len(models):
                 raise CheckpointError(
-                    f"{source}: arms must be a non-empty list of unique names (aliases name one model)",
+                    f"{source}: models must be a non-empty list of unique names (aliases name one model)",
                     RejectionReason.CORRUPT_MANIFEST,
                 )
             return cls(
                 version=int(data["version"]),
-                arms=arms,
+                models=models,
                 encoder=EncoderIdentity.from_json(data["encoder"]),
                 tau_usd=float(data["tau_usd"]),
                 architecture=PolicyArchitecture.from_dict(data["architecture"]),
@@ -215,9 +217,10 @@ def save_checkpoint(
         raise CheckpointError(f"{directory}: already exists; checkpoints are immutable")
     if network.architecture != manifest.architecture:
         raise CheckpointError(f"{directory}: manifest architecture does not match the network")
-    if len(manifest.arms) != manifest.architecture.num_arms:
+    if len(manifest.models) != manifest.architecture.num_models:
         raise CheckpointError(
-            f"{directory}: {len(manifest.arms)} arms but the network has {manifest.architecture.num_arms}"
+            f"{directory}: {len(manifest.models)} models but the network has "
+            f"{manifest.architecture.num_models}"
         )
     if calibration is not None and (problem := calibration.problem(manifest.encoder.dim)) is not None:
         raise CheckpointError(f"{directory}: calibration set: {problem}")
@@ -268,12 +271,12 @@ def read_manifest(directory: Path) -> PolicyManifest:
 
 def load_checkpoint(
     directory: Path,
-    expected_arms: tuple[str, ...] | None = None,
+    expected_models: tuple[str, ...] | None = None,
     expected_encoder: EncoderIdentity | None = None,
 ) -> LoadedPolicy:
-    """Load and fully validate a checkpoint: sha256s, arm list, encoder identity, tensor shapes, and a dry run
-    on its calibration set (random unit vectors for a manifest without one: ``calibration`` is then None and
-    whoever serves it logs ``policy_calibration_missing``) at w_q 0, 0.5, 1."""
+    """Load and fully validate a checkpoint: sha256s, model list, encoder identity, tensor shapes, and a dry
+    run on its calibration set (random unit vectors for a manifest without one: ``calibration`` is then None
+    and whoever serves it logs ``policy_calibration_missing``) at w_q 0, 0.5, 1."""
     directory = Path(directory)
     manifest = read_manifest(directory)
     weights_path = directory / WEIGHTS_FILE
@@ -286,10 +289,11 @@ def load_checkpoint(
             f"(manifest {manifest.weights_sha256[:12]}…, file {actual[:12]}…)",
             RejectionReason.SHA256_MISMATCH,
         )
-    if expected_arms is not None and tuple(expected_arms) != manifest.arms:
+    if expected_models is not None and tuple(expected_models) != manifest.models:
         raise CheckpointError(
-            f"{directory}: arm list {list(manifest.arms)} does not match the expected {list(expected_arms)}",
-            RejectionReason.ARM_MISMATCH,
+            f"{directory}: model list {list(manifest.models)} does not match the expected "
+            f"{list(expected_models)}",
+            RejectionReason.MODEL_LIST_MISMATCH,
         )
     if expected_encoder is not None and expected_encoder.core() != manifest.encoder.core():
         raise CheckpointError(

@@ -35,7 +35,7 @@ SPECIAL_TOKENS = 2
 
 @dataclass(frozen=True)
 class InferenceRequest:
-    """One prompt to score. ``allowed`` is a per-arm mask in the policy's arm order (None = all)."""
+    """One prompt to score. ``allowed`` is a per-model mask in the policy's model order (None = all)."""
 
     prompt: str
     quality_weight: float
@@ -44,7 +44,7 @@ class InferenceRequest:
 
 @dataclass(frozen=True)
 class InferenceResult:
-    """π(·|x, w) over every arm (masked arms exactly 0), h(x), and the version that computed them."""
+    """π(·|x, w) over every model (masked models exactly 0), h(x), and the version that computed them."""
 
     probabilities: np.ndarray
     embedding: np.ndarray
@@ -138,10 +138,10 @@ class PolicyInference:
         active = self._registry.current()  # read once: the whole batch uses this version
         network = self._network_for(active)
         embeddings, hits, passes = self.embed([r.prompt for r in requests])
-        num_arms = len(self._registry.arms)
+        num_models = len(self._registry.models)
         allowed = None
         if any(r.allowed is not None for r in requests):
-            mask = np.ones((len(requests), num_arms), dtype=bool)
+            mask = np.ones((len(requests), num_models), dtype=bool)
             for row, request in enumerate(requests):
                 if request.allowed is not None:
                     mask[row] = request.allowed

@@ -2,7 +2,7 @@
 
 Owns the version catalogue behind Admin (GetPolicy / ListPolicies / PinPolicy), the pin, and the single
 install path every new policy goes through: obtain the checkpoint directory (local or fetched by a
-``CheckpointFetcher``), validate it off the event loop with ``load_checkpoint`` against the serving arm
+``CheckpointFetcher``), validate it off the event loop with ``load_checkpoint`` against the serving model
 list and encoder (sha256, shapes, dry forward pass), then ``registry.swap``. A rejected checkpoint leaves
 the serving policy untouched, is counted by reason, and logged (``policy_rejected``).
 
@@ -170,12 +170,13 @@ class PolicyManager:
     async def _install_locked(self, version: int, expected_sha256: str) -> PolicyVersion:
         known = self._known.get(version)
         current = self.registry.current()
-        arms, encoder = current.manifest.arms, current.manifest.encoder
+        models, encoder = current.manifest.models, current.manifest.encoder
         try:
-            if known is not None and known.arms and tuple(known.arms) != tuple(arms):
+            if known is not None and known.models and tuple(known.models) != tuple(models):
                 raise CheckpointError(
-                    f"policy v{version}: arm list {list(known.arms)} does not match the serving {list(arms)}",
-                    RejectionReason.ARM_MISMATCH,
+                    f"policy v{version}: model list {list(known.models)} does not match the serving "
+                    f"{list(models)}",
+                    RejectionReason.MODEL_LIST_MISMATCH,
                 )
             usable = known is not None and (not expected_sha256 or known.weights_sha256 == expected_sha256)
             directory = known.directory if usable and known is not None else None
@@ -183,7 +184,7 @@ class PolicyManager:
                 if self.fetcher is None:
                     raise NotFound(f"version: policy v{version} is not available to this sidecar")
                 directory = await self.fetcher(version, expected_sha256)
-            loaded = await asyncio.to_thread(load_checkpoint, directory, arms, encoder)
+            loaded = await asyncio.to_thread(load_checkpoint, directory, models, encoder)
             if loaded.manifest.version != version:
                 raise CheckpointError(
                     f"{directory}: manifest says version {loaded.manifest.version}, not {version}",

@@ -4,7 +4,7 @@ the latest; sidecars watch the key, download, verify and hand the version to ``P
 Owns the layout shared with the trainer (objects ``v{N}/manifest.json``, ``v{N}/policy.safetensors``
 and, when the manifest names one, ``v{N}/calibration.safetensors`` in ``events.policy_object_bucket``;
 key ``latest`` of ``events.policy_kv_bucket`` holding the JSON
-announcement: version, weights sha256, arms, size), declaring the buckets, ``NatsPolicyWatcher`` (KV
+announcement: version, weights sha256, models, size), declaring the buckets, ``NatsPolicyWatcher`` (KV
 watch with reconnects and the shared backoff) and its fetcher (the manager's ``CheckpointFetcher``:
 Object Store downloads, whose SHA-256 digests nats-py checks, plus the announced weights sha256 checked
 here, written atomically into the cache directory). Validation and the swap stay in ``PolicyManager``
@@ -49,7 +49,7 @@ def announcement_bytes(version: PolicyVersion) -> bytes:
         {
             "version": version.version,
             "weights_sha256": version.weights_sha256,
-            "arms": list(version.arms),
+            "arms": list(version.models),  # the published announcement's key
             "size_bytes": version.size_bytes,
         }
     ).encode()
@@ -62,7 +62,7 @@ def parse_announcement(data: bytes) -> PolicyVersion:
         version = PolicyVersion(
             version=int(raw["version"]),
             weights_sha256=str(raw["weights_sha256"]),
-            arms=tuple(str(a) for a in raw["arms"]),
+            models=tuple(str(a) for a in raw["arms"]),
             size_bytes=int(raw.get("size_bytes", 0)),
             source="nats",
         )

@@ -5,7 +5,7 @@ files, gRPC or training. ``h(x)`` arrives as a precomputed embedding. Two kinds 
 ``architecture.kind``):
 
 - ``"barp"`` (the paper's, the default): φ is a small MLP over the preference w = (w_q, 1 − w_q); g is an
-  MLP decision head producing one logit per arm.
+  MLP decision head producing one logit per model.
 - ``"reward_model"``: g predicts each model's quality q̂_a(x) and normalised cost ĉ_a(x) = E[min(c/τ, 1)]
   from h(x) alone (``head_layers`` hidden layers, 0 = linear), and the preference enters exactly as the
   reward does: r̂_a = w_q·q̂_a − (1 − w_q)·ĉ_a. One network ranks models for every trade-off at once (r is
@@ -13,13 +13,13 @@ files, gRPC or training. ``h(x)`` arrives as a precomputed embedding. Two kinds 
   (``exploration_scale``, which the trainer raises as evidence accumulates): "boltzmann" π ∝ exp(s·r̂);
   "inverse_gap" (SquareCB's inverse-gap weighting) π_a = 1 / (K + s·(r̂* − r̂_a)) for every model but the
   best one r̂*, which takes the rest. Either way the greedy choice is argmax r̂, whatever s.
-  ``exploration_share`` (optional, one value per arm, set by a model-pool change): an arm with a share
-  below 1 is served with exactly that probability (forced exploration of a model new to the pool, whatever
-  its prediction; the other arms share the rest as π over them alone) and is never the most probable arm;
+  ``exploration_share`` (optional, one value per model, set by a model-pool change): a model with a share
+  below 1 is served with that probability (forced exploration of a model new to the pool, whatever its
+  prediction; the other models share the rest as π over them alone) and is never the most probable one;
   a share of 0 masks a retired model (probability exactly 0, a finite logit).
 
-Invariants: deterministic given the weights and inputs (no dropout at eval); masked arms get logit −inf
-and probability exactly 0; callers guarantee every row allows at least one arm (the routing layer turns an
+Invariants: deterministic given the weights and inputs (no dropout at eval); masked models get logit −inf
+and probability exactly 0; callers guarantee every row allows at least one model (the routing layer turns an
 all-masked request into FAILED_PRECONDITION before inference).
 """
 
@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from barp_sidecar.policy.reward import reward_from_normalized_cost
+
 ARCHITECTURE_KINDS = ("barp", "reward_model")
 EXPLORATION_SHAPES = ("boltzmann", "inverse_gap")
 
@@ -40,7 +42,7 @@ class PolicyArchitecture:
     """Shape of the network; stored in the checkpoint manifest and used to rebuild it."""
 
     embedding_dim: int
-    num_arms: int
+    num_models: int
     preference_hidden: int = 64
     preference_dim: int = 32
     head_hidden: int = 256
@@ -53,15 +55,15 @@ class PolicyArchitecture:
     kind: str = "barp"
     # "reward_model" only: how π spreads over the predicted rewards ("boltzmann" or "inverse_gap").
     exploration: str = "boltzmann"
-    # "reward_model" only, optional, per arm: 1 = the arm competes normally; s < 1 = served with probability
+    # "reward_model" only, optional, per model: 1 = it competes normally; s < 1 = served with probability
     # s as exploration, never greedily (a model new to the pool, until it has data); 0 = a retired model,
     # masked. Empty = none (omitted from manifests, so older ones stay byte-identical).
     exploration_share: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exploration_share", tuple(float(v) for v in self.exploration_share))
-        if self.embedding_dim <= 0 or self.num_arms <= 0:
-            raise ValueError("embedding_dim and num_arms must be positive")
+        if self.embedding_dim <= 0 or self.num_models <= 0:
+            raise ValueError("embedding_dim and num_models must be positive")
         if self.kind not in ARCHITECTURE_KINDS:
             raise ValueError(f"kind must be one of {ARCHITECTURE_KINDS}, not {self.kind!r}")
         if self.exploration not in EXPLORATION_SHAPES:
@@ -75,33 +77,37 @@ class PolicyArchitecture:
         if self.exploration_share:
             if self.kind != "reward_model":
                 raise ValueError("exploration_share needs kind 'reward_model'")
-            if len(self.exploration_share) != self.num_arms:
+            if len(self.exploration_share) != self.num_models:
                 raise ValueError(
-                    f"exploration_share has {len(self.exploration_share)} values for {self.num_arms} arms"
+                    f"exploration_share has {len(self.exploration_share)} values for {self.num_models} models"
                 )
             if not all(0.0 <= v <= 1.0 for v in self.exploration_share):
                 raise ValueError("exploration_share values must be in [0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
+        # Persisted (manifest.json "architecture") under the key "num_arms": the one place that maps it.
         data = asdict(self)
+        data["num_arms"] = data.pop("num_models")
         if not self.exploration_share:
-            del data["exploration_share"]
+            del data["exploration_share"]  # byte-identical manifests for policies without shares
         else:
             data["exploration_share"] = list(self.exploration_share)
         return data
 
     @property
     def capped(self) -> bool:
-        """True when some arm has an ``exploration_share`` below 1."""
+        """True when some model has an ``exploration_share`` below 1."""
         return any(v < 1.0 for v in self.exploration_share)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PolicyArchitecture:
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
+        fields = dict(data)
+        if "num_arms" in fields:
+            fields["num_models"] = fields.pop("num_arms")  # the persisted key, see to_dict
+        unknown = set(fields) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown architecture keys: {sorted(unknown)}")
-        return cls(**data)
+        return cls(**fields)
 
 
 class PolicyNetwork(nn.Module):
@@ -124,7 +130,7 @@ class PolicyNetwork(nn.Module):
                 self.hidden_layers.append(nn.Linear(in_dim, a.head_hidden))
                 in_dim = a.head_hidden
             # Rows 0..K-1: quality; K..2K-1: normalised cost.
-            self.reward_head = nn.Linear(in_dim, 2 * a.num_arms)
+            self.reward_head = nn.Linear(in_dim, 2 * a.num_models)
             self.register_buffer("exploration_scale", torch.ones(1))
             return
         self.preference_mlp = nn.Sequential(
@@ -141,17 +147,17 @@ class PolicyNetwork(nn.Module):
             # Start as the identity modulation so "film" begins exactly like "concat".
             nn.init.zeros_(self.film.weight)
             nn.init.zeros_(self.film.bias)
-        self.output = nn.Linear(in_dim, a.num_arms)
+        self.output = nn.Linear(in_dim, a.num_models)
 
     def predicted_outcomes(self, embeddings: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """("reward_model" only) predicted quality and normalised cost per arm, each [B, K]."""
+        """("reward_model" only) predicted quality and normalised cost per model, each [B, K]."""
         if self.architecture.kind != "reward_model":
             raise ValueError(f"predicted_outcomes needs kind 'reward_model', not {self.architecture.kind!r}")
         x = embeddings
         for layer in self.hidden_layers:
             x = self.dropout(torch.nn.functional.gelu(layer(x)))
         outcomes = self.reward_head(x)
-        k = self.architecture.num_arms
+        k = self.architecture.num_models
         return outcomes[:, :k], outcomes[:, k:]
 
     def _reward_model_logits(self, predicted: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
@@ -175,9 +181,9 @@ class PolicyNetwork(nn.Module):
         return torch.log(probabilities)
 
     def _capped_logits(self, predicted: torch.Tensor) -> torch.Tensor:
-        """π with each capped arm a (share s_a < 1) at min(s_a, ½·(1 − Σ shares)·max π_rest): the other arms
-        share the rest as π over them alone, so a capped arm is never the most probable one. Rows whose
-        every allowed arm is capped keep the uncapped π (the request allowed nothing else)."""
+        """π with each capped model a (share s_a < 1) at min(s_a, ½·(1 − Σ shares)·max π_rest): the other
+        models share the rest as π over them alone, so a capped model is never the most probable one. Rows
+        whose every allowed model is capped keep the uncapped π (the request allowed nothing else)."""
         shares = self.architecture.exploration_share
         caps = torch.tensor(shares, dtype=predicted.dtype, device=predicted.device)
         capped = caps < 1.0
@@ -191,7 +197,7 @@ class PolicyNetwork(nn.Module):
         share = torch.minimum(share, 0.5 * remainder * rest.max(dim=1, keepdim=True).values)
         probabilities = share + (1.0 - share.sum(dim=1, keepdim=True)) * rest
         probabilities = torch.where(has_rest, probabilities, full)
-        # Zero probability: −inf for arms the request masked, the smallest finite logit for a capped arm at
+        # Zero probability: −inf for models the request masked, the smallest finite logit for a capped one at
         # 0 (a retired model): softmax gives it exactly 0 and the policy's outputs stay finite.
         lowest = torch.finfo(probabilities.dtype).min
         logits = torch.log(probabilities).masked_fill((probabilities <= 0) & predicted.isfinite(), lowest)
@@ -210,7 +216,7 @@ class PolicyNetwork(nn.Module):
         w_q = quality_weight.to(embeddings.dtype).reshape(-1, 1)
         if self.architecture.kind == "reward_model":
             quality, cost = self.predicted_outcomes(embeddings)
-            return self._reward_model_logits(w_q * quality - (1.0 - w_q) * cost, allowed)
+            return self._reward_model_logits(reward_from_normalized_cost(quality, cost, w_q), allowed)
         preference = torch.cat([w_q, 1.0 - w_q], dim=1)
         phi = self.preference_mlp(preference)
         x = torch.cat([embeddings, phi], dim=1)
@@ -234,5 +240,5 @@ class PolicyNetwork(nn.Module):
         quality_weight: torch.Tensor,
         allowed: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Softmax over allowed arms, computed in float32 even for half-precision weights."""
+        """Softmax over allowed models, computed in float32 even for half-precision weights."""
         return torch.softmax(self.forward(embeddings, quality_weight, allowed).float(), dim=-1)

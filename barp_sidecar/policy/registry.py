@@ -22,7 +22,7 @@ log = structlog.get_logger(__name__)
 
 
 class PolicyRegistry:
-    """Holds the current policy. Arms and encoder identity are fixed at construction: a swap must match."""
+    """Holds the current policy. Models and encoder identity are fixed at construction: a swap must match."""
 
     def __init__(self, initial: LoadedPolicy, serving_backend: tuple[str, str] = ("torch", "")) -> None:
         """``serving_backend`` = (encoder backend, its model file's sha256): every policy must accept it."""
@@ -30,18 +30,19 @@ class PolicyRegistry:
         self._check_backend(initial)
         _report_missing_calibration(initial)
         self._current = initial
-        self._arms = initial.manifest.arms
+        self._models = initial.manifest.models
         self._encoder = initial.manifest.encoder.core()
         self._swap_lock = threading.Lock()
         self._listeners: list[Callable[[LoadedPolicy, LoadedPolicy], None]] = []
 
     def check(self, policy: LoadedPolicy) -> None:
-        """Raise CheckpointError unless ``policy`` could be swapped in (arms, encoder, serving backend)."""
+        """Raise CheckpointError unless ``policy`` could be swapped in (models, encoder, serving backend)."""
         manifest = policy.manifest
-        if manifest.arms != self._arms:
+        if manifest.models != self._models:
             raise CheckpointError(
-                f"{policy.directory}: arms {list(manifest.arms)} differ from the serving {list(self._arms)}",
-                RejectionReason.ARM_MISMATCH,
+                f"{policy.directory}: models {list(manifest.models)} differ from the serving "
+                f"{list(self._models)}",
+                RejectionReason.MODEL_LIST_MISMATCH,
             )
         if manifest.encoder.core() != self._encoder:
             raise CheckpointError(
@@ -56,8 +57,8 @@ class PolicyRegistry:
             raise CheckpointError(f"{policy.directory}: {problem}", RejectionReason.ENCODER_MISMATCH)
 
     @property
-    def arms(self) -> tuple[str, ...]:
-        return self._arms
+    def models(self) -> tuple[str, ...]:
+        return self._models
 
     @property
     def encoder_id(self) -> str:

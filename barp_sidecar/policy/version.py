@@ -1,7 +1,7 @@
 """``PolicyVersion``: the one record that names a policy version without holding its weights.
 
 What the trainer announces (WatchPolicy), what a sidecar's manager knows and Admin lists, what a checkpoint
-store holds: version, weights sha256, arms, encoder, and where it is. The weights themselves travel as a
+store holds: version, weights sha256, models, encoder, and where it is. The weights themselves travel as a
 ``LoadedPolicy`` (``policy.checkpoint``), which is what serves. Plain data, no I/O.
 """
 
@@ -20,7 +20,7 @@ class PolicyVersion:
 
     version: int
     weights_sha256: str
-    arms: tuple[str, ...]
+    models: tuple[str, ...]
     encoder: str = ""
     created_at_unix_s: float = 0.0
     # Bytes of the checkpoint directory (announcements; 0 = unknown).
@@ -38,7 +38,7 @@ class PolicyVersion:
         return cls(
             version=manifest.version,
             weights_sha256=manifest.weights_sha256,
-            arms=manifest.arms,
+            models=manifest.models,
             encoder=manifest.encoder.encoder_id,
             created_at_unix_s=manifest.created_at_unix_s,
             size_bytes=size_bytes,

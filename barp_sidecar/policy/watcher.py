@@ -202,7 +202,7 @@ class TrainerPolicyWatcher:
                         PolicyVersion(
                             version=announcement.version,
                             weights_sha256=announcement.weights_sha256,
-                            arms=tuple(announcement.arms),
+                            models=tuple(announcement.arms),  # trainer.proto field name
                             source="trainer",
                         )
                     )

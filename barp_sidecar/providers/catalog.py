@@ -1,13 +1,13 @@
-"""The model catalog: which provider serves each policy arm, at what price, with which limits.
+"""The model catalog: which provider serves each policy model, at what price, with which limits.
 
 Owns the catalog file format (YAML, documented in docs/providers.md), its validation against the policy's
-arm list, and reading API keys from the environment or a secret file. Every error is a ``ConfigError``
-naming the key (``providers[3].base_url``) or the arms; a key's *value* never appears in an error, a
+model list, and reading API keys from the environment or a secret file. Every error is a ``ConfigError``
+naming the key (``providers[3].base_url``) or the models; a key's *value* never appears in an error, a
 log line or a ``repr`` (``ApiKey`` redacts itself).
 
-The shipped catalog (``barp_sidecar/config/catalog.routerbench.yaml``) maps the 11 RouterBench arms to
-disabled placeholder entries: Route needs no provider, and Complete to a disabled arm is refused with
-FAILED_PRECONDITION naming the arm.
+The shipped catalog (``barp_sidecar/config/catalog.routerbench.yaml``) maps the 11 RouterBench models to
+disabled placeholder entries: Route needs no provider, and Complete to a disabled model is refused with
+FAILED_PRECONDITION naming the model.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from barp_sidecar.providers.api_styles import API_STYLES
 
 SHIPPED_CATALOG = "catalog.routerbench.yaml"
 _ENTRY_KEYS = {
-    "arm",
+    "arm",  # the YAML key naming the entry's model (kept so every catalog file keeps loading)
     "enabled",
     "api_style",
     "base_url",
@@ -62,9 +62,9 @@ class ApiKey:
 
 @dataclass(frozen=True)
 class ProviderEntry:
-    """One arm's provider. Prices in USD per 1M tokens; ``timeout_s`` bounds one attempt end to end."""
+    """One model's provider. Prices in USD per 1M tokens; ``timeout_s`` bounds one attempt end to end."""
 
-    arm: str
+    model: str
     enabled: bool
     api_style: str = "openai"
     # Includes the API version prefix, as the providers' SDKs expect: "https://api.openai.com/v1".
@@ -90,8 +90,8 @@ class ProviderEntry:
             value = env.get(self.api_key_env, "")
             if not value.strip():
                 raise ConfigError(
-                    f"catalog[{self.arm}].api_key_env",
-                    f"variable {self.api_key_env} is not set (enabled model {self.arm!r} needs it)",
+                    f"catalog[{self.model}].api_key_env",
+                    f"variable {self.api_key_env} is not set (enabled model {self.model!r} needs it)",
                 )
             return ApiKey(value.strip())
         if self.api_key_file is not None:
@@ -99,68 +99,68 @@ class ProviderEntry:
                 value = Path(self.api_key_file).read_text().strip()
             except OSError as exc:
                 raise ConfigError(
-                    f"catalog[{self.arm}].api_key_file",
+                    f"catalog[{self.model}].api_key_file",
                     f"cannot read {self.api_key_file} ({exc.strerror or type(exc).__name__})",
                 ) from exc
             if not value:
-                raise ConfigError(f"catalog[{self.arm}].api_key_file", f"{self.api_key_file} is empty")
+                raise ConfigError(f"catalog[{self.model}].api_key_file", f"{self.api_key_file} is empty")
             return ApiKey(value)
         return None
 
 
 @dataclass(frozen=True)
 class ModelCatalog:
-    """Entries in file order; ``arms`` must equal the policy's arm list (as a set)."""
+    """Entries in file order; ``models`` must equal the policy's model list (as a set)."""
 
     entries: tuple[ProviderEntry, ...]
     source: str = "<memory>"
 
     @property
-    def arms(self) -> tuple[str, ...]:
-        return tuple(e.arm for e in self.entries)
+    def models(self) -> tuple[str, ...]:
+        return tuple(e.model for e in self.entries)
 
-    def entry(self, arm: str) -> ProviderEntry:
+    def entry(self, model: str) -> ProviderEntry:
         for e in self.entries:
-            if e.arm == arm:
+            if e.model == model:
                 return e
-        raise KeyError(arm)
+        raise KeyError(model)
 
-    def enabled_arms(self) -> tuple[str, ...]:
-        return tuple(e.arm for e in self.entries if e.enabled)
+    def enabled_models(self) -> tuple[str, ...]:
+        return tuple(e.model for e in self.entries if e.enabled)
 
-    def check_arms(self, policy_arms: Sequence[str]) -> ModelCatalog:
-        """Raise ConfigError naming the arms when the catalog does not cover exactly the policy's arms."""
-        policy_arms = [canonical_model_name(a) for a in policy_arms]
-        missing = [a for a in policy_arms if a not in set(self.arms)]
-        extra = [a for a in self.arms if a not in set(policy_arms)]
+    def check_models(self, policy_models: Sequence[str]) -> ModelCatalog:
+        """Raise ConfigError naming the models when the catalog does not cover exactly the policy's models."""
+        policy_models = [canonical_model_name(a) for a in policy_models]
+        missing = [a for a in policy_models if a not in set(self.models)]
+        extra = [a for a in self.models if a not in set(policy_models)]
         if missing or extra:
             parts = []
             if missing:
-                parts.append(f"policy arms missing from the catalog: {missing}")
+                parts.append(f"policy models missing from the catalog: {missing}")
             if extra:
-                parts.append(f"catalog arms the policy does not have: {extra}")
+                parts.append(f"catalog models the policy does not have: {extra}")
             raise ConfigError("providers.catalog_file", f"{self.source}: " + "; ".join(parts))
         return self
 
 
-def disabled_catalog(arms: Sequence[str], source: str) -> ModelCatalog:
-    """A catalog in which every arm is disabled: Route works, Complete answers FAILED_PRECONDITION."""
-    return ModelCatalog(tuple(ProviderEntry(arm=arm, enabled=False) for arm in arms), source)
+def disabled_catalog(models: Sequence[str], source: str) -> ModelCatalog:
+    """A catalog in which every model is disabled: Route works, Complete answers FAILED_PRECONDITION."""
+    return ModelCatalog(tuple(ProviderEntry(model=model, enabled=False) for model in models), source)
 
 
-def catalog_for_policy(catalog_file: str | None, policy_arms: Sequence[str]) -> ModelCatalog:
-    """The catalog to serve ``policy_arms`` with; ConfigError naming the arms when a given file mismatches.
+def catalog_for_policy(catalog_file: str | None, policy_models: Sequence[str]) -> ModelCatalog:
+    """The catalog to serve ``policy_models`` with; ConfigError naming the models when a file mismatches.
 
-    With no ``catalog_file``, the shipped RouterBench catalog is used when the policy has its arms; a
-    policy with other arms (a custom or test policy) gets every arm disabled rather than a startup error,
+    With no ``catalog_file``, the shipped RouterBench catalog is used when the policy has its models; a
+    policy with other models (a custom or test policy) gets every model disabled rather than a startup error,
     because nothing was configured that could be wrong.
     """
     if catalog_file is not None:
-        return load_catalog(catalog_file).check_arms(policy_arms)
+        return load_catalog(catalog_file).check_models(policy_models)
     shipped = load_catalog(None)
-    if set(shipped.arms) == set(policy_arms):
+    if set(shipped.models) == set(policy_models):
         return shipped
-    return disabled_catalog(policy_arms, "<no catalog configured: every model disabled>")
+    return disabled_catalog(policy_models, "<no catalog configured: every model disabled>")
 
 
 def shipped_catalog_path() -> Path:
@@ -168,7 +168,7 @@ def shipped_catalog_path() -> Path:
 
 
 def load_catalog(path: str | Path | None = None) -> ModelCatalog:
-    """Read and validate a catalog file; None = the shipped RouterBench catalog (all arms disabled)."""
+    """Read and validate a catalog file; None = the shipped RouterBench catalog (all models disabled)."""
     file = Path(path) if path is not None else shipped_catalog_path()
     try:
         data = yaml.safe_load(file.read_text())
@@ -197,11 +197,12 @@ def parse_catalog(data: Any, source: str = "<memory>") -> ModelCatalog:
     seen: set[str] = set()
     for index, raw in enumerate(raw_entries):
         entry = _parse_entry(raw, f"providers[{index}]", source)
-        if entry.arm in seen:
+        if entry.model in seen:
             raise ConfigError(
-                f"providers[{index}].arm", f"{source}: duplicate arm {entry.arm!r} (aliases name one model)"
+                f"providers[{index}].arm",
+                f"{source}: duplicate model {entry.model!r} (aliases name one model)",
             )
-        seen.add(entry.arm)
+        seen.add(entry.model)
         entries.append(entry)
     return ModelCatalog(tuple(entries), source)
 
@@ -239,9 +240,10 @@ def _parse_entry(raw: Any, key: str, source: str) -> ProviderEntry:
             raise ConfigError(f"{key}.{name}", f"{source}: must be >= {low}")
         return value
 
-    raw_arm = text("arm", True)
-    assert raw_arm is not None
-    arm = canonical_model_name(raw_arm)  # one spelling per model (barp_sidecar/model_names.py)
+    # The one place the YAML key "arm" maps to ProviderEntry.model (its upstream id is ``upstream_model``).
+    raw_model = text("arm", True)
+    assert raw_model is not None
+    model = canonical_model_name(raw_model)  # one spelling per model (barp_sidecar/model_names.py)
     enabled = raw.get("enabled", True)
     if not isinstance(enabled, bool):
         raise ConfigError(f"{key}.enabled", f"{source}: must be true or false, not {enabled!r}")
@@ -261,7 +263,7 @@ def _parse_entry(raw: Any, key: str, source: str) -> ProviderEntry:
     if api_key_env is not None and api_key_file is not None:
         raise ConfigError(f"{key}.api_key_file", f"{source}: set api_key_env or api_key_file, not both")
     return ProviderEntry(
-        arm=arm,
+        model=model,
         enabled=enabled,
         api_style=api_style,
         base_url=base_url.rstrip("/"),

@@ -97,31 +97,31 @@ def quote_upstream(body: bytes | str, secrets: Iterable[str]) -> str:
 class ProviderNotConfigured(FailedPrecondition):
     """The routed model has no enabled provider entry in the catalog."""
 
-    def __init__(self, arm: str) -> None:
+    def __init__(self, model: str) -> None:
         super().__init__(
-            f"model {arm!r} has no configured provider (enable it in the catalog with base_url and key)"
+            f"model {model!r} has no configured provider (enable it in the catalog with base_url and key)"
         )
-        self.arm = arm
+        self.model = model
 
 
 class NoConfiguredModel(FailedPrecondition):
     """None of the models a Complete call may use has an enabled provider in the catalog."""
 
-    def __init__(self, arms: list[str]) -> None:
-        shown = arms if len(arms) <= 5 else [*arms[:5], f"... {len(arms) - 5} more"]
+    def __init__(self, models: list[str]) -> None:
+        shown = models if len(models) <= 5 else [*models[:5], f"... {len(models) - 5} more"]
         super().__init__(
             f"no provider is configured for the allowed model(s) {shown}; "
             "enable them in the providers catalog (providers.catalog_file)"
         )
-        self.arms = arms
+        self.models = models
 
 
 class ProviderQueueFull(ResourceExhausted):
     """Too many calls are already waiting for this provider's concurrency slots."""
 
-    def __init__(self, arm: str, max_queued: int) -> None:
-        super().__init__(f"provider for model {arm!r} has {max_queued} calls queued; retry with backoff")
-        self.arm = arm
+    def __init__(self, model: str, max_queued: int) -> None:
+        super().__init__(f"provider for model {model!r} has {max_queued} calls queued; retry with backoff")
+        self.model = model
 
 
 class ProviderFailure(Unavailable):
@@ -134,7 +134,7 @@ class ProviderFailure(Unavailable):
 
     def __init__(
         self,
-        arm: str,
+        model: str,
         kind: str,
         detail: str,
         *,
@@ -142,8 +142,8 @@ class ProviderFailure(Unavailable):
         status: int | None = None,
         retry_after_s: float | None = None,
     ) -> None:
-        super().__init__(f"provider for model {arm!r} failed ({kind}): {detail}")
-        self.arm = arm
+        super().__init__(f"provider for model {model!r} failed ({kind}): {detail}")
+        self.model = model
         self.kind = kind
         self.detail = detail
         self.retryable = retryable

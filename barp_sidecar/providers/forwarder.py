@@ -86,7 +86,7 @@ def fallback_order(
 ) -> list[str]:
     """``chosen`` first, then up to ``max_fallbacks`` other allowed, enabled models by descending probability.
 
-    Ties keep the policy's arm order (the sort is stable). Models with probability 0 (masked) are skipped.
+    Ties keep the policy's model order (the sort is stable). Models with probability 0 (masked) are skipped.
     """
     permitted = set(allowed) if allowed else None
     others = [
@@ -139,8 +139,8 @@ class Forwarder:
         self.check_available(decision.model)
         candidates = fallback_order(
             decision.model,
-            tuple(zip(decision.arms, decision.probabilities, strict=True)),
-            models_in(decision.arms, decision.allowed) if decision.allowed else None,
+            tuple(zip(decision.models, decision.probabilities, strict=True)),
+            models_in(decision.models, decision.allowed) if decision.allowed else None,
             self._max_fallbacks,
             self._pool.is_enabled,
         )
@@ -156,7 +156,7 @@ class Forwarder:
             with self._tracer.start_as_current_span(
                 "barp.provider.call", kind=SpanKind.CLIENT, attributes=attributes, record_exception=True
             ) as span:
-                fallback_from = tuple(f.arm for f in failures)
+                fallback_from = tuple(f.model for f in failures)
                 started = False
                 parts: list[str] = []
                 input_tokens: int | None = None

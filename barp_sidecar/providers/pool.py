@@ -1,6 +1,6 @@
 """The provider client pool: one shared aiohttp session, per-provider limits, retries, circuit breakers.
 
-Owns the HTTP side of forwarding. ``ProviderPool.stream(arm, request, deadline_s)`` calls one provider and
+Owns the HTTP side of forwarding. ``ProviderPool.stream(model, request, deadline_s)`` calls one provider and
 yields its ``StreamEvent``s as they arrive, retrying retryable failures (connect errors, timeouts, 408,
 429, 5xx; honouring Retry-After) with jittered exponential backoff, but only until the first content event
 (text or finish reason) was yielded: after that, a failure ends the stream with ``ProviderFailure``.
@@ -54,8 +54,8 @@ _REQUEST_SPECIFIC_STATUS = frozenset({400, 404, 409, 413, 422})
 class ConcurrencyLimiter:
     """``max_concurrency`` slots and at most ``max_queued`` waiters; counts for metrics and tests."""
 
-    def __init__(self, arm: str, max_concurrency: int, max_queued: int) -> None:
-        self._arm = arm
+    def __init__(self, model: str, max_concurrency: int, max_queued: int) -> None:
+        self._model = model
         self._semaphore = asyncio.Semaphore(max_concurrency)
         self._max_queued = max_queued
         self.in_flight = 0
@@ -65,7 +65,7 @@ class ConcurrencyLimiter:
     @contextlib.asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
         if self._semaphore.locked() and self.waiting >= self._max_queued:
-            raise ProviderQueueFull(self._arm, self._max_queued)
+            raise ProviderQueueFull(self._model, self._max_queued)
         self.waiting += 1
         try:
             await self._semaphore.acquire()
@@ -116,12 +116,12 @@ class ProviderPool:
         for entry in catalog.entries:
             if not entry.enabled:
                 continue
-            self._providers[entry.arm] = _Provider(
+            self._providers[entry.model] = _Provider(
                 entry=entry,
                 adapter=adapter_for(entry.api_style),
                 api_key=entry.read_api_key(env),
                 limiter=ConcurrencyLimiter(
-                    entry.arm, entry.max_concurrency, settings.max_queued_per_provider
+                    entry.model, entry.max_concurrency, settings.max_queued_per_provider
                 ),
                 breaker=CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_open_s, clock),
             )
@@ -148,35 +148,35 @@ class ProviderPool:
         if session is not None:
             await session.close()
 
-    def is_enabled(self, arm: str) -> bool:
-        return arm in self._providers
+    def is_enabled(self, model: str) -> bool:
+        return model in self._providers
 
-    def limiter(self, arm: str) -> ConcurrencyLimiter:
-        return self._provider(arm).limiter
+    def limiter(self, model: str) -> ConcurrencyLimiter:
+        return self._provider(model).limiter
 
-    def breaker(self, arm: str) -> CircuitBreaker:
-        return self._provider(arm).breaker
+    def breaker(self, model: str) -> CircuitBreaker:
+        return self._provider(model).breaker
 
     @property
     def _secrets(self) -> tuple[str, ...]:
         """Key values to redact from any text shown to a caller (never log or store the result)."""
         return tuple(key.reveal() for key in self._keys)
 
-    def _provider(self, arm: str) -> _Provider:
+    def _provider(self, model: str) -> _Provider:
         try:
-            return self._providers[arm]
+            return self._providers[model]
         except KeyError:
-            raise ProviderNotConfigured(arm) from None
+            raise ProviderNotConfigured(model) from None
 
     async def stream(
-        self, arm: str, request: ChatRequest, deadline_s: float | None = None
+        self, model: str, request: ChatRequest, deadline_s: float | None = None
     ) -> AsyncGenerator[StreamEvent, None]:
         """Yield the provider's events for ``request``; ``deadline_s`` is absolute on the pool's clock.
 
         Raises ProviderNotConfigured, ProviderQueueFull, ProviderFailure (after retries, or any failure once
         content was yielded) or DeadlineExceeded (no time left for the call or for a retry's wait).
         """
-        provider = self._provider(arm)
+        provider = self._provider(model)
         if self._session is None:
             raise RuntimeError("ProviderPool.start() was not called")
         failed_attempts = 0
@@ -184,9 +184,9 @@ class ProviderPool:
             started = False
             probe = provider.breaker.state != "closed"
             if not provider.breaker.allow():
-                self._metrics.attempts.labels(arm, "circuit_open").inc()
+                self._metrics.attempts.labels(model, "circuit_open").inc()
                 raise ProviderFailure(
-                    arm,
+                    model,
                     "circuit_open",
                     f"circuit breaker open; next probe in {provider.breaker.retry_in_s:.1f}s",
                     retryable=False,
@@ -198,7 +198,7 @@ class ProviderPool:
                             started = True
                         yield event
             except ProviderFailure as failure:
-                self._metrics.attempts.labels(arm, failure.kind).inc()
+                self._metrics.attempts.labels(model, failure.kind).inc()
                 if _counts_against_provider(failure):
                     provider.breaker.record_failure()
                 else:
@@ -211,7 +211,7 @@ class ProviderPool:
                     raise
                 if deadline_s is not None and self._clock() + delay_s >= deadline_s:
                     raise
-                self._metrics.for_model(arm).retries.inc()
+                self._metrics.for_model(model).retries.inc()
                 # On the forwarder's provider-call span when tracing is on (a no-op span otherwise).
                 trace.get_current_span().add_event(
                     "retry",
@@ -223,7 +223,7 @@ class ProviderPool:
                 )
                 self._log.info(
                     "provider_retry",
-                    model=arm,
+                    model=model,
                     kind=failure.kind,
                     status=failure.status,
                     attempt=failed_attempts,
@@ -236,7 +236,7 @@ class ProviderPool:
                 if probe:
                     provider.breaker.release_probe()
                 raise
-            self._metrics.for_model(arm).attempts_ok.inc()
+            self._metrics.for_model(model).attempts_ok.inc()
             provider.breaker.record_success()
             return
 
@@ -245,12 +245,12 @@ class ProviderPool:
     ) -> AsyncGenerator[StreamEvent, None]:
         assert self._session is not None
         entry = provider.entry
-        arm = entry.arm
+        model = entry.model
         timeout_s = entry.timeout_s
         if deadline_s is not None:
             remaining_s = deadline_s - self._clock()
             if remaining_s <= 0:
-                raise DeadlineExceeded(f"deadline passed before calling the provider for model {arm!r}")
+                raise DeadlineExceeded(f"deadline passed before calling the provider for model {model!r}")
             timeout_s = min(timeout_s, remaining_s)
         key = provider.api_key.reveal() if provider.api_key is not None else None
         http = provider.adapter.build_request(entry, request, key)
@@ -264,7 +264,7 @@ class ProviderPool:
                 body = await response.content.read(ERROR_BODY_READ_BYTES)
                 retry_after_s = parse_retry_after(response.headers.get("Retry-After"), self._wall_clock())
                 raise ProviderFailure(
-                    arm,
+                    model,
                     "http_status",
                     f"HTTP {response.status}: {redact(describe_upstream_error(body), self._secrets)}",
                     retryable=is_retryable_status(response.status),
@@ -285,31 +285,31 @@ class ProviderPool:
                     yield event
         except StreamProtocolError as exc:
             raise ProviderFailure(
-                arm, "protocol", quote_upstream(str(exc), self._secrets), retryable=False
+                model, "protocol", quote_upstream(str(exc), self._secrets), retryable=False
             ) from None
         except UpstreamStreamError as exc:
             # The adapters' UpstreamStreamError text is already a describe_upstream_error summary.
             raise ProviderFailure(
-                arm, "upstream_error", redact(str(exc), self._secrets), retryable=False
+                model, "upstream_error", redact(str(exc), self._secrets), retryable=False
             ) from None
         except TimeoutError:
             if deadline_s is not None and self._clock() >= deadline_s - 0.001:
                 raise DeadlineExceeded(
-                    f"deadline passed while waiting for the provider for model {arm!r}"
+                    f"deadline passed while waiting for the provider for model {model!r}"
                 ) from None
             raise ProviderFailure(
-                arm, "timeout", f"no complete answer within {timeout_s:.3g}s", retryable=True
+                model, "timeout", f"no complete answer within {timeout_s:.3g}s", retryable=True
             ) from None
         except aiohttp.ClientConnectorError as exc:
             raise ProviderFailure(
-                arm,
+                model,
                 "connect",
                 quote_upstream(f"cannot connect: {exc.os_error}", self._secrets),
                 retryable=True,
             ) from None
         except aiohttp.ClientError as exc:
             raise ProviderFailure(
-                arm,
+                model,
                 "stream_broken",
                 quote_upstream(f"{type(exc).__name__}: {exc}", self._secrets),
                 retryable=True,
@@ -337,7 +337,7 @@ async def _read_bounded(response: aiohttp.ClientResponse, limit_bytes: int) -> b
 
 def _export_gauges(metrics: ProviderMetrics, provider: _Provider) -> None:
     """Gauges read at scrape time: always current, and nothing to keep in sync on the hot path."""
-    arm, limiter, breaker = provider.entry.arm, provider.limiter, provider.breaker
+    model, limiter, breaker = provider.entry.model, provider.limiter, provider.breaker
 
     def in_flight() -> float:
         return float(limiter.in_flight)
@@ -348,9 +348,9 @@ def _export_gauges(metrics: ProviderMetrics, provider: _Provider) -> None:
     def breaker_open() -> float:
         return 1.0 if breaker.state == OPEN else 0.0
 
-    metrics.in_flight.labels(arm).set_function(in_flight)
-    metrics.queued.labels(arm).set_function(queued)
-    metrics.breaker_open.labels(arm).set_function(breaker_open)
+    metrics.in_flight.labels(model).set_function(in_flight)
+    metrics.queued.labels(model).set_function(queued)
+    metrics.breaker_open.labels(model).set_function(breaker_open)
 
 
 def _counts_against_provider(failure: ProviderFailure) -> bool:

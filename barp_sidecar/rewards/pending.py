@@ -21,12 +21,12 @@ import numpy as np
 
 @dataclass
 class PendingDecision:
-    """One routing decision waiting for its outcome. ``allowed`` follows ``arms``; empty = all allowed."""
+    """One routing decision waiting for its outcome. ``allowed`` follows ``models``; empty = all allowed."""
 
     decision_id: str
     embedding: np.ndarray = field(repr=False)
     quality_weight: float
-    arms: tuple[str, ...]
+    models: tuple[str, ...]
     allowed: tuple[bool, ...]
     model: str
     propensity: float

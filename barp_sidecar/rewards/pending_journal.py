@@ -102,13 +102,13 @@ def encode_added(decision: PendingDecision) -> bytes:
     return ADDED + event.SerializeToString() + packed_embedding(decision.embedding)
 
 
-def decode_added(payload: bytes, arms: tuple[str, ...]) -> PendingDecision:
+def decode_added(payload: bytes, models: tuple[str, ...]) -> PendingDecision:
     event = trainer_pb2.RewardEvent.FromString(payload)
     return PendingDecision(
         decision_id=event.event_id,
         embedding=np.asarray(event.embedding, dtype=np.float32),
         quality_weight=event.quality_weight,
-        arms=arms,
+        models=models,
         allowed=tuple(event.allowed),
         model=event.model,
         propensity=event.propensity,
@@ -126,7 +126,7 @@ class PendingJournal:
         self,
         directory: Path,
         ttl_s: float,
-        arms: tuple[str, ...],
+        models: tuple[str, ...],
         *,
         segment_max_bytes: int = 8 << 20,
         min_segments: int = 4,
@@ -134,7 +134,7 @@ class PendingJournal:
     ) -> None:
         self.directory = Path(directory)
         self.ttl_s = ttl_s
-        self.arms = arms
+        self.models = models
         self.segment_max_bytes = segment_max_bytes
         self.min_segments = min_segments
         self._clock = wall_clock
@@ -182,7 +182,7 @@ class PendingJournal:
         now = self._clock()
         state = JournalState(pending=[], recorded={})
         for body in pending.values():
-            decision = decode_added(body, self.arms)
+            decision = decode_added(body, self.models)
             age_s = max(0.0, now - decision.decided_at_unix_s)
             if age_s <= self.ttl_s:
                 state.pending.append((decision, age_s))

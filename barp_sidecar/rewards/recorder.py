@@ -143,7 +143,7 @@ class OutcomeRecorder:
                 decision_id=decision.decision_id,
                 embedding=decision.embedding,
                 quality_weight=decision.quality_weight,
-                arms=decision.arms,
+                models=decision.models,
                 allowed=() if all(decision.allowed) else decision.allowed,
                 model=decision.model,
                 propensity=decision.propensity,

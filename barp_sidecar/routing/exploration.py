@@ -11,21 +11,22 @@ import numpy as np
 from barp_sidecar.domain import ExplorationMode
 
 
-def choose_arm(
+def choose_model(
     probabilities: np.ndarray,
     allowed: np.ndarray,
     mode: ExplorationMode,
     epsilon: float,
     rng: np.random.Generator,
 ) -> tuple[int, float]:
-    """(arm index, propensity). ``allowed`` is a bool mask with at least one True; masked probs are 0.
+    """(model index, propensity). ``allowed`` is a bool mask with at least one True; masked probs are 0.
 
-    GREEDY: the most probable allowed arm (lowest index on ties), propensity 1.
-    SAMPLE: an arm drawn from ``probabilities`` renormalised over allowed arms, propensity = its probability.
-    EPSILON_GREEDY: with probability ε a uniform allowed arm, else greedy;
-    propensity = (1 − ε)·[arm is greedy] + ε / number of allowed arms.
+    GREEDY: the most probable allowed model (lowest index on ties), propensity 1.
+    SAMPLE: a model drawn from ``probabilities`` renormalised over allowed models, propensity = its
+    probability.
+    EPSILON_GREEDY: with probability ε a uniform allowed model, else greedy;
+    propensity = (1 − ε)·[model is greedy] + ε / number of allowed models.
     """
-    # Masked arms already have probability 0, but an allowed arm can underflow to 0 too: mask explicitly.
+    # Masked models already have probability 0, but an allowed model can underflow to 0 too: mask explicitly.
     greedy = int(np.argmax(np.where(allowed, probabilities, -1.0)))
     if mode is ExplorationMode.GREEDY:
         return greedy, 1.0

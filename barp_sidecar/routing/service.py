@@ -21,7 +21,7 @@ from barp_sidecar.errors import InvalidArgument
 from barp_sidecar.policy.inference import InferenceRequest, InferenceResult
 from barp_sidecar.policy.mask import allowed_mask, models_in
 from barp_sidecar.providers.failures import NoConfiguredModel
-from barp_sidecar.routing.exploration import choose_arm
+from barp_sidecar.routing.exploration import choose_model
 from barp_sidecar.settings import RoutingSettings
 
 MAX_REQUEST_ID_CHARS = 128
@@ -57,7 +57,7 @@ class RoutingService:
     def __init__(
         self,
         *,
-        arms: tuple[str, ...],
+        models: tuple[str, ...],
         encoder_id: str,
         batcher: MicroBatcher[InferenceRequest, InferenceResult],
         settings: RoutingSettings,
@@ -66,10 +66,10 @@ class RoutingService:
         on_decision: Callable[[Decision], None] | None = None,
         tracer: Tracer | None = None,
     ) -> None:
-        unknown = sorted(set(settings.disabled_models) - set(arms))
+        unknown = sorted(set(settings.disabled_models) - set(models))
         if unknown:
-            raise ValueError(f"disabled models {unknown} are not arms of the policy {list(arms)}")
-        self._arms = arms
+            raise ValueError(f"disabled models {unknown} are not models of the policy {list(models)}")
+        self._models = models
         self._encoder_id = encoder_id
         self._batcher = batcher
         # Defaults for fields a request leaves unset (routing.*), and the prompt size limit (server.*).
@@ -84,8 +84,8 @@ class RoutingService:
         self._ids = DecisionIds()
 
     @property
-    def arms(self) -> tuple[str, ...]:
-        return self._arms
+    def models(self) -> tuple[str, ...]:
+        return self._models
 
     def _check_prompt(self, prompt: str) -> None:
         if not prompt:
@@ -107,12 +107,12 @@ class RoutingService:
         return float(value)
 
     def _mask(self, allowed_models: tuple[str, ...], restrict_to: Collection[str] | None) -> np.ndarray:
-        mask = allowed_mask(self._arms, allowed_models, self._disabled)
+        mask = allowed_mask(self._models, allowed_models, self._disabled)
         if restrict_to is None:
             return mask
-        callable_mask = mask & np.array([name in restrict_to for name in self._arms], dtype=bool)
+        callable_mask = mask & np.array([name in restrict_to for name in self._models], dtype=bool)
         if not callable_mask.any():
-            raise NoConfiguredModel(list(models_in(self._arms, mask)))
+            raise NoConfiguredModel(list(models_in(self._models, mask)))
         return callable_mask
 
     def prepare(
@@ -166,12 +166,12 @@ class RoutingService:
         result = await self._batcher.submit(
             request, command.deadline_monotonic_s, None if span is None else timing
         )
-        index, propensity = choose_arm(result.probabilities, mask, mode, self._settings.epsilon, self._rng)
+        index, propensity = choose_model(result.probabilities, mask, mode, self._settings.epsilon, self._rng)
         decision = Decision(
             decision_id=self._ids.next(),
-            model=self._arms[index],
+            model=self._models[index],
             propensity=propensity,
-            arms=self._arms,
+            models=self._models,
             probabilities=tuple(result.probabilities.tolist()),
             policy_version=result.policy_version,
             encoder=self._encoder_id,

@@ -62,7 +62,7 @@ def _info(known: PolicyVersion, pinned: int | None) -> admin_pb2.PolicyInfo:
     return admin_pb2.PolicyInfo(
         version=known.version,
         weights_sha256=known.weights_sha256,
-        arms=list(known.arms),
+        arms=list(known.models),  # admin.proto field name
         encoder=known.encoder,
         created_at_unix_s=known.created_at_unix_s,
         pinned=pinned == known.version,

@@ -57,7 +57,7 @@ def route_response(decision: Decision) -> router_pb2.RouteResponse:
         propensity=decision.propensity,
         probabilities=[
             router_pb2.ModelProbability(model=name, probability=probability)
-            for name, probability in zip(decision.arms, decision.probabilities, strict=True)
+            for name, probability in zip(decision.models, decision.probabilities, strict=True)
         ],
         policy_version=decision.policy_version,
         encoder=decision.encoder,

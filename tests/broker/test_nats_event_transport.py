@@ -183,7 +183,7 @@ async def test_malformed_and_foreign_messages_are_dead_lettered_and_the_consumer
         info = await js.stream_info(s.dead_letter_stream)
         assert info.state.messages == 3
         first = await js.get_msg(s.dead_letter_stream, 3)
-        assert "model: unknown arm" in first.headers["Barp-Dead-Reason"]
+        assert "model: unknown model" in first.headers["Barp-Dead-Reason"]
         await client.close()
     finally:
         await pipeline.close()

@@ -55,13 +55,13 @@ async def test_corrupt_mismatched_and_wrong_sha_checkpoints_are_rejected(tmp_pat
     try:
         faults = {
             2: "corrupt_weights",  # bytes flipped: the weights no longer match the manifest's sha256
-            3: "arm_mismatch",  # another arm list
+            3: "arm_mismatch",  # another model list
             4: "sha256_mismatch",  # manifest claims a different sha256
             5: "non_finite",  # finite 1e38 weights: random unit vectors pass, the calibration set overflows
         }
         for version, reason in faults.items():
             if reason == "arm_mismatch":
-                make_tiny_checkpoint(store.path(version), version=version, arms=("x", "y", "z", "w"))
+                make_tiny_checkpoint(store.path(version), version=version, models=("x", "y", "z", "w"))
             elif reason == "non_finite":
                 sound = load_checkpoint(make_tiny_checkpoint(tmp_path / "sound", version=version))
                 bad = overflowing_on_real_embeddings(sound, version)

@@ -132,7 +132,7 @@ def test_rendered_catalog_is_a_valid_catalog(render_ci: Render) -> None:
     rendered = render_ci("sidecar")
     text = rendered.one("ConfigMap", "barp-sidecar-config")["data"]["catalog.yaml"]
     catalog = parse_catalog(yaml.safe_load(text), "catalog.yaml")
-    assert [entry.arm for entry in catalog.entries][:1] == ["gpt-4-1106-preview"]
+    assert [entry.model for entry in catalog.entries][:1] == ["gpt-4-1106-preview"]
 
 
 @pytest.mark.parametrize("name", ci_names())

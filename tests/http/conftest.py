@@ -15,7 +15,7 @@ from tests.support.providers import all_live, write_catalog
 
 @pytest.fixture
 async def live(checkpoint: Path, fake: FakeProvider, tmp_path: Path) -> AsyncIterator[SidecarApp]:
-    """Every test arm enabled against the fake provider."""
+    """Every test model enabled against the fake provider."""
     catalog = write_catalog(tmp_path / "catalog.yaml", all_live(fake.base_url))
     async with http_sidecar(checkpoint, catalog) as app:
         yield app

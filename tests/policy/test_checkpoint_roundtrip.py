@@ -23,14 +23,14 @@ ENCODER = EncoderIdentity("hash:16", 16, 256, "tail")
 
 def _manifest(architecture: PolicyArchitecture, version: int = 1) -> PolicyManifest:
     return PolicyManifest(
-        version=version, arms=ARMS, encoder=ENCODER, tau_usd=0.005, architecture=architecture
+        version=version, models=ARMS, encoder=ENCODER, tau_usd=0.005, architecture=architecture
     )
 
 
 @pytest.fixture
 def saved(tmp_path):
     torch.manual_seed(0)
-    architecture = PolicyArchitecture(embedding_dim=16, num_arms=3, head_hidden=8, conditioning="film")
+    architecture = PolicyArchitecture(embedding_dim=16, num_models=3, head_hidden=8, conditioning="film")
     network = PolicyNetwork(architecture)
     directory = tmp_path / "v1"
     manifest = save_checkpoint(directory, network, _manifest(architecture))
@@ -39,7 +39,7 @@ def saved(tmp_path):
 
 def test_round_trip_gives_identical_outputs_and_manifest(saved):
     directory, network, manifest = saved
-    loaded = load_checkpoint(directory, expected_arms=ARMS, expected_encoder=ENCODER)
+    loaded = load_checkpoint(directory, expected_models=ARMS, expected_encoder=ENCODER)
     assert loaded.manifest == manifest
     assert len(manifest.weights_sha256) == 64
     x, w = torch.randn(5, 16), torch.rand(5)
@@ -111,8 +111,8 @@ def test_manifest_missing_a_field_is_malformed(saved):
 
 def test_mismatched_arms_and_encoder_are_rejected(saved):
     directory, _, _ = saved
-    with pytest.raises(CheckpointError, match="arm list"):
-        load_checkpoint(directory, expected_arms=("small", "large", "medium"))
+    with pytest.raises(CheckpointError, match="model list"):
+        load_checkpoint(directory, expected_models=("small", "large", "medium"))
     with pytest.raises(CheckpointError, match="trained with encoder"):
         load_checkpoint(directory, expected_encoder=EncoderIdentity("hash:16", 16, 256, "head"))
 
@@ -133,7 +133,7 @@ def test_unsupported_format_version(saved):
 
 
 def test_store_publishes_versions_and_latest(tmp_path):
-    architecture = PolicyArchitecture(embedding_dim=16, num_arms=3, head_hidden=8)
+    architecture = PolicyArchitecture(embedding_dim=16, num_models=3, head_hidden=8)
     store = CheckpointStore(tmp_path / "store")
     assert store.latest_version() is None
     store.publish(PolicyNetwork(architecture), _manifest(architecture, 1))

@@ -20,10 +20,10 @@ ARMS = ("small", "medium", "large")
 @pytest.fixture
 def policy_dir(tmp_path):
     torch.manual_seed(0)
-    architecture = PolicyArchitecture(embedding_dim=32, num_arms=3, head_hidden=8)
+    architecture = PolicyArchitecture(embedding_dim=32, num_models=3, head_hidden=8)
     manifest = PolicyManifest(
         version=4,
-        arms=ARMS,
+        models=ARMS,
         encoder=EncoderIdentity("hash:32", 32, 256, "tail"),
         tau_usd=0.005,
         architecture=architecture,
@@ -130,6 +130,6 @@ def test_the_shipped_default_policy_loads():
     directory = builtin_policy_dir()
     assert (directory / "manifest.json").is_file(), f"the shipped policy is missing from {directory}"
     policy = load_checkpoint(directory)
-    assert len(policy.manifest.arms) == 11
+    assert len(policy.manifest.models) == 11
     assert policy.manifest.encoder.encoder_id == BUILTIN_MODEL_ID
     assert policy.manifest.encoder.truncation == "tail"

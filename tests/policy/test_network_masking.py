@@ -6,7 +6,7 @@ from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
 def _network(conditioning: str = "concat") -> PolicyNetwork:
     torch.manual_seed(0)
     return PolicyNetwork(
-        PolicyArchitecture(embedding_dim=8, num_arms=4, head_hidden=16, conditioning=conditioning)
+        PolicyArchitecture(embedding_dim=8, num_models=4, head_hidden=16, conditioning=conditioning)
     )
 
 

@@ -14,7 +14,7 @@ from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
 
 def reward_model(exploration: str = "inverse_gap", scale: float = 10.0) -> PolicyNetwork:
     architecture = PolicyArchitecture(
-        embedding_dim=4, num_arms=3, head_layers=0, kind="reward_model", exploration=exploration
+        embedding_dim=4, num_models=3, head_layers=0, kind="reward_model", exploration=exploration
     )
     network = PolicyNetwork(architecture).eval()
     with torch.no_grad():
@@ -58,7 +58,7 @@ def test_boltzmann_scale_sharpens_without_changing_the_greedy_choice():
 def manifest_for(network: PolicyNetwork) -> PolicyManifest:
     return PolicyManifest(
         version=1,
-        arms=("a", "b", "c"),
+        models=("a", "b", "c"),
         encoder=EncoderIdentity("hash", 4, 32, "tail"),
         tau_usd=0.01,
         architecture=network.architecture,
@@ -76,7 +76,7 @@ def test_checkpoint_round_trip_keeps_kind_and_scale(tmp_path):
 
 
 def test_old_manifests_without_kind_load_as_barp(tmp_path):
-    network = PolicyNetwork(PolicyArchitecture(embedding_dim=4, num_arms=3, head_hidden=8)).eval()
+    network = PolicyNetwork(PolicyArchitecture(embedding_dim=4, num_models=3, head_hidden=8)).eval()
     save_checkpoint(tmp_path / "v1", network, manifest_for(network))
     path = tmp_path / "v1" / "manifest.json"
     data = json.loads(path.read_text())

@@ -82,9 +82,9 @@ def test_registry_swap_is_atomic_and_checks_compatibility(store: CheckpointStore
     registry.add_listener(lambda old, new: seen.append((old.version, new.version)))
     old = registry.swap(load_checkpoint(store.path(2)))
     assert old.version == 1 and registry.current().version == 2 and seen == [(1, 2)]
-    other_arms = make_tiny_checkpoint(tmp_path / "other", arms=("x", "y"))
-    with pytest.raises(CheckpointError, match="arms"):
-        registry.swap(load_checkpoint(other_arms))
+    other_models = make_tiny_checkpoint(tmp_path / "other", models=("x", "y"))
+    with pytest.raises(CheckpointError, match="models"):
+        registry.swap(load_checkpoint(other_models))
     assert registry.current().version == 2
 
 
@@ -219,7 +219,7 @@ def test_load_encoder_checks_the_manifest_identity() -> None:
 
 
 def test_arms_are_the_tiny_policy_arms(store: CheckpointStore) -> None:
-    assert PolicyRegistry(load_checkpoint(store.path(1))).arms == ARMS
+    assert PolicyRegistry(load_checkpoint(store.path(1))).models == ARMS
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

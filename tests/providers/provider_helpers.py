@@ -17,13 +17,13 @@ FAST_SETTINGS = ProvidersSettings(
 )
 
 
-def entry_for(arm: str, base_url: str, **overrides: object) -> ProviderEntry:
+def entry_for(model: str, base_url: str, **overrides: object) -> ProviderEntry:
     fields: dict[str, object] = dict(
-        arm=arm,
+        model=model,
         enabled=True,
         api_style="openai",
         base_url=base_url,
-        upstream_model=f"upstream-{arm}",
+        upstream_model=f"upstream-{model}",
         api_key_env="FAKE_KEY",
         input_usd_per_1m_tokens=1.0,
         output_usd_per_1m_tokens=2.0,

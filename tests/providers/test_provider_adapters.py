@@ -24,7 +24,7 @@ from barp_sidecar.providers.chat import (
 )
 from barp_sidecar.providers.openai_adapter import OpenAIAdapter
 
-ENTRY = ProviderEntry(arm="m", enabled=True, base_url="https://x.test/v1", upstream_model="up-1")
+ENTRY = ProviderEntry(model="m", enabled=True, base_url="https://x.test/v1", upstream_model="up-1")
 REQUEST = ChatRequest(
     (ChatMessage("system", "be brief"), ChatMessage("user", "hi"), ChatMessage("assistant", "yo")),
     GenerationParameters(max_tokens=50, temperature=1.5, top_p=0.9, stop=("END",), seed=3),

@@ -51,11 +51,11 @@ def entry(**overrides: Any) -> dict[str, Any]:
 
 def test_shipped_catalog_covers_the_routerbench_arms_in_order_all_disabled() -> None:
     catalog = load_catalog(None)
-    assert catalog.arms == ROUTERBENCH_ARMS
-    assert catalog.enabled_arms() == ()
-    catalog.check_arms(ROUTERBENCH_ARMS)
-    for arm, (price_in, price_out) in KNOWN_PRICES.items():
-        e = catalog.entry(arm)
+    assert catalog.models == ROUTERBENCH_ARMS
+    assert catalog.enabled_models() == ()
+    catalog.check_models(ROUTERBENCH_ARMS)
+    for model, (price_in, price_out) in KNOWN_PRICES.items():
+        e = catalog.entry(model)
         assert (e.input_usd_per_1m_tokens, e.output_usd_per_1m_tokens) == (price_in, price_out)
     assert {catalog.entry(a).api_style for a in ("claude-v1", "claude-v2", "claude-instant-v1")} == {
         "anthropic"
@@ -65,9 +65,9 @@ def test_shipped_catalog_covers_the_routerbench_arms_in_order_all_disabled() -> 
 
 def test_a_catalog_arm_mismatch_names_the_arms() -> None:
     catalog = load_catalog(None)
-    arms = (*ROUTERBENCH_ARMS[:-1], "new-model")
+    models = (*ROUTERBENCH_ARMS[:-1], "new-model")
     with pytest.raises(ConfigError) as caught:
-        catalog.check_arms(arms)
+        catalog.check_models(models)
     message = str(caught.value)
     assert caught.value.key == "providers.catalog_file"
     assert "'zero-one-ai/Yi-34B-Chat'" in message and "'new-model'" in message
@@ -97,7 +97,7 @@ def test_a_full_entry_parses_with_units() -> None:
 
 def test_a_disabled_entry_needs_no_endpoint() -> None:
     catalog = parse_catalog({"providers": [{"arm": "a", "enabled": False}]})
-    assert catalog.enabled_arms() == ()
+    assert catalog.enabled_models() == ()
 
 
 @pytest.mark.parametrize(
@@ -144,7 +144,7 @@ def test_file_errors_name_the_setting(tmp_path: Path) -> None:
         load_catalog(bad)
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump({"providers": [entry()]}))
-    assert load_catalog(good).arms == ("a",)
+    assert load_catalog(good).models == ("a",)
 
 
 def test_keys_come_from_the_environment_and_are_redacted() -> None:
@@ -183,12 +183,12 @@ def test_keyless_endpoints_have_no_key() -> None:
 
 
 def test_catalog_for_policy(tmp_path: Path) -> None:
-    assert catalog_for_policy(None, ROUTERBENCH_ARMS).arms == ROUTERBENCH_ARMS
+    assert catalog_for_policy(None, ROUTERBENCH_ARMS).models == ROUTERBENCH_ARMS
     custom = catalog_for_policy(None, ("x", "y"))
-    assert custom.arms == ("x", "y") and custom.enabled_arms() == ()
+    assert custom.models == ("x", "y") and custom.enabled_models() == ()
     file = tmp_path / "catalog.yaml"
     file.write_text(yaml.safe_dump({"providers": [entry(arm="x"), entry(arm="z")]}))
-    assert catalog_for_policy(str(file), ("z", "x")).arms == ("x", "z")
+    assert catalog_for_policy(str(file), ("z", "x")).models == ("x", "z")
     with pytest.raises(ConfigError, match=r"missing from the catalog: \['y'\].*does not have: \['z'\]"):
         catalog_for_policy(str(file), ("x", "y"))
 
@@ -198,17 +198,17 @@ def test_the_shipped_catalog_matches_the_shipped_policy() -> None:
     from barp_sidecar.policy.checkpoint import read_manifest
 
     # A missing shipped policy is a packaging regression: this fails (read_manifest raises), never skips.
-    arms = read_manifest(builtin_policy_dir()).arms
-    assert load_catalog(None).arms == arms  # same names, same order
-    assert catalog_for_policy(None, arms).source.endswith("catalog.routerbench.yaml")
+    models = read_manifest(builtin_policy_dir()).models
+    assert load_catalog(None).models == models  # same names, same order
+    assert catalog_for_policy(None, models).source.endswith("catalog.routerbench.yaml")
 
 
 def test_the_demo_catalog_enables_every_routerbench_arm_on_the_local_fake() -> None:
     demo = load_catalog(shipped_catalog_path().with_name("catalog.fake-local.yaml"))
-    assert demo.arms == ROUTERBENCH_ARMS and demo.enabled_arms() == ROUTERBENCH_ARMS
+    assert demo.models == ROUTERBENCH_ARMS and demo.enabled_models() == ROUTERBENCH_ARMS
     shipped = load_catalog(None)
-    for arm in ROUTERBENCH_ARMS:
-        entry, priced = demo.entry(arm), shipped.entry(arm)
+    for model in ROUTERBENCH_ARMS:
+        entry, priced = demo.entry(model), shipped.entry(model)
         assert entry.base_url == "http://127.0.0.1:8089/v1" and entry.read_api_key({}) is None
         assert (entry.input_usd_per_1m_tokens, entry.output_usd_per_1m_tokens) == (
             priced.input_usd_per_1m_tokens,

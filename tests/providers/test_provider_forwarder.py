@@ -42,19 +42,19 @@ def test_fallback_order_is_by_probability_among_allowed_enabled_models() -> None
 
 def decision_for(chosen: str = "a", allowed: list[str] | None = None, decision_id: str = "d-1") -> Decision:
     """A routing decision over PROBABILITIES; ``allowed`` None = every model (the mask routing computed)."""
-    arms = tuple(name for name, _ in PROBABILITIES)
+    models = tuple(name for name, _ in PROBABILITIES)
     return Decision(
         decision_id=decision_id,
         model=chosen,
         propensity=1.0,
-        arms=arms,
+        models=models,
         probabilities=tuple(p for _, p in PROBABILITIES),
         policy_version=1,
         encoder="hash:8",
         exploration=ExplorationMode.GREEDY,
         quality_weight=0.5,
         embedding=np.zeros(8, dtype=np.float32),
-        allowed=tuple(allowed is None or name in allowed for name in arms),
+        allowed=tuple(allowed is None or name in allowed for name in models),
     )
 
 
@@ -136,11 +136,11 @@ async def test_every_provider_failing_is_unavailable_with_each_reason(
     make_pool: MakePool, metrics: ProviderMetrics
 ) -> None:
     dead = f"http://127.0.0.1:{closed_port()}/v1"
-    entries = [entry_for(arm, dead) for arm in "abc"]
+    entries = [entry_for(model, dead) for model in "abc"]
     forwarder, recorder = build(await make_pool(entries), entries, metrics)
     with pytest.raises(AllProvidersFailed) as caught:
         await run(forwarder, chat())
-    assert [f.arm for f in caught.value.failures] == ["a", "c", "b"]
+    assert [f.model for f in caught.value.failures] == ["a", "c", "b"]
     assert "model 'a' failed (connect)" in str(caught.value)
     assert len(recorder) == 0
 
@@ -190,7 +190,7 @@ async def test_allowed_models_bound_the_fallbacks(
     forwarder, _ = build(await make_pool(entries), entries, metrics)
     with pytest.raises(AllProvidersFailed) as caught:
         await run(forwarder, chat(), allowed=["a", "d"])
-    assert [f.arm for f in caught.value.failures] == ["a", "d"]
+    assert [f.model for f in caught.value.failures] == ["a", "d"]
     assert fake.stats.requests == 0
 
 

@@ -22,9 +22,9 @@ MakePool = Callable[..., Awaitable[ProviderPool]]
 
 
 async def collect(
-    pool: ProviderPool, arm: str, request: ChatRequest, deadline_s: float | None = None
+    pool: ProviderPool, model: str, request: ChatRequest, deadline_s: float | None = None
 ) -> list[StreamEvent]:
-    return [event async for event in pool.stream(arm, request, deadline_s)]
+    return [event async for event in pool.stream(model, request, deadline_s)]
 
 
 def text_of(events: list[StreamEvent]) -> str:
@@ -196,10 +196,10 @@ async def test_a_break_after_the_first_token_is_not_retried(fake: FakeProvider, 
 
 async def test_unknown_or_disabled_arms_are_not_configured(fake: FakeProvider, make_pool: MakePool) -> None:
     pool = await make_pool([entry_for("m", fake.base_url), entry_for("off", fake.base_url, enabled=False)])
-    for arm in ("off", "nope"):
-        assert not pool.is_enabled(arm)
-        with pytest.raises(ProviderNotConfigured, match=repr(arm)):
-            await collect(pool, arm, chat())
+    for model in ("off", "nope"):
+        assert not pool.is_enabled(model)
+        with pytest.raises(ProviderNotConfigured, match=repr(model)):
+            await collect(pool, model, chat())
 
 
 async def test_the_api_key_never_reaches_errors_or_logs(fake: FakeProvider, make_pool: MakePool) -> None:

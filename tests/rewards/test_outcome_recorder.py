@@ -27,7 +27,7 @@ def decision(decision_id: str, cost_usd: float | None = None) -> PendingDecision
         decision_id=decision_id,
         embedding=np.full(DIM, 0.5, dtype=np.float32),
         quality_weight=0.8,
-        arms=ARMS,
+        models=ARMS,
         allowed=(True, False, True),
         model="strong",
         propensity=0.7,

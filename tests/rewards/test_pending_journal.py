@@ -25,7 +25,7 @@ def decision(decision_id: str, at: float, cost: float | None = None) -> PendingD
         decision_id=decision_id,
         embedding=np.arange(8, dtype=np.float32) / 8,
         quality_weight=0.25,
-        arms=ARMS,
+        models=ARMS,
         allowed=(True, False, True),
         model="c",
         propensity=0.5,
@@ -37,7 +37,7 @@ def decision(decision_id: str, at: float, cost: float | None = None) -> PendingD
 
 def test_replay_restores_pending_and_recorded_and_drops_what_expired(tmp_path: Path) -> None:
     clock = Clock()
-    journal = PendingJournal(tmp_path, ttl_s=100.0, arms=ARMS, wall_clock=clock)
+    journal = PendingJournal(tmp_path, ttl_s=100.0, models=ARMS, wall_clock=clock)
     assert journal.open().pending == []
     assert list(tmp_path.glob("pending-*.journal")) == [], "an idle sidecar leaves no file"
     journal.added(decision("old", clock.now - 150))  # already past the TTL when replayed
@@ -50,11 +50,11 @@ def test_replay_restores_pending_and_recorded_and_drops_what_expired(tmp_path: P
     journal.forgotten("gone")
     # No close(): the process is killed; the kernel kept the writes.
     clock.now += 30
-    state = PendingJournal(tmp_path, ttl_s=100.0, arms=ARMS, wall_clock=clock).open()
+    state = PendingJournal(tmp_path, ttl_s=100.0, models=ARMS, wall_clock=clock).open()
     by_id = {d.decision_id: (d, age) for d, age in state.pending}
     assert set(by_id) == {"p1", "p2"}
     p2, age = by_id["p2"]
-    assert age == 35.0 and p2.cost_usd == 0.002 and p2.allowed == (True, False, True) and p2.arms == ARMS
+    assert age == 35.0 and p2.cost_usd == 0.002 and p2.allowed == (True, False, True) and p2.models == ARMS
     assert np.allclose(p2.embedding, np.arange(8) / 8) and p2.model == "c" and p2.policy_version == 3
     assert state.recorded == {"r1": 30.0}
     # Replay rewrote one compact segment.
@@ -63,21 +63,21 @@ def test_replay_restores_pending_and_recorded_and_drops_what_expired(tmp_path: P
 
 def test_a_torn_last_record_is_cut_and_the_rest_kept(tmp_path: Path) -> None:
     clock = Clock()
-    journal = PendingJournal(tmp_path, ttl_s=100.0, arms=ARMS, wall_clock=clock)
+    journal = PendingJournal(tmp_path, ttl_s=100.0, models=ARMS, wall_clock=clock)
     journal.open()
     journal.added(decision("kept", clock.now))
     journal.added(decision("torn", clock.now))
     journal.close()
     [path] = tmp_path.glob("pending-*.journal")
     path.write_bytes(path.read_bytes()[:-7])
-    state = PendingJournal(tmp_path, ttl_s=100.0, arms=ARMS, wall_clock=clock).open()
+    state = PendingJournal(tmp_path, ttl_s=100.0, models=ARMS, wall_clock=clock).open()
     assert [d.decision_id for d, _ in state.pending] == ["kept"]
 
 
 def test_the_journal_stays_bounded_under_steady_traffic(tmp_path: Path) -> None:
     clock = Clock()
     journal = PendingJournal(
-        tmp_path, ttl_s=50.0, arms=ARMS, segment_max_bytes=4096, min_segments=2, wall_clock=clock
+        tmp_path, ttl_s=50.0, models=ARMS, segment_max_bytes=4096, min_segments=2, wall_clock=clock
     )
     journal.open()
     live: dict[str, PendingDecision] = {}
@@ -105,7 +105,7 @@ def test_the_journal_stays_bounded_under_steady_traffic(tmp_path: Path) -> None:
     assert sum(f.stat().st_size for f in files) == journal.size_bytes
     # ~50 s of traffic is live (5 pending + ~45 recorded ids): a few segments, not 3000 decisions' worth.
     assert max(sizes[100:]) < 12 * 4096, max(sizes)
-    state = PendingJournal(tmp_path, ttl_s=50.0, arms=ARMS, wall_clock=clock).open()
+    state = PendingJournal(tmp_path, ttl_s=50.0, models=ARMS, wall_clock=clock).open()
     assert {d.decision_id for d, _ in state.pending} == set(live)
     assert set(state.recorded) == {i for i, at in recorded_at.items() if clock.now - at <= 50.0}
 

@@ -39,8 +39,8 @@ class Upstream:
         trainer_pb2_grpc.add_TrainerServicer_to_server(servicer, self.server)
         self.port = self.server.add_insecure_port("127.0.0.1:0")
 
-    async def publish(self, version: int, seed: int, arms=ARMS) -> PolicyVersion:
-        publish_tiny(self.store, version, seed, arms)
+    async def publish(self, version: int, seed: int, models=ARMS) -> PolicyVersion:
+        publish_tiny(self.store, version, seed, models)
         manifest = load_checkpoint(self.store.path(version)).manifest
         announcement = announcement_for(self.store, manifest)
         await self.announcer.publish(announcement)
@@ -102,7 +102,7 @@ async def test_bad_checkpoints_are_rejected_and_the_previous_version_keeps_servi
     await wait_for(lambda: registry.current().version == 2)
     with capture_logs() as logs:
         if fault == "other_arms":
-            await upstream.publish(3, seed=3, arms=("a", "b", "c"))
+            await upstream.publish(3, seed=3, models=("a", "b", "c"))
         else:
             publish_tiny(upstream.store, 3, seed=3)
             path = upstream.store.path(3)

@@ -18,7 +18,7 @@ ARMS = ("a", "b", "c")
 
 
 class FakeScorer:
-    """Prefers arm ``len(prompt) % 3``; applies the mask like the network does; records what it saw."""
+    """Prefers model ``len(prompt) % 3``; applies the mask like the network does; records what it saw."""
 
     def __init__(self) -> None:
         self.seen: list[InferenceRequest] = []
@@ -42,7 +42,7 @@ async def service_and_scorer():
     batcher = MicroBatcher(scorer, max_batch_size=8, max_wait_ms=1.0, max_pending=16)
     batcher.start()
     service = RoutingService(
-        arms=ARMS,
+        models=ARMS,
         encoder_id="fake",
         batcher=batcher,
         settings=RoutingSettings(default_quality_weight=0.25, disabled_models=("c",)),
@@ -68,7 +68,7 @@ async def test_no_mask_is_sent_when_everything_is_allowed() -> None:
     batcher = MicroBatcher(scorer, max_batch_size=8, max_wait_ms=0.0, max_pending=16)
     batcher.start()
     service = RoutingService(
-        arms=ARMS,
+        models=ARMS,
         encoder_id="fake",
         batcher=batcher,
         settings=RoutingSettings(),
@@ -140,9 +140,9 @@ async def test_decision_ids_are_unique(service_and_scorer) -> None:
 
 
 def test_disabled_models_must_be_arms() -> None:
-    with pytest.raises(ValueError, match="not arms"):
+    with pytest.raises(ValueError, match="not models"):
         RoutingService(
-            arms=ARMS,
+            models=ARMS,
             encoder_id="fake",
             batcher=MicroBatcher(FakeScorer(), max_batch_size=1, max_wait_ms=0, max_pending=1),
             settings=RoutingSettings(disabled_models=("zz",)),

@@ -160,7 +160,7 @@ async def test_without_a_catalog_route_works_and_complete_is_failed_precondition
 async def test_an_allowed_but_unconfigured_model_is_named(
     checkpoint: Path, fake: FakeProvider, tmp_path: Path
 ) -> None:
-    urls: dict[str, str | None] = {arm: fake.base_url for arm in ARMS[:2]}  # ARMS[2:] disabled
+    urls: dict[str, str | None] = {model: fake.base_url for model in ARMS[:2]}  # ARMS[2:] disabled
     catalog = write_catalog(tmp_path / "c.yaml", urls)
     async with sidecar(settings_for(checkpoint, catalog)) as app:
         error = await complete_error(app.port, complete_request(allowed_models=[ARMS[3]]))
@@ -238,7 +238,7 @@ async def test_a_failing_model_falls_back_to_the_next_most_probable(
 
 async def test_connection_refused_falls_back(checkpoint: Path, fake: FakeProvider, tmp_path: Path) -> None:
     dead = f"http://127.0.0.1:{closed_port()}/v1"
-    urls: dict[str, str | None] = {arm: dead for arm in ARMS}
+    urls: dict[str, str | None] = {model: dead for model in ARMS}
     catalog_all_dead = write_catalog(tmp_path / "dead.yaml", urls)
     async with sidecar(settings_for(checkpoint, catalog_all_dead, max_fallbacks=3)) as app:
         error = await complete_error(app.port, complete_request())

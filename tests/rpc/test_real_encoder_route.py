@@ -19,10 +19,10 @@ pytestmark = pytest.mark.real_encoder
 
 async def test_route_with_the_real_encoder(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    architecture = PolicyArchitecture(embedding_dim=384, num_arms=3, head_hidden=32, head_layers=1)
-    arms = ("cheap", "mid", "best")
+    architecture = PolicyArchitecture(embedding_dim=384, num_models=3, head_hidden=32, head_layers=1)
+    models = ("cheap", "mid", "best")
     manifest = PolicyManifest(
-        version=5, arms=arms, encoder=EncoderIdentity(BUILTIN_MODEL_ID, 384, 128, "tail"), tau_usd=0.005,
+        version=5, models=models, encoder=EncoderIdentity(BUILTIN_MODEL_ID, 384, 128, "tail"), tau_usd=0.005,
         architecture=architecture,
     )  # fmt: skip
     save_checkpoint(tmp_path / "v5", PolicyNetwork(architecture), manifest)
@@ -36,7 +36,9 @@ async def test_route_with_the_real_encoder(tmp_path: Path) -> None:
                 await stub.Route(router_pb2.RouteRequest(prompt=p), timeout=60)
                 for p in ("What is 2 + 2?", long_prompt, "What is 2 + 2?")
             ]
-    assert all(r.encoder == BUILTIN_MODEL_ID and r.policy_version == 5 and r.model in arms for r in responses)
+    assert all(
+        r.encoder == BUILTIN_MODEL_ID and r.policy_version == 5 and r.model in models for r in responses
+    )
     first, _, repeat = responses
     assert [p.probability for p in first.probabilities] == [p.probability for p in repeat.probabilities]
     assert app.metrics.cache_hits._value.get() == 1.0

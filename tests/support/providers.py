@@ -18,13 +18,13 @@ FAST_RETRIES = {"retry_initial_backoff_ms": 1.0, "retry_max_backoff_ms": 5.0}
 
 
 def write_catalog(path: Path, urls: Mapping[str, str | None], **fields: Any) -> str:
-    """A catalog for the test policy's ARMS: arm -> base_url (None or absent = disabled)."""
+    """A catalog for the test policy's ARMS: model -> base_url (None or absent = disabled)."""
     entries = []
-    for arm in ARMS:
-        url = urls.get(arm)
-        entry: dict[str, Any] = {"arm": arm, "enabled": url is not None}
+    for model in ARMS:
+        url = urls.get(model)
+        entry: dict[str, Any] = {"arm": model, "enabled": url is not None}
         if url is not None:
-            entry.update(base_url=url, upstream_model=f"up-{arm}", input_usd_per_1m_tokens=1.0)
+            entry.update(base_url=url, upstream_model=f"up-{model}", input_usd_per_1m_tokens=1.0)
             entry.update(output_usd_per_1m_tokens=2.0, max_concurrency=8, timeout_s=10.0, **fields)
         entries.append(entry)
     path.write_text(yaml.safe_dump({"providers": entries}))
@@ -32,7 +32,7 @@ def write_catalog(path: Path, urls: Mapping[str, str | None], **fields: Any) -> 
 
 
 def all_live(url: str) -> dict[str, str | None]:
-    return {arm: url for arm in ARMS}
+    return {model: url for model in ARMS}
 
 
 def settings_for(checkpoint: Path, catalog: str | None, **providers: Any) -> Settings:

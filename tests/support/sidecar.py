@@ -44,7 +44,7 @@ def make_tiny_checkpoint(
     *,
     version: int = 1,
     seed: int = 0,
-    arms: tuple[str, ...] = ARMS,
+    models: tuple[str, ...] = ARMS,
     calibrated: bool = True,
 ) -> Path:
     """Save a small randomly initialised policy for the ``hash:32`` encoder into ``directory``, with a
@@ -52,7 +52,7 @@ def make_tiny_checkpoint(
     torch.manual_seed(seed)
     architecture = PolicyArchitecture(
         embedding_dim=32,
-        num_arms=len(arms),
+        num_models=len(models),
         preference_hidden=8,
         preference_dim=4,
         head_hidden=16,
@@ -65,7 +65,7 @@ def make_tiny_checkpoint(
         network.output.weight.mul_(8.0)
         network.output.bias.zero_()
     manifest = PolicyManifest(
-        version=version, arms=arms, encoder=HASH_ENCODER, tau_usd=0.005, architecture=architecture
+        version=version, models=models, encoder=HASH_ENCODER, tau_usd=0.005, architecture=architecture
     )
     save_checkpoint(directory, network, manifest, tiny_calibration() if calibrated else None)
     return directory

@@ -15,7 +15,7 @@ def test_offline_writes_a_loadable_checkpoint_recording_tau(tmp_path, capsys):
     args = ["offline", "--data", str(data), "--out", str(out), "--cache-dir", str(tmp_path / "cache"), *FAST]
     assert main([*args, "--tasks", "arc_challenge", "winogrande", "--seed", "3"]) == 0
     policy = load_checkpoint(out)
-    assert policy.manifest.arms == ("cheap-a", "cheap-b", "big")
+    assert policy.manifest.models == ("cheap-a", "cheap-b", "big")
     assert policy.manifest.encoder.encoder_id == "hash:64"
     assert policy.manifest.tau_usd > 0
     assert policy.manifest.training["tasks"] == ["arc_challenge", "winogrande"]
@@ -92,7 +92,7 @@ def test_offline_trains_on_sources_with_different_models(tmp_path, capsys):
     args = ["offline", "--data", str(first), str(second), "--out", str(out)]
     assert main([*args, "--cache-dir", str(tmp_path / "cache"), *FAST]) == 0
     manifest = load_checkpoint(out).manifest
-    assert manifest.arms == ("cheap-a", "cheap-b", "big", "other-c")  # the union of the sources' models
+    assert manifest.models == ("cheap-a", "cheap-b", "big", "other-c")  # the union of the sources' models
     assert manifest.training["sources"] == [str(first), str(second)]
     assert set(manifest.training["tau_usd_by_source"]) == {str(first), str(second)}
     printed = capsys.readouterr().out

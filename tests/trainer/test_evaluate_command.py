@@ -11,7 +11,7 @@ from barp_sidecar.decide import add_arguments as add_decide_arguments
 from barp_sidecar.decide import decide
 from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.policy.checkpoint import load_checkpoint
-from barp_sidecar.routing.exploration import choose_arm
+from barp_sidecar.routing.exploration import choose_model
 from tests.trainer.conftest import synthetic_jsonl_rows, write_jsonl
 from trainer.cli import main
 from trainer.offline.evaluate_command import PolicyScorer
@@ -198,7 +198,7 @@ def test_leave_one_task_out_harness_reports_every_task(tmp_path):
     assert summary["mean_apgr"] == pytest.approx(np.mean([row["apgr"] for row in summary["tasks"]]))
 
 
-def test_vectorised_greedy_equals_choose_arm_row_by_row():
+def test_vectorised_greedy_equals_choose_model_row_by_row():
     rng = np.random.default_rng(0)
     probabilities = rng.dirichlet(np.ones(4), size=300)
     probabilities[:50, 1] = probabilities[:50, 2]  # ties: lowest index wins in both
@@ -208,7 +208,7 @@ def test_vectorised_greedy_equals_choose_arm_row_by_row():
     probabilities = np.where(allowed, probabilities, 0.0)
     rng_unused = np.random.default_rng(0)  # GREEDY never draws from it
     expected = [
-        choose_arm(p, a, ExplorationMode.GREEDY, 0.0, rng_unused)[0]
+        choose_model(p, a, ExplorationMode.GREEDY, 0.0, rng_unused)[0]
         for p, a in zip(probabilities, allowed, strict=True)
     ]
     assert PolicyScorer.greedy(probabilities, allowed).tolist() == expected

@@ -49,7 +49,7 @@ async def test_an_edited_pool_is_published_without_a_restart(trainer):
     manifest = latest_manifest(app)
     assert manifest["arms"] == [*ARMS, "fresh"]
     assert manifest["architecture"]["exploration_share"][-1] == pytest.approx(0.3)
-    assert app.announcer.current is not None and app.announcer.current.arms == (*ARMS, "fresh")
+    assert app.announcer.current is not None and app.announcer.current.models == (*ARMS, "fresh")
     assert app.reloader is not None and app.reloader.reloads == 1
     registry = CollectorRegistry()
     registry.register(TrainerCollector(app))
@@ -72,10 +72,10 @@ async def test_an_edited_pool_is_published_without_a_restart(trainer):
 async def test_a_bad_edit_is_logged_and_the_pool_stays(trainer, edit, message, capsys):
     app, config = trainer
     assert app.loop is not None and app.reloader is not None
-    version, arms = app.loop.current_version, app.loop.arms
+    version, arms = app.loop.current_version, app.loop.models
     config.write_text(edit(config.read_text()))
     await wait_until(lambda: app.reloader.failures == 1, 10, "the refused reload")
-    assert (app.loop.current_version, app.loop.arms) == (version, arms)
+    assert (app.loop.current_version, app.loop.models) == (version, arms)
     out = capsys.readouterr().out
     assert "config_reload_failed" in out and message.lower() in out.lower()
 

@@ -38,7 +38,7 @@ def test_check_pool_names_each_bad_request():
 
 def test_plan_pool_appends_new_models_and_retires_missing_ones():
     plan = plan_pool(("a", "b", "c"), [], ("a", "c", "d"))
-    assert plan.arms == ("a", "b", "c", "d") and plan.added == ("d",) and plan.retired == ("b",)
+    assert plan.models == ("a", "b", "c", "d") and plan.added == ("d",) and plan.retired == ("b",)
     again = plan_pool(("a", "b", "c", "d"), ["b"], ("a", "b", "c", "d"))
     assert again.restored == ("b",) and again.changed
     assert not plan_pool(("a", "b"), [], ("b", "a")).changed
@@ -49,7 +49,7 @@ def test_plan_pool_appends_new_models_and_retires_missing_ones():
 def reward_network(shares: tuple[float, ...], exploration: str) -> PolicyNetwork:
     architecture = PolicyArchitecture(
         embedding_dim=4,
-        num_arms=4,
+        num_models=4,
         head_layers=0,
         kind="reward_model",
         exploration=exploration,
@@ -84,14 +84,14 @@ def test_a_new_model_gets_exactly_its_share_and_a_retired_one_nothing(exploratio
 
 
 def test_exploration_share_round_trips_and_is_omitted_when_empty():
-    plain = PolicyArchitecture(embedding_dim=4, num_arms=2, head_layers=0, kind="reward_model")
+    plain = PolicyArchitecture(embedding_dim=4, num_models=2, head_layers=0, kind="reward_model")
     assert "exploration_share" not in plain.to_dict()
     capped = dataclasses.replace(plain, exploration_share=(1.0, 0.2))
     assert PolicyArchitecture.from_dict(json.loads(json.dumps(capped.to_dict()))) == capped
-    with pytest.raises(ValueError, match="2 values for 3 arms"):
-        dataclasses.replace(plain, num_arms=3, exploration_share=(1.0, 0.2))
+    with pytest.raises(ValueError, match="2 values for 3 models"):
+        dataclasses.replace(plain, num_models=3, exploration_share=(1.0, 0.2))
     with pytest.raises(ValueError, match="needs kind 'reward_model'"):
-        PolicyArchitecture(embedding_dim=4, num_arms=2, exploration_share=(1.0, 0.2))
+        PolicyArchitecture(embedding_dim=4, num_models=2, exploration_share=(1.0, 0.2))
 
 
 def pool_loop(tmp_path, **learner):
@@ -168,7 +168,7 @@ def test_retiring_masks_then_drops_and_late_events_are_kept(tmp_path):
     late = random_event(rng, sequence=999)
     late.model, late.policy_version = "cheap", old_version
     late.allowed[:] = [True, True, False]
-    assert event_problem(late, loop.history.current, len(late.embedding), loop.history.arms_at) is None
+    assert event_problem(late, loop.history.current, len(late.embedding), loop.history.decided_with) is None
     assert event_problem(late, loop.history.current, len(late.embedding)) is not None  # without history
     trained = loop.learner.events_trained
     not_trained = loop.events_not_trained
@@ -183,7 +183,7 @@ def test_retiring_masks_then_drops_and_late_events_are_kept(tmp_path):
     kept = random_event(rng, sequence=1000)
     kept.model, kept.policy_version = "mid", old_version
     kept.allowed[:] = [True, True, False]
-    batch = to_batch([kept], loop.arms, 0.01, CostImputer(2), arms_at=loop.history.arms_at)
+    batch = to_batch([kept], loop.models, 0.01, CostImputer(2), decided_with=loop.history.decided_with)
     assert batch.allowed.tolist() == [[True, False]]
 
 
@@ -200,11 +200,11 @@ def test_a_bad_pool_is_refused_and_nothing_changes(tmp_path, pool, message):
     loop, log = pool_loop(tmp_path)
     rng = random.Random(2)
     stream(loop, log, rng, 120, ARMS, 1)
-    version, arms, offset = loop.current_version, loop.arms, log.end_offset
+    version, arms, offset = loop.current_version, loop.models, log.end_offset
     with pytest.raises(PoolChangeError, match=message):
         loop.request_pool(pool)
     loop.step()
-    assert (loop.current_version, loop.arms) == (version, arms)
+    assert (loop.current_version, loop.models) == (version, arms)
     assert log.end_offset == offset  # nothing logged is touched
 
 
@@ -225,6 +225,6 @@ def test_a_restart_continues_the_pool_schedule(tmp_path):
     stream(loop, log, rng, 150, (*ARMS, NEW), 101)
     settings = settings_for(tmp_path, "reward_model")
     restarted = make_loop(dataclasses.replace(settings, learner=loop.learner_settings), log)
-    assert restarted.arms == (*ARMS, NEW)
+    assert restarted.models == (*ARMS, NEW)
     assert restarted.pool.new_models == [NEW]
     np.testing.assert_array_equal(restarted.learner.arm_events.numpy(), loop.learner.arm_events.numpy())

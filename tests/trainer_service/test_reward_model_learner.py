@@ -16,7 +16,7 @@ DIM, ARMS = 16, 3
 
 def network() -> PolicyNetwork:
     architecture = PolicyArchitecture(
-        embedding_dim=DIM, num_arms=ARMS, head_layers=0, kind="reward_model", exploration="inverse_gap"
+        embedding_dim=DIM, num_models=ARMS, head_layers=0, kind="reward_model", exploration="inverse_gap"
     )
     return uniform_network(PolicyNetwork(architecture))
 

@@ -6,7 +6,7 @@ decisions at every w_q (greedy and probability-weighted) -> metrics -> ``report.
 
 Decisions go through the sidecar's own code: ``policy.mask.allowed_mask`` for ``--models`` (the rules
 of a request's allowed_models), ``PolicyNetwork.probabilities(x, w, allowed)`` (masked logits, what
-``PolicyInference.run_batch`` calls) and the greedy rule of ``routing.exploration.choose_arm`` (vectorised
+``PolicyInference.run_batch`` calls) and the greedy rule of ``routing.exploration.choose_model`` (vectorised
 here, pinned equal to it by a test), with ``allowed`` per row = the models the log observed there ∩
 ``--models``. Every input error raises ``DataError`` naming the file:line, the models or the option, and
 then nothing is written to ``--out``: the report is written to a staging directory renamed at the end.
@@ -103,9 +103,9 @@ class PolicyScorer:
 
     @staticmethod
     def greedy(probabilities: np.ndarray, allowed: np.ndarray) -> np.ndarray:
-        """The sidecar's greedy choice (``routing.exploration.choose_arm``, GREEDY: the most probable allowed
-        arm, lowest index on ties) on all rows at once; pinned equal to it by a test. The trainer may not
-        import the sidecar's request path (tests/test_import_layers.py), hence the vectorised twin."""
+        """The sidecar's greedy choice (``routing.exploration.choose_model``, GREEDY: the most probable
+        allowed model, lowest index on ties) on all rows at once; pinned equal to it by a test. The trainer
+        may not import the sidecar's request path (tests/test_import_layers.py), hence the vectorised twin."""
         return np.argmax(np.where(allowed, probabilities, -1.0), axis=1).astype(np.int64)
 
 
@@ -124,7 +124,7 @@ def evaluation_data(
     table: RoutingTable, policy_models: tuple[str, ...], selected: set[str], data: Path
 ) -> tuple[rm.EvaluationData, np.ndarray, dict[str, Any]]:
     """(data in the policy's model order, indices of the table rows kept, facts for the report)."""
-    log_models = set(table.arms)
+    log_models = set(table.models)
     shared = [m for m in policy_models if m in log_models]
     if not shared:
         raise DataError(
@@ -136,7 +136,7 @@ def evaluation_data(
         raise DataError(
             f"{data}: none of --models {sorted(selected)} is in the log (log models {sorted(log_models)})"
         )
-    column = {m: i for i, m in enumerate(table.arms)}
+    column = {m: i for i, m in enumerate(table.models)}
     k = len(policy_models)
     quality = np.zeros((len(table), k))
     cost = np.zeros((len(table), k))
@@ -344,7 +344,7 @@ def evaluate_table(
     """The report dict of ``policy`` on the rows of ``table`` (already restricted to ``split``)."""
     started = time.monotonic()
     weights = _check_weights(list(QUALITY_WEIGHT_GRID) if weights is None else weights)
-    policy_models = tuple(canonical_model_name(a) for a in policy.manifest.arms)
+    policy_models = tuple(canonical_model_name(a) for a in policy.manifest.models)
     selected = resolve_models(models, policy_models)
     if len(table) == 0:
         raise DataError(f"{source}: the {split!r} split has no rows")
@@ -389,7 +389,7 @@ def evaluate(args: argparse.Namespace) -> dict[str, Any]:
     weights = _check_weights(list(args.quality_weights))
     policy_path = args.policy or builtin_policy_dir()
     policy = load_checkpoint(policy_path)
-    resolve_models(args.models, tuple(canonical_model_name(a) for a in policy.manifest.arms))
+    resolve_models(args.models, tuple(canonical_model_name(a) for a in policy.manifest.models))
     table = load_table(args.data)
     if args.split != "all":
         table = table.where(split=args.split)

@@ -125,17 +125,17 @@ def parse_seeds(text: str) -> list[int]:
 def select_models(table: RoutingTable, text: str) -> tuple[str, ...]:
     """The requested models in the table's order (default all); unknown names and < 2 models are errors."""
     if not text.strip():
-        wanted: tuple[str, ...] = table.arms
+        wanted: tuple[str, ...] = table.models
     else:
         wanted = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in wanted if m not in table.arms]
+    unknown = [m for m in wanted if m not in table.models]
     if unknown:
-        raise ReplayInputError(f"--models: unknown model(s) {unknown}; the data has {list(table.arms)}")
+        raise ReplayInputError(f"--models: unknown model(s) {unknown}; the data has {list(table.models)}")
     if len(set(wanted)) < 2:
         raise ReplayInputError(
             f"--models: routing needs at least two models, got {list(dict.fromkeys(wanted))}"
         )
-    return tuple(m for m in table.arms if m in wanted)
+    return tuple(m for m in table.models if m in wanted)
 
 
 def parse_pool_schedule(args: argparse.Namespace, models: tuple[str, ...]) -> list[PoolEvent]:
@@ -155,7 +155,7 @@ def parse_pool_schedule(args: argparse.Namespace, models: tuple[str, ...]) -> li
             if name not in models:
                 raise ReplayInputError(f"{option}: unknown model {name!r}; the replay has {list(models)}")
             schedule.append(PoolEvent(int(events), action, name))
-    added = [p.model for p in schedule if p.action == "add"]
+    added = [p.name for p in schedule if p.action == "add"]
     if len(set(added)) != len(added):
         raise ReplayInputError("--add-model: a model can join the pool once")
     if args.peer and schedule:
@@ -165,13 +165,13 @@ def parse_pool_schedule(args: argparse.Namespace, models: tuple[str, ...]) -> li
         if len(pool) < 2:
             break
         if change.action == "add":
-            pool.append(change.model)
-        elif change.model not in pool:
+            pool.append(change.name)
+        elif change.name not in pool:
             raise ReplayInputError(
-                f"--retire-model: {change.model!r} is not in the pool at event {change.events}"
+                f"--retire-model: {change.name!r} is not in the pool at event {change.events}"
             )
         else:
-            pool.remove(change.model)
+            pool.remove(change.name)
     if len(pool) < 2 or len(starting_pool(models, schedule)) < 2:
         raise ReplayInputError(
             "--add-model/--retire-model: the pool must keep at least two models throughout"
@@ -189,7 +189,7 @@ def load_replay_data(args: argparse.Namespace) -> ReplayData:
     for name, part in (("train", train), ("test", test)):
         if len(part) == 0:
             raise ReplayInputError(f"--data: {args.data} has no {name} rows (split '{name}')")
-    columns = [table.arms.index(m) for m in models]
+    columns = [table.models.index(m) for m in models]
     settings = EncoderSettings(
         model=args.encoder_model, max_seq_length=args.max_seq_length, truncation=args.truncation
     )
@@ -197,7 +197,7 @@ def load_replay_data(args: argparse.Namespace) -> ReplayData:
     vectors, _, _ = embed_prompts(list(train.prompts) + list(test.prompts), settings, cache_dir)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     return ReplayData(
-        arms=models,
+        names=models,
         tau_usd=tau_from_costs(train.cost_usd[:, columns]),
         train_x=vectors[: len(train)],
         train_quality=train.quality[:, columns],
@@ -237,20 +237,20 @@ def build_routers(
             TrainerRouter(
                 f"trainer-{kind}",
                 kind_settings,
-                data.arms,
+                data.names,
                 data.tau_usd,
                 seed,
                 ExplorationMode(args.exploration),
                 args.epsilon,
                 data.train_x.shape[1],
-                pool=starting_pool(data.arms, schedule or []),
+                pool=starting_pool(data.names, schedule or []),
             )
         )
     for peer in args.peer:
         if peer == "vw":
             from trainer.replay.vw_peer import VowpalWabbitRouter
 
-            routers.append(VowpalWabbitRouter(data.arms, seed, data.tau_usd))
+            routers.append(VowpalWabbitRouter(data.names, seed, data.tau_usd))
     return routers
 
 
@@ -268,7 +268,7 @@ def format_table(refs: dict[str, float], runs: list[RunResult]) -> str:
         _, served = mean_curve(group, "served_reward")
         _, published = mean_curve(group, "published_versions")
         for i, count in enumerate(events):
-            top = float(np.mean([max(run.checkpoints[i].model_share.values()) for run in group]))
+            top = float(np.mean([max(run.checkpoints[i].share.values()) for run in group]))
             cells = [learner, str(count), f"{greedy[i]:.4f}", f"{served[i]:.4f}", f"{published[i]:.1f}"]
             lines.append("| " + " | ".join([*cells, f"{top:.2f}"]) + " |")
     lines.append("")
@@ -289,7 +289,7 @@ def format_table(refs: dict[str, float], runs: list[RunResult]) -> str:
 def format_pool_table(data: ReplayData, schedule: list[PoolEvent], runs: list[RunResult]) -> str:
     """Per checkpoint (mean over seeds): the greedy reward and, for each added model, its share of the
     greedy decisions overall and on the task where the per-task best (at the run's w_q) is that model."""
-    added = [p.model for p in schedule if p.action == "add"]
+    added = [p.name for p in schedule if p.action == "add"]
     tasks = sorted({t for run in runs for c in run.checkpoints for t in (c.task_share or {})})
     header = ["learner", "events", "greedy held-out"]
     for model in added:
@@ -303,13 +303,13 @@ def format_pool_table(data: ReplayData, schedule: list[PoolEvent], runs: list[Ru
         for i, count in enumerate(events):
             cells = [learner, str(count), f"{greedy[i]:.4f}"]
             for model in added:
-                cells.append(f"{np.mean([r.checkpoints[i].model_share[model] for r in group]):.2f}")
+                cells.append(f"{np.mean([r.checkpoints[i].share[model] for r in group]):.2f}")
                 for task in tasks:
                     share = [(r.checkpoints[i].task_share or {}).get(task, {}).get(model, 0.0) for r in group]
                     cells.append(f"{np.mean(share):.2f}")
             lines.append("| " + " | ".join(cells) + " |")
-    changes = ", ".join(f"{p.action} {p.model} at {p.events}" for p in schedule)
-    lines.append(f"pool schedule: {changes}; starting pool {len(starting_pool(data.arms, schedule))} models")
+    changes = ", ".join(f"{p.action} {p.name} at {p.events}" for p in schedule)
+    lines.append(f"pool schedule: {changes}; starting pool {len(starting_pool(data.names, schedule))} models")
     return "\n".join(lines)
 
 
@@ -367,7 +367,7 @@ def _run(args: argparse.Namespace) -> int:
             raise ReplayInputError("--epsilon: must be in [0, 1]")
         trainer_settings(args)  # validate the config before the (slow) embedding step
         data = load_replay_data(args)
-        schedule = parse_pool_schedule(args, data.arms)
+        schedule = parse_pool_schedule(args, data.names)
     except (ReplayInputError, ConfigError, DataError) as exc:
         print(f"barp-trainer replay: {exc}", file=sys.stderr)
         return 2
@@ -395,6 +395,6 @@ def _run(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(document, indent=2) + "\n")
     if args.plot is not None:
         weight = "random w_q" if quality_weight is None else f"w_q = {quality_weight}"
-        title = f"{len(data.arms)} models, {weight}, {args.passes} passes, {len(seeds)} seed(s), mean"
+        title = f"{len(data.names)} models, {weight}, {args.passes} passes, {len(seeds)} seed(s), mean"
         write_plot(refs, runs, args.plot, title)
     return 0

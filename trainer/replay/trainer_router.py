@@ -1,12 +1,12 @@
 """The production trainer under replay: the service's own ``TrainingLoop`` and learner, the sidecar's own
-``choose_arm``, an in-memory event log and a checkpoint store in a temporary directory.
+``choose_model``, an in-memory event log and a checkpoint store in a temporary directory.
 
 Owns the glue only (no learning code of its own): each event is decided by the *published* policy (what
 sidecars serve) with the sidecar's exploration, appended to the log as a ``RewardEvent`` exactly as a
 sidecar would send it, and the loop steps. The loop's clock is constant, so the gate runs on event counts
-alone and a replay is reproducible. A model-pool change goes through the loop's own ``request_pool`` (the
-path a configuration change takes in service); decisions are mapped by name between the published
-version's arm list and the replay's.
+alone and a replay is reproducible. A pool change goes through the loop's own ``request_pool`` (the path a
+configuration change takes in service); decisions are mapped by name between the published version's arm
+list and the replay's.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from barp_sidecar.domain import ExplorationMode
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.policy.checkpoint import CheckpointStore
-from barp_sidecar.routing.exploration import choose_arm
+from barp_sidecar.routing.exploration import choose_model
 from trainer.replay.memory_log import MemoryEventLog
 from trainer.service.loop import TrainingLoop
 from trainer.service.policy_source import PolicyAnnouncer, cold_policy
@@ -43,8 +43,8 @@ class TrainerRouter:
         embedding_dim: int,
         pool: tuple[str, ...] | None = None,
     ) -> None:
-        """``arms``: every model of the replay (decision indices refer to it); ``pool``: the models served
-        at the start (default all)."""
+        """``arms``: every arm of the replay (decision indices refer to it); ``pool``: the arms served at
+        the start (default all)."""
         self.name = name
         learner = dataclasses.replace(
             settings.learner,
@@ -72,8 +72,8 @@ class TrainerRouter:
         self.rng = np.random.default_rng([seed, 1])
 
     def _published_index(self) -> np.ndarray:
-        """For each arm of the published version, its index among the replay's models."""
-        return np.array([self.arms.index(name) for name in self.loop.manifest.arms], dtype=np.int64)
+        """For each arm of the published version (``history.current``), its index in the replay's arms."""
+        return np.array([self.arms.index(name) for name in self.loop.history.current], dtype=np.int64)
 
     @torch.inference_mode()
     def choose(self, event_index: int, x: np.ndarray, quality_weight: float) -> tuple[int, float]:
@@ -81,12 +81,12 @@ class TrainerRouter:
             torch.from_numpy(x).reshape(1, -1), torch.tensor([quality_weight])
         )[0].numpy()
         allowed = np.ones(len(probabilities), dtype=bool)
-        index, propensity = choose_arm(probabilities, allowed, self.exploration, self.epsilon, self.rng)
+        index, propensity = choose_model(probabilities, allowed, self.exploration, self.epsilon, self.rng)
         return int(self._published_index()[index]), propensity
 
-    def change_pool(self, models: tuple[str, ...]) -> None:
-        """Serve ``models`` from the next event on: the loop's pool change, published by its next step."""
-        self.loop.request_pool(models)
+    def change_pool(self, names: tuple[str, ...]) -> None:
+        """Serve the arms ``names`` from the next event on: the loop's pool change, published at once."""
+        self.loop.request_pool(names)
         self.loop.step()
 
     def observe(

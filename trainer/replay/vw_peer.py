@@ -87,7 +87,7 @@ class VowpalWabbitRouter:
     def published_versions(self) -> int:
         return 0
 
-    def change_pool(self, models: tuple[str, ...]) -> None:
+    def change_pool(self, names: tuple[str, ...]) -> None:
         raise ValueError("the Vowpal Wabbit peer has a fixed set of actions (no model-pool schedule)")
 
     def close(self) -> None:

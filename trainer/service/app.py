@@ -118,7 +118,7 @@ class TrainerApp:
             self.event_log,
             self.store,
             self.announcer,
-            manifest.arms,
+            manifest.models,
             manifest.architecture.embedding_dim,
             s.publish.chunk_bytes,
             tracer=self._tracer,
@@ -128,7 +128,7 @@ class TrainerApp:
             self.ingestor = NatsEventIngestor(
                 self.nats_connector,
                 self.event_log,
-                manifest.arms,
+                manifest.models,
                 manifest.architecture.embedding_dim,
                 history=self.loop.history,
             )
@@ -156,7 +156,7 @@ class TrainerApp:
             metrics_port=self.metrics_port,
             health_port=self.health_port,
             version=manifest.version,
-            arms=len(manifest.arms),
+            arms=len(manifest.models),
             tls=self.server.tls,
             events_backend=s.events.backend.value,
             mtls=s.server.tls_client_ca_file is not None,

@@ -16,8 +16,8 @@ candidates, SNIPS otherwise), with at least ``gate_min_holdout_events`` events. 
 
 Model-pool changes (``request_pool``, rules in ``model_pool.py``) are applied by the worker thread at the
 start of a step and published at once as the next version (no gate: the known models' estimates are
-unchanged; the new rows are priors under an exploration cap); a retired model is dropped from the arm
-list by a later version. Events naming a model that is no longer in the arm list stay in the log and are
+unchanged; the new rows are priors under an exploration cap); a retired model is dropped from the model
+list by a later version. Events naming a model that is no longer in the model list stay in the log and are
 not trained on (``events_not_trained``).
 """
 
@@ -61,8 +61,8 @@ from trainer.service.learner import (
 )
 from trainer.service.learner_state import load_state, save_state
 from trainer.service.model_pool import (
-    ArmHistory,
     PoolChangeError,
+    PoolHistory,
     PoolPlan,
     PoolState,
     check_pool,
@@ -181,12 +181,12 @@ class TrainingLoop:
         self.publish_settings = publish_settings
         self.poll_interval_s = poll_interval_s
         self.manifest = starting.manifest
-        self.arms = starting.manifest.arms
+        self.models = starting.manifest.models
         self.tau_usd = starting.manifest.tau_usd
         self.clock = clock
         self.learner = build_learner(copy.deepcopy(starting.network), learner_settings)
         self.published_network: PolicyNetwork = copy.deepcopy(starting.network).eval()
-        self.imputer = CostImputer(len(self.arms))
+        self.imputer = CostImputer(len(self.models))
         self.cursor = starting.log_offset
         # Offset of the first event not yet inside the learner's weights (what a restart replays from).
         self.trained_offset = starting.log_offset
@@ -204,7 +204,7 @@ class TrainingLoop:
         self.state_dir = self.store.root.parent / "learner-state"
         self._restored_holdout_ids: set[str] = set()
         self.pool = PoolState.from_json(starting.manifest.training.get("model_pool"))
-        self.history = ArmHistory(store, self.arms, starting.manifest.version)
+        self.history = PoolHistory(store, self.models, starting.manifest.version)
         self._pool_request: tuple[str, ...] | None = None
         self.pool_changes = 0
         self.events_not_trained = 0
@@ -286,10 +286,10 @@ class TrainingLoop:
     def request_pool(self, requested: tuple[str, ...]) -> bool:
         """Ask for the pool ``requested`` (applied by the next step). PoolChangeError naming the problem
         when it cannot be served; the serving pool is then unchanged. False when nothing would change."""
-        if set(requested) == set(self.arms) and not self.pool.retired_at_events:
+        if set(requested) == set(self.models) and not self.pool.retired_at_events:
             return False  # the serving pool (e.g. a restart with the same configuration)
         wanted = check_pool(requested)
-        plan = plan_pool(self.arms, list(self.pool.retired_at_events), wanted)
+        plan = plan_pool(self.models, list(self.pool.retired_at_events), wanted)
         if not plan.changed:
             return False
         if not isinstance(self.learner, RewardModelLearner):
@@ -312,7 +312,7 @@ class TrainingLoop:
         if requested is None:
             return None
         try:
-            plan = plan_pool(self.arms, list(self.pool.retired_at_events), requested)
+            plan = plan_pool(self.models, list(self.pool.retired_at_events), requested)
         except PoolChangeError as exc:  # the pool moved since the request was checked
             log.error("model_pool_change_rejected", error=str(exc))
             return None
@@ -336,21 +336,21 @@ class TrainingLoop:
             return None
         for name in due:
             del self.pool.retired_at_events[name]
-        return self._publish_pool(drop_plan(self.arms, due))
+        return self._publish_pool(drop_plan(self.models, due))
 
     def _publish_pool(self, plan: PoolPlan) -> Any:
         assert isinstance(self.learner, RewardModelLearner)
-        previous = self.arms
-        if plan.arms != previous:
-            self.learner.reindex(previous, plan.arms)
-            self.imputer = self.imputer.reindexed(previous, plan.arms)
-            self.arms = plan.arms
+        previous = self.models
+        if plan.models != previous:
+            self.learner.reindex(previous, plan.models)
+            self.imputer = self.imputer.reindexed(previous, plan.models)
+            self.models = plan.models
         announcement = self._publish(copy.deepcopy(self._capped_network()).eval(), metrics={})
         self.pool_changes += 1
         log.info(
             "model_pool_changed",
             version=self.manifest.version,
-            arms=list(self.arms),
+            models=list(self.models),
             added=list(plan.added),
             retired=list(plan.retired),
             restored=list(plan.restored),
@@ -362,15 +362,14 @@ class TrainingLoop:
     def _capped_network(self) -> PolicyNetwork:
         """The learner's network with this version's exploration caps (new models) and masks (retired)."""
         if isinstance(self.learner, RewardModelLearner):
-            learner = self.learner
-            index = {name: i for i, name in enumerate(self.arms)}
+            counts = dict(zip(self.models, self.learner.event_counts(), strict=True))
             caps = self.pool.caps(
-                self.arms,
-                lambda name: int(learner.arm_events[index[name]]),
+                self.models,
+                counts.__getitem__,
                 self.learner_settings.new_model_min_events,
                 self.learner_settings.new_model_share,
             )
-            learner.set_exploration_share(caps)
+            self.learner.set_exploration_share(caps)
         return self.learner.network
 
     async def start(self) -> None:
@@ -459,15 +458,20 @@ class TrainingLoop:
         return result
 
     def _trainable(self, events: list[trainer_pb2.RewardEvent]) -> list[trainer_pb2.RewardEvent]:
-        """Events whose model is in the arm list (one dropped from the pool stays in the log, untrained)."""
-        kept = [e for e in events if e.model in self.arms]
+        """Events whose model is in the model list (one dropped from the pool stays in the log, untrained)."""
+        kept = [e for e in events if e.model in self.models]
         if len(kept) != len(events):
             self.events_not_trained += len(events) - len(kept)
         return kept
 
     def _batch(self, events: list[trainer_pb2.RewardEvent], observe_costs: bool = True) -> EventBatch:
         return to_batch(
-            events, self.arms, self.tau_usd, self.imputer, observe_costs, arms_at=self.history.arms_at
+            events,
+            self.models,
+            self.tau_usd,
+            self.imputer,
+            observe_costs,
+            decided_with=self.history.decided_with,
         )
 
     def evaluation_interval_events(self) -> int:
@@ -508,13 +512,17 @@ class TrainingLoop:
         self.events_since_evaluation = 0
         self.last_evaluation_monotonic_s = self.clock()
         self.counters.evaluations += 1
-        holdout = [e for e in self.holdout if e.model in self.arms]
+        holdout = [e for e in self.holdout if e.model in self.models]
         if not holdout:
             self.counters.skipped_small_holdout += 1
             log.info("policy_gate", decision="skipped", reason="no held-out events yet")
             return None
         holdout_batch = to_batch(
-            holdout, self.arms, self.tau_usd, CostImputer(len(self.arms)), arms_at=self.history.arms_at
+            holdout,
+            self.models,
+            self.tau_usd,
+            CostImputer(len(self.models)),
+            decided_with=self.history.decided_with,
         )
         candidate, current, estimator = self._estimates(holdout_batch)
         decision = gate(
@@ -563,7 +571,7 @@ class TrainingLoop:
     def _publish(
         self, network: PolicyNetwork, metrics: dict[str, Any], calibration: CalibrationSet | None = None
     ) -> Any:
-        """Save the learner state and publish ``network`` (arms = the current pool) as the next version."""
+        """Save the learner state and publish ``network`` (models = the current pool) as the next version."""
         if calibration is None:
             calibration = self.calibration_set()
         version = max(self.store.versions(), default=0) + 1
@@ -572,7 +580,7 @@ class TrainingLoop:
                 **self.manifest.__dict__,
                 "version": version,
                 "parent_version": self.manifest.version,
-                "arms": self.arms,
+                "models": self.models,
                 "architecture": network.architecture,
                 "created_at_unix_s": time.time(),
                 "training": {
@@ -595,7 +603,7 @@ class TrainingLoop:
         self._save_state(version)  # before the checkpoint: a published version always has its state
         self.manifest = self.store.publish(network, manifest, calibration)
         self.published_network = network
-        self.history.record(version, self.arms)
+        self.history.record(version, self.models)
         return announcement_for(self.store, self.manifest)
 
     def _pool_active(self) -> bool:

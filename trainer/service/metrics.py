@@ -94,7 +94,7 @@ class TrainerCollector(Collector):
                 value=loop.learner.events_trained,
             )
             yield GaugeMetricFamily(
-                "barp_trainer_models", "Models in the published version's arm list.", value=len(loop.arms)
+                "barp_trainer_models", "Models in the published version's model list.", value=len(loop.models)
             )
             yield CounterMetricFamily(
                 "barp_trainer_model_pool_changes",

@@ -1,11 +1,11 @@
-"""Model-pool changes of a running trainer: checking a requested pool, planning the change, and which arm
+"""Model-pool changes of a running trainer: checking a requested pool, planning the change, and which model
 list each published version had.
 
 Owns the rules of a pool change (docs/learning.md "Changing the model pool"): a model new to the pool is
-appended to the arm list with a bounded exploration share until it has ``new_model_min_events`` events; a
-model left out of the requested pool is *retired*: masked first (share 0, still in the arm list, so events
-that sidecars decided before the change stay valid), then dropped from the arm list once
-``retire_after_events`` more events were trained. ``ArmHistory`` remembers each version's arm list, so
+appended to the model list with a bounded exploration share until it has ``new_model_min_events`` events; a
+model left out of the requested pool is *retired*: masked first (share 0, still in the model list, so events
+that sidecars decided before the change stay valid), then dropped from the model list once
+``retire_after_events`` more events were trained. ``PoolHistory`` remembers each version's model list, so
 events decided by an older version (other length of ``allowed``, a retired model) are still accepted and
 mapped by name. Pure logic: the training loop applies a plan, the learner re-indexes its statistics.
 """
@@ -41,14 +41,14 @@ def check_pool(requested: Sequence[str], key: str = "learner.arms") -> tuple[str
 
 @dataclass(frozen=True)
 class PoolPlan:
-    """The arm list of the next version and what changed. ``arms`` keeps the serving order and appends the
+    """The model list of the next version and what changed. ``models`` keeps the serving order and appends the
     added models; models being retired stay in it (masked) until ``drop`` removes them."""
 
-    arms: tuple[str, ...]
+    models: tuple[str, ...]
     added: tuple[str, ...] = ()
     retired: tuple[str, ...] = ()  # masked from now on
     restored: tuple[str, ...] = ()  # retired earlier, requested again before they were dropped
-    dropped: tuple[str, ...] = ()  # leave the arm list now
+    dropped: tuple[str, ...] = ()  # leave the model list now
 
     @property
     def changed(self) -> bool:
@@ -56,7 +56,7 @@ class PoolPlan:
 
 
 def plan_pool(current: tuple[str, ...], retiring: Sequence[str], requested: tuple[str, ...]) -> PoolPlan:
-    """How to go from the serving arm list (``retiring``: its models already masked) to ``requested``.
+    """How to go from the serving model list (``retiring``: its models already masked) to ``requested``.
     PoolChangeError when no model with data would remain (that is a new pool: start it cold)."""
     wanted = set(requested)
     active = [a for a in current if a not in set(retiring)]
@@ -68,13 +68,13 @@ def plan_pool(current: tuple[str, ...], retiring: Sequence[str], requested: tupl
     added = tuple(a for a in requested if a not in set(current))
     retired = tuple(a for a in active if a not in wanted)
     restored = tuple(a for a in retiring if a in wanted)
-    return PoolPlan(arms=current + added, added=added, retired=retired, restored=restored)
+    return PoolPlan(models=current + added, added=added, retired=retired, restored=restored)
 
 
 def drop_plan(current: tuple[str, ...], droppable: Sequence[str]) -> PoolPlan:
     """Remove ``droppable`` (retired models whose masked version has served long enough) from the list."""
     gone = set(droppable)
-    return PoolPlan(arms=tuple(a for a in current if a not in gone), dropped=tuple(droppable))
+    return PoolPlan(models=tuple(a for a in current if a not in gone), dropped=tuple(droppable))
 
 
 @dataclass
@@ -103,20 +103,20 @@ class PoolState:
         )
 
     def caps(
-        self, arms: tuple[str, ...], arm_events: Callable[[str], int], min_events: int, share: float
+        self, models: tuple[str, ...], model_events: Callable[[str], int], min_events: int, share: float
     ) -> tuple[float, ...]:
-        """Per-arm ``exploration_share`` of the next version: 0 for retired models, ``share`` for new ones
+        """Per-model ``exploration_share`` of the next version: 0 for retired models, ``share`` for new ones
         still below ``min_events`` events (they leave ``new_models`` once they reach it), else 1; () when
         none."""
-        self.new_models = [a for a in self.new_models if a in arms and arm_events(a) < min_events]
+        self.new_models = [a for a in self.new_models if a in models and model_events(a) < min_events]
         caps = tuple(
-            0.0 if a in self.retired_at_events else share if a in self.new_models else 1.0 for a in arms
+            0.0 if a in self.retired_at_events else share if a in self.new_models else 1.0 for a in models
         )
         return caps if any(c < 1.0 for c in caps) else ()
 
 
-class ArmHistory:
-    """The arm list of every version this trainer published (read lazily from the store's manifests),
+class PoolHistory:
+    """The model list of every version this trainer published (read lazily from the store's manifests),
     so events decided by an older version are validated and mapped with the list that version had."""
 
     def __init__(self, store: CheckpointStore | None, current: tuple[str, ...], version: int) -> None:
@@ -124,18 +124,18 @@ class ArmHistory:
         self._by_version: dict[int, tuple[str, ...]] = {version: current}
         self.current = current
 
-    def record(self, version: int, arms: tuple[str, ...]) -> None:
-        self._by_version[version] = arms
-        self.current = arms
+    def record(self, version: int, models: tuple[str, ...]) -> None:
+        self._by_version[version] = models
+        self.current = models
 
-    def arms_at(self, version: int) -> tuple[str, ...]:
-        """The arm list version ``version`` served with; the current one for a version unknown here."""
+    def decided_with(self, version: int) -> tuple[str, ...]:
+        """The model list version ``version`` served with; the current one for a version unknown here."""
         known = self._by_version.get(version)
         if known is not None:
             return known
         if self._store is not None and version > 0:
             try:
-                known = read_manifest(self._store.path(version)).arms
+                known = read_manifest(self._store.path(version)).models
             except (CheckpointError, OSError):
                 known = None
             if known is not None:

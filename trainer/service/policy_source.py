@@ -47,17 +47,17 @@ def cold_policy(settings: LearnerSettings) -> StartingPolicy:
         # Linear per-model outcome regression, fitted in closed form (reward_model_learner.py).
         architecture = PolicyArchitecture(
             embedding_dim=settings.encoder_dim,
-            num_arms=len(settings.arms),
+            num_models=len(settings.arms),
             head_layers=0,
             kind="reward_model",
             exploration=settings.exploration_shape,
         )
     else:
-        architecture = PolicyArchitecture(embedding_dim=settings.encoder_dim, num_arms=len(settings.arms))
+        architecture = PolicyArchitecture(embedding_dim=settings.encoder_dim, num_models=len(settings.arms))
     network = uniform_network(PolicyNetwork(architecture))
     manifest = PolicyManifest(
         version=1,
-        arms=tuple(settings.arms),
+        models=tuple(settings.arms),
         encoder=EncoderIdentity(
             settings.encoder_id,
             settings.encoder_dim,

@@ -61,7 +61,7 @@ class RewardModelLearner:
             raise ValueError("RewardModelLearner needs a linear 'reward_model' network (head_layers 0)")
         self.network = network.eval()
         self.hyper = hyper
-        k, d = architecture.num_arms, architecture.embedding_dim + 1
+        k, d = architecture.num_models, architecture.embedding_dim + 1
         self.num_arms = k
         # Raw statistics (priors are added when solving): Σ z zᵀ and Σ z·(q, ĉ) per model.
         self.gram = torch.zeros(k, d, d, dtype=torch.float64)
@@ -169,9 +169,13 @@ class RewardModelLearner:
                 moments[index] = self.moments[position[name]]
                 arm_events[index] = self.arm_events[position[name]]
         self.gram, self.moments, self.arm_events, self.num_arms = gram, moments, arm_events, k
-        architecture = replace(self.network.architecture, num_arms=k, exploration_share=())
+        architecture = replace(self.network.architecture, num_models=k, exploration_share=())
         self.network = PolicyNetwork(architecture).eval()
         self._solve()
+
+    def event_counts(self) -> list[int]:
+        """Events trained per output of the network, in its order."""
+        return [int(n) for n in self.arm_events.tolist()]
 
     def set_exploration_share(self, exploration_share: tuple[float, ...]) -> None:
         """Per-arm probability caps of the published network (() = none); weights are unchanged."""

@@ -1,6 +1,6 @@
 """Validation of incoming reward events. Pure: returns the reason (naming the field) or None.
 
-Owns what a well-formed ``barp.v1.RewardEvent`` is for a given policy (arm list and embedding size);
+Owns what a well-formed ``barp.v1.RewardEvent`` is for a given policy (model list and embedding size);
 the servicer rejects malformed events in the ack with these reasons and keeps the stream going.
 """
 
@@ -14,15 +14,15 @@ from barp_sidecar.gen.barp.v1 import trainer_pb2
 
 def event_problem(
     event: trainer_pb2.RewardEvent,
-    arms: tuple[str, ...],
+    models: tuple[str, ...],
     embedding_dim: int,
-    arms_at: Callable[[int], tuple[str, ...]] | None = None,
+    decided_with: Callable[[int], tuple[str, ...]] | None = None,
 ) -> str | None:
     """INVALID_ARGUMENT semantics: a message naming the bad field, or None when the event is valid.
-    ``arms_at(policy_version)``: the arm list of the version that decided (after a model-pool change an
-    event may name a retired model and carry the older list's ``allowed`` mask); default ``arms``."""
-    if arms_at is not None:
-        arms = arms_at(event.policy_version)
+    ``decided_with(policy_version)``: the model list of the version that decided (after a model-pool change
+    an event may name a retired model and carry the older list's ``allowed`` mask); default ``models``."""
+    if decided_with is not None:
+        models = decided_with(event.policy_version)
     if not event.event_id:
         return "event_id: is required"
     if len(event.event_id) > 256:
@@ -34,11 +34,11 @@ def event_problem(
         return "embedding: contains NaN or infinity"
     if not (math.isfinite(event.quality_weight) and 0.0 <= event.quality_weight <= 1.0):
         return f"quality_weight: must be in [0, 1], not {event.quality_weight!r}"
-    if event.model not in arms:
-        return f"model: unknown arm {event.model!r} (known: {list(arms)})"
-    if len(event.allowed) not in (0, len(arms)):
-        return f"allowed: has {len(event.allowed)} entries, the policy has {len(arms)} arms"
-    if event.allowed and not event.allowed[arms.index(event.model)]:
+    if event.model not in models:
+        return f"model: unknown model {event.model!r} (known: {list(models)})"
+    if len(event.allowed) not in (0, len(models)):
+        return f"allowed: has {len(event.allowed)} entries, the policy has {len(models)} models"
+    if event.allowed and not event.allowed[models.index(event.model)]:
         return f"allowed: the chosen model {event.model!r} is masked out"
     if not (math.isfinite(event.propensity) and 0.0 < event.propensity <= 1.0):
         return f"propensity: must be in (0, 1], not {event.propensity!r}"
