@@ -17,7 +17,7 @@ from opentelemetry.trace import Span, Tracer
 
 from barp_sidecar.batching.batcher import MicroBatcher
 from barp_sidecar.domain import Decision, ExplorationMode, RouteCommand
-from barp_sidecar.errors import InvalidArgument
+from barp_sidecar.errors import InvalidArgument, NoAllowedModel
 from barp_sidecar.policy.inference import InferenceRequest, InferenceResult
 from barp_sidecar.policy.mask import allowed_mask, models_in
 from barp_sidecar.providers.failures import NoConfiguredModel
@@ -134,7 +134,14 @@ class RoutingService:
         model list after ``prepare``; minus the answering version's retired models (no exploration mode may
         pick them) unless the request allowed nothing else."""
         if result.models and result.models != request.models:
-            mask = self._mask(result.models, command.allowed_models, restrict_to)
+            # Names the request allowed that the answering version dropped are no longer choices.
+            kept = tuple(name for name in command.allowed_models if name in result.models)
+            if command.allowed_models and not kept:
+                raise NoAllowedModel(
+                    f"the allowed models {list(command.allowed_models)} left the model pool "
+                    f"(now {list(result.models)})"
+                )
+            mask = self._mask(result.models, kept, restrict_to)
         if result.retired:
             kept = mask & np.array([name not in result.retired for name in result.models], dtype=bool)
             if kept.any():
