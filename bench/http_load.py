@@ -32,17 +32,7 @@ import grpc
 import yaml
 
 from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
-from bench.load_client import (
-    InterleavedRounds,
-    add_load_arguments,
-    concurrencies,
-    fake_catalog,
-    load_markdown,
-    make_hash_checkpoint,
-    process,
-    run_load,
-    write_report,
-)
+from bench import load_client
 
 MODES = ("grpc_complete", "http_stream", "http_json")
 TARGET_ADDED_P50_MS = 1.0
@@ -54,11 +44,13 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         root = Path(tmp)
         logs = Path(args.log_dir) if args.log_dir else root
         logs.mkdir(parents=True, exist_ok=True)
-        models = make_hash_checkpoint(root / "policy")
+        models = load_client.make_hash_checkpoint(root / "policy")
         fake_cmd = [sys.executable, "-m", "barp_sidecar.providers.fake_server", "--port", "0"]
         fake_cmd += ["--tokens", str(args.tokens), "--tokens-per-s", str(args.tokens_per_s)]
-        async with process(fake_cmd, "fake_provider_started", "fake provider", logs / "fake.log") as fake:
-            catalog = fake_catalog(models, fake["base_url"])
+        async with load_client.process(
+            fake_cmd, "fake_provider_started", "fake provider", logs / "fake.log"
+        ) as fake:
+            catalog = load_client.fake_catalog(models, fake["base_url"])
             (root / "catalog.yaml").write_text(yaml.safe_dump(catalog))
             config = {
                 "server": {"host": "127.0.0.1", "port": 0},
@@ -80,10 +72,12 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                 "--config",
                 str(root / "sidecar.yaml"),
             ]
-            async with process(serve_cmd, "server_started", "sidecar", logs / "sidecar.log") as sidecar:
+            async with load_client.process(
+                serve_cmd, "server_started", "sidecar", logs / "sidecar.log"
+            ) as sidecar:
                 return await measure(
                     args,
-                    concurrencies(args),
+                    load_client.concurrencies(args),
                     int(sidecar["port"]),
                     int(sidecar["http_port"]),
                     int(sidecar["_pid"]),
@@ -139,10 +133,10 @@ async def measure(
 
         calls = {"grpc_complete": grpc_complete, "http_stream": http_stream, "http_json": http_json}
         for name in MODES:  # warm-up: connections, code paths, the sidecar's first batches
-            await run_load(calls[name], 200, 20)
+            await load_client.run_load(calls[name], 200, 20)
         results = []
         for concurrency in concurrency_levels:
-            measured = InterleavedRounds(MODES, {"sidecar": sidecar_pid})
+            measured = load_client.InterleavedRounds(MODES, {"sidecar": sidecar_pid})
             per_round = max(concurrency, args.requests // args.rounds)
             await measured.run(calls, args.rounds, per_round, concurrency, args.rate_rps)
             rows: dict[str, dict[str, Any]] = {}
@@ -200,14 +194,14 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    add_load_arguments(parser, requests=1500)
+    load_client.add_load_arguments(parser, requests=1500)
     args = parser.parse_args(argv)
     load_start = os.getloadavg()[0]
     report = asyncio.run(_bench(args))
     report["config"]["load_average_1min"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
     print()
-    print(load_markdown(report["results"], TABLE_COLUMNS))
-    write_report(args.json, report)
+    print(load_client.load_markdown(report["results"], TABLE_COLUMNS))
+    load_client.write_report(args.json, report)
     return 0
 
 
