@@ -11,6 +11,7 @@ PinPolicy) calls ``swap``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import structlog
 
