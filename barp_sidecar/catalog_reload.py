@@ -6,8 +6,9 @@ serving) and the reload: when ``providers.catalog_file`` changes (``file_watch``
 validated; providers are added for newly enabled entries (the forwarder and the callable set follow);
 then the latest announced policy version is tried again at once. Changes to an entry that already has a
 provider, and removals of such entries, wait for a restart (logged). A file that no longer validates is
-logged and changes nothing. Without a catalog file there is nothing to check: any model list is accepted
-(every model is Route-only). Knows nothing about gRPC; the app builds it and calls ``start``/``close``.
+logged and changes nothing. Without a catalog file the model list stays fixed (the registry's default,
+``arm_mismatch``): there is no catalog a new model could be added to. Knows nothing about gRPC; the app
+builds it and calls ``start``/``close``.
 """
 
 from __future__ import annotations
@@ -51,13 +52,12 @@ class ServingCatalog:
         self.after_reload: Callable[[], Awaitable[object]] | None = None
         self.reloads = 0
         self.failures = 0
-        registry.set_model_check(self.missing_models)
+        if catalog_file is not None:
+            registry.set_model_check(self.missing_models)
         self._watch = FileWatch(catalog_file, self.reload, name="catalog-reload") if catalog_file else None
 
     def missing_models(self, models: Sequence[str]) -> str | None:
         """None when the catalog has every model of ``models``; else which ones it lacks."""
-        if self.catalog_file is None:
-            return None  # nothing configured that a model could be missing from
         missing = self.catalog.missing(models)
         if not missing:
             return None
