@@ -27,6 +27,7 @@ from tests.e2e.learning_processes import (
     scrape,
     stored_event_ids,
 )
+from tests.e2e.test_learning_loop_processes import sidecar_yaml as learning_sidecar_yaml
 from tests.support.sidecar import ARMS, HASH_ENCODER, make_tiny_checkpoint
 
 NEW = "fresh"
@@ -52,17 +53,11 @@ def catalog_yaml(models: tuple[str, ...]) -> str:
 
 
 def sidecar_yaml(tmp: Path, port: int, metrics_port: int, trainer_port: int) -> str:
-    return (
-        f"server:\n  host: 127.0.0.1\n  port: {port}\n  grace_s: 1\n"
-        f"metrics:\n  enabled: true\n  port: {metrics_port}\n"
-        "admin:\n  enabled: false\n"
-        f"policy:\n  checkpoint_dir: {tmp / 'policy'}\n  device: cpu\n"
-        "routing:\n  default_exploration: epsilon_greedy\n  epsilon: 0.5\n  seed: 1\n"
-        f"providers:\n  catalog_file: {tmp / 'catalog.yaml'}\n"
-        f"rewards:\n  spool_dir: {tmp / 'spool'}\n  spool_fsync_interval_ms: 2\n"
-        f"trainer:\n  target: 127.0.0.1:{trainer_port}\n  checkpoint_cache_dir: {tmp / 'cache'}\n"
-        "  reconnect_initial_backoff_s: 0.05\n  reconnect_max_backoff_s: 0.3\n"
-    )
+    """The learning-loop test's sidecar, with a catalog file (re-read on change) and more exploration."""
+    base = learning_sidecar_yaml(tmp, port, metrics_port, trainer_port)
+    base = base.replace("  epsilon: 0.3\n", "  epsilon: 0.5\n")
+    assert "epsilon: 0.5" in base
+    return base + f"providers:\n  catalog_file: {tmp / 'catalog.yaml'}\n"
 
 
 class Traffic:
