@@ -8,6 +8,7 @@ import json
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from barp_sidecar.errors import ConfigError
 from tests.learning_helpers import ARMS, trainer_settings_yaml
 from tests.support.waiting import wait_until
 from trainer.service.app import TrainerApp
@@ -103,3 +104,22 @@ async def test_the_reloader_sees_a_configmap_style_symlink_swap(tmp_path):
     finally:
         await reloader.close()
     assert seen == [(*ARMS, "fresh")]
+
+
+async def test_a_restart_with_a_pool_it_cannot_serve_stops_naming_the_key(tmp_path):
+    config = tmp_path / "trainer.yaml"
+    config.write_text(trainer_settings_yaml(tmp_path / "data", every_events=64))
+    first = TrainerApp(load_trainer_settings(config, {}), env={})
+    await first.start()
+    await first.close()
+    config.write_text(with_arms(config.read_text(), ["other-a", "other-b"]))
+    again = TrainerApp(load_trainer_settings(config, {}), env={}, config_path=config)
+    with pytest.raises(ConfigError) as caught:
+        await again.start()
+    await again.close()
+    assert caught.value.key == "learner.arms" and "removes every model of the serving pool" in str(
+        caught.value
+    )
+    assert json.loads((again.store.path(again.store.latest_version()) / "manifest.json").read_text())[
+        "arms"
+    ] == list(ARMS)  # the stored policy is untouched
