@@ -12,7 +12,7 @@ from barp_sidecar.gen.barp.v1 import trainer_pb2
 from tests.trainer.conftest import synthetic_jsonl_rows, write_jsonl
 from trainer.cli import main
 from trainer.replay.memory_log import MemoryEventLog
-from trainer.replay.simulation import ReplayData, references, run_replay
+from trainer.replay.simulation import PoolEvent, ReplayData, references, run_replay, starting_pool
 from trainer.replay.trainer_router import TrainerRouter
 from trainer.service.settings import load_trainer_settings
 
@@ -33,7 +33,7 @@ def clustered_data(seed: int = 0, dim: int = 8, rows: int = 240) -> ReplayData:
     test = (np.arange(rows) // 2) % 4 == 0  # both clusters in the test rows
     train = ~test
     return ReplayData(
-        arms=("m0", "m1", "m2"),
+        names=("m0", "m1", "m2"),
         tau_usd=0.004,
         train_x=x[train],
         train_quality=quality[train],
@@ -46,7 +46,9 @@ def clustered_data(seed: int = 0, dim: int = 8, rows: int = 240) -> ReplayData:
     )
 
 
-def trainer_router(data: ReplayData, kind: str, seed: int = 0) -> TrainerRouter:
+def trainer_router(
+    data: ReplayData, kind: str, seed: int = 0, pool: tuple[str, ...] | None = None
+) -> TrainerRouter:
     settings = load_trainer_settings(
         None,
         {
@@ -55,17 +57,20 @@ def trainer_router(data: ReplayData, kind: str, seed: int = 0) -> TrainerRouter:
             "BARP_TRAINER__LEARNER__HOLDOUT_EVERY": "5",
             "BARP_TRAINER__PUBLISH__EVERY_EVENTS": "64",
             "BARP_TRAINER__PUBLISH__GATE_MIN_HOLDOUT_EVENTS": "10",
+            "BARP_TRAINER__LEARNER__NEW_MODEL_MIN_EVENTS": "30",
+            "BARP_TRAINER__LEARNER__RETIRE_AFTER_EVENTS": "64",
         },
     )
     return TrainerRouter(
         f"trainer-{kind}",
         settings,
-        data.arms,
+        data.names,
         data.tau_usd,
         seed,
         ExplorationMode.SAMPLE,
         0.0,
         data.train_x.shape[1],
+        pool=pool,
     )
 
 
@@ -101,7 +106,7 @@ def test_reward_model_trainer_replay_learns_routing_and_is_deterministic():
     assert last.events == 3 * len(data.train_tasks)
     assert last.greedy_reward == pytest.approx(0.75)  # per-prompt routing, learned from bandit feedback
     assert last.published_versions >= 1 and gate["published"] == last.published_versions
-    assert max(last.model_share.values()) == pytest.approx(0.5)  # both cheap models used, not collapsed
+    assert max(last.share.values()) == pytest.approx(0.5)  # both cheap models used, not collapsed
 
 
 def test_random_preferences_score_over_the_grid():
@@ -171,6 +176,11 @@ def test_cli_json_has_exactly_the_pinned_keys(tmp_path, capsys):
         (None, ["--models", "cheap-a"], "at least two models"),
         (None, ["--quality-weight", "1.5"], "--quality-weight"),
         (None, ["--seeds", "a,b"], "--seeds"),
+        (None, ["--add-model", "nope@10"], "--add-model: unknown model 'nope'"),
+        (None, ["--add-model", "big"], "expected NAME@EVENTS"),
+        (None, ["--add-model", "big@10", "--retire-model", "cheap-a@5"], "at least two models"),
+        (None, ["--retire-model", "big@5", "--retire-model", "big@9"], "'big' is not in the pool at event 9"),
+        (None, ["--add-model", "big@10", "--peer", "vw"], "--peer: the peer has a fixed set of models"),
     ],
 )
 def test_bad_input_exits_2_naming_the_problem(tmp_path, capsys, rows_split, extra, message):
@@ -186,12 +196,41 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path, capsys, rows_split, extr
     assert data.read_bytes() == before  # nothing logged is touched
 
 
+def test_a_model_added_mid_stream_is_learned_and_the_others_are_kept():
+    """m1 (the only good model on cluster b) joins the pool at event 120: by the end the greedy policy
+    routes cluster b to it, and cluster a stays with m0 (learned before the change)."""
+    data = clustered_data()
+    schedule = [PoolEvent(120, "add", "m1")]
+    router = trainer_router(data, "reward_model", pool=starting_pool(data.names, schedule))
+    result = run_replay(router, data, 4, 0.8, 0, 180, schedule)
+    router.close()
+    before = result.checkpoints[0]  # at 180 events: m1 only as bounded exploration, never greedy
+    assert before.share["m1"] == 0.0 and before.task_share is not None
+    last = result.checkpoints[-1]
+    assert last.task_share is not None
+    assert last.task_share["b"]["m1"] == pytest.approx(1.0) and last.task_share["a"]["m0"] == pytest.approx(
+        1.0
+    )
+    assert last.greedy_reward == pytest.approx(0.75)
+    assert "task_share" in last.to_json()
+
+
+def test_a_retired_model_stops_being_chosen():
+    data = clustered_data()
+    schedule = [PoolEvent(200, "retire", "m2")]
+    router = trainer_router(data, "reward_model")
+    result = run_replay(router, data, 3, 0.0, 0, 100, schedule)  # w_q = 0: cheapest wins, m2 is dear
+    arms_after = router.loop.models
+    router.close()
+    assert "m2" not in arms_after  # masked, then dropped from the arm list
+    assert all(c.share["m2"] == 0.0 for c in result.checkpoints if c.events > 200)
+
+
 def test_vw_peer_learns_on_the_identical_stream():
-    pytest.importorskip("vowpalwabbit")
     from trainer.replay.vw_peer import VowpalWabbitRouter
 
     data = clustered_data()
-    peer = VowpalWabbitRouter(data.arms, seed=0, tau_usd=data.tau_usd)
+    peer = VowpalWabbitRouter(data.names, seed=0, tau_usd=data.tau_usd)
     result = run_replay(peer, data, passes=3, quality_weight=0.8, seed=0, every_events=180)
     peer.close()
     last = result.checkpoints[-1]
@@ -200,7 +239,6 @@ def test_vw_peer_learns_on_the_identical_stream():
 
 
 def test_cli_runs_the_vw_peer_side_by_side(tmp_path):
-    pytest.importorskip("vowpalwabbit")
     data = write_jsonl(tmp_path / "log.jsonl", synthetic_jsonl_rows())
     out = tmp_path / "replay.json"
     argv = ["replay", "--data", str(data), "--encoder-model", "hash:16", "--cache-dir", str(tmp_path)]

@@ -7,12 +7,15 @@ durable consumer and the policy mirror (Object Store + KV) when ``events.backend
 boundary, optional TLS/mTLS, optional plaintext health-only port for Kubernetes probes) and metrics.
 Shutdown order: health NOT_SERVING -> close announcements (WatchPolicy streams end) -> stop the NATS
 consumer (unacknowledged messages are redelivered later) and policy mirror -> ``server.stop(grace_s)``
-(in-flight acks finish) -> stop the training loop -> close the log (final fsync).
+(in-flight acks finish) -> stop the training loop -> close the log (final fsync). With a config file,
+``config_reload.py`` re-reads it on change or SIGHUP and applies a new ``learner.arms`` (the model pool)
+without a restart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -23,13 +26,16 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from barp_sidecar.broker.nats_connection import NatsConnector
 from barp_sidecar.broker.settings import EventsBackend
+from barp_sidecar.errors import ConfigError
 from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
 from barp_sidecar.policy.checkpoint import CheckpointStore
 from barp_sidecar.rpc.server import GrpcServer, Service
 from barp_sidecar.tracing import Tracing
+from trainer.service.config_reload import ConfigReloader
 from trainer.service.eventlog import SegmentedEventLog
 from trainer.service.loop import TrainingLoop
 from trainer.service.metrics import TrainerCollector
+from trainer.service.model_pool import PoolChangeError
 from trainer.service.nats_ingest import NatsEventIngestor
 from trainer.service.nats_policy_mirror import NatsPolicyMirror
 from trainer.service.policy_source import PolicyAnnouncer, starting_policy
@@ -50,10 +56,16 @@ class TrainerApp:
         settings: TrainerSettings,
         span_exporter: SpanExporter | None = None,
         env: Mapping[str, str] | None = None,
+        config_path: str | Path | None = None,
     ) -> None:
         """``span_exporter`` replaces the configured trace exporter (tests); ``env`` is where secrets
-        (NATS password/token) are read from (the process environment when None)."""
+        (NATS password/token) are read from (the process environment when None); ``config_path``: the
+        file ``settings`` came from, re-read on change and on SIGHUP (None: no reloading)."""
         self.settings = settings
+        self._env = dict(os.environ if env is None else env)
+        self.reloader = (
+            ConfigReloader(config_path, self._env, self.apply_settings) if config_path is not None else None
+        )
         self.tracing = Tracing.from_settings(settings.tracing, exporter=span_exporter)
         tracer = self.tracing.tracer if self.tracing.enabled else None
         self._tracer = tracer
@@ -95,6 +107,11 @@ class TrainerApp:
         self.loop = TrainingLoop(
             self.event_log, self.store, self.announcer, starting, s.learner, s.publish, tracer=self._tracer
         )
+        if s.learner.arms and starting.source != "cold":
+            try:  # the configured pool differs from the stored policy's: change it (validated first)
+                self.loop.request_pool(s.learner.arms)
+            except PoolChangeError as exc:
+                raise ConfigError("learner.arms", str(exc).removeprefix("learner.arms: ")) from exc
         await self.loop.start()
         manifest = self.loop.manifest
         self.servicer = TrainerServicer(
@@ -105,10 +122,15 @@ class TrainerApp:
             manifest.architecture.embedding_dim,
             s.publish.chunk_bytes,
             tracer=self._tracer,
+            history=self.loop.history,
         )
         if self.nats_connector is not None:
             self.ingestor = NatsEventIngestor(
-                self.nats_connector, self.event_log, manifest.models, manifest.architecture.embedding_dim
+                self.nats_connector,
+                self.event_log,
+                manifest.models,
+                manifest.architecture.embedding_dim,
+                history=self.loop.history,
             )
             await self.ingestor.start()
             self.policy_mirror = NatsPolicyMirror(self.nats_connector, self.store, self.announcer)
@@ -125,6 +147,8 @@ class TrainerApp:
             server, _thread = start_http_server(s.metrics.port, addr=s.metrics.host, registry=registry)
             self._metrics_server = server
             self.metrics_port = server.server_port
+        if self.reloader is not None:
+            await self.reloader.start()
         await asyncio.to_thread(Path(s.storage.data_dir, "PORT").write_text, f"{self.port}\n")
         log.info(
             "trainer_started",
@@ -138,6 +162,25 @@ class TrainerApp:
             mtls=s.server.tls_client_ca_file is not None,
         )
 
+    def apply_settings(self, previous: TrainerSettings | None, settings: TrainerSettings) -> None:
+        """Apply re-read settings: a changed ``learner.arms`` changes the model pool (PoolChangeError when it
+        cannot be served: nothing changes); other changed keys wait for a restart (logged)."""
+        if self.loop is None:
+            raise ConfigError("learner.arms", "the trainer is not running yet")
+        if settings.learner.arms:
+            self.loop.request_pool(settings.learner.arms)
+        if previous is None:
+            return
+        pending = [
+            name
+            for name in ("server", "storage", "publish", "metrics", "logging", "tracing", "events")
+            if getattr(settings, name) != getattr(previous, name)
+        ]
+        if dataclasses.replace(settings.learner, arms=previous.learner.arms) != previous.learner:
+            pending.append("learner")
+        if pending:
+            log.warning("config_change_needs_restart", sections=pending)
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -145,6 +188,8 @@ class TrainerApp:
         await self._stop.wait()
 
     async def close(self) -> None:
+        if self.reloader is not None:
+            await self.reloader.close()
         await self.server.set_not_serving()
         await self.announcer.close()
         for component in (self.ingestor, self.policy_mirror):
