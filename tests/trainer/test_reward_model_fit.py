@@ -70,7 +70,7 @@ def _one_task_two_clusters():
         prompts=table.prompts,
         tasks=tuple("mixed" for _ in table.tasks),
         splits=table.splits,
-        arms=table.arms,
+        models=table.models,
         quality=table.quality,
         cost_usd=table.cost_usd,
     )

@@ -86,7 +86,7 @@ def probe(table: RoutingTable, x: np.ndarray, id_tasks: Sequence[str]) -> list[d
     train, test = table.select(train_rows), table.select(test_rows)
     tau = tau_from_costs(train.cost_usd, 95.0, train.observed_mask)
     data = rm.EvaluationData(
-        test.arms, test.quality, test.cost_usd, test.observed_mask, np.asarray(test.tasks)
+        test.models, test.quality, test.cost_usd, test.observed_mask, np.asarray(test.tasks)
     )
     routers = {
         "per_task_best (hindsight)": {
