@@ -62,7 +62,9 @@ def test_manifest_and_metrics_name_the_gate_estimator(tmp_path):
     assert {"gate_candidate", "gate_parent"} <= set(manifest["metrics"])
     registry = CollectorRegistry()
     registry.register(
-        TrainerCollector(SimpleNamespace(servicer=None, ingestor=None, event_log=None, loop=loop))
+        TrainerCollector(
+            SimpleNamespace(servicer=None, ingestor=None, event_log=None, loop=loop, lease_keeper=None)
+        )
     )  # type: ignore[arg-type]
     text = generate_latest(registry).decode()
     assert 'barp_trainer_gate_estimate{estimator="doubly_robust",policy="candidate"}' in text
