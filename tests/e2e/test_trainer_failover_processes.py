@@ -96,8 +96,10 @@ async def test_kill9_of_the_active_trainer_hands_over_within_15s_losing_and_repe
         killed = time.monotonic()
         taken = await wait_for(lambda: active_line(trainers["b"].log_path), 20, interval_s=0.05)
         takeover_s = time.monotonic() - killed
-        print(f"takeover after kill -9: {takeover_s:.2f} s (lease_ttl_s {LEASE_TTL_S}, hand-over "
-              f"{taken['takeover_s']} s, resumed v{taken['resumed_version']})")
+        print(
+            f"takeover after kill -9: {takeover_s:.2f} s (lease_ttl_s {LEASE_TTL_S}, hand-over "
+            f"{taken['takeover_s']} s, resumed v{taken['resumed_version']})"
+        )
         assert takeover_s <= 15.0
         ids += flat(await traffic)
         ids += flat(await asyncio.gather(*(s.report(40, f"after {n}") for n, s in enumerate(sidecars))))
@@ -115,15 +117,19 @@ async def test_kill9_of_the_active_trainer_hands_over_within_15s_losing_and_repe
         resumed = taken["resumed_version"]
         assert resumed is not None and resumed >= 2
         newest = await wait_for(
-            lambda: (v := versions(dirs["b"])[-1]) > resumed
-            and manifest(dirs["b"], v)["training"]["log_offset"] >= len(ids) - 16
-            and v,
+            lambda: (
+                (v := versions(dirs["b"])[-1]) > resumed
+                and manifest(dirs["b"], v)["training"]["log_offset"] >= len(ids) - 16
+                and v
+            ),
             60,
         )
         training = manifest(dirs["b"], newest)["training"]
         trained = [i for i in stored[: training["log_offset"]] if not is_holdout(i, HOLDOUT_EVERY)]
         assert training["events_trained"] == len(trained)
-        assert manifest(dirs["a"], resumed)["weights_sha256"] == manifest(dirs["b"], resumed)["weights_sha256"]
+        assert (
+            manifest(dirs["a"], resumed)["weights_sha256"] == manifest(dirs["b"], resumed)["weights_sha256"]
+        )
 
         # Both sidecars converge on b's latest version (read again: b may publish once more meanwhile).
         deadline = time.monotonic() + 60
