@@ -116,13 +116,14 @@ async def test_kill9_of_the_active_trainer_hands_over_within_15s_losing_and_repe
         # has trained on exactly the non-held-out events before its log offset, each once.
         resumed = taken["resumed_version"]
         assert resumed is not None and resumed >= 2
+
+        def untrained_after(version: int) -> int:
+            offset = manifest(dirs["b"], version)["training"]["log_offset"]
+            return len([i for i in stored[offset:] if not is_holdout(i, HOLDOUT_EVERY)])
+
+        # A version after the hand-over that includes every full batch (< one batch of 16 left pending).
         newest = await wait_for(
-            lambda: (
-                (v := versions(dirs["b"])[-1]) > resumed
-                and manifest(dirs["b"], v)["training"]["log_offset"] >= len(ids) - 16
-                and v
-            ),
-            60,
+            lambda: (v := versions(dirs["b"])[-1]) > resumed and untrained_after(v) < 16 and v, 60
         )
         training = manifest(dirs["b"], newest)["training"]
         trained = [i for i in stored[: training["log_offset"]] if not is_holdout(i, HOLDOUT_EVERY)]
