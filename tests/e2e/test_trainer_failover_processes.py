@@ -17,29 +17,26 @@ import time
 from pathlib import Path
 
 from tests.e2e.learning_processes import TrainerProcess, free_port, scrape, stored_event_ids
+from tests.e2e.test_learning_loop_processes import trainer_yaml as learning_trainer_yaml
 from tests.e2e.test_nats_cluster_processes import Sidecar, flat
 from tests.support.nats_server import NatsServer, require_nats_server
-from tests.support.sidecar import ARMS, HASH_ENCODER, make_tiny_checkpoint
+from tests.support.sidecar import make_tiny_checkpoint
 from trainer.service.learner import is_holdout
 
 LEASE_TTL_S = 4.0
-HOLDOUT_EVERY = 10
+HOLDOUT_EVERY = 10  # the default learner.holdout_every
 
 
 def trainer_yaml(data_dir: Path, url: str, replica: str, metrics_port: int) -> str:
+    """The learning-loop test's cold trainer, publishing often (gate always passes), as a failover replica."""
+    base = learning_trainer_yaml(data_dir, metrics_port)
     return (
-        "server:\n  host: 127.0.0.1\n  port: 0\n  grace_s: 1\n"
-        f"storage:\n  data_dir: {data_dir}\n"
-        f"metrics:\n  enabled: true\n  port: {metrics_port}\n"
-        f"learner:\n  initial_policy: latest_or_cold\n  arms: [{', '.join(ARMS)}]\n"
-        f"  encoder_id: {HASH_ENCODER.encoder_id}\n  encoder_dim: {HASH_ENCODER.dim}\n"
-        f"  encoder_max_seq_length: {HASH_ENCODER.max_seq_length}\n  encoder_truncation: tail\n"
-        f"  tau_usd: 0.005\n  batch_size: 16\n  holdout_every: {HOLDOUT_EVERY}\n"
-        "publish:\n  every_events: 80\n  min_every_events: 0\n  every_s: 1\n"
-        "  gate_min_holdout_events: 3\n  gate_margin: 1.0\n"
-        f"events:\n  backend: nats\n  nats_urls: [{url}]\n"
-        "  reconnect_initial_backoff_s: 0.05\n  reconnect_max_backoff_s: 0.5\n  connect_timeout_s: 1\n"
-        f"failover:\n  enabled: true\n  replica_id: {replica}\n  lease_ttl_s: {LEASE_TTL_S}\n"
+        base[: base.index("publish:")]
+        + "publish:\n  every_events: 80\n  min_every_events: 0\n  every_s: 1\n"
+        + "  gate_min_holdout_events: 3\n  gate_margin: 1.0\n"
+        + f"events:\n  backend: nats\n  nats_urls: [{url}]\n"
+        + "  reconnect_initial_backoff_s: 0.05\n  reconnect_max_backoff_s: 0.5\n  connect_timeout_s: 1\n"
+        + f"failover:\n  enabled: true\n  replica_id: {replica}\n  lease_ttl_s: {LEASE_TTL_S}\n"
     )
 
 

@@ -8,27 +8,17 @@ from __future__ import annotations
 import asyncio
 
 import nats
-import pytest
 
 from barp_sidecar.broker.nats_connection import NatsConnector
 from barp_sidecar.broker.settings import EventsBackend, EventsSettings
 from barp_sidecar.policy.checkpoint import CheckpointStore, read_manifest
 from barp_sidecar.policy.nats_policies import LATEST_KEY, parse_announcement
-from tests.support.nats_server import NatsServer, require_nats_server
 from tests.support.sidecar import make_tiny_checkpoint
 from tests.support.waiting import wait_until
 from trainer.service.failover import download_latest
 from trainer.service.learner_state import state_path
 from trainer.service.nats_policy_mirror import NatsPolicyMirror, PointerFence
 from trainer.service.policy_source import PolicyAnnouncer, announcement_for
-
-
-@pytest.fixture
-def broker(tmp_path):
-    require_nats_server()
-    node = NatsServer(tmp_path / "nats-store").start()
-    yield node
-    node.stop()
 
 
 def connector(url: str) -> NatsConnector:
