@@ -318,7 +318,7 @@ class SidecarApp:
             http_port=self.http_port,
             admin_port=self.admin_port,
             policy_version=policy.version if policy else None,
-            arms=len(self.registry.models) if self.registry else None,
+            arms=len(self.registry.models) if self.registry else None,  # the published log field
             device=self.placement.device if self.placement else None,
             dtype=self.placement.dtype_name if self.placement else None,
             state_dir=self.settings.state.dir,

@@ -42,7 +42,3 @@ def canonical_model_name(name: str) -> str:
 
 def canonical_model_names(names: Iterable[str]) -> tuple[str, ...]:
     return tuple(canonical_model_name(name) for name in names)
-
-
-def same_model(a: str, b: str) -> bool:
-    return canonical_model_name(a) == canonical_model_name(b)

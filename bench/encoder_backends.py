@@ -43,7 +43,7 @@ from barp_sidecar.policy.checkpoint import LoadedPolicy, load_checkpoint
 from barp_sidecar.policy.encoder import BUILTIN_MODEL, BUILTIN_MODEL_ID, Encoder
 from trainer.offline.datasets import RoutingTable, load_table
 from trainer.offline.embedding_cache import EmbeddingCache
-from trainer.offline.evaluation import QUALITY_WEIGHT_GRID, metrics_for_arms
+from trainer.offline.evaluation import QUALITY_WEIGHT_GRID, metrics_for_actions
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data"
@@ -147,8 +147,8 @@ def run_agreement(args: argparse.Namespace) -> list[AgreementRow]:
                 decisions = greedy(policy, vectors, w)
                 agreement[f"{w:.1f}"] = float((decisions == torch_decisions[w]).mean())
                 if has_metrics:
-                    ours = metrics_for_arms(table, decisions, w, tau)
-                    theirs = metrics_for_arms(table, torch_decisions[w], w, tau)
+                    ours = metrics_for_actions(table, decisions, w, tau)
+                    theirs = metrics_for_actions(table, torch_decisions[w], w, tau)
                     for key in deltas:
                         delta = abs(float(ours[key]) - float(theirs[key]))  # type: ignore[arg-type]
                         deltas[key] = max(deltas[key], delta)

@@ -40,14 +40,11 @@ import argparse
 import asyncio
 import contextlib
 import functools
-import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,33 +55,35 @@ import yaml
 from barp_sidecar.errors import CheckpointError
 from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
 from barp_sidecar.providers.openai_adapter import OpenAIStreamDecoder
+from bench.load_client import (
+    Call,
+    InterleavedRounds,
+    add_load_arguments,
+    concurrencies,
+    fake_catalog,
+    load_markdown,
+    make_hash_checkpoint,
+    percentile_ms,
+    process,
+    run_load,
+    write_report,
+)
 
 BASE_MODES = ("direct", "sidecar_route", "sidecar_complete")
 LONG_MODE = "sidecar_complete_long"
 PROFILE_TOP_FUNCTIONS = 25
 WARM_UP_REQUESTS = 200
-STARTUP_TIMEOUT_S = 120.0
 
 
-def make_hash_checkpoint(directory: Path) -> tuple[str, ...]:
-    """A small randomly initialised 11-model policy on the hash:384 encoder (the MLP cost is negligible)."""
-    import torch
-
-    from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, save_checkpoint
-    from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
-
-    models = tuple(f"model-{i:02d}" for i in range(11))
-    torch.manual_seed(0)
-    architecture = PolicyArchitecture(embedding_dim=384, num_models=len(models))
-    manifest = PolicyManifest(
-        version=1,
-        models=models,
-        encoder=EncoderIdentity("hash:384", 384, 256, "tail"),
-        tau_usd=0.005,
-        architecture=architecture,
-    )
-    save_checkpoint(directory, PolicyNetwork(architecture), manifest)
-    return models
+# The table's columns after the load columns: (title, row key, format spec).
+TABLE_COLUMNS = (
+    ("added p50 (ms)", "p50_added_ms", "+.2f"),
+    ("p50 first token (ms)", "p50_first_token_ms", ".2f"),
+    ("added p50 first token (ms)", "p50_first_token_added_ms", "+.2f"),
+    ("sidecar CPU/req (ms)", "sidecar_cpu_ms_per_request", ".3f"),
+    ("forwarding CPU/req (ms)", "forward_cpu_ms_per_request", ".3f"),
+    ("CPU/extra token (ms)", "sidecar_cpu_ms_per_extra_token", ".4f"),
+)
 
 
 def builtin_checkpoint() -> tuple[Path, tuple[str, ...]]:
@@ -96,115 +95,6 @@ def builtin_checkpoint() -> tuple[Path, tuple[str, ...]]:
     return directory, read_manifest(directory).models
 
 
-async def wait_for_json_event(
-    log_file: Path, event: str, what: str, child: asyncio.subprocess.Process
-) -> dict[str, Any]:
-    """Poll the child's stdout log file for a JSON line whose ``event`` is ``event``."""
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        for line in (await asyncio.to_thread(log_file.read_text, errors="replace")).splitlines():
-            with contextlib.suppress(json.JSONDecodeError):
-                data = json.loads(line)
-                if isinstance(data, dict) and data.get("event") == event:
-                    return data
-        if child.returncode is not None:
-            raise RuntimeError(f"{what} exited ({child.returncode}) before logging {event}; see {log_file}")
-        await asyncio.sleep(0.05)
-    raise RuntimeError(f"{what} did not log {event} within {STARTUP_TIMEOUT_S:.0f}s")
-
-
-@contextlib.asynccontextmanager
-async def process(
-    args: Sequence[str], event: str, what: str, log_file: Path, source: Path | None = None
-) -> AsyncIterator[dict[str, Any]]:
-    """Start a child process (stdout to ``log_file``), yield its startup event, then SIGTERM it.
-
-    ``source``: run it in that checkout (its directory first on the import path) instead of this one.
-    """
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    if source is not None:
-        env["PYTHONPATH"] = str(source)
-    with log_file.open("wb") as sink:
-        child = await asyncio.create_subprocess_exec(
-            *args, stdout=sink, stderr=asyncio.subprocess.STDOUT, env=env, cwd=source
-        )
-    try:
-        started = await wait_for_json_event(log_file, event, what, child)
-        yield {**started, "_pid": child.pid}
-    finally:
-        if child.returncode is None:
-            child.terminate()
-            try:
-                await asyncio.wait_for(child.wait(), 10)
-            except TimeoutError:
-                child.kill()
-                await child.wait()
-
-
-Call = Callable[[int], Awaitable[float | None]]
-
-
-async def run_load(call: Call, requests: int, concurrency: int) -> tuple[list[float], list[float], float]:
-    """``requests`` calls by ``concurrency`` workers.
-
-    Returns per-call latencies (s), per-call times to the first text (s; streaming calls only) and the wall
-    time (s).
-    """
-    latencies: list[float] = []
-    firsts: list[float] = []
-    next_index = 0
-
-    async def worker() -> None:
-        nonlocal next_index
-        while next_index < requests:
-            index = next_index
-            next_index += 1
-            started = time.perf_counter()
-            first = await call(index)
-            latencies.append(time.perf_counter() - started)
-            if first is not None:
-                firsts.append(first)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return latencies, firsts, time.perf_counter() - started
-
-
-async def run_paced(call: Call, requests: int, rate_rps: float) -> tuple[list[float], list[float], float]:
-    """Open loop: one call every 1/rate_rps seconds whatever the completions; returns as run_load."""
-    latencies: list[float] = []
-    firsts: list[float] = []
-
-    async def timed(index: int) -> None:
-        started = time.perf_counter()
-        first = await call(index)
-        latencies.append(time.perf_counter() - started)
-        if first is not None:
-            firsts.append(first)
-
-    tasks = []
-    started = time.perf_counter()
-    for index in range(requests):
-        delay = started + index / rate_rps - time.perf_counter()
-        if delay > 0:
-            await asyncio.sleep(delay)
-        tasks.append(asyncio.create_task(timed(index)))
-    await asyncio.gather(*tasks)
-    return latencies, firsts, time.perf_counter() - started
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (Linux /proc)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def percentile_ms(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
-    return ordered[index] * 1000.0
-
-
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     load_start = os.getloadavg()[0]
     report = await _bench(args)
@@ -214,8 +104,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
 
 
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
-    # Open loop ignores --concurrency: one pass, concurrency is whatever the rate and latency make it.
-    concurrencies = [int(c) for c in args.concurrency.split(",")] if args.rate_rps <= 0 else [1]
     with tempfile.TemporaryDirectory(prefix="barp-forward-bench-") as tmp:
         root = Path(tmp)
         logs = Path(args.log_dir) if args.log_dir else root
@@ -231,21 +119,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         fake_cmd += ["--tokens", str(fake_tokens), "--tokens-per-s", str(args.tokens_per_s)]
         async with process(fake_cmd, "fake_provider_started", "fake provider", logs / "fake.log") as fake:
             base_url = fake["base_url"]
-            catalog = {
-                "providers": [
-                    {
-                        "arm": model,
-                        "base_url": base_url,
-                        "upstream_model": "fake",
-                        "input_usd_per_1m_tokens": 1.0,
-                        "output_usd_per_1m_tokens": 2.0,
-                        # Above the largest concurrency: the benchmark measures overhead, not the limit.
-                        "max_concurrency": 1024,
-                        "timeout_s": 60,
-                    }
-                    for model in models
-                ]
-            }
+            catalog = fake_catalog(models, base_url)
             (root / "catalog.yaml").write_text(yaml.safe_dump(catalog))
             config = {
                 "server": {"host": "127.0.0.1", "port": 0},
@@ -287,12 +161,12 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                     )
                     pids["baseline"] = int(baseline["_pid"])
                     ports["baseline"] = int(baseline["port"])
-                return await measure(args, concurrencies, base_url, ports, pids)
+                return await measure(args, concurrencies(args), base_url, ports, pids)
 
 
 async def measure(
     args: argparse.Namespace,
-    concurrencies: list[int],
+    concurrency_levels: list[int],
     base_url: str,
     ports: dict[str, int],
     pids: dict[str, int],
@@ -365,53 +239,20 @@ async def measure(
         for name in modes:
             await run_load(calls[name], WARM_UP_REQUESTS, 20)
         results = []
-        for concurrency in concurrencies:
-            latencies: dict[str, list[float]] = {name: [] for name in modes}
-            firsts: dict[str, list[float]] = {name: [] for name in modes}
-            wall: dict[str, float] = dict.fromkeys(modes, 0.0)
-            cpu: dict[str, dict[str, float]] = {name: dict.fromkeys([*pids, "client"], 0.0) for name in modes}
+        for concurrency in concurrency_levels:
+            measured = InterleavedRounds(modes, pids)
             per_round = max(concurrency, args.requests // args.rounds)
-            for _ in range(args.rounds):
-                for name in modes:
-                    before = {who: cpu_seconds(pid) for who, pid in pids.items()}
-                    client_before = cpu_seconds(os.getpid())
-                    if args.rate_rps > 0:
-                        values, first_values, seconds = await run_paced(calls[name], per_round, args.rate_rps)
-                    else:
-                        values, first_values, seconds = await run_load(calls[name], per_round, concurrency)
-                    for who, pid in pids.items():
-                        cpu[name][who] += cpu_seconds(pid) - before[who]
-                    cpu[name]["client"] += cpu_seconds(os.getpid()) - client_before
-                    latencies[name] += values
-                    firsts[name] += first_values
-                    wall[name] += seconds
-            rows: dict[str, dict[str, Any]] = {
-                name: {
-                    "name": name,
-                    # Closed loop: the workers; open loop: the mean number of calls in flight.
-                    "concurrency": concurrency
-                    if args.rate_rps <= 0
-                    else round(sum(latencies[name]) / wall[name]),
-                    "load": f"open {args.rate_rps:g} rps" if args.rate_rps > 0 else "closed",
-                    "requests": len(latencies[name]),
-                    "throughput_rps": round(len(latencies[name]) / wall[name], 1),
-                    "p50_ms": round(percentile_ms(latencies[name], 0.50), 3),
-                    "p95_ms": round(percentile_ms(latencies[name], 0.95), 3),
-                    "p99_ms": round(percentile_ms(latencies[name], 0.99), 3),
-                    "mean_ms": round(statistics.fmean(latencies[name]) * 1000, 3),
-                    # CPU time the servers spent per request: robust where wall-clock latency is noisy.
-                    # A baseline_* mode's sidecar is the baseline process.
-                    "sidecar_cpu_ms_per_request": round(
-                        cpu[name]["baseline" if name.startswith("baseline") else "sidecar"]
-                        * 1000
-                        / len(latencies[name]),
-                        3,
-                    ),
-                    "fake_cpu_ms_per_request": round(cpu[name]["fake"] * 1000 / len(latencies[name]), 3),
-                    "client_cpu_ms_per_request": round(cpu[name]["client"] * 1000 / len(latencies[name]), 3),
-                }
-                for name in modes
-            }
+            await measured.run(calls, args.rounds, per_round, concurrency, args.rate_rps)
+            latencies, firsts = measured.latencies, measured.firsts
+            rows: dict[str, dict[str, Any]] = {}
+            for name in modes:
+                rows[name] = measured.row(name, concurrency, args.rate_rps)
+                # CPU time the servers spent per request: robust where wall-clock latency is noisy.
+                # A baseline_* mode's sidecar is the baseline process.
+                server = "baseline" if name.startswith("baseline") else "sidecar"
+                rows[name]["sidecar_cpu_ms_per_request"] = measured.cpu_ms_per_request(name, server)
+                rows[name]["fake_cpu_ms_per_request"] = measured.cpu_ms_per_request(name, "fake")
+                rows[name]["client_cpu_ms_per_request"] = measured.cpu_ms_per_request(name, "client")
             p50 = {name: percentile_ms(latencies[name], 0.50) for name in modes}
             added_ms = p50["sidecar_complete"] - p50["sidecar_route"] - p50["direct"]
             rows["sidecar_complete"]["p50_added_ms"] = round(added_ms, 3)
@@ -435,7 +276,7 @@ async def measure(
             "long_tokens_per_completion": args.long_tokens if args.long_tokens > args.tokens else None,
             "rounds": args.rounds,
             "requests_per_mode": args.requests,
-            "concurrency": concurrencies,
+            "concurrency": concurrency_levels,
             "fake_provider_latency_ms": 0,
             "fake_tokens_per_s": args.tokens_per_s,
             "rate_rps": args.rate_rps,
@@ -510,55 +351,16 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
         )
 
 
-def optional(row: dict[str, Any], key: str, spec: str) -> str:
-    return format(row[key], spec) if key in row else ""
-
-
-def markdown(report: dict[str, Any]) -> str:
-    lines = [
-        "| mode | concurrency | load | throughput (req/s) | p50 (ms) | p95 (ms) | p99 (ms) | added p50 (ms) "
-        "| p50 first token (ms) | added p50 first token (ms) | sidecar CPU/req (ms) "
-        "| forwarding CPU/req (ms) | CPU/extra token (ms) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in report["results"]:
-        added = f"{r['p50_added_ms']:+.2f}" if "p50_added_ms" in r else ""
-        first = f"{r['p50_first_token_ms']:.2f}" if "p50_first_token_ms" in r else ""
-        first_added = f"{r['p50_first_token_added_ms']:+.2f}" if "p50_first_token_added_ms" in r else ""
-        lines.append(
-            f"| {r['name']} | {r['concurrency']} | {r['load']} | {r['throughput_rps']:.0f} | "
-            f"{r['p50_ms']:.2f} | "
-            f"{r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {added} | {first} | {first_added} | "
-            f"{r['sidecar_cpu_ms_per_request']:.3f} | {optional(r, 'forward_cpu_ms_per_request', '.3f')} | "
-            f"{optional(r, 'sidecar_cpu_ms_per_extra_token', '.4f')} |"
-        )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--concurrency", default="1,100", help="comma-separated concurrent streams")
-    parser.add_argument("--requests", type=int, default=1500, help="requests per mode and concurrency")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the three modes")
-    parser.add_argument("--tokens", type=int, default=8, help="tokens per completion from the fake")
+    add_load_arguments(parser, requests=1500)
     parser.add_argument(
         "--long-tokens",
         type=int,
         default=0,
         help="add a Complete mode with this many tokens; the CPU difference gives the cost per extra token",
     )
-    parser.add_argument(
-        "--tokens-per-s", type=float, default=0.0, help="fake provider's streaming rate (0 = all at once)"
-    )
-    parser.add_argument(
-        "--rate-rps",
-        type=float,
-        default=0.0,
-        help="open loop: start this many calls per second in every mode (0 = closed loop, --concurrency)",
-    )
     parser.add_argument("--policy", choices=("hash", "builtin"), default="hash")
-    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    parser.add_argument("--log-dir", metavar="DIR", help="keep the fake's and the sidecar's logs here")
     parser.add_argument(
         "--profile-sidecar",
         metavar="PATH",
@@ -584,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"forward_load: --policy {args.policy}: {error}", file=sys.stderr)
         return 2
     print()
-    print(markdown(report))
+    print(load_markdown(report["results"], TABLE_COLUMNS))
     if args.profile_sidecar:
         # Warm-up calls are in the profile too; Route calls (sidecar_route mode) share the gRPC functions.
         complete_calls = sum(
@@ -593,9 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         modes = report["config"]["modes"]
         warm_ups = WARM_UP_REQUESTS * sum(1 for mode in modes if mode.startswith("sidecar_complete"))
         print_profile(args.profile_sidecar, complete_calls + warm_ups)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    write_report(args.json, report)
     return 0
 
 

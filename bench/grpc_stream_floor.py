@@ -21,7 +21,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from bench.forward_load import cpu_seconds
+from bench.load_client import cpu_seconds
 
 MESSAGE = b"\x12\x03tok"  # CompleteChunk(delta="tok"): one streamed token
 METHOD = "/barp.bench.Floor/Stream"

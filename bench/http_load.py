@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -34,14 +32,7 @@ import grpc
 import yaml
 
 from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
-from bench.forward_load import (
-    cpu_seconds,
-    make_hash_checkpoint,
-    percentile_ms,
-    process,
-    run_load,
-    run_paced,
-)
+from bench import load_client
 
 MODES = ("grpc_complete", "http_stream", "http_json")
 TARGET_ADDED_P50_MS = 1.0
@@ -49,29 +40,17 @@ TARGET_THROUGHPUT_RATIO = 0.9
 
 
 async def _bench(args: argparse.Namespace) -> dict[str, Any]:
-    concurrencies = [int(c) for c in args.concurrency.split(",")] if args.rate_rps <= 0 else [1]
     with tempfile.TemporaryDirectory(prefix="barp-http-bench-") as tmp:
         root = Path(tmp)
         logs = Path(args.log_dir) if args.log_dir else root
         logs.mkdir(parents=True, exist_ok=True)
-        models = make_hash_checkpoint(root / "policy")
+        models = load_client.make_hash_checkpoint(root / "policy")
         fake_cmd = [sys.executable, "-m", "barp_sidecar.providers.fake_server", "--port", "0"]
         fake_cmd += ["--tokens", str(args.tokens), "--tokens-per-s", str(args.tokens_per_s)]
-        async with process(fake_cmd, "fake_provider_started", "fake provider", logs / "fake.log") as fake:
-            catalog = {
-                "providers": [
-                    {
-                        "arm": model,
-                        "base_url": fake["base_url"],
-                        "upstream_model": "fake",
-                        "input_usd_per_1m_tokens": 1.0,
-                        "output_usd_per_1m_tokens": 2.0,
-                        "max_concurrency": 1024,
-                        "timeout_s": 60,
-                    }
-                    for model in models
-                ]
-            }
+        async with load_client.process(
+            fake_cmd, "fake_provider_started", "fake provider", logs / "fake.log"
+        ) as fake:
+            catalog = load_client.fake_catalog(models, fake["base_url"])
             (root / "catalog.yaml").write_text(yaml.safe_dump(catalog))
             config = {
                 "server": {"host": "127.0.0.1", "port": 0},
@@ -93,14 +72,20 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                 "--config",
                 str(root / "sidecar.yaml"),
             ]
-            async with process(serve_cmd, "server_started", "sidecar", logs / "sidecar.log") as sidecar:
+            async with load_client.process(
+                serve_cmd, "server_started", "sidecar", logs / "sidecar.log"
+            ) as sidecar:
                 return await measure(
-                    args, concurrencies, int(sidecar["port"]), int(sidecar["http_port"]), int(sidecar["_pid"])
+                    args,
+                    load_client.concurrencies(args),
+                    int(sidecar["port"]),
+                    int(sidecar["http_port"]),
+                    int(sidecar["_pid"]),
                 )
 
 
 async def measure(
-    args: argparse.Namespace, concurrencies: list[int], grpc_port: int, http_port: int, sidecar_pid: int
+    args: argparse.Namespace, concurrency_levels: list[int], grpc_port: int, http_port: int, sidecar_pid: int
 ) -> dict[str, Any]:
     prompts = [f"Question {i}: what is {i} times {(i * 7) % 13}, in base {2 + i % 9}?" for i in range(4096)]
     url = f"http://127.0.0.1:{http_port}/v1/chat/completions"
@@ -148,45 +133,18 @@ async def measure(
 
         calls = {"grpc_complete": grpc_complete, "http_stream": http_stream, "http_json": http_json}
         for name in MODES:  # warm-up: connections, code paths, the sidecar's first batches
-            await run_load(calls[name], 200, 20)
+            await load_client.run_load(calls[name], 200, 20)
         results = []
-        for concurrency in concurrencies:
-            latencies: dict[str, list[float]] = {name: [] for name in MODES}
-            wall = dict.fromkeys(MODES, 0.0)
-            cpu = dict.fromkeys(MODES, 0.0)
-            client_cpu = dict.fromkeys(MODES, 0.0)
+        for concurrency in concurrency_levels:
+            measured = load_client.InterleavedRounds(MODES, {"sidecar": sidecar_pid})
             per_round = max(concurrency, args.requests // args.rounds)
-            for _ in range(args.rounds):
-                for name in MODES:
-                    before = cpu_seconds(sidecar_pid)
-                    client_before = cpu_seconds(os.getpid())
-                    if args.rate_rps > 0:
-                        values, _, seconds = await run_paced(calls[name], per_round, args.rate_rps)
-                    else:
-                        values, _, seconds = await run_load(calls[name], per_round, concurrency)
-                    cpu[name] += cpu_seconds(sidecar_pid) - before
-                    client_cpu[name] += cpu_seconds(os.getpid()) - client_before
-                    latencies[name] += values
-                    wall[name] += seconds
-            rows = {
-                name: {
-                    "name": name,
-                    "concurrency": concurrency
-                    if args.rate_rps <= 0
-                    else round(sum(latencies[name]) / wall[name]),
-                    "load": f"open {args.rate_rps:g} rps" if args.rate_rps > 0 else "closed",
-                    "requests": len(latencies[name]),
-                    "throughput_rps": round(len(latencies[name]) / wall[name], 1),
-                    "p50_ms": round(percentile_ms(latencies[name], 0.50), 3),
-                    "p95_ms": round(percentile_ms(latencies[name], 0.95), 3),
-                    "p99_ms": round(percentile_ms(latencies[name], 0.99), 3),
-                    "mean_ms": round(statistics.fmean(latencies[name]) * 1000, 3),
-                    "sidecar_cpu_ms_per_request": round(cpu[name] * 1000 / len(latencies[name]), 3),
-                    # The load generator shares the CPU: its own cost per request bounds the throughput.
-                    "client_cpu_ms_per_request": round(client_cpu[name] * 1000 / len(latencies[name]), 3),
-                }
-                for name in MODES
-            }
+            await measured.run(calls, args.rounds, per_round, concurrency, args.rate_rps)
+            rows: dict[str, dict[str, Any]] = {}
+            for name in MODES:
+                rows[name] = measured.row(name, concurrency, args.rate_rps)
+                rows[name]["sidecar_cpu_ms_per_request"] = measured.cpu_ms_per_request(name, "sidecar")
+                # The load generator shares the CPU: its own cost per request bounds the throughput.
+                rows[name]["client_cpu_ms_per_request"] = measured.cpu_ms_per_request(name, "client")
             base = rows["grpc_complete"]
             for name in ("http_stream", "http_json"):
                 rows[name]["p50_added_ms"] = round(rows[name]["p50_ms"] - base["p50_ms"], 3)
@@ -201,7 +159,7 @@ async def measure(
             "fake_tokens_per_s": args.tokens_per_s,
             "rounds": args.rounds,
             "requests_per_mode": args.requests,
-            "concurrency": concurrencies,
+            "concurrency": concurrency_levels,
             "rate_rps": args.rate_rps,
             "python": platform.python_version(),
             "cpus": os.cpu_count(),
@@ -209,6 +167,15 @@ async def measure(
         "targets": {"p50_added_ms_max": TARGET_ADDED_P50_MS, "throughput_ratio_min": TARGET_THROUGHPUT_RATIO},
         "results": results,
     }
+
+
+# The table's columns after the load columns: (title, row key, format spec).
+TABLE_COLUMNS = (
+    ("added p50 vs gRPC (ms)", "p50_added_ms", "+.2f"),
+    ("streams vs gRPC", "throughput_ratio", ".2f×"),
+    ("sidecar CPU/req (ms)", "sidecar_cpu_ms_per_request", ".3f"),
+    ("client CPU/req (ms)", "client_cpu_ms_per_request", ".3f"),
+)
 
 
 def print_rows(rows: list[dict[str, Any]]) -> None:
@@ -225,44 +192,16 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
         )
 
 
-def markdown(report: dict[str, Any]) -> str:
-    lines = [
-        "| mode | concurrency | load | throughput (req/s) | p50 (ms) | p95 (ms) | p99 (ms) "
-        "| added p50 vs gRPC (ms) | streams vs gRPC | sidecar CPU/req (ms) | client CPU/req (ms) |",
-        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in report["results"]:
-        added = f"{r['p50_added_ms']:+.2f}" if "p50_added_ms" in r else ""
-        ratio = f"{r['throughput_ratio']:.2f}×" if "throughput_ratio" in r else ""
-        lines.append(
-            f"| {r['name']} | {r['concurrency']} | {r['load']} | {r['throughput_rps']:.0f} | "
-            f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {added} | {ratio} | "
-            f"{r['sidecar_cpu_ms_per_request']:.3f} | {r['client_cpu_ms_per_request']:.3f} |"
-        )
-    return "\n".join(lines)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--concurrency", default="1,100", help="comma-separated concurrent streams")
-    parser.add_argument("--requests", type=int, default=1500, help="requests per mode and concurrency")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the modes")
-    parser.add_argument("--tokens", type=int, default=8, help="tokens per completion from the fake")
-    parser.add_argument("--tokens-per-s", type=float, default=0.0, help="fake's streaming rate (0 = at once)")
-    parser.add_argument(
-        "--rate-rps", type=float, default=0.0, help="open loop rate per mode (0 = closed loop)"
-    )
-    parser.add_argument("--json", metavar="PATH", help="write the results as JSON")
-    parser.add_argument("--log-dir", metavar="DIR", help="keep the fake's and the sidecar's logs here")
+    load_client.add_load_arguments(parser, requests=1500)
     args = parser.parse_args(argv)
     load_start = os.getloadavg()[0]
     report = asyncio.run(_bench(args))
     report["config"]["load_average_1min"] = [round(load_start, 2), round(os.getloadavg()[0], 2)]
     print()
-    print(markdown(report))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(load_client.load_markdown(report["results"], TABLE_COLUMNS))
+    load_client.write_report(args.json, report)
     return 0
 
 

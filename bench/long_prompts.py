@@ -35,7 +35,8 @@ from pathlib import Path
 
 import yaml
 
-from bench.route_load import percentile_ms, synthetic_prompts
+from bench.load_client import percentile_ms, stop_process
+from bench.route_load import synthetic_prompts
 
 REPO = Path(__file__).resolve().parents[1]
 LONG_PROMPT_BYTES = (1 << 20) - 4096  # just under the default server.max_prompt_bytes (1 MiB)
@@ -98,12 +99,7 @@ class Server:
         self.port = int(self.port_file.read_text())
 
     def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
 
@@ -196,9 +192,9 @@ def run(
         len(latencies),
         long_sent,
         errors,
-        percentile_ms(latencies, 50),
-        percentile_ms(latencies, 95),
-        percentile_ms(latencies, 99),
+        percentile_ms(latencies, 0.50),
+        percentile_ms(latencies, 0.95),
+        percentile_ms(latencies, 0.99),
         seconds,
     )
 

@@ -32,7 +32,6 @@ import asyncio
 import json
 import os
 import random
-import signal
 import statistics
 import subprocess
 import sys
@@ -45,6 +44,7 @@ from pathlib import Path
 import yaml
 
 from barp_sidecar.settings import BatchingSettings
+from bench.load_client import cpu_seconds, percentile_ms, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_ORDER = ["torch_ceiling", "ceiling", "sidecar_torch", "baseline", "sidecar", "unbatched"]
@@ -66,14 +66,6 @@ class Result:
     note: str = ""
 
 
-def percentile_ms(latencies_s: list[float], q: float) -> float:
-    if not latencies_s:
-        return float("nan")
-    ordered = sorted(latencies_s)
-    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
-    return ordered[index] * 1000
-
-
 # ---------------------------------------------------------------------------------------------- prompts
 
 
@@ -85,7 +77,9 @@ def synthetic_prompts(tokenizer, tokens: int, count: int, seed: int) -> list[str
 
     def word_pieces(text: str) -> list[int]:
         if raw is not None:
-            return list(raw.encode(text, add_special_tokens=False).ids)
+            # A tokenizer configured to pad (transformers' fast tokenizer) pads here too: real pieces only.
+            encoding = raw.encode(text, add_special_tokens=False)
+            return [i for i, real in zip(encoding.ids, encoding.attention_mask, strict=True) if real]
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
     vocabulary = (raw or tokenizer).get_vocab()
@@ -253,8 +247,7 @@ class Server:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the server process has used so far."""
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return cpu_seconds(self.proc.pid)
 
     def batch_histogram(self) -> tuple[float, float]:
         body = (
@@ -270,12 +263,7 @@ class Server:
         return values.get("barp_batch_size_sum", 0.0), values.get("barp_batch_size_count", 0.0)
 
     def close(self) -> None:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        stop_process(self.proc)
         self._log.close()
 
 
@@ -368,9 +356,9 @@ def run_load(
         tokens,
         concurrency,
         done / elapsed,
-        percentile_ms(latencies, 50),
-        percentile_ms(latencies, 95),
-        percentile_ms(latencies, 99),
+        percentile_ms(latencies, 0.50),
+        percentile_ms(latencies, 0.95),
+        percentile_ms(latencies, 0.99),
         mean_batch,
         done,
         errors,
@@ -396,9 +384,9 @@ def ceiling_result(
         tokens,
         args.concurrency,
         rps,
-        percentile_ms(latencies, 50),
-        percentile_ms(latencies, 95),
-        percentile_ms(latencies, 99),
+        percentile_ms(latencies, 0.50),
+        percentile_ms(latencies, 0.95),
+        percentile_ms(latencies, 0.99),
         batch_size,
         len(latencies) * batch_size,
         note=f"in-process, best batch {batch_size} of {args.ceiling_batch_sizes}; latency per batch",
@@ -411,9 +399,9 @@ def latency_result(name: str, tokens: int, latencies: list[float], note: str) ->
         tokens,
         1,
         len(latencies) / sum(latencies),
-        percentile_ms(latencies, 50),
-        percentile_ms(latencies, 95),
-        percentile_ms(latencies, 99),
+        percentile_ms(latencies, 0.50),
+        percentile_ms(latencies, 0.95),
+        percentile_ms(latencies, 0.99),
         1.0,
         len(latencies),
         note=note,

@@ -36,6 +36,8 @@ from pathlib import Path
 
 import yaml
 
+from bench.load_client import fake_catalog, make_hash_checkpoint, stop_process
+
 REPO = Path(__file__).resolve().parents[1]
 ARMS = ("small-model", "medium-model", "large-model", "huge-model")
 START_TIMEOUT_S = 120.0
@@ -97,14 +99,7 @@ class Process:
 
     def stop(self) -> int:
         assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.returncode
+        return stop_process(self.proc)
 
     def rss_mib(self) -> float:
         assert self.proc is not None
@@ -115,43 +110,17 @@ class Process:
 
 
 def write_policy(directory: Path) -> None:
-    import torch
-
-    from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, save_checkpoint
-    from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
-
-    torch.manual_seed(0)
-    architecture = PolicyArchitecture(
-        embedding_dim=32, num_models=len(ARMS), preference_hidden=8, preference_dim=4, head_hidden=16
+    make_hash_checkpoint(
+        directory, ARMS, dim=32, max_seq_length=64, preference_hidden=8, preference_dim=4, head_hidden=16
     )
-    manifest = PolicyManifest(
-        version=1,
-        models=ARMS,
-        encoder=EncoderIdentity("hash:32", 32, 64, "tail"),
-        tau_usd=0.005,
-        architecture=architecture,
-    )
-    save_checkpoint(directory, PolicyNetwork(architecture), manifest)
 
 
 def write_configs(
     scratch: Path, provider_url: str, sidecar_port: int, trainer_port: int, metrics_port: int
 ) -> None:
-    catalog = {
-        "providers": [
-            {
-                "arm": model,
-                "enabled": True,
-                "base_url": provider_url,
-                "upstream_model": f"fake-{model}",
-                "input_usd_per_1m_tokens": 1.0,
-                "output_usd_per_1m_tokens": 2.0,
-                "max_concurrency": 32,
-                "timeout_s": 10.0,
-            }
-            for model in ARMS
-        ]
-    }
+    catalog = fake_catalog(
+        ARMS, provider_url, upstream_model=lambda model: f"fake-{model}", max_concurrency=32, timeout_s=10.0
+    )
     (scratch / "catalog.yaml").write_text(yaml.safe_dump(catalog))
     sidecar = {
         "server": {"host": "127.0.0.1", "port": sidecar_port, "grace_s": 2.0},

@@ -44,7 +44,7 @@ LAYERS: list[set[str]] = [
     # The composition root and the one-shot commands.
     {"barp_sidecar.learning_wiring", "barp_sidecar.decide"},
     {"barp_sidecar.app"},
-    {"barp_sidecar.cli", "barp_sidecar"},
+    {"barp_sidecar.cli", "barp_sidecar.export_onnx", "barp_sidecar"},
     # The trainer builds on the sidecar's lower layers (never the reverse).
     {"trainer.reinforce_core"},
     {"trainer.offline"},
@@ -198,3 +198,61 @@ def test_architecture_doc_lists_every_unit() -> None:
         if not any(name in table for name in names):
             missing.append(unit)
     assert missing == []
+
+
+def documented_modules(doc: str) -> dict[str, set[str]]:
+    """{package path: module stems} from the module list of docs/architecture.md (the fenced block after
+    "Every module, by package"): a line starting with ``pkg/`` opens a package, indented lines continue it."""
+    block = doc.split("Every module, by package", 1)[1].split("```", 2)[1]
+    listed: dict[str, set[str]] = {}
+    package = ""
+    for line in block.splitlines():
+        words = line.split()
+        if not words:
+            continue
+        if not line[0].isspace():
+            package, words = words[0], words[1:]
+            assert package.endswith("/") and package not in listed, f"bad or repeated package line: {line!r}"
+            listed[package] = set()
+        listed[package].update(words)
+    return listed
+
+
+def actual_modules() -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for root in ("barp_sidecar", "trainer"):
+        for path in (ROOT / root).rglob("*.py"):
+            relative = path.relative_to(ROOT)
+            if relative.parts[:2] == ("barp_sidecar", "gen") or path.name == "__init__.py":
+                continue
+            found.setdefault(relative.parent.as_posix() + "/", set()).add(path.stem)
+    return found
+
+
+def module_list_problems(listed: dict[str, set[str]], actual: dict[str, set[str]]) -> list[str]:
+    return [
+        f"{package}: missing {sorted(actual.get(package, set()) - listed.get(package, set()))}, "
+        f"stale {sorted(listed.get(package, set()) - actual.get(package, set()))}"
+        for package in sorted(set(listed) | set(actual))
+        if listed.get(package) != actual.get(package)
+    ]
+
+
+def test_architecture_doc_lists_every_module() -> None:
+    """The module list of docs/architecture.md is the tree: nothing missing, nothing stale."""
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    assert module_list_problems(documented_modules(doc), actual_modules()) == []
+
+
+def test_the_module_list_check_catches_a_missing_and_a_stale_module() -> None:
+    doc = "Every module, by package\n\n```\nx/  a b\n    c\ny/  d\n```\n"
+    listed = documented_modules(doc)
+    assert listed == {"x/": {"a", "b", "c"}, "y/": {"d"}}
+    assert module_list_problems(listed, {"x/": {"a", "b", "c"}, "y/": {"d"}}) == []
+    assert module_list_problems(listed, {"x/": {"a", "b", "c", "new"}, "y/": {"d"}}) == [
+        "x/: missing ['new'], stale []"
+    ]
+    assert module_list_problems(listed, {"x/": {"a", "b"}}) == [
+        "x/: missing [], stale ['c']",
+        "y/: missing [], stale ['d']",
+    ]

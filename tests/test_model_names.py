@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from barp_sidecar.errors import CheckpointError, ConfigError
-from barp_sidecar.model_names import MODEL_ALIASES, canonical_model_name, same_model
+from barp_sidecar.model_names import MODEL_ALIASES, canonical_model_name
 from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, load_checkpoint, save_checkpoint
 from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
 from barp_sidecar.providers.catalog import parse_catalog
@@ -14,7 +14,7 @@ from barp_sidecar.providers.catalog import parse_catalog
 
 def test_aliases_map_to_canonical_names_that_are_not_aliases_themselves():
     assert canonical_model_name(" gpt4_1106_preview ") == "gpt-4-1106-preview"
-    assert canonical_model_name("claude-2") == "claude-v2" and same_model("claude-2", "claude-v2")
+    assert canonical_model_name("claude-2") == "claude-v2" == canonical_model_name("claude-v2")
     assert canonical_model_name("some-unknown-model") == "some-unknown-model"
     assert not set(MODEL_ALIASES.values()) & set(MODEL_ALIASES)  # one step always reaches the canonical name
     assert all(alias != canonical for alias, canonical in MODEL_ALIASES.items())

@@ -56,7 +56,7 @@ class Row:
 
 def rows_of_split(table: RoutingTable, split: str, models: tuple[str, ...]) -> list[Row]:
     """The ``split`` rows of a routing table, with scores and costs in the demo catalogue's order."""
-    columns = [table.arms.index(m) for m in models]
+    columns = [table.models.index(m) for m in models]
     part = table.where(split=split)
     return [
         Row(prompt, task, part.quality[i, columns], part.cost_usd[i, columns])
@@ -102,13 +102,13 @@ class Process:
 
 
 def trainer_yaml(data_dir: Path, models: tuple[str, ...], tau_usd: float, args: argparse.Namespace) -> str:
-    arms = ", ".join(json.dumps(m) for m in models)
+    listed = ", ".join(json.dumps(m) for m in models)
     return (
         f"server:\n  host: 127.0.0.1\n  port: 0\n  grace_s: 2\n"
         f"storage:\n  data_dir: {json.dumps(str(data_dir))}\n"
         "metrics:\n  enabled: false\n"
         "learner:\n  initial_policy: cold\n"
-        f"  arms: [{arms}]\n  encoder_id: {BUILTIN_MODEL_ID}\n  encoder_dim: 384\n"
+        f"  arms: [{listed}]\n  encoder_id: {BUILTIN_MODEL_ID}\n  encoder_dim: 384\n"
         f"  encoder_max_seq_length: {args.max_seq_length}\n  encoder_truncation: tail\n"
         f"  tau_usd: {tau_usd!r}\n  batch_size: 64\n  seed: {args.seed}\n"
         f"publish:\n  every_events: {args.publish_every_events}\n  every_s: 5\n  gate_margin: 0.01\n"
@@ -217,12 +217,12 @@ async def replay(
                         ),
                         timeout=120,
                     )
-                    arm = index[decision.model]
+                    column = index[decision.model]
                     await stub.ReportOutcome(
                         router_pb2.OutcomeRequest(
                             decision_id=decision.decision_id,
-                            quality=float(rows[i].scores[arm]),
-                            cost_usd=float(rows[i].costs_usd[arm]),
+                            quality=float(rows[i].scores[column]),
+                            cost_usd=float(rows[i].costs_usd[column]),
                         ),
                         timeout=30,
                     )
@@ -230,7 +230,7 @@ async def replay(
                         Served(
                             len(served),
                             time.monotonic() - start_s,
-                            float(rewards[i, arm]),
+                            float(rewards[i, column]),
                             float(rewards[i, best_single]),
                             decision.policy_version,
                             decision.model,
@@ -354,10 +354,10 @@ async def run_demo(args: argparse.Namespace) -> int:
     except DataError as exc:
         raise SystemExit(str(exc)) from exc
     # Every model of the table by default (RouterBench: 11): the reward-model learner separates them.
-    models = tuple(args.models.split(",")) if args.models else table.arms
-    unknown = sorted(set(models) - set(table.arms))
+    models = tuple(args.models.split(",")) if args.models else table.models
+    unknown = sorted(set(models) - set(table.models))
     if unknown:
-        raise SystemExit(f"--models: unknown {unknown}; the data has {list(table.arms)}")
+        raise SystemExit(f"--models: unknown {unknown}; the data has {list(table.models)}")
     traffic = rows_of_split(table, "train", models)
     heldout = rows_of_split(table, "test", models)
     if not traffic or not heldout:

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from barp_sidecar.policy.reward import reward_from_normalized_cost
+
 ARCHITECTURE_KINDS = ("barp", "reward_model")
 EXPLORATION_SHAPES = ("boltzmann", "inverse_gap")
 
@@ -158,7 +160,7 @@ class PolicyNetwork(nn.Module):
         w_q = quality_weight.to(embeddings.dtype).reshape(-1, 1)
         if self.architecture.kind == "reward_model":
             quality, cost = self.predicted_outcomes(embeddings)
-            return self._reward_model_logits(w_q * quality - (1.0 - w_q) * cost, allowed)
+            return self._reward_model_logits(reward_from_normalized_cost(quality, cost, w_q), allowed)
         preference = torch.cat([w_q, 1.0 - w_q], dim=1)
         phi = self.preference_mlp(preference)
         x = torch.cat([embeddings, phi], dim=1)

@@ -11,7 +11,6 @@ PinPolicy) calls ``swap``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 import structlog
 
@@ -33,7 +32,6 @@ class PolicyRegistry:
         self._models = initial.manifest.models
         self._encoder = initial.manifest.encoder.core()
         self._swap_lock = threading.Lock()
-        self._listeners: list[Callable[[LoadedPolicy, LoadedPolicy], None]] = []
 
     def check(self, policy: LoadedPolicy) -> None:
         """Raise CheckpointError unless ``policy`` could be swapped in (models, encoder, serving backend)."""
@@ -67,10 +65,6 @@ class PolicyRegistry:
     def current(self) -> LoadedPolicy:
         return self._current
 
-    def add_listener(self, listener: Callable[[LoadedPolicy, LoadedPolicy], None]) -> None:
-        """``listener(old, new)`` is called after every swap (on the swapping thread)."""
-        self._listeners.append(listener)
-
     def swap(self, new: LoadedPolicy) -> LoadedPolicy:
         """Make ``new`` current; returns the previous policy. Raises CheckpointError if incompatible."""
         self.check(new)
@@ -79,8 +73,6 @@ class PolicyRegistry:
             self._current = new
         log.info("policy_swapped", old=old.version, new=new.version)
         _report_missing_calibration(new)
-        for listener in self._listeners:
-            listener(old, self._current)
         return old
 
 

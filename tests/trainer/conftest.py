@@ -31,7 +31,7 @@ def learnable_table(
         prompts=tuple(f"prompt {i} cluster {c}" for i, c in enumerate(cluster)),
         tasks=tuple("task_a" if c == 0 else "task_b" for c in cluster),
         splits=tuple("train" for _ in cluster),
-        arms=ARMS,
+        models=ARMS,
         quality=quality,
         cost_usd=cost,
     )

@@ -41,7 +41,7 @@ def test_routerbench_csv_parses_list_prompts_and_skips_blank_scores(tmp_path):
     )
     _write_csv(tmp_path / "arc_challenge_test.csv", [_rb_row(3, "test q")])
     table = load_routerbench_csv_dir(tmp_path)
-    assert table.arms == MODELS
+    assert table.models == MODELS
     assert len(table) == 3
     assert table.skipped_rows == 1
     assert table.prompts[1] == "Q: multi\nline?"  # files load sorted: test before train
@@ -65,7 +65,7 @@ def test_jsonl_loader_and_hash_split(tmp_path):
     ]
     rows[0]["split"] = "test"
     table = load_table(write_jsonl(tmp_path / "log.jsonl", rows))
-    assert table.arms == ("a", "b") and len(table) == 50
+    assert table.models == ("a", "b") and len(table) == 50
     assert table.splits[0] == "test"
     assert {"train", "test"} <= set(table.splits)
     assert table == table and load_jsonl(tmp_path / "log.jsonl").splits == table.splits  # deterministic
@@ -169,7 +169,7 @@ def test_jsonl_rows_with_different_models_leave_absent_models_unobserved(tmp_pat
         {"prompt": "p1", "task": "t", "scores": {"b": 0.25, "c": 1}, "costs": {"b": 0.02, "c": 0.3}},
     ]
     table = load_jsonl(write_jsonl(tmp_path / "log.jsonl", rows))
-    assert table.arms == ("a", "b", "c")
+    assert table.models == ("a", "b", "c")
     assert table.observed_mask.tolist() == [[True, True, False], [False, True, True]]
     assert not table.fully_observed
     assert table.quality[1].tolist() == [0.0, 0.25, 1.0] and table.cost_usd[1, 2] == 0.3
@@ -186,9 +186,9 @@ def test_loaders_canonicalise_model_aliases(tmp_path):
         }
     ]
     table = load_jsonl(write_jsonl(tmp_path / "log.jsonl", rows))
-    assert table.arms == ("gpt-4-1106-preview", "claude-v2") and table.fully_observed
+    assert table.models == ("gpt-4-1106-preview", "claude-v2") and table.fully_observed
     assert table.tasks == ("alpacaeval/koala",)
     csv_row = _rb_row(0, "q")
     renamed = {k.replace("m-large", "gpt4_1106_preview"): v for k, v in csv_row.items()}
     _write_csv(tmp_path / "arc_challenge_train.csv", [renamed])
-    assert load_routerbench_csv_dir(tmp_path).arms == ("m-small", "gpt-4-1106-preview")
+    assert load_routerbench_csv_dir(tmp_path).models == ("m-small", "gpt-4-1106-preview")

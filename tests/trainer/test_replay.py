@@ -33,7 +33,7 @@ def clustered_data(seed: int = 0, dim: int = 8, rows: int = 240) -> ReplayData:
     test = (np.arange(rows) // 2) % 4 == 0  # both clusters in the test rows
     train = ~test
     return ReplayData(
-        arms=("m0", "m1", "m2"),
+        names=("m0", "m1", "m2"),
         tau_usd=0.004,
         train_x=x[train],
         train_quality=quality[train],
@@ -60,7 +60,7 @@ def trainer_router(data: ReplayData, kind: str, seed: int = 0) -> TrainerRouter:
     return TrainerRouter(
         f"trainer-{kind}",
         settings,
-        data.arms,
+        data.names,
         data.tau_usd,
         seed,
         ExplorationMode.SAMPLE,
@@ -101,7 +101,7 @@ def test_reward_model_trainer_replay_learns_routing_and_is_deterministic():
     assert last.events == 3 * len(data.train_tasks)
     assert last.greedy_reward == pytest.approx(0.75)  # per-prompt routing, learned from bandit feedback
     assert last.published_versions >= 1 and gate["published"] == last.published_versions
-    assert max(last.model_share.values()) == pytest.approx(0.5)  # both cheap models used, not collapsed
+    assert max(last.share.values()) == pytest.approx(0.5)  # both cheap models used, not collapsed
 
 
 def test_random_preferences_score_over_the_grid():
@@ -187,11 +187,10 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path, capsys, rows_split, extr
 
 
 def test_vw_peer_learns_on_the_identical_stream():
-    pytest.importorskip("vowpalwabbit")
     from trainer.replay.vw_peer import VowpalWabbitRouter
 
     data = clustered_data()
-    peer = VowpalWabbitRouter(data.arms, seed=0, tau_usd=data.tau_usd)
+    peer = VowpalWabbitRouter(data.names, seed=0, tau_usd=data.tau_usd)
     result = run_replay(peer, data, passes=3, quality_weight=0.8, seed=0, every_events=180)
     peer.close()
     last = result.checkpoints[-1]
@@ -200,7 +199,6 @@ def test_vw_peer_learns_on_the_identical_stream():
 
 
 def test_cli_runs_the_vw_peer_side_by_side(tmp_path):
-    pytest.importorskip("vowpalwabbit")
     data = write_jsonl(tmp_path / "log.jsonl", synthetic_jsonl_rows())
     out = tmp_path / "replay.json"
     argv = ["replay", "--data", str(data), "--encoder-model", "hash:16", "--cache-dir", str(tmp_path)]

@@ -56,7 +56,7 @@ def test_rows_train_only_the_models_they_observed():
         prompts=table.prompts,
         tasks=table.tasks,
         splits=table.splits,
-        arms=table.arms,
+        models=table.models,
         quality=quality,
         cost_usd=np.where(observed, table.cost_usd, 0.0),
         observed=observed,

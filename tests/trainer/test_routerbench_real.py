@@ -21,7 +21,7 @@ def table():
 
 
 def test_rows_tasks_and_skipped_blank_scores(table):
-    assert len(table.arms) == 11
+    assert len(table.models) == 11
     assert table.task_names == ("arc_challenge", "mbpp", "winogrande")
     assert table.skipped_rows == 28  # RouterBench's blank ARC scores
     assert len(table.where(split="test")) == 945 and len(table.where(split="train")) == 2205
@@ -29,7 +29,7 @@ def test_rows_tasks_and_skipped_blank_scores(table):
 
 def test_gpt4_test_score_matches_the_readme(table):
     test = table.where(split="test")
-    gpt4 = test.arms.index("gpt-4-1106-preview")
+    gpt4 = test.models.index("gpt-4-1106-preview")
     tasks = np.asarray(test.tasks)
     per_task = [test.quality[tasks == t, gpt4].mean() for t in test.task_names]
     assert np.mean(per_task) == pytest.approx(0.833, abs=0.001)

@@ -6,9 +6,9 @@ import torch
 
 from barp_sidecar.policy.reward import reward
 from tests.trainer.conftest import learnable_table
-from trainer.offline.evaluation import metrics_for_arms
+from trainer.offline.evaluation import metrics_for_actions
 from trainer.offline.preferences import sample_quality_weights
-from trainer.offline.reinforce import OfflineTrainingConfig, greedy_arms, train_offline
+from trainer.offline.reinforce import OfflineTrainingConfig, greedy_actions, train_offline
 from trainer.offline.simulator import BanditSimulator
 
 TAU_USD = 0.004
@@ -100,8 +100,10 @@ def test_policy_beats_every_single_arm_at_two_preferences(baseline):
     )
     policy = train_offline(x, BanditSimulator(train), TAU_USD, config)
     for w in (0.3, 0.9):
-        routed = metrics_for_arms(test, greedy_arms(policy, x_test, w), w, TAU_USD)["reward"]
-        singles = [metrics_for_arms(test, np.full(len(test), arm), w, TAU_USD)["reward"] for arm in range(3)]
+        routed = metrics_for_actions(test, greedy_actions(policy, x_test, w), w, TAU_USD)["reward"]
+        singles = [
+            metrics_for_actions(test, np.full(len(test), arm), w, TAU_USD)["reward"] for arm in range(3)
+        ]
         assert routed > max(singles) + 0.05, (w, routed, singles)
         best = reward(test.quality, test.cost_usd, w, TAU_USD).max(axis=1)
         assert routed == pytest.approx(np.mean([best[:30].mean(), best[30:].mean()]), abs=0.05)

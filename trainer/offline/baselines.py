@@ -20,7 +20,7 @@ from trainer.offline.evaluation import Chooser
 from trainer.offline.simulator import BanditSimulator
 
 
-def single_model(arm: int, num_rows: int) -> Chooser:
+def fixed_action(arm: int, num_rows: int) -> Chooser:
     return lambda w: np.full(num_rows, arm, dtype=np.int64)
 
 
@@ -36,7 +36,7 @@ def oracle(table: RoutingTable, tau_usd: float) -> Chooser:
     return lambda w: np.argmax(reward(table.quality, table.cost_usd, w, tau_usd), axis=1)
 
 
-def best_single_arm(table: RoutingTable, quality_weight: float, tau_usd: float) -> int:
+def best_single_action(table: RoutingTable, quality_weight: float, tau_usd: float) -> int:
     """The arm with the best unweighted-over-tasks mean reward on ``table``."""
     rewards = reward(table.quality, table.cost_usd, quality_weight, tau_usd)
     tasks = np.asarray(table.tasks)
@@ -51,7 +51,7 @@ def per_task_best(train: RoutingTable, test_tasks: tuple[str, ...], tau_usd: flo
 
     def choose(w: float) -> np.ndarray:
         rewards = reward(train.quality, train.cost_usd, w, tau_usd)
-        fallback = best_single_arm(train, w, tau_usd)
+        fallback = best_single_action(train, w, tau_usd)
         out = np.full(test.size, fallback, dtype=np.int64)
         for task in train.task_names:
             out[test == task] = int(np.argmax(rewards[tasks == task].mean(axis=0)))
@@ -87,7 +87,7 @@ def mlp_full_info(
     quality = torch.as_tensor(train.quality, dtype=torch.float32)
     log_cost = torch.as_tensor(np.log(np.maximum(train.cost_usd, 1e-9)), dtype=torch.float32)
     k = quality.shape[1]
-    model = nn.Sequential(
+    regressor = nn.Sequential(
         nn.Linear(x.shape[1], hidden),
         nn.GELU(),
         nn.Dropout(0.1),
@@ -95,19 +95,19 @@ def mlp_full_info(
         nn.GELU(),
         nn.Linear(hidden, 2 * k),
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(regressor.parameters(), lr=1e-3, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(seed)
     for _ in range(steps):
         rows = torch.randint(0, x.shape[0], (256,), generator=generator)
-        out = model(x[rows])
+        out = regressor(x[rows])
         loss = nn.functional.binary_cross_entropy_with_logits(out[:, :k], quality[rows])
         loss = loss + nn.functional.mse_loss(out[:, k:], log_cost[rows])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    model.eval()
+    regressor.eval()
     with torch.inference_mode():
-        out = model(torch.as_tensor(np.asarray(test_x, dtype=np.float32)))
+        out = regressor(torch.as_tensor(np.asarray(test_x, dtype=np.float32)))
     q_hat = torch.sigmoid(out[:, :k]).numpy()
     c_hat = normalized_cost(np.exp(out[:, k:].numpy()), tau_usd)
     return lambda w: np.argmax(reward_from_normalized_cost(q_hat, c_hat, w), axis=1)

@@ -10,7 +10,7 @@ Owns reading and validating the data; knows nothing about encoders, policies or 
   They carry no split: a deterministic 70/30 split by sample id is assigned.
 - Generic JSONL, one object per prompt: ``{"prompt", "task", "scores": {model: q}, "costs": {model: usd}}``
   with an optional ``"split"`` ("train"/"test"); rows without one are split by a hash of the prompt.
-  Rows may name different models: the table's arms are their union (in order of first appearance) and a
+  Rows may name different models: the table's models are their union (in order of first appearance) and a
   model a row does not name is *unobserved* there (``RoutingTable.observed`` is False; its quality and
   cost are stored as 0 and must not be read).
 
@@ -53,16 +53,16 @@ def normalize_task(name: str) -> str:
 
 @dataclass(frozen=True)
 class RoutingTable:
-    """Rows of (prompt, task, split) with quality [N, K] in [0, 1] and cost_usd [N, K] ≥ 0 per arm.
+    """Rows of (prompt, task, split) with quality [N, K] in [0, 1] and cost_usd [N, K] ≥ 0 per model.
 
-    ``observed`` [N, K] bool marks the (row, arm) outcomes the source holds; None means every one. An
+    ``observed`` [N, K] bool marks the (row, model) outcomes the source holds; None means every one. An
     unobserved entry has quality = cost = 0 as a placeholder: read it only through ``observed_mask``.
     """
 
     prompts: tuple[str, ...]
     tasks: tuple[str, ...]
     splits: tuple[str, ...]
-    arms: tuple[str, ...]
+    models: tuple[str, ...]
     quality: np.ndarray
     cost_usd: np.ndarray
     sample_ids: tuple[str, ...] = ()
@@ -74,7 +74,7 @@ class RoutingTable:
     row_sources: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        n, k = len(self.prompts), len(self.arms)
+        n, k = len(self.prompts), len(self.models)
         if self.quality.shape != (n, k) or self.cost_usd.shape != (n, k):
             raise ValueError(
                 f"quality/cost must be [{n}, {k}], got {self.quality.shape}/{self.cost_usd.shape}"
@@ -93,7 +93,7 @@ class RoutingTable:
 
     @property
     def observed_mask(self) -> np.ndarray:
-        """[N, K] bool: which (row, arm) outcomes exist (all True for a complete table)."""
+        """[N, K] bool: which (row, model) outcomes exist (all True for a complete table)."""
         if self.observed is None:
             return np.ones(self.quality.shape, dtype=bool)
         return self.observed
@@ -115,7 +115,7 @@ class RoutingTable:
             prompts=tuple(self.prompts[i] for i in idx),
             tasks=tuple(self.tasks[i] for i in idx),
             splits=tuple(self.splits[i] for i in idx),
-            arms=self.arms,
+            models=self.models,
             quality=self.quality[idx],
             cost_usd=self.cost_usd[idx],
             sample_ids=tuple(self.sample_ids[i] for i in idx) if self.sample_ids else (),
@@ -205,18 +205,18 @@ def routerbench_models(columns: Iterable[str]) -> tuple[str, ...]:
     )
 
 
-def _canonical_arms(columns: tuple[str, ...], where: str) -> tuple[str, ...]:
+def _canonical_models(columns: tuple[str, ...], where: str) -> tuple[str, ...]:
     """Canonical names of a file's model columns; two columns naming one model is an error."""
-    arms = tuple(canonical_model_name(c) for c in columns)
-    if len(set(arms)) != len(arms):
-        dupes = sorted({c for c in columns if arms.count(canonical_model_name(c)) > 1})
+    models = tuple(canonical_model_name(c) for c in columns)
+    if len(set(models)) != len(models):
+        dupes = sorted({c for c in columns if models.count(canonical_model_name(c)) > 1})
         raise DataError(f"{where}: columns {dupes} name the same model")
-    return arms
+    return models
 
 
 @dataclass
 class _Builder:
-    arms: tuple[str, ...]
+    models: tuple[str, ...]
     columns: tuple[str, ...] = ()
     prompts: list[str] = field(default_factory=list)
     tasks: list[str] = field(default_factory=list)
@@ -227,7 +227,7 @@ class _Builder:
     skipped: dict[str, int] = field(default_factory=dict)
 
     def add_routerbench_row(self, row: Mapping[str, Any], where: str, split: str | None, source: str) -> None:
-        columns = self.columns or self.arms
+        columns = self.columns or self.models
         if any(_is_blank(row.get(model)) for model in columns):
             self.skipped[source] = self.skipped.get(source, 0) + 1
             return
@@ -246,12 +246,12 @@ class _Builder:
     def build(self, source: str) -> RoutingTable:
         if not self.prompts:
             raise DataError(f"{source}: no usable rows")
-        k = len(self.arms)
+        k = len(self.models)
         return RoutingTable(
             prompts=tuple(self.prompts),
             tasks=tuple(self.tasks),
             splits=tuple(self.splits),
-            arms=self.arms,
+            models=self.models,
             quality=np.asarray(self.quality, dtype=np.float64).reshape(-1, k),
             cost_usd=np.asarray(self.cost, dtype=np.float64).reshape(-1, k),
             sample_ids=tuple(self.sample_ids),
@@ -277,7 +277,7 @@ def load_routerbench_csv_dir(directory: Path) -> RoutingTable:
             if not models:
                 raise DataError(f"{path}: no '<model>' + '<model>|total_cost' column pairs")
             if builder is None:
-                builder = _Builder(arms=_canonical_arms(models, str(path)), columns=models)
+                builder = _Builder(models=_canonical_models(models, str(path)), columns=models)
             elif set(models) != set(builder.columns):
                 raise DataError(f"{path}: models {sorted(models)} differ from {sorted(builder.columns)}")
             line = reader.line_num + 1
@@ -328,7 +328,7 @@ def load_routerbench_pickle(path: Path) -> RoutingTable:
     models = routerbench_models(rows[0].keys())
     if not models:
         raise DataError(f"{path}: no '<model>' + '<model>|total_cost' column pairs")
-    builder = _Builder(arms=_canonical_arms(models, str(path)), columns=models)
+    builder = _Builder(models=_canonical_models(models, str(path)), columns=models)
     for index, row in enumerate(rows):
         split = row.get("split") if row.get("split") in ("train", "test") else None
         builder.add_routerbench_row(row, f"{path}:row {index}", split, str(path))
@@ -367,7 +367,7 @@ def load_jsonl(path: Path) -> RoutingTable:
     splits: list[str] = []
     sample_ids: list[str] = []
     outcomes: list[dict[str, tuple[float, float]]] = []
-    arms: dict[str, int] = {}
+    models: dict[str, int] = {}
     with path.open(encoding="utf-8") as handle:
         for line_number, line in enumerate(handle, start=1):
             if not line.strip():
@@ -389,7 +389,7 @@ def load_jsonl(path: Path) -> RoutingTable:
                 raise DataError(f"{where}: split must be 'train' or 'test', not {split!r}")
             row = _jsonl_outcomes(record, where)
             for name in row:
-                arms.setdefault(name, len(arms))
+                models.setdefault(name, len(models))
             prompts.append(record["prompt"])
             tasks.append(normalize_task(record["task"]))
             splits.append(split or _hash_split(record["prompt"]))
@@ -397,19 +397,19 @@ def load_jsonl(path: Path) -> RoutingTable:
             outcomes.append(row)
     if not prompts:
         raise DataError(f"{path}: empty file")
-    quality = np.zeros((len(prompts), len(arms)), dtype=np.float64)
+    quality = np.zeros((len(prompts), len(models)), dtype=np.float64)
     cost = np.zeros_like(quality)
     observed = np.zeros(quality.shape, dtype=bool)
     for index, row in enumerate(outcomes):
         for name, (score, usd) in row.items():
-            quality[index, arms[name]] = score
-            cost[index, arms[name]] = usd
-            observed[index, arms[name]] = True
+            quality[index, models[name]] = score
+            cost[index, models[name]] = usd
+            observed[index, models[name]] = True
     return RoutingTable(
         prompts=tuple(prompts),
         tasks=tuple(tasks),
         splits=tuple(splits),
-        arms=tuple(arms),
+        models=tuple(models),
         quality=quality,
         cost_usd=cost,
         sample_ids=tuple(sample_ids),
@@ -425,17 +425,17 @@ def combine_tables(tables: Sequence[RoutingTable]) -> RoutingTable:
     """
     if len(tables) == 1:
         return tables[0]
-    arms: dict[str, int] = {}
+    models: dict[str, int] = {}
     for table in tables:
-        for arm in table.arms:
-            arms.setdefault(arm, len(arms))
-    n, k = sum(len(t) for t in tables), len(arms)
+        for model in table.models:
+            models.setdefault(model, len(models))
+    n, k = sum(len(t) for t in tables), len(models)
     quality = np.zeros((n, k))
     cost = np.zeros((n, k))
     observed = np.zeros((n, k), dtype=bool)
     start = 0
     for table in tables:
-        columns = [arms[a] for a in table.arms]
+        columns = [models[a] for a in table.models]
         rows = slice(start, start + len(table))
         quality[rows, columns] = table.quality
         cost[rows, columns] = table.cost_usd
@@ -445,7 +445,7 @@ def combine_tables(tables: Sequence[RoutingTable]) -> RoutingTable:
         prompts=tuple(p for t in tables for p in t.prompts),
         tasks=tuple(x for t in tables for x in t.tasks),
         splits=tuple(x for t in tables for x in t.splits),
-        arms=tuple(arms),
+        models=tuple(models),
         quality=quality,
         cost_usd=cost,
         sample_ids=tuple(x for t in tables for x in (t.sample_ids or ("",) * len(t))),

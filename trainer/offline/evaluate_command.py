@@ -124,7 +124,7 @@ def evaluation_data(
     table: RoutingTable, policy_models: tuple[str, ...], selected: set[str], data: Path
 ) -> tuple[rm.EvaluationData, np.ndarray, dict[str, Any]]:
     """(data in the policy's model order, indices of the table rows kept, facts for the report)."""
-    log_models = set(table.arms)
+    log_models = set(table.models)
     shared = [m for m in policy_models if m in log_models]
     if not shared:
         raise DataError(
@@ -136,7 +136,7 @@ def evaluation_data(
         raise DataError(
             f"{data}: none of --models {sorted(selected)} is in the log (log models {sorted(log_models)})"
         )
-    column = {m: i for i, m in enumerate(table.arms)}
+    column = {m: i for i, m in enumerate(table.models)}
     k = len(policy_models)
     quality = np.zeros((len(table), k))
     cost = np.zeros((len(table), k))

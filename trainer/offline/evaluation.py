@@ -21,7 +21,7 @@ def grid_key(quality_weight: float) -> str:
     return f"{quality_weight:.1f}"
 
 
-def metrics_for_arms(
+def metrics_for_actions(
     table: RoutingTable, arms: np.ndarray, quality_weight: float, tau_usd: float
 ) -> dict[str, object]:
     """{"score", "cost_usd", "reward", "per_task": {task: {...}}} for one decision per row.
@@ -57,7 +57,7 @@ def evaluate_over_grid(
     table: RoutingTable, choose: Chooser, tau_usd: float, grid: Sequence[float] = QUALITY_WEIGHT_GRID
 ) -> dict[str, dict[str, object]]:
     """{W_Q: metrics} where ``choose(w_q)`` returns one arm index per row of ``table``."""
-    return {grid_key(w): metrics_for_arms(table, choose(w), w, tau_usd) for w in grid}
+    return {grid_key(w): metrics_for_actions(table, choose(w), w, tau_usd) for w in grid}
 
 
 def mean_over_seeds(runs: Sequence[dict[str, Any]]) -> tuple[dict[str, Any], dict[str, Any]]:

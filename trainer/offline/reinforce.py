@@ -292,7 +292,7 @@ def train_offline(
     return policy
 
 
-def greedy_arms(policy: PolicyNetwork, embeddings: np.ndarray, quality_weight: float) -> np.ndarray:
+def greedy_actions(policy: PolicyNetwork, embeddings: np.ndarray, quality_weight: float) -> np.ndarray:
     """argmax_a π(a|x, w_q) per row (test-time decisions are greedy)."""
     policy.eval()
     x = torch.as_tensor(np.asarray(embeddings, dtype=np.float32))

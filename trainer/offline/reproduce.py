@@ -31,7 +31,7 @@ from trainer.offline.evaluation import (
 )
 from trainer.offline.features import default_cache_dir, embed_table
 from trainer.offline.plots import write_pareto_png
-from trainer.offline.reinforce import greedy_arms
+from trainer.offline.reinforce import greedy_actions
 from trainer.offline.report import add_headroom, check_targets, write_markdown
 from trainer.offline.simulator import BanditSimulator
 from trainer.offline.train_command import (
@@ -62,11 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _greedy(network: PolicyNetwork, embeddings: np.ndarray, quality_weight: float) -> np.ndarray:
-    return greedy_arms(network, embeddings, quality_weight)
+    return greedy_actions(network, embeddings, quality_weight)
 
 
-def _choices(arms: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
-    counts = np.bincount(arms, minlength=len(names)) / max(1, arms.size)
+def _choices(actions: np.ndarray, names: tuple[str, ...]) -> dict[str, float]:
+    counts = np.bincount(actions, minlength=len(names)) / max(1, actions.size)
     return {names[i]: round(float(c), 4) for i, c in enumerate(counts) if c > 0}
 
 
@@ -91,28 +91,29 @@ def evaluate_setting(
         runs.append(evaluate_over_grid(test, functools.partial(_greedy, network, test_x), tau_usd))
         if seed == args.seeds[0]:
             extras["barp_choices_seed0"] = {
-                grid_key(w): _choices(greedy_arms(network, test_x, w), test.arms) for w in QUALITY_WEIGHT_GRID
+                grid_key(w): _choices(greedy_actions(network, test_x, w), test.models)
+                for w in QUALITY_WEIGHT_GRID
             }
             extras["bandit_reveals_per_run"] = reveals
     results["barp"], results["barp_std"] = mean_over_seeds(runs)
     choosers: dict[str, Chooser] = {
         "oracle": baselines.oracle(test, tau_usd),
-        "random": baselines.random_router(len(test), len(test.arms), args.seeds[0]),
+        "random": baselines.random_router(len(test), len(test.models), args.seeds[0]),
         "knn": baselines.knn(train, train_x, test_x, tau_usd),
         "mlp_full_info": baselines.mlp_full_info(
             train, train_x, test_x, tau_usd, seed=args.seeds[0], steps=args.mlp_steps
         ),
         "per_task_best": baselines.per_task_best(train, test.tasks, tau_usd),
         "best_single_on_train": lambda w: np.full(
-            len(test), baselines.best_single_arm(train, w, tau_usd), dtype=np.int64
+            len(test), baselines.best_single_action(train, w, tau_usd), dtype=np.int64
         ),
     }
     for kind in tqdm(BANDIT_BASELINES, desc=f"{name} bandit baselines", disable=not show_progress):
         choosers[kind] = baselines.linear_bandit_router(
             kind, train_x, test_x, BanditSimulator(train), tau_usd, args.seeds[0], args.bandit_events
         )
-    for arm, model in enumerate(test.arms):
-        choosers[f"model:{model}"] = baselines.single_model(arm, len(test))
+    for action, model in enumerate(test.models):
+        choosers[f"model:{model}"] = baselines.fixed_action(action, len(test))
     for router, choose in choosers.items():
         results[router] = evaluate_over_grid(test, choose, tau_usd)
     return results, extras

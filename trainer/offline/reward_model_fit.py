@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
+from barp_sidecar.policy.reward import normalized_cost
 from trainer.offline.datasets import RoutingTable
 
 REGRESSORS = ("ridge", "mlp")
@@ -71,11 +72,8 @@ class RegressionTargets:
 
 
 def regression_targets(table: RoutingTable, tau_usd: float) -> RegressionTargets:
-    if not tau_usd > 0:
-        raise ValueError("tau_usd must be positive")
     observed = table.observed_mask
-    normalized_cost = np.minimum(table.cost_usd / tau_usd, 1.0)
-    values = np.concatenate([table.quality, normalized_cost], axis=1)
+    values = np.concatenate([table.quality, normalized_cost(table.cost_usd, tau_usd)], axis=1)
     values = np.where(np.concatenate([observed, observed], axis=1), values, 0.0)
     return RegressionTargets(values=values, observed=np.concatenate([observed, observed], axis=1))
 
@@ -175,14 +173,14 @@ def fit_mlp(
 def fit_reward_model(
     embeddings: np.ndarray, table: RoutingTable, tau_usd: float, config: RewardModelFitConfig
 ) -> tuple[PolicyNetwork, dict[str, object]]:
-    """A ``reward_model`` network for ``table``'s arms and facts about the fit (for the manifest)."""
+    """A ``reward_model`` network for ``table``'s models and facts about the fit (for the manifest)."""
     if len(table) == 0:
         raise ValueError("no training rows")
     torch.manual_seed(config.seed)
     targets = regression_targets(table, tau_usd)
     architecture = PolicyArchitecture(
         embedding_dim=int(embeddings.shape[1]),
-        num_models=len(table.arms),
+        num_models=len(table.models),
         head_hidden=config.hidden,
         head_layers=0 if config.regressor == "ridge" else 1,
         kind="reward_model",

@@ -30,14 +30,14 @@ from trainer.offline.features import default_cache_dir, embed_table
 
 def pair_table(table: RoutingTable, strong: str, cheap: str) -> RoutingTable:
     """The rows that observed both models, with only those two columns (strong first)."""
-    columns = [table.arms.index(strong), table.arms.index(cheap)]
+    columns = [table.models.index(strong), table.models.index(cheap)]
     rows = np.flatnonzero(table.observed_mask[:, columns].all(axis=1))
     part = table.select(rows)
     return RoutingTable(
         prompts=part.prompts,
         tasks=part.tasks,
         splits=part.splits,
-        arms=(strong, cheap),
+        models=(strong, cheap),
         quality=part.quality[:, columns],
         cost_usd=part.cost_usd[:, columns],
         source=table.source,
@@ -105,11 +105,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:  # the evaluate default on the test split: best single, cheapest within 0.15
         test = table.where(split="test")
         data = rm.EvaluationData(
-            test.arms, test.quality, test.cost_usd, test.observed_mask, np.asarray(test.tasks)
+            test.models, test.quality, test.cost_usd, test.observed_mask, np.asarray(test.tasks)
         )
         pair = rm.automatic_pair(data)
         assert pair is not None
-        strong, cheap = test.arms[pair[0]], test.arms[pair[1]]
+        strong, cheap = test.models[pair[0]], test.models[pair[1]]
     part = pair_table(table, strong, cheap)
     settings = EncoderSettings(model=args.encoder_model, max_seq_length=256, truncation="tail", device="cpu")
     x, _, _ = embed_table(part, settings, args.cache_dir or default_cache_dir(), False)

@@ -26,7 +26,7 @@ from trainer.offline import baselines
 from trainer.offline.datasets import load_table
 from trainer.offline.evaluation import evaluate_over_grid, mean_over_seeds
 from trainer.offline.features import default_cache_dir, embed_table
-from trainer.offline.reinforce import OfflineTrainingConfig, greedy_arms, train_offline
+from trainer.offline.reinforce import OfflineTrainingConfig, greedy_actions, train_offline
 from trainer.offline.simulator import BanditSimulator
 from trainer.offline.splits import stratified_split
 from trainer.offline.train_command import tau_from_costs
@@ -77,9 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for seed in seeds:
             config = OfflineTrainingConfig(**{**variant, "seed": seed})
             policy = train_offline(x_train, BanditSimulator(train), tau_usd, config)
-            runs.append(
-                evaluate_over_grid(validation, functools.partial(greedy_arms, policy, x_validation), tau_usd)
-            )
+            choose = functools.partial(greedy_actions, policy, x_validation)
+            runs.append(evaluate_over_grid(validation, choose, tau_usd))
         mean, std = mean_over_seeds(runs)
         label = f"{json.dumps(variant)} seeds={seeds} {time.monotonic() - started:.0f}s"
         per_seed = " ".join(f"{np.mean([run[k]['reward'] for k in HIGH]):.4f}" for run in runs)

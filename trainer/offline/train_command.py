@@ -55,7 +55,7 @@ def tau_from_costs(
 
 def table_digest(table: RoutingTable) -> str:
     digest = hashlib.sha256()
-    digest.update("\x1f".join(table.arms).encode())
+    digest.update("\x1f".join(table.models).encode())
     for prompt, task in zip(table.prompts, table.tasks, strict=True):
         digest.update(hashlib.sha256(prompt.encode()).digest() + task.encode())
     digest.update(np.ascontiguousarray(table.quality).tobytes())
@@ -195,7 +195,7 @@ def build_manifest(
 ) -> PolicyManifest:
     return PolicyManifest(
         version=1,
-        models=table.arms,
+        models=table.models,
         encoder=EncoderIdentity.from_settings(encoder_id, dim, settings),
         tau_usd=tau_usd,
         architecture=network.architecture,

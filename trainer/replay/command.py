@@ -109,17 +109,17 @@ def parse_seeds(text: str) -> list[int]:
 def select_models(table: RoutingTable, text: str) -> tuple[str, ...]:
     """The requested models in the table's order (default all); unknown names and < 2 models are errors."""
     if not text.strip():
-        wanted: tuple[str, ...] = table.arms
+        wanted: tuple[str, ...] = table.models
     else:
         wanted = tuple(m.strip() for m in text.split(",") if m.strip())
-    unknown = [m for m in wanted if m not in table.arms]
+    unknown = [m for m in wanted if m not in table.models]
     if unknown:
-        raise ReplayInputError(f"--models: unknown model(s) {unknown}; the data has {list(table.arms)}")
+        raise ReplayInputError(f"--models: unknown model(s) {unknown}; the data has {list(table.models)}")
     if len(set(wanted)) < 2:
         raise ReplayInputError(
             f"--models: routing needs at least two models, got {list(dict.fromkeys(wanted))}"
         )
-    return tuple(m for m in table.arms if m in wanted)
+    return tuple(m for m in table.models if m in wanted)
 
 
 def load_replay_data(args: argparse.Namespace) -> ReplayData:
@@ -131,7 +131,7 @@ def load_replay_data(args: argparse.Namespace) -> ReplayData:
     for name, part in (("train", train), ("test", test)):
         if len(part) == 0:
             raise ReplayInputError(f"--data: {args.data} has no {name} rows (split '{name}')")
-    columns = [table.arms.index(m) for m in models]
+    columns = [table.models.index(m) for m in models]
     settings = EncoderSettings(
         model=args.encoder_model, max_seq_length=args.max_seq_length, truncation=args.truncation
     )
@@ -139,7 +139,7 @@ def load_replay_data(args: argparse.Namespace) -> ReplayData:
     vectors, _, _ = embed_prompts(list(train.prompts) + list(test.prompts), settings, cache_dir)
     vectors = np.ascontiguousarray(vectors, dtype=np.float32)
     return ReplayData(
-        arms=models,
+        names=models,
         tau_usd=tau_from_costs(train.cost_usd[:, columns]),
         train_x=vectors[: len(train)],
         train_quality=train.quality[:, columns],
@@ -177,7 +177,7 @@ def build_routers(args: argparse.Namespace, data: ReplayData, seed: int) -> list
             TrainerRouter(
                 f"trainer-{kind}",
                 kind_settings,
-                data.arms,
+                data.names,
                 data.tau_usd,
                 seed,
                 ExplorationMode(args.exploration),
@@ -189,7 +189,7 @@ def build_routers(args: argparse.Namespace, data: ReplayData, seed: int) -> list
         if peer == "vw":
             from trainer.replay.vw_peer import VowpalWabbitRouter
 
-            routers.append(VowpalWabbitRouter(data.arms, seed, data.tau_usd))
+            routers.append(VowpalWabbitRouter(data.names, seed, data.tau_usd))
     return routers
 
 
@@ -207,7 +207,7 @@ def format_table(refs: dict[str, float], runs: list[RunResult]) -> str:
         _, served = mean_curve(group, "served_reward")
         _, published = mean_curve(group, "published_versions")
         for i, count in enumerate(events):
-            top = float(np.mean([max(run.checkpoints[i].model_share.values()) for run in group]))
+            top = float(np.mean([max(run.checkpoints[i].share.values()) for run in group]))
             cells = [learner, str(count), f"{greedy[i]:.4f}", f"{served[i]:.4f}", f"{published[i]:.1f}"]
             lines.append("| " + " | ".join([*cells, f"{top:.2f}"]) + " |")
     lines.append("")
@@ -304,6 +304,6 @@ def _run(args: argparse.Namespace) -> int:
         args.json.write_text(json.dumps(document, indent=2) + "\n")
     if args.plot is not None:
         weight = "random w_q" if quality_weight is None else f"w_q = {quality_weight}"
-        title = f"{len(data.arms)} models, {weight}, {args.passes} passes, {len(seeds)} seed(s), mean"
+        title = f"{len(data.names)} models, {weight}, {args.passes} passes, {len(seeds)} seed(s), mean"
         write_plot(refs, runs, args.plot, title)
     return 0

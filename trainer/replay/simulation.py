@@ -15,16 +15,16 @@ from typing import Protocol
 
 import numpy as np
 
-from barp_sidecar.policy.reward import normalized_cost, reward_array
+from barp_sidecar.policy.reward import reward, reward_array
 
 QUALITY_WEIGHT_GRID: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(11))
 
 
 @dataclass(frozen=True)
 class ReplayData:
-    """Train rows (streamed) and test rows (never streamed), embeddings precomputed, arms in order."""
+    """Train rows (streamed) and test rows (never streamed), embeddings precomputed; ``names[a]``: arm a."""
 
-    arms: tuple[str, ...]
+    names: tuple[str, ...]
     tau_usd: float
     train_x: np.ndarray  # [N, D] float32
     train_quality: np.ndarray  # [N, K]
@@ -99,7 +99,7 @@ class Checkpoint:
     greedy_reward: float
     served_reward: float  # mean reward of the decisions served since the previous checkpoint
     published_versions: int
-    model_share: dict[str, float]
+    share: dict[str, float]  # each arm's share of the greedy decisions, by name
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -107,7 +107,7 @@ class Checkpoint:
             "greedy_reward": self.greedy_reward,
             "served_reward": self.served_reward,
             "published_versions": self.published_versions,
-            "model_share": dict(self.model_share),
+            "model_share": dict(self.share),  # the published key of the replay JSON
         }
 
 
@@ -145,14 +145,14 @@ def score_greedy(
 ) -> tuple[float, dict[str, float]]:
     """Mean held-out reward of the greedy decisions (averaged over the evaluation weights) and each
     model's share of those decisions."""
-    rewards, counts = [], np.zeros(len(data.arms))
+    rewards, counts = [], np.zeros(len(data.names))
     rows = np.arange(len(data.test_tasks))
     for w in evaluation_weights(quality_weight):
         arms = np.asarray(router.greedy_arms(data.test_x, w), dtype=np.int64)
         rewards.append(float(data.test_rewards(w)[rows, arms].mean()))
-        counts += np.bincount(arms, minlength=len(data.arms))
+        counts += np.bincount(arms, minlength=len(data.names))
     share = counts / counts.sum()
-    return float(np.mean(rewards)), {name: float(s) for name, s in zip(data.arms, share, strict=True)}
+    return float(np.mean(rewards)), {name: float(s) for name, s in zip(data.names, share, strict=True)}
 
 
 def run_replay(
@@ -173,7 +173,7 @@ def run_replay(
         arm, propensity = router.choose(index, x, float(w))
         quality = float(data.train_quality[row, arm])
         cost = float(data.train_cost_usd[row, arm])
-        served.append(float(w * quality - (1.0 - w) * normalized_cost(cost, data.tau_usd)))
+        served.append(float(reward(quality, cost, float(w), data.tau_usd)))
         router.observe(index, x, float(w), arm, propensity, quality, cost)
         events = index + 1
         if events % every_events == 0 or events == len(rows):

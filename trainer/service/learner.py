@@ -10,6 +10,7 @@ Update, for a batch of logged events (x, w, allowed, a, μ, q, c):
         ρ    = min(π(a|x,w') / μ, max_importance_weight)   (detached; μ = logged propensity at w)
     b(x, w') = w'·q̂(x) − (1 − w')·ĉ(x)                (a learned per-prompt baseline, detached)
     loss = −mean(ρ·(r' − b)·log π(a|x,w')) − β·mean(H(π(·|x,w')))
+The terms (ρ, log π(a), H) are ``trainer.reinforce_core``'s, the rewards ``barp_sidecar.policy.reward``'s.
 """
 
 from __future__ import annotations
@@ -25,6 +26,8 @@ import torch
 
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.policy.network import PolicyNetwork
+from barp_sidecar.policy.reward import normalized_cost, reward_from_normalized_cost
+from trainer.reinforce_core import importance_weighted_objective, policy_gradient_terms
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class EventBatch:
         return int(self.action.shape[0])
 
     def rewards(self, quality_weight: torch.Tensor) -> torch.Tensor:
-        return quality_weight * self.quality - (1.0 - quality_weight) * self.normalized_cost
+        return reward_from_normalized_cost(self.quality, self.normalized_cost, quality_weight)
 
 
 class CostImputer:
@@ -98,7 +101,7 @@ def to_batch(
         action=torch.from_numpy(action),
         propensity=torch.tensor([e.propensity for e in events], dtype=torch.float32),
         quality=torch.tensor([e.quality for e in events], dtype=torch.float32),
-        normalized_cost=torch.from_numpy(np.minimum(cost / tau_usd, 1.0).astype(np.float32)),
+        normalized_cost=torch.from_numpy(normalized_cost(cost, tau_usd).astype(np.float32)),
     )
 
 
@@ -166,20 +169,17 @@ class OnlineLearner:
         embeddings, allowed, action = rep(batch.embeddings), rep(batch.allowed), rep(batch.action)
         propensity = rep(batch.propensity)
         quality, cost = rep(batch.quality), rep(batch.normalized_cost)
-        rewards = prefs * quality - (1.0 - prefs) * cost
+        rewards = reward_from_normalized_cost(quality, cost, prefs)
 
         logits = self.network(embeddings, prefs, allowed)
-        log_probs = torch.log_softmax(logits, dim=-1)
-        chosen = log_probs.gather(1, action.reshape(-1, 1)).squeeze(1)
+        terms = policy_gradient_terms(logits, action, propensity, self.hyper.max_importance_weight, allowed)
         predicted = self.baseline(batch.embeddings)
         with torch.no_grad():
-            weights = torch.clamp(chosen.exp() / propensity, max=self.hyper.max_importance_weight)
             # Linear in w' like the reward, so one event's copies at different w' each get a fitting one.
             expected = rep(predicted.detach())
-            baseline = prefs * expected[:, 0] - (1.0 - prefs) * expected[:, 1]
-        probs = log_probs.exp()
-        entropy = -torch.where(allowed, probs * log_probs, torch.zeros_like(probs)).sum(dim=1)
-        policy_loss = -(weights * (rewards - baseline) * chosen).mean()
+            baseline = reward_from_normalized_cost(expected[:, 0], expected[:, 1], prefs)
+        weights, entropy = terms.importance_weight, terms.entropy
+        policy_loss = -importance_weighted_objective(terms, rewards - baseline).mean()
         # An optional L2 penalty on the allowed logits keeps the softmax out of saturation, where the
         # importance weights π/μ of every other arm vanish and learning stops (seen in the demo without it).
         finite = torch.where(allowed, logits, torch.zeros_like(logits))
@@ -269,7 +269,7 @@ def doubly_robust(network: PolicyNetwork, batch: EventBatch, critic: PolicyNetwo
     finally:
         network.train(was_training)
     w = batch.quality_weight.double().reshape(-1, 1)
-    predicted = w * quality.double() - (1.0 - w) * cost.double()
+    predicted = reward_from_normalized_cost(quality.double(), cost.double(), w)
     predicted = torch.where(batch.allowed, predicted, torch.zeros_like(predicted))
     rewards = batch.rewards(batch.quality_weight).double()
     chosen = batch.action.reshape(-1, 1)

@@ -169,12 +169,12 @@ class TrainingLoop:
         self.publish_settings = publish_settings
         self.poll_interval_s = poll_interval_s
         self.manifest = starting.manifest
-        self.arms = starting.manifest.models
+        self.models = starting.manifest.models
         self.tau_usd = starting.manifest.tau_usd
         self.clock = clock
         self.learner = build_learner(copy.deepcopy(starting.network), learner_settings)
         self.published_network: PolicyNetwork = copy.deepcopy(starting.network).eval()
-        self.imputer = CostImputer(len(self.arms))
+        self.imputer = CostImputer(len(self.models))
         self.cursor = starting.log_offset
         # Offset of the first event not yet inside the learner's weights (what a restart replays from).
         self.trained_offset = starting.log_offset
@@ -324,14 +324,14 @@ class TrainingLoop:
         while len(self.pending) >= batch_size:
             chunk, self.pending = self.pending[:batch_size], self.pending[batch_size:]
             events = [e for _, e in chunk]
-            self.learner.step(to_batch(events, self.arms, self.tau_usd, self.imputer))
+            self.learner.step(to_batch(events, self.models, self.tau_usd, self.imputer))
             if self.learner.uses_replay:
                 self.replay.extend(events)
             for _ in range(self.learner_settings.replay_steps if self.learner.uses_replay else 0):
                 picks = self.replay_rng.integers(0, len(self.replay), batch_size)
                 replayed = [self.replay[int(i)] for i in picks]
                 self.learner.step(
-                    to_batch(replayed, self.arms, self.tau_usd, self.imputer, observe_costs=False),
+                    to_batch(replayed, self.models, self.tau_usd, self.imputer, observe_costs=False),
                     replayed=True,
                 )
             self.events_since_evaluation += len(chunk)
@@ -393,7 +393,7 @@ class TrainingLoop:
             self.counters.skipped_small_holdout += 1
             log.info("policy_gate", decision="skipped", reason="no held-out events yet")
             return None
-        holdout_batch = to_batch(list(self.holdout), self.arms, self.tau_usd, CostImputer(len(self.arms)))
+        holdout_batch = to_batch(list(self.holdout), self.models, self.tau_usd, CostImputer(len(self.models)))
         candidate, current, estimator = self._estimates(holdout_batch)
         decision = gate(
             candidate,

@@ -48,7 +48,7 @@ class NatsIngestCounters:
 
 
 def classify(
-    msg_data: bytes, headers: dict[str, str] | None, arms: tuple[str, ...], embedding_dim: int
+    msg_data: bytes, headers: dict[str, str] | None, models: tuple[str, ...], embedding_dim: int
 ) -> tuple[trainer_pb2.RewardEvent | None, str, str]:
     """(event or None, dead-letter reason kind, detail). Pure: the consumer's whole notion of "malformed"."""
     try:
@@ -58,7 +58,7 @@ def classify(
     msg_id = (headers or {}).get(MSG_ID_HEADER)
     if not msg_id or msg_id != event.event_id:
         return None, "foreign", f"{MSG_ID_HEADER} {msg_id!r} does not match event_id {event.event_id[:64]!r}"
-    problem = event_problem(event, arms, embedding_dim)
+    problem = event_problem(event, models, embedding_dim)
     if problem is not None:
         return None, "invalid", problem
     return event, "", ""
@@ -89,7 +89,7 @@ class NatsEventIngestor(BrokerSessionLoop):
         self,
         connector: NatsConnector,
         event_log: EventLog,
-        arms: tuple[str, ...],
+        models: tuple[str, ...],
         embedding_dim: int,
         max_batch_events: int = 1024,
         fetch_timeout_s: float = 1.0,
@@ -101,7 +101,7 @@ class NatsEventIngestor(BrokerSessionLoop):
         super().__init__(connector, seed)
         self.consumer = consumer or connector.settings.consumer
         self.event_log = event_log
-        self.arms = arms
+        self.models = models
         self.embedding_dim = embedding_dim
         self.max_batch_events = max_batch_events
         self.fetch_timeout_s = fetch_timeout_s
@@ -147,7 +147,7 @@ class NatsEventIngestor(BrokerSessionLoop):
         JetStream there) before their originals are acknowledged with the batch."""
         valid: list[trainer_pb2.RewardEvent] = []
         for msg in messages:
-            event, kind, detail = classify(msg.data, msg.headers, self.arms, self.embedding_dim)
+            event, kind, detail = classify(msg.data, msg.headers, self.models, self.embedding_dim)
             if event is not None:
                 valid.append(event)
                 continue

@@ -49,7 +49,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         event_log: EventLog,
         store: CheckpointStore,
         announcer: PolicyAnnouncer,
-        arms: tuple[str, ...],
+        models: tuple[str, ...],
         embedding_dim: int,
         chunk_bytes: int = 1 << 20,
         max_batch_events: int = 1024,
@@ -58,7 +58,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         self.event_log = event_log
         self.store = store
         self.announcer = announcer
-        self.arms = arms
+        self.models = models
         self.embedding_dim = embedding_dim
         self.chunk_bytes = chunk_bytes
         self.max_batch_events = max_batch_events
@@ -129,7 +129,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         ack = trainer_pb2.PublishAck()
         valid = []
         for event in batch:
-            problem = event_problem(event, self.arms, self.embedding_dim)
+            problem = event_problem(event, self.models, self.embedding_dim)
             if problem is None:
                 valid.append(event)
             else:
@@ -170,7 +170,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
                     version=current.version,
                     weights_sha256=current.weights_sha256,
                     size_bytes=current.size_bytes,
-                    arms=list(current.models),
+                    arms=list(current.models),  # trainer.proto field name
                 )
             current = await self.announcer.wait_newer(seen)
             if current is None:
