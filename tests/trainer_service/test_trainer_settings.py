@@ -36,6 +36,14 @@ def test_defaults_are_valid_and_env_overrides_yaml(tmp_path):
         ({"BARP_TRAINER__PORT": "1"}, "BARP_TRAINER__PORT"),
         ({"BARP_TRAINER__FAILOVER__ENABLED": "true"}, "failover.enabled"),  # needs events.backend nats
         ({"BARP_TRAINER__FAILOVER__REPLICA_ID": "pod.1"}, "failover.replica_id"),
+        (
+            {
+                "BARP_TRAINER__EVENTS__BACKEND": "nats",
+                "BARP_TRAINER__FAILOVER__ENABLED": "true",
+                "BARP_TRAINER__LEARNER__INITIAL_POLICY": "builtin",
+            },
+            "learner.initial_policy",
+        ),
         ({"BARP_TRAINER__FAILOVER__LEASE_TTL_S": "0.5"}, "failover.lease_ttl_s"),
         ({"BARP_TRAINER__FAILOVER__LEASE_BUCKET": "a b"}, "failover.lease_bucket"),
         ({"BARP_TRAINER__FAILOVER__RESUME_WAIT_S": "0"}, "failover.resume_wait_s"),

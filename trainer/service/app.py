@@ -224,6 +224,7 @@ class TrainerApp:
             while keeper.lease.held():  # noqa: ASYNC110
                 await asyncio.sleep(0.05)
             reason = "lease lost"
+            keeper.lease.lose("its local validity ran out before a renewal")  # no-op when already lost
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -314,6 +314,11 @@ def validate(settings: TrainerSettings) -> TrainerSettings:
             "failover.enabled",
             "trainer replicas need events.backend: nats (the lease lives in JetStream KV)",
         )
+        check(
+            s.learner.initial_policy.startswith("latest_or_"),
+            "learner.initial_policy",
+            "replicas resume from the latest published version: use latest_or_builtin or latest_or_cold",
+        )
     check(
         f.replica_id == "" or re.fullmatch(r"[A-Za-z0-9_-]{1,64}", f.replica_id) is not None,
         "failover.replica_id",
