@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from opentelemetry.sdk.trace.export import SpanExporter
 
     from barp_sidecar.batching.batcher import MicroBatcher
+    from barp_sidecar.catalog_reload import ServingCatalog
     from barp_sidecar.http.server import OpenAIHttpServer
     from barp_sidecar.learning_wiring import LearningComponents
     from barp_sidecar.metrics import MetricsHttpServer
@@ -124,6 +125,7 @@ class SidecarApp:
         self.routing: RoutingService | None = None
         self.provider_pool: ProviderPool | None = None
         self.completion: CompletionService | None = None
+        self.catalog: ServingCatalog | None = None
         self.grpc: GrpcServer | None = None
         self.http: OpenAIHttpServer | None = None
         self.http_port: int | None = None
@@ -152,6 +154,7 @@ class SidecarApp:
         import numpy as np
 
         from barp_sidecar.batching.batcher import MicroBatcher
+        from barp_sidecar.catalog_reload import ServingCatalog
         from barp_sidecar.gen.barp.v1 import router_pb2_grpc
         from barp_sidecar.learning_wiring import LearningComponents
         from barp_sidecar.metrics import MetricsHttpServer
@@ -183,7 +186,7 @@ class SidecarApp:
             import torch
 
             torch.set_num_threads(s.policy.cpu_threads)
-        app.registry = PolicyRegistry(policy, encoder_backend_identity(encoder))
+        app.registry = registry = PolicyRegistry(policy, encoder_backend_identity(encoder))
         app.metrics.track_policy(app.registry)
         app.inference = PolicyInference(
             encoder,
@@ -221,6 +224,7 @@ class SidecarApp:
             rng=np.random.default_rng(s.routing.seed),
             on_decision=recorder.remember_decision if recorder is not None else None,
             tracer=tracer,
+            serving_models=lambda: registry.models,
         )
         catalog = catalog_for_policy(s.providers.catalog_file, app.registry.models)
         provider_metrics = ProviderMetrics(app.metrics.registry)
@@ -247,6 +251,17 @@ class SidecarApp:
             routing_text_mode=s.providers.routing_text,
             routing_text_max_bytes=s.providers.routing_text_max_bytes,
         )
+        # The catalog decides which model lists a new policy may have, and is re-read when it changes.
+        app.catalog = ServingCatalog(
+            catalog,
+            s.providers.catalog_file,
+            os.environ if env is None else env,
+            app.provider_pool,
+            forwarder,
+            app.completion,
+            registry,
+        )
+        app.catalog.after_reload = app.learning.manager.retry_latest
         servicer = RouterServicer(
             app.routing,
             app.metrics,
@@ -296,6 +311,8 @@ class SidecarApp:
                 await self.learning.start_recording()
             if self.provider_pool is not None:
                 await self.provider_pool.start()
+            if self.catalog is not None:
+                await self.catalog.start()
             self.port = await self.grpc.start()
             self._started = True
             if self.http is not None:
@@ -355,6 +372,8 @@ class SidecarApp:
         self._started = False
         if self.batcher is not None:
             await self.batcher.close(timeout_s=grace_s)
+        if self.catalog is not None:
+            await self.catalog.close()
         if self.provider_pool is not None:
             # After the server stopped: no Complete is in flight any more.
             await self.provider_pool.close()

@@ -92,6 +92,8 @@ class RejectionReason(StrEnum):
     FETCH_FAILED = "fetch_failed"
     INVALID = "invalid"
     CALIBRATION_INVALID = "calibration_invalid"
+    # Another model list (a model-pool change) with a model this sidecar's catalog does not have yet.
+    CATALOG_MISSING_MODEL = "catalog_missing_model"
 
 
 # Reasons a later attempt can cure on its own (a writer still copying files, a network hiccup).
@@ -101,6 +103,7 @@ RETRYABLE_REJECTIONS = frozenset(
         RejectionReason.MISSING_WEIGHTS,
         RejectionReason.SHA256_MISMATCH,
         RejectionReason.FETCH_FAILED,
+        RejectionReason.CATALOG_MISSING_MODEL,  # cured by a catalog reload (which also retries at once)
     }
 )
 

@@ -2,7 +2,8 @@
 
 Owns what happens between ``asyncio.run`` and the app: SIGTERM/SIGINT request a graceful stop (the app's
 own ordered shutdown), a second signal forces exit at once, and a start-up failure caused by a setting
-becomes exit 2 with one line on stderr naming the key. Logging is ``barp_sidecar.log`` (JSON lines on
+becomes exit 2 with one line on stderr naming the key; the process holds grpc.aio's engine for its whole
+life (``hold_grpc_aio_engine``). Logging is ``barp_sidecar.log`` (JSON lines on
 stdout) for both processes. The app itself (what starts and stops in which order) is the caller's.
 """
 
@@ -37,6 +38,22 @@ class Servable(Protocol):
     async def close(self) -> None: ...
 
 
+def hold_grpc_aio_engine() -> None:
+    """Take one reference on grpc.aio's global engine for the life of the process.
+
+    grpc.aio shuts its engine down whenever its last server or channel goes away: the event loop stops
+    reading the poller thread's wake-up socket and then joins that thread. After a burst of completions
+    the thread can be blocked writing to the full socket, and the join never returns
+    (grpc/grpc#40989): a sidecar that was flooded, then stopped, would hang on SIGTERM. With one reference
+    held the engine is never torn down mid-process; its poller is a daemon thread that ends with the
+    process. Each call adds a reference nobody releases. grpc is imported here, not at module import, so
+    ``--help`` and configuration errors stay fast.
+    """
+    import grpc.aio
+
+    grpc.aio.init_grpc_aio()
+
+
 def config_error_exit(program: str, error: ConfigError) -> int:
     """The one-line message and exit code for a bad setting (before or during start-up)."""
     print(f"{program}: invalid configuration: {error}", file=sys.stderr)
@@ -47,6 +64,7 @@ async def serve_until_signalled(app: Servable, program: str) -> int:
     """Start ``app``, serve until SIGTERM/SIGINT, then close it in order; a second signal exits at once
     with ``EXIT_FORCED``. Returns the exit code. Start-up errors other than ConfigError propagate after
     the app was closed."""
+    hold_grpc_aio_engine()
     loop = asyncio.get_running_loop()
     signals_seen = 0
 

@@ -4,7 +4,10 @@ A sidecar keeps its spool and fetched policies under ``state.dir`` (default ``$X
 or ``~/.local/state/barp-sidecar``). Test processes, and the subprocesses they start (which inherit the
 environment), must never share the real one: with parallel runs on one machine they would share a spool.
 
-Also the two fixtures most server tests share: a tiny policy checkpoint per module and a fake provider.
+Also the two fixtures most server tests share: a tiny policy checkpoint per module and a fake provider, and
+grpc.aio's engine held for the whole session, as the processes hold it (``process.hold_grpc_aio_engine``):
+otherwise every test that closes its last server or channel tears the engine down, and after a flood of
+calls that teardown can hang forever joining grpc's poller thread (grpc/grpc#40989).
 """
 
 from __future__ import annotations
@@ -15,8 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from barp_sidecar.process import hold_grpc_aio_engine
 from barp_sidecar.providers.fake_server import FakeProvider, FakeProviderOptions
 from tests.support.sidecar import make_tiny_checkpoint
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    hold_grpc_aio_engine()
 
 
 @pytest.fixture(autouse=True, scope="session")

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from barp_sidecar.errors import CheckpointError, RejectionReason
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.policy.checkpoint import CheckpointStore, EncoderIdentity, PolicyManifest, save_checkpoint
 from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
@@ -98,8 +99,17 @@ class FakeRegistry:
     def current(self):
         return self._current
 
+    def check_models(self, models, source="policy") -> None:
+        """A fixed model list (the real registry accepts another one when its catalog check passes)."""
+        if tuple(models) != self._current.manifest.models:
+            raise CheckpointError(
+                f"{source}: models {list(models)} differ from the serving",
+                RejectionReason.MODEL_LIST_MISMATCH,
+            )
+
     def check(self, policy) -> None:
         """The real registry also checks the serving encoder backend; the fake records the call."""
+        self.check_models(policy.manifest.models, policy.directory)
         self.checked.append(policy.version)
 
     def swap(self, new):

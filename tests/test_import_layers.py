@@ -28,7 +28,7 @@ LAYERS: list[set[str]] = [
         "barp_sidecar.bounded_text",
     },
     # The broker's settings section and NATS connection glue (below settings, which embeds the section).
-    {"barp_sidecar.broker"},
+    {"barp_sidecar.broker", "barp_sidecar.file_watch"},
     {"barp_sidecar.settings"},
     {"barp_sidecar.log", "barp_sidecar.process", "barp_sidecar.tracing"},
     {"barp_sidecar.batching"},
@@ -42,7 +42,7 @@ LAYERS: list[set[str]] = [
     # The transports: gRPC, and the OpenAI-compatible HTTP API (independent of each other).
     {"barp_sidecar.rpc", "barp_sidecar.http"},
     # The composition root and the one-shot commands.
-    {"barp_sidecar.learning_wiring", "barp_sidecar.decide"},
+    {"barp_sidecar.learning_wiring", "barp_sidecar.decide", "barp_sidecar.catalog_reload"},
     {"barp_sidecar.app"},
     {"barp_sidecar.cli", "barp_sidecar.export_onnx", "barp_sidecar"},
     # The trainer builds on the sidecar's lower layers (never the reverse).

@@ -44,6 +44,7 @@ CROSSINGS = {
     ("trainer/service/app.py", "arms"): "the trainer_started log field",
     ("trainer/service/servicer.py", "arms"): "trainer.proto PolicyAnnouncement.arms",
     ("trainer/service/policy_source.py", "arms"): "the learner.arms setting (a persisted configuration key)",
+    ("trainer/service/settings.py", "arms"): "the learner.arms setting (a persisted configuration key)",
     ("trainer/service/learner.py", "model"): "trainer.proto RewardEvent.model",
     ("trainer/replay/trainer_router.py", "model"): "trainer.proto RewardEvent.model",
     (

@@ -115,6 +115,12 @@ class PolicyManifest:
     # The calibration set's file and sha256, filled in by ``save_checkpoint``; None in older manifests.
     calibration: CalibrationEntry | None = None
 
+    def retired_models(self) -> frozenset[str]:
+        """Models this version masks for every prompt (``architecture.exploration_share`` 0: retired by a
+        model-pool change, still listed so that outcomes of earlier decisions stay valid)."""
+        shares = self.architecture.exploration_share
+        return frozenset(name for name, share in zip(self.models, shares, strict=False) if share <= 0.0)
+
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         # The one place the persisted names differ from ours: manifest.json keeps "arms" (and

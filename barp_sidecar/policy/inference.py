@@ -35,21 +35,39 @@ SPECIAL_TOKENS = 2
 
 @dataclass(frozen=True)
 class InferenceRequest:
-    """One prompt to score. ``allowed`` is a per-model mask in the policy's model order (None = all)."""
+    """One prompt to score. ``allowed`` is a per-model mask in the order of ``models`` (None = all); when
+    the serving model list changed since (a pool change), the mask is mapped onto it by name."""
 
     prompt: str
     quality_weight: float
     allowed: tuple[bool, ...] | None = None
+    models: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class InferenceResult:
-    """π(·|x, w) over every model (masked models exactly 0), h(x), and the version that computed them."""
+    """π(·|x, w) over every model of ``models`` (masked ones exactly 0), h(x), and the version that computed
+    them; ``retired``: that version's masked (retired) models, which no exploration may pick."""
 
     probabilities: np.ndarray
     embedding: np.ndarray
     policy_version: int
     cache_hit: bool
+    models: tuple[str, ...] = ()
+    retired: frozenset[str] = frozenset()
+
+
+def _mask_for(models: tuple[str, ...], request: InferenceRequest) -> tuple[bool, ...]:
+    """The request's mask in the order of ``models`` (by name when its model list differs; a model the
+    request's list lacks is not allowed). A row left with nothing allowed gets every model: the routing
+    layer re-checks the answer's models and refuses the request (NoConfiguredModel) rather than the batch
+    failing on an all-masked row."""
+    assert request.allowed is not None
+    if not request.models or request.models == models:
+        return request.allowed
+    allowed = dict(zip(request.models, request.allowed, strict=True))
+    mapped = tuple(allowed.get(name, False) for name in models)
+    return mapped if any(mapped) else (True,) * len(models)
 
 
 class InferenceObserver(Protocol):
@@ -138,13 +156,13 @@ class PolicyInference:
         active = self._registry.current()  # read once: the whole batch uses this version
         network = self._network_for(active)
         embeddings, hits, passes = self.embed([r.prompt for r in requests])
-        num_models = len(self._registry.models)
+        models = active.manifest.models
         allowed = None
         if any(r.allowed is not None for r in requests):
-            mask = np.ones((len(requests), num_models), dtype=bool)
+            mask = np.ones((len(requests), len(models)), dtype=bool)
             for row, request in enumerate(requests):
                 if request.allowed is not None:
-                    mask[row] = request.allowed
+                    mask[row] = _mask_for(models, request)
             allowed = torch.from_numpy(mask).to(self._placement.device)
         if active is not self._serving:
             if self._serving is not None:
@@ -167,7 +185,17 @@ class PolicyInference:
                     )
                 )
             else:
-                results.append(InferenceResult(probabilities[row], embeddings[row], versions[row], hits[row]))
+                answered = self._previous if versions[row] != active.version and self._previous else active
+                results.append(
+                    InferenceResult(
+                        probabilities[row],
+                        embeddings[row],
+                        versions[row],
+                        hits[row],
+                        answered.manifest.models,
+                        answered.manifest.retired_models(),
+                    )
+                )
         if self._observer is not None:
             hit_count = sum(hits)
             self._observer.inference_done(
@@ -207,6 +235,8 @@ class PolicyInference:
         A non-finite output is never served: those rows fail with ``NonFiniteOutput`` (UNAVAILABLE)."""
         still_bad = set(bad)
         previous = self._previous
+        if previous is not None and previous.manifest.models != active.manifest.models:
+            previous = None  # another model list (a pool change): its probabilities would not line up
         if previous is not None:
             rows = torch.tensor(bad, dtype=torch.long)
             subset_allowed = None if allowed is None else allowed[rows.to(allowed.device)]

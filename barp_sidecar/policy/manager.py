@@ -43,6 +43,10 @@ class ServingRegistry(Protocol):
         """Raise CheckpointError unless ``policy`` could be swapped in."""
         ...
 
+    def check_models(self, models: tuple[str, ...], source: object = "policy") -> None:
+        """Raise CheckpointError unless a policy with ``models`` could serve (checked before fetching)."""
+        ...
+
     def swap(self, new: LoadedPolicy) -> LoadedPolicy: ...
 
 
@@ -170,21 +174,18 @@ class PolicyManager:
     async def _install_locked(self, version: int, expected_sha256: str) -> PolicyVersion:
         known = self._known.get(version)
         current = self.registry.current()
-        models, encoder = current.manifest.models, current.manifest.encoder
+        encoder = current.manifest.encoder
         try:
-            if known is not None and known.models and tuple(known.models) != tuple(models):
-                raise CheckpointError(
-                    f"policy v{version}: model list {list(known.models)} does not match the serving "
-                    f"{list(models)}",
-                    RejectionReason.MODEL_LIST_MISMATCH,
-                )
+            if known is not None and known.models:
+                self.registry.check_models(tuple(known.models), f"policy v{version}")
             usable = known is not None and (not expected_sha256 or known.weights_sha256 == expected_sha256)
             directory = known.directory if usable and known is not None else None
             if directory is None or not directory.is_dir():
                 if self.fetcher is None:
                     raise NotFound(f"version: policy v{version} is not available to this sidecar")
                 directory = await self.fetcher(version, expected_sha256)
-            loaded = await asyncio.to_thread(load_checkpoint, directory, models, encoder)
+            # The model list is the registry's to judge (a pool change may bring another one).
+            loaded = await asyncio.to_thread(load_checkpoint, directory, None, encoder)
             if loaded.manifest.version != version:
                 raise CheckpointError(
                     f"{directory}: manifest says version {loaded.manifest.version}, not {version}",
@@ -208,6 +209,15 @@ class PolicyManager:
         self._known[version] = replace(entry, directory=directory)
         log.info("policy_installed", version=version, previous=old.version, source=source)
         return self._known[version]
+
+    async def retry_latest(self) -> bool:
+        """Try the latest announced version again now, without waiting for its backoff (the catalog just
+        changed, which may cure ``catalog_missing_model``); True if it was swapped in."""
+        latest = self.latest_announced
+        if latest is None:
+            return False
+        self._retry.pop((latest.version, latest.weights_sha256), None)
+        return await self.on_announcement(latest)
 
     async def pin(self, version: int) -> PolicyVersion:
         """Serve ``version`` and ignore announcements until unpinned; 0 unpins (and catches up)."""

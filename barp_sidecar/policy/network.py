@@ -13,6 +13,10 @@ files, gRPC or training. ``h(x)`` arrives as a precomputed embedding. Two kinds 
   (``exploration_scale``, which the trainer raises as evidence accumulates): "boltzmann" π ∝ exp(s·r̂);
   "inverse_gap" (SquareCB's inverse-gap weighting) π_a = 1 / (K + s·(r̂* − r̂_a)) for every model but the
   best one r̂*, which takes the rest. Either way the greedy choice is argmax r̂, whatever s.
+  ``exploration_share`` (optional, one value per model, set by a model-pool change): a model with a share
+  below 1 is served with that probability (forced exploration of a model new to the pool, whatever its
+  prediction; the other models share the rest as π over them alone) and is never the most probable one;
+  a share of 0 masks a retired model (probability exactly 0, a finite logit).
 
 Invariants: deterministic given the weights and inputs (no dropout at eval); masked models get logit −inf
 and probability exactly 0; callers guarantee every row allows at least one model (the routing layer turns an
@@ -51,8 +55,13 @@ class PolicyArchitecture:
     kind: str = "barp"
     # "reward_model" only: how π spreads over the predicted rewards ("boltzmann" or "inverse_gap").
     exploration: str = "boltzmann"
+    # "reward_model" only, optional, per model: 1 = it competes normally; s < 1 = served with probability
+    # s as exploration, never greedily (a model new to the pool, until it has data); 0 = a retired model,
+    # masked. Empty = none (omitted from manifests, so older ones stay byte-identical).
+    exploration_share: tuple[float, ...] = ()
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "exploration_share", tuple(float(v) for v in self.exploration_share))
         if self.embedding_dim <= 0 or self.num_models <= 0:
             raise ValueError("embedding_dim and num_models must be positive")
         if self.kind not in ARCHITECTURE_KINDS:
@@ -65,12 +74,30 @@ class PolicyArchitecture:
             raise ValueError(f"conditioning must be 'concat' or 'film', not {self.conditioning!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError("dropout must be in [0, 1)")
+        if self.exploration_share:
+            if self.kind != "reward_model":
+                raise ValueError("exploration_share needs kind 'reward_model'")
+            if len(self.exploration_share) != self.num_models:
+                raise ValueError(
+                    f"exploration_share has {len(self.exploration_share)} values for {self.num_models} models"
+                )
+            if not all(0.0 <= v <= 1.0 for v in self.exploration_share):
+                raise ValueError("exploration_share values must be in [0, 1]")
 
     def to_dict(self) -> dict[str, Any]:
         # Persisted (manifest.json "architecture") under the key "num_arms": the one place that maps it.
         data = asdict(self)
         data["num_arms"] = data.pop("num_models")
+        if not self.exploration_share:
+            del data["exploration_share"]  # byte-identical manifests for policies without shares
+        else:
+            data["exploration_share"] = list(self.exploration_share)
         return data
+
+    @property
+    def capped(self) -> bool:
+        """True when some model has an ``exploration_share`` below 1."""
+        return any(v < 1.0 for v in self.exploration_share)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PolicyArchitecture:
@@ -136,6 +163,12 @@ class PolicyNetwork(nn.Module):
     def _reward_model_logits(self, predicted: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
         if allowed is not None:
             predicted = predicted.masked_fill(~allowed, float("-inf"))
+        if self.architecture.capped:
+            return self._capped_logits(predicted)
+        return self._spread(predicted)
+
+    def _spread(self, predicted: torch.Tensor) -> torch.Tensor:
+        """Logits of π over ``predicted`` rewards (−inf = masked) by the architecture's exploration shape."""
         if self.architecture.exploration == "boltzmann":
             return self.exploration_scale * predicted
         # Inverse-gap weighting: log-probabilities, so softmax(logits) is exactly the IGW distribution.
@@ -146,6 +179,29 @@ class PolicyNetwork(nn.Module):
         others = others.scatter(1, best, 0.0)
         probabilities = others.scatter(1, best, 1.0 - others.sum(dim=1, keepdim=True))
         return torch.log(probabilities)
+
+    def _capped_logits(self, predicted: torch.Tensor) -> torch.Tensor:
+        """π with each capped model a (share s_a < 1) at min(s_a, ½·(1 − Σ shares)·max π_rest): the other
+        models share the rest as π over them alone, so a capped model is never the most probable one. Rows
+        whose every allowed model is capped keep the uncapped π (the request allowed nothing else)."""
+        shares = self.architecture.exploration_share
+        caps = torch.tensor(shares, dtype=predicted.dtype, device=predicted.device)
+        capped = caps < 1.0
+        full = torch.softmax(self._spread(predicted), dim=1)
+        uncapped_rewards = predicted.masked_fill(capped, float("-inf"))
+        has_rest = uncapped_rewards.isfinite().any(dim=1, keepdim=True)
+        rest = torch.softmax(self._spread(torch.where(has_rest, uncapped_rewards, predicted)), dim=1)
+        rest = torch.where(has_rest & capped, torch.zeros_like(rest), rest)
+        share = caps.expand_as(full).masked_fill(~capped | ~predicted.isfinite(), 0.0)
+        remainder = 1.0 - share.sum(dim=1, keepdim=True)
+        share = torch.minimum(share, 0.5 * remainder * rest.max(dim=1, keepdim=True).values)
+        probabilities = share + (1.0 - share.sum(dim=1, keepdim=True)) * rest
+        probabilities = torch.where(has_rest, probabilities, full)
+        # Zero probability: −inf for models the request masked, the smallest finite logit for a capped one at
+        # 0 (a retired model): softmax gives it exactly 0 and the policy's outputs stay finite.
+        lowest = torch.finfo(probabilities.dtype).min
+        logits = torch.log(probabilities).masked_fill((probabilities <= 0) & predicted.isfinite(), lowest)
+        return logits
 
     def forward(
         self,

@@ -11,6 +11,7 @@ PinPolicy) calls ``swap``.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 
 import structlog
 
@@ -21,7 +22,9 @@ log = structlog.get_logger(__name__)
 
 
 class PolicyRegistry:
-    """Holds the current policy. Models and encoder identity are fixed at construction: a swap must match."""
+    """Holds the current policy. The encoder identity is fixed at construction: a swap must match it. The
+    model list may change (a model-pool change) once a model check is set (``set_model_check``: the
+    catalog must have every model); without one it is fixed too."""
 
     def __init__(self, initial: LoadedPolicy, serving_backend: tuple[str, str] = ("torch", "")) -> None:
         """``serving_backend`` = (encoder backend, its model file's sha256): every policy must accept it."""
@@ -29,19 +32,33 @@ class PolicyRegistry:
         self._check_backend(initial)
         _report_missing_calibration(initial)
         self._current = initial
-        self._models = initial.manifest.models
+        self._model_check: Callable[[tuple[str, ...]], str | None] | None = None
         self._encoder = initial.manifest.encoder.core()
         self._swap_lock = threading.Lock()
+
+    def set_model_check(self, check: Callable[[tuple[str, ...]], str | None]) -> None:
+        """Accept policies with another model list when ``check(models)`` returns None; otherwise its text
+        (e.g. the models the catalog lacks) rejects them with ``catalog_missing_model``."""
+        self._model_check = check
+
+    def check_models(self, models: tuple[str, ...], source: object = "policy") -> None:
+        """Raise CheckpointError unless a policy with ``models`` could serve here."""
+        serving = self._current.manifest.models
+        if models == serving:
+            return
+        if self._model_check is None:
+            raise CheckpointError(
+                f"{source}: models {list(models)} differ from the serving {list(serving)}",
+                RejectionReason.MODEL_LIST_MISMATCH,
+            )
+        problem = self._model_check(models)
+        if problem is not None:
+            raise CheckpointError(f"{source}: {problem}", RejectionReason.CATALOG_MISSING_MODEL)
 
     def check(self, policy: LoadedPolicy) -> None:
         """Raise CheckpointError unless ``policy`` could be swapped in (models, encoder, serving backend)."""
         manifest = policy.manifest
-        if manifest.models != self._models:
-            raise CheckpointError(
-                f"{policy.directory}: models {list(manifest.models)} differ from the serving "
-                f"{list(self._models)}",
-                RejectionReason.MODEL_LIST_MISMATCH,
-            )
+        self.check_models(manifest.models, policy.directory)
         if manifest.encoder.core() != self._encoder:
             raise CheckpointError(
                 f"{policy.directory}: encoder {manifest.encoder} differs from the serving {self._encoder}",
@@ -56,7 +73,8 @@ class PolicyRegistry:
 
     @property
     def models(self) -> tuple[str, ...]:
-        return self._models
+        """The serving policy's models (a model-pool change swaps in another list)."""
+        return self._current.manifest.models
 
     @property
     def encoder_id(self) -> str:

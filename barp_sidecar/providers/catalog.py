@@ -20,11 +20,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
 import yaml
 
 from barp_sidecar.errors import ConfigError
 from barp_sidecar.model_names import canonical_model_name
 from barp_sidecar.providers.api_styles import API_STYLES
+
+log = structlog.get_logger("barp_sidecar.providers.catalog")
 
 SHIPPED_CATALOG = "catalog.routerbench.yaml"
 _ENTRY_KEYS = {
@@ -110,7 +113,8 @@ class ProviderEntry:
 
 @dataclass(frozen=True)
 class ModelCatalog:
-    """Entries in file order; ``models`` must equal the policy's model list (as a set)."""
+    """Entries in file order; ``models`` must include every model of the policy (it may list more: a model
+    about to join the pool, or one retired from it)."""
 
     entries: tuple[ProviderEntry, ...]
     source: str = "<memory>"
@@ -128,18 +132,22 @@ class ModelCatalog:
     def enabled_models(self) -> tuple[str, ...]:
         return tuple(e.model for e in self.entries if e.enabled)
 
+    def missing(self, policy_models: Sequence[str]) -> list[str]:
+        """The policy's models this catalog has no entry for (canonical names, in the policy's order)."""
+        known = set(self.models)
+        return [m for m in (canonical_model_name(a) for a in policy_models) if m not in known]
+
     def check_models(self, policy_models: Sequence[str]) -> ModelCatalog:
-        """Raise ConfigError naming the models when the catalog does not cover exactly the policy's models."""
-        policy_models = [canonical_model_name(a) for a in policy_models]
-        missing = [a for a in policy_models if a not in set(self.models)]
-        extra = [a for a in self.models if a not in set(policy_models)]
-        if missing or extra:
-            parts = []
-            if missing:
-                parts.append(f"policy models missing from the catalog: {missing}")
-            if extra:
-                parts.append(f"catalog models the policy does not have: {extra}")
-            raise ConfigError("providers.catalog_file", f"{self.source}: " + "; ".join(parts))
+        """Raise ConfigError naming the models when the catalog lacks some of the policy's models (extra
+        entries are fine: a model about to join the pool, or one retired from it)."""
+        missing = self.missing(policy_models)
+        if missing:
+            raise ConfigError(
+                "providers.catalog_file", f"{self.source}: policy models missing from the catalog: {missing}"
+            )
+        extra = [m for m in self.models if m not in set(canonical_model_name(a) for a in policy_models)]
+        if extra:
+            log.info("catalog_models_not_in_policy", source=self.source, models=extra)
         return self
 
 

@@ -118,6 +118,10 @@ class Forwarder:
         self._clock = clock
         self._log = structlog.get_logger("barp.providers")
 
+    def set_catalog(self, catalog: ModelCatalog) -> None:
+        """Use ``catalog`` (reloaded, with every model the old one had a provider for) from the next call."""
+        self._catalog = catalog
+
     def check_available(self, chosen: str) -> None:
         """Raise ProviderNotConfigured when the routed model has no enabled provider."""
         if not self._pool.is_enabled(chosen):

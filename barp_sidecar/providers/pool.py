@@ -113,23 +113,37 @@ class ProviderPool:
             retry_after_max_s=settings.retry_after_max_s,
         )
         self._providers: dict[str, _Provider] = {}
-        for entry in catalog.entries:
-            if not entry.enabled:
-                continue
-            self._providers[entry.model] = _Provider(
-                entry=entry,
-                adapter=adapter_for(entry.api_style),
-                api_key=entry.read_api_key(env),
-                limiter=ConcurrencyLimiter(
-                    entry.model, entry.max_concurrency, settings.max_queued_per_provider
-                ),
-                breaker=CircuitBreaker(settings.breaker_failure_threshold, settings.breaker_open_s, clock),
-            )
-        for provider in self._providers.values():
-            _export_gauges(metrics, provider)
-        self._keys = tuple(p.api_key for p in self._providers.values() if p.api_key is not None)
+        self._keys: tuple[ApiKey, ...] = ()
+        self.add_providers(catalog, env)
         self._session: aiohttp.ClientSession | None = None
         self._log = structlog.get_logger("barp.providers")
+
+    def add_providers(self, catalog: ModelCatalog, env: Mapping[str, str]) -> list[str]:
+        """Providers for the enabled entries of ``catalog`` that have none yet (a catalog reload); the
+        models added. Entries that already have a provider are left as they are (until a restart). Keys
+        are read first: a missing one raises ConfigError and adds nothing."""
+        new = [e for e in catalog.entries if e.enabled and e.model not in self._providers]
+        keys = {entry.model: entry.read_api_key(env) for entry in new}
+        for entry in new:
+            provider = _Provider(
+                entry=entry,
+                adapter=adapter_for(entry.api_style),
+                api_key=keys[entry.model],
+                limiter=ConcurrencyLimiter(
+                    entry.model, entry.max_concurrency, self._settings.max_queued_per_provider
+                ),
+                breaker=CircuitBreaker(
+                    self._settings.breaker_failure_threshold, self._settings.breaker_open_s, self._clock
+                ),
+            )
+            self._providers[entry.model] = provider
+            _export_gauges(self._metrics, provider)
+        self._keys = tuple(p.api_key for p in self._providers.values() if p.api_key is not None)
+        return [entry.model for entry in new]
+
+    def entries(self) -> dict[str, ProviderEntry]:
+        """The entry each provider was built from, by model."""
+        return {model: provider.entry for model, provider in self._providers.items()}
 
     async def start(self) -> None:
         if self._session is not None:

@@ -56,6 +56,10 @@ class CompletionService:
         """Models with an enabled provider: what a caller may name (the HTTP API lists them)."""
         return self._callable
 
+    def set_callable_models(self, models: frozenset[str]) -> None:
+        """Models with an enabled provider after a catalog reload (new providers were added)."""
+        self._callable = models
+
     async def complete(self, command: CompleteCommand) -> AsyncGenerator[CompletionEvent, None]:
         """Route and forward one conversation; every caller-visible failure is a BarpError subclass."""
         validate_chat_request(command.chat)

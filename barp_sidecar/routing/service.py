@@ -17,7 +17,7 @@ from opentelemetry.trace import Span, Tracer
 
 from barp_sidecar.batching.batcher import MicroBatcher
 from barp_sidecar.domain import Decision, ExplorationMode, RouteCommand
-from barp_sidecar.errors import InvalidArgument
+from barp_sidecar.errors import InvalidArgument, NoAllowedModel
 from barp_sidecar.policy.inference import InferenceRequest, InferenceResult
 from barp_sidecar.policy.mask import allowed_mask, models_in
 from barp_sidecar.providers.failures import NoConfiguredModel
@@ -65,11 +65,16 @@ class RoutingService:
         rng: np.random.Generator,
         on_decision: Callable[[Decision], None] | None = None,
         tracer: Tracer | None = None,
+        serving_models: Callable[[], tuple[str, ...]] | None = None,
     ) -> None:
+        """``models``: the policy's models at start-up (``routing.disabled_models`` must name some of them);
+        ``serving_models``: the serving policy's models now (None: always ``models``), which a model-pool
+        change replaces between two requests."""
         unknown = sorted(set(settings.disabled_models) - set(models))
         if unknown:
             raise ValueError(f"disabled models {unknown} are not models of the policy {list(models)}")
         self._models = models
+        self._serving_models = serving_models or (lambda: self._models)
         self._encoder_id = encoder_id
         self._batcher = batcher
         # Defaults for fields a request leaves unset (routing.*), and the prompt size limit (server.*).
@@ -85,7 +90,7 @@ class RoutingService:
 
     @property
     def models(self) -> tuple[str, ...]:
-        return self._models
+        return self._serving_models()
 
     def _check_prompt(self, prompt: str) -> None:
         if not prompt:
@@ -106,14 +111,42 @@ class RoutingService:
             raise InvalidArgument("preference.quality_weight", f"must be a number in [0, 1], not {value!r}")
         return float(value)
 
-    def _mask(self, allowed_models: tuple[str, ...], restrict_to: Collection[str] | None) -> np.ndarray:
-        mask = allowed_mask(self._models, allowed_models, self._disabled)
+    def _mask(
+        self, models: tuple[str, ...], allowed_models: tuple[str, ...], restrict_to: Collection[str] | None
+    ) -> np.ndarray:
+        mask = allowed_mask(models, allowed_models, self._disabled)
         if restrict_to is None:
             return mask
-        callable_mask = mask & np.array([name in restrict_to for name in self._models], dtype=bool)
+        callable_mask = mask & np.array([name in restrict_to for name in models], dtype=bool)
         if not callable_mask.any():
-            raise NoConfiguredModel(list(models_in(self._models, mask)))
+            raise NoConfiguredModel(list(models_in(models, mask)))
         return callable_mask
+
+    def _answer_mask(
+        self,
+        mask: np.ndarray,
+        request: InferenceRequest,
+        result: InferenceResult,
+        command: RouteCommand,
+        restrict_to: Collection[str] | None,
+    ) -> np.ndarray:
+        """The mask in the order of the models that answered: recomputed when a pool change swapped the
+        model list after ``prepare``; minus the answering version's retired models (no exploration mode may
+        pick them) unless the request allowed nothing else."""
+        if result.models and result.models != request.models:
+            # Names the request allowed that the answering version dropped are no longer choices.
+            kept = tuple(name for name in command.allowed_models if name in result.models)
+            if command.allowed_models and not kept:
+                raise NoAllowedModel(
+                    f"the allowed models {list(command.allowed_models)} left the model pool "
+                    f"(now {list(result.models)})"
+                )
+            mask = self._mask(result.models, kept, restrict_to)
+        if result.retired:
+            kept = mask & np.array([name not in result.retired for name in result.models], dtype=bool)
+            if kept.any():
+                return kept
+        return mask
 
     def prepare(
         self, command: RouteCommand, restrict_to: Collection[str] | None = None
@@ -126,10 +159,11 @@ class RoutingService:
         weight = self._quality_weight(command.quality_weight)
         if len(command.request_id) > MAX_REQUEST_ID_CHARS:
             raise InvalidArgument("request_id", f"must be at most {MAX_REQUEST_ID_CHARS} characters")
-        mask = self._mask(command.allowed_models, restrict_to)
+        models = self._serving_models()
+        mask = self._mask(models, command.allowed_models, restrict_to)
         mode = command.exploration or self._settings.default_exploration
         allowed = None if mask.all() else tuple(bool(flag) for flag in mask)
-        return InferenceRequest(command.prompt, weight, allowed), mask, mode
+        return InferenceRequest(command.prompt, weight, allowed, models), mask, mode
 
     async def route(self, command: RouteCommand, restrict_to: Collection[str] | None = None) -> Decision:
         """Decide for one prompt. Raises a BarpError subclass for every caller-visible failure."""
@@ -166,12 +200,14 @@ class RoutingService:
         result = await self._batcher.submit(
             request, command.deadline_monotonic_s, None if span is None else timing
         )
+        mask = self._answer_mask(mask, request, result, command, restrict_to)
+        models = result.models or request.models
         index, propensity = choose_model(result.probabilities, mask, mode, self._settings.epsilon, self._rng)
         decision = Decision(
             decision_id=self._ids.next(),
-            model=self._models[index],
+            model=models[index],
             propensity=propensity,
-            models=self._models,
+            models=models,
             probabilities=tuple(result.probabilities.tolist()),
             policy_version=result.policy_version,
             encoder=self._encoder_id,

@@ -365,7 +365,8 @@ async def test_a_missing_key_or_a_mismatched_catalog_stops_startup(
     other.write_text(yaml.safe_dump({"providers": [{"arm": "someone-else", "enabled": False}]}))
     with pytest.raises(ConfigError, match="missing from the catalog") as caught:
         SidecarApp.build(settings_for(checkpoint, str(other)), env={})
-    assert ARMS[0] in str(caught.value) and "someone-else" in str(caught.value)
+    # The policy's models are named; the extra entry is not an error (a model about to join the pool).
+    assert ARMS[0] in str(caught.value) and "someone-else" not in str(caught.value)
 
 
 async def test_200_concurrent_completes_through_8_provider_slots_none_lost(

@@ -12,7 +12,7 @@ from barp_sidecar.gen.barp.v1 import trainer_pb2
 from tests.trainer.conftest import synthetic_jsonl_rows, write_jsonl
 from trainer.cli import main
 from trainer.replay.memory_log import MemoryEventLog
-from trainer.replay.simulation import ReplayData, references, run_replay
+from trainer.replay.simulation import PoolEvent, ReplayData, references, run_replay, starting_pool
 from trainer.replay.trainer_router import TrainerRouter
 from trainer.service.settings import load_trainer_settings
 
@@ -46,7 +46,9 @@ def clustered_data(seed: int = 0, dim: int = 8, rows: int = 240) -> ReplayData:
     )
 
 
-def trainer_router(data: ReplayData, kind: str, seed: int = 0) -> TrainerRouter:
+def trainer_router(
+    data: ReplayData, kind: str, seed: int = 0, pool: tuple[str, ...] | None = None
+) -> TrainerRouter:
     settings = load_trainer_settings(
         None,
         {
@@ -55,6 +57,8 @@ def trainer_router(data: ReplayData, kind: str, seed: int = 0) -> TrainerRouter:
             "BARP_TRAINER__LEARNER__HOLDOUT_EVERY": "5",
             "BARP_TRAINER__PUBLISH__EVERY_EVENTS": "64",
             "BARP_TRAINER__PUBLISH__GATE_MIN_HOLDOUT_EVENTS": "10",
+            "BARP_TRAINER__LEARNER__NEW_MODEL_MIN_EVENTS": "30",
+            "BARP_TRAINER__LEARNER__RETIRE_AFTER_EVENTS": "64",
         },
     )
     return TrainerRouter(
@@ -66,6 +70,7 @@ def trainer_router(data: ReplayData, kind: str, seed: int = 0) -> TrainerRouter:
         ExplorationMode.SAMPLE,
         0.0,
         data.train_x.shape[1],
+        pool=pool,
     )
 
 
@@ -171,6 +176,11 @@ def test_cli_json_has_exactly_the_pinned_keys(tmp_path, capsys):
         (None, ["--models", "cheap-a"], "at least two models"),
         (None, ["--quality-weight", "1.5"], "--quality-weight"),
         (None, ["--seeds", "a,b"], "--seeds"),
+        (None, ["--add-model", "nope@10"], "--add-model: unknown model 'nope'"),
+        (None, ["--add-model", "big"], "expected NAME@EVENTS"),
+        (None, ["--add-model", "big@10", "--retire-model", "cheap-a@5"], "at least two models"),
+        (None, ["--retire-model", "big@5", "--retire-model", "big@9"], "'big' is not in the pool at event 9"),
+        (None, ["--add-model", "big@10", "--peer", "vw"], "--peer: the peer has a fixed set of models"),
     ],
 )
 def test_bad_input_exits_2_naming_the_problem(tmp_path, capsys, rows_split, extra, message):
@@ -184,6 +194,36 @@ def test_bad_input_exits_2_naming_the_problem(tmp_path, capsys, rows_split, extr
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert data.read_bytes() == before  # nothing logged is touched
+
+
+def test_a_model_added_mid_stream_is_learned_and_the_others_are_kept():
+    """m1 (the only good model on cluster b) joins the pool at event 120: by the end the greedy policy
+    routes cluster b to it, and cluster a stays with m0 (learned before the change)."""
+    data = clustered_data()
+    schedule = [PoolEvent(120, "add", "m1")]
+    router = trainer_router(data, "reward_model", pool=starting_pool(data.names, schedule))
+    result = run_replay(router, data, 4, 0.8, 0, 180, schedule)
+    router.close()
+    before = result.checkpoints[0]  # at 180 events: m1 only as bounded exploration, never greedy
+    assert before.share["m1"] == 0.0 and before.task_share is not None
+    last = result.checkpoints[-1]
+    assert last.task_share is not None
+    assert last.task_share["b"]["m1"] == pytest.approx(1.0) and last.task_share["a"]["m0"] == pytest.approx(
+        1.0
+    )
+    assert last.greedy_reward == pytest.approx(0.75)
+    assert "task_share" in last.to_json()
+
+
+def test_a_retired_model_stops_being_chosen():
+    data = clustered_data()
+    schedule = [PoolEvent(200, "retire", "m2")]
+    router = trainer_router(data, "reward_model")
+    result = run_replay(router, data, 3, 0.0, 0, 100, schedule)  # w_q = 0: cheapest wins, m2 is dear
+    arms_after = router.loop.models
+    router.close()
+    assert "m2" not in arms_after  # masked, then dropped from the arm list
+    assert all(c.share["m2"] == 0.0 for c in result.checkpoints if c.events > 200)
 
 
 def test_vw_peer_learns_on_the_identical_stream():

@@ -27,11 +27,13 @@ from trainer.offline.datasets import RoutingTable, load_table
 from trainer.offline.features import default_cache_dir, embed_prompts
 from trainer.offline.train_command import tau_from_costs
 from trainer.replay.simulation import (
+    PoolEvent,
     ReplayData,
     RunResult,
     mean_curve,
     references,
     run_replay,
+    starting_pool,
 )
 from trainer.replay.trainer_router import TrainerRouter
 from trainer.service.main import configure_logging
@@ -73,6 +75,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=250,
         help="evaluate/publish every N training events (replaces publish.every_events: a replay has no "
         "clock, and in service the every_s timer publishes at least this often above ~4 events/s)",
+    )
+    parser.add_argument(
+        "--add-model",
+        action="append",
+        default=[],
+        metavar="NAME@EVENTS",
+        help="model-pool schedule: NAME (one of --models) joins the pool before event EVENTS (repeat)",
+    )
+    parser.add_argument(
+        "--retire-model",
+        action="append",
+        default=[],
+        metavar="NAME@EVENTS",
+        help="model-pool schedule: NAME leaves the pool (masked, later dropped) at event EVENTS (repeat)",
     )
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--plot", type=Path, default=None, help="write the learning curve (PNG) here")
@@ -122,11 +138,53 @@ def select_models(table: RoutingTable, text: str) -> tuple[str, ...]:
     return tuple(m for m in table.models if m in wanted)
 
 
+def parse_pool_schedule(args: argparse.Namespace, models: tuple[str, ...]) -> list[PoolEvent]:
+    """``--add-model`` / ``--retire-model`` NAME@EVENTS, checked against the replay's models; the pool must
+    keep at least two models at every point (ReplayInputError naming the option otherwise)."""
+    schedule = []
+    for option, action, values in (
+        ("--add-model", "add", args.add_model),
+        ("--retire-model", "retire", args.retire_model),
+    ):
+        for text in values:
+            name, at, events = text.rpartition("@")[0], text.rpartition("@")[1], text.rpartition("@")[2]
+            if not at or not name or not events.isdigit():
+                raise ReplayInputError(
+                    f"{option}: expected NAME@EVENTS (e.g. gpt-3.5-turbo-1106@3000), not {text!r}"
+                )
+            if name not in models:
+                raise ReplayInputError(f"{option}: unknown model {name!r}; the replay has {list(models)}")
+            schedule.append(PoolEvent(int(events), action, name))
+    added = [p.name for p in schedule if p.action == "add"]
+    if len(set(added)) != len(added):
+        raise ReplayInputError("--add-model: a model can join the pool once")
+    if args.peer and schedule:
+        raise ReplayInputError("--peer: the peer has a fixed set of models; drop --add-model/--retire-model")
+    pool = list(starting_pool(models, schedule))
+    for change in sorted(schedule, key=lambda p: (p.events, p.action != "add")):
+        if len(pool) < 2:
+            break
+        if change.action == "add":
+            pool.append(change.name)
+        elif change.name not in pool:
+            raise ReplayInputError(
+                f"--retire-model: {change.name!r} is not in the pool at event {change.events}"
+            )
+        else:
+            pool.remove(change.name)
+    if len(pool) < 2 or len(starting_pool(models, schedule)) < 2:
+        raise ReplayInputError(
+            "--add-model/--retire-model: the pool must keep at least two models throughout"
+        )
+    return sorted(schedule, key=lambda p: (p.events, p.action != "add"))
+
+
 def load_replay_data(args: argparse.Namespace) -> ReplayData:
     if not args.data.exists():
         raise ReplayInputError(f"--data: {args.data} does not exist")
     table = load_table(args.data)
     models = select_models(table, args.models)
+    parse_pool_schedule(args, models)  # checked before the (slow) embedding step
     train, test = table.where(split="train"), table.where(split="test")
     for name, part in (("train", train), ("test", test)):
         if len(part) == 0:
@@ -163,7 +221,9 @@ def trainer_settings(args: argparse.Namespace) -> TrainerSettings:
     return settings
 
 
-def build_routers(args: argparse.Namespace, data: ReplayData, seed: int) -> list[Any]:
+def build_routers(
+    args: argparse.Namespace, data: ReplayData, seed: int, schedule: list[PoolEvent] | None = None
+) -> list[Any]:
     settings = trainer_settings(args)
     routers: list[Any] = []
     kinds = [k.strip() for k in args.learners.split(",") if k.strip()]
@@ -183,6 +243,7 @@ def build_routers(args: argparse.Namespace, data: ReplayData, seed: int) -> list
                 ExplorationMode(args.exploration),
                 args.epsilon,
                 data.train_x.shape[1],
+                pool=starting_pool(data.names, schedule or []),
             )
         )
     for peer in args.peer:
@@ -222,6 +283,33 @@ def format_table(refs: dict[str, float], runs: list[RunResult]) -> str:
                 f"gate ({learner}, {len(group)} seeds): published {totals['published']}, "
                 f"rejected {totals['rejected']}, skipped {totals['skipped']}"
             )
+    return "\n".join(lines)
+
+
+def format_pool_table(data: ReplayData, schedule: list[PoolEvent], runs: list[RunResult]) -> str:
+    """Per checkpoint (mean over seeds): the greedy reward and, for each added model, its share of the
+    greedy decisions overall and on the task where the per-task best (at the run's w_q) is that model."""
+    added = [p.name for p in schedule if p.action == "add"]
+    tasks = sorted({t for run in runs for c in run.checkpoints for t in (c.task_share or {})})
+    header = ["learner", "events", "greedy held-out"]
+    for model in added:
+        header += [f"{model} share"] + [f"{model} on {task}" for task in tasks]
+    lines = ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1)]
+    by_learner: dict[str, list[RunResult]] = {}
+    for run in runs:
+        by_learner.setdefault(run.learner, []).append(run)
+    for learner, group in by_learner.items():
+        events, greedy = mean_curve(group, "greedy_reward")
+        for i, count in enumerate(events):
+            cells = [learner, str(count), f"{greedy[i]:.4f}"]
+            for model in added:
+                cells.append(f"{np.mean([r.checkpoints[i].share[model] for r in group]):.2f}")
+                for task in tasks:
+                    share = [(r.checkpoints[i].task_share or {}).get(task, {}).get(model, 0.0) for r in group]
+                    cells.append(f"{np.mean(share):.2f}")
+            lines.append("| " + " | ".join(cells) + " |")
+    changes = ", ".join(f"{p.action} {p.name} at {p.events}" for p in schedule)
+    lines.append(f"pool schedule: {changes}; starting pool {len(starting_pool(data.names, schedule))} models")
     return "\n".join(lines)
 
 
@@ -279,15 +367,16 @@ def _run(args: argparse.Namespace) -> int:
             raise ReplayInputError("--epsilon: must be in [0, 1]")
         trainer_settings(args)  # validate the config before the (slow) embedding step
         data = load_replay_data(args)
+        schedule = parse_pool_schedule(args, data.names)
     except (ReplayInputError, ConfigError, DataError) as exc:
         print(f"barp-trainer replay: {exc}", file=sys.stderr)
         return 2
     refs = references(data, quality_weight)
     runs: list[RunResult] = []
     for seed in seeds:
-        for router in build_routers(args, data, seed):
+        for router in build_routers(args, data, seed, schedule):
             started = time.monotonic()
-            result = run_replay(router, data, args.passes, quality_weight, seed, args.every)
+            result = run_replay(router, data, args.passes, quality_weight, seed, args.every, schedule)
             if isinstance(router, TrainerRouter):
                 result.gate = router.gate_counts()
             router.close()
@@ -299,6 +388,8 @@ def _run(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
     print(format_table(refs, runs))
+    if schedule:
+        print(format_pool_table(data, schedule, runs))
     if args.json is not None:
         document = {"references": refs, "runs": [r.to_json() for r in runs]}
         args.json.write_text(json.dumps(document, indent=2) + "\n")

@@ -3,7 +3,9 @@
 Owns the stream (rows × passes, reshuffled each pass, seeded), the preference per event (fixed or
 w_q ~ U(0, 1)), the checkpoints (every N events: greedy held-out reward, served mean reward, published
 versions, model shares) and the references (best single model, per-task best, oracle on the same test
-rows). A learner takes part through the ``OnlineRouter`` protocol (choose, observe, greedy_arms); the
+rows), and an optional pool schedule (arms added to or retired from the pool at given event counts,
+through the learner's own pool change; the checkpoints then also carry each task's shares). A learner
+takes part through the ``OnlineRouter`` protocol (choose, observe, greedy_arms); the
 production trainer's adapter is ``trainer_router.py``, Vowpal Wabbit's ``vw_peer.py``. No I/O.
 """
 
@@ -92,6 +94,25 @@ class OnlineRouter(Protocol):
 
     def published_versions(self) -> int: ...
 
+    def change_pool(self, names: tuple[str, ...]) -> None:
+        """Serve the arms ``names`` from now on (a pool change); routers that cannot raise ValueError."""
+        ...
+
+
+@dataclass(frozen=True)
+class PoolEvent:
+    """Arm ``name`` joins (``add``) or leaves (``retire``) the pool before the event numbered ``events``."""
+
+    events: int
+    action: str  # "add" or "retire"
+    name: str
+
+
+def starting_pool(names: tuple[str, ...], schedule: Sequence[PoolEvent]) -> tuple[str, ...]:
+    """The pool before the schedule runs: every arm but those added later."""
+    added = {p.name for p in schedule if p.action == "add"}
+    return tuple(n for n in names if n not in added)
+
 
 @dataclass(frozen=True)
 class Checkpoint:
@@ -100,15 +121,20 @@ class Checkpoint:
     served_reward: float  # mean reward of the decisions served since the previous checkpoint
     published_versions: int
     share: dict[str, float]  # each arm's share of the greedy decisions, by name
+    # With a pool schedule only: per task, each arm's share of the greedy decisions on its test rows.
+    task_share: dict[str, dict[str, float]] | None = None
 
     def to_json(self) -> dict[str, object]:
-        return {
+        document: dict[str, object] = {
             "events": self.events,
             "greedy_reward": self.greedy_reward,
             "served_reward": self.served_reward,
             "published_versions": self.published_versions,
             "model_share": dict(self.share),  # the published key of the replay JSON
         }
+        if self.task_share is not None:
+            document["task_share"] = {task: dict(s) for task, s in self.task_share.items()}
+        return document
 
 
 @dataclass
@@ -142,17 +168,24 @@ def event_quality_weights(num_events: int, quality_weight: float | None, seed: i
 
 def score_greedy(
     router: OnlineRouter, data: ReplayData, quality_weight: float | None
-) -> tuple[float, dict[str, float]]:
-    """Mean held-out reward of the greedy decisions (averaged over the evaluation weights) and each
-    model's share of those decisions."""
+) -> tuple[float, dict[str, float], dict[str, dict[str, float]]]:
+    """Mean held-out reward of the greedy decisions (averaged over the evaluation weights), each arm's
+    share of those decisions by name, and the same shares per task."""
     rewards, counts = [], np.zeros(len(data.names))
     rows = np.arange(len(data.test_tasks))
+    tasks = np.asarray(data.test_tasks)
+    per_task = {task: np.zeros(len(data.names)) for task in sorted(set(data.test_tasks))}
     for w in evaluation_weights(quality_weight):
         arms = np.asarray(router.greedy_arms(data.test_x, w), dtype=np.int64)
         rewards.append(float(data.test_rewards(w)[rows, arms].mean()))
         counts += np.bincount(arms, minlength=len(data.names))
-    share = counts / counts.sum()
-    return float(np.mean(rewards)), {name: float(s) for name, s in zip(data.names, share, strict=True)}
+        for task, task_counts in per_task.items():
+            task_counts += np.bincount(arms[tasks == task], minlength=len(data.names))
+
+    def shares(c: np.ndarray) -> dict[str, float]:
+        return {name: float(v) for name, v in zip(data.names, c / max(c.sum(), 1), strict=True)}
+
+    return float(np.mean(rewards)), shares(counts), {task: shares(c) for task, c in per_task.items()}
 
 
 def run_replay(
@@ -162,13 +195,21 @@ def run_replay(
     quality_weight: float | None,
     seed: int,
     every_events: int,
+    pool_schedule: Sequence[PoolEvent] = (),
 ) -> RunResult:
-    """Stream the training rows through ``router``; a checkpoint every ``every_events`` and at the end."""
+    """Stream the training rows through ``router``; a checkpoint every ``every_events`` and at the end.
+    ``pool_schedule``: the router starts with ``starting_pool`` and changes its pool at those events."""
     rows = event_rows(len(data.train_tasks), passes, seed)
     weights = event_quality_weights(len(rows), quality_weight, seed)
     result = RunResult(router.name, seed)
     served: list[float] = []
+    pool = list(starting_pool(data.names, pool_schedule))
+    changes = {p.events: [q for q in pool_schedule if q.events == p.events] for p in pool_schedule}
     for index, (row, w) in enumerate(zip(rows, weights, strict=True)):
+        for change in changes.get(index, []):
+            pool = [*pool, change.name] if change.action == "add" else [n for n in pool if n != change.name]
+        if index in changes:
+            router.change_pool(tuple(pool))
         x = data.train_x[row]
         arm, propensity = router.choose(index, x, float(w))
         quality = float(data.train_quality[row, arm])
@@ -177,9 +218,16 @@ def run_replay(
         router.observe(index, x, float(w), arm, propensity, quality, cost)
         events = index + 1
         if events % every_events == 0 or events == len(rows):
-            greedy, share = score_greedy(router, data, quality_weight)
+            greedy, share, task_share = score_greedy(router, data, quality_weight)
             result.checkpoints.append(
-                Checkpoint(events, greedy, float(np.mean(served)), router.published_versions(), share)
+                Checkpoint(
+                    events,
+                    greedy,
+                    float(np.mean(served)),
+                    router.published_versions(),
+                    share,
+                    task_share if pool_schedule else None,
+                )
             )
             served = []
     return result

@@ -4,7 +4,9 @@
 Owns the glue only (no learning code of its own): each event is decided by the *published* policy (what
 sidecars serve) with the sidecar's exploration, appended to the log as a ``RewardEvent`` exactly as a
 sidecar would send it, and the loop steps. The loop's clock is constant, so the gate runs on event counts
-alone and a replay is reproducible.
+alone and a replay is reproducible. A pool change goes through the loop's own ``request_pool`` (the path a
+configuration change takes in service); decisions are mapped by name between the published version's arm
+list and the replay's.
 """
 
 from __future__ import annotations
@@ -39,12 +41,15 @@ class TrainerRouter:
         exploration: ExplorationMode,
         epsilon: float,
         embedding_dim: int,
+        pool: tuple[str, ...] | None = None,
     ) -> None:
+        """``arms``: every arm of the replay (decision indices refer to it); ``pool``: the arms served at
+        the start (default all)."""
         self.name = name
         learner = dataclasses.replace(
             settings.learner,
             initial_policy="cold",
-            arms=arms,
+            arms=arms if pool is None else pool,
             tau_usd=tau_usd,
             seed=seed,
             encoder_dim=embedding_dim,
@@ -65,14 +70,24 @@ class TrainerRouter:
         self.exploration = exploration
         self.epsilon = epsilon
         self.rng = np.random.default_rng([seed, 1])
-        self._allowed = np.ones(len(arms), dtype=bool)
+
+    def _published_index(self) -> np.ndarray:
+        """For each arm of the published version (``history.current``), its index in the replay's arms."""
+        return np.array([self.arms.index(name) for name in self.loop.history.current], dtype=np.int64)
 
     @torch.inference_mode()
     def choose(self, event_index: int, x: np.ndarray, quality_weight: float) -> tuple[int, float]:
         probabilities = self.loop.published_network.probabilities(
             torch.from_numpy(x).reshape(1, -1), torch.tensor([quality_weight])
         )[0].numpy()
-        return choose_model(probabilities, self._allowed, self.exploration, self.epsilon, self.rng)
+        allowed = np.ones(len(probabilities), dtype=bool)
+        index, propensity = choose_model(probabilities, allowed, self.exploration, self.epsilon, self.rng)
+        return int(self._published_index()[index]), propensity
+
+    def change_pool(self, names: tuple[str, ...]) -> None:
+        """Serve the arms ``names`` from the next event on: the loop's pool change, published at once."""
+        self.loop.request_pool(names)
+        self.loop.step()
 
     def observe(
         self,
@@ -105,7 +120,7 @@ class TrainerRouter:
             torch.from_numpy(np.ascontiguousarray(xs, dtype=np.float32)),
             torch.full((len(xs),), quality_weight),
         )
-        return logits.argmax(dim=1).numpy()
+        return self._published_index()[logits.argmax(dim=1).numpy()]
 
     def published_versions(self) -> int:
         return self.loop.counters.published

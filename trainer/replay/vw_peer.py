@@ -87,5 +87,8 @@ class VowpalWabbitRouter:
     def published_versions(self) -> int:
         return 0
 
+    def change_pool(self, names: tuple[str, ...]) -> None:
+        raise ValueError("the Vowpal Wabbit peer has a fixed set of actions (no model-pool schedule)")
+
     def close(self) -> None:
         self.workspace.finish()

@@ -7,9 +7,11 @@ durable consumer and the policy mirror (Object Store + KV) when ``events.backend
 boundary, optional TLS/mTLS, optional plaintext health-only port for Kubernetes probes) and metrics.
 Shutdown order: health NOT_SERVING -> close announcements (WatchPolicy streams end) -> stop the NATS
 consumer (unacknowledged messages are redelivered later) and policy mirror -> ``server.stop(grace_s)``
-(in-flight acks finish) -> stop the training loop -> close the log (final fsync).
+(in-flight acks finish) -> stop the training loop -> close the log (final fsync). With a config file,
+``config_reload.py`` re-reads it on change or SIGHUP and applies a new ``learner.arms`` (the model pool)
+without a restart.
 
-With ``failover.enabled`` (several replicas, docs/learning.md §9) ``start`` brings up the log, this
+With ``failover.enabled`` (several replicas, docs/learning.md §10) ``start`` brings up the log, this
 replica's own durable consumer, the gRPC server and the ``LeaseKeeper`` only; the training loop and the
 fenced policy mirror start when the lease is won (``_take_over``: the latest version and its learner
 state from the Object Store, resume just after its last event in this replica's log). A replica that
@@ -33,14 +35,17 @@ from prometheus_client import CollectorRegistry, start_http_server
 
 from barp_sidecar.broker.nats_connection import NatsConnector
 from barp_sidecar.broker.settings import EventsBackend
+from barp_sidecar.errors import ConfigError
 from barp_sidecar.gen.barp.v1 import trainer_pb2, trainer_pb2_grpc
 from barp_sidecar.policy.checkpoint import CheckpointStore
 from barp_sidecar.rpc.server import GrpcServer, Service
 from barp_sidecar.tracing import Tracing
+from trainer.service.config_reload import ConfigReloader
 from trainer.service.eventlog import SegmentedEventLog
 from trainer.service.failover import LeaseKeeper, download_latest, resume_offset
 from trainer.service.loop import TrainingLoop
 from trainer.service.metrics import TrainerCollector
+from trainer.service.model_pool import PoolChangeError
 from trainer.service.nats_ingest import NatsEventIngestor
 from trainer.service.nats_policy_mirror import NatsPolicyMirror, PointerFence
 from trainer.service.policy_source import PolicyAnnouncer, StartingPolicy, starting_policy
@@ -63,10 +68,16 @@ class TrainerApp:
         settings: TrainerSettings,
         span_exporter: SpanExporter | None = None,
         env: Mapping[str, str] | None = None,
+        config_path: str | Path | None = None,
     ) -> None:
         """``span_exporter`` replaces the configured trace exporter (tests); ``env`` is where secrets
-        (NATS password/token) are read from (the process environment when None)."""
+        (NATS password/token) are read from (the process environment when None); ``config_path``: the
+        file ``settings`` came from, re-read on change and on SIGHUP (None: no reloading)."""
         self.settings = settings
+        self._env = dict(os.environ if env is None else env)
+        self.reloader = (
+            ConfigReloader(config_path, self._env, self.apply_settings) if config_path is not None else None
+        )
         self.tracing = Tracing.from_settings(settings.tracing, exporter=span_exporter)
         tracer = self.tracing.tracer if self.tracing.enabled else None
         self._tracer = tracer
@@ -122,6 +133,7 @@ class TrainerApp:
             manifest.architecture.embedding_dim,
             s.publish.chunk_bytes,
             tracer=self._tracer,
+            history=self.loop.history if self.loop is not None else None,
         )
         if self.nats_connector is not None:
             replica = self.replica_id if s.failover.enabled else None
@@ -131,6 +143,7 @@ class TrainerApp:
                 manifest.models,
                 manifest.architecture.embedding_dim,
                 consumer=f"{s.events.consumer}-{replica}" if replica else None,
+                history=self.loop.history if self.loop is not None else None,
             )
             await self.ingestor.start()
             if s.failover.enabled:
@@ -156,6 +169,8 @@ class TrainerApp:
             server, _thread = start_http_server(s.metrics.port, addr=s.metrics.host, registry=registry)
             self._metrics_server = server
             self.metrics_port = server.server_port
+        if self.reloader is not None:
+            await self.reloader.start()
         await asyncio.to_thread(Path(s.storage.data_dir, "PORT").write_text, f"{self.port}\n")
         log.info(
             "trainer_started",
@@ -178,7 +193,7 @@ class TrainerApp:
         s = self.settings
         assert self.event_log is not None
         may_publish = self.lease_keeper.lease.held if self.lease_keeper is not None else (lambda: True)
-        return TrainingLoop(
+        loop = TrainingLoop(
             self.event_log,
             self.store,
             self.announcer,
@@ -188,6 +203,12 @@ class TrainerApp:
             tracer=self._tracer,
             may_publish=may_publish,
         )
+        if s.learner.arms and starting.source != "cold":
+            try:  # the configured pool differs from the stored policy's: change it (validated first)
+                loop.request_pool(s.learner.arms)
+            except PoolChangeError as exc:
+                raise ConfigError("learner.arms", str(exc).removeprefix("learner.arms: ")) from exc
+        return loop
 
     async def _take_over(self) -> None:
         """Failover: once the lease is won, start training where the latest published version ended,
@@ -239,6 +260,25 @@ class TrainerApp:
         self.exit_code = EXIT_LEASE_LOST
         self.request_stop()
 
+    def apply_settings(self, previous: TrainerSettings | None, settings: TrainerSettings) -> None:
+        """Apply re-read settings: a changed ``learner.arms`` changes the model pool (PoolChangeError when it
+        cannot be served: nothing changes); other changed keys wait for a restart (logged)."""
+        if self.loop is None:
+            raise ConfigError("learner.arms", "the trainer is not running yet")
+        if settings.learner.arms:
+            self.loop.request_pool(settings.learner.arms)
+        if previous is None:
+            return
+        pending = [
+            name
+            for name in ("server", "storage", "publish", "metrics", "logging", "tracing", "events")
+            if getattr(settings, name) != getattr(previous, name)
+        ]
+        if dataclasses.replace(settings.learner, arms=previous.learner.arms) != previous.learner:
+            pending.append("learner")
+        if pending:
+            log.warning("config_change_needs_restart", sections=pending)
+
     def request_stop(self) -> None:
         self._stop.set()
 
@@ -246,6 +286,8 @@ class TrainerApp:
         await self._stop.wait()
 
     async def close(self) -> None:
+        if self.reloader is not None:
+            await self.reloader.close()
         await self.server.set_not_serving()
         await self.announcer.close()
         if self._takeover_task is not None and not self._takeover_task.done():

@@ -1,7 +1,7 @@
 """Trainer failover on NATS JetStream: the lease keeper, the hand-over of the latest published policy,
 and where a new active replica resumes in its own event log.
 
-Owns three things (docs/learning.md §9): ``LeaseKeeper`` (the ``TrainerLease`` on a broker session:
+Owns three things (docs/learning.md §10): ``LeaseKeeper`` (the ``TrainerLease`` on a broker session:
 standby polls ``try_acquire``, active renews every TTL/4; the reconnect loop is ``broker.session_loop``'s),
 ``download_latest`` (KV ``latest`` -> the version's manifest, weights, calibration set and learner state
 from the Object Store into this replica's checkpoint store and learner-state directory; returns the KV

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,6 +60,15 @@ class CostImputer:
         self.total_usd[arm] += cost_usd
         self.count[arm] += 1
 
+    def reindexed(self, old_arms: tuple[str, ...], new_arms: tuple[str, ...]) -> CostImputer:
+        """The same running means mapped by model name onto ``new_arms`` (new models start empty)."""
+        imputer = CostImputer(len(new_arms))
+        for index, name in enumerate(new_arms):
+            if name in old_arms:
+                imputer.total_usd[index] = self.total_usd[old_arms.index(name)]
+                imputer.count[index] = self.count[old_arms.index(name)]
+        return imputer
+
     def estimate(self, arm: int) -> float:
         return float(self.total_usd[arm] / self.count[arm]) if self.count[arm] else 0.0
 
@@ -75,8 +84,12 @@ def to_batch(
     tau_usd: float,
     imputer: CostImputer,
     observe_costs: bool = True,
+    decided_with: Callable[[int], tuple[str, ...]] | None = None,
 ) -> EventBatch:
-    """Convert validated events; updates the imputer with every known cost (in order) unless replaying."""
+    """Convert validated events (every event's arm in ``arms``); updates the imputer with every known cost
+    (in order) unless replaying. ``decided_with(policy_version)``: the arm list an event's ``allowed`` mask
+    refers to when the pool changed since (mapped by name; an arm that version did not have counts as
+    allowed only when the event allowed every arm)."""
     index = {name: i for i, name in enumerate(arms)}
     n, k = len(events), len(arms)
     embeddings = np.empty((n, len(events[0].embedding) if n else 0), dtype=np.float32)
@@ -86,7 +99,12 @@ def to_batch(
     for i, event in enumerate(events):
         embeddings[i] = event.embedding
         if event.allowed:
-            allowed[i] = event.allowed
+            logged = arms if decided_with is None else decided_with(event.policy_version)
+            if logged == arms:
+                allowed[i] = event.allowed
+            else:
+                by_name = dict(zip(logged, event.allowed, strict=False))
+                allowed[i] = [by_name.get(name, all(event.allowed)) for name in arms]
         action[i] = index[event.model]
         if event.HasField("cost_usd"):
             if observe_costs:

@@ -13,6 +13,12 @@ learner is young, ``evaluation_interval_events``) and published as version v+1 i
 V(candidate) >= V(current) − ``gate_margin`` on that slice (V: doubly robust for ``reward_model``
 candidates, SNIPS otherwise), with at least ``gate_min_holdout_events`` events. Each decision is logged
 (``policy_gate``) with both estimates and their confidence intervals, and counted in ``GateCounters``.
+
+Model-pool changes (``request_pool``, rules in ``model_pool.py``) are applied by the worker thread at the
+start of a step and published at once as the next version (no gate: the known models' estimates are
+unchanged; the new rows are priors under an exploration cap); a retired model is dropped from the model
+list by a later version. Events naming a model that is no longer in the model list stay in the log and are
+not trained on (``events_not_trained``).
 """
 
 from __future__ import annotations
@@ -54,6 +60,15 @@ from trainer.service.learner import (
     to_batch,
 )
 from trainer.service.learner_state import load_state, save_state
+from trainer.service.model_pool import (
+    PoolChangeError,
+    PoolHistory,
+    PoolPlan,
+    PoolState,
+    check_pool,
+    drop_plan,
+    plan_pool,
+)
 from trainer.service.policy_source import PolicyAnnouncer, StartingPolicy, announcement_for
 from trainer.service.reward_model_learner import RewardModelHyperParameters, RewardModelLearner
 from trainer.service.settings import LearnerSettings, PublishSettings
@@ -191,6 +206,11 @@ class TrainingLoop:
         # Resumable learner state, one file per published version (learner_state.py).
         self.state_dir = self.store.root.parent / "learner-state"
         self._restored_holdout_ids: set[str] = set()
+        self.pool = PoolState.from_json(starting.manifest.training.get("model_pool"))
+        self.history = PoolHistory(store, self.models, starting.manifest.version)
+        self._pool_request: tuple[str, ...] | None = None
+        self.pool_changes = 0
+        self.events_not_trained = 0
         if starting.source == "latest":
             self._restore_state()
 
@@ -264,6 +284,100 @@ class TrainingLoop:
     def current_version(self) -> int:
         return self.manifest.version
 
+    # -- model-pool changes ------------------------------------------------------------------------------
+
+    def request_pool(self, requested: tuple[str, ...]) -> bool:
+        """Ask for the pool ``requested`` (applied by the next step). PoolChangeError naming the problem
+        when it cannot be served; the serving pool is then unchanged. False when nothing would change."""
+        if set(requested) == set(self.models) and not self.pool.retired_at_events:
+            return False  # the serving pool (e.g. a restart with the same configuration)
+        wanted = check_pool(requested)
+        plan = plan_pool(self.models, list(self.pool.retired_at_events), wanted)
+        if not plan.changed:
+            return False
+        if not isinstance(self.learner, RewardModelLearner):
+            raise PoolChangeError(
+                "learner.arms: changing the pool of a running trainer needs a 'reward_model' policy, the "
+                f"serving one is {self.learner.network.architecture.kind!r} (start the new pool cold)"
+            )
+        self._pool_request = wanted
+        log.info(
+            "model_pool_change_requested",
+            pool=list(wanted),
+            added=list(plan.added),
+            retired=list(plan.retired),
+            restored=list(plan.restored),
+        )
+        return True
+
+    def _apply_requested_pool(self) -> Any:
+        requested, self._pool_request = self._pool_request, None
+        if requested is None:
+            return None
+        try:
+            plan = plan_pool(self.models, list(self.pool.retired_at_events), requested)
+        except PoolChangeError as exc:  # the pool moved since the request was checked
+            log.error("model_pool_change_rejected", error=str(exc))
+            return None
+        if not plan.changed:
+            return None
+        self.pool.new_models.extend(plan.added)
+        for name in plan.retired:
+            self.pool.retired_at_events[name] = self.learner.events_trained
+        for name in plan.restored:
+            self.pool.retired_at_events.pop(name, None)
+        return self._publish_pool(plan)
+
+    def _drop_retired(self) -> Any:
+        """Drop retired models whose masked version has served ``retire_after_events`` training events."""
+        due = [
+            name
+            for name, at in self.pool.retired_at_events.items()
+            if self.learner.events_trained - at >= self.learner_settings.retire_after_events
+        ]
+        if not due:
+            return None
+        for name in due:
+            del self.pool.retired_at_events[name]
+        return self._publish_pool(drop_plan(self.models, due))
+
+    def _publish_pool(self, plan: PoolPlan) -> Any:
+        assert isinstance(self.learner, RewardModelLearner)
+        if not self.may_publish():
+            log.warning("model_pool_change_deferred", reason="this replica does not hold the lease")
+            return None
+        previous = self.models
+        if plan.models != previous:
+            self.learner.reindex(previous, plan.models)
+            self.imputer = self.imputer.reindexed(previous, plan.models)
+            self.models = plan.models
+        announcement = self._publish(copy.deepcopy(self._capped_network()).eval(), metrics={})
+        self.pool_changes += 1
+        log.info(
+            "model_pool_changed",
+            version=self.manifest.version,
+            models=list(self.models),
+            added=list(plan.added),
+            retired=list(plan.retired),
+            restored=list(plan.restored),
+            dropped=list(plan.dropped),
+            exploration_share=list(self.manifest.architecture.exploration_share),
+        )
+        return announcement
+
+    def _capped_network(self) -> PolicyNetwork:
+        """The learner's network with this version's exploration caps (new models) and masks (retired)."""
+        if isinstance(self.learner, RewardModelLearner):
+            counts = dict(zip(self.models, self.learner.event_counts(), strict=True))
+            caps = self.pool.caps(
+                self.models,
+                counts.__getitem__,
+                self.learner_settings.new_model_min_events,
+                self.learner_settings.new_model_share,
+            )
+            self.learner.set_exploration_share(caps)
+        return self.learner.network
+
     async def start(self) -> None:
         """Make sure the starting policy is published (v1 of a fresh store), announce it, start the loop."""
         await asyncio.to_thread(self.ensure_published)
@@ -311,6 +425,9 @@ class TrainingLoop:
     def step(self) -> dict[str, Any]:
         """Read new events, train on full batches, evaluate when due. Runs in a worker thread."""
         batch_size = self.learner_settings.batch_size
+        changed = self._apply_requested_pool()
+        if changed is not None:
+            return {"events": 0, "published": changed}
         records = self.event_log.read_from(self.cursor, 4 * batch_size)
         for offset, event in records:
             self.cursor = offset + 1
@@ -323,20 +440,20 @@ class TrainingLoop:
                 self.pending.append((offset, event))
         while len(self.pending) >= batch_size:
             chunk, self.pending = self.pending[:batch_size], self.pending[batch_size:]
-            events = [e for _, e in chunk]
-            self.learner.step(to_batch(events, self.models, self.tau_usd, self.imputer))
+            events = self._trainable([e for _, e in chunk])
+            if events:
+                self.learner.step(self._batch(events))
             if self.learner.uses_replay:
                 self.replay.extend(events)
             for _ in range(self.learner_settings.replay_steps if self.learner.uses_replay else 0):
                 picks = self.replay_rng.integers(0, len(self.replay), batch_size)
                 replayed = [self.replay[int(i)] for i in picks]
-                self.learner.step(
-                    to_batch(replayed, self.models, self.tau_usd, self.imputer, observe_costs=False),
-                    replayed=True,
-                )
+                self.learner.step(self._batch(self._trainable(replayed), observe_costs=False), replayed=True)
             self.events_since_evaluation += len(chunk)
             self.trained_offset = self.pending[0][0] if self.pending else self.cursor
-        result: dict[str, Any] = {"events": len(records), "published": None}
+        result: dict[str, Any] = {"events": len(records), "published": self._drop_retired()}
+        if result["published"] is not None:
+            return result
         due_events = self.events_since_evaluation >= self.evaluation_interval_events()
         due_time = (
             self.events_since_evaluation > 0
@@ -345,6 +462,23 @@ class TrainingLoop:
         if due_events or due_time:
             result["published"] = self.evaluate_and_maybe_publish()
         return result
+
+    def _trainable(self, events: list[trainer_pb2.RewardEvent]) -> list[trainer_pb2.RewardEvent]:
+        """Events whose model is in the model list (one dropped from the pool stays in the log, untrained)."""
+        kept = [e for e in events if e.model in self.models]
+        if len(kept) != len(events):
+            self.events_not_trained += len(events) - len(kept)
+        return kept
+
+    def _batch(self, events: list[trainer_pb2.RewardEvent], observe_costs: bool = True) -> EventBatch:
+        return to_batch(
+            events,
+            self.models,
+            self.tau_usd,
+            self.imputer,
+            observe_costs,
+            decided_with=self.history.decided_with,
+        )
 
     def evaluation_interval_events(self) -> int:
         """New training events between evaluations: ``every_events``, or sooner while the learner is young
@@ -389,11 +523,18 @@ class TrainingLoop:
         self.events_since_evaluation = 0
         self.last_evaluation_monotonic_s = self.clock()
         self.counters.evaluations += 1
-        if not self.holdout:
+        holdout = [e for e in self.holdout if e.model in self.models]
+        if not holdout:
             self.counters.skipped_small_holdout += 1
             log.info("policy_gate", decision="skipped", reason="no held-out events yet")
             return None
-        holdout_batch = to_batch(list(self.holdout), self.models, self.tau_usd, CostImputer(len(self.models)))
+        holdout_batch = to_batch(
+            holdout,
+            self.models,
+            self.tau_usd,
+            CostImputer(len(self.models)),
+            decided_with=self.history.decided_with,
+        )
         candidate, current, estimator = self._estimates(holdout_batch)
         decision = gate(
             candidate,
@@ -420,7 +561,7 @@ class TrainingLoop:
                 self.counters.rejected += 1
             log.info("policy_gate", decision="skipped" if small else "rejected", **fields)
             return None
-        network = copy.deepcopy(self.learner.network).eval()
+        network = copy.deepcopy(self._capped_network()).eval()
         calibration = self.calibration_set()
         if calibration is not None and (bad := nonfinite_outputs(network, *calibration.dry_run_inputs())):
             # Every sidecar would reject it (non_finite): do not publish it at all.
@@ -431,12 +572,30 @@ class TrainingLoop:
         if not self.may_publish():
             log.warning("policy_gate", decision="fenced", reason="this replica does not hold the lease")
             return None
+        metrics = {
+            "gate_candidate": candidate.to_json(),
+            "gate_parent": current.to_json(),
+            "estimator": estimator,
+        }
+        announcement = self._publish(network, metrics, calibration)
+        self.counters.published += 1
+        log.info("policy_gate", decision="published", version=self.manifest.version, **fields)
+        return announcement
+
+    def _publish(
+        self, network: PolicyNetwork, metrics: dict[str, Any], calibration: CalibrationSet | None = None
+    ) -> Any:
+        """Save the learner state and publish ``network`` (models = the current pool) as the next version."""
+        if calibration is None:
+            calibration = self.calibration_set()
         version = max(self.store.versions(), default=0) + 1
         manifest = PolicyManifest(
             **{
                 **self.manifest.__dict__,
                 "version": version,
                 "parent_version": self.manifest.version,
+                "models": self.models,
+                "architecture": network.architecture,
                 "created_at_unix_s": time.time(),
                 "training": {
                     "initial_policy": self._starting_source,
@@ -447,18 +606,21 @@ class TrainingLoop:
                     "steps": self.learner.steps,
                     "seed": self.learner_settings.seed,
                     "hyper_parameters": self.learner.hyper.__dict__,
+                    **(
+                        {"model_pool": self.pool.to_json()}
+                        if self.pool_changes or self._pool_active()
+                        else {}
+                    ),
                 },
-                "metrics": {
-                    "gate_candidate": candidate.to_json(),
-                    "gate_parent": current.to_json(),
-                    "estimator": estimator,
-                },
+                "metrics": metrics,
                 "weights_sha256": "",
             }
         )
         self._save_state(version)  # before the checkpoint: a published version always has its state
         self.manifest = self.store.publish(network, manifest, calibration)
         self.published_network = network
-        self.counters.published += 1
-        log.info("policy_gate", decision="published", version=version, **fields)
+        self.history.record(version, self.models)
         return announcement_for(self.store, self.manifest)
+
+    def _pool_active(self) -> bool:
+        return bool(self.pool.new_models or self.pool.retired_at_events)

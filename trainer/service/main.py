@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(min(2, torch.get_num_threads()))
     try:
-        return asyncio.run(serve_until_signalled(TrainerApp(settings), PROGRAM))
+        return asyncio.run(serve_until_signalled(TrainerApp(settings, config_path=args.config), PROGRAM))
     except ConfigError as exc:  # raised while building the app, before it could start
         return config_error_exit(PROGRAM, exc)
     except CheckpointError as exc:

@@ -85,6 +85,16 @@ class TrainerCollector(Collector):
                     "Seconds from winning the lease to training (policy hand-over and resume).",
                     value=self.app.takeover_s,
                 )
+        reloader = self.app.reloader
+        if reloader is not None:
+            reloads = CounterMetricFamily(
+                "barp_trainer_config_reloads",
+                "Re-reads of the config file (on change or SIGHUP), by result.",
+                labels=["result"],
+            )
+            reloads.add_metric(["applied"], reloader.reloads)
+            reloads.add_metric(["refused"], reloader.failures)
+            yield reloads
         if self.app.event_log is not None:
             yield GaugeMetricFamily(
                 "barp_trainer_event_log_bytes",
@@ -106,6 +116,19 @@ class TrainerCollector(Collector):
                 "barp_trainer_events_trained",
                 "Events used in gradient steps.",
                 value=loop.learner.events_trained,
+            )
+            yield GaugeMetricFamily(
+                "barp_trainer_models", "Models in the published version's model list.", value=len(loop.models)
+            )
+            yield CounterMetricFamily(
+                "barp_trainer_model_pool_changes",
+                "Versions published by a model-pool change (added, retired or dropped models).",
+                value=loop.pool_changes,
+            )
+            yield CounterMetricFamily(
+                "barp_trainer_events_not_trained",
+                "Events kept in the log but not trained on: their model was dropped from the pool.",
+                value=loop.events_not_trained,
             )
             estimates = GaugeMetricFamily(
                 "barp_trainer_gate_estimate",

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,6 +29,7 @@ from barp_sidecar.broker.nats_connection import NatsConnector, ensure_event_stre
 from barp_sidecar.broker.session_loop import BrokerSessionLoop
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from trainer.service.eventlog import EventLog
+from trainer.service.model_pool import PoolHistory
 from trainer.service.validation import event_problem
 
 log = structlog.get_logger("trainer.service.nats_ingest")
@@ -48,7 +50,11 @@ class NatsIngestCounters:
 
 
 def classify(
-    msg_data: bytes, headers: dict[str, str] | None, models: tuple[str, ...], embedding_dim: int
+    msg_data: bytes,
+    headers: dict[str, str] | None,
+    models: tuple[str, ...],
+    embedding_dim: int,
+    decided_with: Callable[[int], tuple[str, ...]] | None = None,
 ) -> tuple[trainer_pb2.RewardEvent | None, str, str]:
     """(event or None, dead-letter reason kind, detail). Pure: the consumer's whole notion of "malformed"."""
     try:
@@ -58,7 +64,7 @@ def classify(
     msg_id = (headers or {}).get(MSG_ID_HEADER)
     if not msg_id or msg_id != event.event_id:
         return None, "foreign", f"{MSG_ID_HEADER} {msg_id!r} does not match event_id {event.event_id[:64]!r}"
-    problem = event_problem(event, models, embedding_dim)
+    problem = event_problem(event, models, embedding_dim, decided_with)
     if problem is not None:
         return None, "invalid", problem
     return event, "", ""
@@ -95,12 +101,15 @@ class NatsEventIngestor(BrokerSessionLoop):
         fetch_timeout_s: float = 1.0,
         seed: int | None = None,
         consumer: str | None = None,
+        history: PoolHistory | None = None,
     ) -> None:
         """``consumer``: the durable consumer's name (default ``events.consumer``; each trainer replica
-        of a failover pair has its own, so each keeps a whole copy of the stream)."""
+        of a failover pair has its own, so each keeps a whole copy of the stream). ``history``: each
+        published version's model list (events decided before a pool change stay valid)."""
         super().__init__(connector, seed)
         self.consumer = consumer or connector.settings.consumer
         self.event_log = event_log
+        self.decided_with = history.decided_with if history is not None else None
         self.models = models
         self.embedding_dim = embedding_dim
         self.max_batch_events = max_batch_events
@@ -147,7 +156,9 @@ class NatsEventIngestor(BrokerSessionLoop):
         JetStream there) before their originals are acknowledged with the batch."""
         valid: list[trainer_pb2.RewardEvent] = []
         for msg in messages:
-            event, kind, detail = classify(msg.data, msg.headers, self.models, self.embedding_dim)
+            event, kind, detail = classify(
+                msg.data, msg.headers, self.models, self.embedding_dim, self.decided_with
+            )
             if event is not None:
                 valid.append(event)
                 continue

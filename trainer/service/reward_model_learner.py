@@ -21,13 +21,15 @@ regression-oracle view of contextual bandits), so every event counts fully whate
 - **Exploration temperature:** β = ``exploration_scale``·√(1 + events/K). Early on π is flat
   (SAMPLE explores broadly); as the estimates sharpen, π concentrates on the best models (a Boltzmann
   schedule in the spirit of SquareCB's γ ∝ √t). The greedy choice never depends on β.
+- **Pool changes:** ``reindex`` maps the statistics by model name onto a new arm list (a new model starts
+  from the priors alone, a dropped one's statistics go) and sets the published per-arm ``exploration_share``.
 Deterministic: no randomness at all (same events in the same order → identical weights).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -152,6 +154,32 @@ class RewardModelLearner:
                     weight[row] = theta[:-1, column].float()
                     bias[row] = float(theta[-1, column])
             self.network.exploration_scale.fill_(self.current_exploration_scale())
+
+    def reindex(self, old_arms: tuple[str, ...], new_arms: tuple[str, ...]) -> None:
+        """Re-order the statistics by name for ``new_arms`` (new names start empty, missing ones are
+        dropped) and rebuild the network for that many arms (shares cleared: ``set_exploration_share``)."""
+        position = {name: i for i, name in enumerate(old_arms)}
+        k, d = len(new_arms), self.gram.shape[1]
+        gram = torch.zeros(k, d, d, dtype=torch.float64)
+        moments = torch.zeros(k, 2, d, dtype=torch.float64)
+        arm_events = torch.zeros(k, dtype=torch.int64)
+        for index, name in enumerate(new_arms):
+            if name in position:
+                gram[index] = self.gram[position[name]]
+                moments[index] = self.moments[position[name]]
+                arm_events[index] = self.arm_events[position[name]]
+        self.gram, self.moments, self.arm_events, self.num_arms = gram, moments, arm_events, k
+        architecture = replace(self.network.architecture, num_models=k, exploration_share=())
+        self.network = PolicyNetwork(architecture).eval()
+        self._solve()
+
+    def event_counts(self) -> list[int]:
+        """Events trained per output of the network, in its order."""
+        return [int(n) for n in self.arm_events.tolist()]
+
+    def set_exploration_share(self, exploration_share: tuple[float, ...]) -> None:
+        """Per-arm probability caps of the published network (() = none); weights are unchanged."""
+        self.network.architecture = replace(self.network.architecture, exploration_share=exploration_share)
 
     def state(self) -> dict[str, torch.Tensor]:
         """Everything needed to resume (tensors; saved next to a published checkpoint)."""

@@ -27,6 +27,7 @@ from barp_sidecar.policy.calibration import CALIBRATION_FILE
 from barp_sidecar.policy.checkpoint import MANIFEST_FILE, WEIGHTS_FILE, CheckpointStore
 from barp_sidecar.tracing import logged_with
 from trainer.service.eventlog import EventLog
+from trainer.service.model_pool import PoolHistory
 from trainer.service.policy_source import PolicyAnnouncer
 from trainer.service.validation import event_problem
 
@@ -54,8 +55,12 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         chunk_bytes: int = 1 << 20,
         max_batch_events: int = 1024,
         tracer: Tracer | None = None,
+        history: PoolHistory | None = None,
     ) -> None:
+        """``history``: each published version's model list (events decided before a pool change stay
+        valid)."""
         self.event_log = event_log
+        self.decided_with = history.decided_with if history is not None else None
         self.store = store
         self.announcer = announcer
         self.models = models
@@ -129,7 +134,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         ack = trainer_pb2.PublishAck()
         valid = []
         for event in batch:
-            problem = event_problem(event, self.models, self.embedding_dim)
+            problem = event_problem(event, self.models, self.embedding_dim, self.decided_with)
             if problem is None:
                 valid.append(event)
             else:

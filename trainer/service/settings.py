@@ -68,7 +68,10 @@ class LearnerSettings:
     # "latest_or_builtin": resume from data_dir/checkpoints LATEST, else the shipped RouterBench policy.
     # "cold": a fresh network whose outputs start uniform (needs arms + encoder below). "builtin": shipped.
     initial_policy: str = "latest_or_builtin"
-    # For a cold start: arm names in order (a YAML list, or "a,b,c" in the environment).
+    # The model pool: arm names in order (a YAML list, or "a,b,c" in the environment). Needed for a cold
+    # start; when set on a running trainer, editing it changes the pool without a restart (the config file
+    # is re-read on change and on SIGHUP; docs/learning.md "Changing the model pool"). Empty = keep the
+    # starting policy's models.
     arms: tuple[str, ...] = ()
     # For a cold start: the encoder id the sidecars embed prompts with (recorded in every checkpoint).
     encoder_id: str = "sentence-transformers/all-MiniLM-L6-v2"
@@ -127,6 +130,13 @@ class LearnerSettings:
     # reward_model: penalty on the slopes all models share (a population term every model's regression
     # adds its own deviation to; 0 = independent per-model regressions).
     shared_ridge_lambda: float = 300.0
+    # Pool changes (learner.arms edited while running): a model new to the pool is served this share of
+    # the traffic (forced exploration on every kind of prompt, never the greedy choice) ...
+    new_model_share: float = 0.3
+    # ... until it has this many events; then it competes like every other model.
+    new_model_min_events: int = 600
+    # A retired model is masked at once and dropped from the arm list after this many more training events.
+    retire_after_events: int = 500
 
 
 @dataclass(frozen=True)
@@ -181,7 +191,7 @@ class TrainerTracingSettings(TracingSettings):
 
 @dataclass(frozen=True)
 class FailoverSettings:
-    """Several trainer replicas, one active through a lease in JetStream KV (docs/learning.md §9)."""
+    """Several trainer replicas, one active through a lease in JetStream KV (docs/learning.md §10)."""
 
     # Run as one of several replicas: only the lease holder trains and publishes (needs events.backend
     # nats); the others ingest into their own log and take over when the lease expires.
@@ -286,6 +296,9 @@ def validate(settings: TrainerSettings) -> TrainerSettings:
     check(0 <= le.prior_quality <= 1, "learner.prior_quality", "must be in [0, 1]")
     check(le.prior_events > 0, "learner.prior_events", "must be > 0")
     check(le.exploration_scale > 0, "learner.exploration_scale", "must be > 0")
+    check(0 < le.new_model_share < 0.5, "learner.new_model_share", "must be in (0, 0.5)")
+    check(le.new_model_min_events >= 1, "learner.new_model_min_events", "must be >= 1")
+    check(le.retire_after_events >= 0, "learner.retire_after_events", "must be >= 0")
     check(le.learning_rate > 0, "learner.learning_rate", "must be > 0")
     check(le.batch_size >= 1, "learner.batch_size", "must be >= 1")
     check(le.entropy_coef >= 0, "learner.entropy_coef", "must be >= 0")
@@ -349,6 +362,10 @@ def load_trainer_settings(
         if not isinstance(raw, list | tuple) or not all(isinstance(a, str) for a in raw):
             raise ConfigError("learner.arms", "must be a list of model names")
         arms = tuple(raw)
+        if not arms:
+            raise ConfigError(
+                "learner.arms", "an empty list removes every model (leave the key out to keep the policy's)"
+            )
         data["learner"] = {k: v for k, v in learner.items() if k != "arms"}
     settings = build_settings(TrainerSettings, data)
     settings = dataclasses.replace(settings, learner=dataclasses.replace(settings.learner, arms=arms))

@@ -7,12 +7,22 @@ the servicer rejects malformed events in the ack with these reasons and keeps th
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 
 
-def event_problem(event: trainer_pb2.RewardEvent, models: tuple[str, ...], embedding_dim: int) -> str | None:
-    """INVALID_ARGUMENT semantics: a message naming the bad field, or None when the event is valid."""
+def event_problem(
+    event: trainer_pb2.RewardEvent,
+    models: tuple[str, ...],
+    embedding_dim: int,
+    decided_with: Callable[[int], tuple[str, ...]] | None = None,
+) -> str | None:
+    """INVALID_ARGUMENT semantics: a message naming the bad field, or None when the event is valid.
+    ``decided_with(policy_version)``: the model list of the version that decided (after a model-pool change
+    an event may name a retired model and carry the older list's ``allowed`` mask); default ``models``."""
+    if decided_with is not None:
+        models = decided_with(event.policy_version)
     if not event.event_id:
         return "event_id: is required"
     if len(event.event_id) > 256:
