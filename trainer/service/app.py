@@ -119,6 +119,8 @@ class TrainerApp:
                 s.storage.retention_max_age_s,
             ).open
         )
+        if s.failover.enabled:
+            await self._sync_latest()  # a standby validates events against the latest model list
         starting = await asyncio.to_thread(starting_policy, s.learner, self.store)
         manifest = starting.manifest
         if not s.failover.enabled:
@@ -184,6 +186,19 @@ class TrainerApp:
             mtls=s.server.tls_client_ca_file is not None,
             replica=self.replica_id if s.failover.enabled else None,
         )
+
+    async def _sync_latest(self) -> None:
+        """Failover: fetch the announced latest version into this replica's store before it starts, when the
+        broker answers (otherwise the local store's LATEST serves until the takeover downloads it)."""
+        assert self.nats_connector is not None
+        try:
+            version, _ = await download_latest(
+                self.nats_connector, self.store, self.store.root.parent / "learner-state"
+            )
+        except Exception as exc:  # broker unreachable or slow: not fatal for a standby
+            log.warning("trainer_latest_not_synced", error=repr(exc))
+            return
+        log.info("trainer_latest_synced", version=version)
 
     @property
     def replica_id(self) -> str:
