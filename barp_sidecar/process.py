@@ -93,4 +93,5 @@ async def serve_until_signalled(app: Servable, program: str) -> int:
         await app.wait_for_stop()
     finally:
         await app.close()
-    return EXIT_OK
+    # An app that stopped itself may say why in its exit code (the trainer replica that lost its lease).
+    return int(getattr(app, "exit_code", EXIT_OK))

@@ -72,6 +72,7 @@ SIDECAR_OWNED = {
         "checkpoint_store_dir",
     },
     "events": EVENTS_OWNED,
+    "failover": {"enabled"},  # trainer.replicas > 1
 }
 TRAINER_OWNED = {
     "server": {
@@ -308,6 +309,7 @@ def build_schema() -> dict[str, Any]:
         "trainer": obj(
             {
                 "enabled": BOOL,
+                "replicas": POSITIVE,
                 "config": trainer_config,
                 "resources": RESOURCES,
                 "service": obj({"port": PORT}),

@@ -10,7 +10,6 @@ import random
 from pathlib import Path
 
 import nats
-import pytest
 
 from barp_sidecar.broker.nats_connection import NatsConnector
 from barp_sidecar.broker.settings import EventsBackend, EventsSettings
@@ -27,14 +26,6 @@ FAST = {"reconnect_initial_backoff_s": 0.05, "reconnect_max_backoff_s": 0.3, "co
 
 def events_settings(urls: list[str], **extra: object) -> EventsSettings:
     return EventsSettings(backend=EventsBackend.NATS, nats_urls=tuple(urls), **{**FAST, **extra})  # type: ignore[arg-type]
-
-
-@pytest.fixture
-def server(tmp_path):
-    require_nats_server()
-    node = NatsServer(tmp_path / "nats-store").start()
-    yield node
-    node.stop()
 
 
 class Pipeline:
@@ -77,9 +68,9 @@ async def append(spool: RewardSpool, rng: random.Random, count: int) -> list[str
 
 
 async def test_every_event_reaches_the_trainer_log_once_and_the_spool_is_trimmed_on_publish_acks(
-    tmp_path, server
+    tmp_path, broker
 ):
-    pipeline = await Pipeline(tmp_path, events_settings([server.url])).start()
+    pipeline = await Pipeline(tmp_path, events_settings([broker.url])).start()
     try:
         ids = await append(pipeline.spool, random.Random(0), 300)
         await wait_until(lambda: len(pipeline.stored_ids()) == 300, what="300 events in the log")
@@ -91,14 +82,14 @@ async def test_every_event_reaches_the_trainer_log_once_and_the_spool_is_trimmed
         await pipeline.close()
 
 
-async def test_a_resend_after_a_lost_ack_is_dropped_by_msg_id_and_by_the_log(tmp_path, server):
-    pipeline = await Pipeline(tmp_path, events_settings([server.url])).start()
+async def test_a_resend_after_a_lost_ack_is_dropped_by_msg_id_and_by_the_log(tmp_path, broker):
+    pipeline = await Pipeline(tmp_path, events_settings([broker.url])).start()
     ids = await append(pipeline.spool, random.Random(1), 50)
     await wait_until(lambda: pipeline.spool.acked_sequence == 50, what="50 acks")
     await pipeline.close()
     # A crash after JetStream stored the events but before ACKED reached the disk: everything is resent.
     (tmp_path / "spool" / "ACKED").write_text("0\n")
-    again = await Pipeline(tmp_path, events_settings([server.url])).start()
+    again = await Pipeline(tmp_path, events_settings([broker.url])).start()
     try:
         await wait_until(lambda: again.spool.acked_sequence == 50, what="resend acknowledged")
         assert again.publisher.duplicates == 50  # JetStream recognised every Nats-Msg-Id
@@ -146,13 +137,13 @@ async def test_broker_killed_mid_run_loses_nothing_and_counts_nothing_twice(tmp_
         node.stop()
 
 
-async def test_deleted_stream_is_recreated_and_delivery_continues(tmp_path, server):
-    pipeline = await Pipeline(tmp_path, events_settings([server.url])).start()
+async def test_deleted_stream_is_recreated_and_delivery_continues(tmp_path, broker):
+    pipeline = await Pipeline(tmp_path, events_settings([broker.url])).start()
     try:
         rng = random.Random(4)
         ids = await append(pipeline.spool, rng, 20)
         await wait_until(lambda: len(pipeline.stored_ids()) == 20, what="first 20")
-        client = await nats.connect(server.url)
+        client = await nats.connect(broker.url)
         await client.jetstream().delete_stream(pipeline.settings.stream)
         await client.close()
         ids += await append(pipeline.spool, rng, 20)
@@ -162,12 +153,12 @@ async def test_deleted_stream_is_recreated_and_delivery_continues(tmp_path, serv
         await pipeline.close()
 
 
-async def test_malformed_and_foreign_messages_are_dead_lettered_and_the_consumer_goes_on(tmp_path, server):
-    pipeline = await Pipeline(tmp_path, events_settings([server.url])).start()
+async def test_malformed_and_foreign_messages_are_dead_lettered_and_the_consumer_goes_on(tmp_path, broker):
+    pipeline = await Pipeline(tmp_path, events_settings([broker.url])).start()
     try:
         rng = random.Random(5)
         await wait_until(lambda: pipeline.ingestor.connected, what="consumer connected")
-        client = await nats.connect(server.url)
+        client = await nats.connect(broker.url)
         js = client.jetstream()
         s = pipeline.settings
         bad_arm = random_event(rng)

@@ -19,7 +19,6 @@ from barp_sidecar.policy.calibration import CALIBRATION_FILE
 from barp_sidecar.policy.checkpoint import WEIGHTS_FILE
 from barp_sidecar.policy.nats_policies import LATEST_KEY, parse_announcement
 from tests.rewards.test_sidecar_learning import route_and_report, trainer_yaml
-from tests.support.nats_server import NatsServer, require_nats_server
 from tests.support.sidecar import make_tiny_checkpoint, running_sidecar, sidecar_settings
 from tests.support.waiting import reached, wait_until
 from trainer.service.app import TrainerApp
@@ -32,14 +31,6 @@ def trainer_nats_yaml(data_dir: Path, url: str) -> str:
     """The gRPC learning-loop test's trainer (cold, v2 after 150 events), with the NATS backend."""
     events = f"events:\n  backend: nats\n  nats_urls: [{url}]\n"
     return trainer_yaml(data_dir, every_events=150) + events + FAST
-
-
-@pytest.fixture
-def broker(tmp_path):
-    require_nats_server()
-    node = NatsServer(tmp_path / "nats-store").start()
-    yield node
-    node.stop()
 
 
 async def test_events_and_policies_flow_through_jetstream_with_pin_and_rollback(tmp_path, broker):

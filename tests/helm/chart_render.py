@@ -48,6 +48,11 @@ class Rendered:
         assert len(found) == 1, f"expected one {kind} named *{name_suffix}, found {len(found)}"
         return found[0]
 
+    def trainer(self) -> dict[str, Any]:
+        """The trainer's workload: a Deployment, or a StatefulSet with trainer.replicas > 1."""
+        kind = "StatefulSet" if self.of_kind("StatefulSet") else "Deployment"
+        return self.one(kind, "-trainer")
+
     def pod_specs(self) -> Iterator[tuple[str, dict[str, Any]]]:
         for o in self.objects:
             if o["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):

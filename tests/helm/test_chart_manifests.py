@@ -87,7 +87,7 @@ def test_checksum_annotation_is_the_digest_of_the_configmap(render_ci: Render, n
     for metadata in pods:
         assert metadata["annotations"]["checksum/barp-config"] == expected
     trainer_data = rendered.one("ConfigMap", "trainer-config")["data"]["trainer.yaml"]
-    trainer = rendered.one("Deployment", "-trainer")["spec"]["template"]["metadata"]
+    trainer = rendered.trainer()["spec"]["template"]["metadata"]
     assert (
         trainer["annotations"]["checksum/trainer-config"]
         == hashlib.sha256(trainer_data.rstrip("\n").encode()).hexdigest()
@@ -185,6 +185,31 @@ def test_trainer_is_one_recreated_replica_on_its_claim_reached_by_service_name(r
             assert all("persistentVolumeClaim" not in v for v in pod.get("volumes", []))
 
 
+def test_two_trainer_replicas_are_a_statefulset_with_a_volume_each_and_failover_on(render_ci: Render) -> None:
+    rendered = render_ci("nats-failover")
+    assert not rendered.of_kind("Deployment") or all(
+        not d["metadata"]["name"].endswith("-trainer") for d in rendered.of_kind("Deployment")
+    )
+    assert not [
+        c for c in rendered.of_kind("PersistentVolumeClaim") if c["metadata"]["name"].endswith("-data")
+    ]
+    trainers = rendered.one("StatefulSet", "-trainer")
+    assert trainers["spec"]["replicas"] == 2
+    assert trainers["spec"]["serviceName"] == rendered.one("Service", "-trainer")["metadata"]["name"]
+    (template,) = trainers["spec"]["volumeClaimTemplates"]
+    assert template["metadata"]["name"] == "data"
+    assert template["spec"]["accessModes"] == ["ReadWriteOnce"]
+    spec = trainers["spec"]["template"]["spec"]
+    assert "data" not in {v["name"] for v in spec["volumes"]}
+    mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+    trainer_config = config_of(rendered, "-trainer-config", "trainer.yaml")
+    assert mounts["data"] == trainer_config["storage"]["data_dir"]
+    assert trainer_config["failover"] == {"enabled": True, "lease_ttl_s": 6}
+    assert trainer_config["events"]["backend"] == "nats"
+    # The single-replica default keeps failover off.
+    assert "failover" not in config_of(render_ci(None), "-trainer-config", "trainer.yaml")
+
+
 def test_standalone_router_service_pdb_and_tls(render_ci: Render) -> None:
     rendered = render_ci("standalone")
     deployment = rendered.one("Deployment", "-router")
@@ -235,7 +260,7 @@ def test_gpu_values(render_ci: Render) -> None:
         assert {"name": "BARP__POLICY__DEVICE", "value": "cuda"} in sidecar["env"]
         assert spec["nodeSelector"] == {"nvidia.com/gpu.present": "true"}
         assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in spec["tolerations"]
-    trainer = rendered.one("Deployment", "-trainer")["spec"]["template"]["spec"]
+    trainer = rendered.trainer()["spec"]["template"]["spec"]
     assert "nvidia.com/gpu" not in trainer["containers"][0]["resources"].get("limits", {})
 
 
@@ -310,6 +335,12 @@ def test_network_policies_open_the_ports_the_processes_use(render_ci: Render) ->
         (["metrics.serviceMonitor.enabled=true", "trainer.enabled=false"], "metrics.serviceMonitor.enabled"),
         (["standalone.enabled=true", "standalone.replicas=1"], "standalone.pdb.minAvailable"),
         (["sidecar.enabled=false", "standalone.enabled=true"], "sidecar.enabled"),
+        (["trainer.replicas=2"], "trainer.replicas"),  # the gRPC event backend has one trainer
+        (["trainer.replicas=2", "nats.enabled=true", "nats.policiesFromNats=false"], "trainer.replicas"),
+        (
+            ["trainer.replicas=2", "nats.enabled=true", "trainer.persistence.existingClaim=c"],
+            "trainer.persistence.existingClaim",
+        ),
     ],
 )
 def test_inconsistent_values_fail_naming_the_value(helm: Helm, set_values: list[str], key: str) -> None:

@@ -59,8 +59,12 @@ def mounted_file(
     return False
 
 
-def writable_dir(container: dict[str, Any], spec: dict[str, Any], path: str) -> bool:
+def writable_dir(
+    container: dict[str, Any], spec: dict[str, Any], path: str, claims: tuple[str, ...] = ()
+) -> bool:
+    """``claims``: the names of a StatefulSet's volumeClaimTemplates (one volume per replica)."""
     volumes = {v["name"]: v for v in spec["volumes"]}
+    volumes.update({name: {"persistentVolumeClaim": {}} for name in claims})
     for mount in container["volumeMounts"]:
         if PurePosixPath(path).is_relative_to(mount["mountPath"]) and not mount.get("readOnly", False):
             volume = volumes[mount["name"]]
@@ -142,18 +146,20 @@ def test_trainer_settings_load(render_ci: Render, name: str | None, tmp_path: Pa
     local = tmp_path / "trainer.yaml"
     local.write_text(config_map["data"]["trainer.yaml"])
     settings = load_trainer_settings(local, {})
-    container = rendered.one("Deployment", "-trainer")["spec"]["template"]["spec"]["containers"][0]
+    container = rendered.trainer()["spec"]["template"]["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports["trainer-grpc"] == settings.server.port and settings.server.host == "0.0.0.0"
     assert ports["trainer-health"] == settings.server.health_port
     assert ports["trainer-metrics"] == settings.metrics.port and settings.metrics.host == "0.0.0.0"
     assert container["command"][:2] == ["barp-trainer", "serve"]
-    spec = rendered.one("Deployment", "-trainer")["spec"]["template"]["spec"]
+    spec = rendered.trainer()["spec"]["template"]["spec"]
     config_maps = {cm["metadata"]["name"]: cm for cm in rendered.of_kind("ConfigMap")}
     config_path = container["command"][container["command"].index("--config") + 1]
     assert mounted_file(container, spec, config_path, config_maps)
-    assert writable_dir(container, spec, settings.storage.data_dir)
-    volumes = {v["name"]: v for v in spec["volumes"]}
+    templates = rendered.trainer()["spec"].get("volumeClaimTemplates", [])
+    claims = tuple(t["metadata"]["name"] for t in templates)
+    assert writable_dir(container, spec, settings.storage.data_dir, claims)
+    volumes = {v["name"]: v for v in spec["volumes"]} | {n: {"persistentVolumeClaim": {}} for n in claims}
     data_mount = next(m for m in container["volumeMounts"] if m["mountPath"] == settings.storage.data_dir)
     assert "persistentVolumeClaim" in volumes[data_mount["name"]]
     if name == "standalone":  # that values file turns on mTLS for the trainer

@@ -63,7 +63,9 @@ def test_manifest_and_metrics_name_the_gate_estimator(tmp_path):
     registry = CollectorRegistry()
     registry.register(
         TrainerCollector(
-            SimpleNamespace(servicer=None, ingestor=None, event_log=None, loop=loop, reloader=None)
+            SimpleNamespace(
+                servicer=None, ingestor=None, event_log=None, loop=loop, reloader=None, lease_keeper=None
+            )
         )
     )  # type: ignore[arg-type]
     text = generate_latest(registry).decode()

@@ -34,12 +34,31 @@ def test_defaults_are_valid_and_env_overrides_yaml(tmp_path):
         ({"BARP_TRAINER__LEARNER__BATCH_SIZE": "many"}, "learner.batch_size"),
         ({"BARP_TRAINER__NOPE__X": "1"}, "nope"),
         ({"BARP_TRAINER__PORT": "1"}, "BARP_TRAINER__PORT"),
+        ({"BARP_TRAINER__FAILOVER__ENABLED": "true"}, "failover.enabled"),  # needs events.backend nats
+        ({"BARP_TRAINER__FAILOVER__REPLICA_ID": "pod.1"}, "failover.replica_id"),
+        (
+            {
+                "BARP_TRAINER__EVENTS__BACKEND": "nats",
+                "BARP_TRAINER__FAILOVER__ENABLED": "true",
+                "BARP_TRAINER__LEARNER__INITIAL_POLICY": "builtin",
+            },
+            "learner.initial_policy",
+        ),
+        ({"BARP_TRAINER__FAILOVER__LEASE_TTL_S": "0.5"}, "failover.lease_ttl_s"),
+        ({"BARP_TRAINER__FAILOVER__LEASE_BUCKET": "a b"}, "failover.lease_bucket"),
+        ({"BARP_TRAINER__FAILOVER__RESUME_WAIT_S": "0"}, "failover.resume_wait_s"),
     ],
 )
 def test_bad_settings_name_the_key(env, key):
     with pytest.raises(ConfigError) as info:
         load_trainer_settings(None, env)
     assert info.value.key == key
+
+
+def test_failover_with_the_nats_backend_is_valid():
+    env = {"BARP_TRAINER__EVENTS__BACKEND": "nats", "BARP_TRAINER__FAILOVER__ENABLED": "true"}
+    settings = load_trainer_settings(None, env)
+    assert settings.failover.enabled and settings.failover.lease_ttl_s == 6.0
 
 
 def test_cold_start_arms_from_yaml_list_or_env_csv(tmp_path):

@@ -10,6 +10,13 @@ consumer (unacknowledged messages are redelivered later) and policy mirror -> ``
 (in-flight acks finish) -> stop the training loop -> close the log (final fsync). With a config file,
 ``config_reload.py`` re-reads it on change or SIGHUP and applies a new ``learner.arms`` (the model pool)
 without a restart.
+
+With ``failover.enabled`` (several replicas, docs/learning.md §10) ``start`` brings up the log, this
+replica's own durable consumer, the gRPC server and the ``LeaseKeeper`` only; the training loop and the
+fenced policy mirror start when the lease is won (``_take_over``: the latest version and its learner
+state from the Object Store, resume just after its last event in this replica's log). A replica that
+loses its lease stops training and publishing at once and exits with ``EXIT_LEASE_LOST`` (its
+supervisor restarts it as a standby).
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import os
+import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -33,12 +42,13 @@ from barp_sidecar.rpc.server import GrpcServer, Service
 from barp_sidecar.tracing import Tracing
 from trainer.service.config_reload import ConfigReloader
 from trainer.service.eventlog import SegmentedEventLog
+from trainer.service.failover import LeaseKeeper, download_latest, resume_offset
 from trainer.service.loop import TrainingLoop
 from trainer.service.metrics import TrainerCollector
 from trainer.service.model_pool import PoolChangeError
 from trainer.service.nats_ingest import NatsEventIngestor
-from trainer.service.nats_policy_mirror import NatsPolicyMirror
-from trainer.service.policy_source import PolicyAnnouncer, starting_policy
+from trainer.service.nats_policy_mirror import NatsPolicyMirror, PointerFence
+from trainer.service.policy_source import PolicyAnnouncer, StartingPolicy, starting_policy
 from trainer.service.servicer import TrainerServicer
 from trainer.service.settings import TrainerSettings
 
@@ -48,6 +58,8 @@ SERVICE_NAME = trainer_pb2.DESCRIPTOR.services_by_name["Trainer"].full_name
 MAX_MESSAGE_BYTES = 8 << 20
 # Concurrent streams (sidecars) the trainer expects; sizes gRPC core's queue of calls not yet handled.
 MAX_PENDING_RPCS = 1024
+# Exit code of a replica that lost its trainer lease (the supervisor restarts it as a standby).
+EXIT_LEASE_LOST = 3
 
 
 class TrainerApp:
@@ -92,6 +104,10 @@ class TrainerApp:
         self.metrics_port = 0
         self._metrics_server: object | None = None
         self._stop = asyncio.Event()
+        self.exit_code = 0
+        self.lease_keeper: LeaseKeeper | None = None
+        self.takeover_s: float | None = None  # lease won -> training loop running (failover)
+        self._takeover_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         s = self.settings
@@ -103,17 +119,14 @@ class TrainerApp:
                 s.storage.retention_max_age_s,
             ).open
         )
+        if s.failover.enabled:
+            await self._sync_latest()  # a standby validates events against the latest model list
         starting = await asyncio.to_thread(starting_policy, s.learner, self.store)
-        self.loop = TrainingLoop(
-            self.event_log, self.store, self.announcer, starting, s.learner, s.publish, tracer=self._tracer
-        )
-        if s.learner.arms and starting.source != "cold":
-            try:  # the configured pool differs from the stored policy's: change it (validated first)
-                self.loop.request_pool(s.learner.arms)
-            except PoolChangeError as exc:
-                raise ConfigError("learner.arms", str(exc).removeprefix("learner.arms: ")) from exc
-        await self.loop.start()
-        manifest = self.loop.manifest
+        manifest = starting.manifest
+        if not s.failover.enabled:
+            self.loop = self._training_loop(starting)
+            await self.loop.start()
+            manifest = self.loop.manifest
         self.servicer = TrainerServicer(
             self.event_log,
             self.store,
@@ -122,19 +135,30 @@ class TrainerApp:
             manifest.architecture.embedding_dim,
             s.publish.chunk_bytes,
             tracer=self._tracer,
-            history=self.loop.history,
+            history=self.loop.history if self.loop is not None else None,
         )
         if self.nats_connector is not None:
+            replica = self.replica_id if s.failover.enabled else None
             self.ingestor = NatsEventIngestor(
                 self.nats_connector,
                 self.event_log,
                 manifest.models,
                 manifest.architecture.embedding_dim,
-                history=self.loop.history,
+                consumer=f"{s.events.consumer}-{replica}" if replica else None,
+                history=self.loop.history if self.loop is not None else None,
             )
             await self.ingestor.start()
-            self.policy_mirror = NatsPolicyMirror(self.nats_connector, self.store, self.announcer)
-            await self.policy_mirror.start()
+            if s.failover.enabled:
+                self.lease_keeper = LeaseKeeper(
+                    self.nats_connector, self.replica_id, s.failover.lease_bucket, s.failover.lease_ttl_s
+                )
+                await self.lease_keeper.start()
+                self._takeover_task = asyncio.get_running_loop().create_task(
+                    self._take_over(), name="trainer-takeover"
+                )
+            else:
+                self.policy_mirror = NatsPolicyMirror(self.nats_connector, self.store, self.announcer)
+                await self.policy_mirror.start()
         self.server.add_service(
             Service(SERVICE_NAME, trainer_pb2_grpc.add_TrainerServicer_to_server, self.servicer)
         )
@@ -160,7 +184,96 @@ class TrainerApp:
             tls=self.server.tls,
             events_backend=s.events.backend.value,
             mtls=s.server.tls_client_ca_file is not None,
+            replica=self.replica_id if s.failover.enabled else None,
         )
+
+    async def _sync_latest(self) -> None:
+        """Failover: fetch the announced latest version into this replica's store before it starts, when the
+        broker answers (otherwise the local store's LATEST serves until the takeover downloads it)."""
+        assert self.nats_connector is not None
+        try:
+            version, _ = await download_latest(
+                self.nats_connector, self.store, self.store.root.parent / "learner-state"
+            )
+        except Exception as exc:  # broker unreachable or slow: not fatal for a standby
+            log.warning("trainer_latest_not_synced", error=repr(exc))
+            return
+        log.info("trainer_latest_synced", version=version)
+
+    @property
+    def replica_id(self) -> str:
+        return self.settings.failover.replica_id or socket.gethostname().replace(".", "-")[:64]
+
+    def _training_loop(self, starting: StartingPolicy) -> TrainingLoop:
+        s = self.settings
+        assert self.event_log is not None
+        may_publish = self.lease_keeper.lease.held if self.lease_keeper is not None else (lambda: True)
+        loop = TrainingLoop(
+            self.event_log,
+            self.store,
+            self.announcer,
+            starting,
+            s.learner,
+            s.publish,
+            tracer=self._tracer,
+            may_publish=may_publish,
+        )
+        if s.learner.arms and starting.source != "cold":
+            try:  # the configured pool differs from the stored policy's: change it (validated first)
+                loop.request_pool(s.learner.arms)
+            except PoolChangeError as exc:
+                raise ConfigError("learner.arms", str(exc).removeprefix("learner.arms: ")) from exc
+        return loop
+
+    async def _take_over(self) -> None:
+        """Failover: once the lease is won, start training where the latest published version ended,
+        publish only while the lease holds, and stop the replica the moment it is lost."""
+        keeper, s = self.lease_keeper, self.settings
+        assert keeper is not None and self.nats_connector is not None and self.event_log is not None
+        try:
+            await keeper.acquired.wait()
+            won = time.monotonic()
+            state_dir = self.store.root.parent / "learner-state"
+            version, revision = await download_latest(self.nats_connector, self.store, state_dir)
+            starting = await asyncio.to_thread(starting_policy, s.learner, self.store)
+            if version is not None:
+                offset = await resume_offset(self.event_log, starting.manifest, s.failover.resume_wait_s)
+                starting = dataclasses.replace(starting, log_offset=offset)
+            self.loop = self._training_loop(starting)
+            await self.loop.start()
+            fence = PointerFence(
+                revision, version or 0, keeper.lease.held, state_dir, lambda reason: keeper.lease.lose(reason)
+            )
+            self.policy_mirror = NatsPolicyMirror(
+                self.nats_connector, self.store, self.announcer, fence=fence
+            )
+            await self.policy_mirror.start()
+            self.takeover_s = time.monotonic() - won
+            log.info(
+                "trainer_active",
+                replica=self.replica_id,
+                resumed_version=version,
+                log_offset=starting.log_offset,
+                takeover_s=round(self.takeover_s, 3),
+            )
+            # The lease's local validity is a clock deadline as well as renewals, so it is polled.
+            while keeper.lease.held():  # noqa: ASYNC110
+                await asyncio.sleep(0.05)
+            reason = "lease lost"
+            keeper.lease.lose("its local validity ran out before a renewal")  # no-op when already lost
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.error("trainer_takeover_failed", error=repr(exc))
+            reason = f"takeover failed: {exc!r}"
+            keeper.lease.lose(reason)
+        # Stop publishing and training now; close() (via request_stop) does the rest.
+        for component in (self.policy_mirror, self.loop):
+            if component is not None:
+                await component.close()
+        log.error("trainer_standing_down", replica=self.replica_id, reason=reason, exit_code=EXIT_LEASE_LOST)
+        self.exit_code = EXIT_LEASE_LOST
+        self.request_stop()
 
     def apply_settings(self, previous: TrainerSettings | None, settings: TrainerSettings) -> None:
         """Apply re-read settings: a changed ``learner.arms`` changes the model pool (PoolChangeError when it
@@ -192,7 +305,10 @@ class TrainerApp:
             await self.reloader.close()
         await self.server.set_not_serving()
         await self.announcer.close()
-        for component in (self.ingestor, self.policy_mirror):
+        if self._takeover_task is not None and not self._takeover_task.done():
+            self._takeover_task.cancel()
+            await asyncio.gather(self._takeover_task, return_exceptions=True)
+        for component in (self.lease_keeper, self.ingestor, self.policy_mirror):
             if component is not None:
                 await component.close()
         await self.server.stop(self.settings.server.grace_s)

@@ -172,8 +172,11 @@ class TrainingLoop:
         poll_interval_s: float = 0.05,
         clock: Callable[[], float] = time.monotonic,
         tracer: Tracer | None = None,
+        may_publish: Callable[[], bool] = lambda: True,
     ) -> None:
+        """``may_publish`` is checked right before a version is written (trainer failover: the lease)."""
         self._tracer = tracer or NoOpTracer()
+        self.may_publish = may_publish
         self.event_log = event_log
         self.store = store
         self.announcer = announcer
@@ -340,6 +343,9 @@ class TrainingLoop:
 
     def _publish_pool(self, plan: PoolPlan) -> Any:
         assert isinstance(self.learner, RewardModelLearner)
+        if not self.may_publish():
+            log.warning("model_pool_change_deferred", reason="this replica does not hold the lease")
+            return None
         previous = self.models
         if plan.models != previous:
             self.learner.reindex(previous, plan.models)
@@ -508,6 +514,11 @@ class TrainingLoop:
             )
             return announcement
 
+    def _event_id_before(self, offset: int) -> str:
+        """The id of the event at ``offset - 1`` in the log ("" when there is none)."""
+        records = self.event_log.read_from(offset - 1, 1) if offset > 0 else []
+        return records[0][1].event_id if records and records[0][0] == offset - 1 else ""
+
     def _evaluate_and_maybe_publish(self) -> Any:
         self.events_since_evaluation = 0
         self.last_evaluation_monotonic_s = self.clock()
@@ -558,6 +569,9 @@ class TrainingLoop:
             fields["reason"] = f"non-finite outputs on {bad} calibration rows (sidecars would reject it)"
             log.info("policy_gate", decision="rejected", **fields)
             return None
+        if not self.may_publish():
+            log.warning("policy_gate", decision="fenced", reason="this replica does not hold the lease")
+            return None
         metrics = {
             "gate_candidate": candidate.to_json(),
             "gate_parent": current.to_json(),
@@ -586,6 +600,8 @@ class TrainingLoop:
                 "training": {
                     "initial_policy": self._starting_source,
                     "log_offset": self.trained_offset,
+                    # Where a standby with its own copy of the log resumes (trainer/service/failover.py).
+                    "last_event_id": self._event_id_before(self.trained_offset),
                     "events_trained": self.learner.events_trained,
                     "steps": self.learner.steps,
                     "seed": self.learner_settings.seed,

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from trainer.service.lease import LEASE_STATES
+
 if TYPE_CHECKING:
     from trainer.service.app import TrainerApp
 
@@ -61,6 +63,28 @@ class TrainerCollector(Collector):
                 "1 while the durable consumer is connected.",
                 value=ingestor.connected,
             )
+        keeper = self.app.lease_keeper
+        if keeper is not None:
+            lease = keeper.lease
+            state = GaugeMetricFamily(
+                "barp_trainer_lease_state",
+                "1 for this replica's trainer-lease state (standby, active, lost).",
+                labels=["state"],
+            )
+            for name in LEASE_STATES:
+                state.add_metric([name], 1.0 if lease.state == name else 0.0)
+            yield state
+            yield CounterMetricFamily(
+                "barp_trainer_lease_renewals",
+                "Successful renewals of the trainer lease.",
+                value=lease.renewals,
+            )
+            if self.app.takeover_s is not None:
+                yield GaugeMetricFamily(
+                    "barp_trainer_takeover_seconds",
+                    "Seconds from winning the lease to training (policy hand-over and resume).",
+                    value=self.app.takeover_s,
+                )
         reloader = self.app.reloader
         if reloader is not None:
             reloads = CounterMetricFamily(

@@ -100,11 +100,14 @@ class NatsEventIngestor(BrokerSessionLoop):
         max_batch_events: int = 1024,
         fetch_timeout_s: float = 1.0,
         seed: int | None = None,
+        consumer: str | None = None,
         history: PoolHistory | None = None,
     ) -> None:
-        """``history``: each published version's model list (events decided before a pool change stay
-        valid)."""
+        """``consumer``: the durable consumer's name (default ``events.consumer``; each trainer replica
+        of a failover pair has its own, so each keeps a whole copy of the stream). ``history``: each
+        published version's model list (events decided before a pool change stay valid)."""
         super().__init__(connector, seed)
+        self.consumer = consumer or connector.settings.consumer
         self.event_log = event_log
         self.decided_with = history.decided_with if history is not None else None
         self.models = models
@@ -124,7 +127,7 @@ class NatsEventIngestor(BrokerSessionLoop):
         await ensure_event_streams(js, s)
         subscription = await js.pull_subscribe(
             s.subject,
-            durable=s.consumer,
+            durable=self.consumer,
             stream=s.stream,
             config=api.ConsumerConfig(
                 ack_policy=api.AckPolicy.EXPLICIT,
@@ -133,7 +136,7 @@ class NatsEventIngestor(BrokerSessionLoop):
                 max_ack_pending=8 * self.max_batch_events,
             ),
         )
-        self.set_state("connected", stream=s.stream, consumer=s.consumer)
+        self.set_state("connected", stream=s.stream, consumer=self.consumer)
         # One batch at a time: fetch, validate, append (fsync), ack. (Overlapping the next fetch with the
         # previous batch's fsync and acks was measured slower: 1,700 vs 3,400 events/s, bench/nats_transport.)
         while True:

@@ -8,11 +8,12 @@ port binds. Environment overrides: ``BARP_TRAINER__<SECTION>__<KEY>=value`` (par
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from barp_sidecar.broker.settings import EventsSettings
+from barp_sidecar.broker.settings import EventsBackend, EventsSettings
 from barp_sidecar.errors import ConfigError
 from barp_sidecar.settings import TracingSettings, build_settings, read_layers
 
@@ -189,6 +190,24 @@ class TrainerTracingSettings(TracingSettings):
 
 
 @dataclass(frozen=True)
+class FailoverSettings:
+    """Several trainer replicas, one active through a lease in JetStream KV (docs/learning.md §10)."""
+
+    # Run as one of several replicas: only the lease holder trains and publishes (needs events.backend
+    # nats); the others ingest into their own log and take over when the lease expires.
+    enabled: bool = False
+    # This replica's name in the lease and in its durable consumer (empty = the host name, a pod's name).
+    replica_id: str = ""
+    # JetStream KV bucket holding the lease (created with max age = lease_ttl_s when absent).
+    lease_bucket: str = "BARP_TRAINER_LEASE"
+    # Seconds the lease outlives its last renewal: a standby takes over about this long after the active
+    # replica died (renewed every lease_ttl_s / 4).
+    lease_ttl_s: float = 6.0
+    # Seconds a new active replica waits for its own log to hold the last event of the latest version.
+    resume_wait_s: float = 60.0
+
+
+@dataclass(frozen=True)
 class TrainerSettings:
     server: TrainerServerSettings = field(default_factory=TrainerServerSettings)
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -200,6 +219,7 @@ class TrainerSettings:
     # Where reward events come from besides PublishRewards: events.backend nats = a durable JetStream
     # consumer (the same section as the sidecar's, barp_sidecar/broker/settings.py).
     events: EventsSettings = field(default_factory=EventsSettings)
+    failover: FailoverSettings = field(default_factory=FailoverSettings)
 
     @property
     def events_dir(self) -> Path:
@@ -300,6 +320,30 @@ def validate(settings: TrainerSettings) -> TrainerSettings:
     check(1024 <= p.chunk_bytes <= 1 << 20, "publish.chunk_bytes", "must be in [1024, 1048576]")
     check(s.logging.level.lower() in ("debug", "info", "warning", "error"), "logging.level", "bad level")
     s.events.check()
+    f = s.failover
+    if f.enabled:
+        check(
+            s.events.backend is EventsBackend.NATS,
+            "failover.enabled",
+            "trainer replicas need events.backend: nats (the lease lives in JetStream KV)",
+        )
+        check(
+            s.learner.initial_policy.startswith("latest_or_"),
+            "learner.initial_policy",
+            "replicas resume from the latest published version: use latest_or_builtin or latest_or_cold",
+        )
+    check(
+        f.replica_id == "" or re.fullmatch(r"[A-Za-z0-9_-]{1,64}", f.replica_id) is not None,
+        "failover.replica_id",
+        "must be 1-64 of [A-Za-z0-9_-]",
+    )
+    check(
+        re.fullmatch(r"[A-Za-z0-9_-]{1,64}", f.lease_bucket) is not None,
+        "failover.lease_bucket",
+        "must be 1-64 of [A-Za-z0-9_-]",
+    )
+    check(1 <= f.lease_ttl_s <= 300, "failover.lease_ttl_s", "must be in [1, 300]")
+    check(f.resume_wait_s > 0, "failover.resume_wait_s", "must be > 0")
     return settings
 
 

@@ -227,6 +227,10 @@ the injected sidecars and the standalone router share one ConfigMap.
 {{- with include "barp-sidecar.natsEvents" . }}
 {{- $_ := set $owned "events" (fromYaml .) }}
 {{- end }}
+{{- if gt (int .Values.trainer.replicas) 1 }}
+{{- /* One active replica through the JetStream lease; replica_id defaults to the pod name. */}}
+{{- $_ := set $owned "failover" (dict "enabled" true) }}
+{{- end }}
 {{- toYaml (mustMergeOverwrite (deepCopy .Values.trainer.config) $owned) }}
 {{- end }}
 
@@ -279,6 +283,15 @@ grpc:
 {{- end }}
 {{- if and .Values.standalone.enabled .Values.standalone.pdb.enabled (not (kindIs "string" .Values.standalone.pdb.minAvailable)) (ge (int .Values.standalone.pdb.minAvailable) (int .Values.standalone.replicas)) }}
 {{- fail (printf "standalone.pdb.minAvailable: %v would block every voluntary eviction with standalone.replicas=%v; lower it or raise replicas" .Values.standalone.pdb.minAvailable .Values.standalone.replicas) }}
+{{- end }}
+{{- if and .Values.trainer.enabled (gt (int .Values.trainer.replicas) 1) (not .Values.nats.enabled) }}
+{{- fail (printf "trainer.replicas: %v replicas need nats.enabled true (the active trainer holds a lease in JetStream KV); with the gRPC event backend run 1" .Values.trainer.replicas) }}
+{{- end }}
+{{- if and .Values.trainer.enabled (gt (int .Values.trainer.replicas) 1) (not .Values.nats.policiesFromNats) }}
+{{- fail "trainer.replicas: several replicas need nats.policiesFromNats true (only the active replica announces policies; sidecars must not dial one trainer over gRPC)" }}
+{{- end }}
+{{- if and .Values.trainer.enabled (gt (int .Values.trainer.replicas) 1) .Values.trainer.persistence.existingClaim }}
+{{- fail "trainer.persistence.existingClaim: each of several trainer replicas gets its own volume (volumeClaimTemplates); leave existingClaim empty" }}
 {{- end }}
 {{- if and (not .Values.sidecar.enabled) (or .Values.standalone.enabled .Values.exampleApp.enabled) }}
 {{- fail "sidecar.enabled: the standalone router and the example app mount the sidecar ConfigMap; keep sidecar.enabled true" }}

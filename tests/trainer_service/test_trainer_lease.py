@@ -1,0 +1,120 @@
+"""The trainer lease's rules (trainer/service/lease.py) on a fake KV and a fake clock: create-only
+acquisition, renewal at the expected revision, the local validity deadline, and a lost lease staying lost."""
+
+from __future__ import annotations
+
+import pytest
+
+from trainer.service.lease import LEASE_KEY, LeaseRejected, TrainerLease
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeKV:
+    """A JetStream KV key with history 1 and a max age, on the fake clock: revisions grow by one per write,
+    ``create`` fails while a live entry exists, ``update`` fails unless ``last`` is the live revision."""
+
+    def __init__(self, clock: FakeClock, ttl_s: float) -> None:
+        self.clock, self.ttl_s = clock, ttl_s
+        self.sequence = 0
+        self.entry: tuple[int, bytes, float] | None = None  # revision, value, written at
+        self.delay_s = 0.0  # how long a write takes (the clock advances during it)
+
+    def _live(self) -> tuple[int, bytes, float] | None:
+        if self.entry is not None and self.clock.now - self.entry[2] >= self.ttl_s:
+            self.entry = None  # expired by max age
+        return self.entry
+
+    def _write(self, value: bytes) -> int:
+        self.clock.now += self.delay_s
+        self.sequence += 1
+        self.entry = (self.sequence, value, self.clock.now)
+        return self.sequence
+
+    async def create(self, key: str, value: bytes) -> int:
+        assert key == LEASE_KEY
+        if self._live() is not None:
+            raise LeaseRejected("key exists")
+        return self._write(value)
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        live = self._live()
+        if (live[0] if live else 0) != last:
+            raise LeaseRejected("wrong last sequence")
+        return self._write(value)
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def kv(clock: FakeClock) -> FakeKV:
+    return FakeKV(clock, ttl_s=6.0)
+
+
+async def test_only_one_replica_acquires_and_the_other_takes_over_after_expiry(clock, kv):
+    a, b = TrainerLease(kv, "a", 6.0, clock=clock), TrainerLease(kv, "b", 6.0, clock=clock)
+    assert await a.try_acquire()
+    assert not await b.try_acquire()
+    assert a.held() and not b.held()
+    assert (a.state, b.state) == ("active", "standby")
+    clock.now += 5.9  # a is dead (no renewal); the entry still lives
+    assert not await b.try_acquire()
+    clock.now += 0.2
+    assert await b.try_acquire()
+    assert b.held() and b.revision == 2
+
+
+async def test_renewals_keep_the_lease_and_the_standby_out(clock, kv):
+    a, b = TrainerLease(kv, "a", 6.0, clock=clock), TrainerLease(kv, "b", 6.0, clock=clock)
+    assert await a.try_acquire()
+    for _ in range(20):
+        clock.now += a.renew_every_s
+        assert await a.renew()
+        assert not await b.try_acquire()
+    assert a.renewals == 20 and a.revision == 21
+
+
+async def test_the_local_validity_ends_before_the_server_expires_the_entry(clock, kv):
+    a, b = TrainerLease(kv, "a", 6.0, clock=clock), TrainerLease(kv, "b", 6.0, clock=clock)
+    assert await a.try_acquire()
+    clock.now += 4.49
+    assert a.held()
+    clock.now += 0.02  # 0.75 x TTL after the write: a stops acting ...
+    assert not a.held()
+    assert not await b.try_acquire()  # ... while the entry still keeps b out
+    assert not await a.renew() and a.state == "lost"
+
+
+async def test_a_renewal_after_a_takeover_is_rejected_and_the_lease_stays_lost(clock, kv):
+    a, b = TrainerLease(kv, "a", 6.0, clock=clock), TrainerLease(kv, "b", 6.0, clock=clock)
+    assert await a.try_acquire()
+    clock.now += 6.0  # a paused for a whole TTL: b takes over
+    assert await b.try_acquire()
+    a.valid_until_s = clock.now + 10  # even if a's own clock still believed in the lease
+    assert not await a.renew()
+    assert a.state == "lost" and not a.held() and a.losses == 1
+    assert not await a.try_acquire()  # a lost replica never becomes active again without a restart
+    assert b.held()
+
+
+async def test_a_renewal_that_returns_after_the_local_validity_counts_as_lost(clock, kv):
+    a = TrainerLease(kv, "a", 6.0, clock=clock)
+    assert await a.try_acquire()
+    clock.now += 4.0
+    kv.delay_s = 1.0  # the write goes through, but only after the local validity ended
+    assert not await a.renew()
+    assert a.state == "lost"
+
+
+def test_validity_fraction_must_be_inside_0_and_1(kv, clock):
+    with pytest.raises(ValueError, match="validity_fraction"):
+        TrainerLease(kv, "a", 6.0, validity_fraction=1.0, clock=clock)

@@ -1,0 +1,200 @@
+"""Trainer failover on NATS JetStream: the lease keeper, the hand-over of the latest published policy,
+and where a new active replica resumes in its own event log.
+
+Owns three things (docs/learning.md §10): ``LeaseKeeper`` (the ``TrainerLease`` on a broker session:
+standby polls ``try_acquire``, active renews every TTL/4; the reconnect loop is ``broker.session_loop``'s),
+``download_latest`` (KV ``latest`` -> the version's manifest, weights, calibration set and learner state
+from the Object Store into this replica's checkpoint store and learner-state directory; returns the KV
+revision the first fenced pointer update must expect) and ``resume_offset`` (the offset in this replica's
+log just after the last event the published version already includes). Every replica keeps its own
+copy of the stream in its own log (its own durable consumer), in stream order, so a standby is caught up
+when it takes over. Wiring (what starts when the lease is won or lost) belongs to ``app.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import time
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from barp_sidecar.broker.nats_connection import NatsConnector
+from barp_sidecar.broker.session_loop import BrokerSessionLoop
+from barp_sidecar.broker.settings import EventsSettings
+from barp_sidecar.policy.checkpoint import WEIGHTS_FILE, CheckpointStore, PolicyManifest, sha256_file
+from barp_sidecar.policy.nats_policies import (
+    LATEST_KEY,
+    ensure_policy_buckets,
+    object_name,
+    parse_announcement,
+)
+from barp_sidecar.policy.watcher import EXPECTED_FILES, named_calibration, write_checkpoint
+from trainer.service.eventlog import EventLog
+from trainer.service.learner_state import state_path
+from trainer.service.lease import LeaseRejected, TrainerLease
+from trainer.service.nats_policy_mirror import LEARNER_STATE_OBJECT
+
+log = structlog.get_logger("trainer.service.failover")
+
+
+class NatsLeaseKV:
+    """nats-py ``KeyValue`` with a wrong-revision write turned into ``LeaseRejected``."""
+
+    def __init__(self, kv: Any) -> None:
+        self.kv = kv
+        self._wrong = importlib.import_module("nats.js.errors").KeyWrongLastSequenceError
+
+    async def create(self, key: str, value: bytes) -> int:
+        try:
+            return int(await self.kv.create(key, value))
+        except self._wrong as exc:
+            raise LeaseRejected(str(exc)) from exc
+
+    async def update(self, key: str, value: bytes, last: int) -> int:
+        try:
+            return int(await self.kv.update(key, value, last=last))
+        except self._wrong as exc:
+            raise LeaseRejected(str(exc)) from exc
+
+
+async def ensure_lease_bucket(js: Any, bucket: str, ttl_s: float, replicas: int) -> Any:
+    """The lease KV bucket (history 1, max age = the lease TTL), created when absent."""
+    api = importlib.import_module("nats.js.api")
+    errors = importlib.import_module("nats.js.errors")
+    try:
+        return await js.key_value(bucket)
+    except errors.NotFoundError:
+        config = api.KeyValueConfig(bucket=bucket, history=1, ttl=ttl_s, replicas=replicas)
+        try:
+            return await js.create_key_value(config=config)
+        except errors.BadRequestError:
+            return await js.key_value(bucket)  # the other replica created it meanwhile
+
+
+class LeaseKeeper(BrokerSessionLoop):
+    """Keeps ``lease`` (created here, shared with the app): ``acquired`` is set once it is won; after a
+    loss ``lease.held()`` is False for good and the session ends."""
+
+    task_name = "trainer-lease"
+    log_prefix = "trainer_lease_broker"
+
+    def __init__(
+        self, connector: NatsConnector, holder: str, bucket: str, ttl_s: float, seed: int | None = None
+    ) -> None:
+        super().__init__(connector, seed)
+        self.bucket = bucket
+        self.lease = TrainerLease(None, holder, ttl_s)
+        self.acquired = asyncio.Event()
+        self.poll_s = min(0.5, ttl_s / 8)
+
+    def progress(self) -> int:
+        return self.lease.acquisitions + self.lease.renewals
+
+    async def session(self, client: Any) -> None:
+        js = client.jetstream(timeout=self.settings.publish_timeout_s)
+        kv = await ensure_lease_bucket(js, self.bucket, self.lease.ttl_s, self.settings.stream_replicas)
+        self.lease.kv = NatsLeaseKV(kv)
+        self.set_state("connected", bucket=self.bucket)
+        while True:
+            if not client.is_connected:
+                raise ConnectionError("the NATS connection closed")
+            if self.lease.state == "lost":
+                return
+            if self.lease.state == "standby":
+                if await self.lease.try_acquire():
+                    self.acquired.set()
+                    continue
+                await asyncio.sleep(self.poll_s)
+                continue
+            await asyncio.sleep(self.lease.renew_every_s)
+            if not await self.lease.renew():
+                return
+
+
+async def _object_bytes(objects: Any, version: int, name: str) -> bytes:
+    return bytes((await objects.get(object_name(version, name))).data or b"")
+
+
+async def download_latest(
+    connector: NatsConnector, store: CheckpointStore, state_dir: Path
+) -> tuple[int | None, int]:
+    """(latest announced version or None, KV revision of ``latest`` or 0). The version's checkpoint and
+    learner state land in ``store`` (LATEST set to it) and ``state_dir`` unless already there."""
+    errors = importlib.import_module("nats.js.errors")
+    s: EventsSettings = connector.settings
+    client = await connector.connect()
+    try:
+        js = client.jetstream(timeout=s.publish_timeout_s)
+        objects, kv = await ensure_policy_buckets(js, s)
+        try:
+            entry = await kv.get(LATEST_KEY)
+        except errors.KeyNotFoundError:
+            return None, 0
+        announced = parse_announcement(entry.value or b"")
+        version = announced.version
+        local = store.path(version) / WEIGHTS_FILE
+        if not (local.is_file() and sha256_file(local) == announced.weights_sha256):
+            files = {name: bytearray(await _object_bytes(objects, version, name)) for name in EXPECTED_FILES}
+            for name in named_calibration(files):
+                files[name] = bytearray(await _object_bytes(objects, version, name))
+            await asyncio.to_thread(write_checkpoint, store.root, version, files)
+        try:
+            state = await _object_bytes(objects, version, LEARNER_STATE_OBJECT)
+        except errors.NotFoundError:
+            log.warning("learner_state_not_in_object_store", version=version)
+        else:
+            await asyncio.to_thread(_write_atomically, state_path(state_dir, version), state)
+        await asyncio.to_thread(store.set_latest, version)
+        return version, int(entry.revision or 0)
+    finally:
+        await client.close()
+
+
+def _write_atomically(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.download")
+    temp.write_bytes(data)
+    temp.replace(path)
+
+
+def find_event_offset(event_log: EventLog, event_id: str, hint: int, chunk: int = 4096) -> int | None:
+    """The offset of ``event_id`` in ``event_log`` (``hint`` checked first, then a scan), or None."""
+    if hint >= 0:
+        near = event_log.read_from(hint, 1)
+        if near and near[0][0] == hint and near[0][1].event_id == event_id:
+            return hint
+    offset = 0
+    while True:
+        records = event_log.read_from(offset, chunk)
+        if not records:
+            return None
+        for position, event in records:
+            if event.event_id == event_id:
+                return position
+        offset = records[-1][0] + 1
+
+
+async def resume_offset(
+    event_log: EventLog, manifest: PolicyManifest, wait_s: float, clock: Any = time.monotonic
+) -> int:
+    """Where training resumes in this replica's log: just after the published version's last event
+    (``training.last_event_id``), waiting up to ``wait_s`` for the ingestor to bring it in. A version
+    that includes no event resumes at 0. RuntimeError when the event never shows up."""
+    event_id = str(manifest.training.get("last_event_id", ""))
+    if not event_id:
+        return 0
+    hint = int(manifest.training.get("log_offset", 0)) - 1
+    deadline = clock() + wait_s
+    while True:
+        found = await asyncio.to_thread(find_event_offset, event_log, event_id, hint)
+        if found is not None:
+            return found + 1
+        if clock() >= deadline:
+            raise RuntimeError(
+                f"v{manifest.version}'s last trained event {event_id!r} is not in this replica's log "
+                f"after {wait_s:.0f} s (retention shorter than the stream's?)"
+            )
+        await asyncio.sleep(0.2)
