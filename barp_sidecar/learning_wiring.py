@@ -32,7 +32,7 @@ from barp_sidecar.broker.session_loop import BROKER_STATES
 from barp_sidecar.broker.settings import EventsBackend
 from barp_sidecar.errors import CheckpointError, ConfigError
 from barp_sidecar.policy.manager import CheckpointFetcher, PolicyManager, ServingRegistry
-from barp_sidecar.policy.nats_policies import NatsPolicyWatcher
+from barp_sidecar.policy.nats_policies import NatsCheckpointFetcher, NatsPolicyWatcher
 from barp_sidecar.policy.watcher import DirectoryPolicyWatcher, TrainerCheckpointFetcher, TrainerPolicyWatcher
 from barp_sidecar.rewards.nats_publisher import NatsRewardPublisher
 from barp_sidecar.rewards.pending import PendingDecisionStore
@@ -80,27 +80,27 @@ class LearningComponents:
             if nats and (r.enabled or (t.target is None and t.watch_policies))
             else None
         )
-        # Without a trainer target, a NATS sidecar follows the policies the trainer mirrors into JetStream.
-        self.nats_policy_watcher = (
-            NatsPolicyWatcher(
-                self.nats_connector,
-                Path(required_dir(t.checkpoint_cache_dir, "trainer.checkpoint_cache_dir")),
-            )
-            if self.nats_connector is not None and t.target is None and t.watch_policies
-            else None
-        )
         # The manager fetches versions announced by the trainer (or pinned through Admin) over the trainer
-        # channel, which start_recording opens once the event loop runs, or from the NATS Object Store.
+        # channel, which start_recording opens once the event loop runs, or, without a trainer target, from
+        # the NATS Object Store that the trainer mirrors its versions into (followed by a KV watcher).
+        follows_nats = self.nats_connector is not None and t.target is None and t.watch_policies
         fetcher: CheckpointFetcher | None = None
+        nats_fetcher: NatsCheckpointFetcher | None = None
         if t.target is not None and t.watch_policies:
             fetcher = TrainerCheckpointFetcher(
                 self._open_channel, Path(required_dir(t.checkpoint_cache_dir, "trainer.checkpoint_cache_dir"))
             )
-        elif self.nats_policy_watcher is not None:
-            fetcher = self.nats_policy_watcher.fetch
+        elif follows_nats:
+            nats_fetcher = NatsCheckpointFetcher(
+                Path(required_dir(t.checkpoint_cache_dir, "trainer.checkpoint_cache_dir"))
+            )
+            fetcher = nats_fetcher.fetch
         self.manager = PolicyManager(registry, settings.policy.checkpoint_dir or "builtin", fetcher)
-        if self.nats_policy_watcher is not None:
-            self.nats_policy_watcher.manager = self.manager
+        self.nats_policy_watcher = (
+            NatsPolicyWatcher(self.nats_connector, nats_fetcher, self.manager)
+            if self.nats_connector is not None and nats_fetcher is not None
+            else None
+        )
         self.spool: RewardSpool | None = None
         self.recorder: OutcomeRecorder | None = None
         # A trainer target or the NATS stream drains the spool; without either, outcomes are kept for one

@@ -3,12 +3,13 @@ the latest; sidecars watch the key, download, verify and hand the version to ``P
 
 Owns the layout shared with the trainer (objects ``v{N}/manifest.json``, ``v{N}/policy.safetensors``
 and, when the manifest names one, ``v{N}/calibration.safetensors`` in ``events.policy_object_bucket``;
-key ``latest`` of ``events.policy_kv_bucket`` holding the JSON
-announcement: version, weights sha256, models, size), declaring the buckets, ``NatsPolicyWatcher`` (KV
-watch with reconnects and the shared backoff) and its fetcher (the manager's ``CheckpointFetcher``:
-Object Store downloads, whose SHA-256 digests nats-py checks, plus the announced weights sha256 checked
-here, written atomically into the cache directory). Validation and the swap stay in ``PolicyManager``
-exactly as for the gRPC path; ``Admin.PinPolicy`` fetches older versions through the same fetcher.
+key ``latest`` of ``events.policy_kv_bucket`` holding the JSON announcement: version, weights sha256,
+models, size), declaring the buckets, ``NatsPolicyWatcher`` (KV watch with reconnects and the shared
+backoff) and ``NatsCheckpointFetcher`` (the manager's ``CheckpointFetcher``: Object Store downloads,
+whose SHA-256 digests nats-py checks, plus the announced weights sha256 checked here, written
+atomically into the cache directory). Validation and the swap stay in ``PolicyManager`` exactly as for
+the gRPC path; ``Admin.PinPolicy`` fetches older versions through the same fetcher. Both are built
+before the watcher, which gets them through its constructor.
 """
 
 from __future__ import annotations
@@ -93,22 +94,20 @@ async def ensure_policy_buckets(js: Any, s: EventsSettings) -> tuple[Any, Any]:
     return objects, kv
 
 
-class NatsPolicyWatcher(BrokerSessionLoop):
-    """Watches KV ``latest`` and installs announced versions through the manager; also the manager's
-    fetcher (``fetch``), over the same connection. ``start()`` / ``close()``."""
+class NatsCheckpointFetcher:
+    """The manager's ``CheckpointFetcher`` for the NATS path: downloads a version from the Object Store
+    while a ``NatsPolicyWatcher`` session holds the bucket (``bind`` / ``unbind``), verifies it and writes
+    it atomically into ``download_root/v{N}``. Between sessions a fetch fails with FETCH_FAILED."""
 
-    task_name = "nats-policy-watcher"
-    log_prefix = "policy_watch"
-
-    def __init__(self, connector: NatsConnector, download_root: Path, seed: int | None = None) -> None:
-        super().__init__(connector, seed)
+    def __init__(self, download_root: Path) -> None:
         self.download_root = Path(download_root)
-        self.manager: PolicyManager | None = None
-        self.announcements = 0
         self._objects: Any = None
 
-    def progress(self) -> int:
-        return self.announcements
+    def bind(self, objects: Any) -> None:
+        self._objects = objects
+
+    def unbind(self) -> None:
+        self._objects = None
 
     async def fetch(self, version: int, expected_weights_sha256: str) -> Path:
         """Download ``version`` from the Object Store into ``download_root/v{N}`` (atomic), verified."""
@@ -152,19 +151,41 @@ class NatsPolicyWatcher(BrokerSessionLoop):
             )
         return bytearray(data)
 
+
+class NatsPolicyWatcher(BrokerSessionLoop):
+    """Watches KV ``latest`` and installs announced versions through the manager; while connected it
+    binds the Object Store to the manager's ``NatsCheckpointFetcher``. ``start()`` / ``close()``."""
+
+    task_name = "nats-policy-watcher"
+    log_prefix = "policy_watch"
+
+    def __init__(
+        self,
+        connector: NatsConnector,
+        fetcher: NatsCheckpointFetcher,
+        manager: PolicyManager,
+        seed: int | None = None,
+    ) -> None:
+        super().__init__(connector, seed)
+        self.fetcher = fetcher
+        self.manager = manager
+        self.announcements = 0
+
+    def progress(self) -> int:
+        return self.announcements
+
     async def session(self, client: Any) -> None:
-        assert self.manager is not None, "the composition root sets the manager before start()"
         js = client.jetstream(timeout=self.settings.publish_timeout_s)
-        self._objects, kv = await ensure_policy_buckets(js, self.settings)
-        watcher = await kv.watch(LATEST_KEY)
-        self.set_state("connected", bucket=self.settings.policy_kv_bucket)
+        objects, kv = await ensure_policy_buckets(js, self.settings)
+        self.fetcher.bind(objects)
         try:
+            watcher = await kv.watch(LATEST_KEY)
+            self.set_state("connected", bucket=self.settings.policy_kv_bucket)
             await self._follow(client, watcher)
         finally:
-            self._objects = None
+            self.fetcher.unbind()
 
     async def _follow(self, client: Any, watcher: Any) -> None:
-        assert self.manager is not None
         while True:
             if not client.is_connected:
                 raise ConnectionError("the NATS connection closed")
