@@ -260,8 +260,8 @@ class SidecarApp:
             forwarder,
             app.completion,
             registry,
+            after_reload=app.learning.manager.retry_latest,
         )
-        app.catalog.after_reload = app.learning.manager.retry_latest
         servicer = RouterServicer(
             app.routing,
             app.metrics,

@@ -41,6 +41,7 @@ class ServingCatalog:
         forwarder: Forwarder,
         completion: CompletionService,
         registry: PolicyRegistry,
+        after_reload: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         self.catalog = catalog
         self.catalog_file = catalog_file
@@ -48,8 +49,8 @@ class ServingCatalog:
         self.pool = pool
         self.forwarder = forwarder
         self.completion = completion
-        # Called after a reload that changed the catalog (the app sets the manager's retry_latest).
-        self.after_reload: Callable[[], Awaitable[object]] | None = None
+        # Called after a reload that changed the catalog (the app passes the manager's retry_latest).
+        self.after_reload = after_reload
         self.reloads = 0
         self.failures = 0
         if catalog_file is not None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from abc import ABC, abstractmethod
 from typing import Any
 
 import structlog
@@ -25,7 +26,7 @@ log = structlog.get_logger("barp_sidecar.broker.session_loop")
 BROKER_STATES = ("connecting", "connected", "unreachable", "auth_failed")
 
 
-class BrokerSessionLoop:
+class BrokerSessionLoop(ABC):
     """Subclasses implement ``session(client)`` (raise to reconnect, return to stop) and ``progress()``."""
 
     task_name = "nats-session"
@@ -55,13 +56,13 @@ class BrokerSessionLoop:
         await cancel_and_wait(self._task)
         self._task = None
 
+    @abstractmethod
     def progress(self) -> int:
         """A count that grows while sessions deliver (a session that moved it resets the backoff)."""
-        raise NotImplementedError
 
+    @abstractmethod
     async def session(self, client: Any) -> None:
         """Use the connection until it fails (raise) or the work is over (return: the loop stops)."""
-        raise NotImplementedError
 
     def set_state(self, state: str, **fields: Any) -> None:
         changed = state != self.state
