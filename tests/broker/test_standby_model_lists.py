@@ -92,23 +92,17 @@ async def test_the_standby_learns_a_new_versions_model_list_and_dead_letters_not
     publish_tiny(standby_store, 1)
     history = PoolHistory(standby_store, ARMS, 1)
     logs = {name: SegmentedEventLog(tmp_path / name / "events").open() for name in ("learning", "before")}
-    learning = NatsEventIngestor(
-        NatsConnector(s, {}, "standby"),
-        logs["learning"],
-        ARMS,
-        DIM,
-        consumer="barp-trainer-learning",
-        history=history,
-        learn_models=functools.partial(learn_model_list, history, s),
-    )
-    before = NatsEventIngestor(
-        NatsConnector(s, {}, "standby-before"),
-        logs["before"],
-        ARMS,
-        DIM,
-        consumer="barp-trainer-before",
-        history=PoolHistory(standby_store, ARMS, 1),
-    )
+
+    def standby(name: str, learns: bool) -> NatsEventIngestor:
+        known = history if learns else PoolHistory(standby_store, ARMS, 1)
+        learn = functools.partial(learn_model_list, known, s) if learns else None
+        connector = NatsConnector(s, {}, name)
+        consumer = f"barp-trainer-{name}"
+        return NatsEventIngestor(
+            connector, logs[name], ARMS, DIM, consumer=consumer, history=known, learn_models=learn
+        )
+
+    learning, before = standby("learning", learns=True), standby("before", learns=False)
     total = len(valid) + len(invalid)
     try:
         await learning.start()
