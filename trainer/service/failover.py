@@ -5,7 +5,8 @@ Owns three things (docs/learning.md §10): ``LeaseKeeper`` (the ``TrainerLease``
 standby polls ``try_acquire``, active renews every TTL/4; the reconnect loop is ``broker.session_loop``'s),
 ``download_latest`` (KV ``latest`` -> the version's manifest, weights, calibration set and learner state
 from the Object Store into this replica's checkpoint store and learner-state directory; returns the KV
-revision the first fenced pointer update must expect) and ``resume_offset`` (the offset in this replica's
+revision the first fenced pointer update must expect; ``retry_while_held`` retries it through a broker
+fail-over) and ``resume_offset`` (the offset in this replica's
 log just after the last event the published version already includes). Every replica keeps its own
 copy of the stream in its own log (its own durable consumer), in stream order, so a standby is caught up
 when it takes over. Wiring (what starts when the lease is won or lost) belongs to ``app.py``.
@@ -16,12 +17,14 @@ from __future__ import annotations
 import asyncio
 import importlib
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
-from barp_sidecar.broker.nats_connection import NatsConnector
+from barp_sidecar.backoff import ReconnectBackoff
+from barp_sidecar.broker.nats_connection import BrokerUnavailable, NatsConnector
 from barp_sidecar.broker.session_loop import BrokerSessionLoop
 from barp_sidecar.broker.settings import EventsSettings
 from barp_sidecar.policy.checkpoint import WEIGHTS_FILE, CheckpointStore, PolicyManifest, sha256_file
@@ -38,6 +41,7 @@ from trainer.service.lease import LeaseRejected, TrainerLease
 from trainer.service.nats_policy_mirror import LEARNER_STATE_OBJECT
 
 log = structlog.get_logger("trainer.service.failover")
+T = TypeVar("T")
 
 
 class NatsLeaseKV:
@@ -112,6 +116,49 @@ class LeaseKeeper(BrokerSessionLoop):
             await asyncio.sleep(self.lease.renew_every_s)
             if not await self.lease.renew():
                 return
+
+
+def transient_broker_errors() -> tuple[type[BaseException], ...]:
+    """What a hand-over retries: no server answered, or JetStream did not answer in time (its meta or
+    stream leader was lost with a node and a new one is not elected yet), or the connection broke."""
+    nats_errors = importlib.import_module("nats.errors")
+    js_errors = importlib.import_module("nats.js.errors")
+    return (
+        BrokerUnavailable,
+        TimeoutError,  # nats.errors.TimeoutError is one
+        ConnectionError,
+        nats_errors.ConnectionClosedError,
+        nats_errors.NoRespondersError,
+        nats_errors.StaleConnectionError,
+        js_errors.ServiceUnavailableError,
+    )
+
+
+async def retry_while_held(
+    operation: Callable[[], Awaitable[T]],
+    held: Callable[[], bool],
+    backoff: ReconnectBackoff,
+    wait_s: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """``operation()``, tried again after a transient broker error (``transient_broker_errors``) with the
+    shared backoff while the lease is ``held()``, for up to ``wait_s``. Any other error, the lease lost or
+    the time up: the last error is raised (the hand-over fails and the replica stands down)."""
+    transient = transient_broker_errors()
+    deadline = clock() + wait_s
+    attempt = 0
+    while True:
+        try:
+            return await operation()
+        except transient as exc:
+            attempt += 1
+            delay_s = backoff.next_delay_s(made_progress=False)
+            if not held() or clock() + delay_s >= deadline:
+                raise
+            log.warning(
+                "trainer_takeover_retrying", error=repr(exc), attempt=attempt, delay_s=round(delay_s, 3)
+            )
+            await asyncio.sleep(delay_s)
 
 
 async def _object_bytes(objects: Any, version: int, name: str) -> bytes:
