@@ -192,6 +192,8 @@ class NatsPolicyWatcher(BrokerSessionLoop):
             try:
                 entry = await watcher.updates(timeout=1.0)
             except importlib.import_module("nats.errors").TimeoutError:
+                # The watch announces a version once: a retryable failure to install it is retried here.
+                await self.manager.retry_due()
                 continue
             if entry is None or entry.value is None or entry.operation is not None:
                 continue  # the end-of-initial-values marker, or a delete/purge
