@@ -30,6 +30,7 @@ from barp_sidecar.broker.settings import EventsSettings
 from barp_sidecar.policy.checkpoint import WEIGHTS_FILE, CheckpointStore, PolicyManifest, sha256_file
 from barp_sidecar.policy.nats_policies import (
     LATEST_KEY,
+    PolicyObjectReader,
     ensure_policy_buckets,
     object_name,
     parse_announcement,
@@ -161,8 +162,8 @@ async def retry_while_held(
             await asyncio.sleep(delay_s)
 
 
-async def _object_bytes(objects: Any, version: int, name: str) -> bytes:
-    return bytes((await objects.get(object_name(version, name))).data or b"")
+async def _object_bytes(objects: PolicyObjectReader, version: int, name: str) -> bytes:
+    return await objects.read(object_name(version, name))
 
 
 async def download_latest(
@@ -175,7 +176,8 @@ async def download_latest(
     client = await connector.connect()
     try:
         js = client.jetstream(timeout=s.publish_timeout_s)
-        objects, kv = await ensure_policy_buckets(js, s)
+        bucket, kv = await ensure_policy_buckets(js, s)
+        objects = PolicyObjectReader(js, bucket, s.policy_object_bucket)
         try:
             entry = await kv.get(LATEST_KEY)
         except errors.KeyNotFoundError:
