@@ -56,6 +56,9 @@ T = TypeVar("T")
 WRONG_LAST_SEQUENCE_CODES = (10071, 10164)
 # How long a graceful stop waits for the lease's delete before leaving the lease to expire.
 RELEASE_TIMEOUT_S = 2.0
+# The hand-over's JetStream requests: one lost in a leader election (a node died with the active replica)
+# is retried after this long (``retry_while_held``) rather than after events.publish_timeout_s.
+HANDOVER_REQUEST_TIMEOUT_S = 2.0
 
 
 class NatsLeaseKV:
@@ -226,7 +229,7 @@ async def download_latest(
     s: EventsSettings = connector.settings
     client = await connector.connect()
     try:
-        js = client.jetstream(timeout=s.publish_timeout_s)
+        js = client.jetstream(timeout=min(s.publish_timeout_s, HANDOVER_REQUEST_TIMEOUT_S))
         bucket, kv = await ensure_policy_buckets(js, s)
         objects = PolicyObjectReader(js, bucket, s.policy_object_bucket)
         try:
