@@ -1,15 +1,18 @@
 """Trainer failover on NATS JetStream: the lease keeper, the hand-over of the latest published policy,
 and where a new active replica resumes in its own event log.
 
-Owns three things (docs/learning.md §10): ``LeaseKeeper`` (the ``TrainerLease`` on a broker session:
-standby polls ``try_acquire``, active renews every TTL/4; the reconnect loop is ``broker.session_loop``'s),
+Owns four things (docs/learning.md §10): ``LeaseKeeper`` (the ``TrainerLease`` on a broker session:
+standby polls ``try_acquire``, active renews every TTL/4, ``release`` on a graceful stop; the reconnect
+loop is ``broker.session_loop``'s),
 ``download_latest`` (KV ``latest`` -> the version's manifest, weights, calibration set and learner state
 from the Object Store into this replica's checkpoint store and learner-state directory; returns the KV
 revision the first fenced pointer update must expect; ``retry_while_held`` retries it through a broker
-fail-over) and ``resume_offset`` (the offset in this replica's
-log just after the last event the published version already includes). Every replica keeps its own
-copy of the stream in its own log (its own durable consumer), in stream order, so a standby is caught up
-when it takes over. Wiring (what starts when the lease is won or lost) belongs to ``app.py``.
+fail-over), ``resume_offset`` (the offset in this replica's log just after the last event the published
+version already includes, by the version's stream sequence) and ``learn_model_list`` (the model list of
+a version another replica published, from its manifest in the Object Store, for validating and training
+on the events it decided). Every replica keeps its own copy of the stream in its own log (its own
+durable consumer), in stream order, so a standby is caught up when it takes over. Wiring (what starts
+when the lease is won or lost) belongs to ``app.py``.
 """
 
 from __future__ import annotations
