@@ -20,7 +20,13 @@ import grpc
 from barp_sidecar.broker.settings import EventsSettings
 from barp_sidecar.gen.barp.v1 import admin_pb2, admin_pb2_grpc
 from barp_sidecar.policy.nats_policies import LATEST_KEY, parse_announcement
-from tests.e2e.learning_processes import SidecarProcess, free_port, report_outcomes, stored_event_ids
+from tests.e2e.learning_processes import (
+    SidecarProcess,
+    TrainerProcess,
+    free_port,
+    report_outcomes,
+    stored_event_ids,
+)
 from tests.e2e.test_learning_loop_processes import trainer_yaml as learning_trainer_yaml
 from trainer.service.learner import is_holdout
 
@@ -48,6 +54,29 @@ def failover_trainer_yaml(
         + "  gate_min_holdout_events: 3\n  gate_margin: 1.0\n"
         + events_yaml(urls)
         + f"failover:\n  enabled: true\n  replica_id: {replica}\n  lease_ttl_s: {lease_ttl_s}\n"
+    )
+
+
+def failover_replicas(
+    tmp: Path, urls: list[str], lease_ttl_s: float
+) -> tuple[dict[str, Path], dict[str, int], dict[str, TrainerProcess]]:
+    """Trainer replicas "a" and "b" (not started): their data dirs, metrics ports and processes."""
+    dirs = {r: tmp / f"trainer-{r}" for r in ("a", "b")}
+    metrics = {r: free_port() for r in dirs}
+    trainers = {}
+    for replica, data_dir in dirs.items():
+        config = tmp / f"trainer-{replica}.yaml"
+        config.write_text(failover_trainer_yaml(data_dir, urls, replica, metrics[replica], lease_ttl_s))
+        trainers[replica] = TrainerProcess(config, free_port(), tmp / f"trainer-{replica}.log")
+    return dirs, metrics, trainers
+
+
+async def start_active_then_the_rest(trainers: dict[str, TrainerProcess], sidecars: list[Sidecar]) -> None:
+    """Replica a first, until it is active; then the standby b and the sidecars, side by side."""
+    await asyncio.to_thread(trainers["a"].start)
+    await wait_for(lambda: active_line(trainers["a"].log_path), 30)
+    await asyncio.gather(
+        asyncio.to_thread(trainers["b"].start), *(asyncio.to_thread(s.process.start) for s in sidecars)
     )
 
 

@@ -29,16 +29,17 @@ from tests.e2e.broker_processes import (
     Sidecar,
     active_line,
     covering_version,
-    failover_trainer_yaml,
+    failover_replicas,
     flat,
     latest_pointer,
     log_holding,
     manifest,
+    start_active_then_the_rest,
     trained,
     versions,
     wait_for,
 )
-from tests.e2e.learning_processes import TrainerProcess, free_port, scrape, stored_event_ids
+from tests.e2e.learning_processes import scrape, stored_event_ids
 from tests.support.nats_server import NatsCluster, require_nats_server
 from tests.support.sidecar import make_tiny_checkpoint
 
@@ -60,23 +61,10 @@ async def test_node_trainer_and_sidecar_kill9_during_traffic_lose_nothing_repeat
     make_tiny_checkpoint(tmp_path / "policy")
     cluster = NatsCluster(tmp_path / "nats")
     await asyncio.to_thread(cluster.start)
-    dirs = {r: tmp_path / f"trainer-{r}" for r in ("a", "b")}
-    metrics = {r: free_port() for r in dirs}
-    trainers = {}
-    for replica, data_dir in dirs.items():
-        config = tmp_path / f"trainer-{replica}.yaml"
-        config.write_text(
-            failover_trainer_yaml(data_dir, cluster.urls, replica, metrics[replica], LEASE_TTL_S)
-        )
-        trainers[replica] = TrainerProcess(config, free_port(), tmp_path / f"trainer-{replica}.log")
+    dirs, metrics, trainers = failover_replicas(tmp_path, cluster.urls, LEASE_TTL_S)
     sidecars = [Sidecar(tmp_path, f"sidecar-{i}", cluster.urls) for i in range(3)]
     try:
-        await asyncio.to_thread(trainers["a"].start)
-        await wait_for(lambda: active_line(trainers["a"].log_path), 30)
-        await asyncio.gather(
-            asyncio.to_thread(trainers["b"].start),  # the standby
-            *(asyncio.to_thread(s.process.start) for s in sidecars),
-        )
+        await start_active_then_the_rest(trainers, sidecars)
         assert scrape(metrics["b"], 'barp_trainer_lease_state{state="standby"}') == 1.0
         warm = await asyncio.gather(
             *(s.report(WARM_PER_SIDECAR, f"warm {n}") for n, s in enumerate(sidecars))

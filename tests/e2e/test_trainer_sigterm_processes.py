@@ -18,15 +18,16 @@ from tests.e2e.broker_processes import (
     Sidecar,
     active_line,
     covering_version,
-    failover_trainer_yaml,
+    failover_replicas,
     flat,
     log_holding,
     manifest,
+    start_active_then_the_rest,
     trained,
     versions,
     wait_for,
 )
-from tests.e2e.learning_processes import TrainerProcess, free_port, scrape
+from tests.e2e.learning_processes import scrape
 from tests.e2e.test_trainer_failover_processes import LEASE_TTL_S
 from tests.support.nats_server import NatsServer, require_nats_server
 from tests.support.sidecar import make_tiny_checkpoint
@@ -41,20 +42,10 @@ async def test_sigterm_of_the_active_trainer_releases_the_lease_and_the_standby_
     make_tiny_checkpoint(tmp_path / "policy")
     nats = NatsServer(tmp_path / "nats-store")
     await asyncio.to_thread(nats.start)
-    dirs = {r: tmp_path / f"trainer-{r}" for r in ("a", "b")}
-    metrics = {r: free_port() for r in dirs}
-    trainers = {}
-    for replica, data_dir in dirs.items():
-        config = tmp_path / f"trainer-{replica}.yaml"
-        config.write_text(failover_trainer_yaml(data_dir, [nats.url], replica, metrics[replica], LEASE_TTL_S))
-        trainers[replica] = TrainerProcess(config, free_port(), tmp_path / f"trainer-{replica}.log")
+    dirs, metrics, trainers = failover_replicas(tmp_path, [nats.url], LEASE_TTL_S)
     sidecars = [Sidecar(tmp_path, f"sidecar-{i}", [nats.url]) for i in range(2)]
     try:
-        await asyncio.to_thread(trainers["a"].start)
-        await wait_for(lambda: active_line(trainers["a"].log_path), 30)
-        await asyncio.to_thread(trainers["b"].start)  # the standby
-        for sidecar in sidecars:
-            await asyncio.to_thread(sidecar.process.start)
+        await start_active_then_the_rest(trainers, sidecars)
         ids = flat(await asyncio.gather(*(s.report(80, f"warm {n}") for n, s in enumerate(sidecars))))
         await wait_for(lambda: len(versions(dirs["a"])) >= 2, 30)  # a published from traffic
         traffic = asyncio.gather(*(s.report(100, f"steady {n}") for n, s in enumerate(sidecars)))
