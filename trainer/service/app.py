@@ -264,7 +264,13 @@ class TrainerApp:
             )
             starting = await asyncio.to_thread(starting_policy, s.learner, self.store)
             if version is not None:
-                offset = await resume_offset(self.event_log, starting.manifest, s.failover.resume_wait_s)
+                ingestor = self.ingestor
+                offset = await resume_offset(
+                    self.event_log,
+                    starting.manifest,
+                    s.failover.resume_wait_s,
+                    reached=(lambda: ingestor.position) if ingestor is not None else None,
+                )
                 starting = dataclasses.replace(starting, log_offset=offset)
             self.loop = self._training_loop(starting)
             await self.loop.start()

@@ -240,11 +240,9 @@ class SegmentedEventLog:
     def offset_after_stream_sequence(self, sequence: int) -> int | None:
         """The offset just after the last record of the current stream incarnation whose sequence is in
         [1, ``sequence``] (scanning back from the end: a resume point is near it); where the incarnation
-        starts when it has none. None when the log has not reached ``sequence`` yet, or when retention
-        removed the start of the incarnation (the record may be gone)."""
+        starts when it has none. None when retention removed the start of the incarnation (the record
+        may be gone). Only meaningful once the consumer has handled ``sequence``."""
         with self._lock:
-            if self._last_stream_sequence < sequence:
-                return None
             for segment in reversed(self._segments):
                 for index in range(len(segment.stream_sequences) - 1, -1, -1):
                     offset = segment.first_offset + index

@@ -284,7 +284,11 @@ def find_event_offset(event_log: EventLog, event_id: str, hint: int, chunk: int 
 
 
 async def resume_offset(
-    event_log: SegmentedEventLog, manifest: PolicyManifest, wait_s: float, clock: Any = time.monotonic
+    event_log: SegmentedEventLog,
+    manifest: PolicyManifest,
+    wait_s: float,
+    clock: Any = time.monotonic,
+    reached: Callable[[], int] | None = None,
 ) -> int:
     """Where training resumes in this replica's log: just after the last event the published version
     includes, waiting up to ``wait_s`` for the ingestor to bring it in. By stream position
@@ -292,10 +296,12 @@ async def resume_offset(
     it are exactly the ones the version has not seen); a manifest without one (written before stream
     positions were recorded) or of another incarnation of the stream (``training.stream``: deleted and
     recreated since) by ``training.last_event_id``. A version that includes no event resumes at 0.
-    RuntimeError when the position is never reached."""
+    ``reached()``: the stream sequence this replica's consumer has handled (stored or dead-lettered;
+    default: the log's newest). RuntimeError when the position is never reached."""
     sequence = int(manifest.training.get("stream_sequence", 0) or 0)
     if sequence > 0 and manifest.training.get("stream") == event_log.stream_identity:
-        return await _offset_after_sequence(event_log, manifest.version, sequence, wait_s, clock)
+        handled = reached or (lambda: event_log.last_stream_sequence)
+        return await _offset_after_sequence(event_log, manifest.version, sequence, wait_s, clock, handled)
     event_id = str(manifest.training.get("last_event_id", ""))
     if not event_id:
         return 0
@@ -314,22 +320,28 @@ async def resume_offset(
 
 
 async def _offset_after_sequence(
-    event_log: SegmentedEventLog, version: int, sequence: int, wait_s: float, clock: Any
+    event_log: SegmentedEventLog,
+    version: int,
+    sequence: int,
+    wait_s: float,
+    clock: Any,
+    reached: Callable[[], int],
 ) -> int:
     deadline = clock() + wait_s
-    while True:
-        offset = await asyncio.to_thread(event_log.offset_after_stream_sequence, sequence)
-        if offset is not None:
-            return offset
-        reached = event_log.last_stream_sequence
-        if reached >= sequence or clock() >= deadline:
-            problem = (
-                "its log starts after it (retention shorter than the stream's?)"
-                if reached >= sequence
-                else f"this replica's log reached only {reached} after {wait_s:.0f} s"
+    while reached() < sequence:
+        if clock() >= deadline:
+            raise RuntimeError(
+                f"v{version} ends at stream sequence {sequence}: this replica's consumer reached only "
+                f"{reached()} after {wait_s:.0f} s"
             )
-            raise RuntimeError(f"v{version} ends at stream sequence {sequence}: {problem}")
         await asyncio.sleep(0.2)
+    offset = await asyncio.to_thread(event_log.offset_after_stream_sequence, sequence)
+    if offset is None:
+        raise RuntimeError(
+            f"v{version} ends at stream sequence {sequence}: this replica's log starts after it "
+            "(retention shorter than the stream's?)"
+        )
+    return offset
 
 
 async def learn_model_list(history: PoolHistory, settings: EventsSettings, js: Any, version: int) -> bool:

@@ -154,6 +154,7 @@ class NatsEventIngestor(BrokerSessionLoop):
         self.decided_with = history.decided_with if history is not None else None
         self.learn_models = learn_models if history is not None else None
         self.position = 0  # stream sequence of the last message stored (or dead-lettered)
+        self.stream_identity = ""  # the stream incarnation ``position`` counts in
         self.models = models
         self.embedding_dim = embedding_dim
         self.max_batch_events = max_batch_events
@@ -200,7 +201,7 @@ class NatsEventIngestor(BrokerSessionLoop):
         errors = importlib.import_module("nats.js.errors")
         info = await js.stream_info(s.stream)
         identity = f"{s.stream}@{info.created.isoformat() if info.created else ''}"
-        known = self.event_log.stream_identity
+        known, self.stream_identity = self.event_log.stream_identity, identity
         if await asyncio.to_thread(self.event_log.set_stream_identity, identity):
             if known:
                 log.warning("event_stream_reset", position=self.position, previous=known, stream=identity)
@@ -233,10 +234,12 @@ class NatsEventIngestor(BrokerSessionLoop):
             event, kind, detail = classify(
                 msg.data, msg.headers, self.models, self.embedding_dim, self.decided_with
             )
-            if kind in ("", "invalid") and await self._learned_models(js, event, msg.data):
-                event, kind, detail = classify(
-                    msg.data, msg.headers, self.models, self.embedding_dim, self.decided_with
-                )
+            if self.learn_models is not None and kind in ("", "invalid"):
+                # Decided by a version whose model list is not known here: learn it, then validate again.
+                if await self._learned_models(js, event or trainer_pb2.RewardEvent.FromString(msg.data)):
+                    event, kind, detail = classify(
+                        msg.data, msg.headers, self.models, self.embedding_dim, self.decided_with
+                    )
             sequence = msg.metadata.sequence.stream
             if event is not None:
                 event.stream_sequence = sequence
@@ -248,7 +251,7 @@ class NatsEventIngestor(BrokerSessionLoop):
                 msg.data,
                 headers={
                     DEAD_REASON_HEADER: f"{kind}: {detail}"[:512],
-                    MSG_ID_HEADER: f"{self.settings.stream}-{sequence}",
+                    MSG_ID_HEADER: f"{self.stream_identity}-{sequence}",
                 },
             )
             self.counters.dead_lettered[kind] += 1
@@ -260,11 +263,10 @@ class NatsEventIngestor(BrokerSessionLoop):
             )
         return valid
 
-    async def _learned_models(self, js: Any, event: trainer_pb2.RewardEvent | None, data: bytes) -> bool:
-        """Whether the model list of the version that decided the event was unknown and is known now."""
-        if self.learn_models is None or self.history is None:
-            return False
-        version = (event or trainer_pb2.RewardEvent.FromString(data)).policy_version
+    async def _learned_models(self, js: Any, event: trainer_pb2.RewardEvent) -> bool:
+        """Whether the model list of the version that decided ``event`` was unknown and is known now."""
+        assert self.learn_models is not None and self.history is not None
+        version = event.policy_version
         return not self.history.knows(version) and await self.learn_models(js, version)
 
     async def _store_and_ack(
