@@ -20,18 +20,11 @@ from barp_sidecar.policy.manager import RETRY_INITIAL_S, PolicyManager
 from barp_sidecar.policy.nats_policies import NatsCheckpointFetcher, NatsPolicyWatcher, announcement_bytes
 from barp_sidecar.policy.registry import PolicyRegistry
 from barp_sidecar.policy.version import PolicyVersion
+from tests.policy.test_checkpoint_sources import Clock
 from tests.support.sidecar import make_tiny_checkpoint
 from tests.support.waiting import wait_until
 
 nats_errors = pytest.importorskip("nats.errors")
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 class FlakyFetcher:
