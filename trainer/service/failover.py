@@ -298,15 +298,21 @@ async def resume_offset(
     recreated since) by ``training.last_event_id``. A version that includes no event resumes at 0.
     ``reached()``: the stream sequence this replica's consumer has handled (stored or dead-lettered;
     default: the log's newest). RuntimeError when the position is never reached."""
+    deadline = clock() + wait_s
     sequence = int(manifest.training.get("stream_sequence", 0) or 0)
-    if sequence > 0 and manifest.training.get("stream") == event_log.stream_identity:
-        handled = reached or (lambda: event_log.last_stream_sequence)
-        return await _offset_after_sequence(event_log, manifest.version, sequence, wait_s, clock, handled)
+    if sequence > 0:
+        # A consumer that has not connected yet (a fresh replica) does not know its stream: wait for it
+        # (the log is written from worker threads: polled).
+        while not event_log.stream_identity and clock() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        if manifest.training.get("stream") == event_log.stream_identity:
+            handled = reached or (lambda: event_log.last_stream_sequence)
+            left_s = max(0.0, deadline - clock())
+            return await _offset_after_sequence(event_log, manifest.version, sequence, left_s, clock, handled)
     event_id = str(manifest.training.get("last_event_id", ""))
     if not event_id:
         return 0
     hint = int(manifest.training.get("log_offset", 0)) - 1
-    deadline = clock() + wait_s
     while True:
         found = await asyncio.to_thread(find_event_offset, event_log, event_id, hint)
         if found is not None:
