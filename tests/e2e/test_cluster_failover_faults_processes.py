@@ -14,7 +14,7 @@ drains). Then:
 - every Route and ReportOutcome returned OK (counted);
 - every sidecar serves the version of the KV ``latest`` pointer, which is the new active trainer's newest.
 
-About 30-40 s on a busy 2-core machine. It found three bugs, fixed since (docs/learning.md §10, "All
+About 30-70 s on a busy 2-core machine. It found three bugs, fixed since (docs/learning.md §10, "All
 faults at once"): a hand-over that gave up on a JetStream request lost in a leader election, Object
 Store downloads timing out after a node died, and a failed download of the latest version never retried.
 """
