@@ -210,6 +210,18 @@ class PolicyManager:
         log.info("policy_installed", version=version, previous=old.version, source=source)
         return self._known[version]
 
+    async def retry_due(self) -> bool:
+        """Try the latest announced version again once the backoff of its retryable rejection is over
+        (e.g. a fetch that timed out while the broker elected a new leader); True if it was swapped in.
+        For watchers that hear of a version only once (a KV watch): they call this while idle."""
+        latest = self.latest_announced
+        if latest is None or self.pinned_version is not None:
+            return False
+        retry = self._retry.get((latest.version, latest.weights_sha256))
+        if retry is None or self._clock() < retry[0]:
+            return False
+        return await self.on_announcement(latest)
+
     async def retry_latest(self) -> bool:
         """Try the latest announced version again now, without waiting for its backoff (the catalog just
         changed, which may cure ``catalog_missing_model``); True if it was swapped in."""

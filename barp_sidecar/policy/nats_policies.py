@@ -5,16 +5,18 @@ Owns the layout shared with the trainer (objects ``v{N}/manifest.json``, ``v{N}/
 and, when the manifest names one, ``v{N}/calibration.safetensors`` in ``events.policy_object_bucket``;
 key ``latest`` of ``events.policy_kv_bucket`` holding the JSON announcement: version, weights sha256,
 models, size), declaring the buckets, ``NatsPolicyWatcher`` (KV watch with reconnects and the shared
-backoff) and ``NatsCheckpointFetcher`` (the manager's ``CheckpointFetcher``: Object Store downloads,
-whose SHA-256 digests nats-py checks, plus the announced weights sha256 checked here, written
-atomically into the cache directory). Validation and the swap stay in ``PolicyManager`` exactly as for
-the gRPC path; ``Admin.PinPolicy`` fetches older versions through the same fetcher. Both are built
-before the watcher, which gets them through its constructor.
+backoff) and ``NatsCheckpointFetcher`` (the manager's ``CheckpointFetcher``: Object Store downloads
+through ``PolicyObjectReader``, which checks the store's SHA-256 digests, plus the announced weights
+sha256 checked here, written atomically into the cache directory). Validation and the swap stay in
+``PolicyManager`` exactly as for the gRPC path; ``Admin.PinPolicy`` fetches older versions through the
+same fetcher. Both are built before the watcher, which gets them through its constructor.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import importlib
 import json
 from pathlib import Path
@@ -94,6 +96,39 @@ async def ensure_policy_buckets(js: Any, s: EventsSettings) -> tuple[Any, Any]:
     return objects, kv
 
 
+class PolicyObjectReader:
+    """Reads objects of the policy store without a consumer: the object's info (its size, chunk subject
+    and SHA-256 digest), then its chunks one by one through the stream's message-get API, which the stream
+    leader answers. ``ObjectStore.get`` instead creates an ephemeral consumer, and nats-server 2.9 may
+    place it on a cluster node that is down: for tens of seconds after a node dies about every other get
+    then times out (tests/e2e/test_cluster_failover_faults_processes.py). Raises nats-py's
+    ``NotFoundError`` (no such object) and ``DigestMismatchError`` like ``ObjectStore.get``."""
+
+    def __init__(self, js: Any, objects: Any, bucket: str) -> None:
+        self.js = js
+        self.objects = objects
+        self.bucket = bucket
+
+    async def read(self, name: str, max_bytes: int = MAX_CHECKPOINT_BYTES) -> bytes:
+        """The object's bytes; ValueError when it is larger than ``max_bytes`` (nothing is read then)."""
+        errors = importlib.import_module("nats.js.errors")
+        info = await self.objects.get_info(name)
+        size = int(info.size or 0)
+        if size > max_bytes:
+            raise ValueError(f"{name} is {size} bytes, more than {max_bytes}")
+        data, digest, sequence = bytearray(), hashlib.sha256(), 1
+        subject = f"$O.{self.bucket}.C.{info.nuid}"
+        while len(data) < size:
+            chunk = await self.js.get_msg(f"OBJ_{self.bucket}", seq=sequence, subject=subject, next=True)
+            data += chunk.data or b""
+            digest.update(chunk.data or b"")
+            sequence = int(chunk.seq) + 1
+        recorded = str(info.digest or "").split("=", 1)[-1]
+        if len(data) != size or digest.digest() != base64.urlsafe_b64decode(recorded):
+            raise errors.DigestMismatchError
+        return bytes(data)
+
+
 class NatsCheckpointFetcher:
     """The manager's ``CheckpointFetcher`` for the NATS path: downloads a version from the Object Store
     while a ``NatsPolicyWatcher`` session holds the bucket (``bind`` / ``unbind``), verifies it and writes
@@ -103,7 +138,7 @@ class NatsCheckpointFetcher:
         self.download_root = Path(download_root)
         self._objects: Any = None
 
-    def bind(self, objects: Any) -> None:
+    def bind(self, objects: PolicyObjectReader) -> None:
         self._objects = objects
 
     def unbind(self) -> None:
@@ -125,9 +160,9 @@ class NatsCheckpointFetcher:
         check_announced_weights(version, files[WEIGHTS_FILE], expected_weights_sha256)
         return await asyncio.to_thread(write_checkpoint, self.download_root, version, files)
 
-    async def _get(self, objects: Any, version: int, name: str, errors: Any) -> bytearray:
+    async def _get(self, objects: PolicyObjectReader, version: int, name: str, errors: Any) -> bytearray:
         try:
-            result = await objects.get(object_name(version, name))
+            return bytearray(await objects.read(object_name(version, name)))
         except errors.NotFoundError as exc:
             if name in EXPECTED_FILES:
                 raise NotFound(f"version: policy v{version} is not in the NATS policy store") from exc
@@ -140,16 +175,14 @@ class NatsCheckpointFetcher:
                 f"fetch of v{version}: {name} digest mismatch in the object store",
                 RejectionReason.FETCH_FAILED,
             ) from exc
+        except ValueError as exc:
+            raise CheckpointError(
+                f"fetch of v{version}: larger than {MAX_CHECKPOINT_BYTES} bytes", RejectionReason.FETCH_FAILED
+            ) from exc
         except Exception as exc:
             raise CheckpointError(
                 f"fetch of v{version} from NATS failed: {exc!r}", RejectionReason.FETCH_FAILED
             ) from exc
-        data = result.data or b""
-        if len(data) > MAX_CHECKPOINT_BYTES:
-            raise CheckpointError(
-                f"fetch of v{version}: larger than {MAX_CHECKPOINT_BYTES} bytes", RejectionReason.FETCH_FAILED
-            )
-        return bytearray(data)
 
 
 class NatsPolicyWatcher(BrokerSessionLoop):
@@ -177,7 +210,7 @@ class NatsPolicyWatcher(BrokerSessionLoop):
     async def session(self, client: Any) -> None:
         js = client.jetstream(timeout=self.settings.publish_timeout_s)
         objects, kv = await ensure_policy_buckets(js, self.settings)
-        self.fetcher.bind(objects)
+        self.fetcher.bind(PolicyObjectReader(js, objects, self.settings.policy_object_bucket))
         try:
             watcher = await kv.watch(LATEST_KEY)
             self.set_state("connected", bucket=self.settings.policy_kv_bucket)
@@ -192,6 +225,8 @@ class NatsPolicyWatcher(BrokerSessionLoop):
             try:
                 entry = await watcher.updates(timeout=1.0)
             except importlib.import_module("nats.errors").TimeoutError:
+                # The watch announces a version once: a retryable failure to install it is retried here.
+                await self.manager.retry_due()
                 continue
             if entry is None or entry.value is None or entry.operation is not None:
                 continue  # the end-of-initial-values marker, or a delete/purge

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
@@ -103,9 +104,12 @@ class SidecarProcess(ManagedProcess):
         return self
 
 
-async def report_outcomes(port: int, count: int, prefix: str) -> list[str]:
-    """Route + ReportOutcome ``count`` prompts on a sidecar; the decision ids, each recorded durably.
-    Any failed call fails the test (quality cycles 0, 0.5, 1)."""
+async def report_outcomes(
+    port: int, count: int, prefix: str, until: asyncio.Event | None = None
+) -> list[str]:
+    """Route + ReportOutcome ``count`` prompts on a sidecar (fewer when ``until`` is set first: no new
+    Route after it is); the decision ids, each recorded durably. Any failed call fails the test (quality
+    cycles 0, 0.5, 1)."""
     import grpc
 
     from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
@@ -114,6 +118,8 @@ async def report_outcomes(port: int, count: int, prefix: str) -> list[str]:
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         stub = router_pb2_grpc.RouterStub(channel)
         for i in range(count):
+            if until is not None and until.is_set():
+                break
             decision = await stub.Route(router_pb2.RouteRequest(prompt=f"{prefix} {i}"), timeout=10)
             ack = await stub.ReportOutcome(
                 router_pb2.OutcomeRequest(decision_id=decision.decision_id, quality=(i % 3) / 2),

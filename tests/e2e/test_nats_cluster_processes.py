@@ -12,25 +12,10 @@ import asyncio
 import time
 from pathlib import Path
 
-import grpc
-
-from barp_sidecar.gen.barp.v1 import admin_pb2, admin_pb2_grpc
-from tests.e2e.learning_processes import (
-    SidecarProcess,
-    TrainerProcess,
-    free_port,
-    report_outcomes,
-    stored_event_ids,
-)
+from tests.e2e.broker_processes import Sidecar, events_yaml, flat, versions
+from tests.e2e.learning_processes import TrainerProcess, free_port, stored_event_ids
 from tests.support.nats_server import NatsCluster, require_nats_server
 from tests.support.sidecar import ARMS, HASH_ENCODER, make_tiny_checkpoint
-
-
-def events_yaml(urls: list[str]) -> str:
-    return (
-        f"events:\n  backend: nats\n  nats_urls: [{', '.join(urls)}]\n  stream_replicas: 3\n"
-        "  reconnect_initial_backoff_s: 0.05\n  reconnect_max_backoff_s: 0.5\n  connect_timeout_s: 1\n"
-    )
 
 
 def trainer_yaml(data_dir: Path, urls: list[str]) -> str:
@@ -45,35 +30,6 @@ def trainer_yaml(data_dir: Path, urls: list[str]) -> str:
         "publish:\n  every_events: 150\n  every_s: 600\n  gate_min_holdout_events: 3\n  gate_margin: 1.0\n"
         + events_yaml(urls)
     )
-
-
-def flat(parts: list[list[str]]) -> list[str]:
-    return [item for part in parts for item in part]
-
-
-class Sidecar:
-    def __init__(self, tmp: Path, name: str, urls: list[str]) -> None:
-        self.port, self.admin_port = free_port(), free_port()
-        config = tmp / f"{name}.yaml"
-        config.write_text(
-            f"server:\n  host: 127.0.0.1\n  port: {self.port}\n  grace_s: 1\n"
-            "metrics:\n  enabled: false\n"
-            f"admin:\n  enabled: true\n  port: {self.admin_port}\n"
-            f"policy:\n  checkpoint_dir: {tmp / 'policy'}\n  device: cpu\n"
-            "routing:\n  default_exploration: sample\n  seed: 1\n"
-            f"rewards:\n  sidecar_id: {name}\n  spool_fsync_interval_ms: 2\n"
-            f"state:\n  dir: {tmp / name}\n" + events_yaml(urls)
-        )
-        self.process = SidecarProcess(config, tmp / f"{name}.log")
-
-    async def report(self, count: int, prefix: str) -> list[str]:
-        """Route + ReportOutcome; the ids acknowledged as recorded. Any RPC failure fails the test."""
-        return await report_outcomes(self.port, count, prefix)
-
-    async def serving(self) -> tuple[int, str]:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{self.admin_port}") as channel:
-            info = await admin_pb2_grpc.AdminStub(channel).GetPolicy(admin_pb2.GetPolicyRequest(), timeout=5)
-            return info.version, info.weights_sha256
 
 
 async def test_cluster_node_trainer_and_sidecar_kill9_lose_nothing_and_converge(tmp_path):
@@ -115,7 +71,7 @@ async def test_cluster_node_trainer_and_sidecar_kill9_lose_nothing_and_converge(
         # Every sidecar converges on the trainer's latest published version (read again each time: the
         # trainer may publish once more while the sidecars catch up).
         def latest_published() -> int:
-            return max(int(p.name[1:]) for p in (tmp_path / "trainer" / "checkpoints").glob("v*"))
+            return versions(tmp_path / "trainer")[-1]
 
         while True:
             latest = latest_published()

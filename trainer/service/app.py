@@ -26,6 +26,7 @@ import asyncio
 import dataclasses
 import functools
 import os
+import random
 import socket
 import time
 from collections.abc import Mapping
@@ -35,6 +36,7 @@ import structlog
 from opentelemetry.sdk.trace.export import SpanExporter
 from prometheus_client import CollectorRegistry, start_http_server
 
+from barp_sidecar.backoff import ReconnectBackoff
 from barp_sidecar.broker.nats_connection import NatsConnector
 from barp_sidecar.broker.settings import EventsBackend
 from barp_sidecar.errors import ConfigError
@@ -44,7 +46,13 @@ from barp_sidecar.rpc.server import GrpcServer, Service
 from barp_sidecar.tracing import Tracing
 from trainer.service.config_reload import ConfigReloader
 from trainer.service.eventlog import SegmentedEventLog
-from trainer.service.failover import LeaseKeeper, download_latest, learn_model_list, resume_offset
+from trainer.service.failover import (
+    LeaseKeeper,
+    download_latest,
+    learn_model_list,
+    resume_offset,
+    retry_while_held,
+)
 from trainer.service.loop import TrainingLoop
 from trainer.service.metrics import TrainerCollector
 from trainer.service.model_pool import PoolChangeError, PoolHistory, check_pool
@@ -240,13 +248,20 @@ class TrainerApp:
     async def _take_over(self) -> None:
         """Failover: once the lease is won, start training where the latest published version ended,
         publish only while the lease holds, and stop the replica the moment it is lost."""
-        keeper, s = self.lease_keeper, self.settings
-        assert keeper is not None and self.nats_connector is not None and self.event_log is not None
+        keeper, s, connector = self.lease_keeper, self.settings, self.nats_connector
+        assert keeper is not None and connector is not None and self.event_log is not None
         try:
             await keeper.acquired.wait()
             won = time.monotonic()
             state_dir = self.store.root.parent / "learner-state"
-            version, revision = await download_latest(self.nats_connector, self.store, state_dir)
+            version, revision = await retry_while_held(
+                lambda: download_latest(connector, self.store, state_dir),
+                keeper.lease.held,
+                ReconnectBackoff(
+                    s.events.reconnect_initial_backoff_s, s.events.reconnect_max_backoff_s, random.Random()
+                ),
+                s.failover.resume_wait_s,
+            )
             starting = await asyncio.to_thread(starting_policy, s.learner, self.store)
             if version is not None:
                 ingestor = self.ingestor
@@ -262,9 +277,7 @@ class TrainerApp:
             fence = PointerFence(
                 revision, version or 0, keeper.lease.held, state_dir, lambda reason: keeper.lease.lose(reason)
             )
-            self.policy_mirror = NatsPolicyMirror(
-                self.nats_connector, self.store, self.announcer, fence=fence
-            )
+            self.policy_mirror = NatsPolicyMirror(connector, self.store, self.announcer, fence=fence)
             await self.policy_mirror.start()
             self.takeover_s = time.monotonic() - won
             log.info(

@@ -6,12 +6,13 @@ standby polls ``try_acquire``, active renews every TTL/4, ``release`` on a grace
 loop is ``broker.session_loop``'s),
 ``download_latest`` (KV ``latest`` -> the version's manifest, weights, calibration set and learner state
 from the Object Store into this replica's checkpoint store and learner-state directory; returns the KV
-revision the first fenced pointer update must expect), ``resume_offset`` (the offset in this replica's
-log just after the last event the published version already includes, by the version's stream
-sequence) and ``learn_model_list`` (the model list of a version another replica published, from its
-manifest in the Object Store, for validating and training on the events it decided). Every replica
-keeps its own copy of the stream in its own log (its own durable consumer), in stream order, so a standby
-is caught up when it takes over. Wiring (what starts when the lease is won or lost) belongs to ``app.py``.
+revision the first fenced pointer update must expect; ``retry_while_held`` retries it through a broker
+fail-over), ``resume_offset`` (the offset in this replica's log just after the last event the published
+version already includes, by the version's stream sequence) and ``learn_model_list`` (the model list of
+a version another replica published, from its manifest in the Object Store, for validating and training
+on the events it decided). Every replica keeps its own copy of the stream in its own log (its own
+durable consumer), in stream order, so a standby is caught up when it takes over. Wiring (what starts
+when the lease is won or lost) belongs to ``app.py``.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ import asyncio
 import importlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
-from barp_sidecar.broker.nats_connection import NatsConnector
+from barp_sidecar.backoff import ReconnectBackoff
+from barp_sidecar.broker.nats_connection import BrokerUnavailable, NatsConnector
 from barp_sidecar.broker.session_loop import BrokerSessionLoop
 from barp_sidecar.broker.settings import EventsSettings
 from barp_sidecar.policy.checkpoint import (
@@ -39,6 +41,7 @@ from barp_sidecar.policy.checkpoint import (
 )
 from barp_sidecar.policy.nats_policies import (
     LATEST_KEY,
+    PolicyObjectReader,
     ensure_policy_buckets,
     object_name,
     parse_announcement,
@@ -51,10 +54,14 @@ from trainer.service.model_pool import PoolHistory
 from trainer.service.nats_policy_mirror import LEARNER_STATE_OBJECT
 
 log = structlog.get_logger("trainer.service.failover")
+T = TypeVar("T")
 # JetStream's "wrong last sequence" error codes (a compare-and-set on a KV revision that moved).
 WRONG_LAST_SEQUENCE_CODES = (10071, 10164)
 # How long a graceful stop waits for the lease's delete before leaving the lease to expire.
 RELEASE_TIMEOUT_S = 2.0
+# The hand-over's JetStream requests: one lost in a leader election (a node died with the active replica)
+# is retried after this long (``retry_while_held``) rather than after events.publish_timeout_s.
+HANDOVER_REQUEST_TIMEOUT_S = 2.0
 
 
 class NatsLeaseKV:
@@ -169,8 +176,51 @@ class LeaseKeeper(BrokerSessionLoop):
         return self.released
 
 
-async def _object_bytes(objects: Any, version: int, name: str) -> bytes:
-    return bytes((await objects.get(object_name(version, name))).data or b"")
+def transient_broker_errors() -> tuple[type[BaseException], ...]:
+    """What a hand-over retries: no server answered, or JetStream did not answer in time (its meta or
+    stream leader was lost with a node and a new one is not elected yet), or the connection broke."""
+    nats_errors = importlib.import_module("nats.errors")
+    js_errors = importlib.import_module("nats.js.errors")
+    return (
+        BrokerUnavailable,
+        TimeoutError,  # nats.errors.TimeoutError is one
+        ConnectionError,
+        nats_errors.ConnectionClosedError,
+        nats_errors.NoRespondersError,
+        nats_errors.StaleConnectionError,
+        js_errors.ServiceUnavailableError,
+    )
+
+
+async def retry_while_held(
+    operation: Callable[[], Awaitable[T]],
+    held: Callable[[], bool],
+    backoff: ReconnectBackoff,
+    wait_s: float,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """``operation()``, tried again after a transient broker error (``transient_broker_errors``) with the
+    shared backoff while the lease is ``held()``, for up to ``wait_s``. Any other error, the lease lost or
+    the time up: the last error is raised (the hand-over fails and the replica stands down)."""
+    transient = transient_broker_errors()
+    deadline = clock() + wait_s
+    attempt = 0
+    while True:
+        try:
+            return await operation()
+        except transient as exc:
+            attempt += 1
+            delay_s = backoff.next_delay_s(made_progress=False)
+            if not held() or clock() + delay_s >= deadline:
+                raise
+            log.warning(
+                "trainer_takeover_retrying", error=repr(exc), attempt=attempt, delay_s=round(delay_s, 3)
+            )
+            await asyncio.sleep(delay_s)
+
+
+async def _object_bytes(objects: PolicyObjectReader, version: int, name: str) -> bytes:
+    return await objects.read(object_name(version, name))
 
 
 async def download_latest(
@@ -182,8 +232,9 @@ async def download_latest(
     s: EventsSettings = connector.settings
     client = await connector.connect()
     try:
-        js = client.jetstream(timeout=s.publish_timeout_s)
-        objects, kv = await ensure_policy_buckets(js, s)
+        js = client.jetstream(timeout=min(s.publish_timeout_s, HANDOVER_REQUEST_TIMEOUT_S))
+        bucket, kv = await ensure_policy_buckets(js, s)
+        objects = PolicyObjectReader(js, bucket, s.policy_object_bucket)
         try:
             entry = await kv.get(LATEST_KEY)
         except errors.KeyNotFoundError:
@@ -305,7 +356,8 @@ async def learn_model_list(history: PoolHistory, settings: EventsSettings, js: A
     standby after the active changed the model pool; a new active for its predecessor's versions). False
     (remembered, not asked again) when the Object Store has no readable manifest of it."""
     errors = importlib.import_module("nats.js.errors")
-    objects, _ = await ensure_policy_buckets(js, settings)
+    bucket, _ = await ensure_policy_buckets(js, settings)
+    objects = PolicyObjectReader(js, bucket, settings.policy_object_bucket)
     try:
         data = await _object_bytes(objects, version, MANIFEST_FILE)
         manifest = PolicyManifest.from_json(json.loads(data), object_name(version, MANIFEST_FILE))

@@ -203,7 +203,8 @@ class FailoverSettings:
     # Seconds the lease outlives its last renewal: a standby takes over about this long after the active
     # replica died (renewed every lease_ttl_s / 4).
     lease_ttl_s: float = 6.0
-    # Seconds a new active replica waits for its own log to hold the last event of the latest version.
+    # Seconds a new active replica waits for the broker (the download of the latest version, retried
+    # through a JetStream leader election) and for its own log to hold that version's last event.
     resume_wait_s: float = 60.0
 
 
