@@ -30,6 +30,7 @@ from barp_sidecar.broker.session_loop import BrokerSessionLoop
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from trainer.service.eventlog import EventLog
 from trainer.service.model_pool import PoolHistory
+from trainer.service.nats_pull import PullBatches
 from trainer.service.validation import event_problem
 
 log = structlog.get_logger("trainer.service.nats_ingest")
@@ -70,21 +71,6 @@ def classify(
     return event, "", ""
 
 
-async def fetch_available(subscription: Any, max_messages: int, timeout_s: float) -> list[Any]:
-    """Up to ``max_messages`` messages, returning as soon as what is available now has arrived.
-
-    nats-py's ``fetch(n)`` waits for all ``n`` (or the timeout) against nats-server 2.9, so a batch
-    fetch on a stream with fewer pending messages always costs the whole timeout. Instead: wait for
-    one message, then ask for exactly the number the server says is pending after it (its metadata).
-    Raises ``nats.errors.TimeoutError`` when nothing arrives within ``timeout_s``.
-    """
-    messages: list[Any] = await subscription.fetch(1, timeout=timeout_s)
-    pending = int(messages[-1].metadata.num_pending or 0)
-    if pending and max_messages > 1:
-        messages += await subscription.fetch(min(pending, max_messages - 1), timeout=timeout_s)
-    return messages
-
-
 class NatsEventIngestor(BrokerSessionLoop):
     """Durable consumer -> ``EventLog``. ``start()`` / ``close()``; ``connected`` and counters for metrics."""
 
@@ -121,7 +107,6 @@ class NatsEventIngestor(BrokerSessionLoop):
 
     async def session(self, client: Any) -> None:
         api = importlib.import_module("nats.js.api")
-        nats_errors = importlib.import_module("nats.errors")
         s = self.settings
         js = client.jetstream(timeout=s.publish_timeout_s)
         await ensure_event_streams(js, s)
@@ -137,19 +122,23 @@ class NatsEventIngestor(BrokerSessionLoop):
             ),
         )
         self.set_state("connected", stream=s.stream, consumer=self.consumer)
-        # One batch at a time: fetch, validate, append (fsync), ack. (Overlapping the next fetch with the
-        # previous batch's fsync and acks was measured slower: 1,700 vs 3,400 events/s, bench/nats_transport.)
-        while True:
-            if not client.is_connected:
-                raise ConnectionError("the NATS connection closed")
-            try:
-                messages = await fetch_available(subscription, self.max_batch_events, self.fetch_timeout_s)
-            except nats_errors.TimeoutError:
-                # Idle: make sure the consumer still exists (a deleted stream takes it along silently).
-                await subscription.consumer_info()
-                continue
-            valid = await self._validate(js, messages)
-            await self._store_and_ack(valid, messages)
+        # One batch at a time is validated, appended (fsync) and acknowledged; the next one streams in
+        # meanwhile (nats_pull: an outstanding pull request answered into a callback).
+        batches = PullBatches(client, s.stream, self.consumer, self.max_batch_events, self.fetch_timeout_s)
+        await batches.start()
+        try:
+            while True:
+                if not client.is_connected:
+                    raise ConnectionError("the NATS connection closed")
+                messages = await batches.next_batch(self.fetch_timeout_s)
+                if not messages:
+                    # Idle: make sure the consumer still exists (a deleted stream takes it along silently).
+                    await subscription.consumer_info()
+                    continue
+                valid = await self._validate(js, messages)
+                await self._store_and_ack(valid, messages)
+        finally:
+            await batches.close()
 
     async def _validate(self, js: Any, messages: list[Any]) -> list[trainer_pb2.RewardEvent]:
         """The valid events of a fetch; the others are copied to the dead-letter subject (acknowledged by
