@@ -81,3 +81,48 @@ def test_retention_by_age(tmp_path):
     assert len(segments) >= 1
     assert log.read_from(0, 1)[0][0] > 0
     log.close()
+
+
+def test_stream_positions_survive_a_restart_and_count_within_one_stream_incarnation(tmp_path):
+    rng = random.Random(9)
+
+    def from_stream(sequence: int):
+        event = random_event(rng)
+        event.stream_sequence = sequence
+        return event
+
+    log = SegmentedEventLog(tmp_path, segment_max_bytes=2048).open()
+    assert log.set_stream_identity("EVENTS@t1") and not log.set_stream_identity("EVENTS@t1")
+    log.append([from_stream(q) for q in (1, 2, 3, 5, 8)])  # gaps: other subjects, dead letters
+    log.append([random_event(rng)])  # PublishRewards: no stream position
+    assert log.last_stream_sequence == 8
+    assert [log.offset_after_stream_sequence(q) for q in (1, 4, 5, 7, 8, 100)] == [1, 3, 4, 4, 5, 5]
+    log.close()
+
+    log = SegmentedEventLog(tmp_path, segment_max_bytes=2048).open()  # a restart reads it all back
+    assert (log.stream_identity, log.last_stream_sequence) == ("EVENTS@t1", 8)
+    assert log.offset_after_stream_sequence(4) == 3 and log.stream_identity_at(0) == "EVENTS@t1"
+    # The stream was deleted and recreated: its sequences start again, counted from offset 6 on.
+    assert log.set_stream_identity("EVENTS@t2")
+    assert log.last_stream_sequence == 0 and log.offset_after_stream_sequence(3) == 6
+    log.append([from_stream(q) for q in (1, 2)])
+    assert log.last_stream_sequence == 2 and log.offset_after_stream_sequence(1) == 7
+    assert log.stream_identity_at(5) == "" and log.stream_identity_at(6) == "EVENTS@t2"
+    log.close()
+    log = SegmentedEventLog(tmp_path, segment_max_bytes=2048).open()
+    assert (log.stream_identity, log.last_stream_sequence) == ("EVENTS@t2", 2)
+    assert log.offset_after_stream_sequence(5) == 8
+    log.close()
+
+
+def test_a_resume_point_whose_records_were_retired_is_refused(tmp_path):
+    rng = random.Random(10)
+    log = SegmentedEventLog(tmp_path, segment_max_bytes=1, retention_max_bytes=1).open()
+    log.set_stream_identity("EVENTS@t1")
+    for sequence in range(1, 6):  # one record per segment; retention keeps only the newest segment
+        event = random_event(rng)
+        event.stream_sequence = sequence
+        log.append([event])
+    assert log.offset_after_stream_sequence(5) == 5
+    assert log.offset_after_stream_sequence(3) is None  # the record of sequence 3 is gone
+    log.close()

@@ -1,5 +1,6 @@
 """The trainer lease's rules (trainer/service/lease.py) on a fake KV and a fake clock: create-only
-acquisition, renewal at the expected revision, the local validity deadline, and a lost lease staying lost."""
+acquisition, renewal at the expected revision, the local validity deadline, a lost lease staying lost, and
+release on a graceful stop (delete at our revision only)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ class FakeKV:
         self.sequence = 0
         self.entry: tuple[int, bytes, float] | None = None  # revision, value, written at
         self.delay_s = 0.0  # how long a write takes (the clock advances during it)
+        self.deletes = 0
 
     def _live(self) -> tuple[int, bytes, float] | None:
         if self.entry is not None and self.clock.now - self.entry[2] >= self.ttl_s:
@@ -48,6 +50,14 @@ class FakeKV:
         if (live[0] if live else 0) != last:
             raise LeaseRejected("wrong last sequence")
         return self._write(value)
+
+    async def delete(self, key: str, last: int) -> None:
+        live = self._live()
+        if (live[0] if live else 0) != last:
+            raise LeaseRejected("wrong last sequence")
+        self.sequence += 1  # the delete marker takes a revision; the key is free again
+        self.entry = None
+        self.deletes += 1
 
 
 @pytest.fixture
@@ -113,6 +123,38 @@ async def test_a_renewal_that_returns_after_the_local_validity_counts_as_lost(cl
     kv.delay_s = 1.0  # the write goes through, but only after the local validity ended
     assert not await a.renew()
     assert a.state == "lost"
+
+
+async def test_release_frees_the_key_at_once_and_the_releaser_never_acts_again(clock, kv):
+    a, b = TrainerLease(kv, "a", 6.0, clock=clock), TrainerLease(kv, "b", 6.0, clock=clock)
+    assert await a.try_acquire()
+    clock.now += 1.0
+    assert not await b.try_acquire()
+    assert await a.release()
+    assert a.state == "released" and not a.held() and kv.deletes == 1
+    assert await b.try_acquire()  # at once, not a TTL later
+    assert not await a.renew() and not await a.try_acquire()
+    assert a.losses == 0 and b.held()
+
+
+async def test_release_after_a_takeover_leaves_the_new_holder_alone(clock, kv):
+    a, b = TrainerLease(kv, "a", 6.0, clock=clock), TrainerLease(kv, "b", 6.0, clock=clock)
+    assert await a.try_acquire()
+    clock.now += 6.0  # a paused for a whole TTL: b takes over
+    assert await b.try_acquire()
+    a.valid_until_s = clock.now + 10  # even if a's own clock still believed in the lease
+    assert not await a.release()
+    assert kv.deletes == 0 and kv.entry is not None and kv.entry[1] == b"b"
+    assert a.state == "released" and not a.held()
+
+
+async def test_a_standby_or_expired_lease_releases_nothing(clock, kv):
+    a = TrainerLease(kv, "a", 6.0, clock=clock)
+    assert not await a.release() and a.state == "standby"
+    assert await a.try_acquire()
+    clock.now += 5.0  # past the local validity
+    assert not await a.release()
+    assert kv.deletes == 0
 
 
 def test_validity_fraction_must_be_inside_0_and_1(kv, clock):

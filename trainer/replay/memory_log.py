@@ -36,5 +36,8 @@ class MemoryEventLog:
     def end_offset(self) -> int:
         return len(self._events)
 
+    def stream_identity_at(self, offset: int) -> str:
+        return ""  # not fed from a broker
+
     def close(self) -> None:
         return None

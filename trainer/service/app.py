@@ -14,15 +14,17 @@ without a restart.
 With ``failover.enabled`` (several replicas, docs/learning.md §10) ``start`` brings up the log, this
 replica's own durable consumer, the gRPC server and the ``LeaseKeeper`` only; the training loop and the
 fenced policy mirror start when the lease is won (``_take_over``: the latest version and its learner
-state from the Object Store, resume just after its last event in this replica's log). A replica that
-loses its lease stops training and publishing at once and exits with ``EXIT_LEASE_LOST`` (its
-supervisor restarts it as a standby).
+state from the Object Store, resume just after its stream position in this replica's log). A replica
+that loses its lease stops training and publishing at once and exits with ``EXIT_LEASE_LOST`` (its
+supervisor restarts it as a standby). A graceful stop (SIGTERM) of the active replica stops the training
+loop and the mirror first, then releases the lease, so the standby takes over at its next poll.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import os
 import socket
 import time
@@ -42,10 +44,10 @@ from barp_sidecar.rpc.server import GrpcServer, Service
 from barp_sidecar.tracing import Tracing
 from trainer.service.config_reload import ConfigReloader
 from trainer.service.eventlog import SegmentedEventLog
-from trainer.service.failover import LeaseKeeper, download_latest, resume_offset
+from trainer.service.failover import LeaseKeeper, download_latest, learn_model_list, resume_offset
 from trainer.service.loop import TrainingLoop
 from trainer.service.metrics import TrainerCollector
-from trainer.service.model_pool import PoolChangeError
+from trainer.service.model_pool import PoolChangeError, PoolHistory, check_pool
 from trainer.service.nats_ingest import NatsEventIngestor
 from trainer.service.nats_policy_mirror import NatsPolicyMirror, PointerFence
 from trainer.service.policy_source import PolicyAnnouncer, StartingPolicy, starting_policy
@@ -107,6 +109,7 @@ class TrainerApp:
         self.exit_code = 0
         self.lease_keeper: LeaseKeeper | None = None
         self.takeover_s: float | None = None  # lease won -> training loop running (failover)
+        self.pool_history: PoolHistory | None = None  # each version's model list (validation, training)
         self._takeover_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -123,10 +126,15 @@ class TrainerApp:
             await self._sync_latest()  # a standby validates events against the latest model list
         starting = await asyncio.to_thread(starting_policy, s.learner, self.store)
         manifest = starting.manifest
-        if not s.failover.enabled:
+        if s.failover.enabled:
+            # Shared by validation (consumer, servicer) and, once active, the training loop; the consumer
+            # learns the lists of versions other replicas published from their manifests.
+            self.pool_history = PoolHistory(self.store, manifest.models, manifest.version)
+        else:
             self.loop = self._training_loop(starting)
             await self.loop.start()
             manifest = self.loop.manifest
+            self.pool_history = self.loop.history
         self.servicer = TrainerServicer(
             self.event_log,
             self.store,
@@ -135,7 +143,7 @@ class TrainerApp:
             manifest.architecture.embedding_dim,
             s.publish.chunk_bytes,
             tracer=self._tracer,
-            history=self.loop.history if self.loop is not None else None,
+            history=self.pool_history,
         )
         if self.nats_connector is not None:
             replica = self.replica_id if s.failover.enabled else None
@@ -145,7 +153,10 @@ class TrainerApp:
                 manifest.models,
                 manifest.architecture.embedding_dim,
                 consumer=f"{s.events.consumer}-{replica}" if replica else None,
-                history=self.loop.history if self.loop is not None else None,
+                history=self.pool_history,
+                learn_models=(
+                    functools.partial(learn_model_list, self.pool_history, s.events) if replica else None
+                ),
             )
             await self.ingestor.start()
             if s.failover.enabled:
@@ -217,6 +228,7 @@ class TrainerApp:
             s.publish,
             tracer=self._tracer,
             may_publish=may_publish,
+            history=self.pool_history,
         )
         if s.learner.arms and starting.source != "cold":
             try:  # the configured pool differs from the stored policy's: change it (validated first)
@@ -237,7 +249,13 @@ class TrainerApp:
             version, revision = await download_latest(self.nats_connector, self.store, state_dir)
             starting = await asyncio.to_thread(starting_policy, s.learner, self.store)
             if version is not None:
-                offset = await resume_offset(self.event_log, starting.manifest, s.failover.resume_wait_s)
+                ingestor = self.ingestor
+                offset = await resume_offset(
+                    self.event_log,
+                    starting.manifest,
+                    s.failover.resume_wait_s,
+                    reached=(lambda: ingestor.position) if ingestor is not None else None,
+                )
                 starting = dataclasses.replace(starting, log_offset=offset)
             self.loop = self._training_loop(starting)
             await self.loop.start()
@@ -277,11 +295,19 @@ class TrainerApp:
 
     def apply_settings(self, previous: TrainerSettings | None, settings: TrainerSettings) -> None:
         """Apply re-read settings: a changed ``learner.arms`` changes the model pool (PoolChangeError when it
-        cannot be served: nothing changes); other changed keys wait for a restart (logged)."""
-        if self.loop is None:
+        cannot be served: nothing changes); other changed keys wait for a restart (logged). A failover
+        standby keeps the new pool for its takeover (the active replica applies it now), so taking over
+        never reverts a pool change made through the config file."""
+        if self.loop is None and not self.settings.failover.enabled:
             raise ConfigError("learner.arms", "the trainer is not running yet")
         if settings.learner.arms:
-            self.loop.request_pool(settings.learner.arms)
+            if self.loop is not None:
+                self.loop.request_pool(settings.learner.arms)
+            else:
+                check_pool(settings.learner.arms)
+                learner = dataclasses.replace(self.settings.learner, arms=settings.learner.arms)
+                self.settings = dataclasses.replace(self.settings, learner=learner)
+                log.info("model_pool_kept_for_takeover", pool=list(settings.learner.arms))
         if previous is None:
             return
         pending = [
@@ -308,6 +334,12 @@ class TrainerApp:
         if self._takeover_task is not None and not self._takeover_task.done():
             self._takeover_task.cancel()
             await asyncio.gather(self._takeover_task, return_exceptions=True)
+        if self.lease_keeper is not None:
+            # Nothing is trained or published after this point; then the standby may take over at once.
+            for publisher in (self.policy_mirror, self.loop):
+                if publisher is not None:
+                    await publisher.close()
+            await self.lease_keeper.release()
         for component in (self.lease_keeper, self.ingestor, self.policy_mirror):
             if component is not None:
                 await component.close()

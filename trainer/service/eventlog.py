@@ -9,12 +9,22 @@ records (``barp_sidecar.rewards.records``: magic, length, CRC32, payload). Offse
 indices (0-based) that never repeat, also across retention. A torn tail left by a crash is truncated at
 open, keeping every whole record before it.
 
+Stream positions: an event fed from a broker carries its position there (``RewardEvent.stream_sequence``,
+the JetStream stream sequence; 0 for PublishRewards), written inside the record, so it is as durable as
+the event. The NATS consumer appends in stream order (``nats_ingest.py``), so the positions grow along
+the log; ``last_stream_sequence`` is where the consumer resumes and ``offset_after_stream_sequence`` is
+where a trainer replica resumes training after a version another replica published (``failover.py``).
+Sequences count in one incarnation of the stream (a deleted and recreated stream starts again at 1): the
+file ``stream`` records which one (``stream_identity``, set by the consumer) and the offset from which
+the log's records carry its sequences; positions are only compared within it.
+
 Thread-safety: all methods take one lock; they block (fsync, file reads) and are called from worker
 threads, never from the event loop.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import threading
@@ -30,6 +40,7 @@ from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.rewards.records import encode_record, iter_records, scan_bytes, truncate_to_valid
 
 _SEGMENT = re.compile(r"^events-(\d{20})\.log$")
+STREAM_FILE = "stream"
 log = structlog.get_logger("trainer.service.eventlog")
 
 
@@ -51,6 +62,10 @@ class EventLog(Protocol):
         """Offset the next stored event will get."""
         ...
 
+    def stream_identity_at(self, offset: int) -> str:
+        """The stream incarnation whose sequences the record at ``offset`` carries ("" when unknown)."""
+        ...
+
     def close(self) -> None: ...
 
 
@@ -63,6 +78,8 @@ class _Segment:
     # Byte position of each record (for seeking) and its event id (for retention of the id set).
     positions: list[int] = field(default_factory=list, repr=False)
     event_ids: list[str] = field(default_factory=list, repr=False)
+    # Each record's stream sequence (0: not from a broker).
+    stream_sequences: list[int] = field(default_factory=list, repr=False)
 
     @property
     def end_offset(self) -> int:
@@ -96,6 +113,9 @@ class SegmentedEventLog:
         self._total_bytes = 0
         self.torn_records_dropped = 0
         self.duplicates_total = 0
+        self._last_stream_sequence = 0
+        self._stream_identity = ""
+        self._stream_from_offset = 0
 
     # -- lifecycle -------------------------------------------------------------------------------------
 
@@ -107,6 +127,7 @@ class SegmentedEventLog:
                 for entry in self.directory.iterdir()
                 if (m := _SEGMENT.match(entry.name)) and entry.is_file()
             )
+            self._read_stream_file()
             for first, path in found:
                 self._segments.append(self._recover_segment(first, path))
             if self._segments:
@@ -129,6 +150,9 @@ class SegmentedEventLog:
             event = trainer_pb2.RewardEvent.FromString(payload)
             segment.positions.append(start)
             segment.event_ids.append(event.event_id)
+            segment.stream_sequences.append(event.stream_sequence)
+            if event.stream_sequence and first + len(segment.positions) > self._stream_from_offset:
+                self._last_stream_sequence = event.stream_sequence
             self._ids.add(event.event_id)
             start = end
             valid = end
@@ -165,6 +189,71 @@ class SegmentedEventLog:
     def size_bytes(self) -> int:
         return self._total_bytes
 
+    # -- stream positions --------------------------------------------------------------------------------
+
+    def _read_stream_file(self) -> None:
+        path = self.directory / STREAM_FILE
+        try:
+            data = json.loads(path.read_text())
+            self._stream_identity = str(data["identity"])
+            self._stream_from_offset = int(data["from_offset"])
+        except FileNotFoundError:
+            return
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: unreadable stream record ({exc})") from exc
+
+    @property
+    def stream_identity(self) -> str:
+        """The stream incarnation the newest records' sequences count in ("" before any)."""
+        with self._lock:
+            return self._stream_identity
+
+    def set_stream_identity(self, identity: str) -> bool:
+        """Record that records from now on carry sequences of stream incarnation ``identity`` (durable when
+        this returns). True when it changed: ``last_stream_sequence`` then starts again at 0."""
+        with self._lock:
+            if identity == self._stream_identity:
+                return False
+            end = self._segments[-1].end_offset if self._segments else 0
+            self.directory.mkdir(parents=True, exist_ok=True)
+            temp = self.directory / f".{STREAM_FILE}.tmp"
+            with open(temp, "w") as handle:
+                json.dump({"identity": identity, "from_offset": end}, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            temp.replace(self.directory / STREAM_FILE)
+            self._stream_identity, self._stream_from_offset = identity, end
+            self._last_stream_sequence = 0
+            return True
+
+    def stream_identity_at(self, offset: int) -> str:
+        with self._lock:
+            return self._stream_identity if offset >= self._stream_from_offset else ""
+
+    @property
+    def last_stream_sequence(self) -> int:
+        """The stream sequence of the newest record of the current stream incarnation (0: none): the
+        consumer resumes right after it."""
+        with self._lock:
+            return self._last_stream_sequence
+
+    def offset_after_stream_sequence(self, sequence: int) -> int | None:
+        """The offset just after the last record of the current stream incarnation whose sequence is in
+        [1, ``sequence``] (scanning back from the end: a resume point is near it); where the incarnation
+        starts when it has none. None when retention removed the start of the incarnation (the record
+        may be gone). Only meaningful once the consumer has handled ``sequence``."""
+        with self._lock:
+            for segment in reversed(self._segments):
+                for index in range(len(segment.stream_sequences) - 1, -1, -1):
+                    offset = segment.first_offset + index
+                    if offset < self._stream_from_offset:
+                        break
+                    found = segment.stream_sequences[index]
+                    if 0 < found <= sequence:
+                        return offset + 1
+            first = self._segments[0].first_offset if self._segments else 0
+            return self._stream_from_offset if first <= self._stream_from_offset else None
+
     def __contains__(self, event_id: str) -> bool:
         with self._lock:
             return event_id in self._ids
@@ -174,6 +263,7 @@ class SegmentedEventLog:
             flags: list[bool] = []
             chunk: list[bytes] = []
             new_ids: list[str] = []
+            sequences: list[int] = []
             batch_ids: set[str] = set()
             for event in events:
                 if event.event_id in self._ids or event.event_id in batch_ids:
@@ -183,14 +273,15 @@ class SegmentedEventLog:
                 batch_ids.add(event.event_id)
                 chunk.append(encode_record(event.SerializeToString()))
                 new_ids.append(event.event_id)
+                sequences.append(event.stream_sequence)
                 flags.append(True)
             if chunk:
-                self._write(chunk, new_ids)
+                self._write(chunk, new_ids, sequences)
                 self._ids.update(new_ids)
                 self._apply_retention()
             return flags
 
-    def _write(self, records: list[bytes], ids: list[str]) -> None:
+    def _write(self, records: list[bytes], ids: list[str], sequences: list[int]) -> None:
         segment = self._segments[-1] if self._segments else None
         if segment is None or segment.size_bytes >= self.segment_max_bytes:
             segment = self._roll(segment.end_offset if segment else 0)
@@ -205,8 +296,10 @@ class SegmentedEventLog:
             segment.positions.append(position)
             segment.event_ids.append(event_id)
             position += len(record)
+        segment.stream_sequences.extend(sequences)
         segment.size_bytes = position
         self._total_bytes += len(blob)
+        self._last_stream_sequence = next((q for q in reversed(sequences) if q), self._last_stream_sequence)
 
     def _roll(self, first_offset: int) -> _Segment:
         if self._fd is not None:

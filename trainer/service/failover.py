@@ -1,21 +1,26 @@
 """Trainer failover on NATS JetStream: the lease keeper, the hand-over of the latest published policy,
 and where a new active replica resumes in its own event log.
 
-Owns three things (docs/learning.md §10): ``LeaseKeeper`` (the ``TrainerLease`` on a broker session:
-standby polls ``try_acquire``, active renews every TTL/4; the reconnect loop is ``broker.session_loop``'s),
+Owns four things (docs/learning.md §10): ``LeaseKeeper`` (the ``TrainerLease`` on a broker session:
+standby polls ``try_acquire``, active renews every TTL/4, ``release`` on a graceful stop; the reconnect
+loop is ``broker.session_loop``'s),
 ``download_latest`` (KV ``latest`` -> the version's manifest, weights, calibration set and learner state
 from the Object Store into this replica's checkpoint store and learner-state directory; returns the KV
-revision the first fenced pointer update must expect) and ``resume_offset`` (the offset in this replica's
-log just after the last event the published version already includes). Every replica keeps its own
-copy of the stream in its own log (its own durable consumer), in stream order, so a standby is caught up
-when it takes over. Wiring (what starts when the lease is won or lost) belongs to ``app.py``.
+revision the first fenced pointer update must expect), ``resume_offset`` (the offset in this replica's
+log just after the last event the published version already includes, by the version's stream
+sequence) and ``learn_model_list`` (the model list of a version another replica published, from its
+manifest in the Object Store, for validating and training on the events it decided). Every replica
+keeps its own copy of the stream in its own log (its own durable consumer), in stream order, so a standby
+is caught up when it takes over. Wiring (what starts when the lease is won or lost) belongs to ``app.py``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +29,14 @@ import structlog
 from barp_sidecar.broker.nats_connection import NatsConnector
 from barp_sidecar.broker.session_loop import BrokerSessionLoop
 from barp_sidecar.broker.settings import EventsSettings
-from barp_sidecar.policy.checkpoint import WEIGHTS_FILE, CheckpointStore, PolicyManifest, sha256_file
+from barp_sidecar.policy.checkpoint import (
+    MANIFEST_FILE,
+    WEIGHTS_FILE,
+    CheckpointError,
+    CheckpointStore,
+    PolicyManifest,
+    sha256_file,
+)
 from barp_sidecar.policy.nats_policies import (
     LATEST_KEY,
     ensure_policy_buckets,
@@ -32,12 +44,17 @@ from barp_sidecar.policy.nats_policies import (
     parse_announcement,
 )
 from barp_sidecar.policy.watcher import EXPECTED_FILES, named_calibration, write_checkpoint
-from trainer.service.eventlog import EventLog
+from trainer.service.eventlog import EventLog, SegmentedEventLog
 from trainer.service.learner_state import state_path
 from trainer.service.lease import LeaseRejected, TrainerLease
+from trainer.service.model_pool import PoolHistory
 from trainer.service.nats_policy_mirror import LEARNER_STATE_OBJECT
 
 log = structlog.get_logger("trainer.service.failover")
+# JetStream's "wrong last sequence" error codes (a compare-and-set on a KV revision that moved).
+WRONG_LAST_SEQUENCE_CODES = (10071, 10164)
+# How long a graceful stop waits for the lease's delete before leaving the lease to expire.
+RELEASE_TIMEOUT_S = 2.0
 
 
 class NatsLeaseKV:
@@ -45,7 +62,8 @@ class NatsLeaseKV:
 
     def __init__(self, kv: Any) -> None:
         self.kv = kv
-        self._wrong = importlib.import_module("nats.js.errors").KeyWrongLastSequenceError
+        errors = importlib.import_module("nats.js.errors")
+        self._wrong, self._api_error = errors.KeyWrongLastSequenceError, errors.APIError
 
     async def create(self, key: str, value: bytes) -> int:
         try:
@@ -58,6 +76,14 @@ class NatsLeaseKV:
             return int(await self.kv.update(key, value, last=last))
         except self._wrong as exc:
             raise LeaseRejected(str(exc)) from exc
+
+    async def delete(self, key: str, last: int) -> None:
+        try:
+            await self.kv.delete(key, last=last)
+        except self._api_error as exc:  # nats-py's delete reports a wrong revision as a plain API error
+            if exc.err_code in WRONG_LAST_SEQUENCE_CODES:
+                raise LeaseRejected(str(exc)) from exc
+            raise
 
 
 async def ensure_lease_bucket(js: Any, bucket: str, ttl_s: float, replicas: int) -> Any:
@@ -76,7 +102,8 @@ async def ensure_lease_bucket(js: Any, bucket: str, ttl_s: float, replicas: int)
 
 class LeaseKeeper(BrokerSessionLoop):
     """Keeps ``lease`` (created here, shared with the app): ``acquired`` is set once it is won; after a
-    loss ``lease.held()`` is False for good and the session ends."""
+    loss ``lease.held()`` is False for good and the session ends. ``release()`` (graceful stop) deletes
+    the lease key on the session's connection and ends the session."""
 
     task_name = "trainer-lease"
     log_prefix = "trainer_lease_broker"
@@ -89,6 +116,9 @@ class LeaseKeeper(BrokerSessionLoop):
         self.lease = TrainerLease(None, holder, ttl_s)
         self.acquired = asyncio.Event()
         self.poll_s = min(0.5, ttl_s / 8)
+        self._release_requested = asyncio.Event()
+        self._released = asyncio.Event()
+        self.released = False  # the lease key was deleted by a graceful stop
 
     def progress(self) -> int:
         return self.lease.acquisitions + self.lease.renewals
@@ -98,20 +128,45 @@ class LeaseKeeper(BrokerSessionLoop):
         kv = await ensure_lease_bucket(js, self.bucket, self.lease.ttl_s, self.settings.stream_replicas)
         self.lease.kv = NatsLeaseKV(kv)
         self.set_state("connected", bucket=self.bucket)
-        while True:
-            if not client.is_connected:
-                raise ConnectionError("the NATS connection closed")
-            if self.lease.state == "lost":
-                return
-            if self.lease.state == "standby":
-                if await self.lease.try_acquire():
-                    self.acquired.set()
+        try:
+            while not self._release_requested.is_set():
+                if not client.is_connected:
+                    raise ConnectionError("the NATS connection closed")
+                if self.lease.state in ("lost", "released"):
+                    return
+                if self.lease.state == "standby":
+                    if await self.lease.try_acquire():
+                        self.acquired.set()
+                        continue
+                    await self._pause(self.poll_s)
                     continue
-                await asyncio.sleep(self.poll_s)
-                continue
-            await asyncio.sleep(self.lease.renew_every_s)
-            if not await self.lease.renew():
-                return
+                await self._pause(self.lease.renew_every_s)
+                if not self._release_requested.is_set() and not await self.lease.renew():
+                    return
+            self.released = await self.lease.release()
+        finally:
+            if self._release_requested.is_set():
+                self._released.set()
+
+    async def _pause(self, seconds: float) -> None:
+        """Sleep ``seconds``, or less when a release is requested meanwhile."""
+        try:
+            await asyncio.wait_for(self._release_requested.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    async def release(self, timeout_s: float = RELEASE_TIMEOUT_S) -> bool:
+        """Graceful stop: delete the lease key if this replica holds it (call after training and publishing
+        stopped). Waits at most ``timeout_s`` (a broker that does not answer leaves the lease to expire).
+        True when the lease was released."""
+        self._release_requested.set()
+        if not self.lease.held():
+            return False  # a standby, or the lease is gone already: nothing to give back
+        try:
+            await asyncio.wait_for(self._released.wait(), timeout_s)
+        except TimeoutError:
+            log.warning("trainer_lease_release_timed_out", timeout_s=timeout_s)
+        return self.released
 
 
 async def _object_bytes(objects: Any, version: int, name: str) -> bytes:
@@ -178,16 +233,35 @@ def find_event_offset(event_log: EventLog, event_id: str, hint: int, chunk: int 
 
 
 async def resume_offset(
-    event_log: EventLog, manifest: PolicyManifest, wait_s: float, clock: Any = time.monotonic
+    event_log: SegmentedEventLog,
+    manifest: PolicyManifest,
+    wait_s: float,
+    clock: Any = time.monotonic,
+    reached: Callable[[], int] | None = None,
 ) -> int:
-    """Where training resumes in this replica's log: just after the published version's last event
-    (``training.last_event_id``), waiting up to ``wait_s`` for the ingestor to bring it in. A version
-    that includes no event resumes at 0. RuntimeError when the event never shows up."""
+    """Where training resumes in this replica's log: just after the last event the published version
+    includes, waiting up to ``wait_s`` for the ingestor to bring it in. By stream position
+    (``training.stream_sequence``: every replica's log follows the stream's order, so the events after
+    it are exactly the ones the version has not seen); a manifest without one (written before stream
+    positions were recorded) or of another incarnation of the stream (``training.stream``: deleted and
+    recreated since) by ``training.last_event_id``. A version that includes no event resumes at 0.
+    ``reached()``: the stream sequence this replica's consumer has handled (stored or dead-lettered;
+    default: the log's newest). RuntimeError when the position is never reached."""
+    deadline = clock() + wait_s
+    sequence = int(manifest.training.get("stream_sequence", 0) or 0)
+    if sequence > 0:
+        # A consumer that has not connected yet (a fresh replica) does not know its stream: wait for it
+        # (the log is written from worker threads: polled).
+        while not event_log.stream_identity and clock() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.2)
+        if manifest.training.get("stream") == event_log.stream_identity:
+            handled = reached or (lambda: event_log.last_stream_sequence)
+            left_s = max(0.0, deadline - clock())
+            return await _offset_after_sequence(event_log, manifest.version, sequence, left_s, clock, handled)
     event_id = str(manifest.training.get("last_event_id", ""))
     if not event_id:
         return 0
     hint = int(manifest.training.get("log_offset", 0)) - 1
-    deadline = clock() + wait_s
     while True:
         found = await asyncio.to_thread(find_event_offset, event_log, event_id, hint)
         if found is not None:
@@ -198,3 +272,47 @@ async def resume_offset(
                 f"after {wait_s:.0f} s (retention shorter than the stream's?)"
             )
         await asyncio.sleep(0.2)
+
+
+async def _offset_after_sequence(
+    event_log: SegmentedEventLog,
+    version: int,
+    sequence: int,
+    wait_s: float,
+    clock: Any,
+    reached: Callable[[], int],
+) -> int:
+    deadline = clock() + wait_s
+    while reached() < sequence:
+        if clock() >= deadline:
+            raise RuntimeError(
+                f"v{version} ends at stream sequence {sequence}: this replica's consumer reached only "
+                f"{reached()} after {wait_s:.0f} s"
+            )
+        await asyncio.sleep(0.2)
+    offset = await asyncio.to_thread(event_log.offset_after_stream_sequence, sequence)
+    if offset is None:
+        raise RuntimeError(
+            f"v{version} ends at stream sequence {sequence}: this replica's log starts after it "
+            "(retention shorter than the stream's?)"
+        )
+    return offset
+
+
+async def learn_model_list(history: PoolHistory, settings: EventsSettings, js: Any, version: int) -> bool:
+    """Record in ``history`` the model list ``version`` was published with, read from its manifest in the
+    Object Store: for events decided by a version this replica neither published nor downloaded (a
+    standby after the active changed the model pool; a new active for its predecessor's versions). False
+    (remembered, not asked again) when the Object Store has no readable manifest of it."""
+    errors = importlib.import_module("nats.js.errors")
+    objects, _ = await ensure_policy_buckets(js, settings)
+    try:
+        data = await _object_bytes(objects, version, MANIFEST_FILE)
+        manifest = PolicyManifest.from_json(json.loads(data), object_name(version, MANIFEST_FILE))
+    except (errors.NotFoundError, CheckpointError, ValueError) as exc:
+        history.mark_unknowable(version)
+        log.warning("model_list_unknown", version=version, error=str(exc)[:200])
+        return False
+    history.record(version, manifest.models)
+    log.info("model_list_learned", version=version, models=list(manifest.models))
+    return True

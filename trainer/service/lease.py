@@ -1,15 +1,18 @@
 """The trainer's leadership lease: one key in a JetStream KV bucket whose max age is the lease TTL.
 
 Owns the lease rules and nothing else (no connection, no training): ``try_acquire`` creates the key
-(succeeds only when it does not exist, i.e. nobody holds it or the holder's entry expired),
-``renew`` updates it at the revision this holder last wrote (fails when anyone else wrote it since), and
-``held`` is the *local* view: the lease counts as held until ``validity_fraction`` × TTL after the start
-of the last successful write, measured on this process's monotonic clock. The server expires the entry
-no sooner than TTL after that write reached it, so a holder stops acting on the lease before any standby
-can create the key again (clock rates assumed to agree within 1 − validity_fraction).
+(succeeds only when it does not exist, i.e. nobody holds it, the holder's entry expired or was released),
+``renew`` updates it at the revision this holder last wrote (fails when anyone else wrote it since),
+``release`` deletes it at that revision (a graceful stop: a standby acquires at its next poll instead of
+after the TTL; a no-op when the lease is no longer held), and ``held`` is the *local* view: the lease
+counts as held until ``validity_fraction`` × TTL after the start of the last successful write, measured
+on this process's monotonic clock. The server expires the entry no sooner than TTL after that write
+reached it, so a holder stops acting on the lease before any standby can create the key again (clock
+rates assumed to agree within 1 − validity_fraction).
 
-The KV is duck-typed (``create(key, value) -> revision``, ``update(key, value, last=revision) -> revision``)
-so the rules are unit-tested with a fake KV and a fake clock; nats-py's ``KeyValue`` fits as it is.
+The KV is duck-typed (``create(key, value) -> revision``, ``update(key, value, last=revision) -> revision``,
+``delete(key, last=revision)``) so the rules are unit-tested with a fake KV and a fake clock; nats-py's
+``KeyValue`` fits through ``failover.NatsLeaseKV``.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ import structlog
 log = structlog.get_logger("trainer.service.lease")
 
 LEASE_KEY = "active"
-LEASE_STATES = ("standby", "active", "lost")
+LEASE_STATES = ("standby", "active", "lost", "released")
 
 
 class LeaseRejected(Exception):
@@ -67,7 +70,7 @@ class TrainerLease:
 
     async def try_acquire(self) -> bool:
         """Create the key; True when this replica now holds the lease."""
-        if self.state == "lost":
+        if self.state in ("lost", "released"):
             return False  # a replica that lost its lease never acts as active again (it restarts)
         started = self.clock()
         try:
@@ -104,8 +107,24 @@ class TrainerLease:
         self.renewals += 1
         return True
 
+    async def release(self) -> bool:
+        """Give the lease up (graceful stop): stop acting on it, then delete the key at our revision, so a
+        standby acquires at its next poll. False when it was not held (nothing written) or the key was
+        written by someone else meanwhile (left alone). Call it after training and publishing stopped."""
+        if self.state != "active" or not self.held():
+            return False
+        revision = self.revision
+        self.state, self.revision = "released", None  # never act on it again, whatever the delete does
+        try:
+            await self.kv.delete(LEASE_KEY, last=revision)
+        except LeaseRejected as exc:
+            log.warning("trainer_lease_not_released", holder=self.holder, reason=str(exc))
+            return False
+        log.info("trainer_lease_released", holder=self.holder, revision=revision)
+        return True
+
     def lose(self, reason: str) -> None:
-        if self.state == "lost":
+        if self.state in ("lost", "released"):
             return
         self.state = "lost"
         self.revision = None

@@ -173,8 +173,11 @@ class TrainingLoop:
         clock: Callable[[], float] = time.monotonic,
         tracer: Tracer | None = None,
         may_publish: Callable[[], bool] = lambda: True,
+        history: PoolHistory | None = None,
     ) -> None:
-        """``may_publish`` is checked right before a version is written (trainer failover: the lease)."""
+        """``may_publish`` is checked right before a version is written (trainer failover: the lease).
+        ``history``: the model lists known so far (trainer failover: shared with the event consumer, which
+        learns the lists of versions other replicas published); a new one otherwise."""
         self._tracer = tracer or NoOpTracer()
         self.may_publish = may_publish
         self.event_log = event_log
@@ -207,7 +210,10 @@ class TrainingLoop:
         self.state_dir = self.store.root.parent / "learner-state"
         self._restored_holdout_ids: set[str] = set()
         self.pool = PoolState.from_json(starting.manifest.training.get("model_pool"))
-        self.history = PoolHistory(store, self.models, starting.manifest.version)
+        self.history = (
+            history if history is not None else PoolHistory(store, self.models, starting.manifest.version)
+        )
+        self.history.record(starting.manifest.version, self.models)
         self._pool_request: tuple[str, ...] | None = None
         self.pool_changes = 0
         self.events_not_trained = 0
@@ -514,10 +520,18 @@ class TrainingLoop:
             )
             return announcement
 
-    def _event_id_before(self, offset: int) -> str:
-        """The id of the event at ``offset - 1`` in the log ("" when there is none)."""
+    def _resume_point(self, offset: int) -> dict[str, Any]:
+        """Where another replica resumes after a version trained up to ``offset`` (failover.py): the id
+        of the event at ``offset - 1`` in the log and, when it came from the stream, its stream sequence."""
         records = self.event_log.read_from(offset - 1, 1) if offset > 0 else []
-        return records[0][1].event_id if records and records[0][0] == offset - 1 else ""
+        if not records or records[0][0] != offset - 1:
+            return {"last_event_id": ""}
+        event = records[0][1]
+        point: dict[str, Any] = {"last_event_id": event.event_id}
+        stream = self.event_log.stream_identity_at(offset - 1)
+        if event.stream_sequence and stream:
+            point.update(stream=stream, stream_sequence=event.stream_sequence)
+        return point
 
     def _evaluate_and_maybe_publish(self) -> Any:
         self.events_since_evaluation = 0
@@ -601,7 +615,7 @@ class TrainingLoop:
                     "initial_policy": self._starting_source,
                     "log_offset": self.trained_offset,
                     # Where a standby with its own copy of the log resumes (trainer/service/failover.py).
-                    "last_event_id": self._event_id_before(self.trained_offset),
+                    **self._resume_point(self.trained_offset),
                     "events_trained": self.learner.events_trained,
                     "steps": self.learner.steps,
                     "seed": self.learner_settings.seed,

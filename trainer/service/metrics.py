@@ -44,6 +44,16 @@ class TrainerCollector(Collector):
                 ("barp_trainer_nats_events_stored", n.stored, "Stream events stored durably (new)."),
                 ("barp_trainer_nats_events_duplicate", n.duplicates, "Stream events already in the log."),
                 (
+                    "barp_trainer_nats_events_redelivered",
+                    n.redelivered,
+                    "Redeliveries at or below the stored stream position (acknowledged, skipped).",
+                ),
+                (
+                    "barp_trainer_nats_consumer_restarts",
+                    n.consumer_restarts,
+                    "Consumer restarts after a delivery out of turn (keeps the log in stream order).",
+                ),
+                (
                     "barp_trainer_nats_connect_failures",
                     ingestor.connect_failures,
                     "Failed broker connections.",
@@ -63,12 +73,17 @@ class TrainerCollector(Collector):
                 "1 while the durable consumer is connected.",
                 value=ingestor.connected,
             )
+            yield GaugeMetricFamily(
+                "barp_trainer_nats_stream_sequence",
+                "Stream sequence of the last message stored in the event log (or dead-lettered).",
+                value=ingestor.position,
+            )
         keeper = self.app.lease_keeper
         if keeper is not None:
             lease = keeper.lease
             state = GaugeMetricFamily(
                 "barp_trainer_lease_state",
-                "1 for this replica's trainer-lease state (standby, active, lost).",
+                "1 for this replica's trainer-lease state (standby, active, lost, released).",
                 labels=["state"],
             )
             for name in LEASE_STATES:

@@ -116,29 +116,46 @@ class PoolState:
 
 
 class PoolHistory:
-    """The model list of every version this trainer published (read lazily from the store's manifests),
-    so events decided by an older version are validated and mapped with the list that version had."""
+    """The model list of every version this trainer published (read lazily from the store's manifests, or
+    recorded from manifests another trainer replica published: ``failover.learn_model_list``), so events
+    decided by an older version are validated and mapped with the list that version had. ``current`` is
+    the newest recorded version's list."""
 
     def __init__(self, store: CheckpointStore | None, current: tuple[str, ...], version: int) -> None:
         self._store = store
         self._by_version: dict[int, tuple[str, ...]] = {version: current}
+        self._newest = version
+        self._unknowable: set[int] = set()
         self.current = current
 
     def record(self, version: int, models: tuple[str, ...]) -> None:
         self._by_version[version] = models
-        self.current = models
+        if version >= self._newest:
+            self._newest, self.current = version, models
+
+    def knows(self, version: int) -> bool:
+        """Whether ``version``'s list is known here (recorded, in the store, or marked unknowable)."""
+        if version in self._by_version or version in self._unknowable:
+            return True
+        return self._from_store(version) is not None
+
+    def mark_unknowable(self, version: int) -> None:
+        """No manifest of ``version`` exists anywhere (its events are validated against ``current``)."""
+        self._unknowable.add(version)
 
     def decided_with(self, version: int) -> tuple[str, ...]:
         """The model list version ``version`` served with; the current one for a version unknown here."""
         known = self._by_version.get(version)
-        if known is not None:
-            return known
-        if self._store is not None and version > 0:
-            try:
-                known = read_manifest(self._store.path(version)).models
-            except (CheckpointError, OSError):
-                known = None
-            if known is not None:
-                self._by_version[version] = known
-                return known
-        return self.current
+        if known is None:
+            known = self._from_store(version)
+        return self.current if known is None else known
+
+    def _from_store(self, version: int) -> tuple[str, ...] | None:
+        if self._store is None or version <= 0:
+            return None
+        try:
+            known = read_manifest(self._store.path(version)).models
+        except (CheckpointError, OSError):
+            return None
+        self._by_version[version] = known
+        return known

@@ -9,6 +9,13 @@ not a reward event (undecodable, no or a different ``Nats-Msg-Id``, or failing v
 ``events.dead_letter_subject`` with the reason in a ``Barp-Dead-Reason`` header, counted, and
 acknowledged: it never stops the consumer or crashes the trainer.
 
+The log follows the stream's order (what trainer replicas resume by, docs/learning.md §10): each stored
+event carries its stream sequence, every session starts a fresh consumer right after the log's last
+one, and ``StreamOrder`` stops at the first delivery out of turn (a gap in the consumer's delivery
+sequence: a message delivered but never received, which JetStream would redeliver after newer ones),
+restarting the consumer there. Messages at or below the position (redeliveries) are acknowledged and
+skipped.
+
 Decision (docs/learning.md §8): the stream feeds the trainer's log rather than being it. Knows nothing
 about learning (the training loop reads the log).
 """
@@ -18,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +35,7 @@ from google.protobuf.message import DecodeError
 from barp_sidecar.broker.nats_connection import NatsConnector, ensure_event_streams
 from barp_sidecar.broker.session_loop import BrokerSessionLoop
 from barp_sidecar.gen.barp.v1 import trainer_pb2
-from trainer.service.eventlog import EventLog
+from trainer.service.eventlog import SegmentedEventLog
 from trainer.service.model_pool import PoolHistory
 from trainer.service.nats_pull import PullBatches
 from trainer.service.validation import event_problem
@@ -47,7 +54,37 @@ class NatsIngestCounters:
     received: int = 0
     stored: int = 0
     duplicates: int = 0
+    redelivered: int = 0  # at or below the stream position already stored: acknowledged, skipped
+    consumer_restarts: int = 0  # deliveries out of turn: the consumer restarted after the position
     dead_lettered: Counter[str] = field(default_factory=Counter)
+
+
+class StreamOrder:
+    """Admits one consumer's deliveries in stream order. ``position``: the stream sequence of the last
+    message admitted; the consumer was created to start right after it, so its deliveries are numbered
+    1, 2, … (``sequence.consumer``, redeliveries included). A delivery with another number means one was
+    lost on the way (it would come again after newer messages): admission stops there."""
+
+    def __init__(self, position: int) -> None:
+        self.position = position
+        self.next_delivery = 1
+
+    def admit(self, messages: list[Any]) -> tuple[list[Any], list[Any], bool]:
+        """(new messages in stream order, redeliveries of admitted ones, whether a delivery was out of
+        turn: the messages from it on are neither, and the consumer must restart after ``position``)."""
+        fresh: list[Any] = []
+        repeated: list[Any] = []
+        for msg in messages:
+            sequence = msg.metadata.sequence
+            if sequence.consumer != self.next_delivery:
+                return fresh, repeated, True
+            self.next_delivery += 1
+            if sequence.stream <= self.position:
+                repeated.append(msg)
+            else:
+                self.position = sequence.stream
+                fresh.append(msg)
+        return fresh, repeated, False
 
 
 def classify(
@@ -71,6 +108,12 @@ def classify(
     return event, "", ""
 
 
+async def fetch_available(batches: PullBatches, timeout_s: float) -> list[Any]:
+    """The next delivered messages, in delivery order ([] when none came within ``timeout_s``): the one
+    place the session receives messages (tests wrap it to lose a delivery on the way)."""
+    return await batches.next_batch(timeout_s)
+
+
 class NatsEventIngestor(BrokerSessionLoop):
     """Durable consumer -> ``EventLog``. ``start()`` / ``close()``; ``connected`` and counters for metrics."""
 
@@ -80,7 +123,7 @@ class NatsEventIngestor(BrokerSessionLoop):
     def __init__(
         self,
         connector: NatsConnector,
-        event_log: EventLog,
+        event_log: SegmentedEventLog,
         models: tuple[str, ...],
         embedding_dim: int,
         max_batch_events: int = 1024,
@@ -88,14 +131,22 @@ class NatsEventIngestor(BrokerSessionLoop):
         seed: int | None = None,
         consumer: str | None = None,
         history: PoolHistory | None = None,
+        learn_models: Callable[[Any, int], Awaitable[bool]] | None = None,
     ) -> None:
         """``consumer``: the durable consumer's name (default ``events.consumer``; each trainer replica
         of a failover pair has its own, so each keeps a whole copy of the stream). ``history``: each
-        published version's model list (events decided before a pool change stay valid)."""
+        published version's model list (events decided before a pool change stay valid).
+        ``learn_models(js, version)``: records an unknown version's model list in ``history`` (trainer
+        failover: versions another replica published), asked once per version before its events are
+        validated."""
         super().__init__(connector, seed)
         self.consumer = consumer or connector.settings.consumer
         self.event_log = event_log
+        self.history = history
         self.decided_with = history.decided_with if history is not None else None
+        self.learn_models = learn_models if history is not None else None
+        self.position = 0  # stream sequence of the last message stored (or dead-lettered)
+        self.stream_identity = ""  # the stream incarnation ``position`` counts in
         self.models = models
         self.embedding_dim = embedding_dim
         self.max_batch_events = max_batch_events
@@ -110,35 +161,75 @@ class NatsEventIngestor(BrokerSessionLoop):
         s = self.settings
         js = client.jetstream(timeout=s.publish_timeout_s)
         await ensure_event_streams(js, s)
-        subscription = await js.pull_subscribe(
-            s.subject,
-            durable=self.consumer,
-            stream=s.stream,
-            config=api.ConsumerConfig(
-                ack_policy=api.AckPolicy.EXPLICIT,
-                deliver_policy=api.DeliverPolicy.ALL,
-                ack_wait=ACK_WAIT_S,
-                max_ack_pending=8 * self.max_batch_events,
-            ),
-        )
-        self.set_state("connected", stream=s.stream, consumer=self.consumer)
-        # One batch at a time is validated, appended (fsync) and acknowledged; the next one streams in
-        # meanwhile (nats_pull: an outstanding pull request answered into a callback).
-        batches = PullBatches(client, s.stream, self.consumer, self.max_batch_events, self.fetch_timeout_s)
-        await batches.start()
+        order, subscription = await self._subscribe(js, api)
+        self.set_state("connected", stream=s.stream, consumer=self.consumer, stream_sequence=self.position)
+        # One batch at a time is admitted, validated, appended (fsync) and acknowledged; the next one
+        # streams in meanwhile (nats_pull: an outstanding pull request answered into a callback).
+        batches = await self._pull(client)
         try:
             while True:
                 if not client.is_connected:
                     raise ConnectionError("the NATS connection closed")
-                messages = await batches.next_batch(self.fetch_timeout_s)
+                messages = await fetch_available(batches, self.fetch_timeout_s)
                 if not messages:
                     # Idle: make sure the consumer still exists (a deleted stream takes it along silently).
                     await subscription.consumer_info()
                     continue
-                valid = await self._validate(js, messages)
-                await self._store_and_ack(valid, messages)
+                fresh, repeated, out_of_turn = order.admit(messages)
+                valid = await self._validate(js, fresh)
+                await self._store_and_ack(valid, fresh, repeated)
+                if out_of_turn:
+                    self.counters.consumer_restarts += 1
+                    log.warning(
+                        "event_consumer_restarted", reason="delivery out of turn", position=self.position
+                    )
+                    await batches.close()  # drops the pull in flight and what it delivered, unacknowledged
+                    await subscription.unsubscribe()
+                    order, subscription = await self._subscribe(js, api)
+                    batches = await self._pull(client)
         finally:
             await batches.close()
+
+    async def _pull(self, client: Any) -> PullBatches:
+        batches = PullBatches(
+            client, self.settings.stream, self.consumer, self.max_batch_events, self.fetch_timeout_s
+        )
+        await batches.start()
+        return batches
+
+    async def _subscribe(self, js: Any, api: Any) -> tuple[StreamOrder, Any]:
+        """A fresh durable consumer that starts right after ``position`` (an existing one is deleted: its
+        pending redeliveries would come after newer messages). A stream other than the one the log's
+        sequences count in (deleted and recreated: its sequences start again) is read from its start
+        (the log drops the events it already holds)."""
+        s = self.settings
+        errors = importlib.import_module("nats.js.errors")
+        info = await js.stream_info(s.stream)
+        identity = f"{s.stream}@{info.created.isoformat() if info.created else ''}"
+        known, self.stream_identity = self.event_log.stream_identity, identity
+        if await asyncio.to_thread(self.event_log.set_stream_identity, identity):
+            if known:
+                log.warning("event_stream_reset", position=self.position, previous=known, stream=identity)
+            self.position = 0
+        # The log's newest sequence, or a later one when dead-lettered messages followed it (this process).
+        self.position = max(self.position, self.event_log.last_stream_sequence)
+        try:
+            await js.delete_consumer(s.stream, self.consumer)
+        except errors.NotFoundError:
+            pass
+        config = api.ConsumerConfig(
+            ack_policy=api.AckPolicy.EXPLICIT,
+            deliver_policy=api.DeliverPolicy.ALL,
+            ack_wait=ACK_WAIT_S,
+            max_ack_pending=8 * self.max_batch_events,
+        )
+        if self.position > 0:
+            config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = self.position + 1
+        subscription = await js.pull_subscribe(
+            s.subject, durable=self.consumer, stream=s.stream, config=config
+        )
+        return StreamOrder(self.position), subscription
 
     async def _validate(self, js: Any, messages: list[Any]) -> list[trainer_pb2.RewardEvent]:
         """The valid events of a fetch; the others are copied to the dead-letter subject (acknowledged by
@@ -148,31 +239,54 @@ class NatsEventIngestor(BrokerSessionLoop):
             event, kind, detail = classify(
                 msg.data, msg.headers, self.models, self.embedding_dim, self.decided_with
             )
+            if self.learn_models is not None and kind in ("", "invalid"):
+                # Decided by a version whose model list is not known here: learn it, then validate again.
+                if await self._learned_models(js, event or trainer_pb2.RewardEvent.FromString(msg.data)):
+                    event, kind, detail = classify(
+                        msg.data, msg.headers, self.models, self.embedding_dim, self.decided_with
+                    )
+            sequence = msg.metadata.sequence.stream
             if event is not None:
+                event.stream_sequence = sequence
                 valid.append(event)
                 continue
+            # Nats-Msg-Id: a second copy (a redelivery, another replica) is dropped by the server.
             await js.publish(
                 self.settings.dead_letter_subject,
                 msg.data,
-                headers={DEAD_REASON_HEADER: f"{kind}: {detail}"[:512]},
+                headers={
+                    DEAD_REASON_HEADER: f"{kind}: {detail}"[:512],
+                    MSG_ID_HEADER: f"{self.stream_identity}-{sequence}",
+                },
             )
             self.counters.dead_lettered[kind] += 1
             log.warning(
                 "reward_event_dead_lettered",
                 kind=kind,
                 reason=detail[:256],
-                stream_sequence=msg.metadata.sequence.stream,
+                stream_sequence=sequence,
             )
         return valid
 
-    async def _store_and_ack(self, valid: list[trainer_pb2.RewardEvent], messages: list[Any]) -> None:
+    async def _learned_models(self, js: Any, event: trainer_pb2.RewardEvent) -> bool:
+        """Whether the model list of the version that decided ``event`` was unknown and is known now."""
+        assert self.learn_models is not None and self.history is not None
+        version = event.policy_version
+        return not self.history.knows(version) and await self.learn_models(js, version)
+
+    async def _store_and_ack(
+        self, valid: list[trainer_pb2.RewardEvent], messages: list[Any], repeated: list[Any]
+    ) -> None:
         if valid:
             flags = await asyncio.to_thread(self.event_log.append, valid)
             stored = sum(flags)
             self.counters.stored += stored
             self.counters.duplicates += len(flags) - stored
+        if messages:
+            self.position = messages[-1].metadata.sequence.stream
         # Explicit acks, one per message: with AckPolicy.ALL an ack for a new message would also cover an
         # older one still waiting for redelivery after a crash, which was never stored.
-        for msg in messages:
+        for msg in (*messages, *repeated):
             await msg.ack()
         self.counters.received += len(messages)
+        self.counters.redelivered += len(repeated)

@@ -136,6 +136,7 @@ class TrainerServicer(trainer_pb2_grpc.TrainerServicer):
         for event in batch:
             problem = event_problem(event, self.models, self.embedding_dim, self.decided_with)
             if problem is None:
+                event.ClearField("stream_sequence")  # only a broker-fed log records one
                 valid.append(event)
             else:
                 ack.rejected_sequences.append(event.sequence)

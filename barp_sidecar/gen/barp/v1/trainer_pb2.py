@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62\x61rp/v1/trainer.proto\x12\x07\x62\x61rp.v1\"\xa7\x02\n\x0bRewardEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x12\n\nsidecar_id\x18\x03 \x01(\t\x12\x11\n\tembedding\x18\x04 \x03(\x02\x12\x16\n\x0equality_weight\x18\x05 \x01(\x01\x12\x0f\n\x07\x61llowed\x18\x06 \x03(\x08\x12\r\n\x05model\x18\x07 \x01(\t\x12\x12\n\npropensity\x18\x08 \x01(\x01\x12\x16\n\x0epolicy_version\x18\t \x01(\x03\x12\x0f\n\x07quality\x18\n \x01(\x01\x12\x15\n\x08\x63ost_usd\x18\x0b \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x11\x64\x65\x63ided_at_unix_s\x18\x0c \x01(\x01\x12\x19\n\x11quality_defaulted\x18\r \x01(\x08\x42\x0b\n\t_cost_usd\"\\\n\nPublishAck\x12\x18\n\x10\x64urable_sequence\x18\x01 \x01(\x04\x12\x1a\n\x12rejected_sequences\x18\x02 \x03(\x04\x12\x18\n\x10rejected_reasons\x18\x03 \x03(\t\";\n\x0cWatchRequest\x12\x12\n\nsidecar_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x03\"_\n\x12PolicyAnnouncement\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x16\n\x0eweights_sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04\x61rms\x18\x04 \x03(\t\"B\n\x12\x46\x65tchPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x1b\n\x13include_calibration\x18\x02 \x01(\x08\"W\n\x0f\x43heckpointChunk\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x13\n\x0b\x66ile_sha256\x18\x04 \x01(\t2\xd7\x01\n\x07Trainer\x12?\n\x0ePublishRewards\x12\x14.barp.v1.RewardEvent\x1a\x13.barp.v1.PublishAck(\x01\x30\x01\x12\x43\n\x0bWatchPolicy\x12\x15.barp.v1.WatchRequest\x1a\x1b.barp.v1.PolicyAnnouncement0\x01\x12\x46\n\x0b\x46\x65tchPolicy\x12\x1b.barp.v1.FetchPolicyRequest\x1a\x18.barp.v1.CheckpointChunk0\x01\x42K\n\x0b\x64\x65v.barp.v1P\x01Z:github.com/barp-sidecar/barp-sidecar/gen/go/barp/v1;barpv1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15\x62\x61rp/v1/trainer.proto\x12\x07\x62\x61rp.v1\"\xc0\x02\n\x0bRewardEvent\x12\x10\n\x08\x65vent_id\x18\x01 \x01(\t\x12\x10\n\x08sequence\x18\x02 \x01(\x04\x12\x12\n\nsidecar_id\x18\x03 \x01(\t\x12\x11\n\tembedding\x18\x04 \x03(\x02\x12\x16\n\x0equality_weight\x18\x05 \x01(\x01\x12\x0f\n\x07\x61llowed\x18\x06 \x03(\x08\x12\r\n\x05model\x18\x07 \x01(\t\x12\x12\n\npropensity\x18\x08 \x01(\x01\x12\x16\n\x0epolicy_version\x18\t \x01(\x03\x12\x0f\n\x07quality\x18\n \x01(\x01\x12\x15\n\x08\x63ost_usd\x18\x0b \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x11\x64\x65\x63ided_at_unix_s\x18\x0c \x01(\x01\x12\x19\n\x11quality_defaulted\x18\r \x01(\x08\x12\x17\n\x0fstream_sequence\x18\x0e \x01(\x04\x42\x0b\n\t_cost_usd\"\\\n\nPublishAck\x12\x18\n\x10\x64urable_sequence\x18\x01 \x01(\x04\x12\x1a\n\x12rejected_sequences\x18\x02 \x03(\x04\x12\x18\n\x10rejected_reasons\x18\x03 \x03(\t\";\n\x0cWatchRequest\x12\x12\n\nsidecar_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63urrent_version\x18\x02 \x01(\x03\"_\n\x12PolicyAnnouncement\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x16\n\x0eweights_sha256\x18\x02 \x01(\t\x12\x12\n\nsize_bytes\x18\x03 \x01(\x03\x12\x0c\n\x04\x61rms\x18\x04 \x03(\t\"B\n\x12\x46\x65tchPolicyRequest\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x1b\n\x13include_calibration\x18\x02 \x01(\x08\"W\n\x0f\x43heckpointChunk\x12\x11\n\tfile_name\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x12\x13\n\x0b\x66ile_sha256\x18\x04 \x01(\t2\xd7\x01\n\x07Trainer\x12?\n\x0ePublishRewards\x12\x14.barp.v1.RewardEvent\x1a\x13.barp.v1.PublishAck(\x01\x30\x01\x12\x43\n\x0bWatchPolicy\x12\x15.barp.v1.WatchRequest\x1a\x1b.barp.v1.PolicyAnnouncement0\x01\x12\x46\n\x0b\x46\x65tchPolicy\x12\x1b.barp.v1.FetchPolicyRequest\x1a\x18.barp.v1.CheckpointChunk0\x01\x42K\n\x0b\x64\x65v.barp.v1P\x01Z:github.com/barp-sidecar/barp-sidecar/gen/go/barp/v1;barpv1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,17 +33,17 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\013dev.barp.v1P\001Z:github.com/barp-sidecar/barp-sidecar/gen/go/barp/v1;barpv1'
   _globals['_REWARDEVENT']._serialized_start=35
-  _globals['_REWARDEVENT']._serialized_end=330
-  _globals['_PUBLISHACK']._serialized_start=332
-  _globals['_PUBLISHACK']._serialized_end=424
-  _globals['_WATCHREQUEST']._serialized_start=426
-  _globals['_WATCHREQUEST']._serialized_end=485
-  _globals['_POLICYANNOUNCEMENT']._serialized_start=487
-  _globals['_POLICYANNOUNCEMENT']._serialized_end=582
-  _globals['_FETCHPOLICYREQUEST']._serialized_start=584
-  _globals['_FETCHPOLICYREQUEST']._serialized_end=650
-  _globals['_CHECKPOINTCHUNK']._serialized_start=652
-  _globals['_CHECKPOINTCHUNK']._serialized_end=739
-  _globals['_TRAINER']._serialized_start=742
-  _globals['_TRAINER']._serialized_end=957
+  _globals['_REWARDEVENT']._serialized_end=355
+  _globals['_PUBLISHACK']._serialized_start=357
+  _globals['_PUBLISHACK']._serialized_end=449
+  _globals['_WATCHREQUEST']._serialized_start=451
+  _globals['_WATCHREQUEST']._serialized_end=510
+  _globals['_POLICYANNOUNCEMENT']._serialized_start=512
+  _globals['_POLICYANNOUNCEMENT']._serialized_end=607
+  _globals['_FETCHPOLICYREQUEST']._serialized_start=609
+  _globals['_FETCHPOLICYREQUEST']._serialized_end=675
+  _globals['_CHECKPOINTCHUNK']._serialized_start=677
+  _globals['_CHECKPOINTCHUNK']._serialized_end=764
+  _globals['_TRAINER']._serialized_start=767
+  _globals['_TRAINER']._serialized_end=982
 # @@protoc_insertion_point(module_scope)

@@ -7,7 +7,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class RewardEvent(_message.Message):
-    __slots__ = ("event_id", "sequence", "sidecar_id", "embedding", "quality_weight", "allowed", "model", "propensity", "policy_version", "quality", "cost_usd", "decided_at_unix_s", "quality_defaulted")
+    __slots__ = ("event_id", "sequence", "sidecar_id", "embedding", "quality_weight", "allowed", "model", "propensity", "policy_version", "quality", "cost_usd", "decided_at_unix_s", "quality_defaulted", "stream_sequence")
     EVENT_ID_FIELD_NUMBER: _ClassVar[int]
     SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     SIDECAR_ID_FIELD_NUMBER: _ClassVar[int]
@@ -21,6 +21,7 @@ class RewardEvent(_message.Message):
     COST_USD_FIELD_NUMBER: _ClassVar[int]
     DECIDED_AT_UNIX_S_FIELD_NUMBER: _ClassVar[int]
     QUALITY_DEFAULTED_FIELD_NUMBER: _ClassVar[int]
+    STREAM_SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     event_id: str
     sequence: int
     sidecar_id: str
@@ -34,7 +35,8 @@ class RewardEvent(_message.Message):
     cost_usd: float
     decided_at_unix_s: float
     quality_defaulted: bool
-    def __init__(self, event_id: _Optional[str] = ..., sequence: _Optional[int] = ..., sidecar_id: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., quality_weight: _Optional[float] = ..., allowed: _Optional[_Iterable[bool]] = ..., model: _Optional[str] = ..., propensity: _Optional[float] = ..., policy_version: _Optional[int] = ..., quality: _Optional[float] = ..., cost_usd: _Optional[float] = ..., decided_at_unix_s: _Optional[float] = ..., quality_defaulted: _Optional[bool] = ...) -> None: ...
+    stream_sequence: int
+    def __init__(self, event_id: _Optional[str] = ..., sequence: _Optional[int] = ..., sidecar_id: _Optional[str] = ..., embedding: _Optional[_Iterable[float]] = ..., quality_weight: _Optional[float] = ..., allowed: _Optional[_Iterable[bool]] = ..., model: _Optional[str] = ..., propensity: _Optional[float] = ..., policy_version: _Optional[int] = ..., quality: _Optional[float] = ..., cost_usd: _Optional[float] = ..., decided_at_unix_s: _Optional[float] = ..., quality_defaulted: _Optional[bool] = ..., stream_sequence: _Optional[int] = ...) -> None: ...
 
 class PublishAck(_message.Message):
     __slots__ = ("durable_sequence", "rejected_sequences", "rejected_reasons")
