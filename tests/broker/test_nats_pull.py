@@ -11,7 +11,8 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,16 +30,24 @@ from trainer.service.nats_pull import PullBatches, PullFailed
 STREAM, SUBJECT, CONSUMER = "PULLTEST", "pull.test", "reader"
 
 
-async def stream_with(url: str, count: int) -> tuple[object, object]:
+@asynccontextmanager
+async def pulling(url: str, messages: int, batch: int, expires_s: float) -> AsyncIterator[tuple[Any, Any]]:
+    """(JetStream context, started PullBatches) on a fresh stream holding ``messages`` messages."""
     client = await nats.connect(url)
     js = client.jetstream()
     await js.add_stream(name=STREAM, subjects=[SUBJECT])
-    for i in range(count):
+    for i in range(messages):
         await js.publish(SUBJECT, f"m{i}".encode())
     await js.add_consumer(
         STREAM, ConsumerConfig(durable_name=CONSUMER, ack_policy=AckPolicy.EXPLICIT, ack_wait=30)
     )
-    return client, js
+    batches = PullBatches(client, STREAM, CONSUMER, batch=batch, expires_s=expires_s)
+    await batches.start()
+    try:
+        yield js, batches
+    finally:
+        await batches.close()
+        await client.close()
 
 
 async def consumer_settles(js, num_ack_pending: int, ack_floor: int) -> None:
@@ -53,10 +62,7 @@ async def consumer_settles(js, num_ack_pending: int, ack_floor: int) -> None:
 
 
 async def test_batches_come_in_stream_order_bounded_and_the_next_streams_in_before_any_ack(broker):
-    client, js = await stream_with(broker.url, 25)
-    batches = PullBatches(client, STREAM, CONSUMER, batch=10, expires_s=1.0)
-    await batches.start()
-    try:
+    async with pulling(broker.url, 25, batch=10, expires_s=1.0) as (js, batches):
         first = await batches.next_batch(5.0)
         assert 1 <= len(first) <= 10
         # Nothing acknowledged, and the next messages are already on their way.
@@ -72,16 +78,10 @@ async def test_batches_come_in_stream_order_bounded_and_the_next_streams_in_befo
             await msg.ack()
         await consumer_settles(js, num_ack_pending=0, ack_floor=25)
         assert await batches.next_batch(0.3) == []
-    finally:
-        await batches.close()
-        await client.close()
 
 
 async def test_an_idle_consumer_returns_nothing_and_later_messages_still_arrive(broker):
-    client, js = await stream_with(broker.url, 0)
-    batches = PullBatches(client, STREAM, CONSUMER, batch=8, expires_s=0.3)
-    await batches.start()
-    try:
+    async with pulling(broker.url, 0, batch=8, expires_s=0.3) as (js, batches):
         started = time.monotonic()
         assert await batches.next_batch(0.5) == []
         assert await batches.next_batch(0.5) == []  # the first request expired (408); a new one went out
@@ -89,25 +89,16 @@ async def test_an_idle_consumer_returns_nothing_and_later_messages_still_arrive(
         assert batches.requests >= 2
         await js.publish(SUBJECT, b"late")
         assert [m.data for m in await batches.next_batch(5.0)] == [b"late"]
-    finally:
-        await batches.close()
-        await client.close()
 
 
 async def test_a_deleted_consumer_fails_the_pull(broker):
-    client, js = await stream_with(broker.url, 0)
-    batches = PullBatches(client, STREAM, CONSUMER, batch=8, expires_s=0.3)
-    await batches.start()
-    try:
+    async with pulling(broker.url, 0, batch=8, expires_s=0.3) as (js, batches):
         assert await batches.next_batch(0.2) == []
         await js.delete_consumer(STREAM, CONSUMER)
         with pytest.raises(PullFailed):
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
                 assert await batches.next_batch(0.5) == []
-    finally:
-        await batches.close()
-        await client.close()
 
 
 class FailingLog:
