@@ -8,7 +8,8 @@ the trainer's own code (``CheckpointStore`` + ``PolicyAnnouncer`` + ``NatsPolicy
 
 - Route latency: sidecar 0 takes ``--routes`` Route calls at 16 in flight, idle, then again while this
   process reports an outcome for every decision (each one appended to the spool with fsync and published
-  to JetStream with its ack awaited); p50/p99 of Route only, side by side in one run.
+  to JetStream with its ack awaited); ``--rounds`` interleaved rounds of each phase (drift on a shared
+  machine hits both alike), p50/p99 of Route only over the pooled rounds, side by side in one run.
 - Propagation: ``--versions`` times, publish a new version (store + announce; the mirror uploads it and
   moves KV ``latest``) and poll every sidecar's Admin GetPolicy every 10 ms until all serve it; p50/p95
   of the time until the last sidecar serves it.
@@ -55,7 +56,7 @@ def sidecar_yaml(work: Path, name: str, port: int, admin_port: int, url: str) ->
     )
 
 
-async def route_phase(port: int, calls: int, report: bool) -> dict[str, float]:
+async def route_phase(port: int, calls: int, report: bool) -> dict[str, Any]:
     latencies: list[float] = []
     queue: asyncio.Queue[int] = asyncio.Queue()
     for i in range(calls):
@@ -80,12 +81,20 @@ async def route_phase(port: int, calls: int, report: bool) -> dict[str, float]:
         start = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(16)))
         elapsed = time.perf_counter() - start
-    ms = np.array(latencies) * 1000
+    return {"calls": calls, "seconds": elapsed, "latencies_s": latencies}
+
+
+def pooled(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """p50/p99 over the latencies of every round of one phase, and each round's p99."""
+    ms = np.array([x for r in rounds for x in r["latencies_s"]]) * 1000
+    calls = sum(int(r["calls"]) for r in rounds)
     return {
         "calls": calls,
+        "rounds": len(rounds),
         "p50_ms": float(np.percentile(ms, 50)),
         "p99_ms": float(np.percentile(ms, 99)),
-        "routes_per_s": calls / elapsed,
+        "round_p99_ms": [float(np.percentile(np.array(r["latencies_s"]) * 1000, 99)) for r in rounds],
+        "routes_per_s": calls / sum(float(r["seconds"]) for r in rounds),
     }
 
 
@@ -95,7 +104,7 @@ async def serving_version(admin_port: int) -> int:
         return int(info.version)
 
 
-async def run(sidecars: int, routes: int, versions: int, work: Path) -> dict[str, Any]:
+async def run(sidecars: int, routes: int, versions: int, rounds: int, work: Path) -> dict[str, Any]:
     store = CheckpointStore(work / "store")
     make_tiny_checkpoint(store.path(1), version=1, seed=1)
     store.set_latest(1)
@@ -116,9 +125,11 @@ async def run(sidecars: int, routes: int, versions: int, work: Path) -> dict[str
         await asyncio.gather(*(asyncio.to_thread(p.start, 180.0) for p, _, _ in processes))
         port0 = processes[0][1]
         await route_phase(port0, 200, report=False)  # warm-up
-        idle = await route_phase(port0, routes, report=False)
-        publishing = await route_phase(port0, routes, report=True)
-        idle_again = await route_phase(port0, routes, report=False)
+        idle_rounds, publishing_rounds = [], []
+        for _ in range(rounds):  # interleaved, so drift on a shared machine hits both phases alike
+            idle_rounds.append(await route_phase(port0, routes, report=False))
+            publishing_rounds.append(await route_phase(port0, routes, report=True))
+        idle, publishing = pooled(idle_rounds), pooled(publishing_rounds)
         propagation: list[float] = []
         for version in range(2, versions + 2):
             make_tiny_checkpoint(store.path(version), version=version, seed=version)
@@ -144,7 +155,6 @@ async def run(sidecars: int, routes: int, versions: int, work: Path) -> dict[str
     return {
         "route_idle": idle,
         "route_publishing": publishing,
-        "route_idle_again": idle_again,
         "p99_ratio": publishing["p99_ms"] / idle["p99_ms"],
         "propagation": {
             "sidecars": sidecars,
@@ -161,21 +171,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sidecars", type=int, default=8)
     parser.add_argument("--routes", type=int, default=2000)
     parser.add_argument("--versions", type=int, default=20)
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved idle/publishing Route rounds")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
-    if args.sidecars < 1 or args.routes < 100 or args.versions < 1:
-        parser.error("--sidecars >= 1, --routes >= 100, --versions >= 1")
+    if args.sidecars < 1 or args.routes < 100 or args.versions < 1 or args.rounds < 1:
+        parser.error("--sidecars >= 1, --routes >= 100, --versions >= 1, --rounds >= 1")
     work = Path(tempfile.mkdtemp(prefix="barp-bench-nats-policies-"))
     try:
-        results = asyncio.run(run(args.sidecars, args.routes, args.versions, work))
+        results = asyncio.run(run(args.sidecars, args.routes, args.versions, args.rounds, work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"Route at 16 in flight on sidecar 0 of {args.sidecars} (hash:32, tiny policy), NATS backend")
-    print("| phase | calls | p50 ms | p99 ms | routes/s |")
-    print("|---|---:|---:|---:|---:|")
-    for name in ("route_idle", "route_publishing", "route_idle_again"):
+    print(
+        f"Route at 16 in flight on sidecar 0 of {args.sidecars} (hash:32, tiny policy), NATS backend, "
+        f"{args.rounds} interleaved rounds per phase"
+    )
+    print("| phase | calls | p50 ms | p99 ms | p99 per round ms | routes/s |")
+    print("|---|---:|---:|---:|---|---:|")
+    for name in ("route_idle", "route_publishing"):
         r = results[name]
-        print(f"| {name} | {r['calls']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {r['routes_per_s']:.0f} |")
+        per_round = ", ".join(f"{x:.1f}" for x in r["round_p99_ms"])
+        print(
+            f"| {name} | {r['calls']} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {per_round} | "
+            f"{r['routes_per_s']:.0f} |"
+        )
     print(f"p99 publishing / idle = {results['p99_ratio']:.2f}")
     p = results["propagation"]
     print(

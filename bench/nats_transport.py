@@ -36,7 +36,7 @@ from bench.trainer_ingest import make_events, trainer_config
 from tests.e2e.learning_processes import TrainerProcess, free_port, scrape
 from tests.support.nats_server import NatsServer
 from trainer.service.eventlog import SegmentedEventLog
-from trainer.service.nats_ingest import fetch_available
+from trainer.service.nats_pull import PullBatches
 
 
 def _worker(
@@ -155,19 +155,22 @@ async def read_side(work: Path, events: int) -> dict[str, float]:
     try:
         client = await nats.connect(server.url)
         js = client.jetstream()
-        subscription = await js.pull_subscribe(
+        await js.pull_subscribe(  # creates the durable consumer; the trainer's PullBatches reads it
             "barp.events.reward",
             durable="bench-replay",
             stream="BARP_EVENTS",
             config=ConsumerConfig(max_ack_pending=8192),
         )
+        batches = PullBatches(client, "BARP_EVENTS", "bench-replay", 1024, 5.0)
+        await batches.start()
         start = time.perf_counter()
         read = 0
         while read < count:
-            messages = await fetch_available(subscription, 1024, 5.0)
+            messages = await batches.next_batch(5.0)
+            assert messages, "the stream ran dry before every event was read back"
             for msg in messages:
                 msg.data  # noqa: B018 - the bytes are what a replay parses; decoding is equal on both sides
-            await asyncio.gather(*(m.ack() for m in messages))
+                await msg.ack()
             read += len(messages)
         stream_s = time.perf_counter() - start
         await client.close()

@@ -121,8 +121,8 @@ async def test_a_lost_delivery_keeps_both_logs_in_stream_order_and_the_takeover_
     real_fetch = nats_ingest.fetch_available
     lost: list[int] = []
 
-    async def losing_fetch(subscription, max_messages, timeout_s):
-        messages = await real_fetch(subscription, max_messages, timeout_s)
+    async def losing_fetch(batches, timeout_s):
+        messages = await real_fetch(batches, timeout_s)
         keep = []
         for msg in messages:
             if msg.metadata.consumer.endswith("-a") and msg.metadata.sequence.stream == LOST_SEQUENCE:
