@@ -9,8 +9,9 @@ import json
 import pytest
 import torch
 
-from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, load_checkpoint, save_checkpoint
+from barp_sidecar.policy.checkpoint import load_checkpoint, save_checkpoint
 from barp_sidecar.policy.network import GAP_FLOOR_FRACTION, PolicyArchitecture, PolicyNetwork
+from tests.policy.test_reward_model_network import manifest_for
 
 SCALE = 100.0
 
@@ -35,16 +36,6 @@ def regional(regions: int = 2) -> PolicyNetwork:
             # Region 0: model 1 well tried (no bonus); region 1: model 1 rarely tried there (bonus 0.3).
             network.exploration_bonus.copy_(torch.tensor([[0.0, 0.0, 0.0], [0.0, 0.3, 0.0]]))
     return network
-
-
-def manifest_for(network: PolicyNetwork) -> PolicyManifest:
-    return PolicyManifest(
-        version=1,
-        models=("a", "b", "c"),
-        encoder=EncoderIdentity("hash", 4, 32, "tail"),
-        tau_usd=0.01,
-        architecture=network.architecture,
-    )
 
 
 def test_the_bonus_of_the_prompts_region_narrows_the_gap_and_the_greedy_choice_stays():
