@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
 from tests.trainer_service.test_reward_model_learner import ARMS, DIM, clustered_batch
 from trainer.service.learner import EventBatch, uniform_network
+from trainer.service.policy_source import cold_policy
 from trainer.service.reward_model_learner import RewardModelHyperParameters, RewardModelLearner
+from trainer.service.settings import LearnerSettings
 
 HYPER = RewardModelHyperParameters(
     projection_dim=4, exploration_scale=10.0, exploration_bonus=0.5, region_warmup_events=64
@@ -32,8 +35,6 @@ def regional_network(regions: int = 2) -> PolicyNetwork:
 
 def cluster_of(batch: EventBatch) -> torch.Tensor:
     """The true cluster of each row (clustered_batch's construction)."""
-    import numpy as np
-
     centres = torch.tensor(np.random.default_rng(99).normal(size=(2, DIM)), dtype=torch.float32)
     return (batch.embeddings @ centres.T).argmax(dim=1)
 
@@ -127,3 +128,10 @@ def test_a_pool_change_keeps_the_counts_by_name_and_a_new_model_starts_at_zero()
     assert int(learner.regions.counts[:, 2].sum()) == 0
     assert tuple(learner.network.exploration_bonus.shape) == (2, 3)
     assert float(learner.network.exploration_bonus[:, 2].min()) == 0.5
+
+
+def test_a_cold_start_policy_has_the_configured_regions_and_a_boltzmann_one_none():
+    base = LearnerSettings(arms=("a", "b"), tau_usd=0.01, encoder_dim=DIM, exploration_regions=4)
+    assert cold_policy(base).manifest.architecture.exploration_regions == 4
+    boltzmann = LearnerSettings(**{**base.__dict__, "exploration_shape": "boltzmann"})
+    assert cold_policy(boltzmann).manifest.architecture.exploration_regions == 0
