@@ -13,6 +13,13 @@ files, gRPC or training. ``h(x)`` arrives as a precomputed embedding. Two kinds 
   (``exploration_scale``, which the trainer raises as evidence accumulates): "boltzmann" π ∝ exp(s·r̂);
   "inverse_gap" (SquareCB's inverse-gap weighting) π_a = 1 / (K + s·(r̂* − r̂_a)) for every model but the
   best one r̂*, which takes the rest. Either way the greedy choice is argmax r̂, whatever s.
+  ``exploration_regions`` C ≥ 1 (optional, "inverse_gap" only): an optimism bonus per prompt region and
+  model, buffer ``exploration_bonus`` [C, K] (reward units), looked up by the prompt's region (the nearest
+  of C stored centroids, buffer ``exploration_centroids`` [C, D]): the gap becomes
+  max(r̂* − r̂_a − bonus, ``GAP_FLOOR_FRACTION``·(r̂* − r̂_a)), so a model whose estimate on this kind of
+  prompt is uncertain (the trainer sets the bonus from how often it was tried there) keeps being explored
+  while its gap is within that uncertainty. The floor keeps every other model below the best one, so the
+  greedy choice is still argmax r̂.
   ``exploration_share`` (optional, one value per model, set by a model-pool change): a model with a share
   below 1 is served with that probability (forced exploration of a model new to the pool, whatever its
   prediction; the other models share the rest as π over them alone) and is never the most probable one;
@@ -34,6 +41,8 @@ from torch import nn
 from barp_sidecar.policy.reward import reward_from_normalized_cost
 
 ARCHITECTURE_KINDS = ("barp", "reward_model")
+# With exploration regions, an optimism bonus lowers a model's gap to at most this fraction of it, never to 0.
+GAP_FLOOR_FRACTION = 0.125
 EXPLORATION_SHAPES = ("boltzmann", "inverse_gap")
 
 
@@ -59,6 +68,9 @@ class PolicyArchitecture:
     # s as exploration, never greedily (a model new to the pool, until it has data); 0 = a retired model,
     # masked. Empty = none (omitted from manifests, so older ones stay byte-identical).
     exploration_share: tuple[float, ...] = ()
+    # "reward_model" + "inverse_gap" only: 0 = none; C >= 1 = C prompt regions (centroid buffer [C, D]) and
+    # an optimism bonus per (region, model) (buffer [C, K]) that narrows the gaps (omitted when 0).
+    exploration_regions: int = 0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exploration_share", tuple(float(v) for v in self.exploration_share))
@@ -83,6 +95,10 @@ class PolicyArchitecture:
                 )
             if not all(0.0 <= v <= 1.0 for v in self.exploration_share):
                 raise ValueError("exploration_share values must be in [0, 1]")
+        if self.exploration_regions < 0:
+            raise ValueError("exploration_regions must be >= 0")
+        if self.exploration_regions and (self.kind != "reward_model" or self.exploration != "inverse_gap"):
+            raise ValueError("exploration_regions needs kind 'reward_model' with exploration 'inverse_gap'")
 
     def to_dict(self) -> dict[str, Any]:
         # Persisted (manifest.json "architecture") under the key "num_arms": the one place that maps it.
@@ -92,6 +108,8 @@ class PolicyArchitecture:
             del data["exploration_share"]  # byte-identical manifests for policies without shares
         else:
             data["exploration_share"] = list(self.exploration_share)
+        if not self.exploration_regions:
+            del data["exploration_regions"]  # byte-identical manifests for policies without regions
         return data
 
     @property
@@ -113,7 +131,9 @@ class PolicyArchitecture:
 class PolicyNetwork(nn.Module):
     """π(a|x,w). ``forward`` returns masked logits; ``probabilities`` the softmax."""
 
-    exploration_scale: torch.Tensor  # "reward_model" only (a buffer)
+    exploration_scale: torch.Tensor  # "reward_model" only (a buffer [1])
+    exploration_centroids: torch.Tensor  # "reward_model" with exploration_regions C >= 1 only: [C, D]
+    exploration_bonus: torch.Tensor  # "reward_model" with exploration_regions C >= 1 only: [C, K]
     reward_head: nn.Linear  # "reward_model" only
     output: nn.Linear  # "barp" only
 
@@ -132,6 +152,11 @@ class PolicyNetwork(nn.Module):
             # Rows 0..K-1: quality; K..2K-1: normalised cost.
             self.reward_head = nn.Linear(in_dim, 2 * a.num_models)
             self.register_buffer("exploration_scale", torch.ones(1))
+            if a.exploration_regions:
+                self.register_buffer(
+                    "exploration_centroids", torch.zeros(a.exploration_regions, a.embedding_dim)
+                )
+                self.register_buffer("exploration_bonus", torch.zeros(a.exploration_regions, a.num_models))
             return
         self.preference_mlp = nn.Sequential(
             nn.Linear(2, a.preference_hidden),
@@ -160,37 +185,56 @@ class PolicyNetwork(nn.Module):
         k = self.architecture.num_models
         return outcomes[:, :k], outcomes[:, k:]
 
-    def _reward_model_logits(self, predicted: torch.Tensor, allowed: torch.Tensor | None) -> torch.Tensor:
+    def exploration_region(self, embeddings: torch.Tensor) -> torch.Tensor:
+        """Each row's region [B]: its nearest centroid (lowest index on ties)."""
+        centroids = self.exploration_centroids.to(embeddings.dtype)
+        # argmin ‖x − μ_c‖² = argmax (2·x·μ_c − ‖μ_c‖²)
+        closeness = 2.0 * embeddings @ centroids.T - (centroids * centroids).sum(dim=1)
+        return closeness.argmax(dim=1)
+
+    def _bonus(self, embeddings: torch.Tensor) -> torch.Tensor | None:
+        """The optimism bonus for each row and model [B, K] (by region), None without regions."""
+        if not self.architecture.exploration_regions:
+            return None
+        return self.exploration_bonus[self.exploration_region(embeddings)]
+
+    def _reward_model_logits(
+        self, predicted: torch.Tensor, allowed: torch.Tensor | None, bonus: torch.Tensor | None
+    ) -> torch.Tensor:
         if allowed is not None:
             predicted = predicted.masked_fill(~allowed, float("-inf"))
         if self.architecture.capped:
-            return self._capped_logits(predicted)
-        return self._spread(predicted)
+            return self._capped_logits(predicted, bonus)
+        return self._spread(predicted, bonus)
 
-    def _spread(self, predicted: torch.Tensor) -> torch.Tensor:
-        """Logits of π over ``predicted`` rewards (−inf = masked) by the architecture's exploration shape."""
+    def _spread(self, predicted: torch.Tensor, bonus: torch.Tensor | None) -> torch.Tensor:
+        """Logits of π over ``predicted`` rewards (−inf = masked) by the architecture's exploration shape;
+        ``bonus`` [B, K] (inverse_gap with regions) narrows each model's gap, never below its floor."""
         if self.architecture.exploration == "boltzmann":
             return self.exploration_scale * predicted
         # Inverse-gap weighting: log-probabilities, so softmax(logits) is exactly the IGW distribution.
         count = predicted.isfinite().sum(dim=1, keepdim=True).to(predicted.dtype)
         best = predicted.argmax(dim=1, keepdim=True)
         gap = predicted.gather(1, best) - predicted  # ≥ 0; +inf for masked models
+        if bonus is not None:
+            bonus = bonus.to(predicted.dtype)
+            gap = torch.maximum(gap - bonus, GAP_FLOOR_FRACTION * gap)
         others = 1.0 / (count + self.exploration_scale * gap)
         others = others.scatter(1, best, 0.0)
         probabilities = others.scatter(1, best, 1.0 - others.sum(dim=1, keepdim=True))
         return torch.log(probabilities)
 
-    def _capped_logits(self, predicted: torch.Tensor) -> torch.Tensor:
+    def _capped_logits(self, predicted: torch.Tensor, bonus: torch.Tensor | None) -> torch.Tensor:
         """π with each capped model a (share s_a < 1) at min(s_a, ½·(1 − Σ shares)·max π_rest): the other
         models share the rest as π over them alone, so a capped model is never the most probable one. Rows
         whose every allowed model is capped keep the uncapped π (the request allowed nothing else)."""
         shares = self.architecture.exploration_share
         caps = torch.tensor(shares, dtype=predicted.dtype, device=predicted.device)
         capped = caps < 1.0
-        full = torch.softmax(self._spread(predicted), dim=1)
+        full = torch.softmax(self._spread(predicted, bonus), dim=1)
         uncapped_rewards = predicted.masked_fill(capped, float("-inf"))
         has_rest = uncapped_rewards.isfinite().any(dim=1, keepdim=True)
-        rest = torch.softmax(self._spread(torch.where(has_rest, uncapped_rewards, predicted)), dim=1)
+        rest = torch.softmax(self._spread(torch.where(has_rest, uncapped_rewards, predicted), bonus), dim=1)
         rest = torch.where(has_rest & capped, torch.zeros_like(rest), rest)
         share = caps.expand_as(full).masked_fill(~capped | ~predicted.isfinite(), 0.0)
         remainder = 1.0 - share.sum(dim=1, keepdim=True)
@@ -216,7 +260,8 @@ class PolicyNetwork(nn.Module):
         w_q = quality_weight.to(embeddings.dtype).reshape(-1, 1)
         if self.architecture.kind == "reward_model":
             quality, cost = self.predicted_outcomes(embeddings)
-            return self._reward_model_logits(reward_from_normalized_cost(quality, cost, w_q), allowed)
+            rewards = reward_from_normalized_cost(quality, cost, w_q)
+            return self._reward_model_logits(rewards, allowed, self._bonus(embeddings))
         preference = torch.cat([w_q, 1.0 - w_q], dim=1)
         phi = self.preference_mlp(preference)
         x = torch.cat([embeddings, phi], dim=1)

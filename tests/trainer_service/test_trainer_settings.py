@@ -47,6 +47,9 @@ def test_defaults_are_valid_and_env_overrides_yaml(tmp_path):
         ({"BARP_TRAINER__FAILOVER__LEASE_TTL_S": "0.5"}, "failover.lease_ttl_s"),
         ({"BARP_TRAINER__FAILOVER__LEASE_BUCKET": "a b"}, "failover.lease_bucket"),
         ({"BARP_TRAINER__FAILOVER__RESUME_WAIT_S": "0"}, "failover.resume_wait_s"),
+        ({"BARP_TRAINER__LEARNER__EXPLORATION_REGIONS": "-1"}, "learner.exploration_regions"),
+        ({"BARP_TRAINER__LEARNER__EXPLORATION_BONUS": "-0.1"}, "learner.exploration_bonus"),
+        ({"BARP_TRAINER__LEARNER__REGION_WARMUP_EVENTS": "0"}, "learner.region_warmup_events"),
     ],
 )
 def test_bad_settings_name_the_key(env, key):

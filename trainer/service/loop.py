@@ -138,6 +138,8 @@ def build_learner(network: PolicyNetwork, settings: LearnerSettings) -> OnlineLe
                 projection_dim=settings.projection_dim,
                 prior_quality=settings.prior_quality,
                 shared_ridge_lambda=settings.shared_ridge_lambda,
+                exploration_bonus=settings.exploration_bonus,
+                region_warmup_events=settings.region_warmup_events,
             ),
         )
     return OnlineLearner(

@@ -51,6 +51,10 @@ def cold_policy(settings: LearnerSettings) -> StartingPolicy:
             head_layers=0,
             kind="reward_model",
             exploration=settings.exploration_shape,
+            # Regions narrow inverse-gap weighting's gaps; a Boltzmann policy has none.
+            exploration_regions=settings.exploration_regions
+            if settings.exploration_shape == "inverse_gap"
+            else 0,
         )
     else:
         architecture = PolicyArchitecture(embedding_dim=settings.encoder_dim, num_models=len(settings.arms))

@@ -21,6 +21,12 @@ regression-oracle view of contextual bandits), so every event counts fully whate
 - **Exploration temperature:** β = ``exploration_scale``·√(1 + events/K). Early on π is flat
   (SAMPLE explores broadly); as the estimates sharpen, π concentrates on the best models (a Boltzmann
   schedule in the spirit of SquareCB's γ ∝ √t). The greedy choice never depends on β.
+- **Optimism by region (``exploration_regions`` C ≥ 1 in the architecture):** each model gets a bonus
+  per prompt region, b[c, a] = ``exploration_bonus``/√(1 + n[c, a]), n[c, a] its events in region c (the
+  nearest of C centroids, fitted by k-means on the first ``region_warmup_events`` embeddings and then
+  fixed; before that every region uses the model's overall count). The network narrows the gap
+  r̂* − r̂_a by it (never below a floor), so a model rarely tried on one kind of prompt keeps a large share
+  there while its estimate is within its uncertainty of the best, and clearly worse ones fade fast.
 - **Pool changes:** ``reindex`` maps the statistics by model name onto a new arm list (a new model starts
   from the priors alone, a dropped one's statistics go) and sets the published per-arm ``exploration_share``.
 Deterministic: no randomness at all (same events in the same order → identical weights).
@@ -47,6 +53,10 @@ class RewardModelHyperParameters:
     projection_dim: int = 32
     # Penalty on the slopes every model shares (0 = no shared component: independent per-model ridges).
     shared_ridge_lambda: float = 300.0
+    # Optimism by region (architecture exploration_regions ≥ 1): bonus = this / √(1 + events in the region)
+    # (reward units), and the events whose embeddings the region centroids are fitted on.
+    exploration_bonus: float = 0.0
+    region_warmup_events: int = 200
 
 
 class RewardModelLearner:
@@ -69,6 +79,7 @@ class RewardModelLearner:
         self.arm_events = torch.zeros(k, dtype=torch.int64)
         self.steps = 0
         self.events_trained = 0
+        self.regions = RegionCounts(architecture.exploration_regions, k, d - 1, hyper.region_warmup_events)
         self._solve()
 
     def step(self, batch: EventBatch, replayed: bool = False) -> dict[str, float]:
@@ -83,6 +94,7 @@ class RewardModelLearner:
             self.gram[arm] += za.T @ za
             self.moments[arm] += targets[rows].T @ za
             self.arm_events[arm] += int(rows.sum())
+        self.regions.add(batch.embeddings.double(), batch.action)
         self.steps += 1
         self.events_trained += len(batch)
         self._solve()
@@ -154,6 +166,10 @@ class RewardModelLearner:
                     weight[row] = theta[:-1, column].float()
                     bias[row] = float(theta[-1, column])
             self.network.exploration_scale.fill_(self.current_exploration_scale())
+            if self.regions.count:
+                bonus = self.hyper.exploration_bonus / torch.sqrt(1.0 + self.regions.table(self.arm_events))
+                self.network.exploration_bonus.copy_(bonus.float())
+                self.network.exploration_centroids.copy_(self.regions.centroids.float())
 
     def reindex(self, old_arms: tuple[str, ...], new_arms: tuple[str, ...]) -> None:
         """Re-order the statistics by name for ``new_arms`` (new names start empty, missing ones are
@@ -169,6 +185,7 @@ class RewardModelLearner:
                 moments[index] = self.moments[position[name]]
                 arm_events[index] = self.arm_events[position[name]]
         self.gram, self.moments, self.arm_events, self.num_arms = gram, moments, arm_events, k
+        self.regions.reindex([position.get(name, -1) for name in new_arms])
         architecture = replace(self.network.architecture, num_models=k, exploration_share=())
         self.network = PolicyNetwork(architecture).eval()
         self._solve()
@@ -188,6 +205,7 @@ class RewardModelLearner:
             "moments": self.moments.clone(),
             "arm_events": self.arm_events.clone(),
             "counters": torch.tensor([self.steps, self.events_trained], dtype=torch.int64),
+            **self.regions.state(),
         }
 
     def load_state(self, state: dict[str, torch.Tensor]) -> None:
@@ -205,4 +223,129 @@ class RewardModelLearner:
         self.moments = state["moments"].to(torch.float64).clone()
         self.arm_events = state["arm_events"].to(torch.int64).clone()
         self.steps, self.events_trained = (int(v) for v in state["counters"].tolist())
+        self.regions.load_state(state)
         self._solve()
+
+
+class RegionCounts:
+    """Events per (region, model) for the optimism by region: C centroids fitted once by k-means on the first
+    ``warmup_events`` embeddings (deterministic: k-means++ from a fixed seed, then Lloyd iterations), and
+    each later event counted in its nearest region. ``count`` 0 = off (every method is a no-op)."""
+
+    KMEANS_ITERATIONS = 30
+
+    def __init__(self, count: int, num_arms: int, dim: int, warmup_events: int) -> None:
+        self.count = count
+        self.warmup_events = max(warmup_events, count)
+        self.centroids = torch.zeros(count, dim, dtype=torch.float64)
+        self.counts = torch.zeros(count, num_arms, dtype=torch.int64)
+        self.fitted = False
+        # Warm-up: the first events' embeddings and arms, until the centroids are fitted.
+        self.pending_x = torch.zeros(0, dim, dtype=torch.float64)
+        self.pending_arm = torch.zeros(0, dtype=torch.int64)
+
+    def add(self, embeddings: torch.Tensor, arms: torch.Tensor) -> None:
+        if not self.count:
+            return
+        if self.fitted:
+            self._count(embeddings, arms.long())
+            return
+        self.pending_x = torch.cat([self.pending_x, embeddings])
+        self.pending_arm = torch.cat([self.pending_arm, arms.long()])
+        if len(self.pending_x) >= self.warmup_events:
+            self.centroids = kmeans(self.pending_x, self.count, self.KMEANS_ITERATIONS)
+            self.fitted = True
+            self._count(self.pending_x, self.pending_arm)
+            self.pending_x = self.pending_x[:0]
+            self.pending_arm = self.pending_arm[:0]
+
+    def _count(self, embeddings: torch.Tensor, arms: torch.Tensor) -> None:
+        regions = nearest(embeddings, self.centroids)
+        known = arms >= 0  # -1: an arm dropped from the pool since (reindex)
+        flat = regions[known] * self.counts.shape[1] + arms[known]
+        self.counts += torch.bincount(flat, minlength=self.counts.numel()).reshape(self.counts.shape)
+
+    def table(self, arm_events: torch.Tensor) -> torch.Tensor:
+        """n[c, a] (float64): the per-region counts once fitted; before that every region has the model's
+        overall count (and the centroids are all equal, so every prompt is in region 0)."""
+        if self.fitted:
+            return self.counts.double()
+        return arm_events.double().expand(self.count, -1).clone()
+
+    def reindex(self, old_index: list[int]) -> None:
+        """Columns for a new arm list: ``old_index[i]`` = the new arm i's old index, −1 = new (count 0)."""
+        if not self.count:
+            return
+        counts = torch.zeros(self.count, len(old_index), dtype=torch.int64)
+        for new, old in enumerate(old_index):
+            if old >= 0:
+                counts[:, new] = self.counts[:, old]
+        self.counts = counts
+        mapping = {old: new for new, old in enumerate(old_index) if old >= 0}
+        self.pending_arm = torch.tensor(
+            [mapping.get(int(a), -1) for a in self.pending_arm], dtype=torch.int64
+        )
+
+    def state(self) -> dict[str, torch.Tensor]:
+        if not self.count:
+            return {}
+        return {
+            "region_centroids": self.centroids.clone(),
+            "region_counts": self.counts.clone(),
+            "region_fitted": torch.tensor([int(self.fitted)], dtype=torch.int64),
+            "region_pending_x": self.pending_x.clone(),
+            "region_pending_arm": self.pending_arm.clone(),
+        }
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        if not self.count:
+            return
+        for name, shape in (
+            ("region_centroids", tuple(self.centroids.shape)),
+            ("region_counts", tuple(self.counts.shape)),
+            ("region_fitted", (1,)),
+        ):
+            if name not in state or tuple(state[name].shape) != shape:
+                raise ValueError(f"learner state {name!r} missing or of the wrong shape")
+        pending_x, pending_arm = state.get("region_pending_x"), state.get("region_pending_arm")
+        if (
+            pending_x is None
+            or pending_arm is None
+            or pending_x.dim() != 2
+            or pending_x.shape[1] != self.centroids.shape[1]
+            or tuple(pending_arm.shape) != (len(pending_x),)
+        ):
+            raise ValueError(
+                "learner state 'region_pending_x'/'region_pending_arm' missing or of the wrong shape"
+            )
+        self.centroids = state["region_centroids"].to(torch.float64).clone()
+        self.counts = state["region_counts"].to(torch.int64).clone()
+        self.fitted = bool(int(state["region_fitted"][0]))
+        self.pending_x = pending_x.to(torch.float64).clone()
+        self.pending_arm = pending_arm.to(torch.int64).clone()
+
+
+def nearest(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """Index of each point's nearest centroid (lowest index on ties), as the network computes it."""
+    return (2.0 * points @ centroids.T - (centroids * centroids).sum(dim=1)).argmax(dim=1)
+
+
+def kmeans(points: torch.Tensor, count: int, iterations: int) -> torch.Tensor:
+    """Deterministic k-means (k-means++ seeding from a fixed generator, then Lloyd): [count, D] centroids."""
+    generator = torch.Generator().manual_seed(0)
+    first = int(torch.randint(len(points), (1,), generator=generator))
+    centroids = points[first : first + 1]
+    for _ in range(1, count):
+        distance = torch.cdist(points, centroids).min(dim=1).values ** 2
+        if float(distance.sum()) <= 0.0:  # fewer distinct points than regions: repeat one
+            pick = first
+        else:
+            pick = int(torch.multinomial(distance / distance.sum(), 1, generator=generator))
+        centroids = torch.cat([centroids, points[pick : pick + 1]])
+    for _ in range(iterations):
+        assignment = nearest(points, centroids)
+        for c in range(count):
+            members = points[assignment == c]
+            if len(members):
+                centroids[c] = members.mean(dim=0)
+    return centroids

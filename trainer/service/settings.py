@@ -130,6 +130,16 @@ class LearnerSettings:
     # reward_model: penalty on the slopes all models share (a population term every model's regression
     # adds its own deviation to; 0 = independent per-model regressions).
     shared_ridge_lambda: float = 300.0
+    # reward_model with inverse_gap, cold start: 0 = off; C >= 1 = C prompt regions (k-means centroids of
+    # the first region_warmup_events embeddings, stored in the policy) with an optimism bonus per (region,
+    # model) = exploration_bonus / √(1 + its events there) that narrows its gap to the best model, so a model
+    # rarely tried on one kind of prompt keeps being explored there. Only with exploration_shape
+    # inverse_gap (ignored for boltzmann). A start from a checkpoint keeps the checkpoint's regions.
+    exploration_regions: int = 3
+    # reward_model: the optimism bonus of a model untried in a region (reward units; see exploration_regions).
+    exploration_bonus: float = 0.2
+    # reward_model: events whose embeddings the region centroids are fitted on (then fixed).
+    region_warmup_events: int = 200
     # Pool changes (learner.arms edited while running): a model new to the pool is served this share of
     # the traffic (forced exploration on every kind of prompt, never the greedy choice) ...
     new_model_share: float = 0.3
@@ -297,6 +307,9 @@ def validate(settings: TrainerSettings) -> TrainerSettings:
     check(0 <= le.prior_quality <= 1, "learner.prior_quality", "must be in [0, 1]")
     check(le.prior_events > 0, "learner.prior_events", "must be > 0")
     check(le.exploration_scale > 0, "learner.exploration_scale", "must be > 0")
+    check(0 <= le.exploration_regions <= 64, "learner.exploration_regions", "must be in [0, 64]")
+    check(le.exploration_bonus >= 0, "learner.exploration_bonus", "must be >= 0")
+    check(le.region_warmup_events >= 1, "learner.region_warmup_events", "must be >= 1")
     check(0 < le.new_model_share < 0.5, "learner.new_model_share", "must be in (0, 0.5)")
     check(le.new_model_min_events >= 1, "learner.new_model_min_events", "must be >= 1")
     check(le.retire_after_events >= 0, "learner.retire_after_events", "must be >= 0")
