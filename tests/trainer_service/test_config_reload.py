@@ -46,11 +46,17 @@ async def test_an_edited_pool_is_published_without_a_restart(trainer):
     assert app.loop is not None
     first = app.loop.current_version
     config.write_text(with_arms(config.read_text(), [*ARMS, "fresh"]))
-    await wait_until(lambda: app.loop.current_version > first, 10, "a version with the new model")
+    # The loop's version moves in its worker thread before the announcement is awaited on the event loop, so
+    # wait for the announcement (what sidecars see), then check the stored manifest behind it.
+    await wait_until(
+        lambda: app.announcer.current is not None and app.announcer.current.models == (*ARMS, "fresh"),
+        10,
+        "an announced version with the new model",
+    )
+    assert app.loop.current_version > first
     manifest = latest_manifest(app)
     assert manifest["arms"] == [*ARMS, "fresh"]
     assert manifest["architecture"]["exploration_share"][-1] == pytest.approx(0.3)
-    assert app.announcer.current is not None and app.announcer.current.models == (*ARMS, "fresh")
     assert app.reloader is not None and app.reloader.reloads == 1
     registry = CollectorRegistry()
     registry.register(TrainerCollector(app))
