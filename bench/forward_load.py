@@ -30,6 +30,10 @@ message: the per-chunk cost. ``--baseline-src DIR`` starts a second sidecar from
 the same rounds: before/after side by side in one run. ``--profile-sidecar PATH`` runs the sidecar under
 cProfile and prints its costliest functions (own time) per Complete call.
 
+``messages_per_stream`` (Complete modes): gRPC messages the client received per call. Tokens the sidecar
+read from the provider together (a burst, or what arrived while its previous send was in flight) travel as
+one message; a token that arrived alone is sent alone, never held back for later ones.
+
 ``--policy hash`` (default) serves a small randomly initialised 11-model policy on the ``hash:384`` encoder,
 so the numbers isolate forwarding; ``builtin`` serves the shipped RouterBench policy with the real encoder.
 """
@@ -42,6 +46,7 @@ import contextlib
 import functools
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -83,6 +88,7 @@ TABLE_COLUMNS = (
     ("sidecar CPU/req (ms)", "sidecar_cpu_ms_per_request", ".3f"),
     ("forwarding CPU/req (ms)", "forward_cpu_ms_per_request", ".3f"),
     ("CPU/extra token (ms)", "sidecar_cpu_ms_per_extra_token", ".4f"),
+    ("gRPC messages/stream", "messages_per_stream", ".2f"),
 )
 
 
@@ -214,7 +220,12 @@ async def measure(
             await stubs[who].Route(router_pb2.RouteRequest(prompt=prompts[i % len(prompts)]), timeout=60)
             return None
 
-        async def complete(i: int, tokens: int = args.tokens, who: str = "sidecar") -> float | None:
+        # gRPC messages received per Complete, by mode: tokens that arrived together travel as one.
+        messages_received: dict[str, list[int]] = {}
+
+        async def complete(
+            i: int, mode: str, tokens: int = args.tokens, who: str = "sidecar"
+        ) -> float | None:
             started = time.perf_counter()
             first = None
             request = router_pb2.CompleteRequest(
@@ -222,24 +233,31 @@ async def measure(
                 parameters=router_pb2.GenerationParameters(max_tokens=tokens),
             )
             last = None
+            received = 0
             async for chunk in stubs[who].Complete(request, timeout=60):
                 if chunk.delta and first is None:
                     first = time.perf_counter() - started
                 last = chunk
+                received += 1
             assert last is not None and last.HasField("usage")
+            messages_received.setdefault(mode, []).append(received)
             return first
 
         calls: dict[str, Call] = {"direct": direct}
         for who in ports:
             prefix = "sidecar" if who == "sidecar" else "baseline"
             calls[f"{prefix}_route"] = functools.partial(route, who=who)
-            calls[f"{prefix}_complete"] = functools.partial(complete, who=who)
-            calls[f"{prefix}_complete_long"] = functools.partial(complete, tokens=args.long_tokens, who=who)
+            for mode, tokens in (
+                (f"{prefix}_complete", args.tokens),
+                (f"{prefix}_complete_long", args.long_tokens),
+            ):
+                calls[mode] = functools.partial(complete, mode=mode, tokens=tokens, who=who)
         # Warm-up: connections, code paths, the sidecar's first batches.
         for name in modes:
             await run_load(calls[name], WARM_UP_REQUESTS, 20)
         results = []
         for concurrency in concurrency_levels:
+            messages_received.clear()
             measured = InterleavedRounds(modes, pids)
             per_round = max(concurrency, args.requests // args.rounds)
             await measured.run(calls, args.rounds, per_round, concurrency, args.rate_rps)
@@ -253,6 +271,9 @@ async def measure(
                 rows[name]["sidecar_cpu_ms_per_request"] = measured.cpu_ms_per_request(name, server)
                 rows[name]["fake_cpu_ms_per_request"] = measured.cpu_ms_per_request(name, "fake")
                 rows[name]["client_cpu_ms_per_request"] = measured.cpu_ms_per_request(name, "client")
+                if name in messages_received:
+                    per_stream = statistics.fmean(messages_received[name])
+                    rows[name]["messages_per_stream"] = round(per_stream, 2)
             p50 = {name: percentile_ms(latencies[name], 0.50) for name in modes}
             added_ms = p50["sidecar_complete"] - p50["sidecar_route"] - p50["direct"]
             rows["sidecar_complete"]["p50_added_ms"] = round(added_ms, 3)
@@ -346,7 +367,8 @@ def print_rows(rows: list[dict[str, Any]]) -> None:
                 f"  cpu/extra token {row['sidecar_cpu_ms_per_extra_token']:.4f} ms"
                 if "sidecar_cpu_ms_per_extra_token" in row
                 else ""
-            ),
+            )
+            + (f"  messages/stream {row['messages_per_stream']:.2f}" if "messages_per_stream" in row else ""),
             flush=True,
         )
 

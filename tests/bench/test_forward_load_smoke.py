@@ -24,6 +24,9 @@ async def test_forward_load_writes_the_three_modes(tmp_path: Path) -> None:
     complete = [r for r in rows if r["name"] == "sidecar_complete"]
     assert all("p50_added_ms" in r and "p50_first_token_added_ms" in r for r in complete)
     assert all(r["sidecar_cpu_ms_per_request"] > 0 for r in complete)
+    # 8 zero-latency tokens: at most one message per token plus the finish, at least one in all.
+    assert all(1 <= r["messages_per_stream"] <= 9 for r in complete)
+    assert all("messages_per_stream" not in r for r in rows if r["name"] != "sidecar_complete")
     assert report["config"]["policy"] == "hash"
 
 
@@ -56,6 +59,8 @@ async def test_forward_load_cpu_per_token_baseline_and_profile(tmp_path: Path) -
             complete["sidecar_cpu_ms_per_request"] - route["sidecar_cpu_ms_per_request"], abs=0.002
         )
         assert "sidecar_cpu_ms_per_extra_token" in rows[f"{prefix}_complete_long"]
+        assert 1 <= complete["messages_per_stream"] <= 3  # 2 tokens
+        assert 1 <= rows[f"{prefix}_complete_long"]["messages_per_stream"] <= 7  # 6 tokens
         # Each sidecar's own process: both served requests, so both spent CPU.
         assert complete["sidecar_cpu_ms_per_request"] > 0
     assert profile.is_file() and "sidecar profile" in text and "us/call" in text

@@ -122,6 +122,33 @@ async def test_stream_is_server_sent_events_exactly_as_openai_sends_them(live: S
     assert chunks[-1]["barp"]["cost_usd"] > 0
 
 
+async def test_a_burst_and_a_trickle_stream_the_same_valid_events(
+    live: SidecarApp, fake: FakeProvider
+) -> None:
+    # Tokens the sidecar read together are one content chunk; the answer and the event grammar are the same.
+    streams = {}
+    async with aiohttp.ClientSession() as http:
+        for name, interval_ms in (("burst", 0.0), ("trickle", 15.0)):
+            fake.push(FakeBehaviour(tokens=20, token_interval_ms=interval_ms))
+            body = {**AUTO, "stream": True, "stream_options": {"include_usage": True}}
+            async with http.post(f"{base_url(live)}/chat/completions", json=body) as response:
+                assert response.status == 200
+                streams[name] = (await response.read()).decode()
+    contents = {}
+    for name, text in streams.items():
+        events = text.split("\n\n")
+        assert events[-2:] == ["data: [DONE]", ""]
+        assert all(e.startswith("data: {") for e in events[:-2])
+        chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+        assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+        assert [c["choices"][0]["finish_reason"] for c in chunks[:-1]][-1] == "stop"
+        assert chunks[-1]["choices"] == [] and chunks[-1]["usage"]["completion_tokens"] == 20
+        contents[name] = [c["choices"][0]["delta"].get("content") or "" for c in chunks[:-1]]
+        assert "".join(contents[name]) == "".join(f"tok{i} " for i in range(20))
+    assert len([c for c in contents["burst"] if c]) == 1
+    assert len([c for c in contents["trickle"] if c]) >= 10
+
+
 async def test_a_stream_failing_after_its_first_token_ends_with_an_error_event(
     live: SidecarApp, fake: FakeProvider
 ) -> None:

@@ -273,3 +273,25 @@ async def test_the_circuit_breaker_opens_and_recovers(
     assert text_of(await collect(pool, "m", chat())).startswith("tok0")  # the half-open probe succeeds
     assert pool.breaker("m").state == "closed"
     assert sample("barp_provider_breaker_open", {"model": "m"}) == 0.0
+
+
+@pytest.mark.parametrize("style", ["openai", "anthropic"])
+async def test_tokens_that_arrived_while_the_consumer_was_busy_come_as_one_event(
+    fake: FakeProvider, make_pool: MakePool, style: str
+) -> None:
+    # The consumer (gRPC Complete) sends one message per event and reads the next only when that send is
+    # done: whatever the provider streamed meanwhile is read at once and merged, in order, never held back.
+    pool = await make_pool([entry_for("m", fake.base_url, api_style=style)])
+    fake.push(FakeBehaviour(tokens=12, token_interval_ms=10))
+    events: list[StreamEvent] = []
+    async for event in pool.stream("m", chat()):
+        if event.delta and not events:
+            # A slow send: the provider finishes the other 11 tokens (10 ms apart) meanwhile.
+            await fake.wait_idle()
+            await asyncio.sleep(0.05)  # and loopback delivers its last bytes
+        events.append(event)
+    deltas = [e.delta for e in events if e.delta]
+    assert deltas[0] == "tok0 " and len(deltas) == 2  # tok1..tok11 arrived during the pause: one event
+    assert text_of(events) == "".join(f"tok{i} " for i in range(12))
+    assert [e.finish_reason for e in events if e.finish_reason] == ["stop"]
+    assert events[-1].output_tokens == 12

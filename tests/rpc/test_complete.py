@@ -104,6 +104,30 @@ async def test_tokens_stream_as_they_arrive(checkpoint: Path, fake: FakeProvider
     assert arrivals[-1][0] - arrivals[0][0] >= 0.09
 
 
+@pytest.mark.parametrize("style", ["openai", "anthropic"])
+async def test_a_burst_and_a_trickle_give_the_same_answer_in_fewer_messages(
+    checkpoint: Path, fake: FakeProvider, tmp_path: Path, style: str
+) -> None:
+    # Tokens read together travel as one message (never held back for later ones): text, order, usage and
+    # finish reason are the same whether the provider bursts 24 tokens or trickles them 15 ms apart.
+    catalog = write_catalog(tmp_path / "c.yaml", all_live(fake.base_url), api_style=style)
+    answers = {}
+    async with sidecar(settings_for(checkpoint, catalog)) as app:
+        for name, interval_ms in (("burst", 0.0), ("trickle", 15.0)):
+            fake.push(FakeBehaviour(tokens=24, token_interval_ms=interval_ms))
+            answers[name] = await complete(app.port, complete_request(f"{name} please"))
+    for chunks in answers.values():
+        assert "".join(c.delta for c in chunks) == "".join(f"tok{i} " for i in range(24))
+        assert [c.HasField("decision") for c in chunks] == [True] + [False] * (len(chunks) - 1)
+        assert [c.HasField("usage") for c in chunks] == [False] * (len(chunks) - 1) + [True]
+        assert [c.finish_reason for c in chunks] == [""] * (len(chunks) - 1) + ["stop"]
+        assert chunks[-1].usage.output_tokens == 24 and not chunks[-1].usage.estimated
+    burst, trickle = answers["burst"], answers["trickle"]
+    assert len(burst) == 1  # the in-process fake wrote it all before the sidecar read: one read, one message
+    assert len(trickle) >= 12  # one message per token, bar tokens that met a slow send
+    assert burst[-1].usage.input_tokens == trickle[-1].usage.input_tokens
+
+
 @pytest.mark.parametrize(
     ("mode", "routed_text"),
     [
