@@ -20,6 +20,9 @@ files, gRPC or training. ``h(x)`` arrives as a precomputed embedding. Two kinds 
   prompt is uncertain (the trainer sets the bonus from how often it was tried there) keeps being explored
   while its gap is within that uncertainty. The floor keeps every other model below the best one, so the
   greedy choice is still argmax r̂.
+  ``region_intercepts`` (optional, needs ``exploration_regions``): buffer ``region_intercept`` [C, 2K] adds
+  a per-(region, model) offset to q̂ and ĉ for the prompt's region (the same nearest centroid), so a
+  model's level on one kind of prompt is one number fitted from all its events there, not a slope.
   ``exploration_share`` (optional, one value per model, set by a model-pool change): a model with a share
   below 1 is served with that probability (forced exploration of a model new to the pool, whatever its
   prediction; the other models share the rest as π over them alone) and is never the most probable one;
@@ -71,6 +74,9 @@ class PolicyArchitecture:
     # "reward_model" + "inverse_gap" only: 0 = none; C >= 1 = C prompt regions (centroid buffer [C, D]) and
     # an optimism bonus per (region, model) (buffer [C, K]) that narrows the gaps (omitted when 0).
     exploration_regions: int = 0
+    # "reward_model" with exploration_regions >= 1 only: a per-(region, model) offset of q̂ and ĉ (buffer
+    # [C, 2K]) added for the prompt's region (omitted when false).
+    region_intercepts: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "exploration_share", tuple(float(v) for v in self.exploration_share))
@@ -99,6 +105,8 @@ class PolicyArchitecture:
             raise ValueError("exploration_regions must be >= 0")
         if self.exploration_regions and (self.kind != "reward_model" or self.exploration != "inverse_gap"):
             raise ValueError("exploration_regions needs kind 'reward_model' with exploration 'inverse_gap'")
+        if self.region_intercepts and not self.exploration_regions:
+            raise ValueError("region_intercepts needs exploration_regions >= 1")
 
     def to_dict(self) -> dict[str, Any]:
         # Persisted (manifest.json "architecture") under the key "num_arms": the one place that maps it.
@@ -110,6 +118,8 @@ class PolicyArchitecture:
             data["exploration_share"] = list(self.exploration_share)
         if not self.exploration_regions:
             del data["exploration_regions"]  # byte-identical manifests for policies without regions
+        if not self.region_intercepts:
+            del data["region_intercepts"]
         return data
 
     @property
@@ -134,6 +144,7 @@ class PolicyNetwork(nn.Module):
     exploration_scale: torch.Tensor  # "reward_model" only (a buffer [1])
     exploration_centroids: torch.Tensor  # "reward_model" with exploration_regions C >= 1 only: [C, D]
     exploration_bonus: torch.Tensor  # "reward_model" with exploration_regions C >= 1 only: [C, K]
+    region_intercept: torch.Tensor  # "reward_model" with region_intercepts only: [C, 2K]
     reward_head: nn.Linear  # "reward_model" only
     output: nn.Linear  # "barp" only
 
@@ -157,6 +168,8 @@ class PolicyNetwork(nn.Module):
                     "exploration_centroids", torch.zeros(a.exploration_regions, a.embedding_dim)
                 )
                 self.register_buffer("exploration_bonus", torch.zeros(a.exploration_regions, a.num_models))
+            if a.region_intercepts:
+                self.register_buffer("region_intercept", torch.zeros(a.exploration_regions, 2 * a.num_models))
             return
         self.preference_mlp = nn.Sequential(
             nn.Linear(2, a.preference_hidden),
@@ -182,6 +195,9 @@ class PolicyNetwork(nn.Module):
         for layer in self.hidden_layers:
             x = self.dropout(torch.nn.functional.gelu(layer(x)))
         outcomes = self.reward_head(x)
+        if self.architecture.region_intercepts:
+            offsets = self.region_intercept.to(outcomes.dtype)
+            outcomes = outcomes + offsets[self.exploration_region(embeddings)]
         k = self.architecture.num_models
         return outcomes[:, :k], outcomes[:, k:]
 

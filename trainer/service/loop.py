@@ -11,8 +11,11 @@ After every new batch, ``replay_steps`` more steps run on random batches of rece
 evaluation slice. A candidate is evaluated every ``every_events`` training events (sooner while the
 learner is young, ``evaluation_interval_events``) and published as version v+1 iff
 V(candidate) >= V(current) − ``gate_margin`` on that slice (V: doubly robust for ``reward_model``
-candidates, SNIPS otherwise), with at least ``gate_min_holdout_events`` events. Each decision is logged
-(``policy_gate``) with both estimates and their confidence intervals, and counted in ``GateCounters``.
+candidates, SNIPS otherwise), with at least ``gate_min_holdout_events`` events. With
+``gate_fresh_holdout_events`` N > 0 the slice is only the held-out events that arrived after the serving
+version was published once there are N of them (``gate_events``: the events that chose the serving version
+do not defend it). Each decision is logged (``policy_gate``) with both estimates and their confidence
+intervals, and counted in ``GateCounters``.
 
 Model-pool changes (``request_pool``, rules in ``model_pool.py``) are applied by the worker thread at the
 start of a step and published at once as the next version (no gate: the known models' estimates are
@@ -140,6 +143,7 @@ def build_learner(network: PolicyNetwork, settings: LearnerSettings) -> OnlineLe
                 shared_ridge_lambda=settings.shared_ridge_lambda,
                 exploration_bonus=settings.exploration_bonus,
                 region_warmup_events=settings.region_warmup_events,
+                region_intercept_lambda=settings.region_intercept_lambda,
             ),
         )
     return OnlineLearner(
@@ -200,6 +204,9 @@ class TrainingLoop:
         self.trained_offset = starting.log_offset
         self.pending: list[tuple[int, trainer_pb2.RewardEvent]] = []
         self.holdout: deque[trainer_pb2.RewardEvent] = deque(maxlen=learner_settings.holdout_max_events)
+        # Held-out events that arrived after the serving version was published (the newest of ``holdout``):
+        # the ones that did not choose it (``gate_events``). A restored state is a publication's: 0.
+        self.holdout_since_publication = 0
         self.replay: deque[trainer_pb2.RewardEvent] = deque(maxlen=learner_settings.replay_buffer_events)
         self.replay_rng = np.random.default_rng(learner_settings.seed)
         self.events_since_evaluation = 0
@@ -444,6 +451,7 @@ class TrainingLoop:
                     self._restored_holdout_ids.discard(event.event_id)  # already restored with the state
                     continue
                 self.holdout.append(event)
+                self.holdout_since_publication += 1
             else:
                 self.pending.append((offset, event))
         while len(self.pending) >= batch_size:
@@ -522,6 +530,16 @@ class TrainingLoop:
             )
             return announcement
 
+    def gate_events(self) -> list[trainer_pb2.RewardEvent]:
+        """The held-out events the gate compares on: those that arrived since the serving version was
+        published once there are ``gate_fresh_holdout_events`` of them (the events that chose the serving
+        version are not used to defend it: no winner's curse), else the whole held-out slice."""
+        fresh_min = self.publish_settings.gate_fresh_holdout_events
+        fresh = min(self.holdout_since_publication, len(self.holdout))
+        if fresh_min > 0 and fresh >= fresh_min:
+            return list(self.holdout)[len(self.holdout) - fresh :]
+        return list(self.holdout)
+
     def _resume_point(self, offset: int) -> dict[str, Any]:
         """Where another replica resumes after a version trained up to ``offset`` (failover.py): the id
         of the event at ``offset - 1`` in the log and, when it came from the stream, its stream sequence."""
@@ -539,7 +557,7 @@ class TrainingLoop:
         self.events_since_evaluation = 0
         self.last_evaluation_monotonic_s = self.clock()
         self.counters.evaluations += 1
-        holdout = [e for e in self.holdout if e.model in self.models]
+        holdout = [e for e in self.gate_events() if e.model in self.models]
         if not holdout:
             self.counters.skipped_small_holdout += 1
             log.info("policy_gate", decision="skipped", reason="no held-out events yet")
@@ -635,6 +653,7 @@ class TrainingLoop:
         self._save_state(version)  # before the checkpoint: a published version always has its state
         self.manifest = self.store.publish(network, manifest, calibration)
         self.published_network = network
+        self.holdout_since_publication = 0
         self.history.record(version, self.models)
         return announcement_for(self.store, self.manifest)
 

@@ -45,6 +45,7 @@ def cold_policy(settings: LearnerSettings) -> StartingPolicy:
     torch.manual_seed(settings.seed)
     if settings.architecture_kind == "reward_model":
         # Linear per-model outcome regression, fitted in closed form (reward_model_learner.py).
+        regions = settings.exploration_regions if settings.exploration_shape == "inverse_gap" else 0
         architecture = PolicyArchitecture(
             embedding_dim=settings.encoder_dim,
             num_models=len(settings.arms),
@@ -52,9 +53,8 @@ def cold_policy(settings: LearnerSettings) -> StartingPolicy:
             kind="reward_model",
             exploration=settings.exploration_shape,
             # Regions narrow inverse-gap weighting's gaps; a Boltzmann policy has none.
-            exploration_regions=settings.exploration_regions
-            if settings.exploration_shape == "inverse_gap"
-            else 0,
+            exploration_regions=regions,
+            region_intercepts=bool(regions) and settings.region_intercept_lambda > 0,
         )
     else:
         architecture = PolicyArchitecture(embedding_dim=settings.encoder_dim, num_models=len(settings.arms))

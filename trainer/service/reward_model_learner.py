@@ -27,6 +27,11 @@ regression-oracle view of contextual bandits), so every event counts fully whate
   fixed; before that every region uses the model's overall count). The network narrows the gap
   r̂* − r̂_a by it (never below a floor), so a model rarely tried on one kind of prompt keeps a large share
   there while its estimate is within its uncertainty of the best, and clearly worse ones fade fast.
+- **Intercepts by region (architecture ``region_intercepts``):** the features gain the prompt region's
+  one-hot next to the projected embedding, z = [u; e_c; 1], so each model also fits one offset per region
+  (penalty ``region_intercept_lambda``), served from the network's ``region_intercept`` buffer through
+  the same centroids. A model's level on one kind of prompt then comes from all its events there, not
+  from slopes fitted on a few noisy outcomes. Warm-up events enter once the centroids are fitted.
 - **Pool changes:** ``reindex`` maps the statistics by model name onto a new arm list (a new model starts
   from the priors alone, a dropped one's statistics go) and sets the published per-arm ``exploration_share``.
 Deterministic: no randomness at all (same events in the same order → identical weights).
@@ -57,6 +62,8 @@ class RewardModelHyperParameters:
     # (reward units), and the events whose embeddings the region centroids are fitted on.
     exploration_bonus: float = 0.0
     region_warmup_events: int = 200
+    # Penalty on each (region, model) intercept (architecture region_intercepts; ≤ 0: ridge_lambda).
+    region_intercept_lambda: float = 0.0
 
 
 class RewardModelLearner:
@@ -80,6 +87,7 @@ class RewardModelLearner:
         self.steps = 0
         self.events_trained = 0
         self.regions = RegionCounts(architecture.exploration_regions, k, d - 1, hyper.region_warmup_events)
+        self.region_intercepts = architecture.region_intercepts
         self._solve()
 
     def step(self, batch: EventBatch, replayed: bool = False) -> dict[str, float]:
@@ -94,7 +102,7 @@ class RewardModelLearner:
             self.gram[arm] += za.T @ za
             self.moments[arm] += targets[rows].T @ za
             self.arm_events[arm] += int(rows.sum())
-        self.regions.add(batch.embeddings.double(), batch.action)
+        self.regions.add(batch.embeddings.double(), batch.action, targets)
         self.steps += 1
         self.events_trained += len(batch)
         self._solve()
@@ -125,46 +133,79 @@ class RewardModelLearner:
         projection[r, -1] = 1.0
         return projection
 
+    def _features(self, projection: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Per model, the statistics of the regression's features v = [u; e_c; 1] (u: the r projected
+        slopes, e_c: the prompt region's one-hot, C = 0 without region intercepts): grams [K, p, p] and
+        moments [K, 2, p] with p = r + C + 1, and C."""
+        grams = projection @ self.gram @ projection.T  # [K, r+1, r+1]
+        moments = self.moments @ projection.T  # [K, 2, r+1]
+        c = self.regions.count if self.region_intercepts else 0
+        if not c:
+            return grams, moments, 0
+        k, r = self.num_arms, projection.shape[0] - 1
+        p = r + c + 1
+        position = [*range(r), p - 1]  # where u's slopes and intercept go in v
+        full_grams = torch.zeros(k, p, p, dtype=torch.float64)
+        full_moments = torch.zeros(k, 2, p, dtype=torch.float64)
+        index = torch.tensor(position)
+        full_grams[:, index.unsqueeze(1), index.unsqueeze(0)] = grams
+        full_moments[:, :, index] = moments
+        counts, sums_x, sums_t = self.regions.sums()  # [C, K], [C, K, D+1], [C, K, 2]
+        projected = sums_x @ projection.T  # [C, K, r+1]: Σ over the region's events of [u; 1]
+        for region in range(c):
+            column = r + region
+            full_grams[:, index, column] = projected[region]
+            full_grams[:, column, index] = projected[region]
+            full_grams[:, column, column] = counts[region]
+            full_moments[:, :, column] = sums_t[region]
+        return full_grams, full_moments, c
+
     def _solve(self) -> None:
         k = self.num_arms
         projection = self._projection()
-        p = projection.shape[0]
-        r = p - 1  # projected slopes (the last coordinate is the intercept)
+        grams, moments, regions = self._features(projection)
+        p = grams.shape[1]
+        r = projection.shape[0] - 1  # projected slopes (v's last coordinate is the intercept)
         diagonal = torch.full((p,), self.hyper.ridge_lambda, dtype=torch.float64)
+        region_lambda = self.hyper.region_intercept_lambda
+        diagonal[r : r + regions] = region_lambda if region_lambda > 0 else self.hyper.ridge_lambda
         diagonal[-1] = self.hyper.prior_events  # the intercept's prior, worth prior_events events
         prior = torch.zeros(2, p, dtype=torch.float64)
         prior[0, -1] = self.hyper.prior_events * self.hyper.prior_quality
         prior[1, -1] = self.hyper.prior_events * self.hyper.prior_cost
-        grams = projection @ self.gram @ projection.T  # [K, p, p]
-        moments = self.moments @ projection.T + prior  # [K, 2, p]
         shared_lambda = self.hyper.shared_ridge_lambda
         if shared_lambda > 0:
             # One joint ridge: unknowns [θ_0 (r shared slopes); θ_1 … θ_K (p each)], prediction for model a
-            # θ_0·u[:r] + θ_a·u; penalties shared_lambda on θ_0, ridge_lambda / prior_events on each θ_a.
+            # θ_0·v[:r] + θ_a·v; penalties shared_lambda on θ_0, ridge_lambda / prior_events on each θ_a.
             n = r + k * p
             system = torch.zeros(n, n, dtype=torch.float64)
             rhs = torch.zeros(n, 2, dtype=torch.float64)
             system[:r, :r] = grams[:, :r, :r].sum(dim=0) + shared_lambda * torch.eye(r, dtype=torch.float64)
-            rhs[:r] = (self.moments @ projection.T)[:, :, :r].sum(dim=0).T
+            rhs[:r] = moments[:, :, :r].sum(dim=0).T
             for arm in range(k):
                 block = slice(r + arm * p, r + (arm + 1) * p)
                 system[block, block] = grams[arm] + torch.diag(diagonal)
                 system[:r, block] = grams[arm][:r, :]
                 system[block, :r] = grams[arm][:, :r]
-                rhs[block] = moments[arm].T
+                rhs[block] = (moments[arm] + prior).T
             solution = torch.linalg.solve(system, rhs)
-            shared = torch.cat([solution[:r], torch.zeros(1, 2, dtype=torch.float64)])  # [p, 2]
+            shared = torch.cat([solution[:r], torch.zeros(p - r, 2, dtype=torch.float64)])  # [p, 2]
             thetas = [solution[r + a * p : r + (a + 1) * p] + shared for a in range(k)]
         else:
-            thetas = [torch.linalg.solve(grams[a] + torch.diag(diagonal), moments[a].T) for a in range(k)]
+            thetas = [
+                torch.linalg.solve(grams[a] + torch.diag(diagonal), (moments[a] + prior).T) for a in range(k)
+            ]
+        slopes_and_intercept = [*range(r), p - 1]
         with torch.no_grad():
             weight = self.network.reward_head.weight  # [2K, D]
             bias = self.network.reward_head.bias  # [2K]
             for arm in range(k):
-                theta = projection.T @ thetas[arm]  # [d, 2] in z-space
+                theta = projection.T @ thetas[arm][slopes_and_intercept]  # [d, 2] in z-space
                 for row, column in ((arm, 0), (k + arm, 1)):
                     weight[row] = theta[:-1, column].float()
                     bias[row] = float(theta[-1, column])
+                    if regions:
+                        self.network.region_intercept[:, row] = thetas[arm][r : r + regions, column].float()
             self.network.exploration_scale.fill_(self.current_exploration_scale())
             if self.regions.count:
                 bonus = self.hyper.exploration_bonus / torch.sqrt(1.0 + self.regions.table(self.arm_events))
@@ -223,14 +264,15 @@ class RewardModelLearner:
         self.moments = state["moments"].to(torch.float64).clone()
         self.arm_events = state["arm_events"].to(torch.int64).clone()
         self.steps, self.events_trained = (int(v) for v in state["counters"].tolist())
-        self.regions.load_state(state)
+        self.regions.load_state(state, required=self.region_intercepts)
         self._solve()
 
 
 class RegionCounts:
     """Events per (region, model) for the optimism by region: C centroids fitted once by k-means on the first
     ``warmup_events`` embeddings (deterministic: k-means++ from a fixed seed, then Lloyd iterations), and
-    each later event counted in its nearest region. ``count`` 0 = off (every method is a no-op)."""
+    each later event counted in its nearest region, with its sums of [x; 1] and of its targets (q, ĉ) for
+    the region intercepts. ``count`` 0 = off (every method is a no-op)."""
 
     KMEANS_ITERATIONS = 30
 
@@ -239,31 +281,44 @@ class RegionCounts:
         self.warmup_events = max(warmup_events, count)
         self.centroids = torch.zeros(count, dim, dtype=torch.float64)
         self.counts = torch.zeros(count, num_arms, dtype=torch.int64)
+        self.sums_z = torch.zeros(count, num_arms, dim + 1, dtype=torch.float64)
+        self.sums_t = torch.zeros(count, num_arms, 2, dtype=torch.float64)
         self.fitted = False
         # Warm-up: the first events' embeddings and arms, until the centroids are fitted.
         self.pending_x = torch.zeros(0, dim, dtype=torch.float64)
         self.pending_arm = torch.zeros(0, dtype=torch.int64)
+        self.pending_t = torch.zeros(0, 2, dtype=torch.float64)
 
-    def add(self, embeddings: torch.Tensor, arms: torch.Tensor) -> None:
+    def add(self, embeddings: torch.Tensor, arms: torch.Tensor, targets: torch.Tensor) -> None:
+        """Count events (embeddings [N, D], arms [N], targets [N, 2] = (q, ĉ)) in their regions."""
         if not self.count:
             return
         if self.fitted:
-            self._count(embeddings, arms.long())
+            self._count(embeddings, arms.long(), targets.double())
             return
         self.pending_x = torch.cat([self.pending_x, embeddings])
         self.pending_arm = torch.cat([self.pending_arm, arms.long()])
+        self.pending_t = torch.cat([self.pending_t, targets.double()])
         if len(self.pending_x) >= self.warmup_events:
             self.centroids = kmeans(self.pending_x, self.count, self.KMEANS_ITERATIONS)
             self.fitted = True
-            self._count(self.pending_x, self.pending_arm)
+            self._count(self.pending_x, self.pending_arm, self.pending_t)
             self.pending_x = self.pending_x[:0]
             self.pending_arm = self.pending_arm[:0]
+            self.pending_t = self.pending_t[:0]
 
-    def _count(self, embeddings: torch.Tensor, arms: torch.Tensor) -> None:
+    def _count(self, embeddings: torch.Tensor, arms: torch.Tensor, targets: torch.Tensor) -> None:
         regions = nearest(embeddings, self.centroids)
         known = arms >= 0  # -1: an arm dropped from the pool since (reindex)
         flat = regions[known] * self.counts.shape[1] + arms[known]
         self.counts += torch.bincount(flat, minlength=self.counts.numel()).reshape(self.counts.shape)
+        z = torch.cat([embeddings[known], torch.ones(int(known.sum()), 1, dtype=torch.float64)], dim=1)
+        self.sums_z.view(-1, z.shape[1]).index_add_(0, flat, z)
+        self.sums_t.view(-1, 2).index_add_(0, flat, targets[known])
+
+    def sums(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Per (region, model): events [C, K] (float64), Σ [x; 1] [C, K, D+1], Σ (q, ĉ) [C, K, 2]."""
+        return self.counts.double(), self.sums_z, self.sums_t
 
     def table(self, arm_events: torch.Tensor) -> torch.Tensor:
         """n[c, a] (float64): the per-region counts once fitted; before that every region has the model's
@@ -277,10 +332,14 @@ class RegionCounts:
         if not self.count:
             return
         counts = torch.zeros(self.count, len(old_index), dtype=torch.int64)
+        sums_z = torch.zeros(self.count, len(old_index), self.sums_z.shape[2], dtype=torch.float64)
+        sums_t = torch.zeros(self.count, len(old_index), 2, dtype=torch.float64)
         for new, old in enumerate(old_index):
             if old >= 0:
                 counts[:, new] = self.counts[:, old]
-        self.counts = counts
+                sums_z[:, new] = self.sums_z[:, old]
+                sums_t[:, new] = self.sums_t[:, old]
+        self.counts, self.sums_z, self.sums_t = counts, sums_z, sums_t
         mapping = {old: new for new, old in enumerate(old_index) if old >= 0}
         self.pending_arm = torch.tensor(
             [mapping.get(int(a), -1) for a in self.pending_arm], dtype=torch.int64
@@ -295,9 +354,13 @@ class RegionCounts:
             "region_fitted": torch.tensor([int(self.fitted)], dtype=torch.int64),
             "region_pending_x": self.pending_x.clone(),
             "region_pending_arm": self.pending_arm.clone(),
+            "region_sums_z": self.sums_z.clone(),
+            "region_sums_t": self.sums_t.clone(),
+            "region_pending_t": self.pending_t.clone(),
         }
 
-    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+    def load_state(self, state: dict[str, torch.Tensor], required: bool = True) -> None:
+        """Restore ``state()``; ``required``: the intercepts' sums must be there (intercepts on)."""
         if not self.count:
             return
         for name, shape in (
@@ -323,6 +386,29 @@ class RegionCounts:
         self.fitted = bool(int(state["region_fitted"][0]))
         self.pending_x = pending_x.to(torch.float64).clone()
         self.pending_arm = pending_arm.to(torch.int64).clone()
+        self._load_sums(state, required)
+
+    def _load_sums(self, state: dict[str, torch.Tensor], required: bool) -> None:
+        """The intercepts' sums. A state saved before they existed has none: zeros when the intercepts are
+        off, else ValueError (the loop then rebuilds the statistics from the retained log, exactly)."""
+        sums_z, sums_t, pending_t = (state.get(f"region_{n}") for n in ("sums_z", "sums_t", "pending_t"))
+        if not required and sums_z is None and sums_t is None and pending_t is None:
+            self.pending_t = torch.zeros(len(self.pending_x), 2, dtype=torch.float64)
+            return
+        if (
+            sums_z is None
+            or sums_t is None
+            or pending_t is None
+            or tuple(sums_z.shape) != tuple(self.sums_z.shape)
+            or tuple(sums_t.shape) != tuple(self.sums_t.shape)
+            or tuple(pending_t.shape) != (len(self.pending_x), 2)
+        ):
+            raise ValueError(
+                "learner state 'region_sums_z'/'region_sums_t'/'region_pending_t' missing or of a wrong shape"
+            )
+        self.sums_z = sums_z.to(torch.float64).clone()
+        self.sums_t = sums_t.to(torch.float64).clone()
+        self.pending_t = pending_t.to(torch.float64).clone()
 
 
 def nearest(points: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:

@@ -140,6 +140,10 @@ class LearnerSettings:
     exploration_bonus: float = 0.2
     # reward_model: events whose embeddings the region centroids are fitted on (then fixed).
     region_warmup_events: int = 200
+    # reward_model with exploration_regions, cold start: > 0 = each model also fits one intercept per region
+    # (the region's one-hot next to the embedding; served from the same centroids) with this ridge penalty,
+    # so its level on a kind of prompt comes from all its events there; 0 = off.
+    region_intercept_lambda: float = 0.0
     # Pool changes (learner.arms edited while running): a model new to the pool is served this share of
     # the traffic (forced exploration on every kind of prompt, never the greedy choice) ...
     new_model_share: float = 0.3
@@ -168,6 +172,10 @@ class PublishSettings:
     gate_margin: float = 0.01
     # No publication before this many held-out events exist (the estimate would be noise).
     gate_min_holdout_events: int = 20
+    # Winner's curse: held-out events that chose the serving version never defend it. Once this many
+    # held-out events have arrived since the serving version was published, the gate compares on those
+    # alone (until then on the whole held-out slice). 0 = always the whole slice.
+    gate_fresh_holdout_events: int = 0
     # Bytes per FetchPolicy chunk.
     chunk_bytes: int = 1 << 20
 
@@ -310,6 +318,7 @@ def validate(settings: TrainerSettings) -> TrainerSettings:
     check(0 <= le.exploration_regions <= 64, "learner.exploration_regions", "must be in [0, 64]")
     check(le.exploration_bonus >= 0, "learner.exploration_bonus", "must be >= 0")
     check(le.region_warmup_events >= 1, "learner.region_warmup_events", "must be >= 1")
+    check(le.region_intercept_lambda >= 0, "learner.region_intercept_lambda", "must be >= 0")
     check(0 < le.new_model_share < 0.5, "learner.new_model_share", "must be in (0, 0.5)")
     check(le.new_model_min_events >= 1, "learner.new_model_min_events", "must be >= 1")
     check(le.retire_after_events >= 0, "learner.retire_after_events", "must be >= 0")
@@ -331,6 +340,7 @@ def validate(settings: TrainerSettings) -> TrainerSettings:
     check(p.every_s > 0, "publish.every_s", "must be > 0")
     check(p.gate_margin >= 0, "publish.gate_margin", "must be >= 0")
     check(p.gate_min_holdout_events >= 1, "publish.gate_min_holdout_events", "must be >= 1")
+    check(p.gate_fresh_holdout_events >= 0, "publish.gate_fresh_holdout_events", "must be >= 0")
     check(1024 <= p.chunk_bytes <= 1 << 20, "publish.chunk_bytes", "must be in [1024, 1048576]")
     check(s.logging.level.lower() in ("debug", "info", "warning", "error"), "logging.level", "bad level")
     s.events.check()
