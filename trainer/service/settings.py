@@ -113,8 +113,10 @@ class LearnerSettings:
     # updates, docs/learning.md §4) or "barp" (the paper's network, trained by REINFORCE). A start from a
     # checkpoint keeps that checkpoint's kind.
     architecture_kind: str = "reward_model"
-    # reward_model: ridge penalty on the embedding weights of each model's quality and cost regression.
-    ridge_lambda: float = 30.0
+    # reward_model: ridge penalty on the embedding weights of each model's quality and cost regression
+    # (its own deviation from the shared slopes; with region intercepts a model's level per kind of prompt
+    # comes from its intercepts, so its slopes are held close to the shared ones).
+    ridge_lambda: float = 300.0
     # reward_model: prior mean quality of a model nobody has tried yet (1 = optimism: it gets tried).
     prior_quality: float = 1.0
     # reward_model: how many events of evidence that prior is worth.
@@ -143,7 +145,7 @@ class LearnerSettings:
     # reward_model with exploration_regions, cold start: > 0 = each model also fits one intercept per region
     # (the region's one-hot next to the embedding; served from the same centroids) with this ridge penalty,
     # so its level on a kind of prompt comes from all its events there; 0 = off.
-    region_intercept_lambda: float = 0.0
+    region_intercept_lambda: float = 30.0
     # Pool changes (learner.arms edited while running): a model new to the pool is served this share of
     # the traffic (forced exploration on every kind of prompt, never the greedy choice) ...
     new_model_share: float = 0.3
