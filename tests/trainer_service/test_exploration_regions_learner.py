@@ -21,7 +21,7 @@ HYPER = RewardModelHyperParameters(
 )
 
 
-def regional_network(regions: int = 2) -> PolicyNetwork:
+def regional_network(regions: int = 2, intercepts: bool = False) -> PolicyNetwork:
     architecture = PolicyArchitecture(
         embedding_dim=DIM,
         num_models=ARMS,
@@ -29,6 +29,7 @@ def regional_network(regions: int = 2) -> PolicyNetwork:
         kind="reward_model",
         exploration="inverse_gap",
         exploration_regions=regions,
+        region_intercepts=intercepts,
     )
     return uniform_network(PolicyNetwork(architecture))
 

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from barp_sidecar.policy.checkpoint import EncoderIdentity, load_checkpoint, save_checkpoint
-from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
+from barp_sidecar.policy.network import PolicyNetwork
 from tests.policy.test_reward_model_network import manifest_for
+from tests.trainer_service.test_exploration_regions_learner import regional_network
 from tests.trainer_service.test_reward_model_learner import ARMS, DIM, clustered_batch
-from trainer.service.learner import uniform_network
 from trainer.service.policy_source import cold_policy
 from trainer.service.reward_model_learner import RewardModelHyperParameters, RewardModelLearner, nearest
 from trainer.service.settings import LearnerSettings
@@ -31,16 +31,7 @@ HYPER = RewardModelHyperParameters(
 
 
 def intercept_network(regions: int = 2, intercepts: bool = True) -> PolicyNetwork:
-    architecture = PolicyArchitecture(
-        embedding_dim=DIM,
-        num_models=ARMS,
-        head_layers=0,
-        kind="reward_model",
-        exploration="inverse_gap",
-        exploration_regions=regions,
-        region_intercepts=intercepts,
-    )
-    return uniform_network(PolicyNetwork(architecture))
+    return regional_network(regions, intercepts)
 
 
 def test_the_network_adds_the_intercept_of_the_prompts_region():
