@@ -2,10 +2,15 @@
 PYTHON ?= python3
 DATA ?= ../shared/data/routerbench
 OUT ?= out
+# The infinity-emb peer's own virtual environment (bench/encoder_peer.py) and the CPU torch it installs: a
+# local wheel, or e.g. PEER_TORCH='torch==2.13.0+cpu --extra-index-url https://download.pytorch.org/whl/cpu'
+PEER_VENV ?= .cache/peer-venv
+PEER_TORCH ?= /opt/wheels/torch-2.13.0+cpu-cp311-cp311-manylinux_2_28_x86_64.whl
 
 .DEFAULT_GOAL := help
 .PHONY: help install lint test test-all protos train-default builtin-calibration reproduce demo fake-provider \
-	bench-route bench-forward bench-learning bench-startup bench-http bench-encoders gpu-check quickstart \
+	bench-route bench-forward bench-learning bench-startup bench-http bench-encoders bench-peer peer-venv gpu-check \
+	quickstart \
 	helm-check helm-docs settings-docs node-deps
 
 help:  ## List the targets
@@ -73,6 +78,14 @@ bench-encoders:  ## Encoder backends: decision agreement (../shared/data), in-pr
 	$(PYTHON) -m bench.encoder_backends agreement --json $(OUT)/bench/encoder_agreement.json
 	OMP_WAIT_POLICY=PASSIVE $(PYTHON) -m bench.encoder_backends speed --threads 2 --json $(OUT)/bench/encoder_speed.json
 	$(PYTHON) -m bench.encoder_backends threads --json $(OUT)/bench/encoder_threads.json
+
+peer-venv:  ## The infinity-emb peer in its own venv $(PEER_VENV) (CPU torch from $(PEER_TORCH); docs/benchmarks.md)
+	$(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/pip install $(PEER_TORCH) -r bench/peer-requirements.txt
+
+bench-peer:  ## Ceiling vs sidecar Route vs the infinity-emb peer at 16/64/256 tokens, 64 clients (make peer-venv)
+	$(PYTHON) -m bench.encoder_peer --peer-venv $(PEER_VENV) --prompt-tokens 16 64 256 --concurrency 64 --rounds 3 \
+		--json $(OUT)/bench/encoder_peer.json
 
 gpu-check:  ## On a CUDA machine: the CUDA tests and the route bench with CUDA settings, one table (< 8 min)
 	PYTHON=$(PYTHON) OUT_DIR=$(OUT)/gpu_check bash bench/gpu_check.sh

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Callable
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 # Tiny counts: two concurrency levels, a few requests, one round (seconds, not minutes).
@@ -26,3 +29,13 @@ async def run_bench(module: str, *argv: str, timeout_s: float = 300.0) -> str:
     text = output.decode()
     assert process.returncode == 0, text[-2000:]
     return text
+
+
+def argument_error(
+    parse: Callable[[list[str]], object], argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> str:
+    """What a bench's argument parsing printed for ``argv``; asserts it exited 2 (argparse's usage error)."""
+    with pytest.raises(SystemExit) as exited:
+        parse(argv)
+    assert exited.value.code == 2
+    return capsys.readouterr().err

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from bench.route_load import SWEEP_NOTE, Result, main, ratio_values
+from tests.bench.bench_runner import argument_error
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -47,10 +48,7 @@ def test_the_sweep_compares_sidecar_with_baseline_at_each_client_count() -> None
 def test_bad_baseline_arguments_exit_2_naming_the_flag(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    with pytest.raises(SystemExit) as exited:
-        main(argv)
-    assert exited.value.code == 2
-    assert message in capsys.readouterr().err
+    assert message in argument_error(main, argv, capsys)
 
 
 @pytest.mark.slow

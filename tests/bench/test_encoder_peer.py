@@ -1,0 +1,154 @@
+"""bench/encoder_peer.py without the peer: argument errors, missing venv, the closed loop, the table."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.encoder_peer import (
+    MAX_PROMPT_TOKENS,
+    closed_loop,
+    parse_args,
+    peer_command,
+    peer_environment,
+    summarise,
+    table,
+    verdict,
+)
+from tests.bench.bench_runner import argument_error
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--concurrency", "0"], "--concurrency must be at least 1, not 0"),
+        (["--rounds", "0"], "--rounds must be at least 1"),
+        (["--peer-batch-size", "-1"], "--peer-batch-size must be at least 1"),
+        (["--duration-s", "0"], "--duration-s must be positive"),
+        (["--warmup-s", "-1"], "--warmup-s must be 0 or more"),
+        (["--prompt-tokens", "16", "0"], "--prompt-tokens 0: must be between 1 and"),
+        (["--prompt-tokens", str(MAX_PROMPT_TOKENS + 1)], f"--prompt-tokens {MAX_PROMPT_TOKENS + 1}"),
+        (["--ceiling-batch-sizes", "8", "0"], "--ceiling-batch-sizes must all be at least 1"),
+        (["--concurrency", "many"], "--concurrency: invalid int value"),
+    ],
+)
+def test_bad_arguments_exit_2_naming_the_flag(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert message in argument_error(parse_args, argv, capsys)
+
+
+def test_the_defaults_are_the_issue_s_run() -> None:
+    args = parse_args([])
+    assert (args.prompt_tokens, args.concurrency) == ([16, 64, 256], 64)
+    assert args.peer_venv == REPO / ".cache" / "peer-venv"
+
+
+def test_without_the_peer_venv_the_bench_exits_2_with_one_line_saying_how_to_create_it(
+    tmp_path: Path,
+) -> None:
+    missing = tmp_path / "no-venv"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.encoder_peer", "--peer-venv", str(missing)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert done.stdout == ""
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert str(missing / "bin" / "infinity_emb") in lines[0]
+    assert "make peer-venv" in lines[0]
+    assert not missing.exists()  # nothing created on the way
+
+
+def test_the_peer_serves_on_loopback_with_the_torch_engine_on_the_cpu_and_sends_no_statistics() -> None:
+    command = peer_command(Path("/venv/bin/infinity_emb"), "/models/minilm", 4711, 32)
+    options = dict(zip(command[2::2], command[3::2], strict=False))
+    assert command[:2] == ["/venv/bin/infinity_emb", "v2"]
+    assert options["--model-id"] == "/models/minilm"
+    assert (options["--host"], options["--port"]) == ("127.0.0.1", "4711")
+    assert (options["--engine"], options["--device"], options["--dtype"]) == ("torch", "cpu", "float32")
+    assert options["--batch-size"] == "32"
+    environment = peer_environment(threads=2)
+    assert environment["OMP_WAIT_POLICY"] == "PASSIVE"
+    assert environment["OMP_NUM_THREADS"] == "2"
+    assert environment["INFINITY_ANONYMOUS_USAGE_STATS"] == "0"
+    assert environment["HF_HUB_OFFLINE"] == "1"
+
+
+def test_the_closed_loop_measures_a_bounded_window_with_unique_prompts_and_counts_errors() -> None:
+    sent: list[int] = []
+
+    async def call(index: int) -> None:
+        sent.append(index)
+        await asyncio.sleep(0.01)
+        if index % 5 == 0:
+            raise RuntimeError("refused")
+
+    result = asyncio.run(closed_loop(call, 4, 0.3, 0.05, 10_000, first_index=100))
+    assert len(sent) == len(set(sent))
+    assert min(sent) == 100
+    assert result["next_index"] == 100 + len(sent)
+    assert 0 < result["requests"] < len(sent)
+    assert result["errors"] > 0
+    # 4 workers x calls of at least 10 ms: at most 400 calls/s (fewer on a busy machine).
+    assert 0 < result["throughput_rps"] <= 400
+    assert result["p50_ms"] >= 10
+
+
+def test_the_closed_loop_stops_at_max_requests() -> None:
+    async def call(index: int) -> None:
+        await asyncio.sleep(0.001)
+
+    result = asyncio.run(closed_loop(call, 2, 30.0, 0.0, 20, first_index=0))
+    assert result["requests"] == 20
+
+
+def measured(ceiling: float, sidecar: float, peer: float) -> dict[str, dict[str, float]]:
+    return {
+        "ceiling": {"throughput_rps": ceiling},
+        "sidecar": {"throughput_rps": sidecar, "p50_ms": 100.0, "p99_ms": 150.0},
+        "peer": {"throughput_rps": peer, "p50_ms": 120.0, "p99_ms": 180.0},
+    }
+
+
+def test_the_table_shows_medians_of_within_round_shares_and_the_per_round_sidecar_over_peer() -> None:
+    rounds = [
+        {16: measured(100.0, 80.0, 64.0), 64: measured(40.0, 30.0, 32.0)},
+        {16: measured(120.0, 90.0, 60.0), 64: measured(50.0, 40.0, 32.0)},
+        {16: measured(110.0, 99.0, 90.0), 64: measured(44.0, 33.0, 30.0)},
+    ]
+    summary = summarise(rounds)
+    assert summary[16]["sidecar_share"] == pytest.approx(0.8)  # rounds: 0.8, 0.75, 0.9
+    assert summary[16]["sidecar_over_peer_rounds"] == pytest.approx([1.25, 1.5, 1.1])
+    assert summary[64]["peer_share"] == pytest.approx(0.68181818)  # rounds: 0.8, 0.64, 0.6818
+    assert summary[64]["sidecar_throughput_rps"] == 33.0
+    text = table(summary).splitlines()
+    assert len(text) == 4
+    assert text[0].startswith("| tokens | ceiling (prompts/s) | sidecar (prompts/s) |")
+    assert text[2] == (
+        "| 16 | 110.0 | 90.0 | 100 / 150 | 0.80 | 64.0 | 120 / 180 | 0.64 | 1.25× [1.25, 1.50, 1.10] |"
+    )
+    assert text[3].endswith("| 1.10× [0.94, 1.25, 1.10] |")
+    assert verdict(summary) == "sidecar NOT ahead of the peer in every round at: 64 tokens"
+    ahead = summarise([{16: measured(100.0, 80.0, 64.0)}])
+    assert verdict(ahead) == "sidecar ahead of the peer at every length in every round"
+
+
+def test_a_window_shorter_than_the_latency_is_stretched_to_cover_several_answers() -> None:
+    async def slow_call(index: int) -> None:  # a server answering every call after 0.1 s
+        await asyncio.sleep(0.1)
+
+    result = asyncio.run(closed_loop(slow_call, 3, 0.01, 0.0, 10_000, first_index=0))
+    assert result["window_s"] >= 0.2  # two warm-up median latencies, not the 10 ms asked for
+    assert result["requests"] >= 3
+    assert 0 < result["throughput_rps"] <= 45  # at most 3 clients / 0.1 s, plus a call ending on the edge
