@@ -87,6 +87,6 @@ def test_a_model_directory_is_keyed_by_its_files_not_its_path(tmp_path):
     assert EmbeddingCache(root, DirectoryModelEncoder(model_dir)).directory != first.directory
 
 
-def test_the_builtin_and_hashing_keys_are_unchanged(tmp_path):
+def test_an_encoder_not_loaded_from_a_directory_keeps_its_key(tmp_path):
     cache = EmbeddingCache(tmp_path, HashingEncoder(EncoderSettings(model="hash:32")))
     assert cache.config == {"encoder_id": "hash:32", "dim": 32, "max_seq_length": 256, "truncation": "tail"}

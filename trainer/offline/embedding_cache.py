@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from barp_sidecar.policy.backends import encoder_backend_identity
-from barp_sidecar.policy.encoder import BUILTIN_MODEL, Encoder
+from barp_sidecar.policy.encoder import Encoder
 
 DIGEST_BYTES = 16
 FILE_READ_BYTES = 1 << 20
@@ -46,9 +46,9 @@ def encoder_config(encoder: Encoder) -> dict[str, object]:
     if backend != "torch":  # torch keeps the key it always had, so existing caches stay valid
         config["backend"] = backend
         config["model_sha256"] = model_sha256
-    elif settings.model != BUILTIN_MODEL and Path(settings.model).is_dir():
-        # The path alone names a place, not a model: key on what is there (the built-in's files come
-        # with a pinned package, and its key stays what it always was).
+    elif Path(settings.model).is_dir():
+        # The path alone names a place, not a model: key on what is there. The built-in MiniLM
+        # ("builtin:…", files pinned by its package) and hub names keep the key they always had.
         config["model_files_sha256"] = directory_sha256(Path(settings.model))
     return config
 
