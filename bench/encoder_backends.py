@@ -8,7 +8,8 @@ data sets with scores and costs, the largest change of the routing metrics (scor
 0.002) over the grid. Large sets are subsampled (``--max-prompts``, seeded; the table says so).
 
 ``speed``: the in-process encoders side by side in ONE run, rounds interleaved, at 16/64/256 tokens and
-batch 1/8/32 (prompts/s and per-batch p50).
+batch 1/8/32 (prompts/s and per-batch p50). ``--encoder-models DIR ...`` adds other sentence-transformers
+models (torch, fp32) to the same rounds, named ``torch:<directory name>`` (issue 12's encoder cost).
 
 ``variants``: int8 variants of the fused fp32 graph that are NOT shipped (dynamic, SmoothQuant + dynamic,
 block-wise 8-bit): cosine to fp32 on AlpacaEval prompts and prompts/s next to fp32 ONNX and torch.
@@ -17,6 +18,7 @@ block-wise 8-bit): cosine to fp32 on AlpacaEval prompts and prompts/s next to fp
 
     python -m bench.encoder_backends agreement --cache-dir /work/cache/embeddings --json out/agree.json
     OMP_WAIT_POLICY=PASSIVE python -m bench.encoder_backends speed --threads 2 --json out/encoder_speed.json
+    python -m bench.encoder_backends speed --backends torch --encoder-models /path/all-mpnet-base-v2
     python -m bench.encoder_backends threads --json out/encoder_threads.json
     OMP_WAIT_POLICY=PASSIVE python -m bench.encoder_backends variants --threads 2 --tokens 16 64
 """
@@ -40,7 +42,13 @@ from barp_sidecar.errors import DataError
 from barp_sidecar.policy.backends import BACKENDS, BackendChoice, default_onnx_dir, load_backend_encoder
 from barp_sidecar.policy.builtin import builtin_policy_dir
 from barp_sidecar.policy.checkpoint import LoadedPolicy, load_checkpoint
-from barp_sidecar.policy.encoder import BUILTIN_MODEL, BUILTIN_MODEL_ID, Encoder
+from barp_sidecar.policy.encoder import (
+    BUILTIN_MODEL,
+    BUILTIN_MODEL_ID,
+    Encoder,
+    EncoderSettings,
+    SentenceTransformerEncoder,
+)
 from trainer.offline.datasets import RoutingTable, load_table
 from trainer.offline.embedding_cache import EmbeddingCache
 from trainer.offline.evaluation import QUALITY_WEIGHT_GRID, metrics_for_actions
@@ -210,6 +218,9 @@ def run_speed(args: argparse.Namespace) -> list[SpeedRow]:
     variants: dict[str, Encoder] = {}
     for backend in args.backends:
         variants[backend] = load_encoder_for(policy, backend, args.onnx_dir, args.threads)
+    for model in args.encoder_models:
+        settings = EncoderSettings(model=str(model), device="cpu")
+        variants[f"torch:{model.name}"] = SentenceTransformerEncoder(settings).load()
     torch.set_num_threads(args.threads or torch.get_num_threads())
     results: dict[tuple[str, int, int], list[tuple[float, float]]] = {}
     seed = 0
@@ -252,7 +263,8 @@ def speed_table(rows: list[SpeedRow]) -> str:
         "| tokens | batch | backend | prompts/s (median of rounds) | × torch | batch p50 ms | rounds |",
         "|---:|---:|---|---:|---:|---:|---|",
     ]
-    for r in sorted(rows, key=lambda r: (r.tokens, r.batch, BACKENDS.index(r.backend))):
+    order = list(dict.fromkeys(r.backend for r in rows))  # backends, then --encoder-models
+    for r in sorted(rows, key=lambda r: (r.tokens, r.batch, order.index(r.backend))):
         ratio = r.prompts_per_s / reference[(r.tokens, r.batch)] if (r.tokens, r.batch) in reference else 0
         lines.append(
             f"| {r.tokens} | {r.batch} | {r.backend} | {r.prompts_per_s:.1f} | {ratio:.2f} | "
@@ -508,6 +520,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     speed.add_argument("--rounds", type=int, default=3)
     speed.add_argument("--seconds", type=float, default=1.5, help="per backend, shape and round")
     speed.add_argument("--threads", type=int, default=0, help="intra-op threads (0 = runtime default)")
+    speed.add_argument(
+        "--encoder-models", nargs="*", type=Path, default=[], help="speed: more model dirs (torch, fp32)"
+    )
     speed.add_argument("--variant-prompts", type=int, default=300, help="variants: AlpacaEval prompts")
     args = parser.parse_args(argv)
     args.checkpoint = args.checkpoint or builtin_policy_dir()

@@ -48,3 +48,45 @@ def test_damaged_shard_costs_only_re_encoding(tmp_path):
     fresh = CountingEncoder(EncoderSettings(model="hash:8"))
     assert EmbeddingCache(tmp_path, fresh).embed(["x", "y"]).shape == (2, 8)
     assert fresh.encoded == 2
+
+
+class DirectoryModelEncoder(HashingEncoder):
+    """A hashing encoder that says it was loaded from a model directory, as ``--encoder-model PATH`` is."""
+
+    def __init__(self, model_dir):
+        super().__init__(EncoderSettings(model="hash:16"))
+        self._directory_settings = EncoderSettings(model=str(model_dir))
+
+    @property
+    def settings(self):
+        return self._directory_settings
+
+    @property
+    def encoder_id(self):
+        return self._directory_settings.model
+
+
+def test_a_model_directory_is_keyed_by_its_files_not_its_path(tmp_path):
+    model_dir = tmp_path / "model"
+    (model_dir / "1_Pooling").mkdir(parents=True)
+    (model_dir / "1_Pooling" / "config.json").write_text('{"pooling_mode_mean_tokens": true}')
+    (model_dir / "model.safetensors").write_bytes(b"weights of model A")
+    root = tmp_path / "cache"
+    first = EmbeddingCache(root, DirectoryModelEncoder(model_dir))
+    first.embed(["a prompt"])
+    assert len(first.config["model_files_sha256"]) == 64
+
+    (model_dir / "model.safetensors").write_bytes(b"weights of model B")  # another model, same path
+    other = EmbeddingCache(root, DirectoryModelEncoder(model_dir))
+    assert other.directory != first.directory
+    assert other.count_missing(["a prompt"]) == 1  # B never reads A's vectors
+
+    (model_dir / "model.safetensors").write_bytes(b"weights of model A")
+    assert EmbeddingCache(root, DirectoryModelEncoder(model_dir)).directory == first.directory
+    (model_dir / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    assert EmbeddingCache(root, DirectoryModelEncoder(model_dir)).directory != first.directory
+
+
+def test_an_encoder_not_loaded_from_a_directory_keeps_its_key(tmp_path):
+    cache = EmbeddingCache(tmp_path, HashingEncoder(EncoderSettings(model="hash:32")))
+    assert cache.config == {"encoder_id": "hash:32", "dim": 32, "max_seq_length": 256, "truncation": "tail"}

@@ -109,3 +109,18 @@ def test_router_probe_scores_every_router_against_per_task_best(tmp_path, capsys
         score, reward_half, id_mean = table[router]
         assert score == pytest.approx(1.0) and id_mean == pytest.approx(100.0)
         assert reward_half == pytest.approx(table["per_task_best (hindsight)"][1])
+
+
+def test_router_probe_samples_the_same_rows_of_each_split_for_every_encoder(tmp_path):
+    from tests.trainer.conftest import synthetic_jsonl_rows, write_jsonl
+    from trainer.offline.datasets import load_table
+    from trainer.offline.router_probe import sample_rows
+
+    table = load_table(write_jsonl(tmp_path / "log.jsonl", synthetic_jsonl_rows(per_task=80)))
+    sample = sample_rows(table, 20, seed=3)
+    assert sorted(sample.splits) == ["test"] * 20 + ["train"] * 20
+    assert set(sample.prompts) <= set(table.prompts)
+    assert sample.prompts == sample_rows(table, 20, seed=3).prompts  # seeded: encoders see the same rows
+    assert sample.prompts != sample_rows(table, 20, seed=4).prompts
+    assert sample_rows(table, 0, seed=3) is table
+    assert len(sample_rows(table, 10_000, seed=3)) == len(table)

@@ -1,5 +1,8 @@
 """On-disk embedding cache keyed by (encoder id and backend, dim, max_seq_length, truncation, text sha256).
 
+A model loaded from a local directory (``--encoder-model /path/to/model``) is also keyed by the sha256 of
+its files, so a different model placed at the same path never reads another model's vectors.
+
 Owns the cache files; knows nothing about policies. Each encoder configuration gets its own directory
 ``<root>/<config digest>/`` holding ``config.json`` (human-readable key) and append-only ``shard-*.npz``
 files (text digests + float32 vectors). A shard is written to a temporary name and renamed, so a crash
@@ -23,6 +26,7 @@ from barp_sidecar.policy.backends import encoder_backend_identity
 from barp_sidecar.policy.encoder import Encoder
 
 DIGEST_BYTES = 16
+FILE_READ_BYTES = 1 << 20
 
 
 def text_digest(text: str) -> bytes:
@@ -42,7 +46,24 @@ def encoder_config(encoder: Encoder) -> dict[str, object]:
     if backend != "torch":  # torch keeps the key it always had, so existing caches stay valid
         config["backend"] = backend
         config["model_sha256"] = model_sha256
+    elif Path(settings.model).is_dir():
+        # The path alone names a place, not a model: key on what is there. The built-in MiniLM
+        # ("builtin:…", files pinned by its package) and hub names keep the key they always had.
+        config["model_files_sha256"] = directory_sha256(Path(settings.model))
     return config
+
+
+def directory_sha256(directory: Path) -> str:
+    """sha256 of the lines "<relative path>\\0<file sha256>" of every file under ``directory``, sorted."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
+        content = hashlib.sha256()
+        with path.open("rb") as handle:
+            while block := handle.read(FILE_READ_BYTES):
+                content.update(block)
+        line = f"{path.relative_to(directory).as_posix()}\0{content.hexdigest()}\n"
+        digest.update(line.encode())
+    return digest.hexdigest()
 
 
 def config_digest(config: dict[str, object]) -> str:

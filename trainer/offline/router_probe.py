@@ -13,6 +13,8 @@ reward next to the hindsight per-task best (``evaluate``'s metrics, ``routing_me
 
 The served router (``--regressor smoothed_mlp``) distils the ``eb`` estimate into the policy head; score
 it with ``barp-trainer evaluate``. ``--id-tasks`` adds the unweighted mean score over those tasks.
+``--encoder-model`` compares encoders on the same rows; ``--rows-per-split N`` probes a seeded sample of
+N train and N test rows (an encoder too slow to embed a whole set on this machine, issue 12 item 4).
 
     python -m trainer.offline.router_probe --data ../shared/data/routerdc7/routerdc7.jsonl \\
         --cache-dir /work/cache/embeddings --id-tasks mmlu gsm8k cmmlu arc_challenge humaneval
@@ -80,6 +82,19 @@ def estimates(
     return out
 
 
+def sample_rows(table: RoutingTable, rows_per_split: int, seed: int) -> RoutingTable:
+    """At most ``rows_per_split`` rows of the train and of the test split, seeded, in table order."""
+    if rows_per_split <= 0:
+        return table
+    rng = np.random.default_rng(seed)
+    splits = np.asarray(table.splits)
+    keep = []
+    for split in ("train", "test"):
+        rows = np.flatnonzero(splits == split)
+        keep.append(rng.choice(rows, min(rows_per_split, len(rows)), replace=False))
+    return table.select(np.sort(np.concatenate(keep)))
+
+
 def probe(table: RoutingTable, x: np.ndarray, id_tasks: Sequence[str]) -> list[dict[str, Any]]:
     splits = np.asarray(table.splits)
     train_rows, test_rows = np.flatnonzero(splits == "train"), np.flatnonzero(splits == "test")
@@ -121,8 +136,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--encoder-model", default=BUILTIN_MODEL, help="sentence-transformers name/path or hash:<dim>"
     )
+    parser.add_argument("--rows-per-split", type=int, default=0, help="seeded sample (0 = every row)")
+    parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    table = load_table(args.data)
+    table = sample_rows(load_table(args.data), args.rows_per_split, args.seed)
     settings = EncoderSettings(model=args.encoder_model, max_seq_length=256, truncation="tail", device="cpu")
     x, _, _ = embed_table(table, settings, args.cache_dir or default_cache_dir(), False)
     print("| router | w_q = 1 score (= reward) | w_q = 0.5 reward | ID task mean at w_q = 1 |")
