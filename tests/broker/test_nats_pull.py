@@ -139,6 +139,9 @@ async def test_a_failure_around_the_durable_append_loses_nothing_and_stores_each
     try:
         ids = await append(pipeline.spool, random.Random(7), 120)
         assert await asyncio.to_thread(failing.entered.wait, 20)
+        # A session that failed before the first append is not this test's subject (seen once in 20 loaded
+        # runs: a BadRequest from JetStream while both sides declared the stream; the session retried).
+        failures_before_crash = pipeline.ingestor.session_failures
         # The consumer holds a fetched batch whose append has not returned: not one message is acknowledged.
         info = await client.jetstream().consumer_info(pipeline.settings.stream, pipeline.settings.consumer)
         assert info.num_ack_pending > 0 and info.ack_floor.stream_seq == 0
@@ -147,7 +150,7 @@ async def test_a_failure_around_the_durable_append_loses_nothing_and_stores_each
         await asyncio.sleep(1.5)  # one more redelivery period: nothing arrives twice
         stored = pipeline.stored_ids()
         assert len(stored) == len(set(stored)) == 120
-        assert pipeline.ingestor.session_failures == 1
+        assert pipeline.ingestor.session_failures == failures_before_crash + 1  # the crash, once
         info = await client.jetstream().consumer_info(pipeline.settings.stream, pipeline.settings.consumer)
         assert info.num_ack_pending == 0
     finally:
