@@ -93,7 +93,8 @@ class BrokerSessionLoop(ABC):
                     raise
                 except Exception as exc:
                     self.session_failures += 1
-                    self.set_state("unreachable", error=repr(exc), phase="session")
+                    # Type and text: a nats-py API error's repr drops the server's code and description.
+                    self.set_state("unreachable", error=f"{type(exc).__name__}: {exc}", phase="session")
                 finally:
                     if self.state == "connected":
                         self.state = "connecting"
