@@ -102,18 +102,28 @@ class NatsServer:
 
 
 class NatsCluster:
-    """Three JetStream nodes routed to each other on loopback."""
+    """Three JetStream nodes routed to each other on loopback.
+
+    Route ports must be known before any node starts, so they are picked free and bound later; when
+    another process takes one in between, ``start`` builds the cluster again on fresh ports (bounded)."""
+
+    START_ATTEMPTS = 3
 
     def __init__(self, root: Path, size: int = 3) -> None:
-        cluster_ports = [free_port() for _ in range(size)]
-        self.nodes = [
+        self.root = root
+        self.size = size
+        self.nodes = self._nodes(root)
+
+    def _nodes(self, store_root: Path) -> list[NatsServer]:
+        cluster_ports = [free_port() for _ in range(self.size)]
+        return [
             NatsServer(
-                root / f"store-{i}",
+                store_root / f"store-{i}",
                 name=f"n{i}",
                 cluster_port=cluster_ports[i],
                 routes=[p for j, p in enumerate(cluster_ports) if j != i],
             )
-            for i in range(size)
+            for i in range(self.size)
         ]
 
     @property
@@ -121,9 +131,17 @@ class NatsCluster:
         return [node.url for node in self.nodes]
 
     def start(self) -> NatsCluster:
-        for node in self.nodes:
-            node.start()
-        return self
+        for attempt in range(1, self.START_ATTEMPTS + 1):
+            try:
+                for node in self.nodes:
+                    node.start()
+                return self
+            except RuntimeError as exc:
+                self.stop()
+                if "address already in use" not in str(exc) or attempt == self.START_ATTEMPTS:
+                    raise
+                self.nodes = self._nodes(self.root / f"attempt-{attempt + 1}")
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     def stop(self) -> None:
         for node in self.nodes:
