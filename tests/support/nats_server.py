@@ -131,7 +131,8 @@ class NatsCluster:
         return [node.url for node in self.nodes]
 
     def start(self) -> NatsCluster:
-        for attempt in range(1, self.START_ATTEMPTS + 1):
+        attempt = 1
+        while True:
             try:
                 for node in self.nodes:
                     node.start()
@@ -140,8 +141,8 @@ class NatsCluster:
                 self.stop()
                 if "address already in use" not in str(exc) or attempt == self.START_ATTEMPTS:
                     raise
-                self.nodes = self._nodes(self.root / f"attempt-{attempt + 1}")
-        raise AssertionError("unreachable: the last attempt returns or raises")
+                attempt += 1
+                self.nodes = self._nodes(self.root / f"attempt-{attempt}")
 
     def stop(self) -> None:
         for node in self.nodes:
