@@ -3,15 +3,20 @@ until it fails, then the shared jittered backoff (``barp_sidecar/backoff.py``) a
 
 Owns the background task (``start`` / ``close``), the connect attempt (``NatsConnector.connect``), closing
 a broken connection, the backoff (reset after a session that made progress), the broker state shown in
-metrics (``connecting``, ``connected``, ``unreachable``, ``auth_failed``) and one log line per state change
-(``<log_prefix>_<state>``; ``auth_failed`` is logged at error level on every attempt). What a session does
-belongs to the subclass: the sidecar's event publisher and policy watcher, the trainer's event consumer
-and policy mirror.
+metrics (``connecting``, ``connected``, ``unreachable``, ``auth_failed``, ``session_failed``) and one log
+line per state change (``<log_prefix>_<state>``; ``auth_failed`` and ``session_failed`` are logged at error
+level on every attempt). ``unreachable`` means the broker or the way to it failed (no server, the
+connection broke, a request went unanswered, JetStream reported itself unavailable); ``session_failed``
+means the connection worked but the session did not (the broker refused a request, or this process
+failed: a disk error, a bug), so an operator looks at this process's log rather than at NATS. What a
+session does belongs to the subclass: the sidecar's event publisher and policy watcher, the trainer's
+event consumer and policy mirror.
 """
 
 from __future__ import annotations
 
 import asyncio
+import importlib
 import random
 from abc import ABC, abstractmethod
 from typing import Any
@@ -23,7 +28,22 @@ from barp_sidecar.broker.nats_connection import BrokerAuthFailed, BrokerUnavaila
 from barp_sidecar.tasks import cancel_and_wait
 
 log = structlog.get_logger("barp_sidecar.broker.session_loop")
-BROKER_STATES = ("connecting", "connected", "unreachable", "auth_failed")
+BROKER_STATES = ("connecting", "connected", "unreachable", "auth_failed", "session_failed")
+# States logged at error level on every attempt (an operator has to act); the others once per change.
+STATES_LOGGED_EVERY_TIME = ("auth_failed", "session_failed")
+
+
+def session_failure_state(exc: BaseException) -> str:
+    """``unreachable`` for a failure of the broker or of the way to it, else ``session_failed``."""
+    if isinstance(exc, ConnectionError | TimeoutError | BrokerUnavailable):
+        return "unreachable"
+    nats_errors = importlib.import_module("nats.errors")
+    js_errors = importlib.import_module("nats.js.errors")
+    if isinstance(exc, js_errors.ServiceUnavailableError | js_errors.ServerError):
+        return "unreachable"  # JetStream answered that it cannot serve now (no leader, a 5xx)
+    if isinstance(exc, js_errors.APIError):
+        return "session_failed"  # JetStream refused the request (bad request, not found): it works
+    return "unreachable" if isinstance(exc, nats_errors.Error) else "session_failed"
 
 
 class BrokerSessionLoop(ABC):
@@ -70,8 +90,8 @@ class BrokerSessionLoop(ABC):
         if state == "connected":
             self.sessions += 1
             log.info(f"{self.log_prefix}_connected", urls=list(self.settings.nats_urls), **fields)
-        elif changed or state == "auth_failed":
-            level = log.error if state == "auth_failed" else log.warning
+        elif changed or state in STATES_LOGGED_EVERY_TIME:
+            level = log.error if state in STATES_LOGGED_EVERY_TIME else log.warning
             level(f"{self.log_prefix}_{state}", urls=list(self.settings.nats_urls), **fields)
 
     async def _run(self) -> None:
@@ -94,7 +114,9 @@ class BrokerSessionLoop(ABC):
                 except Exception as exc:
                     self.session_failures += 1
                     # Type and text: a nats-py API error's repr drops the server's code and description.
-                    self.set_state("unreachable", error=f"{type(exc).__name__}: {exc}", phase="session")
+                    self.set_state(
+                        session_failure_state(exc), error=f"{type(exc).__name__}: {exc}", phase="session"
+                    )
                 finally:
                     if self.state == "connected":
                         self.state = "connecting"

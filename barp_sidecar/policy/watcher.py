@@ -1,11 +1,12 @@
 """Hot-swap sources: follow the trainer's WatchPolicy stream, or poll a checkpoint directory's LATEST.
 
 Owns the connection side of hot swap: ``TrainerPolicyWatcher`` keeps a Trainer.WatchPolicy stream open
-(reconnecting with jittered exponential backoff), turns announcements into ``PolicyManager``
-calls, and downloads checkpoints with Trainer.FetchPolicy into a local directory, checking every file's
-sha256 and the announced weights sha256 (no shared volume needed). ``DirectoryPolicyWatcher`` does the
-same from a ``CheckpointStore`` on a shared volume. Validation and the swap itself belong to
-``PolicyManager`` (off the event loop, between batches).
+(reconnecting with jittered exponential backoff), turns announcements into ``PolicyManager`` calls (the
+stream announces a version once, so a retryable failure to install it is retried while the stream is
+idle: ``PolicyManager.retry_due``), and downloads checkpoints with Trainer.FetchPolicy into a local
+directory, checking every file's sha256 and the announced weights sha256 (no shared volume needed).
+``DirectoryPolicyWatcher`` does the same from a ``CheckpointStore`` on a shared volume. Validation and
+the swap itself belong to ``PolicyManager`` (off the event loop, between batches).
 """
 
 from __future__ import annotations
@@ -155,9 +156,16 @@ class TrainerCheckpointFetcher:
         return await fetch_checkpoint(self._channel(), version, expected_sha256, self.download_root)
 
 
+# How often an idle watcher asks the manager whether a failed install is due for a retry (the manager's
+# own backoff, 0.5 s doubling to 30 s, decides when one actually happens).
+RETRY_CHECK_INTERVAL_S = 0.5
+
+
 class TrainerPolicyWatcher:
     """Follows Trainer.WatchPolicy and installs announced versions through the manager (which fetches them
-    with its own ``CheckpointFetcher``)."""
+    with its own ``CheckpointFetcher``). A version whose install failed for a passing reason (the fetch
+    broke off, files not there yet) is tried again after the manager's backoff, without waiting for the
+    next announcement."""
 
     def __init__(
         self,
@@ -175,13 +183,29 @@ class TrainerPolicyWatcher:
         self.reconnects = 0
         self._backoff = ReconnectBackoff(initial_backoff_s, max_backoff_s, random.Random(seed))
         self._task: asyncio.Task[None] | None = None
+        self._retry_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="policy-watcher")
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run(), name="policy-watcher")
+        self._retry_task = loop.create_task(self._retry_failed(), name="policy-watcher-retry")
 
     async def close(self) -> None:
+        await cancel_and_wait(self._retry_task)
         await cancel_and_wait(self._task)
-        self._task = None
+        self._task = self._retry_task = None
+
+    async def _retry_failed(self) -> None:
+        """Re-try the latest announced version once its retryable rejection's backoff is over (the
+        manager's lock keeps this and a new announcement from installing at the same time)."""
+        while True:
+            await asyncio.sleep(RETRY_CHECK_INTERVAL_S)
+            try:
+                await self.manager.retry_due()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("policy_retry_failed")
 
     async def _run(self) -> None:
         stub = trainer_pb2_grpc.TrainerStub(self.channel)

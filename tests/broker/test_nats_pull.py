@@ -19,6 +19,7 @@ from typing import Any
 import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
+from structlog.testing import capture_logs
 
 import trainer.service.nats_ingest as nats_ingest
 from barp_sidecar.gen.barp.v1 import trainer_pb2
@@ -145,8 +146,13 @@ async def test_a_failure_around_the_durable_append_loses_nothing_and_stores_each
         # The consumer holds a fetched batch whose append has not returned: not one message is acknowledged.
         info = await client.jetstream().consumer_info(pipeline.settings.stream, pipeline.settings.consumer)
         assert info.num_ack_pending > 0 and info.ack_floor.stream_seq == 0
-        failing.release.set()
-        await wait_until(lambda: sorted(pipeline.stored_ids()) == sorted(ids), 30, "redelivered events")
+        with capture_logs() as logs:
+            failing.release.set()
+            await wait_until(lambda: sorted(pipeline.stored_ids()) == sorted(ids), 30, "redelivered events")
+        # A local failure is not the broker's: shown as session_failed (error level), not as unreachable.
+        failed = [e for e in logs if e["event"] == "event_broker_session_failed"]
+        assert failed and failed[0]["log_level"] == "error" and "simulated crash" in failed[0]["error"]
+        assert not [e for e in logs if e["event"] == "event_broker_unreachable"]
         await asyncio.sleep(1.5)  # one more redelivery period: nothing arrives twice
         stored = pipeline.stored_ids()
         assert len(stored) == len(set(stored)) == 120

@@ -142,6 +142,27 @@ async def test_bad_checkpoints_are_rejected_and_the_previous_version_keeps_servi
         assert CALIBRATION_FILE in rejected[0]["error"]
 
 
+async def test_a_version_whose_fetch_failed_is_installed_later_without_a_new_announcement(setup):
+    """The stream announces v2 once; its first download fails (the weights file is not readable yet), so
+    the watcher retries after the manager's backoff and serves v2 although nothing is announced again."""
+    upstream, registry, manager, watcher = setup
+    publish_tiny(upstream.store, 2, seed=2)
+    announcement = announcement_for(upstream.store, load_checkpoint(upstream.store.path(2)).manifest)
+    weights = upstream.store.path(2) / "policy.safetensors"
+    hidden = weights.with_name("policy.safetensors.hidden")
+    weights.rename(hidden)
+    with capture_logs() as logs:
+        await upstream.announcer.publish(announcement)
+        await wait_for(lambda: manager.rejected_total["fetch_failed"] == 1)
+        assert registry.current().version == 1
+        hidden.rename(weights)
+        await wait_for(lambda: registry.current().version == 2)
+    assert registry.swapped_to == [2]
+    assert watcher.reconnects == 0  # the same stream: no announcement was repeated
+    rejected = [e for e in logs if e["event"] == "policy_rejected"]
+    assert rejected[0]["reason"] == "fetch_failed" and rejected[0]["retry_in_s"] is not None
+
+
 async def test_admin_pin_survives_announcements_until_unpinned(setup):
     upstream, registry, manager, _ = setup
     await upstream.publish(2, seed=2)

@@ -1,6 +1,6 @@
 """The trainer lease's rules (trainer/service/lease.py) on a fake KV and a fake clock: create-only
 acquisition, renewal at the expected revision, the local validity deadline, a lost lease staying lost, and
-release on a graceful stop (delete at our revision only)."""
+release on a graceful stop (delete at our revision only), and a renewal whose answer was lost."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ class FakeKV:
         self.entry: tuple[int, bytes, float] | None = None  # revision, value, written at
         self.delay_s = 0.0  # how long a write takes (the clock advances during it)
         self.deletes = 0
+        self.lose_answers = 0  # this many next updates are written but answered with a timeout
 
     def _live(self) -> tuple[int, bytes, float] | None:
         if self.entry is not None and self.clock.now - self.entry[2] >= self.ttl_s:
@@ -49,7 +50,15 @@ class FakeKV:
         live = self._live()
         if (live[0] if live else 0) != last:
             raise LeaseRejected("wrong last sequence")
-        return self._write(value)
+        revision = self._write(value)
+        if self.lose_answers:
+            self.lose_answers -= 1
+            raise TimeoutError("nats: timeout")  # the write reached the server; its answer did not come back
+        return revision
+
+    async def get(self, key: str) -> tuple[bytes, int] | None:
+        live = self._live()
+        return None if live is None else (live[1], live[0])
 
     async def delete(self, key: str, last: int) -> None:
         live = self._live()
@@ -160,3 +169,33 @@ async def test_a_standby_or_expired_lease_releases_nothing(clock, kv):
 def test_validity_fraction_must_be_inside_0_and_1(kv, clock):
     with pytest.raises(ValueError, match="validity_fraction"):
         TrainerLease(kv, "a", 6.0, validity_fraction=1.0, clock=clock)
+
+
+async def test_a_renewal_whose_answer_was_lost_is_adopted_not_taken_for_a_takeover(clock, kv):
+    a, b = TrainerLease(kv, "a", 6.0, clock=clock), TrainerLease(kv, "b", 6.0, clock=clock)
+    assert await a.try_acquire()
+    clock.now += 1.5
+    kv.lose_answers = 1
+    with pytest.raises(TimeoutError):
+        await a.renew()  # written (revision 2) but unanswered: a still believes revision 1
+    clock.now += 0.5
+    assert await a.renew()  # wrong revision, but the key holds a's name at a newer one: adopted
+    assert a.held() and a.adopted_renewals == 1 and a.revision == kv.entry[0]
+    # Validity counts from the unanswered attempt's start (100 + 1.5), not from this call.
+    assert a.valid_until_s == pytest.approx(101.5 + 0.75 * 6.0)
+    assert not await b.try_acquire()
+    clock.now += 1.5
+    assert await a.renew() and a.adopted_renewals == 1  # back to plain renewals
+
+
+async def test_after_an_unanswered_renewal_a_takeover_is_still_a_loss(clock, kv):
+    a, b = TrainerLease(kv, "a", 6.0, clock=clock), TrainerLease(kv, "b", 6.0, clock=clock)
+    assert await a.try_acquire()
+    kv.lose_answers = 1
+    with pytest.raises(TimeoutError):
+        await a.renew()
+    clock.now += 1.0
+    kv.entry = None  # an operator purged the key; b takes over while a is still valid locally
+    assert await b.try_acquire()
+    assert not await a.renew() and a.state == "lost" and a.adopted_renewals == 0
+    assert b.held() and kv.entry[1] == b"b"

@@ -71,6 +71,7 @@ class NatsLeaseKV:
         self.kv = kv
         errors = importlib.import_module("nats.js.errors")
         self._wrong, self._api_error = errors.KeyWrongLastSequenceError, errors.APIError
+        self._not_found = errors.NotFoundError  # KeyNotFoundError (absent, deleted, purged) and the plain one
 
     async def create(self, key: str, value: bytes) -> int:
         try:
@@ -83,6 +84,16 @@ class NatsLeaseKV:
             return int(await self.kv.update(key, value, last=last))
         except self._wrong as exc:
             raise LeaseRejected(str(exc)) from exc
+
+    async def get(self, key: str) -> tuple[bytes, int] | None:
+        """(value, revision) of the live entry; None when the key is absent, deleted or expired."""
+        try:
+            entry = await self.kv.get(key)
+        except self._not_found:
+            return None
+        if entry.value is None:
+            return None
+        return bytes(entry.value), int(entry.revision)
 
     async def delete(self, key: str, last: int) -> None:
         try:
@@ -130,8 +141,15 @@ class LeaseKeeper(BrokerSessionLoop):
     def progress(self) -> int:
         return self.lease.acquisitions + self.lease.renewals
 
+    @property
+    def request_timeout_s(self) -> float:
+        """A lease request waits at most one renewal interval (not ``events.publish_timeout_s``, 5 s by
+        default, longer than the lease's local validity of 0.75 × 6 s): a renewal lost in a JetStream
+        leader election is then tried again while the lease is still valid."""
+        return min(self.settings.publish_timeout_s, self.lease.renew_every_s)
+
     async def session(self, client: Any) -> None:
-        js = client.jetstream(timeout=self.settings.publish_timeout_s)
+        js = client.jetstream(timeout=self.request_timeout_s)
         kv = await ensure_lease_bucket(js, self.bucket, self.lease.ttl_s, self.settings.stream_replicas)
         self.lease.kv = NatsLeaseKV(kv)
         self.set_state("connected", bucket=self.bucket)
@@ -142,18 +160,41 @@ class LeaseKeeper(BrokerSessionLoop):
                 if self.lease.state in ("lost", "released"):
                     return
                 if self.lease.state == "standby":
-                    if await self.lease.try_acquire():
+                    if await self._unanswered_is_false(self.lease.try_acquire):
                         self.acquired.set()
                         continue
                     await self._pause(self.poll_s)
                     continue
                 await self._pause(self.lease.renew_every_s)
-                if not self._release_requested.is_set() and not await self.lease.renew():
+                if not self._release_requested.is_set() and not await self._renew():
                     return
             self.released = await self.lease.release()
         finally:
             if self._release_requested.is_set():
                 self._released.set()
+
+    async def _renew(self) -> bool:
+        """Renew; a request JetStream did not answer in time is tried again after ``poll_s`` for as long
+        as the lease is valid locally (``renew`` then reports the loss). False when the lease is lost."""
+        while True:
+            try:
+                return await self.lease.renew()
+            except unanswered_request_errors() as exc:
+                log.warning(
+                    "trainer_lease_renewal_unanswered", error=type(exc).__name__, retry_in_s=self.poll_s
+                )
+                await self._pause(self.poll_s)
+                if self._release_requested.is_set():
+                    return self.lease.held()
+
+    async def _unanswered_is_false(self, attempt: Callable[[], Awaitable[bool]]) -> bool:
+        """``attempt()``, with a request JetStream did not answer in time counted as a failed attempt (a
+        standby polls again; a create that went through unanswered keeps the key until its TTL)."""
+        try:
+            return await attempt()
+        except unanswered_request_errors() as exc:
+            log.warning("trainer_lease_request_unanswered", error=type(exc).__name__)
+            return False
 
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds``, or less when a release is requested meanwhile."""
@@ -174,6 +215,14 @@ class LeaseKeeper(BrokerSessionLoop):
         except TimeoutError:
             log.warning("trainer_lease_release_timed_out", timeout_s=timeout_s)
         return self.released
+
+
+def unanswered_request_errors() -> tuple[type[BaseException], ...]:
+    """A request on a working connection that got no answer in time, or no responder (a stream leader
+    being elected): worth repeating on the same connection. A broken connection is not among them."""
+    nats_errors = importlib.import_module("nats.errors")
+    js_errors = importlib.import_module("nats.js.errors")
+    return (TimeoutError, nats_errors.NoRespondersError, js_errors.ServiceUnavailableError)
 
 
 def transient_broker_errors() -> tuple[type[BaseException], ...]:

@@ -10,9 +10,15 @@ on this process's monotonic clock. The server expires the entry no sooner than T
 reached it, so a holder stops acting on the lease before any standby can create the key again (clock
 rates assumed to agree within 1 − validity_fraction).
 
-The KV is duck-typed (``create(key, value) -> revision``, ``update(key, value, last=revision) -> revision``,
-``delete(key, last=revision)``) so the rules are unit-tested with a fake KV and a fake clock; nats-py's
-``KeyValue`` fits through ``failover.NatsLeaseKV``.
+A renewal whose answer was lost (the request timed out, but the write reached the server) makes the next
+renewal fail on the revision; the key then still holds this replica's name at a newer revision, which
+``renew`` adopts (validity counted from the start of the first unanswered attempt, the earliest the lost
+write can have happened) instead of giving the lease up.
+
+The KV is duck-typed (``create(key, value) -> revision``, ``update(key, value, last=revision) ->
+revision``, ``delete(key, last=revision)``, ``get(key) -> (value, revision) | None``) so the rules are
+unit-tested with a fake KV and a fake clock; nats-py's ``KeyValue`` fits through
+``failover.NatsLeaseKV``.
 """
 
 from __future__ import annotations
@@ -59,6 +65,9 @@ class TrainerLease:
         self.acquisitions = 0
         self.renewals = 0
         self.losses = 0
+        self.adopted_renewals = 0
+        # Start of the first renewal attempt that raised before an answer (its write may have gone through).
+        self._unanswered_since: float | None = None
 
     @property
     def renew_every_s(self) -> float:
@@ -93,11 +102,20 @@ class TrainerLease:
             self.lose("expired before renewal")
             return False
         started = self.clock()
+        earliest = started if self._unanswered_since is None else self._unanswered_since
+        self._unanswered_since = earliest  # cleared below once this attempt is answered
         try:
             revision = await self.kv.update(LEASE_KEY, self.holder.encode(), last=self.revision)
         except LeaseRejected:
-            self.lose("the lease key was written by another replica")
-            return False
+            revision = await self._own_newer_revision() if earliest < started else None
+            if revision is None:
+                self._unanswered_since = None
+                self.lose("the lease key was written by another replica")
+                return False
+            started = earliest  # an unanswered attempt's write went through: count from its start
+            self.adopted_renewals += 1
+            log.info("trainer_lease_unanswered_renewal_adopted", holder=self.holder, revision=revision)
+        self._unanswered_since = None
         if not self.held():
             # The write succeeded after the local validity ran out: a standby may already act; stay lost.
             self.lose("renewal came back after the lease's local validity")
@@ -106,6 +124,17 @@ class TrainerLease:
         self.valid_until_s = started + self.validity_fraction * self.ttl_s
         self.renewals += 1
         return True
+
+    async def _own_newer_revision(self) -> int | None:
+        """The key's revision when it holds this replica's name at a revision newer than ours (a renewal
+        whose answer was lost); None when someone else wrote it or it is gone."""
+        current = await self.kv.get(LEASE_KEY)
+        if current is None:
+            return None
+        value, revision = current
+        if value != self.holder.encode() or self.revision is None or int(revision) <= self.revision:
+            return None
+        return int(revision)
 
     async def release(self) -> bool:
         """Give the lease up (graceful stop): stop acting on it, then delete the key at our revision, so a
