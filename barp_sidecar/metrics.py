@@ -5,66 +5,37 @@ inference ``InferenceObserver`` so batching/ and policy/ need no Prometheus impo
 several apps (tests) can live in one process. Every metric is documented in docs/metrics.md (a test checks).
 
 The registry also carries the process (CPU, memory, file descriptors), Python platform and GC collectors
-and ``barp_build_info``; it leaves out the ``*_created`` series prometheus_client adds to every counter and
-histogram (one more series per label set that dashboards never use).
+and ``barp_build_info``, and leaves out the ``*_created`` series prometheus_client adds to every counter and
+histogram (one more series per label set that dashboards never use): ``barp_sidecar/exposition.py``,
+shared with the trainer.
 """
 
 from __future__ import annotations
 
-import platform
 import threading
-from collections.abc import Callable, Iterable, Sequence
-from importlib import metadata
+from collections.abc import Callable, Sequence
 from wsgiref.simple_server import WSGIServer
 
 from prometheus_client import (
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
-    Info,
     start_http_server,
 )
-from prometheus_client.gc_collector import GCCollector
-from prometheus_client.metrics_core import Metric
-from prometheus_client.platform_collector import PlatformCollector
-from prometheus_client.process_collector import ProcessCollector
 
+from barp_sidecar.exposition import standard_registry
 from barp_sidecar.policy.registry import PolicyRegistry
 
 _LATENCY_BUCKETS_S = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 
 
-class WithoutCreatedRegistry(CollectorRegistry):
-    """A registry whose exposition leaves out the ``*_created`` samples (per registry, no global switch)."""
-
-    def collect(self) -> Iterable[Metric]:
-        for metric in super().collect():
-            metric.samples = [s for s in metric.samples if not s.name.endswith("_created")]
-            yield metric
-
-
-def package_version() -> str:
-    try:
-        return metadata.version("barp-sidecar")
-    except metadata.PackageNotFoundError:  # a checkout run without installing it
-        return "unknown"
-
-
 class SidecarMetrics:
     """Every metric the sidecar exports (names prefixed ``barp_``, plus the standard collectors')."""
 
     def __init__(self) -> None:
-        self.registry = WithoutCreatedRegistry(auto_describe=True)
+        self.registry = standard_registry()
         r = self.registry
-        ProcessCollector(registry=r)
-        PlatformCollector(registry=r)
-        GCCollector(registry=r)  # registers nothing on interpreters without gc.get_stats
-        self.build_info = Info(
-            "barp_build", "Version of barp-sidecar and of the Python running it", registry=r
-        )
-        self.build_info.info({"version": package_version(), "python_version": platform.python_version()})
         self.requests = Counter(
             "barp_requests",
             "Requests handled (gRPC and HTTP API), by method and status code",

@@ -10,8 +10,11 @@ In ONE run, for each prompt length (default 16, 64 and 256 word-pieces), with un
             one prompt per request.
 Both servers get OMP_WAIT_POLICY=PASSIVE and the same torch thread count. Which server runs first alternates
 by round. Prints one table per length: prompts/s, p50 and p99 of each server, throughput as a share of the
-ceiling, and sidecar / peer (medians over rounds of the within-round ratios); ``--json PATH`` writes the
-rounds.
+ceiling, and sidecar / peer (medians over rounds of the within-round ratios); and what each prompt cost in
+CPU: the server process's user + system CPU seconds over its whole run (warm-up, window and drain) per call
+it answered, the ceiling's per prompt it encoded, with the cores each server got (CPU seconds / wall
+seconds). On a shared machine the throughput ratio mostly says which server the scheduler gave more CPU in
+its turn; CPU per prompt says which one does less work for an answer. ``--json PATH`` writes the rounds.
 
 Owns the peer process, its HTTP client and this table; the ceiling, the sidecar process and the prompts are
 bench/route_load.py's. The peer is optional: without its virtual environment the bench exits 2 with one line
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import os
 import socket
@@ -34,11 +38,11 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bench.load_client import percentile_ms, stop_process, write_report
+from bench.load_client import cpu_seconds, percentile_ms, stop_process, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PEER_VENV = REPO / ".cache" / "peer-venv"
@@ -344,8 +348,10 @@ def run_ceiling(inference: Any, prompts: list[str], args: argparse.Namespace) ->
     from bench.route_load import measure_ceiling
 
     best: dict[str, Any] = {}
+    cpu_started_s, encoded = time.process_time(), 0
     for batch_size in args.ceiling_batch_sizes:
         rps, latencies = measure_ceiling(inference, prompts, batch_size, args.duration_s / 2)
+        encoded += len(latencies) * batch_size
         if not best or rps > best["throughput_rps"]:
             best = {
                 "throughput_rps": rps,
@@ -353,7 +359,23 @@ def run_ceiling(inference: Any, prompts: list[str], args: argparse.Namespace) ->
                 "batch_p50_ms": percentile_ms(latencies, 0.50),
                 "batch_p99_ms": percentile_ms(latencies, 0.99),
             }
+    # Over every batch size measured (the bench process does nothing else meanwhile).
+    best["cpu_ms_per_prompt"] = (time.process_time() - cpu_started_s) * 1000 / max(1, encoded)
     return best
+
+
+def run_server(
+    pid: int, run: Callable[[int], Coroutine[Any, Any, dict[str, Any]]], first: int
+) -> dict[str, Any]:
+    """One closed-loop run against the server process ``pid``, with the CPU it used: ``cpu_ms_per_prompt``
+    (its CPU seconds over the whole run per call answered: every call started is awaited) and ``cores``."""
+    cpu_started_s, started_s = cpu_seconds(pid), time.perf_counter()
+    result = asyncio.run(run(first))
+    cpu_s, wall_s = cpu_seconds(pid) - cpu_started_s, time.perf_counter() - started_s
+    calls = result["next_index"] - first
+    result["cpu_ms_per_prompt"] = cpu_s * 1000 / max(1, calls)
+    result["cores"] = cpu_s / wall_s
+    return result
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -363,10 +385,13 @@ def round_ratios(measured: dict[str, dict[str, Any]]) -> dict[str, float]:
     """Within one round at one length: each server's throughput over the ceiling's, and sidecar / peer."""
     ceiling = measured["ceiling"]["throughput_rps"]
     sidecar, peer = measured["sidecar"]["throughput_rps"], measured["peer"]["throughput_rps"]
+    sidecar_cpu, peer_cpu = measured["sidecar"]["cpu_ms_per_prompt"], measured["peer"]["cpu_ms_per_prompt"]
     return {
         "sidecar_share": sidecar / ceiling,
         "peer_share": peer / ceiling,
         "sidecar_over_peer": sidecar / peer if peer > 0 else float("inf"),
+        # > 1: the sidecar spent less CPU per answer than the peer.
+        "peer_over_sidecar_cpu": peer_cpu / sidecar_cpu if sidecar_cpu > 0 else float("inf"),
     }
 
 
@@ -378,9 +403,9 @@ def summarise(rounds: list[dict[int, dict[str, dict[str, Any]]]]) -> dict[int, d
         ratios = [round_ratios(one_round[tokens]) for one_round in rounds]
         values: dict[str, Any] = {}
         for mode, keys in (
-            ("ceiling", ("throughput_rps",)),
-            ("sidecar", ("throughput_rps", "p50_ms", "p99_ms")),
-            ("peer", ("throughput_rps", "p50_ms", "p99_ms")),
+            ("ceiling", ("throughput_rps", "cpu_ms_per_prompt")),
+            ("sidecar", ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_prompt", "cores")),
+            ("peer", ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_prompt", "cores")),
         ):
             for key in keys:
                 values[f"{mode}_{key}"] = statistics.median(r[tokens][mode][key] for r in rounds)
@@ -401,7 +426,15 @@ TABLE_COLUMNS = (
     ("peer p50 / p99 (ms)", ("peer_p50_ms", "peer_p99_ms"), ".0f"),
     ("peer / ceiling", "peer_share", ".2f"),
     ("sidecar / peer [per round]", "sidecar_over_peer", ".2f"),
+    (
+        "CPU ms / prompt: ceiling / sidecar / peer",
+        ("ceiling_cpu_ms_per_prompt", "sidecar_cpu_ms_per_prompt", "peer_cpu_ms_per_prompt"),
+        ".1f",
+    ),
+    ("cores: sidecar / peer", ("sidecar_cores", "peer_cores"), ".2f"),
+    ("peer / sidecar CPU per prompt [per round]", "peer_over_sidecar_cpu", ".2f"),
 )
+PER_ROUND_COLUMNS = ("sidecar_over_peer", "peer_over_sidecar_cpu")
 
 
 def table(summary: dict[int, dict[str, Any]]) -> str:
@@ -417,7 +450,7 @@ def table(summary: dict[int, dict[str, Any]]) -> str:
                 cells.append(format(tokens, spec))
             elif isinstance(key, tuple):
                 cells.append(" / ".join(format(values[k], spec) for k in key))
-            elif key == "sidecar_over_peer":
+            elif key in PER_ROUND_COLUMNS:
                 per_round = ", ".join(format(v, spec) for v in values[f"{key}_rounds"])
                 cells.append(f"{format(values[key], spec)}× [{per_round}]")
             else:
@@ -427,15 +460,25 @@ def table(summary: dict[int, dict[str, Any]]) -> str:
 
 
 def verdict(summary: dict[int, dict[str, Any]]) -> str:
-    """One line: whether the sidecar served more prompts/s than the peer at every length, in every round."""
-    behind = [
-        tokens
-        for tokens, values in summary.items()
-        if any(v <= 1.0 for v in values["sidecar_over_peer_rounds"])
-    ]
-    if not behind:
-        return "sidecar ahead of the peer at every length in every round"
-    return "sidecar NOT ahead of the peer in every round at: " + ", ".join(f"{t} tokens" for t in behind)
+    """Two lines: whether the sidecar served more prompts/s than the peer at every length in every round,
+    and whether it spent less CPU per prompt."""
+    lines = []
+    for key, ahead, behind in (
+        ("sidecar_over_peer", "sidecar ahead of the peer", "sidecar NOT ahead of the peer"),
+        (
+            "peer_over_sidecar_cpu",
+            "sidecar cheaper in CPU per prompt",
+            "sidecar NOT cheaper in CPU per prompt",
+        ),
+    ):
+        lagging = [
+            tokens for tokens, values in summary.items() if any(v <= 1.0 for v in values[f"{key}_rounds"])
+        ]
+        if lagging:
+            lines.append(f"{behind} in every round at: " + ", ".join(f"{t} tokens" for t in lagging))
+        else:
+            lines.append(f"{ahead} at every length in every round")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------- main
@@ -475,14 +518,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 for mode in order:
                     first = next_index[tokens, mode]
                     if mode == "sidecar":
-                        result = asyncio.run(run_sidecar(sidecar.port, prompts, args, first))
+                        run = functools.partial(run_sidecar, sidecar.port, prompts, args)
+                        result = run_server(sidecar.proc.pid, run, first)
                     else:
-                        result = asyncio.run(run_peer(peer.url, prompts, args, first))
+                        run = functools.partial(run_peer, peer.url, prompts, args)
+                        result = run_server(peer.proc.pid, run, first)
                     next_index[tokens, mode] = result.pop("next_index")
                     measured[mode] = result
                 print(
                     f"round {round_index}, {tokens} tokens: "
-                    + ", ".join(f"{m} {measured[m]['throughput_rps']:.1f}/s" for m in MODES)
+                    + ", ".join(
+                        f"{m} {measured[m]['throughput_rps']:.1f}/s"
+                        f" ({measured[m]['cpu_ms_per_prompt']:.1f} CPU ms/prompt)"
+                        for m in MODES
+                    )
                     + f" (errors: sidecar {measured['sidecar']['errors']},"
                     + f" peer {measured['peer']['errors']})",
                     file=sys.stderr,

@@ -11,7 +11,8 @@ the end they get SIGTERM and must exit 0.
 
     python -m bench.quickstart [--json out/bench/quickstart.json]
 
-Exit 0 when every step did what the page says, 1 otherwise (the failing step's output is printed).
+Exit 0 when every step did what the page says, 1 otherwise (the failing step's output is printed, with
+the last warning, error and policy lines of each server's log).
 """
 
 from __future__ import annotations
@@ -239,6 +240,25 @@ def run_command(command: str, expectation: Expectation, context: Context) -> int
             ) from failure
 
 
+# What a failed step prints of each server's log: the lines that explain a missing swap or a stall.
+LOG_TAIL_LINES = 12
+LOG_TAIL_PATTERN = re.compile(r"warning|error|policy_|gate|published|swap", re.I)
+
+
+def background_log_tails(context: Context) -> str:
+    """The last warning/error/policy lines of every background server's log (for a failed step)."""
+    parts = []
+    for command, _process, log_path in context.background:
+        lines = [
+            line
+            for line in log_path.read_text(errors="replace").splitlines()
+            if LOG_TAIL_PATTERN.search(line)
+        ]
+        tail = "\n".join(line[:300] for line in lines[-LOG_TAIL_LINES:]) or "(no such lines)"
+        parts.append(f"--- {' '.join(command.split()[:3])}: last {LOG_TAIL_LINES} notable log lines\n{tail}")
+    return "\n".join(parts)
+
+
 def stop_background(context: Context) -> list[str]:
     """SIGTERM every background process (last started first); returns the ones that did not exit 0."""
     failures = []
@@ -279,6 +299,7 @@ def walk(work: Path) -> list[dict[str, Any]]:
                 steps.append({"command": block, "seconds": time.perf_counter() - started, "status": "FAILED"})
                 print_steps(steps)
                 print(f"\nFAILED: {block.splitlines()[0]}\n{failure}", file=sys.stderr)
+                print(background_log_tails(context), file=sys.stderr)
                 raise
             steps.append({"command": block, "seconds": time.perf_counter() - started, "status": status})
     finally:

@@ -30,7 +30,7 @@ LAYERS: list[set[str]] = [
     # The broker's settings section and NATS connection glue (below settings, which embeds the section).
     {"barp_sidecar.broker", "barp_sidecar.file_watch"},
     {"barp_sidecar.settings"},
-    {"barp_sidecar.log", "barp_sidecar.process", "barp_sidecar.tracing"},
+    {"barp_sidecar.log", "barp_sidecar.process", "barp_sidecar.tracing", "barp_sidecar.exposition"},
     {"barp_sidecar.batching"},
     {"barp_sidecar.policy"},
     # choose_model: pure (numpy + domain), shared by the sidecar's routing, `decide` and the trainer's replay,

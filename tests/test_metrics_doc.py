@@ -1,4 +1,5 @@
-"""docs/metrics.md lists exactly the metrics a sidecar exports, with type and labels; no `_created`."""
+"""docs/metrics.md lists exactly the metrics a sidecar exports, with type and labels; no `_created`.
+(The trainer's section at its end is checked by tests/broker/test_trainer_metrics_doc.py.)"""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from barp_sidecar.app import SidecarApp
 from tests.support.sidecar import make_tiny_checkpoint, sidecar_settings
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "metrics.md"
+TRAINER_HEADING = "\n## Trainer"
 ROW = re.compile(r"^\| `([a-z_]+)` \| (counter|gauge|histogram) \|([^|]*)\|", re.M)
 
 
@@ -51,11 +53,23 @@ async def exported(tmp_path: Path, transport: str) -> dict[str, tuple[str, set[s
     return families
 
 
-async def test_every_exported_metric_is_documented_with_type_and_labels(tmp_path: Path) -> None:
-    documented = {
+def sidecar_part() -> str:
+    """docs/metrics.md up to the trainer's section."""
+    text = DOC.read_text()
+    assert TRAINER_HEADING in text
+    return text.split(TRAINER_HEADING)[0]
+
+
+def documented_rows(text: str) -> dict[str, tuple[str, set[str]]]:
+    """Name -> (type, labels) of every table row of ``text``."""
+    return {
         name: (kind, {label.strip(" `") for label in labels.split(",") if label.strip()})
-        for name, kind, labels in ROW.findall(DOC.read_text())
+        for name, kind, labels in ROW.findall(text)
     }
+
+
+async def test_every_exported_metric_is_documented_with_type_and_labels(tmp_path: Path) -> None:
+    documented = documented_rows(sidecar_part())
     families: dict[str, tuple[str, set[str]]] = {}
     for transport in TRANSPORTS:
         families.update(await exported(tmp_path / transport, transport))

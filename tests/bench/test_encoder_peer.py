@@ -15,6 +15,7 @@ from bench.encoder_peer import (
     parse_args,
     peer_command,
     peer_environment,
+    run_server,
     summarise,
     table,
     verdict,
@@ -113,19 +114,33 @@ def test_the_closed_loop_stops_at_max_requests() -> None:
     assert result["requests"] == 20
 
 
-def measured(ceiling: float, sidecar: float, peer: float) -> dict[str, dict[str, float]]:
+def measured(
+    ceiling: float, sidecar: float, peer: float, sidecar_cpu_ms: float = 10.0, peer_cpu_ms: float = 12.0
+) -> dict[str, dict[str, float]]:
     return {
-        "ceiling": {"throughput_rps": ceiling},
-        "sidecar": {"throughput_rps": sidecar, "p50_ms": 100.0, "p99_ms": 150.0},
-        "peer": {"throughput_rps": peer, "p50_ms": 120.0, "p99_ms": 180.0},
+        "ceiling": {"throughput_rps": ceiling, "cpu_ms_per_prompt": 9.0},
+        "sidecar": {
+            "throughput_rps": sidecar,
+            "p50_ms": 100.0,
+            "p99_ms": 150.0,
+            "cpu_ms_per_prompt": sidecar_cpu_ms,
+            "cores": 1.5,
+        },
+        "peer": {
+            "throughput_rps": peer,
+            "p50_ms": 120.0,
+            "p99_ms": 180.0,
+            "cpu_ms_per_prompt": peer_cpu_ms,
+            "cores": 1.25,
+        },
     }
 
 
 def test_the_table_shows_medians_of_within_round_shares_and_the_per_round_sidecar_over_peer() -> None:
     rounds = [
-        {16: measured(100.0, 80.0, 64.0), 64: measured(40.0, 30.0, 32.0)},
-        {16: measured(120.0, 90.0, 60.0), 64: measured(50.0, 40.0, 32.0)},
-        {16: measured(110.0, 99.0, 90.0), 64: measured(44.0, 33.0, 30.0)},
+        {16: measured(100.0, 80.0, 64.0), 64: measured(40.0, 30.0, 32.0, 20.0, 19.0)},
+        {16: measured(120.0, 90.0, 60.0), 64: measured(50.0, 40.0, 32.0, 20.0, 21.0)},
+        {16: measured(110.0, 99.0, 90.0), 64: measured(44.0, 33.0, 30.0, 20.0, 22.0)},
     ]
     summary = summarise(rounds)
     assert summary[16]["sidecar_share"] == pytest.approx(0.8)  # rounds: 0.8, 0.75, 0.9
@@ -135,13 +150,61 @@ def test_the_table_shows_medians_of_within_round_shares_and_the_per_round_sideca
     text = table(summary).splitlines()
     assert len(text) == 4
     assert text[0].startswith("| tokens | ceiling (prompts/s) | sidecar (prompts/s) |")
+    assert summary[64]["peer_over_sidecar_cpu_rounds"] == pytest.approx([0.95, 1.05, 1.1])
+    assert summary[64]["sidecar_cpu_ms_per_prompt"] == 20.0
     assert text[2] == (
-        "| 16 | 110.0 | 90.0 | 100 / 150 | 0.80 | 64.0 | 120 / 180 | 0.64 | 1.25× [1.25, 1.50, 1.10] |"
+        "| 16 | 110.0 | 90.0 | 100 / 150 | 0.80 | 64.0 | 120 / 180 | 0.64 | 1.25× [1.25, 1.50, 1.10]"
+        " | 9.0 / 10.0 / 12.0 | 1.50 / 1.25 | 1.20× [1.20, 1.20, 1.20] |"
     )
-    assert text[3].endswith("| 1.10× [0.94, 1.25, 1.10] |")
-    assert verdict(summary) == "sidecar NOT ahead of the peer in every round at: 64 tokens"
+    assert text[3].endswith(
+        "| 1.10× [0.94, 1.25, 1.10] | 9.0 / 20.0 / 21.0 | 1.50 / 1.25 | 1.05× [0.95, 1.05, 1.10] |"
+    )
+    assert verdict(summary) == (
+        "sidecar NOT ahead of the peer in every round at: 64 tokens\n"
+        "sidecar NOT cheaper in CPU per prompt in every round at: 64 tokens"
+    )
     ahead = summarise([{16: measured(100.0, 80.0, 64.0)}])
-    assert verdict(ahead) == "sidecar ahead of the peer at every length in every round"
+    assert verdict(ahead) == (
+        "sidecar ahead of the peer at every length in every round\n"
+        "sidecar cheaper in CPU per prompt at every length in every round"
+    )
+
+
+BURN_0_4_S = """
+import sys, time
+sys.stdin.readline()
+end = time.process_time() + 0.4
+while time.process_time() < end:
+    pass
+print("done", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_server_run_counts_the_server_process_s_cpu_per_call_answered() -> None:
+    """run_server charges the server's CPU over the whole run to the calls it answered: here the "server"
+    is a child that burns 0.4 s of CPU during the run, which makes 8 calls."""
+    burner = subprocess.Popen(
+        [sys.executable, "-c", BURN_0_4_S], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    assert burner.stdin is not None and burner.stdout is not None
+    stdin, stdout = burner.stdin, burner.stdout
+    try:
+
+        async def run(first: int) -> dict[str, int]:
+            stdin.write("go\n")
+            stdin.flush()
+            assert await asyncio.wait_for(asyncio.to_thread(stdout.readline), 30) == "done\n"
+            return {"next_index": first + 8}
+
+        result = run_server(burner.pid, run, 100)
+    finally:
+        stdin.close()
+        burner.wait(30)
+    assert result["next_index"] == 108
+    # 0.4 s of CPU over 8 calls = 50 ms per call (clock ticks are 10 ms).
+    assert 45 <= result["cpu_ms_per_prompt"] <= 60
+    assert 0 < result["cores"] <= 1.05
 
 
 def test_a_window_shorter_than_the_latency_is_stretched_to_cover_several_answers() -> None:

@@ -88,18 +88,28 @@ class Sidecar:
     """A sidecar process whose events and policies go only through the broker (no ``trainer.target``)."""
 
     def __init__(self, tmp: Path, name: str, urls: list[str]) -> None:
-        self.port, self.admin_port = free_port(), free_port()
+        # Port 0: every start binds free ports and logs them (a port picked ahead could be taken by another
+        # process before a restart after kill -9 binds it again; seen once in a loaded suite loop).
         config = tmp / f"{name}.yaml"
         config.write_text(
-            f"server:\n  host: 127.0.0.1\n  port: {self.port}\n  grace_s: 1\n"
+            "server:\n  host: 127.0.0.1\n  port: 0\n  grace_s: 1\n"
             "metrics:\n  enabled: false\n"
-            f"admin:\n  enabled: true\n  port: {self.admin_port}\n"
+            "admin:\n  enabled: true\n  port: 0\n"
             f"policy:\n  checkpoint_dir: {tmp / 'policy'}\n  device: cpu\n"
             "routing:\n  default_exploration: sample\n  seed: 1\n"
             f"rewards:\n  sidecar_id: {name}\n  spool_fsync_interval_ms: 2\n"
             f"state:\n  dir: {tmp / name}\n" + events_yaml(urls)
         )
         self.process = SidecarProcess(config, tmp / f"{name}.log")
+
+    @property
+    def port(self) -> int:
+        """The gRPC port the latest start bound (from its ``server_started`` line)."""
+        return int(self.process.ready_record["port"])
+
+    @property
+    def admin_port(self) -> int:
+        return int(self.process.ready_record["admin_port"])
 
     async def report(self, count: int, prefix: str, until: asyncio.Event | None = None) -> list[str]:
         """Route + ReportOutcome (at most ``count``, fewer once ``until`` is set); the ids acknowledged as

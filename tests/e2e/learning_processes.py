@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import socket
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -18,6 +20,16 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def ready_record(written: bytes, marker: bytes) -> dict[str, Any]:
+    """The JSON object of the first log line of ``written`` that holds ``marker`` ({} if not JSON)."""
+    line = next(line for line in written.splitlines() if marker in line)
+    try:
+        record = json.loads(line[line.index(b"{") :])
+    except ValueError:
+        return {}
+    return record if isinstance(record, dict) else {}
 
 
 class ManagedProcess:
@@ -35,6 +47,8 @@ class ManagedProcess:
         self.argv = argv
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
+        # The JSON log line holding ``ready_marker`` of the latest start (bound ports of a port-0 server).
+        self.ready_record: dict[str, Any] = {}
 
     def _start(self, timeout_s: float) -> None:
         env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
@@ -49,7 +63,9 @@ class ManagedProcess:
                 raise RuntimeError(
                     f"{self.name} exited with {self.process.returncode}: {self.log_path.read_text()[-3000:]}"
                 )
-            if self.ready_marker in self.log_path.read_bytes()[offset:]:
+            written = self.log_path.read_bytes()[offset:]
+            if self.ready_marker in written:
+                self.ready_record = ready_record(written, self.ready_marker)
                 return
             time.sleep(0.05)
         raise TimeoutError(f"{self.name} did not start: {self.log_path.read_text()[-3000:]}")

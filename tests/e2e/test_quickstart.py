@@ -32,7 +32,7 @@ def test_the_quickstart_walks_end_to_end(tmp_path: Path) -> None:
         timeout=900,
         check=False,
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-12000:]
     steps = json.loads(out.read_text())["steps"]
     blocks = quickstart.bash_blocks(quickstart.PAGE.read_text())
     assert [step["command"] for step in steps[: len(blocks)]] == blocks

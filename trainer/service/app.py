@@ -34,7 +34,7 @@ from pathlib import Path
 
 import structlog
 from opentelemetry.sdk.trace.export import SpanExporter
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import start_http_server
 
 from barp_sidecar.backoff import ReconnectBackoff
 from barp_sidecar.broker.nats_connection import NatsConnector
@@ -54,7 +54,7 @@ from trainer.service.failover import (
     retry_while_held,
 )
 from trainer.service.loop import TrainingLoop
-from trainer.service.metrics import TrainerCollector
+from trainer.service.metrics import trainer_registry
 from trainer.service.model_pool import PoolChangeError, PoolHistory, check_pool
 from trainer.service.nats_ingest import NatsEventIngestor
 from trainer.service.nats_policy_mirror import NatsPolicyMirror, PointerFence
@@ -185,8 +185,7 @@ class TrainerApp:
         self.health_port = self.server.health_port or 0
         await self.server.set_serving()
         if s.metrics.enabled:
-            registry = CollectorRegistry()
-            registry.register(TrainerCollector(self))
+            registry = trainer_registry(self)
             server, _thread = start_http_server(s.metrics.port, addr=s.metrics.host, registry=registry)
             self._metrics_server = server
             self.metrics_port = server.server_port

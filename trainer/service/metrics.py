@@ -1,6 +1,9 @@
 """Prometheus metrics of the trainer, read from the components' counters at scrape time.
 
-Owns metric names and help texts; the components own plain counters (no prometheus imports there).
+Owns metric names and help texts and the trainer's registry (``trainer_registry``: these families plus
+the process, Python platform and GC collectors and ``barp_build_info``, as on the sidecar, without
+``*_created`` series); the components own plain counters (no prometheus imports there). Every family is
+documented in docs/metrics.md, "Trainer" (a test checks).
 """
 
 from __future__ import annotations
@@ -8,16 +11,28 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from barp_sidecar.broker.session_loop import BROKER_STATES
+from barp_sidecar.exposition import standard_registry
 from trainer.service.lease import LEASE_STATES
 
 if TYPE_CHECKING:
     from trainer.service.app import TrainerApp
 
 
+def trainer_registry(app: TrainerApp) -> CollectorRegistry:
+    """A registry of its own (several trainers may live in one test process) with every trainer metric."""
+    registry = standard_registry()
+    registry.register(TrainerCollector(app))
+    return registry
+
+
 class TrainerCollector(Collector):
+    """The trainer's own families, read from its components at scrape time."""
+
     def __init__(self, app: TrainerApp) -> None:
         self.app = app
 
@@ -73,6 +88,15 @@ class TrainerCollector(Collector):
                 "1 while the durable consumer is connected.",
                 value=ingestor.connected,
             )
+            state = GaugeMetricFamily(
+                "barp_trainer_nats_state",
+                "1 for the event consumer's broker state (connecting, connected, unreachable, "
+                "auth_failed, session_failed).",
+                labels=["state"],
+            )
+            for name in BROKER_STATES:
+                state.add_metric([name], 1.0 if ingestor.state == name else 0.0)
+            yield state
             yield GaugeMetricFamily(
                 "barp_trainer_nats_stream_sequence",
                 "Stream sequence of the last message stored in the event log (or dead-lettered).",
