@@ -77,6 +77,9 @@ class EventsSettings:
     # JetStream KV bucket whose key "latest" points at the newest version; sidecars without
     # trainer.target watch it and hot-swap.
     policy_kv_bucket: str = "BARP_POLICY"
+    # Reward events per NATS message a sidecar publishes (1: one event per message, the format before
+    # batch messages; more: batch messages, never over the server's max_payload). The trainer reads both.
+    max_events_per_message: int = 64
     # Seconds to wait for publish acks and JetStream API calls.
     publish_timeout_s: float = 5.0
     # Seconds per connection attempt.
@@ -143,6 +146,9 @@ class EventsSettings:
             0 < self.duplicate_window_s <= self.stream_max_age_s,
             "events.duplicate_window_s",
             "must be > 0 and <= stream_max_age_s",
+        )
+        _require(
+            1 <= self.max_events_per_message <= 4096, "events.max_events_per_message", "must be in [1, 4096]"
         )
         _require(self.publish_timeout_s > 0, "events.publish_timeout_s", "must be > 0")
         _require(self.connect_timeout_s > 0, "events.connect_timeout_s", "must be > 0")

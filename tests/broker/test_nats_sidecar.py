@@ -13,6 +13,7 @@ import grpc
 import nats
 
 from barp_sidecar.gen.barp.v1 import router_pb2, router_pb2_grpc
+from barp_sidecar.rewards.event_messages import unpack_message
 from tests.support.nats_server import NatsServer, free_port, require_nats_server
 from tests.support.sidecar import make_tiny_checkpoint, running_sidecar, sidecar_settings
 
@@ -68,8 +69,14 @@ async def test_spool_quota_reached_while_the_broker_is_down_refuses_with_a_metri
                     assert time.monotonic() < deadline, "spool not delivered"
                     await asyncio.sleep(0.05)
                 client = await nats.connect(broker.url)
-                info = await client.jetstream().stream_info(settings.events.stream)
+                js = client.jetstream()
+                info = await js.stream_info(settings.events.stream)
+                stored = []
+                for sequence in range(1, info.state.last_seq + 1):
+                    msg = await js.get_msg(settings.events.stream, sequence)
+                    stored += [event.event_id for event in unpack_message(msg.data or b"", msg.headers)]
                 await client.close()
-                assert info.state.messages == len(recorded)
+                assert len(stored) == len(set(stored)) == len(recorded)
+                assert info.state.messages < len(recorded)  # batch messages (events.max_events_per_message)
             finally:
                 broker.stop()

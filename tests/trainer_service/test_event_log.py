@@ -115,6 +115,28 @@ def test_stream_positions_survive_a_restart_and_count_within_one_stream_incarnat
     log.close()
 
 
+def test_a_resume_point_inside_a_batch_message_is_just_after_its_last_trained_event(tmp_path):
+    rng = random.Random(11)
+    log = SegmentedEventLog(tmp_path, segment_max_bytes=1500).open()  # messages span segments
+    log.set_stream_identity("EVENTS@t1")
+    by_sequence: dict[int, list[str]] = {}
+    for sequence, count in ((1, 1), (2, 4), (4, 3)):  # batch messages: every event has its sequence
+        batch = [random_event(rng) for _ in range(count)]
+        for event in batch:
+            event.stream_sequence = sequence
+        log.append(batch)
+        by_sequence[sequence] = [event.event_id for event in batch]
+    assert log.last_stream_sequence == 4
+    assert log.offset_after_stream_sequence(2) == 5  # the whole message: offsets 1..4
+    second = by_sequence[2]
+    assert [log.offset_after_stream_sequence(2, event_id) for event_id in second] == [2, 3, 4, 5]
+    assert log.offset_after_stream_sequence(4, by_sequence[4][0]) == 6
+    assert log.offset_after_stream_sequence(3, second[1]) == 5  # a sequence without records: after 2
+    assert log.offset_after_stream_sequence(2, "not-here") == 5  # not one of its records: after it all
+    assert log.offset_after_stream_sequence(2, by_sequence[1][0]) == 5  # another message's event
+    log.close()
+
+
 def test_a_resume_point_whose_records_were_retired_is_refused(tmp_path):
     rng = random.Random(10)
     log = SegmentedEventLog(tmp_path, segment_max_bytes=1, retention_max_bytes=1).open()

@@ -29,7 +29,7 @@ import os
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -237,22 +237,40 @@ class SegmentedEventLog:
         with self._lock:
             return self._last_stream_sequence
 
-    def offset_after_stream_sequence(self, sequence: int) -> int | None:
+    def offset_after_stream_sequence(self, sequence: int, last_event_id: str = "") -> int | None:
         """The offset just after the last record of the current stream incarnation whose sequence is in
         [1, ``sequence``] (scanning back from the end: a resume point is near it); where the incarnation
-        starts when it has none. None when retention removed the start of the incarnation (the record
+        starts when it has none. A stream message can hold several events (a batch message, all with its
+        sequence): with ``last_event_id``, the position is (``sequence``, that event), i.e. just after
+        that event when it is one of the message's records here, so a version trained on part of a
+        message resumes within it. None when retention removed the start of the incarnation (the record
         may be gone). Only meaningful once the consumer has handled ``sequence``."""
         with self._lock:
-            for segment in reversed(self._segments):
-                for index in range(len(segment.stream_sequences) - 1, -1, -1):
-                    offset = segment.first_offset + index
-                    if offset < self._stream_from_offset:
-                        break
-                    found = segment.stream_sequences[index]
-                    if 0 < found <= sequence:
-                        return offset + 1
+            after: int | None = None
+            for offset, found, event_id in self._stream_records_backwards():
+                if after is None:
+                    if not 0 < found <= sequence:
+                        continue
+                    after = offset + 1
+                    if found < sequence or not last_event_id:
+                        return after
+                if found != sequence:
+                    return after  # the message's records end here: the event is not among them
+                if event_id == last_event_id:
+                    return offset + 1
+            if after is not None:
+                return after
             first = self._segments[0].first_offset if self._segments else 0
             return self._stream_from_offset if first <= self._stream_from_offset else None
+
+    def _stream_records_backwards(self) -> Iterator[tuple[int, int, str]]:
+        """(offset, stream sequence, event id) of the current incarnation's records, newest first."""
+        for segment in reversed(self._segments):
+            for index in range(len(segment.stream_sequences) - 1, -1, -1):
+                offset = segment.first_offset + index
+                if offset < self._stream_from_offset:
+                    return
+                yield offset, segment.stream_sequences[index], segment.event_ids[index]
 
     def __contains__(self, event_id: str) -> bool:
         with self._lock:

@@ -342,7 +342,8 @@ async def resume_offset(
     """Where training resumes in this replica's log: just after the last event the published version
     includes, waiting up to ``wait_s`` for the ingestor to bring it in. By stream position
     (``training.stream_sequence``: every replica's log follows the stream's order, so the events after
-    it are exactly the ones the version has not seen); a manifest without one (written before stream
+    it are exactly the ones the version has not seen; within a batch message, after
+    ``training.last_event_id``); a manifest without one (written before stream
     positions were recorded) or of another incarnation of the stream (``training.stream``: deleted and
     recreated since) by ``training.last_event_id``. A version that includes no event resumes at 0.
     ``reached()``: the stream sequence this replica's consumer has handled (stored or dead-lettered;
@@ -357,7 +358,10 @@ async def resume_offset(
         if manifest.training.get("stream") == event_log.stream_identity:
             handled = reached or (lambda: event_log.last_stream_sequence)
             left_s = max(0.0, deadline - clock())
-            return await _offset_after_sequence(event_log, manifest.version, sequence, left_s, clock, handled)
+            last_event_id = str(manifest.training.get("last_event_id", ""))
+            return await _offset_after_sequence(
+                event_log, manifest.version, (sequence, last_event_id), left_s, clock, handled
+            )
     event_id = str(manifest.training.get("last_event_id", ""))
     if not event_id:
         return 0
@@ -377,11 +381,14 @@ async def resume_offset(
 async def _offset_after_sequence(
     event_log: SegmentedEventLog,
     version: int,
-    sequence: int,
+    position: tuple[int, str],
     wait_s: float,
     clock: Any,
     reached: Callable[[], int],
 ) -> int:
+    """Just after (stream sequence, last event id): a batch message holds several events, all with its
+    sequence; a version may have been trained on part of one."""
+    sequence, last_event_id = position
     deadline = clock() + wait_s
     while reached() < sequence:
         if clock() >= deadline:
@@ -390,7 +397,7 @@ async def _offset_after_sequence(
                 f"{reached()} after {wait_s:.0f} s"
             )
         await asyncio.sleep(0.2)
-    offset = await asyncio.to_thread(event_log.offset_after_stream_sequence, sequence)
+    offset = await asyncio.to_thread(event_log.offset_after_stream_sequence, sequence, last_event_id)
     if offset is None:
         raise RuntimeError(
             f"v{version} ends at stream sequence {sequence}: this replica's log starts after it "

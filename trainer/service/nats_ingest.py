@@ -4,10 +4,13 @@ The ``nats`` counterpart of ``TrainerServicer.PublishRewards``. Owns one durable
 (``events.consumer``) on the reward stream (the reconnect loop is ``broker.session_loop``'s), validation
 (the same ``event_problem`` as the gRPC path), dead-lettering and acknowledgement. A fetched batch is
 appended to the ``EventLog`` (fsync'd, de-duplicated by event id) *before* any of its messages is
-acknowledged, so a crash between the two redelivers them and the log drops the repeats. A message that is
-not a reward event (undecodable, no or a different ``Nats-Msg-Id``, or failing validation) is copied to
-``events.dead_letter_subject`` with the reason in a ``Barp-Dead-Reason`` header, counted, and
-acknowledged: it never stops the consumer or crashes the trainer.
+acknowledged, so a crash between the two redelivers them and the log drops the repeats. A message holds
+one event or a batch of them (``barp_sidecar.rewards.event_messages``: a header says which); a batch's
+events are appended together, all with the message's stream sequence. A message that is not reward
+events (undecodable, a bad batch, no or a different ``Nats-Msg-Id``) is copied to
+``events.dead_letter_subject`` with the reason in a ``Barp-Dead-Reason`` header, and so is an event
+failing validation (alone, from a batch); counted and acknowledged: it never stops the consumer or
+crashes the trainer.
 
 The log follows the stream's order (what trainer replicas resume by, docs/learning.md §10): each stored
 event carries its stream sequence, every session starts a fresh consumer right after the log's last
@@ -30,11 +33,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from google.protobuf.message import DecodeError
 
 from barp_sidecar.broker.nats_connection import NatsConnector, ensure_event_streams
 from barp_sidecar.broker.session_loop import BrokerSessionLoop
 from barp_sidecar.gen.barp.v1 import trainer_pb2
+from barp_sidecar.rewards.event_messages import (
+    EVENT_COUNT_HEADER,
+    MSG_ID_HEADER,
+    MalformedMessage,
+    unpack_message,
+)
 from trainer.service.eventlog import SegmentedEventLog
 from trainer.service.model_pool import PoolHistory
 from trainer.service.nats_pull import PullBatches
@@ -42,7 +50,7 @@ from trainer.service.validation import event_problem
 
 log = structlog.get_logger("trainer.service.nats_ingest")
 
-MSG_ID_HEADER = "Nats-Msg-Id"
+__all__ = ["MSG_ID_HEADER", "NatsEventIngestor", "StreamOrder", "fetch_available"]
 DEAD_REASON_HEADER = "Barp-Dead-Reason"
 # Messages fetched but not acknowledged (a trainer killed between fetch and ack) are redelivered after
 # this long; an ack follows the log's fsync within milliseconds, so this only bounds crash recovery.
@@ -85,27 +93,6 @@ class StreamOrder:
                 self.position = sequence.stream
                 fresh.append(msg)
         return fresh, repeated, False
-
-
-def classify(
-    msg_data: bytes,
-    headers: dict[str, str] | None,
-    models: tuple[str, ...],
-    embedding_dim: int,
-    decided_with: Callable[[int], tuple[str, ...]] | None = None,
-) -> tuple[trainer_pb2.RewardEvent | None, str, str]:
-    """(event or None, dead-letter reason kind, detail). Pure: the consumer's whole notion of "malformed"."""
-    try:
-        event = trainer_pb2.RewardEvent.FromString(msg_data)
-    except DecodeError as exc:
-        return None, "undecodable", f"not a barp.v1.RewardEvent: {exc}"
-    msg_id = (headers or {}).get(MSG_ID_HEADER)
-    if not msg_id or msg_id != event.event_id:
-        return None, "foreign", f"{MSG_ID_HEADER} {msg_id!r} does not match event_id {event.event_id[:64]!r}"
-    problem = event_problem(event, models, embedding_dim, decided_with)
-    if problem is not None:
-        return None, "invalid", problem
-    return event, "", ""
 
 
 async def fetch_available(batches: PullBatches, timeout_s: float) -> list[Any]:
@@ -198,8 +185,9 @@ class NatsEventIngestor(BrokerSessionLoop):
         return batches
 
     async def _subscribe(self, js: Any, api: Any) -> tuple[StreamOrder, Any]:
-        """A fresh durable consumer that starts right after ``position`` (an existing one is deleted: its
-        pending redeliveries would come after newer messages). A stream other than the one the log's
+        """A fresh durable consumer that starts right after ``position`` (at it in a process's first
+        session, below). An existing one is deleted: its pending redeliveries would come after newer
+        messages. A stream other than the one the log's
         sequences count in (deleted and recreated: its sequences start again) is read from its start
         (the log drops the events it already holds)."""
         s = self.settings
@@ -212,7 +200,12 @@ class NatsEventIngestor(BrokerSessionLoop):
                 log.warning("event_stream_reset", position=self.position, previous=known, stream=identity)
             self.position = 0
         # The log's newest sequence, or a later one when dead-lettered messages followed it (this process).
+        recovering = self.position == 0
         self.position = max(self.position, self.event_log.last_stream_sequence)
+        # The first session of a process reads the log's last message again: a crash during its append
+        # may have left only some of a batch message's events (the log keeps whole records); the log
+        # drops those it holds. Later sessions follow appends that returned: they resume after it.
+        start = self.position if recovering and self.position > 0 else self.position + 1
         try:
             await js.delete_consumer(s.stream, self.consumer)
         except errors.NotFoundError:
@@ -223,56 +216,62 @@ class NatsEventIngestor(BrokerSessionLoop):
             ack_wait=ACK_WAIT_S,
             max_ack_pending=8 * self.max_batch_events,
         )
-        if self.position > 0:
+        if start > 1:
             config.deliver_policy = api.DeliverPolicy.BY_START_SEQUENCE
-            config.opt_start_seq = self.position + 1
+            config.opt_start_seq = start
         subscription = await js.pull_subscribe(
             s.subject, durable=self.consumer, stream=s.stream, config=config
         )
-        return StreamOrder(self.position), subscription
+        return StreamOrder(start - 1), subscription
 
     async def _validate(self, js: Any, messages: list[Any]) -> list[trainer_pb2.RewardEvent]:
-        """The valid events of a fetch; the others are copied to the dead-letter subject (acknowledged by
-        JetStream there) before their originals are acknowledged with the batch."""
+        """The valid events of a fetch, in stream order (a batch message's in its order; all carry the
+        message's stream sequence). A malformed message, or an invalid event of a message, is copied to
+        the dead-letter subject (acknowledged by JetStream there) before the originals are acknowledged
+        with the batch."""
         valid: list[trainer_pb2.RewardEvent] = []
         for msg in messages:
-            event, kind, detail = classify(
-                msg.data, msg.headers, self.models, self.embedding_dim, self.decided_with
-            )
-            if self.learn_models is not None and kind in ("", "invalid"):
-                # Decided by a version whose model list is not known here: learn it, then validate again.
-                if await self._learned_models(js, event or trainer_pb2.RewardEvent.FromString(msg.data)):
-                    event, kind, detail = classify(
-                        msg.data, msg.headers, self.models, self.embedding_dim, self.decided_with
-                    )
             sequence = msg.metadata.sequence.stream
-            if event is not None:
-                event.stream_sequence = sequence
-                valid.append(event)
+            try:
+                events = unpack_message(msg.data, msg.headers)
+            except MalformedMessage as exc:
+                await self._dead_letter(js, msg.data, exc.kind, str(exc), sequence, f"{sequence}")
                 continue
-            # Nats-Msg-Id: a second copy (a redelivery, another replica) is dropped by the server.
-            await js.publish(
-                self.settings.dead_letter_subject,
-                msg.data,
-                headers={
-                    DEAD_REASON_HEADER: f"{kind}: {detail}"[:512],
-                    MSG_ID_HEADER: f"{self.stream_identity}-{sequence}",
-                },
-            )
-            self.counters.dead_lettered[kind] += 1
-            log.warning(
-                "reward_event_dead_lettered",
-                kind=kind,
-                reason=detail[:256],
-                stream_sequence=sequence,
-            )
+            batch = len(events) > 1 or EVENT_COUNT_HEADER in (msg.headers or {})
+            for index, event in enumerate(events):
+                await self._learn_models_of(js, event)
+                problem = event_problem(event, self.models, self.embedding_dim, self.decided_with)
+                if problem is None:
+                    event.stream_sequence = sequence
+                    valid.append(event)
+                    continue
+                data = event.SerializeToString() if batch else msg.data
+                await self._dead_letter(
+                    js, data, "invalid", problem, sequence, f"{sequence}.{index}" if batch else f"{sequence}"
+                )
         return valid
 
-    async def _learned_models(self, js: Any, event: trainer_pb2.RewardEvent) -> bool:
-        """Whether the model list of the version that decided ``event`` was unknown and is known now."""
-        assert self.learn_models is not None and self.history is not None
-        version = event.policy_version
-        return not self.history.knows(version) and await self.learn_models(js, version)
+    async def _dead_letter(
+        self, js: Any, data: bytes, kind: str, detail: str, sequence: int, position: str
+    ) -> None:
+        # Nats-Msg-Id: a second copy (a redelivery, another replica) is dropped by the server.
+        await js.publish(
+            self.settings.dead_letter_subject,
+            data,
+            headers={
+                DEAD_REASON_HEADER: f"{kind}: {detail}"[:512],
+                MSG_ID_HEADER: f"{self.stream_identity}-{position}",
+            },
+        )
+        self.counters.dead_lettered[kind] += 1
+        log.warning("reward_event_dead_lettered", kind=kind, reason=detail[:256], stream_sequence=sequence)
+
+    async def _learn_models_of(self, js: Any, event: trainer_pb2.RewardEvent) -> None:
+        """Records the model list of the version that decided ``event`` when it is not known here yet
+        (failover: a version another replica published), so the event validates against it."""
+        if self.learn_models is not None and self.history is not None:
+            if not self.history.knows(event.policy_version):
+                await self.learn_models(js, event.policy_version)
 
     async def _store_and_ack(
         self, valid: list[trainer_pb2.RewardEvent], messages: list[Any], repeated: list[Any]
