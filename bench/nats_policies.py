@@ -9,7 +9,10 @@ the trainer's own code (``CheckpointStore`` + ``PolicyAnnouncer`` + ``NatsPolicy
 - Route latency: sidecar 0 takes ``--routes`` Route calls at 16 in flight, idle, then again while this
   process reports an outcome for every decision (each one appended to the spool with fsync and published
   to JetStream with its ack awaited); ``--rounds`` interleaved rounds of each phase (drift on a shared
-  machine hits both alike), p50/p99 of Route only over the pooled rounds, side by side in one run.
+  machine hits both alike), p50/p99 of Route only over the pooled rounds, side by side in one run. A third
+  phase sends the same Route + ReportOutcome calls to a reference sidecar with no broker and no trainer
+  (outcomes only spooled), so "publishing / reporting without a broker" is the publisher's own share of
+  the latency and "reporting without a broker / idle" the outcome path's.
 - Propagation: ``--versions`` times, publish a new version (store + announce; the mirror uploads it and
   moves KV ``latest``) and poll every sidecar's Admin GetPolicy every 10 ms until all serve it; p50/p95
   of the time until the last sidecar serves it.
@@ -42,8 +45,9 @@ from trainer.service.nats_policy_mirror import NatsPolicyMirror
 from trainer.service.policy_source import PolicyAnnouncer, announcement_for
 
 
-def sidecar_yaml(work: Path, name: str, port: int, admin_port: int, url: str) -> str:
-    return (
+def sidecar_yaml(work: Path, name: str, port: int, admin_port: int, url: str | None) -> str:
+    """A bench sidecar; ``url`` None: the reference one (no broker, no trainer: outcomes only spooled)."""
+    text = (
         f"server:\n  host: 127.0.0.1\n  port: {port}\n  grace_s: 1\n"
         "metrics:\n  enabled: false\n"
         f"admin:\n  enabled: true\n  port: {admin_port}\n"
@@ -51,6 +55,10 @@ def sidecar_yaml(work: Path, name: str, port: int, admin_port: int, url: str) ->
         "routing:\n  default_exploration: sample\n  seed: 1\n"
         f"rewards:\n  sidecar_id: {name}\n"
         f"state:\n  dir: {work / name}\n"
+    )
+    if url is None:
+        return text
+    return text + (
         f"events:\n  backend: nats\n  nats_urls: [{url}]\n"
         "  reconnect_initial_backoff_s: 0.05\n  reconnect_max_backoff_s: 0.5\n"
     )
@@ -122,14 +130,22 @@ async def run(sidecars: int, routes: int, versions: int, rounds: int, work: Path
             config.write_text(sidecar_yaml(work, f"sidecar-{i}", port, admin_port, broker.url))
             process = SidecarProcess(config, work / f"sidecar-{i}.log")
             processes.append((process, port, admin_port))
+        reference_port = free_port()
+        config = work / "reference.yaml"
+        config.write_text(sidecar_yaml(work, "reference", reference_port, free_port(), None))
+        # Stopped with the others (also when a start fails); admin port 0 keeps it out of propagation.
+        processes.append((SidecarProcess(config, work / "reference.log"), reference_port, 0))
         await asyncio.gather(*(asyncio.to_thread(p.start, 180.0) for p, _, _ in processes))
         port0 = processes[0][1]
         await route_phase(port0, 200, report=False)  # warm-up
-        idle_rounds, publishing_rounds = [], []
-        for _ in range(rounds):  # interleaved, so drift on a shared machine hits both phases alike
+        await route_phase(reference_port, 200, report=False)
+        idle_rounds, publishing_rounds, reporting_rounds = [], [], []
+        for _ in range(rounds):  # interleaved, so drift on a shared machine hits every phase alike
             idle_rounds.append(await route_phase(port0, routes, report=False))
             publishing_rounds.append(await route_phase(port0, routes, report=True))
+            reporting_rounds.append(await route_phase(reference_port, routes, report=True))
         idle, publishing = pooled(idle_rounds), pooled(publishing_rounds)
+        reporting = pooled(reporting_rounds)
         propagation: list[float] = []
         for version in range(2, versions + 2):
             make_tiny_checkpoint(store.path(version), version=version, seed=version)
@@ -138,7 +154,7 @@ async def run(sidecars: int, routes: int, versions: int, rounds: int, work: Path
             await announcer.publish(announcement_for(store, load_checkpoint(store.path(version)).manifest))
             deadline = start + 30
             while True:
-                served = await asyncio.gather(*(serving_version(a) for _, _, a in processes))
+                served = await asyncio.gather(*(serving_version(a) for _, _, a in processes if a))
                 if all(v == version for v in served):
                     break
                 assert time.perf_counter() < deadline, f"v{version} not served everywhere: {served}"
@@ -155,7 +171,9 @@ async def run(sidecars: int, routes: int, versions: int, rounds: int, work: Path
     return {
         "route_idle": idle,
         "route_publishing": publishing,
+        "route_reporting_without_broker": reporting,
         "p99_ratio": publishing["p99_ms"] / idle["p99_ms"],
+        "p99_ratio_publishing_vs_reporting_without_broker": publishing["p99_ms"] / reporting["p99_ms"],
         "propagation": {
             "sidecars": sidecars,
             "versions": len(propagation),
@@ -187,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print("| phase | calls | p50 ms | p99 ms | p99 per round ms | routes/s |")
     print("|---|---:|---:|---:|---|---:|")
-    for name in ("route_idle", "route_publishing"):
+    for name in ("route_idle", "route_publishing", "route_reporting_without_broker"):
         r = results[name]
         per_round = ", ".join(f"{x:.1f}" for x in r["round_p99_ms"])
         print(
@@ -195,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['routes_per_s']:.0f} |"
         )
     print(f"p99 publishing / idle = {results['p99_ratio']:.2f}")
+    print(
+        "p99 publishing / reporting without a broker (the publisher's own share) = "
+        f"{results['p99_ratio_publishing_vs_reporting_without_broker']:.2f}"
+    )
     p = results["propagation"]
     print(
         f"publish -> all {p['sidecars']} sidecars serving ({p['versions']} versions): "
