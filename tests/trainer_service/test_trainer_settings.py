@@ -96,6 +96,8 @@ def _event(**fields) -> trainer_pb2.RewardEvent:
         ({"event_id": ""}, "event_id"),
         ({"embedding": [0.1] * (DIM - 1)}, "embedding"),
         ({"embedding": [float("nan")] * DIM}, "embedding"),
+        ({"embedding": [0.1] * (DIM - 1) + [float("nan")]}, "embedding"),
+        ({"embedding": [float("-inf")] + [0.1] * (DIM - 1)}, "embedding"),
         ({"quality_weight": 1.5}, "quality_weight"),
         ({"model": "unknown"}, "model"),
         ({"allowed": [True]}, "allowed"),
