@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from barp_sidecar.gen.barp.v1 import trainer_pb2
+from barp_sidecar.rewards.varint import varint_bytes
 
 MSG_ID_HEADER = "Nats-Msg-Id"
 EVENT_COUNT_HEADER = "Barp-Events"
@@ -48,15 +49,6 @@ class MalformedMessage(ValueError):
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)
         self.kind = kind
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value >= 0x80:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def batch_msg_id(first_event_id: str, last_event_id: str) -> str:
@@ -91,7 +83,7 @@ def pack_messages(
 
     for event in events:
         data = event.SerializeToString()
-        framed = _varint(len(data)) + data
+        framed = varint_bytes(len(data)) + data
         if members and (len(members) >= max_events or size + len(framed) > max_bytes):
             flush()
             size = 0

@@ -40,6 +40,7 @@ import structlog
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.rewards.pending import PendingDecision
 from barp_sidecar.rewards.records import encode_record, scan_file, truncate_to_valid
+from barp_sidecar.rewards.varint import varint_bytes
 
 log = structlog.get_logger("barp_sidecar.rewards.pending_journal")
 
@@ -63,15 +64,6 @@ class JournalState:
 EMBEDDING_FIELD_KEY = bytes([4 << 3 | 2])
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while value > 0x7F:
-        out.append(value & 0x7F | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
-
-
 def packed_embedding(embedding: np.ndarray) -> bytes:
     """The embedding as RewardEvent's packed field 4, straight from the array's float32 bytes.
 
@@ -82,7 +74,7 @@ def packed_embedding(embedding: np.ndarray) -> bytes:
     data = np.ascontiguousarray(embedding, dtype="<f4").tobytes()
     if not data:
         return b""
-    return EMBEDDING_FIELD_KEY + _varint(len(data)) + data
+    return EMBEDDING_FIELD_KEY + varint_bytes(len(data)) + data
 
 
 def encode_added(decision: PendingDecision) -> bytes:
