@@ -14,7 +14,10 @@ ceiling, and sidecar / peer (medians over rounds of the within-round ratios); an
 CPU: the server process's user + system CPU seconds over its whole run (warm-up, window and drain) per call
 it answered, the ceiling's per prompt it encoded, with the cores each server got (CPU seconds / wall
 seconds). On a shared machine the throughput ratio mostly says which server the scheduler gave more CPU in
-its turn; CPU per prompt says which one does less work for an answer. ``--json PATH`` writes the rounds.
+its turn; CPU per prompt says which one does less work for an answer. The scheduler columns
+(bench/cpu_share.py) say why a run got the cores it did: the cores its threads ran and the cores they waited
+for in a run queue (runnable, no core free), and the machine's idle cores meanwhile, for the ceiling (this
+process) as well; the JSON also has each run's busiest threads. ``--json PATH`` writes the rounds.
 
 Owns the peer process, its HTTP client and this table; the ceiling, the sidecar process and the prompts are
 bench/route_load.py's. The peer is optional: without its virtual environment the bench exits 2 with one line
@@ -42,6 +45,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from bench import cpu_share
 from bench.load_client import cpu_seconds, percentile_ms, stop_process, write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -344,10 +348,12 @@ async def run_peer(url: str, prompts: list[str], args: argparse.Namespace, first
 
 
 def run_ceiling(inference: Any, prompts: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    """route_load's ceiling: the best in-process prompts/s over ``--ceiling-batch-sizes``."""
+    """route_load's ceiling: the best in-process prompts/s over ``--ceiling-batch-sizes``, with the cores
+    this process's threads ran and waited for over all of them (``scheduler_share``)."""
     from bench.route_load import measure_ceiling
 
     best: dict[str, Any] = {}
+    before, started_s = cpu_share.snapshot(os.getpid()), time.perf_counter()
     cpu_started_s, encoded = time.process_time(), 0
     for batch_size in args.ceiling_batch_sizes:
         rps, latencies = measure_ceiling(inference, prompts, batch_size, args.duration_s / 2)
@@ -361,7 +367,20 @@ def run_ceiling(inference: Any, prompts: list[str], args: argparse.Namespace) ->
             }
     # Over every batch size measured (the bench process does nothing else meanwhile).
     best["cpu_ms_per_prompt"] = (time.process_time() - cpu_started_s) * 1000 / max(1, encoded)
+    share = cpu_share.cpu_share(before, cpu_share.snapshot(os.getpid()), time.perf_counter() - started_s)
+    best.update(scheduler_share(share))
     return best
+
+
+def scheduler_share(share: cpu_share.CpuShare) -> dict[str, Any]:
+    """A run's scheduler columns: cores its threads ran / waited for, the machine's idle cores, and its
+    busiest threads (JSON only)."""
+    return {
+        "ran_cores": share.ran,
+        "waited_cores": share.waited,
+        "idle_cores": share.idle,
+        "threads": share.as_dict()["threads"],
+    }
 
 
 def run_server(
@@ -369,12 +388,14 @@ def run_server(
 ) -> dict[str, Any]:
     """One closed-loop run against the server process ``pid``, with the CPU it used: ``cpu_ms_per_prompt``
     (its CPU seconds over the whole run per call answered: every call started is awaited) and ``cores``."""
+    before = cpu_share.snapshot(pid)
     cpu_started_s, started_s = cpu_seconds(pid), time.perf_counter()
     result = asyncio.run(run(first))
     cpu_s, wall_s = cpu_seconds(pid) - cpu_started_s, time.perf_counter() - started_s
     calls = result["next_index"] - first
     result["cpu_ms_per_prompt"] = cpu_s * 1000 / max(1, calls)
     result["cores"] = cpu_s / wall_s
+    result.update(scheduler_share(cpu_share.cpu_share(before, cpu_share.snapshot(pid), wall_s)))
     return result
 
 
@@ -395,6 +416,9 @@ def round_ratios(measured: dict[str, dict[str, Any]]) -> dict[str, float]:
     }
 
 
+SCHEDULER_KEYS = ("ran_cores", "waited_cores", "idle_cores")
+
+
 def summarise(rounds: list[dict[int, dict[str, dict[str, Any]]]]) -> dict[int, dict[str, Any]]:
     """Per length: the median over rounds of each measured value and of each within-round ratio, with the
     per-round ratios."""
@@ -403,9 +427,12 @@ def summarise(rounds: list[dict[int, dict[str, dict[str, Any]]]]) -> dict[int, d
         ratios = [round_ratios(one_round[tokens]) for one_round in rounds]
         values: dict[str, Any] = {}
         for mode, keys in (
-            ("ceiling", ("throughput_rps", "cpu_ms_per_prompt")),
-            ("sidecar", ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_prompt", "cores")),
-            ("peer", ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_prompt", "cores")),
+            ("ceiling", ("throughput_rps", "cpu_ms_per_prompt", *SCHEDULER_KEYS)),
+            (
+                "sidecar",
+                ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_prompt", "cores", *SCHEDULER_KEYS),
+            ),
+            ("peer", ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_prompt", "cores", *SCHEDULER_KEYS)),
         ):
             for key in keys:
                 values[f"{mode}_{key}"] = statistics.median(r[tokens][mode][key] for r in rounds)
@@ -431,7 +458,17 @@ TABLE_COLUMNS = (
         ("ceiling_cpu_ms_per_prompt", "sidecar_cpu_ms_per_prompt", "peer_cpu_ms_per_prompt"),
         ".1f",
     ),
-    ("cores: sidecar / peer", ("sidecar_cores", "peer_cores"), ".2f"),
+    ("cores: ceiling / sidecar / peer", ("ceiling_ran_cores", "sidecar_ran_cores", "peer_ran_cores"), ".2f"),
+    (
+        "cores waited for: ceiling / sidecar / peer",
+        ("ceiling_waited_cores", "sidecar_waited_cores", "peer_waited_cores"),
+        ".2f",
+    ),
+    (
+        "idle cores: ceiling / sidecar / peer",
+        ("ceiling_idle_cores", "sidecar_idle_cores", "peer_idle_cores"),
+        ".2f",
+    ),
     ("peer / sidecar CPU per prompt [per round]", "peer_over_sidecar_cpu", ".2f"),
 )
 PER_ROUND_COLUMNS = ("sidecar_over_peer", "peer_over_sidecar_cpu")
@@ -529,7 +566,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"round {round_index}, {tokens} tokens: "
                     + ", ".join(
                         f"{m} {measured[m]['throughput_rps']:.1f}/s"
-                        f" ({measured[m]['cpu_ms_per_prompt']:.1f} CPU ms/prompt)"
+                        f" ({measured[m]['cpu_ms_per_prompt']:.1f} CPU ms/prompt,"
+                        f" cores ran {measured[m]['ran_cores']:.2f} waited {measured[m]['waited_cores']:.2f}"
+                        f" idle {measured[m]['idle_cores']:.2f})"
                         for m in MODES
                     )
                     + f" (errors: sidecar {measured['sidecar']['errors']},"

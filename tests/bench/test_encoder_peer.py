@@ -118,13 +118,18 @@ def measured(
     ceiling: float, sidecar: float, peer: float, sidecar_cpu_ms: float = 10.0, peer_cpu_ms: float = 12.0
 ) -> dict[str, dict[str, float]]:
     return {
-        "ceiling": {"throughput_rps": ceiling, "cpu_ms_per_prompt": 9.0},
+        "ceiling": {
+            "throughput_rps": ceiling,
+            "cpu_ms_per_prompt": 9.0,
+            **scheduler(1.75, 0.25, 0.0),
+        },
         "sidecar": {
             "throughput_rps": sidecar,
             "p50_ms": 100.0,
             "p99_ms": 150.0,
             "cpu_ms_per_prompt": sidecar_cpu_ms,
             "cores": 1.5,
+            **scheduler(1.5, 0.5, 0.125),
         },
         "peer": {
             "throughput_rps": peer,
@@ -132,8 +137,13 @@ def measured(
             "p99_ms": 180.0,
             "cpu_ms_per_prompt": peer_cpu_ms,
             "cores": 1.25,
+            **scheduler(1.25, 0.75, 0.0),
         },
     }
+
+
+def scheduler(ran: float, waited: float, idle: float) -> dict[str, object]:
+    return {"ran_cores": ran, "waited_cores": waited, "idle_cores": idle, "threads": []}
 
 
 def test_the_table_shows_medians_of_within_round_shares_and_the_per_round_sidecar_over_peer() -> None:
@@ -154,10 +164,12 @@ def test_the_table_shows_medians_of_within_round_shares_and_the_per_round_sideca
     assert summary[64]["sidecar_cpu_ms_per_prompt"] == 20.0
     assert text[2] == (
         "| 16 | 110.0 | 90.0 | 100 / 150 | 0.80 | 64.0 | 120 / 180 | 0.64 | 1.25× [1.25, 1.50, 1.10]"
-        " | 9.0 / 10.0 / 12.0 | 1.50 / 1.25 | 1.20× [1.20, 1.20, 1.20] |"
+        " | 9.0 / 10.0 / 12.0 | 1.75 / 1.50 / 1.25 | 0.25 / 0.50 / 0.75 | 0.00 / 0.12 / 0.00"
+        " | 1.20× [1.20, 1.20, 1.20] |"
     )
     assert text[3].endswith(
-        "| 1.10× [0.94, 1.25, 1.10] | 9.0 / 20.0 / 21.0 | 1.50 / 1.25 | 1.05× [0.95, 1.05, 1.10] |"
+        "| 1.10× [0.94, 1.25, 1.10] | 9.0 / 20.0 / 21.0 | 1.75 / 1.50 / 1.25 | 0.25 / 0.50 / 0.75"
+        " | 0.00 / 0.12 / 0.00 | 1.05× [0.95, 1.05, 1.10] |"
     )
     assert verdict(summary) == (
         "sidecar NOT ahead of the peer in every round at: 64 tokens\n"
@@ -205,6 +217,10 @@ def test_a_server_run_counts_the_server_process_s_cpu_per_call_answered() -> Non
     # 0.4 s of CPU over 8 calls = 50 ms per call (clock ticks are 10 ms).
     assert 45 <= result["cpu_ms_per_prompt"] <= 60
     assert 0 < result["cores"] <= 1.05
+    # The scheduler's counters see the same 0.4 s (ns resolution), whatever part of it waited for a core.
+    assert result["ran_cores"] == pytest.approx(result["cores"], abs=0.05)
+    assert 0 <= result["waited_cores"] <= 1.0
+    assert result["threads"][0]["ran"] == pytest.approx(result["ran_cores"])
 
 
 def test_a_window_shorter_than_the_latency_is_stretched_to_cover_several_answers() -> None:
