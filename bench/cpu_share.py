@@ -47,6 +47,12 @@ class ThreadShare:
     ran: float
     waited: float
 
+    @property
+    def asleep(self) -> float:
+        """The share of the run it was not runnable (blocked, or parked at a barrier of a parallel region).
+        A thread born during the run counts as asleep before it existed."""
+        return max(0.0, 1.0 - self.ran - self.waited)
+
 
 @dataclass(frozen=True)
 class CpuShare:
@@ -63,7 +69,9 @@ class CpuShare:
             "ran_cores": self.ran,
             "waited_cores": self.waited,
             "idle_cores": self.idle,
-            "threads": [{"name": t.name, "ran": t.ran, "waited": t.waited} for t in self.threads],
+            "threads": [
+                {"name": t.name, "ran": t.ran, "waited": t.waited, "asleep": t.asleep} for t in self.threads
+            ],
         }
 
 
