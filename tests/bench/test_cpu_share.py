@@ -58,5 +58,8 @@ def test_a_share_is_per_wall_second_a_new_thread_counts_from_zero_and_the_busies
     ]
     assert [t.asleep for t in share.threads] == [pytest.approx(0.0), pytest.approx(0.25)]
     assert share.as_dict()["ran_cores"] == share.ran
+    impossible = Snapshot({1: ThreadTimes("main", 10.5, 8.0), 2: ThreadTimes("helper", 5.0, 0.0)}, 100.0)
+    capped = cpu_share(before, impossible, wall_s=2.0)  # main: 7 s of wait in a 2-s run
+    assert (capped.threads[0].ran, capped.threads[0].waited) == (pytest.approx(0.25), pytest.approx(0.75))
     with pytest.raises(ValueError, match="wall_s must be positive"):
         cpu_share(before, after, wall_s=0.0)
