@@ -399,6 +399,12 @@ def run_server(
     return result
 
 
+def mean_batch(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """Prompts per batch between two reads of the sidecar's batch-size histogram (sum, count); NaN if none."""
+    batches = after[1] - before[1]
+    return (after[0] - before[0]) / batches if batches > 0 else float("nan")
+
+
 # ---------------------------------------------------------------------------------------------- table
 
 
@@ -556,7 +562,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     first = next_index[tokens, mode]
                     if mode == "sidecar":
                         run = functools.partial(run_sidecar, sidecar.port, prompts, args)
+                        batches_before = sidecar.batch_histogram()
                         result = run_server(sidecar.proc.pid, run, first)
+                        result["mean_batch"] = mean_batch(batches_before, sidecar.batch_histogram())
                     else:
                         run = functools.partial(run_peer, peer.url, prompts, args)
                         result = run_server(peer.proc.pid, run, first)
@@ -571,7 +579,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         f" idle {measured[m]['idle_cores']:.2f})"
                         for m in MODES
                     )
-                    + f" (errors: sidecar {measured['sidecar']['errors']},"
+                    + f" (sidecar mean batch {measured['sidecar']['mean_batch']:.1f};"
+                    + f" errors: sidecar {measured['sidecar']['errors']},"
                     + f" peer {measured['peer']['errors']})",
                     file=sys.stderr,
                 )

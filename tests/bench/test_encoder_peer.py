@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from bench.encoder_peer import (
     MAX_PROMPT_TOKENS,
     closed_loop,
+    mean_batch,
     parse_args,
     peer_command,
     peer_environment,
@@ -231,3 +233,8 @@ def test_a_window_shorter_than_the_latency_is_stretched_to_cover_several_answers
     assert result["window_s"] >= 0.2  # two warm-up median latencies, not the 10 ms asked for
     assert result["requests"] >= 3
     assert 0 < result["throughput_rps"] <= 45  # at most 3 clients / 0.1 s, plus a call ending on the edge
+
+
+def test_the_sidecar_s_mean_batch_comes_from_its_histogram_s_growth() -> None:
+    assert mean_batch((100.0, 10.0), (420.0, 20.0)) == 32.0
+    assert math.isnan(mean_batch((100.0, 10.0), (100.0, 10.0)))  # no batch ran
