@@ -65,6 +65,7 @@ class CpuShare:
     threads: tuple[ThreadShare, ...]
 
     def as_dict(self) -> dict[str, object]:
+        """The JSON form: ``ran_cores``, ``waited_cores``, ``idle_cores`` and ``threads``."""
         return {
             "ran_cores": self.ran,
             "waited_cores": self.waited,

@@ -349,7 +349,7 @@ async def run_peer(url: str, prompts: list[str], args: argparse.Namespace, first
 
 def run_ceiling(inference: Any, prompts: list[str], args: argparse.Namespace) -> dict[str, Any]:
     """route_load's ceiling: the best in-process prompts/s over ``--ceiling-batch-sizes``, with the cores
-    this process's threads ran and waited for over all of them (``scheduler_share``)."""
+    this process's threads ran and waited for over all of them (``cpu_share.CpuShare.as_dict``)."""
     from bench.route_load import measure_ceiling
 
     best: dict[str, Any] = {}
@@ -368,19 +368,8 @@ def run_ceiling(inference: Any, prompts: list[str], args: argparse.Namespace) ->
     # Over every batch size measured (the bench process does nothing else meanwhile).
     best["cpu_ms_per_prompt"] = (time.process_time() - cpu_started_s) * 1000 / max(1, encoded)
     share = cpu_share.cpu_share(before, cpu_share.snapshot(os.getpid()), time.perf_counter() - started_s)
-    best.update(scheduler_share(share))
+    best.update(share.as_dict())
     return best
-
-
-def scheduler_share(share: cpu_share.CpuShare) -> dict[str, Any]:
-    """A run's scheduler columns: cores its threads ran / waited for, the machine's idle cores, and its
-    busiest threads (JSON only)."""
-    return {
-        "ran_cores": share.ran,
-        "waited_cores": share.waited,
-        "idle_cores": share.idle,
-        "threads": share.as_dict()["threads"],
-    }
 
 
 def run_server(
@@ -395,7 +384,7 @@ def run_server(
     calls = result["next_index"] - first
     result["cpu_ms_per_prompt"] = cpu_s * 1000 / max(1, calls)
     result["cores"] = cpu_s / wall_s
-    result.update(scheduler_share(cpu_share.cpu_share(before, cpu_share.snapshot(pid), wall_s)))
+    result.update(cpu_share.cpu_share(before, cpu_share.snapshot(pid), wall_s).as_dict())
     return result
 
 
@@ -422,7 +411,7 @@ def round_ratios(measured: dict[str, dict[str, Any]]) -> dict[str, float]:
     }
 
 
-SCHEDULER_KEYS = ("ran_cores", "waited_cores", "idle_cores")
+SCHEDULER_KEYS = ("ran_cores", "waited_cores", "idle_cores")  # CpuShare.as_dict's numbers
 
 
 def summarise(rounds: list[dict[int, dict[str, dict[str, Any]]]]) -> dict[int, dict[str, Any]]:
