@@ -3,7 +3,8 @@ for one, and how much of the machine sat idle meanwhile (Linux: /proc/PID/task/*
 
 A server's "cores" (its CPU seconds over wall seconds) mix two things on a shared machine: how much CPU its
 threads asked for and how much they got. ``waited`` separates them: a thread that is runnable but has no
-core accumulates run-queue wait, so ``ran + waited`` per thread is its demand and ``waited`` its shortfall.
+core accumulates run-queue wait, so ``ran + waited`` per working thread is its demand and ``waited`` its
+shortfall (a thread that yields in a loop is runnable too, hence ``MIN_WORKING_SHARE``).
 If a server waited while the machine had idle cores, the shortfall is the scheduler's placement, not
 contention; if the machine had no idle core, other work took the CPU.
 
@@ -17,6 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 NS_PER_S = 1e9
+# A process's ``waited`` sums the threads that ran at least this share of a core. Threads that run next to
+# nothing but sit in the run queue are yielding, not computing: the tokenizers library's worker pool
+# (rayon) showed 0.01 cores ran and 0.7-0.8 cores "waited" per thread beside the encoder's forward passes.
+MIN_WORKING_SHARE = 0.02
 # /proc/stat's cpu line: user nice system idle iowait irq softirq steal (guest time is inside user).
 _IDLE_FIELDS = (3, 4)
 _TIME_FIELDS = 8
@@ -119,7 +124,7 @@ def cpu_share(before: Snapshot, after: Snapshot, wall_s: float, top: int = 4) ->
     shares.sort(key=lambda share: share.ran, reverse=True)
     return CpuShare(
         ran=sum(s.ran for s in shares),
-        waited=sum(s.waited for s in shares),
+        waited=sum(s.waited for s in shares if s.ran >= MIN_WORKING_SHARE),
         idle=(after.machine_idle_s - before.machine_idle_s) / wall_s,
         threads=tuple(shares[:top]),
     )

@@ -63,3 +63,17 @@ def test_a_share_is_per_wall_second_a_new_thread_counts_from_zero_and_the_busies
     assert (capped.threads[0].ran, capped.threads[0].waited) == (pytest.approx(0.25), pytest.approx(0.75))
     with pytest.raises(ValueError, match="wall_s must be positive"):
         cpu_share(before, after, wall_s=0.0)
+
+
+def test_a_thread_that_barely_runs_but_sits_in_the_run_queue_is_not_counted_as_waiting() -> None:
+    """A worker that yields in a loop (tokenizers' rayon pool) is runnable nearly all the time while it
+    computes nothing: its "wait" is not a shortfall of the process."""
+    before = Snapshot({1: ThreadTimes("main", 0.0, 0.0)}, 0.0)
+    after = Snapshot(
+        {1: ThreadTimes("main", 1.5, 0.25), 7: ThreadTimes("yielding", 0.02, 1.6)},  # over a 2-s run
+        0.0,
+    )
+    share = cpu_share(before, after, wall_s=2.0)
+    assert share.ran == pytest.approx(0.76)
+    assert share.waited == pytest.approx(0.125)  # main only
+    assert share.threads[1].name == "yielding" and share.threads[1].waited == pytest.approx(0.8)
