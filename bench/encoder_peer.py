@@ -88,6 +88,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-batch-size", type=int, default=32, help="the sidecar's batching.max_batch_size"
     )
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=4096,
+        help="the sidecar's batching.max_batch_tokens (word pieces per forward pass)",
+    )
     parser.add_argument("--peer-batch-size", type=int, default=32, help="infinity's --batch-size")
     parser.add_argument("--ceiling-batch-sizes", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument(
@@ -103,6 +109,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--max-requests": args.max_requests,
         "--threads": args.threads,
         "--max-batch-size": args.max_batch_size,
+        "--max-batch-tokens": args.max_batch_tokens,
         "--peer-batch-size": args.peer_batch_size,
     }
     for flag, value in positive.items():
@@ -544,7 +551,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         tokens: synthetic_prompts(inference.encoder._tokenizer, tokens, 4000, args.seed + tokens)
         for tokens in args.prompt_tokens
     }
-    batching = {"max_batch_size": args.max_batch_size, "embedding_cache_entries": 0}
+    batching = {
+        "max_batch_size": args.max_batch_size,
+        "max_batch_tokens": args.max_batch_tokens,
+        "embedding_cache_entries": 0,
+    }
     sidecar = Server(checkpoint, scratch, "sidecar", batching, args.threads, backend="torch")
     peer: PeerServer | None = None
     rounds: list[dict[int, dict[str, dict[str, Any]]]] = []

@@ -33,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
         (["--concurrency", "0"], "--concurrency must be at least 1, not 0"),
         (["--rounds", "0"], "--rounds must be at least 1"),
         (["--peer-batch-size", "-1"], "--peer-batch-size must be at least 1"),
+        (["--max-batch-tokens", "0"], "--max-batch-tokens must be at least 1"),
         (["--duration-s", "0"], "--duration-s must be positive"),
         (["--warmup-s", "-1"], "--warmup-s must be 0 or more"),
         (["--prompt-tokens", "16", "0"], "--prompt-tokens 0: must be between 1 and"),
