@@ -262,8 +262,22 @@ def evaluate_policy(
     show_progress: bool,
 ) -> dict[str, Any]:
     """{"results": {W_Q: {router: metrics}}, "pairs": [...]} for one policy on one set of rows."""
-    tau = policy.manifest.tau_usd
-    scorer = PolicyScorer(policy.network, embeddings)
+    return evaluate_network(
+        policy.network, policy.manifest.tau_usd, embeddings, data, weights, pairs, show_progress
+    )
+
+
+def evaluate_network(
+    network: PolicyNetwork,
+    tau: float,
+    embeddings: np.ndarray,
+    data: rm.EvaluationData,
+    weights: list[float],
+    pairs: list[tuple[int, int]],
+    show_progress: bool,
+) -> dict[str, Any]:
+    """``evaluate_policy`` for a network not (yet) in a checkpoint, with its τ (research harnesses)."""
+    scorer = PolicyScorer(network, embeddings)
     k = len(data.models)
     results: dict[str, Any] = {}
     with progress_bar(
