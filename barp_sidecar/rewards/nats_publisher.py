@@ -77,12 +77,12 @@ class NatsRewardPublisher(BrokerSessionLoop):
                 if not client.is_connected:
                     raise ConnectionError("the NATS connection closed")
                 if in_flight and (in_flight[0][2].done() or len(in_flight) >= self.max_batches_in_flight):
-                    await self._settle(in_flight.popleft())
+                    await self._settle(in_flight)
                     continue
                 batch = self.spool.read_after(cursor, self.batch_events)
                 if not batch:
                     if in_flight:
-                        await self._settle(in_flight.popleft())
+                        await self._settle(in_flight)
                     else:
                         await self.spool.wait_durable_after(cursor, timeout_s=0.2)
                     continue
@@ -100,11 +100,16 @@ class NatsRewardPublisher(BrokerSessionLoop):
             for _, _, pending in in_flight:
                 pending.cancel()
 
-    async def _settle(self, entry: tuple[int, list[int], asyncio.Future[list[Any]]]) -> None:
-        """Wait for the publish acks of one batch's messages (in order), then trim the spool up to its
-        last event."""
-        last_sequence, sizes, acks = entry
-        results = await asyncio.wait_for(acks, self.settings.publish_timeout_s)
-        self.duplicates += sum(size for size, ack in zip(sizes, results, strict=True) if ack.duplicate)
+    async def _settle(self, in_flight: deque[tuple[int, list[int], asyncio.Future[list[Any]]]]) -> None:
+        """Wait for the publish acks of the oldest batch's messages, take every later batch whose acks are
+        already in, and trim the spool once, up to the last event of those batches (one ``ACKED`` write
+        for all of them, rather than one per batch)."""
+        last_sequence = 0
+        while in_flight and (last_sequence == 0 or in_flight[0][2].done()):
+            batch_last, sizes, acks = in_flight[0]
+            results = await asyncio.wait_for(asyncio.shield(acks), self.settings.publish_timeout_s)
+            in_flight.popleft()
+            self.duplicates += sum(size for size, ack in zip(sizes, results, strict=True) if ack.duplicate)
+            last_sequence = batch_last
         await self.spool.ack(last_sequence)
         self.counters.acked_sequence = self.spool.acked_sequence

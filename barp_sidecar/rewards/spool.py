@@ -20,7 +20,9 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import fcntl
+import itertools
 import os
 import re
 from collections import deque
@@ -54,6 +56,10 @@ class _Segment:
     size_bytes: int = 0
     # Only the active segment keeps its records in memory; sealed ones are read back from disk on demand.
     records: list[trainer_pb2.RewardEvent] | None = field(default=None, repr=False)
+
+
+def _sequence_of(event: trainer_pb2.RewardEvent) -> int:
+    return event.sequence
 
 
 def segment_name(first_sequence: int) -> str:
@@ -239,13 +245,15 @@ class RewardSpool:
             if segment.last_sequence <= sequence:
                 continue
             records = segment.records if segment.records is not None else self._read_sealed(segment)
-            for event in records:
+            # Records are in sequence order: start at the first one after ``sequence`` (a binary search,
+            # so a publisher reading small batches near the end of a large active segment does not rescan it).
+            start = bisect.bisect_right(records, sequence, key=_sequence_of)
+            for event in itertools.islice(records, start, None):
                 if event.sequence > self._durable_sequence:
                     return out
-                if event.sequence > sequence:
-                    out.append(event)
-                    if len(out) >= max_events:
-                        return out
+                out.append(event)
+                if len(out) >= max_events:
+                    return out
         return out
 
     def _read_sealed(self, segment: _Segment) -> list[trainer_pb2.RewardEvent]:

@@ -120,3 +120,28 @@ async def test_two_spools_never_share_a_directory(tmp_path):
     await first.close()
     second = await _spool(tmp_path)  # the lock goes with the first one's close
     await second.close()
+
+
+async def test_read_after_returns_the_next_durable_events_from_any_cursor_across_segments(tmp_path):
+    """Every cursor, in sealed segments (read back from disk), at their boundaries and in the active one;
+    events appended but not yet fsync'd are never handed out."""
+    spool = await _spool(tmp_path, segment_max_bytes=4096, fsync_ms=0.0)
+    rng = random.Random(9)
+    for _ in range(40):
+        await spool.append(random_event(rng))
+    await spool.ack(7)  # the acked floor does not limit what a resend may read
+    segments = sorted((tmp_path / "spool").glob("segment-*.spool"))
+    assert len(segments) >= 3
+    for cursor in range(0, 41):
+        for max_events in (1, 5, 100):
+            expected = list(range(cursor + 1, min(40, cursor + max_events) + 1))
+            read = spool.read_after(cursor, max_events)
+            assert [e.sequence for e in read] == expected, (cursor, max_events)
+    spool.fsync_interval_s = 60.0  # the next appends are written but wait a minute for their fsync
+    pending = [asyncio.create_task(spool.append(random_event(rng))) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    assert not any(task.done() for task in pending)
+    assert [e.sequence for e in spool.read_after(37, 100)] == [38, 39, 40]
+    assert spool.read_after(40, 100) == []
+    await spool.close()  # the final fsync makes them durable and returns their sequences
+    assert sorted(await asyncio.gather(*pending)) == [41, 42, 43]
