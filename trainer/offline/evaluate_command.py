@@ -253,20 +253,6 @@ def evaluate_pair(
     return result
 
 
-def evaluate_policy(
-    policy: LoadedPolicy,
-    embeddings: np.ndarray,
-    data: rm.EvaluationData,
-    weights: list[float],
-    pairs: list[tuple[int, int]],
-    show_progress: bool,
-) -> dict[str, Any]:
-    """{"results": {W_Q: {router: metrics}}, "pairs": [...]} for one policy on one set of rows."""
-    return evaluate_network(
-        policy.network, policy.manifest.tau_usd, embeddings, data, weights, pairs, show_progress
-    )
-
-
 def evaluate_network(
     network: PolicyNetwork,
     tau: float,
@@ -276,7 +262,8 @@ def evaluate_network(
     pairs: list[tuple[int, int]],
     show_progress: bool,
 ) -> dict[str, Any]:
-    """``evaluate_policy`` for a network not (yet) in a checkpoint, with its τ (research harnesses)."""
+    """{"results": {W_Q: {router: metrics}}, "pairs": [...]} for one policy network (τ = its manifest's)
+    on one set of rows; research harnesses pass networks that are not in a checkpoint."""
     scorer = PolicyScorer(network, embeddings)
     k = len(data.models)
     results: dict[str, Any] = {}
@@ -370,7 +357,9 @@ def evaluate_table(
     embeddings, encoder_id, dim = embed_prompts(prompts, settings, cache_dir, show_progress)
     if dim != identity.dim:
         raise DataError(f"--encoder-model: dim {dim} != the policy's {identity.dim}")
-    evaluated = evaluate_policy(policy, embeddings, data, weights, pair_indices, show_progress)
+    evaluated = evaluate_network(
+        policy.network, policy.manifest.tau_usd, embeddings, data, weights, pair_indices, show_progress
+    )
     tasks, counts = np.unique(data.tasks, return_counts=True)
     return {
         "policy": {
