@@ -13,6 +13,7 @@ from trainer.offline.datasets import RoutingTable
 from trainer.offline.reward_model_fit import (
     RewardModelFitConfig,
     fit_reward_model,
+    mean_of_reward_models,
     neighbour_means,
     regression_targets,
     smoothed_targets,
@@ -201,3 +202,45 @@ def test_a_non_positive_exploration_scale_exits_2_naming_the_option(tmp_path, ca
     assert exit_info.value.code == 2
     assert "--exploration-scale: must be > 0, not 0" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()
+
+
+def test_mean_of_reward_models_is_one_network_predicting_the_mean_of_both():
+    table, x = learnable_table(rows_per_cluster=40)
+    ridge, _ = fit_reward_model(x, table, TAU, RewardModelFitConfig(regressor="ridge"))
+    smoothed, _ = fit_reward_model(x, table, TAU, RewardModelFitConfig(regressor="smoothed_mlp", epochs=20))
+    combined = mean_of_reward_models(ridge, smoothed)
+    assert combined.architecture.head_layers == 1
+    assert combined.architecture.head_hidden == smoothed.architecture.head_hidden + 2 * x.shape[1]
+    features = torch.from_numpy(x)
+    with torch.no_grad():
+        for got, a, b in zip(
+            combined.predicted_outcomes(features),
+            ridge.predicted_outcomes(features),
+            smoothed.predicted_outcomes(features),
+            strict=True,
+        ):
+            assert float((a - b).abs().max()) > 0.01  # the two differ, so the mean is a real test
+            torch.testing.assert_close(got, (a + b) / 2, atol=1e-5, rtol=0)
+    assert float(combined.exploration_scale) == float(smoothed.exploration_scale)
+    with pytest.raises(ValueError, match="linear reward_model network and a one-hidden-layer one"):
+        mean_of_reward_models(smoothed, ridge)
+
+
+def test_ensemble_probe_validation_scores_only_train_split_rows(tmp_path, capsys):
+    from trainer.offline.ensemble_probe import ROUTERS
+    from trainer.offline.ensemble_probe import main as probe
+
+    log = write_jsonl(tmp_path / "log.jsonl", synthetic_jsonl_rows(per_task=20))
+    common = ["--data", str(log), "--cache-dir", str(tmp_path / "cache"), "--encoder-model", "hash:64"]
+    for split in ("validation", "test"):
+        assert probe([*common, "--split", split, "--out", str(tmp_path / split)]) == 0
+    validation = json.loads((tmp_path / "validation" / "probe.json").read_text())["sources"][0]
+    test = json.loads((tmp_path / "test" / "probe.json").read_text())["sources"][0]
+    for name in ROUTERS:
+        # 15 train rows per task, 15 % held: 2 rows each; leave-one-task-out scores T's 15 train rows
+        assert validation["in_distribution"][name]["rows"] == 6
+        assert [t["rows"] for t in validation["loto"][name]] == [15, 15, 15]
+        assert test["in_distribution"][name]["rows"] == 15
+        assert [t["rows"] for t in test["loto"][name]] == [5, 5, 5]
+        assert all(t["apgr"] is None or t["apgr"] <= 1.5 for t in test["loto"][name])
+    assert "| mean |" in capsys.readouterr().out

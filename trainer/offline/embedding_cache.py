@@ -1,7 +1,11 @@
 """On-disk embedding cache keyed by (encoder id and backend, dim, max_seq_length, truncation, text sha256).
 
 A model loaded from a local directory (``--encoder-model /path/to/model``) is also keyed by the sha256 of
-its files, so a different model placed at the same path never reads another model's vectors.
+its files, so a different model placed at the same path never reads another model's vectors. That digest
+is computed once per process for files whose size, times and inode are unchanged (``directory_sha256``).
+
+``EmbeddingCache.for_unloaded`` finds an encoder's cache directory before the encoder is loaded (its
+``dim`` is only known after loading), so callers whose prompts are all cached never load the weights.
 
 Owns the cache files; knows nothing about policies. Each encoder configuration gets its own directory
 ``<root>/<config digest>/`` holding ``config.json`` (human-readable key) and append-only ``shard-*.npz``
@@ -16,6 +20,7 @@ import hashlib
 import json
 import os
 import tempfile
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -34,11 +39,15 @@ def text_digest(text: str) -> bytes:
 
 
 def encoder_config(encoder: Encoder) -> dict[str, object]:
-    """The part of the key that names the encoder and its truncation."""
+    """The part of the key that names the encoder and its truncation (``encoder`` loaded)."""
+    return {**config_without_dim(encoder), "dim": int(encoder.dim)}
+
+
+def config_without_dim(encoder: Encoder) -> dict[str, object]:
+    """``encoder_config`` less ``dim``: everything known before the encoder is loaded (torch backend)."""
     settings = encoder.settings
     config: dict[str, object] = {
         "encoder_id": encoder.encoder_id,
-        "dim": int(encoder.dim),
         "max_seq_length": settings.max_seq_length,
         "truncation": settings.truncation,
     }
@@ -53,16 +62,42 @@ def encoder_config(encoder: Encoder) -> dict[str, object]:
     return config
 
 
+# directory_sha256's memo: (directory, every file's (path, size, mtime, ctime, inode)) -> digest.
+_DIRECTORY_DIGESTS: dict[tuple[str, tuple[tuple[str, int, int, int, int], ...]], str] = {}
+# A file changed less than this before it was hashed may change again within the file system's timestamp
+# granularity without a visible stat change, so such a digest is not memoised ("racy", as in git's index).
+RACY_WINDOW_NS = 2_000_000_000
+
+
+def file_sha256(path: Path) -> str:
+    content = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(FILE_READ_BYTES):
+            content.update(block)
+    return content.hexdigest()
+
+
 def directory_sha256(directory: Path) -> str:
-    """sha256 of the lines "<relative path>\\0<file sha256>" of every file under ``directory``, sorted."""
+    """sha256 of the lines "<relative path>\\0<file sha256>" of every file under ``directory``, sorted.
+
+    Memoised per process while no file's size, mtime, ctime or inode changes (a 440 MB model took seconds
+    to rehash on every cache open); files changed within ``RACY_WINDOW_NS`` of hashing are rehashed.
+    """
+    files = sorted(p for p in directory.rglob("*") if p.is_file())
+    stats = [path.stat() for path in files]
+    signature = tuple(
+        (path.relative_to(directory).as_posix(), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        for path, st in zip(files, stats, strict=True)
+    )
+    key = (str(directory.resolve()), signature)
+    if key in _DIRECTORY_DIGESTS:
+        return _DIRECTORY_DIGESTS[key]
+    started_ns = time.time_ns()
     digest = hashlib.sha256()
-    for path in sorted(p for p in directory.rglob("*") if p.is_file()):
-        content = hashlib.sha256()
-        with path.open("rb") as handle:
-            while block := handle.read(FILE_READ_BYTES):
-                content.update(block)
-        line = f"{path.relative_to(directory).as_posix()}\0{content.hexdigest()}\n"
-        digest.update(line.encode())
+    for path in files:
+        digest.update(f"{path.relative_to(directory).as_posix()}\0{file_sha256(path)}\n".encode())
+    if all(max(st.st_mtime_ns, st.st_ctime_ns) < started_ns - RACY_WINDOW_NS for st in stats):
+        _DIRECTORY_DIGESTS[key] = digest.hexdigest()
     return digest.hexdigest()
 
 
@@ -73,12 +108,42 @@ def config_digest(config: dict[str, object]) -> str:
 class EmbeddingCache:
     """Embeddings of texts for one loaded encoder, memoised on disk under ``root``."""
 
-    def __init__(self, root: Path, encoder: Encoder) -> None:
+    def __init__(self, root: Path, encoder: Encoder, config: dict[str, object] | None = None) -> None:
         self._encoder = encoder
-        self._config = encoder_config(encoder)
+        self._config = encoder_config(encoder) if config is None else config
         self.directory = Path(root) / config_digest(self._config)
         self._vectors: dict[bytes, np.ndarray] = {}
         self._loaded = False
+
+    @classmethod
+    def for_unloaded(cls, root: Path, encoder: Encoder) -> EmbeddingCache | None:
+        """The cache of ``encoder`` found without loading it, or None (not cached yet, or not a torch
+        encoder). It reads as usual; ``embed`` loads nothing itself, so the caller loads the encoder
+        (and opens ``EmbeddingCache(root, encoder)``) when ``count_missing`` is not 0.
+
+        The key's ``dim`` is taken from the one directory under ``root`` whose ``config.json`` matches
+        every other part of the key and whose name is that config's digest.
+        """
+        if encoder_backend_identity(encoder)[0] != "torch":
+            return None
+        wanted = config_without_dim(encoder)
+        found = []
+        for config_path in Path(root).glob("*/config.json"):
+            try:
+                config = json.loads(config_path.read_text())
+            except (OSError, ValueError):
+                continue
+            if not isinstance(config, dict) or config_path.parent.name != config_digest(config):
+                continue
+            if {k: v for k, v in config.items() if k != "dim"} == wanted and isinstance(
+                config.get("dim"), int
+            ):
+                found.append(config)
+        return cls(root, encoder, found[0]) if len(found) == 1 else None
+
+    @property
+    def dim(self) -> int:
+        return int(self._config["dim"])  # type: ignore[call-overload]
 
     @property
     def config(self) -> dict[str, object]:

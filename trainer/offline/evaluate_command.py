@@ -253,17 +253,18 @@ def evaluate_pair(
     return result
 
 
-def evaluate_policy(
-    policy: LoadedPolicy,
+def evaluate_network(
+    network: PolicyNetwork,
+    tau: float,
     embeddings: np.ndarray,
     data: rm.EvaluationData,
     weights: list[float],
     pairs: list[tuple[int, int]],
     show_progress: bool,
 ) -> dict[str, Any]:
-    """{"results": {W_Q: {router: metrics}}, "pairs": [...]} for one policy on one set of rows."""
-    tau = policy.manifest.tau_usd
-    scorer = PolicyScorer(policy.network, embeddings)
+    """{"results": {W_Q: {router: metrics}}, "pairs": [...]} for one policy network (τ = its manifest's)
+    on one set of rows; research harnesses pass networks that are not in a checkpoint."""
+    scorer = PolicyScorer(network, embeddings)
     k = len(data.models)
     results: dict[str, Any] = {}
     with progress_bar(
@@ -356,7 +357,9 @@ def evaluate_table(
     embeddings, encoder_id, dim = embed_prompts(prompts, settings, cache_dir, show_progress)
     if dim != identity.dim:
         raise DataError(f"--encoder-model: dim {dim} != the policy's {identity.dim}")
-    evaluated = evaluate_policy(policy, embeddings, data, weights, pair_indices, show_progress)
+    evaluated = evaluate_network(
+        policy.network, policy.manifest.tau_usd, embeddings, data, weights, pair_indices, show_progress
+    )
     tasks, counts = np.unique(data.tasks, return_counts=True)
     return {
         "policy": {

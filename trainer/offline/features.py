@@ -44,6 +44,9 @@ def embed_prompts(
 ) -> tuple[np.ndarray, str, int]:
     """(embeddings [N, dim], encoder id, dim). Loads the encoder only if some prompt is not cached."""
     encoder = build_encoder(settings)
+    cached = EmbeddingCache.for_unloaded(cache_dir, encoder)
+    if cached is not None and cached.count_missing(list(prompts)) == 0:
+        return cached.embed(list(prompts)), encoder.encoder_id, cached.dim
     encoder.load()
     cache = EmbeddingCache(cache_dir, encoder)
     missing = cache.count_missing(list(prompts))

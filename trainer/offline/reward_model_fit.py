@@ -20,13 +20,17 @@ Two regressors (measured in docs/training.md):
   residual (outcome − its task's mean) of its ``smoothing_residual_k`` nearest other prompts. The kNN
   router is distilled into the served head, so the sidecar serves it unchanged (no stored neighbours).
 
+``mean_of_reward_models`` folds a ridge and a one-hidden-layer network into one servable network that
+predicts their mean (measured by ``trainer.offline.ensemble_probe``; not a ``--regressor``: it did not
+win on the validation slices, docs/training.md).
+
 Deterministic for a given seed.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -248,6 +252,34 @@ def fit_mlp(
             break
     network.load_state_dict(best_state)
     return {"epochs": float(epoch), "best_epoch": float(best_epoch), "validation_mse": best_error}
+
+
+def mean_of_reward_models(linear: PolicyNetwork, mlp: PolicyNetwork) -> PolicyNetwork:
+    """One ``reward_model`` network whose q̂ and ĉ are the mean of a linear one's (``head_layers`` 0) and a
+    one-hidden-layer one's, so the sidecar serves the ensemble unchanged.
+
+    The hidden layer is the MLP's H units followed by 2D units computing +x and −x: GELU(z) − GELU(−z) =
+    z·Φ(z) + z·Φ(−z) = z exactly, so the output layer reads the linear model through them.
+    """
+    a, b = linear.architecture, mlp.architecture
+    if a.kind != "reward_model" or b.kind != "reward_model" or a.head_layers != 0 or b.head_layers != 1:
+        raise ValueError("need a linear reward_model network and a one-hidden-layer one")
+    if (a.embedding_dim, a.num_models) != (b.embedding_dim, b.num_models):
+        raise ValueError("the two networks differ in embedding_dim or num_models")
+    d, h = b.embedding_dim, b.head_hidden
+    combined = PolicyNetwork(replace(b, head_hidden=h + 2 * d))
+    identity = torch.eye(d)
+    hidden, trunk = combined.hidden_layers[0], mlp.hidden_layers[0]
+    assert isinstance(hidden, torch.nn.Linear) and isinstance(trunk, torch.nn.Linear)
+    head = combined.reward_head
+    with torch.no_grad():
+        hidden.weight.copy_(torch.cat([trunk.weight, identity, -identity]))
+        hidden.bias.copy_(torch.cat([trunk.bias, torch.zeros(2 * d)]))
+        w_linear = linear.reward_head.weight
+        head.weight.copy_(0.5 * torch.cat([mlp.reward_head.weight, w_linear, -w_linear], dim=1))
+        head.bias.copy_(0.5 * (mlp.reward_head.bias + linear.reward_head.bias))
+        combined.exploration_scale.copy_(mlp.exploration_scale)
+    return combined.eval()
 
 
 def fit_reward_model(
