@@ -14,7 +14,10 @@ ceiling, and sidecar / peer (medians over rounds of the within-round ratios); an
 CPU: the server process's user + system CPU seconds over its whole run (warm-up, window and drain) per call
 it answered, the ceiling's per prompt it encoded, with the cores each server got (CPU seconds / wall
 seconds). On a shared machine the throughput ratio mostly says which server the scheduler gave more CPU in
-its turn; CPU per prompt says which one does less work for an answer. ``--json PATH`` writes the rounds.
+its turn; CPU per prompt says which one does less work for an answer. The scheduler columns
+(bench/cpu_share.py) say why a run got the cores it did: the cores its threads ran and the cores they waited
+for in a run queue (runnable, no core free), and the machine's idle cores meanwhile, for the ceiling (this
+process) as well; the JSON also has each run's busiest threads. ``--json PATH`` writes the rounds.
 
 Owns the peer process, its HTTP client and this table; the ceiling, the sidecar process and the prompts are
 bench/route_load.py's. The peer is optional: without its virtual environment the bench exits 2 with one line
@@ -42,6 +45,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from bench import cpu_share
 from bench.load_client import cpu_seconds, percentile_ms, stop_process, write_report
 
 REPO = Path(__file__).resolve().parents[1]
@@ -53,6 +57,9 @@ MAX_PROMPT_TOKENS = 256  # the encoder's window (longer prompts would all be cut
 SERVED_MODEL = "all-MiniLM-L6-v2"
 MODES = ("ceiling", "sidecar", "peer")
 MIN_SAME_MODEL_COSINE = 0.999
+# A short text: a prompt that overflows the encoder's window (the 256-piece ones) is cut differently by the
+# two servers (the sidecar keeps its tail), so their embeddings of it differ although the model is the same.
+SAME_MODEL_PROBE = "Which model should answer a question about the tides in the Bay of Fundy?"
 WINDOW_LATENCIES = 2.0  # the measured window spans at least this many warm-up median latencies
 MAX_WINDOW_S = 90.0
 
@@ -81,6 +88,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--max-batch-size", type=int, default=32, help="the sidecar's batching.max_batch_size"
     )
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=4096,
+        help="the sidecar's batching.max_batch_tokens (word pieces per forward pass)",
+    )
     parser.add_argument("--peer-batch-size", type=int, default=32, help="infinity's --batch-size")
     parser.add_argument("--ceiling-batch-sizes", type=int, nargs="+", default=[8, 16, 32])
     parser.add_argument(
@@ -96,6 +109,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--max-requests": args.max_requests,
         "--threads": args.threads,
         "--max-batch-size": args.max_batch_size,
+        "--max-batch-tokens": args.max_batch_tokens,
         "--peer-batch-size": args.peer_batch_size,
     }
     for flag, value in positive.items():
@@ -299,6 +313,10 @@ async def closed_loop(
         "errors": errors,
         "window_s": round(measured_s, 3),
         "throughput_rps": len(latencies) / measured_s if measured_s > 0 else 0.0,
+        # Little's law for a closed loop with no think time: clients / mean latency. Unlike the count above
+        # it is not quantised by a server that answers a whole batch at once (the count of an 8-s window
+        # holds 4 or 5 batches of 32 when a batch takes 1.7 s, as at 256 tokens).
+        "little_rps": concurrency / statistics.fmean(latencies) if latencies else 0.0,
         "p50_ms": percentile_ms(latencies, 0.50),
         "p99_ms": percentile_ms(latencies, 0.99),
         "next_index": next_index,
@@ -344,10 +362,12 @@ async def run_peer(url: str, prompts: list[str], args: argparse.Namespace, first
 
 
 def run_ceiling(inference: Any, prompts: list[str], args: argparse.Namespace) -> dict[str, Any]:
-    """route_load's ceiling: the best in-process prompts/s over ``--ceiling-batch-sizes``."""
+    """route_load's ceiling: the best in-process prompts/s over ``--ceiling-batch-sizes``, with the cores
+    this process's threads ran and waited for over all of them (``cpu_share.CpuShare.as_dict``)."""
     from bench.route_load import measure_ceiling
 
     best: dict[str, Any] = {}
+    before, started_s = cpu_share.snapshot(os.getpid()), time.perf_counter()
     cpu_started_s, encoded = time.process_time(), 0
     for batch_size in args.ceiling_batch_sizes:
         rps, latencies = measure_ceiling(inference, prompts, batch_size, args.duration_s / 2)
@@ -361,6 +381,8 @@ def run_ceiling(inference: Any, prompts: list[str], args: argparse.Namespace) ->
             }
     # Over every batch size measured (the bench process does nothing else meanwhile).
     best["cpu_ms_per_prompt"] = (time.process_time() - cpu_started_s) * 1000 / max(1, encoded)
+    share = cpu_share.cpu_share(before, cpu_share.snapshot(os.getpid()), time.perf_counter() - started_s)
+    best.update(share.as_dict())
     return best
 
 
@@ -369,13 +391,21 @@ def run_server(
 ) -> dict[str, Any]:
     """One closed-loop run against the server process ``pid``, with the CPU it used: ``cpu_ms_per_prompt``
     (its CPU seconds over the whole run per call answered: every call started is awaited) and ``cores``."""
+    before = cpu_share.snapshot(pid)
     cpu_started_s, started_s = cpu_seconds(pid), time.perf_counter()
     result = asyncio.run(run(first))
     cpu_s, wall_s = cpu_seconds(pid) - cpu_started_s, time.perf_counter() - started_s
     calls = result["next_index"] - first
     result["cpu_ms_per_prompt"] = cpu_s * 1000 / max(1, calls)
     result["cores"] = cpu_s / wall_s
+    result.update(cpu_share.cpu_share(before, cpu_share.snapshot(pid), wall_s).as_dict())
     return result
+
+
+def mean_batch(before: tuple[float, float], after: tuple[float, float]) -> float:
+    """Prompts per batch between two reads of the sidecar's batch-size histogram (sum, count); NaN if none."""
+    batches = after[1] - before[1]
+    return (after[0] - before[0]) / batches if batches > 0 else float("nan")
 
 
 # ---------------------------------------------------------------------------------------------- table
@@ -386,13 +416,18 @@ def round_ratios(measured: dict[str, dict[str, Any]]) -> dict[str, float]:
     ceiling = measured["ceiling"]["throughput_rps"]
     sidecar, peer = measured["sidecar"]["throughput_rps"], measured["peer"]["throughput_rps"]
     sidecar_cpu, peer_cpu = measured["sidecar"]["cpu_ms_per_prompt"], measured["peer"]["cpu_ms_per_prompt"]
+    sidecar_little, peer_little = measured["sidecar"]["little_rps"], measured["peer"]["little_rps"]
     return {
         "sidecar_share": sidecar / ceiling,
         "peer_share": peer / ceiling,
         "sidecar_over_peer": sidecar / peer if peer > 0 else float("inf"),
+        "sidecar_over_peer_little": sidecar_little / peer_little if peer_little > 0 else float("inf"),
         # > 1: the sidecar spent less CPU per answer than the peer.
         "peer_over_sidecar_cpu": peer_cpu / sidecar_cpu if sidecar_cpu > 0 else float("inf"),
     }
+
+
+SCHEDULER_KEYS = ("ran_cores", "waited_cores", "idle_cores")  # CpuShare.as_dict's numbers
 
 
 def summarise(rounds: list[dict[int, dict[str, dict[str, Any]]]]) -> dict[int, dict[str, Any]]:
@@ -403,9 +438,12 @@ def summarise(rounds: list[dict[int, dict[str, dict[str, Any]]]]) -> dict[int, d
         ratios = [round_ratios(one_round[tokens]) for one_round in rounds]
         values: dict[str, Any] = {}
         for mode, keys in (
-            ("ceiling", ("throughput_rps", "cpu_ms_per_prompt")),
-            ("sidecar", ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_prompt", "cores")),
-            ("peer", ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_prompt", "cores")),
+            ("ceiling", ("throughput_rps", "cpu_ms_per_prompt", *SCHEDULER_KEYS)),
+            (
+                "sidecar",
+                ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_prompt", "cores", *SCHEDULER_KEYS),
+            ),
+            ("peer", ("throughput_rps", "p50_ms", "p99_ms", "cpu_ms_per_prompt", "cores", *SCHEDULER_KEYS)),
         ):
             for key in keys:
                 values[f"{mode}_{key}"] = statistics.median(r[tokens][mode][key] for r in rounds)
@@ -426,15 +464,26 @@ TABLE_COLUMNS = (
     ("peer p50 / p99 (ms)", ("peer_p50_ms", "peer_p99_ms"), ".0f"),
     ("peer / ceiling", "peer_share", ".2f"),
     ("sidecar / peer [per round]", "sidecar_over_peer", ".2f"),
+    ("sidecar / peer by clients ÷ mean latency [per round]", "sidecar_over_peer_little", ".2f"),
     (
         "CPU ms / prompt: ceiling / sidecar / peer",
         ("ceiling_cpu_ms_per_prompt", "sidecar_cpu_ms_per_prompt", "peer_cpu_ms_per_prompt"),
         ".1f",
     ),
-    ("cores: sidecar / peer", ("sidecar_cores", "peer_cores"), ".2f"),
+    ("cores: ceiling / sidecar / peer", ("ceiling_ran_cores", "sidecar_ran_cores", "peer_ran_cores"), ".2f"),
+    (
+        "cores waited for: ceiling / sidecar / peer",
+        ("ceiling_waited_cores", "sidecar_waited_cores", "peer_waited_cores"),
+        ".2f",
+    ),
+    (
+        "idle cores: ceiling / sidecar / peer",
+        ("ceiling_idle_cores", "sidecar_idle_cores", "peer_idle_cores"),
+        ".2f",
+    ),
     ("peer / sidecar CPU per prompt [per round]", "peer_over_sidecar_cpu", ".2f"),
 )
-PER_ROUND_COLUMNS = ("sidecar_over_peer", "peer_over_sidecar_cpu")
+PER_ROUND_COLUMNS = ("sidecar_over_peer", "sidecar_over_peer_little", "peer_over_sidecar_cpu")
 
 
 def table(summary: dict[int, dict[str, Any]]) -> str:
@@ -502,14 +551,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         tokens: synthetic_prompts(inference.encoder._tokenizer, tokens, 4000, args.seed + tokens)
         for tokens in args.prompt_tokens
     }
-    batching = {"max_batch_size": args.max_batch_size, "embedding_cache_entries": 0}
+    batching = {
+        "max_batch_size": args.max_batch_size,
+        "max_batch_tokens": args.max_batch_tokens,
+        "embedding_cache_entries": 0,
+    }
     sidecar = Server(checkpoint, scratch, "sidecar", batching, args.threads, backend="torch")
     peer: PeerServer | None = None
     rounds: list[dict[int, dict[str, dict[str, Any]]]] = []
     next_index = {(tokens, mode): 0 for tokens in args.prompt_tokens for mode in ("sidecar", "peer")}
     try:
         peer = PeerServer(executable, builtin_model_path(), scratch, args.peer_batch_size, args.threads)
-        same_model_cosine = check_same_model(peer, inference.encoder, prompt_sets[args.prompt_tokens[0]][0])
+        same_model_cosine = check_same_model(peer, inference.encoder, SAME_MODEL_PROBE)
         for round_index in range(args.rounds):
             current: dict[int, dict[str, dict[str, Any]]] = {}
             for tokens, prompts in prompt_sets.items():
@@ -519,7 +572,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     first = next_index[tokens, mode]
                     if mode == "sidecar":
                         run = functools.partial(run_sidecar, sidecar.port, prompts, args)
+                        batches_before = sidecar.batch_histogram()
                         result = run_server(sidecar.proc.pid, run, first)
+                        result["mean_batch"] = mean_batch(batches_before, sidecar.batch_histogram())
                     else:
                         run = functools.partial(run_peer, peer.url, prompts, args)
                         result = run_server(peer.proc.pid, run, first)
@@ -529,10 +584,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     f"round {round_index}, {tokens} tokens: "
                     + ", ".join(
                         f"{m} {measured[m]['throughput_rps']:.1f}/s"
-                        f" ({measured[m]['cpu_ms_per_prompt']:.1f} CPU ms/prompt)"
+                        f" ({measured[m]['cpu_ms_per_prompt']:.1f} CPU ms/prompt,"
+                        f" cores ran {measured[m]['ran_cores']:.2f} waited {measured[m]['waited_cores']:.2f}"
+                        f" idle {measured[m]['idle_cores']:.2f})"
                         for m in MODES
                     )
-                    + f" (errors: sidecar {measured['sidecar']['errors']},"
+                    + f" (sidecar mean batch {measured['sidecar']['mean_batch']:.1f};"
+                    + f" errors: sidecar {measured['sidecar']['errors']},"
                     + f" peer {measured['peer']['errors']})",
                     file=sys.stderr,
                 )

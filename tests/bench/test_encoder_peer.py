@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 from bench.encoder_peer import (
     MAX_PROMPT_TOKENS,
     closed_loop,
+    mean_batch,
     parse_args,
     peer_command,
     peer_environment,
@@ -31,6 +33,7 @@ REPO = Path(__file__).resolve().parents[2]
         (["--concurrency", "0"], "--concurrency must be at least 1, not 0"),
         (["--rounds", "0"], "--rounds must be at least 1"),
         (["--peer-batch-size", "-1"], "--peer-batch-size must be at least 1"),
+        (["--max-batch-tokens", "0"], "--max-batch-tokens must be at least 1"),
         (["--duration-s", "0"], "--duration-s must be positive"),
         (["--warmup-s", "-1"], "--warmup-s must be 0 or more"),
         (["--prompt-tokens", "16", "0"], "--prompt-tokens 0: must be between 1 and"),
@@ -115,30 +118,48 @@ def test_the_closed_loop_stops_at_max_requests() -> None:
 
 
 def measured(
-    ceiling: float, sidecar: float, peer: float, sidecar_cpu_ms: float = 10.0, peer_cpu_ms: float = 12.0
+    ceiling: float,
+    sidecar: float,
+    peer: float,
+    sidecar_cpu_ms: float = 10.0,
+    peer_cpu_ms: float = 12.0,
+    sidecar_little: float | None = None,
 ) -> dict[str, dict[str, float]]:
     return {
-        "ceiling": {"throughput_rps": ceiling, "cpu_ms_per_prompt": 9.0},
+        "ceiling": {
+            "throughput_rps": ceiling,
+            "cpu_ms_per_prompt": 9.0,
+            **scheduler(1.75, 0.25, 0.0),
+        },
         "sidecar": {
             "throughput_rps": sidecar,
+            "little_rps": sidecar if sidecar_little is None else sidecar_little,
             "p50_ms": 100.0,
             "p99_ms": 150.0,
             "cpu_ms_per_prompt": sidecar_cpu_ms,
             "cores": 1.5,
+            **scheduler(1.5, 0.5, 0.125),
         },
         "peer": {
             "throughput_rps": peer,
+            "little_rps": peer,
             "p50_ms": 120.0,
             "p99_ms": 180.0,
             "cpu_ms_per_prompt": peer_cpu_ms,
             "cores": 1.25,
+            **scheduler(1.25, 0.75, 0.0),
         },
     }
 
 
+def scheduler(ran: float, waited: float, idle: float) -> dict[str, object]:
+    return {"ran_cores": ran, "waited_cores": waited, "idle_cores": idle, "threads": []}
+
+
 def test_the_table_shows_medians_of_within_round_shares_and_the_per_round_sidecar_over_peer() -> None:
     rounds = [
-        {16: measured(100.0, 80.0, 64.0), 64: measured(40.0, 30.0, 32.0, 20.0, 19.0)},
+        # Round 0's sidecar answered in bursts its window's count caught one short of: Little's law says 96/s.
+        {16: measured(100.0, 80.0, 64.0, sidecar_little=96.0), 64: measured(40.0, 30.0, 32.0, 20.0, 19.0)},
         {16: measured(120.0, 90.0, 60.0), 64: measured(50.0, 40.0, 32.0, 20.0, 21.0)},
         {16: measured(110.0, 99.0, 90.0), 64: measured(44.0, 33.0, 30.0, 20.0, 22.0)},
     ]
@@ -154,10 +175,12 @@ def test_the_table_shows_medians_of_within_round_shares_and_the_per_round_sideca
     assert summary[64]["sidecar_cpu_ms_per_prompt"] == 20.0
     assert text[2] == (
         "| 16 | 110.0 | 90.0 | 100 / 150 | 0.80 | 64.0 | 120 / 180 | 0.64 | 1.25× [1.25, 1.50, 1.10]"
-        " | 9.0 / 10.0 / 12.0 | 1.50 / 1.25 | 1.20× [1.20, 1.20, 1.20] |"
+        " | 1.50× [1.50, 1.50, 1.10] | 9.0 / 10.0 / 12.0 | 1.75 / 1.50 / 1.25 | 0.25 / 0.50 / 0.75"
+        " | 0.00 / 0.12 / 0.00 | 1.20× [1.20, 1.20, 1.20] |"
     )
     assert text[3].endswith(
-        "| 1.10× [0.94, 1.25, 1.10] | 9.0 / 20.0 / 21.0 | 1.50 / 1.25 | 1.05× [0.95, 1.05, 1.10] |"
+        "| 1.10× [0.94, 1.25, 1.10] | 1.10× [0.94, 1.25, 1.10] | 9.0 / 20.0 / 21.0 | 1.75 / 1.50 / 1.25"
+        " | 0.25 / 0.50 / 0.75 | 0.00 / 0.12 / 0.00 | 1.05× [0.95, 1.05, 1.10] |"
     )
     assert verdict(summary) == (
         "sidecar NOT ahead of the peer in every round at: 64 tokens\n"
@@ -205,6 +228,10 @@ def test_a_server_run_counts_the_server_process_s_cpu_per_call_answered() -> Non
     # 0.4 s of CPU over 8 calls = 50 ms per call (clock ticks are 10 ms).
     assert 45 <= result["cpu_ms_per_prompt"] <= 60
     assert 0 < result["cores"] <= 1.05
+    # The scheduler's counters see the same 0.4 s (ns resolution), whatever part of it waited for a core.
+    assert result["ran_cores"] == pytest.approx(result["cores"], abs=0.05)
+    assert 0 <= result["waited_cores"] <= 1.0
+    assert result["threads"][0]["ran"] == pytest.approx(result["ran_cores"])
 
 
 def test_a_window_shorter_than_the_latency_is_stretched_to_cover_several_answers() -> None:
@@ -215,3 +242,23 @@ def test_a_window_shorter_than_the_latency_is_stretched_to_cover_several_answers
     assert result["window_s"] >= 0.2  # two warm-up median latencies, not the 10 ms asked for
     assert result["requests"] >= 3
     assert 0 < result["throughput_rps"] <= 45  # at most 3 clients / 0.1 s, plus a call ending on the edge
+
+
+def test_the_sidecar_s_mean_batch_comes_from_its_histogram_s_growth() -> None:
+    assert mean_batch((100.0, 10.0), (420.0, 20.0)) == 32.0
+    assert math.isnan(mean_batch((100.0, 10.0), (100.0, 10.0)))  # no batch ran
+
+
+def test_little_s_law_is_not_quantised_by_a_server_that_answers_in_bursts() -> None:
+    """A "server" that answers everything queued at once every 0.1 s serves 4 clients 40 calls/s. A short
+    window counts whole bursts only; clients / mean latency does not depend on where the window falls."""
+    tick_s = 0.1
+
+    async def burst_call(index: int) -> None:
+        now = asyncio.get_running_loop().time()
+        await asyncio.sleep(tick_s - now % tick_s)
+
+    result = asyncio.run(closed_loop(burst_call, 4, 0.25, 0.0, 10_000, first_index=0))
+    # Every call waits for the next tick, about one tick: 4 clients / 0.1 s. (A busy machine adds latency.)
+    assert 25 <= result["little_rps"] <= 42
+    assert result["little_rps"] == pytest.approx(4 / (result["p50_ms"] / 1000), rel=0.3)

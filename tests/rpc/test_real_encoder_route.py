@@ -29,6 +29,11 @@ async def test_route_with_the_real_encoder(tmp_path: Path) -> None:
     settings = sidecar_settings(tmp_path / "v5", policy={"cpu_threads": 1})
     async with running_sidecar(settings) as app:
         assert app.inference is not None and app.inference.encoder.settings.max_seq_length == 128
+        assert app.batcher is not None
+        # policy.cpu_threads is set on the main thread; the encoder runs on the batcher's worker thread,
+        # whose intra-op pool must be that size too (docs/benchmarks.md, "Does the sidecar's forward pass
+        # spread over two cores?").
+        assert await app.batcher.call_in_worker(torch.get_num_threads) == 1
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stub = router_pb2_grpc.RouterStub(channel)
             long_prompt = "context " * 400 + "Which model should answer this?"
