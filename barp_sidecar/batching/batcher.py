@@ -33,6 +33,7 @@ from typing import Generic, Protocol, TypeVar
 import structlog
 
 from barp_sidecar.errors import AdmissionFull, DeadlineExceeded, ShuttingDown
+from barp_sidecar.tasks import wait_event
 
 ItemT = TypeVar("ItemT")
 ResultT = TypeVar("ResultT")
@@ -186,7 +187,8 @@ class MicroBatcher(Generic[ItemT, ResultT]):
         if self._task is not None and self._wakeup is not None:
             self._wakeup.set()
             try:
-                await asyncio.wait_for(asyncio.shield(self._task), timeout_s)
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.shield(self._task)
             except TimeoutError:
                 log.warning("batcher_drain_timeout", timeout_s=timeout_s, left=len(self._queue))
                 drained = False
@@ -229,10 +231,7 @@ class MicroBatcher(Generic[ItemT, ResultT]):
             if remaining_s <= 0:
                 return
             self._wakeup.clear()
-            try:
-                await asyncio.wait_for(self._wakeup.wait(), remaining_s)
-            except TimeoutError:
-                pass
+            await wait_event(self._wakeup, remaining_s)
 
     def _take(self) -> tuple[list[_Pending[ItemT, ResultT]], list[float]]:
         """Pop up to max_batch_size live requests; skip cancelled ones, fail expired ones."""

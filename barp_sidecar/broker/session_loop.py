@@ -126,6 +126,7 @@ class BrokerSessionLoop(ABC):
 
 async def close_quietly(client: Any) -> None:
     try:
-        await asyncio.wait_for(client.close(), 2.0)
+        async with asyncio.timeout(2.0):
+            await client.close()
     except Exception as exc:  # closing a broken connection may fail in many ways; it is gone either way
         log.debug("broker_close_failed", error=repr(exc))

@@ -30,6 +30,8 @@ from typing import Any
 
 from aiohttp import web
 
+from barp_sidecar.tasks import wait_event
+
 MALFORMED_MODES = ("json", "sse", "truncated", "body")
 
 
@@ -191,7 +193,8 @@ class FakeProvider:
 
     async def wait_idle(self, timeout_s: float = 5.0) -> None:
         """Wait until no request is in flight (e.g. until a cancelled upstream call has been noticed)."""
-        await asyncio.wait_for(self._idle.wait(), timeout_s)
+        if not await wait_event(self._idle, timeout_s):
+            raise TimeoutError(f"requests still in flight after {timeout_s} s")
 
     def _next_behaviour(self) -> FakeBehaviour:
         if self._script:

@@ -107,7 +107,8 @@ class NatsRewardPublisher(BrokerSessionLoop):
         last_sequence = 0
         while in_flight and (last_sequence == 0 or in_flight[0][2].done()):
             batch_last, sizes, acks = in_flight[0]
-            results = await asyncio.wait_for(asyncio.shield(acks), self.settings.publish_timeout_s)
+            async with asyncio.timeout(self.settings.publish_timeout_s):
+                results = await asyncio.shield(acks)
             in_flight.popleft()
             self.duplicates += sum(size for size, ack in zip(sizes, results, strict=True) if ack.duplicate)
             last_sequence = batch_last

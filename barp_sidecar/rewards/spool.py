@@ -34,7 +34,7 @@ import structlog
 from barp_sidecar.errors import ConfigError, ResourceExhausted
 from barp_sidecar.gen.barp.v1 import trainer_pb2
 from barp_sidecar.rewards.records import encode_record, scan_file, truncate_to_valid
-from barp_sidecar.tasks import cancel_and_wait
+from barp_sidecar.tasks import cancel_and_wait, wait_event
 
 _SEGMENT = re.compile(r"^segment-(\d{20})\.spool$")
 ACKED_FILE = "ACKED"
@@ -268,10 +268,7 @@ class RewardSpool:
         if self._durable_sequence > sequence:
             return
         self._durable_changed.clear()
-        try:
-            await asyncio.wait_for(self._durable_changed.wait(), timeout_s)
-        except TimeoutError:
-            pass
+        await wait_event(self._durable_changed, timeout_s)
 
     async def wait_all_acked(self, timeout_s: float) -> bool:
         """Wait until every durable event is acknowledged (a publisher's drain); False after ``timeout_s``."""

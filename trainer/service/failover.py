@@ -47,6 +47,7 @@ from barp_sidecar.policy.nats_policies import (
     parse_announcement,
 )
 from barp_sidecar.policy.watcher import EXPECTED_FILES, named_calibration, write_checkpoint
+from barp_sidecar.tasks import wait_event
 from trainer.service.eventlog import EventLog, SegmentedEventLog
 from trainer.service.learner_state import state_path
 from trainer.service.lease import LeaseRejected, TrainerLease
@@ -198,10 +199,7 @@ class LeaseKeeper(BrokerSessionLoop):
 
     async def _pause(self, seconds: float) -> None:
         """Sleep ``seconds``, or less when a release is requested meanwhile."""
-        try:
-            await asyncio.wait_for(self._release_requested.wait(), seconds)
-        except TimeoutError:
-            pass
+        await wait_event(self._release_requested, seconds)
 
     async def release(self, timeout_s: float = RELEASE_TIMEOUT_S) -> bool:
         """Graceful stop: delete the lease key if this replica holds it (call after training and publishing
@@ -210,9 +208,7 @@ class LeaseKeeper(BrokerSessionLoop):
         self._release_requested.set()
         if not self.lease.held():
             return False  # a standby, or the lease is gone already: nothing to give back
-        try:
-            await asyncio.wait_for(self._released.wait(), timeout_s)
-        except TimeoutError:
+        if not await wait_event(self._released, timeout_s):
             log.warning("trainer_lease_release_timed_out", timeout_s=timeout_s)
         return self.released
 

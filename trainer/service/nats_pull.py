@@ -20,6 +20,8 @@ import json
 import time
 from typing import Any
 
+from barp_sidecar.tasks import wait_event
+
 API_PREFIX = "$JS.API"
 STATUS_HEADER = "Status"
 DESCRIPTION_HEADER = "Description"
@@ -79,10 +81,7 @@ class PullBatches:
         await self._request_if_idle()
         if not self._buffer:
             self._arrived.clear()
-            try:
-                await asyncio.wait_for(self._arrived.wait(), timeout_s)
-            except TimeoutError:
-                pass
+            await wait_event(self._arrived, timeout_s)
         # Messages stream in one by one: take what keeps arriving until a batch is full, the request is
         # over or nothing came for LINGER_S (one fsync per batch, not per message).
         while self._buffer and len(self._buffer) < self.batch and self._outstanding:
