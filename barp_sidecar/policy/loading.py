@@ -104,9 +104,10 @@ def load_encoder(
     encoder = _load(encoder_settings, choice, model)
     problem = identity.serving_problem(*encoder_backend_identity(encoder))
     if problem is not None and backend.backend == "auto":
-        # auto promises the fastest backend this policy is validated for: this int8 file is not one.
-        log.warning("encoder_backend_auto_uses_torch", reason=problem)
-        encoder = _load(encoder_settings, BackendChoice("torch", onnx_dir, settings.cpu_threads), model)
+        # auto promises the fastest backend this policy is validated for: this int8 file is not one, so
+        # the fp32 graph (the same function as the encoder the policy was trained with) serves.
+        log.warning("encoder_backend_auto_uses_onnx", reason=problem)
+        encoder = _load(encoder_settings, BackendChoice("onnx", onnx_dir, settings.cpu_threads), model)
     elif problem is not None:
         raise ConfigError("encoder.backend", problem)
     if encoder.encoder_id != identity.encoder_id or encoder.dim != identity.dim:
