@@ -46,6 +46,7 @@ from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
+from barp_sidecar.settings import EncoderBackend
 from bench import cpu_share
 from bench.load_client import cpu_seconds, percentile_ms, stop_process, write_report
 
@@ -104,7 +105,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--encoder-backend",
         default="auto",
-        choices=("auto", "torch", "onnx", "onnx-int8"),
+        choices=[backend.value for backend in EncoderBackend],
         help="the sidecar's encoder.backend (auto = what ships: onnx on CPU); the ceiling stays fp32 torch",
     )
     parser.add_argument("--seed", type=int, default=0)

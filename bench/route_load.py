@@ -43,7 +43,7 @@ from pathlib import Path
 
 import yaml
 
-from barp_sidecar.settings import BatchingSettings
+from barp_sidecar.settings import BatchingSettings, EncoderBackend
 from bench.load_client import cpu_seconds, percentile_ms, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
@@ -580,7 +580,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--encoder-backend",
         default="auto",
-        choices=("auto", "torch", "onnx", "onnx-int8"),
+        choices=[backend.value for backend in EncoderBackend],
         help="encoder.backend of the servers and the ceiling; unless torch, a torch ceiling runs too",
     )
     parser.add_argument(
