@@ -70,23 +70,41 @@ class Result:
 
 
 def synthetic_prompts(tokenizer, tokens: int, count: int, seed: int) -> list[str]:
-    """``count`` distinct prompts of exactly ``tokens`` word-pieces (without [CLS]/[SEP])."""
+    """``count`` distinct prompts of exactly ``tokens`` word-pieces (without [CLS]/[SEP]).
+
+    Pieces are counted without the tokenizer's own truncation or padding: the fast tokenizer the ONNX
+    and OpenVINO backends load truncates to 128 pieces (its tokenizer.json), under which no prompt longer
+    than 128 pieces exists and this loop used to run forever (the sidecar itself tokenizes with
+    truncation off and cuts to ``encoder.max_seq_length`` by its own rule)."""
     rng = random.Random(seed)
     # The plain-torch MiniLM's WordPieceTokenizer wraps a `tokenizers.Tokenizer` (batch-only __call__).
     raw = getattr(tokenizer, "_tokenizer", None)
+    if raw is not None:
+        raw = type(raw).from_str(raw.to_str())  # a copy: the encoder's own tokenizer stays as it is
+        raw.no_truncation()
+        raw.no_padding()
 
     def word_pieces(text: str) -> list[int]:
         if raw is not None:
-            # A tokenizer configured to pad (transformers' fast tokenizer) pads here too: real pieces only.
-            encoding = raw.encode(text, add_special_tokens=False)
-            return [i for i, real in zip(encoding.ids, encoding.attention_mask, strict=True) if real]
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+            return list(raw.encode(text, add_special_tokens=False).ids)
+        return list(tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"])
 
     vocabulary = (raw or tokenizer).get_vocab()
-    words = [w for w in vocabulary if w.isalpha() and w.isascii() and len(w) >= 3]
+    # Sorted: get_vocab() is a hash map whose order differs between loads, so the seed alone did not fix
+    # the prompts.
+    words = sorted(w for w in vocabulary if w.isalpha() and w.isascii() and len(w) >= 3)
+    if tokens > len(words):
+        raise ValueError(f"{tokens} tokens: the vocabulary has only {len(words)} whole words to draw from")
     prompts: list[str] = []
     seen: set[str] = set()
+    attempts = 0
     while len(prompts) < count:
+        attempts += 1
+        if attempts > 50 * count:
+            raise RuntimeError(
+                f"found {len(prompts)} of {count} prompts of exactly {tokens} word pieces"
+                f" in {attempts - 1} tries"
+            )
         chosen = rng.sample(words, tokens)
         ids = word_pieces(" ".join(chosen))
         while len(ids) > tokens:
