@@ -5,7 +5,9 @@ transformer + pooling + normalisation), ``model-int8.onnx`` (dynamic int8 weight
 MatMuls with constant weights: attention output and FFN; the fused Attention stays fp32) and
 ``export.json`` (each file's sha256, the source weights' sha256 and the exporting library versions).
 ``<source digest>`` covers the weights and those versions, so a different model or exporter never reuses
-another's files. Knows nothing about policies or serving.
+another's files. ``policy.openvino_export`` keeps the OpenVINO files in the same directory and record,
+through the helpers here (``atomic_write``, ``verified_sha256``, ``write_record``, ``export_explained``).
+Knows nothing about policies or serving.
 
 ``ensure_onnx_model`` returns a verified file: it is exported (seconds to a minute, needs torch) when
 missing, and re-exported when its sha256 no longer matches ``export.json``; a directory that cannot be
@@ -21,6 +23,7 @@ the torch model (max |Δ| ≤ 1e-5) before it is written.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.metadata
 import json
@@ -30,7 +33,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from barp_sidecar.policy.onnx_fused import OPSET
 
@@ -40,7 +43,16 @@ INT8_FILE = "model-int8.onnx"
 RECORD_FILE = "export.json"
 # Bump when the exported graph or the quantisation recipe changes: old cache directories are then ignored.
 EXPORT_RECIPE = 2
-_LIBRARIES = ("torch", "onnx", "onnxscript", "onnxruntime", "sentence-transformers", "transformers")
+_T = TypeVar("_T")
+_LIBRARIES = (
+    "torch",
+    "onnx",
+    "onnxscript",
+    "onnxruntime",
+    "openvino",
+    "sentence-transformers",
+    "transformers",
+)
 
 
 class OnnxModelError(Exception):
@@ -99,7 +111,7 @@ def source_digest(source: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(source, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def _atomic_write(path: Path, write: Callable[[Path], object]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], object]) -> None:
     """``write(temp)`` then fsync and rename onto ``path`` (same directory, so the rename is atomic)."""
     handle, temp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(handle)
@@ -152,7 +164,7 @@ def quantize_int8(fp32: Path, out: Path) -> None:
         root.setLevel(level)
 
 
-def _read_record(directory: Path) -> dict[str, Any] | None:
+def read_record(directory: Path) -> dict[str, Any] | None:
     try:
         data = json.loads((directory / RECORD_FILE).read_text())
     except (OSError, ValueError):
@@ -160,9 +172,9 @@ def _read_record(directory: Path) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def _verified(directory: Path, name: str) -> str | None:
+def verified_sha256(directory: Path, name: str) -> str | None:
     """The file's sha256 if it exists and matches export.json, else None."""
-    record = _read_record(directory)
+    record = read_record(directory)
     path = directory / name
     if record is None or not path.is_file():
         return None
@@ -176,7 +188,7 @@ def problem(directory: Path, name: str) -> str:
     path = directory / name
     if not path.is_file():
         return f"{path}: missing"
-    if _read_record(directory) is None:
+    if read_record(directory) is None:
         return f"{directory / RECORD_FILE}: missing or unreadable"
     return f"{path}: sha256 does not match {RECORD_FILE} (corrupt or modified)"
 
@@ -186,13 +198,31 @@ def export_all(model_path: Path, directory: Path, source: dict[str, Any]) -> dic
 
     Returns {file name: sha256}."""
     directory.mkdir(parents=True, exist_ok=True)
-    if _verified(directory, FP32_FILE) is None:
-        _atomic_write(directory / FP32_FILE, lambda temp: export_fp32(model_path, temp))
-    _atomic_write(directory / INT8_FILE, lambda temp: quantize_int8(directory / FP32_FILE, temp))
+    if verified_sha256(directory, FP32_FILE) is None:
+        atomic_write(directory / FP32_FILE, lambda temp: export_fp32(model_path, temp))
+    atomic_write(directory / INT8_FILE, lambda temp: quantize_int8(directory / FP32_FILE, temp))
     files = {name: file_sha256(directory / name) for name in (FP32_FILE, INT8_FILE)}
-    record = {**source, "files": files}
-    _atomic_write(directory / RECORD_FILE, lambda temp: temp.write_text(json.dumps(record, indent=2) + "\n"))
+    write_record(directory, source, files)
     return files
+
+
+def write_record(directory: Path, source: dict[str, Any], files: dict[str, str]) -> None:
+    """Record ``files`` ({name: sha256}) in export.json, keeping the entries other exporters recorded
+    there (``policy.openvino_export`` shares the directory). The read-modify-write holds an exclusive
+    lock on the directory, so two processes exporting different files at once lose neither entry."""
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        previous = read_record(directory) or {}
+        kept = previous.get("files")
+        if not isinstance(kept, dict) or any(previous.get(key) != value for key, value in source.items()):
+            kept = {}  # none, or recorded for another source: nothing in it can be trusted
+        record = {**source, "files": {**kept, **files}}
+        atomic_write(
+            directory / RECORD_FILE, lambda temp: temp.write_text(json.dumps(record, indent=2) + "\n")
+        )
+    finally:
+        os.close(descriptor)  # releases the lock
 
 
 def model_directory(model_path: Path, onnx_dir: Path) -> tuple[Path, dict[str, Any]]:
@@ -215,20 +245,28 @@ def ensure_onnx_model(
         raise ValueError(f"backend must be one of {ONNX_BACKENDS}, not {backend!r}")
     name = INT8_FILE if backend == "onnx-int8" else FP32_FILE
     directory, source = model_directory(model_path, onnx_dir)
-    sha = _verified(directory, name)
+    sha = verified_sha256(directory, name)
     if sha is not None:
         return OnnxModel(backend, directory / name, sha)
     reason = problem(directory, name)
     if on_export is not None:
         on_export(reason)
+    files = export_explained(
+        reason, "torch and onnxruntime", lambda: export_all(model_path, directory, source)
+    )
+    return OnnxModel(backend, directory / name, files[name])
+
+
+def export_explained(reason: str, needs: str, export: Callable[[], _T]) -> _T:
+    """``export()``; any failure becomes OnnxModelError starting with ``reason`` (why an export was
+    needed, naming the file). ``needs`` names the packages an ImportError is about."""
     try:
-        files = export_all(model_path, directory, source)
+        return export()
     except OnnxModelError as exc:
         raise OnnxModelError(f"{reason}; exporting it failed: {exc}") from exc
     except OSError as exc:
         raise OnnxModelError(f"{reason}; exporting it failed: {exc}") from exc
     except ImportError as exc:
-        raise OnnxModelError(f"{reason}; exporting it needs torch and onnxruntime: {exc}") from exc
+        raise OnnxModelError(f"{reason}; exporting it needs {needs}: {exc}") from exc
     except Exception as exc:  # the exporters raise RuntimeError and their own classes, e.g. on a full disk
         raise OnnxModelError(f"{reason}; exporting it failed ({type(exc).__name__}: {exc})") from exc
-    return OnnxModel(backend, directory / name, files[name])
