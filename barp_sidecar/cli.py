@@ -8,7 +8,7 @@
 - ``report`` ReportOutcome for a decision on a running sidecar (barp_sidecar.rpc.outcome_client)
 - ``admin``  GetPolicy / ListPolicies / PinPolicy on a running sidecar's Admin port
   (barp_sidecar.rpc.admin_client)
-- ``export-onnx`` export and quantise the encoder for the ONNX backends (barp_sidecar.export_onnx)
+- ``export-onnx`` export the encoder for the ONNX and OpenVINO backends (barp_sidecar.export_onnx)
 
 Modules are imported only for the chosen subcommand, so ``--help`` stays fast. Exit codes: 0 success,
 1 the server answered with an error (``CODE: message`` on stderr), 2 a bad argument or configuration
@@ -35,7 +35,7 @@ SUBCOMMANDS = {
     "admin": ("barp_sidecar.rpc.admin_client", "get / list / pin / unpin policy versions (Admin)"),
     "export-onnx": (
         "barp_sidecar.export_onnx",
-        "export the encoder to ONNX (fp32 + int8) and print the files",
+        "export the encoder to ONNX (fp32 + int8) and OpenVINO IR (fp32), print the files",
     ),
 }
 

@@ -1,7 +1,9 @@
-"""``barp-sidecar export-onnx``: export and quantise the encoder into an ONNX directory, print the files.
+"""``barp-sidecar export-onnx``: export and quantise the encoder into an ONNX directory, convert it to
+OpenVINO's IR there too, print the files.
 
-Owns this one-shot command only (the export itself is ``policy.onnx_export``). The image runs it at build
-time so a container never exports; anyone can run it to warm ``encoder.onnx_dir`` before a first start.
+Owns this one-shot command only (the exports themselves are ``policy.onnx_export`` and
+``policy.openvino_export``). The image runs it at build time so a container never exports; anyone can run
+it to warm ``encoder.onnx_dir`` before a first start.
 ``--require-validated`` fails (exit 1) unless the policy (the shipped one by default) lists the int8
 file's sha256, i.e. unless ``encoder.backend: auto`` will really serve int8 with these files.
 """
@@ -18,6 +20,7 @@ from barp_sidecar.policy.backends import default_onnx_dir
 from barp_sidecar.policy.checkpoint import read_manifest
 from barp_sidecar.policy.encoder import BUILTIN_MODEL, builtin_model_path
 from barp_sidecar.policy.onnx_export import FP32_FILE, INT8_FILE, OnnxModelError, ensure_onnx_model
+from barp_sidecar.policy.openvino_export import GRAPH_FILE, WEIGHTS_FILE, ensure_openvino_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,12 +39,18 @@ def run(args: argparse.Namespace) -> int:
     onnx_dir = args.onnx_dir or default_onnx_dir()
     try:
         files = {backend: ensure_onnx_model(source, onnx_dir, backend) for backend in ("onnx", "onnx-int8")}
+        graph = ensure_openvino_model(source, onnx_dir)
     except OnnxModelError as exc:
         print(f"encoder.onnx_dir: {exc}", file=sys.stderr)
         return 2
     report = {
         name: {"path": str(files[backend].path), "sha256": files[backend].sha256}
         for backend, name in (("onnx", FP32_FILE), ("onnx-int8", INT8_FILE))
+    }
+    report[GRAPH_FILE] = {"path": str(graph.graph_path), "sha256": graph.sha256}
+    report[WEIGHTS_FILE] = {
+        "path": str(graph.graph_path.with_name(WEIGHTS_FILE)),
+        "sha256": graph.weights_sha256,
     }
     print(json.dumps(report, indent=2))
     if args.require_validated:

@@ -55,6 +55,7 @@ class EncoderBackend(StrEnum):
     TORCH = "torch"
     ONNX = "onnx"
     ONNX_INT8 = "onnx-int8"
+    OPENVINO = "openvino"
 
 
 class RoutingTextMode(StrEnum):
@@ -239,12 +240,14 @@ class EncoderBackendSettings:
 
     # "torch" (fp32 PyTorch); "onnx" (ONNX Runtime, a fused fp32 graph: the same function as torch);
     # "onnx-int8" (int8 weights: fastest on CPU, but it changes some decisions: the policy manifest must
-    # list the int8 file's sha256). "auto" = on the CPU, onnx-int8 for a policy that lists this machine's
-    # int8 file, else onnx (the shipped policy lists none: 1.5-1.9x torch's throughput, same decisions);
-    # torch on CUDA. The ONNX backends run on the CPU only.
+    # list the int8 file's sha256); "openvino" (OpenVINO, fp32: the same function as torch). "auto" = on
+    # the CPU, onnx-int8 for a policy that lists this machine's int8 file, else onnx (the shipped policy
+    # lists none: 1.5-1.9x torch's throughput, same decisions); torch on CUDA. The ONNX and OpenVINO
+    # backends run on the CPU only.
     backend: EncoderBackend = EncoderBackend.AUTO
-    # Where ONNX files are exported to on first start (sha256-verified; re-exported when corrupt) or were
-    # exported at image build time. None = $XDG_CACHE_HOME/barp-sidecar/onnx (~/.cache if unset).
+    # Where ONNX and OpenVINO files are exported to on first start (sha256-verified; re-exported when
+    # corrupt) or were exported at image build time. None = $XDG_CACHE_HOME/barp-sidecar/onnx (~/.cache if
+    # unset).
     onnx_dir: str | None = None
 
     def check(self) -> None:

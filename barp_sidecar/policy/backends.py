@@ -1,4 +1,4 @@
-"""Encoder backends: which runtime computes h(x) — ``torch``, ``onnx`` (fp32) or ``onnx-int8``.
+"""Encoder backends: which runtime computes h(x) — ``torch``, ``onnx`` (fp32), ``onnx-int8`` or ``openvino``.
 
 Owns the choice (``auto`` -> onnx-int8 on the CPU for a policy validated with it, else the fp32 ``onnx``
 graph on the CPU, torch on CUDA), the default
@@ -21,8 +21,10 @@ from barp_sidecar.policy.encoder import (
     model_path_for,
 )
 from barp_sidecar.policy.onnx_export import ONNX_BACKENDS, ensure_onnx_model
+from barp_sidecar.policy.openvino_export import OPENVINO_BACKEND, ensure_openvino_model
 
-BACKENDS = ("torch", *ONNX_BACKENDS)
+BACKENDS = ("torch", *ONNX_BACKENDS, OPENVINO_BACKEND)
+CPU_ONLY_BACKENDS = (*ONNX_BACKENDS, OPENVINO_BACKEND)
 
 
 def resolve_backend(requested: str, device: str, int8_validated: bool = False) -> str:
@@ -36,7 +38,7 @@ def resolve_backend(requested: str, device: str, int8_validated: bool = False) -
         return "onnx-int8" if int8_validated else "onnx"
     if requested not in BACKENDS:
         raise ValueError(f"must be 'auto' or one of {BACKENDS}, not {requested!r}")
-    if requested in ONNX_BACKENDS and device != "cpu":
+    if requested in CPU_ONLY_BACKENDS and device != "cpu":
         raise ValueError(f"{requested!r} runs on the CPU only, but the encoder device is {device!r}")
     return requested
 
@@ -49,7 +51,7 @@ def default_onnx_dir(env: Mapping[str, str] | None = None) -> Path:
 
 @dataclass(frozen=True)
 class BackendChoice:
-    """A resolved backend and where its ONNX files live (ignored by torch)."""
+    """A resolved backend and where its ONNX and OpenVINO files live (ignored by torch)."""
 
     backend: str
     onnx_dir: Path
@@ -67,11 +69,18 @@ def load_backend_encoder(
         return HashingEncoder(settings).load()
     if choice.backend == "torch":
         return SentenceTransformerEncoder(settings).load()
-    from barp_sidecar.policy.onnx_encoder import OnnxEncoder
-
     source = Path(model_path_for(settings))
     if not source.is_dir():
-        raise ValueError(f"the ONNX backends export from a local model directory; {source} is not one")
+        raise ValueError(
+            f"the {choice.backend} backend exports from a local model directory; {source} is not one"
+        )
+    if choice.backend == OPENVINO_BACKEND:
+        from barp_sidecar.policy.openvino_encoder import OpenVinoEncoder
+
+        graph = ensure_openvino_model(source, choice.onnx_dir, on_export)
+        return OpenVinoEncoder(settings, graph, choice.intra_op_threads).load()
+    from barp_sidecar.policy.onnx_encoder import OnnxEncoder
+
     model = ensure_onnx_model(source, choice.onnx_dir, choice.backend, on_export)
     return OnnxEncoder(settings, model, choice.intra_op_threads).load()
 

@@ -124,7 +124,9 @@ def _load(encoder_settings: EncoderSettings, choice: BackendChoice, model: str) 
     """Load one backend; every failure becomes a ConfigError naming the setting to fix."""
     try:
         return load_backend_encoder(
-            encoder_settings, choice, lambda reason: log.info("onnx_export_started", reason=reason)
+            encoder_settings,
+            choice,
+            lambda reason: log.info("onnx_export_started", backend=choice.backend, reason=reason),
         )
     except OnnxRuntimeUnsupported as exc:
         raise ConfigError("encoder.backend", str(exc)) from exc
