@@ -13,9 +13,10 @@ by ``openvino.convert_model`` from the torch module: exact (max |Δ| ~2e-7) when
 reading of ONNX Runtime's contrib operators), so it is not a route. The weights are saved uncompressed
 (``save_model`` would store them as fp16 by default). Every conversion is checked against the torch model
 on ``onnx_fused.probe_batch`` from the written files and refused unless the largest difference is at most
-``onnx_fused.VERIFY_MAX_ABS_DIFF``. Conversion is deterministic for fixed library versions (measured: two
-conversions in two processes, the same sha256 for both files), so two processes exporting at once write
-identical bytes.
+``onnx_fused.VERIFY_MAX_ABS_DIFF``. Conversion is deterministic for fixed library versions once the names
+OpenVINO draws from process-wide counters are replaced (``name_by_position``; tested: a re-conversion in
+the same process gives both files' sha256 again), so two processes exporting at once write identical
+bytes.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -124,8 +126,25 @@ def convert_fp32(model_path: Path, graph: Path) -> None:
         port.get_tensor().set_names({name})
     (output,) = converted.outputs
     output.get_tensor().set_names({OUTPUT_NAME})
-    openvino.save_model(converted, str(graph), compress_to_fp16=False)
+    # save_model applies the converter's transformations (constant folding, clean-up), which name new
+    # operations too: name them on the saved graph, then write that as is.
+    saved = graph.with_name("saved.xml")
+    openvino.save_model(converted, str(saved), compress_to_fp16=False)
+    transformed = openvino.Core().read_model(str(saved))
+    name_by_position(transformed)
+    openvino.serialize(transformed, str(graph), str(graph.with_suffix(".bin")))
     verify(model, tokenizer, graph)
+
+
+def name_by_position(transformed: Any) -> None:
+    """Replace the names OpenVINO generates from process-wide counters (the model's ``Model<n>``, an
+    unnamed operation's ``<type>_<n>``) with names from the graph's own order. Without this the second
+    conversion in one process writes a different graph file (measured: 428 differing lines, same
+    weights), so its sha256 would depend on what the process converted before."""
+    transformed.set_friendly_name("sentence_encoder")
+    for position, operation in enumerate(transformed.get_ordered_ops()):
+        if re.fullmatch(r"[A-Za-z][A-Za-z0-9]*_\d+", operation.get_friendly_name()):
+            operation.set_friendly_name(f"{operation.get_type_name()}_{position}")
 
 
 def verify(model: Any, tokenizer: Any, graph: Path) -> None:
