@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
         name: {"path": str(files[backend].path), "sha256": files[backend].sha256}
         for backend, name in (("onnx", FP32_FILE), ("onnx-int8", INT8_FILE))
     }
-    report[GRAPH_FILE] = {"path": str(graph.graph_path), "sha256": graph.sha256}
+    report[GRAPH_FILE] = {"path": str(graph.graph_path), "sha256": graph.graph_sha256}
     report[WEIGHTS_FILE] = {
         "path": str(graph.graph_path.with_name(WEIGHTS_FILE)),
         "sha256": graph.weights_sha256,

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import os
 import re
 import shutil
@@ -56,14 +57,18 @@ FP32_CONFIG = {"INFERENCE_PRECISION_HINT": "f32"}
 
 @dataclass(frozen=True)
 class OpenVinoModel:
-    """A verified OpenVINO IR: the graph file (its weights file lies beside it) and both files' sha256.
-
-    ``sha256`` is the graph's; the fp32 backends need no manifest entry (they compute the torch
-    encoder's function), so it only identifies the file in logs."""
+    """A verified OpenVINO IR: the graph file (its weights file lies beside it) and both files' sha256."""
 
     graph_path: Path
-    sha256: str
+    graph_sha256: str
     weights_sha256: str
+
+    @property
+    def sha256(self) -> str:
+        """The pair's identity (the graph file alone does not hold the weights): sha256 of
+        "<graph sha256> <weights sha256>". An embedding cache keys on it; no policy manifest needs it (fp32
+        computes the torch encoder's function)."""
+        return hashlib.sha256(f"{self.graph_sha256} {self.weights_sha256}".encode()).hexdigest()
 
 
 def ensure_openvino_model(

@@ -36,6 +36,7 @@ from barp_sidecar.policy.onnx_export import (
     file_sha256,
     model_directory,
 )
+from barp_sidecar.policy.openvino_export import GRAPH_FILE, WEIGHTS_FILE
 from barp_sidecar.settings import EncoderBackendSettings, PolicySettings
 
 pytestmark = pytest.mark.real_encoder
@@ -301,8 +302,10 @@ def test_export_onnx_command_prints_the_verified_files(exported: Path) -> None:
     result = subprocess.run(command, cwd=repository, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stderr
     files = json.loads(result.stdout)
-    assert files[INT8_FILE]["sha256"] == file_sha256(Path(files[INT8_FILE]["path"]))
-    assert Path(files[FP32_FILE]["path"]).parent.parent == exported
+    assert sorted(files) == sorted([FP32_FILE, INT8_FILE, GRAPH_FILE, WEIGHTS_FILE])  # OpenVINO's IR too
+    for name in files:
+        assert files[name]["sha256"] == file_sha256(Path(files[name]["path"]))
+        assert Path(files[name]["path"]).parent.parent == exported
     # The shipped policy does not accept the int8 file: --require-validated says so and fails.
     result = subprocess.run(
         [*command, "--require-validated"], cwd=repository, capture_output=True, text=True, timeout=300

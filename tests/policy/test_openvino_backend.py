@@ -99,9 +99,13 @@ def test_the_ir_is_fp32_and_recorded_in_export_json(converted: Path) -> None:
     assert exports == []  # verified: reused without converting again
     weights = model.graph_path.with_name(WEIGHTS_FILE)
     record = json.loads((model.graph_path.parent / RECORD_FILE).read_text())
-    assert record["files"] == {GRAPH_FILE: model.sha256, WEIGHTS_FILE: model.weights_sha256}
-    assert model.sha256 == file_sha256(model.graph_path) and model.weights_sha256 == file_sha256(weights)
+    assert record["files"] == {GRAPH_FILE: model.graph_sha256, WEIGHTS_FILE: model.weights_sha256}
+    assert model.graph_sha256 == file_sha256(model.graph_path) and model.weights_sha256 == file_sha256(
+        weights
+    )
     assert "openvino" in record["libraries"]
+    # The identity an embedding cache keys on covers the weights, which the graph file does not hold.
+    assert OpenVinoModel(model.graph_path, model.graph_sha256, "0" * 64).sha256 != model.sha256
     # fp32 weights: at least 4 bytes per parameter of the 22.7M-parameter model (fp16 would be half).
     assert weights.stat().st_size > 4 * 22_000_000
     assert sorted(p.name for p in model.graph_path.parent.iterdir()) == [
@@ -136,7 +140,7 @@ def test_a_corrupt_or_missing_file_is_re_exported_to_the_same_bytes(
     model = ensure_openvino_model(SOURCE, copy, exports.append)
     assert len(exports) == 1 and str(directory / name) in exports[0] and "sha256" in exports[0]
     # Conversion is deterministic: the same bytes as the first conversion.
-    assert {GRAPH_FILE: model.sha256, WEIGHTS_FILE: model.weights_sha256} == good
+    assert {GRAPH_FILE: model.graph_sha256, WEIGHTS_FILE: model.weights_sha256} == good
     (directory / name).unlink()
     exports.clear()
     assert ensure_openvino_model(SOURCE, copy, exports.append) == model
