@@ -25,8 +25,9 @@ COPY barp_sidecar ./barp_sidecar
 COPY trainer ./trainer
 # torch==2.13.0 is pinned in pyproject.toml; the extra index supplies the CPU (or CUDA) build of it.
 # The otlp extra lets tracing.exporter=otlp work in the image (tracing stays off unless configured).
-# The ONNX encoder files (encoder.backend onnx / onnx-int8) are exported here, from the shipped weights,
-# so no container exports at start (BARP__ENCODER__ONNX_DIR below points the sidecar at them).
+# The ONNX and OpenVINO encoder files (encoder.backend onnx / onnx-int8 / openvino) are exported here, from
+# the shipped weights, so no container exports at start (BARP__ENCODER__ONNX_DIR below points the sidecar
+# at them).
 RUN /opt/barp/bin/pip install --extra-index-url "https://download.pytorch.org/whl/${TORCH_VARIANT}" ".[otlp]" \
     && /opt/barp/bin/barp-sidecar export-onnx --onnx-dir /opt/barp/onnx \
     && /opt/barp/bin/python -m compileall -q /opt/barp/lib \
