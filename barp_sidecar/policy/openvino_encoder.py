@@ -9,7 +9,7 @@ imported at ``load()``, torch not at all.
 
 Compile settings: ``INFERENCE_PRECISION_HINT`` f32 (without it OpenVINO may run bf16 on CPUs that have
 it), ``PERFORMANCE_HINT`` LATENCY (one stream: the sidecar runs one forward pass at a time),
-``INFERENCE_NUM_THREADS`` = ``policy.cpu_threads`` (0 = OpenVINO's default, one per physical core).
+``INFERENCE_NUM_THREADS`` = ``policy.cpu_threads`` (0 = the CPU plugin's own choice).
 """
 
 from __future__ import annotations

@@ -268,7 +268,10 @@ async def test_a_real_sidecar_on_openvino_answers_route(converted: Path, tmp_pat
     )
     async with running_sidecar(settings) as app:
         assert app.inference is not None
-        assert getattr(app.inference.encoder, "backend", None) == "openvino"
+        encoder = app.inference.encoder
+        assert getattr(encoder, "backend", None) == "openvino"
+        # policy.cpu_threads reaches OpenVINO (its own default is one thread per core).
+        assert encoder._request.get_compiled_model().get_property("INFERENCE_NUM_THREADS") == 1  # type: ignore[attr-defined]
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stub = router_pb2_grpc.RouterStub(channel)
             long_prompt = "context " * 400 + "Which model should answer this?"
