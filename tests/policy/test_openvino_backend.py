@@ -242,6 +242,20 @@ def test_openvino_is_a_cpu_only_backend_and_auto_never_picks_it() -> None:
     assert config_error.value.key == "encoder.backend" and "CPU only" in str(config_error.value)
 
 
+def test_openvino_is_imported_only_when_the_backend_loads() -> None:
+    """Torch-only users pay nothing for it: building the sidecar's modules does not import it."""
+    script = (
+        "import sys\n"
+        "import barp_sidecar.app, barp_sidecar.policy.backends, barp_sidecar.policy.loading\n"
+        "import barp_sidecar.policy.openvino_encoder, barp_sidecar.policy.openvino_export\n"
+        "assert 'openvino' not in sys.modules, 'openvino imported'\n"
+    )
+    repository = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", script], cwd=repository, capture_output=True, text=True,
+                            timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
 def test_the_shipped_policy_serves_on_openvino(converted: Path) -> None:
     """fp32: the same function as the encoder it was trained with, so no manifest entry is needed."""
     from barp_sidecar.policy.builtin import builtin_policy_dir
