@@ -9,6 +9,7 @@ With ``--encoder-backend`` other than torch (``auto``, the default, is onnx on C
 the same rounds also measure today's fp32 torch encoder: ``torch_ceiling`` in-process and ``sidecar_torch``
 (a third server), and the summary compares the sidecar with them (issue 16's targets).
 ``--client-processes N`` splits the callers over N load-generator processes (a GPU sidecar outruns one).
+``--alt-backend NAME`` adds ``sidecar_alt``: the same sidecar on another ``encoder.backend``, same rounds.
 ``--baseline-src DIR`` adds a ``baseline`` server run from another checkout (e.g. main's batcher, exported
 with ``git archive main | tar -x -C out/main-src``) with that checkout's own batching defaults, and
 ``--sweep-clients 1 16 64`` replaces the standard runs: ``sidecar`` and ``baseline`` at each client count; the
@@ -47,7 +48,7 @@ from barp_sidecar.settings import BatchingSettings, EncoderBackend
 from bench.load_client import cpu_seconds, percentile_ms, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
-RUN_ORDER = ["torch_ceiling", "ceiling", "sidecar_torch", "baseline", "sidecar", "unbatched"]
+RUN_ORDER = ["torch_ceiling", "ceiling", "sidecar_torch", "sidecar_alt", "baseline", "sidecar", "unbatched"]
 SWEEP_NOTE = "clients sweep"
 
 
@@ -505,6 +506,11 @@ def ratio_values(results: list[Result]) -> dict[str, float]:
             out[f"{tokens} tokens: 1-client p50 / torch single-prompt p50"] = (
                 one_sidecar.p50_ms / torch_one.p50_ms
             )
+        sidecar_alt = by.get(("sidecar_alt", True))
+        if sidecar_alt and sidecar:
+            out[f"{tokens} tokens: sidecar / sidecar_alt throughput"] = (
+                sidecar.throughput_rps / sidecar_alt.throughput_rps
+            )
     return out
 
 
@@ -610,6 +616,11 @@ def main(argv: list[str] | None = None) -> int:
         help="serve a copy of the policy that accepts the int8 encoder file (speed runs only)",
     )
     parser.add_argument("--skip-unbatched", action="store_true", help="no batch-size-1 server")
+    parser.add_argument(
+        "--alt-backend",
+        choices=[backend.value for backend in EncoderBackend],
+        help="also serve a `sidecar_alt` on this encoder.backend in the same rounds (backend vs backend)",
+    )
     parser.add_argument("--skip-latency", action="store_true", help="skip the 1-client latency runs")
     parser.add_argument(
         "--baseline-src",
@@ -695,6 +706,16 @@ def main(argv: list[str] | None = None) -> int:
              "max_batch_tokens": args.max_batch_tokens},
             args.threads,
             backend="torch",
+        )  # fmt: skip
+    if args.alt_backend is not None and not args.sweep_clients:
+        servers["sidecar_alt"] = Server(
+            checkpoint,
+            scratch,
+            "sidecar_alt",
+            {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
+             "max_batch_tokens": args.max_batch_tokens},
+            args.threads,
+            backend=args.alt_backend,
         )  # fmt: skip
     all_rounds: list[list[Result]] = []
     try:

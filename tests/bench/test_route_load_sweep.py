@@ -38,6 +38,17 @@ def test_the_sweep_compares_sidecar_with_baseline_at_each_client_count() -> None
     }
 
 
+def test_an_alt_backend_sidecar_is_compared_with_the_sidecar_in_its_round() -> None:
+    values = ratio_values(
+        [
+            Result("sidecar", 64, 64, 240.0, 300.0, 320.0, 400.0, 31.0),
+            Result("sidecar_alt", 64, 64, 200.0, 350.0, 380.0, 450.0, 31.0),
+            Result("sidecar_alt", 16, 64, 999.0, 1.0, 1.0, 1.0, 31.0),  # another length: not paired
+        ]
+    )
+    assert values == {"64 tokens: sidecar / sidecar_alt throughput": pytest.approx(1.2)}
+
+
 @pytest.mark.parametrize(
     ("argv", "message"),
     [
