@@ -5,7 +5,8 @@ the tokenizer of the same model directory. Tokenisation and truncation are the t
 (``truncated_token_ids``), so every backend sees identical ids; only the forward pass differs. It computes
 the torch encoder's function (max |Δ| ~2e-7 per component, tested), so any policy may serve on it
 (``EncoderIdentity.serving_problem``). Knows nothing about policies, routing or caching; openvino is
-imported at ``load()``, torch not at all.
+imported at ``load()`` (without its telemetry: ``import_openvino``), torch not at
+all.
 
 Compile settings: ``INFERENCE_PRECISION_HINT`` f32 (without it OpenVINO may run bf16 on CPUs that have
 it), ``PERFORMANCE_HINT`` LATENCY (one stream: the sidecar runs one forward pass at a time),
@@ -31,7 +32,7 @@ from barp_sidecar.policy.encoder import (
 )
 from barp_sidecar.policy.onnx_export import OnnxModelError, OnnxRuntimeUnsupported
 from barp_sidecar.policy.onnx_fused import INPUT_NAMES, OUTPUT_NAME
-from barp_sidecar.policy.openvino_export import FP32_CONFIG, OPENVINO_BACKEND, OpenVinoModel
+from barp_sidecar.policy.openvino_export import FP32_CONFIG, OPENVINO_BACKEND, OpenVinoModel, import_openvino
 
 
 class OpenVinoEncoder:
@@ -79,9 +80,9 @@ class OpenVinoEncoder:
         return self._dim
 
     def load(self) -> OpenVinoEncoder:
-        import openvino
         from transformers import AutoTokenizer
 
+        openvino = import_openvino()
         path = self._model.graph_path
         config: dict[str, Any] = {**FP32_CONFIG, "PERFORMANCE_HINT": "LATENCY"}
         if self._threads > 0:

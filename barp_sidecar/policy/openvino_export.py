@@ -11,12 +11,13 @@ The graph is ``policy.onnx_fused.fusable_module`` (transformer + mean pooling + 
 by ``openvino.convert_model`` from the torch module: exact (max |Δ| ~2e-7) when compiled with
 ``FP32_CONFIG``. Reading the fused ONNX file instead gives wrong embeddings (|Δ| up to 0.09: OpenVINO's
 reading of ONNX Runtime's contrib operators), so it is not a route. The weights are saved uncompressed
-(``save_model`` would store them as fp16 by default). Every conversion is checked against the torch model
-on ``onnx_fused.probe_batch`` from the written files and refused unless the largest difference is at most
-``onnx_fused.VERIFY_MAX_ABS_DIFF``. Conversion is deterministic for fixed library versions once the names
-OpenVINO draws from process-wide counters are replaced (``name_by_position``; tested: a re-conversion in
-the same process gives both files' sha256 again), so two processes exporting at once write identical
-bytes.
+(``save_model`` would store them as fp16 by default). openvino is imported without its usage telemetry
+(``import_openvino``; tested: nothing is written to ``$HOME``). Every conversion is checked against the
+torch model on ``onnx_fused.probe_batch`` from the written files and refused unless the largest difference
+is at most ``onnx_fused.VERIFY_MAX_ABS_DIFF``. Conversion is deterministic for fixed library versions once
+the names OpenVINO draws from process-wide counters are replaced (``name_by_position``; tested: a
+re-conversion in the same process gives both files' sha256 again), so two processes exporting at once
+write identical bytes.
 """
 
 from __future__ import annotations
@@ -107,9 +108,34 @@ def export_ir(model_path: Path, directory: Path, source: dict[str, Any]) -> dict
     return files
 
 
+def import_openvino() -> Any:
+    """``import openvino`` without its telemetry; every module here imports openvino through this.
+
+    ``import openvino`` imports ``openvino.tools.ovc``, whose ``__init__`` starts ``openvino_telemetry``: it
+    writes ``$HOME/intel`` and posts an "import" event (and one per ``convert_model``) to Google Analytics
+    from a subprocess it waits up to 3 s for, unless a consent file in ``$HOME/intel`` says no or ``CI`` is
+    set. A sidecar must not phone home nor write outside its own directories, so ``openvino_telemetry`` is
+    made unimportable for this process before openvino loads (``sys.modules`` entry None), which sends
+    ``openvino.tools.ovc`` down its own fallback: the no-op ``telemetry_stub``. If openvino was imported
+    before (by the embedding application), its converter modules are pointed at the stub as well."""
+    if "openvino_telemetry" not in sys.modules:
+        sys.modules["openvino_telemetry"] = None  # type: ignore[assignment]
+    import openvino
+    import openvino.tools.ovc.convert_impl as convert_impl
+    import openvino.tools.ovc.telemetry_stub as stub
+    import openvino.tools.ovc.telemetry_utils as telemetry_utils
+    import openvino.tools.ovc.utils as ovc_utils
+
+    for module in (convert_impl, telemetry_utils, ovc_utils):
+        if not hasattr(module, "tm"):
+            raise RuntimeError(f"{module.__name__} no longer names its telemetry `tm`: recheck the opt-out")
+        module.tm = stub
+    return openvino
+
+
 def convert_fp32(model_path: Path, graph: Path) -> None:
     """Convert the torch model into ``graph`` (+ the ``.bin`` beside it) and verify the written files."""
-    import openvino
+    openvino = import_openvino()
     import torch
 
     from barp_sidecar.policy.minilm import load_minilm
@@ -155,7 +181,7 @@ def name_by_position(transformed: Any) -> None:
 
 def verify(model: Any, tokenizer: Any, graph: Path) -> None:
     """Refuse ``graph`` unless it computes the torch model's embeddings on the probe batch."""
-    import openvino
+    openvino = import_openvino()
 
     from barp_sidecar.policy.onnx_fused import (
         INPUT_NAMES,

@@ -7,6 +7,7 @@ Converts the shipped all-MiniLM-L6-v2 once per session into a temporary director
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -240,6 +241,35 @@ def test_openvino_is_a_cpu_only_backend_and_auto_never_picks_it() -> None:
     with pytest.raises(ConfigError) as config_error:
         load_encoder(IDENTITY, PolicySettings(), cuda, EncoderBackendSettings(backend="openvino"))
     assert config_error.value.key == "encoder.backend" and "CPU only" in str(config_error.value)
+
+
+def test_openvino_neither_phones_home_nor_writes_to_home(tmp_path: Path) -> None:
+    """``import openvino`` starts openvino_telemetry (writes $HOME/intel, posts to Google Analytics) unless
+    a consent file says no; the backend imports it without. A fresh process (the telemetry is a
+    process-wide singleton started at import) converts, loads and encodes with an empty HOME, outside any
+    CI (the telemetry's other opt-out)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    script = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from barp_sidecar.policy.encoder import EncoderSettings, builtin_model_path\n"
+        "from barp_sidecar.policy.openvino_encoder import OpenVinoEncoder\n"
+        "from barp_sidecar.policy.openvino_export import ensure_openvino_model\n"
+        "model = ensure_openvino_model(Path(builtin_model_path()), Path(sys.argv[1]))\n"
+        "encoder = OpenVinoEncoder(EncoderSettings(device='cpu'), model).load()\n"
+        "assert encoder.encode(['hello']).shape == (1, 384)\n"
+        "import openvino.tools.ovc.telemetry_utils as t\n"
+        "assert t.tm.__name__ == 'openvino.tools.ovc.telemetry_stub', t.tm\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("CI", "TF_BUILD", "JENKINS_URL")}
+    env["HOME"] = str(home)
+    repository = Path(__file__).resolve().parents[2]
+    result = subprocess.run([sys.executable, "-c", script, str(tmp_path / "onnx")], cwd=repository, env=env,
+                            capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert list((tmp_path / "onnx").glob(f"*/{GRAPH_FILE}")), "nothing was converted"
+    assert list(home.iterdir()) == [], "openvino wrote to $HOME"
 
 
 def test_openvino_is_imported_only_when_the_backend_loads() -> None:
