@@ -241,9 +241,9 @@ class EncoderBackendSettings:
     # "torch" (fp32 PyTorch); "onnx" (ONNX Runtime, a fused fp32 graph: the same function as torch);
     # "onnx-int8" (int8 weights: fastest on CPU, but it changes some decisions: the policy manifest must
     # list the int8 file's sha256); "openvino" (OpenVINO, fp32: the same function as torch). "auto" = on
-    # the CPU, onnx-int8 for a policy that lists this machine's int8 file, else onnx (the shipped policy
-    # lists none: 1.5-1.9x torch's throughput, same decisions); torch on CUDA. The ONNX and OpenVINO
-    # backends run on the CPU only.
+    # the CPU, onnx-int8 for a policy that lists this machine's int8 file, else openvino (the shipped
+    # policy lists none: 2.1-2.3x torch's throughput in the sidecar, 1.2x onnx's, same decisions); torch on
+    # CUDA. The ONNX and OpenVINO backends run on the CPU only.
     backend: EncoderBackend = EncoderBackend.AUTO
     # Where ONNX and OpenVINO files are exported to on first start (sha256-verified; re-exported when
     # corrupt) or were exported at image build time. None = $XDG_CACHE_HOME/barp-sidecar/onnx (~/.cache if

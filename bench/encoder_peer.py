@@ -106,7 +106,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--encoder-backend",
         default="auto",
         choices=[backend.value for backend in EncoderBackend],
-        help="the sidecar's encoder.backend (auto = what ships: onnx on CPU); the ceiling stays fp32 torch",
+        help="the sidecar's encoder.backend (auto = what ships: openvino on CPU); the ceiling: fp32 torch",
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", metavar="PATH", help="write the config, rounds and summary as JSON")

@@ -5,7 +5,7 @@ For each prompt length it measures, in ONE run on the same machine:
   sidecar    the real ``barp-sidecar serve`` subprocess with micro-batching, driven over gRPC by N clients;
   unbatched  the same server with batching.max_batch_size = 1.
 and, at 1 client, the sidecar's p50 against the single-prompt (batch 1) in-process latency.
-With ``--encoder-backend`` other than torch (``auto``, the default, is onnx on CPU for the shipped policy)
+With ``--encoder-backend`` other than torch (``auto``, the default, is openvino on CPU for the shipped policy)
 the same rounds also measure today's fp32 torch encoder: ``torch_ceiling`` in-process and ``sidecar_torch``
 (a third server), and the summary compares the sidecar with them (issue 16's targets).
 ``--client-processes N`` splits the callers over N load-generator processes (a GPU sidecar outruns one).

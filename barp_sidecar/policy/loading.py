@@ -13,6 +13,7 @@ import structlog
 
 from barp_sidecar.errors import CheckpointError, ConfigError
 from barp_sidecar.policy.backends import (
+    CPU_FP32_BACKEND,
     BackendChoice,
     default_onnx_dir,
     encoder_backend_identity,
@@ -105,9 +106,11 @@ def load_encoder(
     problem = identity.serving_problem(*encoder_backend_identity(encoder))
     if problem is not None and backend.backend == "auto":
         # auto promises the fastest backend this policy is validated for: this int8 file is not one, so
-        # the fp32 graph (the same function as the encoder the policy was trained with) serves.
-        log.warning("encoder_backend_auto_uses_onnx", reason=problem)
-        encoder = _load(encoder_settings, BackendChoice("onnx", onnx_dir, settings.cpu_threads), model)
+        # the fp32 backend (the same function as the encoder the policy was trained with) serves.
+        log.warning("encoder_backend_auto_uses_fp32", backend=CPU_FP32_BACKEND, reason=problem)
+        encoder = _load(
+            encoder_settings, BackendChoice(CPU_FP32_BACKEND, onnx_dir, settings.cpu_threads), model
+        )
     elif problem is not None:
         raise ConfigError("encoder.backend", problem)
     if encoder.encoder_id != identity.encoder_id or encoder.dim != identity.dim:

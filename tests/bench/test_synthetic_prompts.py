@@ -1,7 +1,7 @@
 """bench.route_load.synthetic_prompts: exact word-piece counts with either tokenizer the encoders load.
 
-The fast tokenizer of the ONNX/OpenVINO backends carries tokenizer.json's truncation to 128 pieces; the
-generator counted pieces with it and looped forever at 256 tokens (now default: encoder.backend auto = onnx).
+The fast tokenizer of the ONNX/OpenVINO backends (the CPU default is one of them) carries tokenizer.json's
+truncation to 128 pieces; the generator counted pieces with it and looped forever at 256 tokens.
 """
 
 from __future__ import annotations

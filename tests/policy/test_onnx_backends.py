@@ -194,20 +194,22 @@ def test_a_missing_model_that_cannot_be_exported_names_the_file(tmp_path: Path) 
             EncoderBackendSettings(backend="onnx", onnx_dir=str(blocker / "onnx")),
         )
     assert config_error.value.key == "encoder.onnx_dir" and FP32_FILE in str(config_error.value)
-    # The default (auto) never falls back to another encoder when the fp32 file cannot be produced.
+    # The default (auto = openvino on the CPU) never falls back to another encoder when its files cannot
+    # be produced.
     with pytest.raises(ConfigError) as auto_error:
         load_encoder(identity, PolicySettings(), CPU, EncoderBackendSettings(onnx_dir=str(blocker / "onnx")))
-    assert auto_error.value.key == "encoder.onnx_dir" and FP32_FILE in str(auto_error.value)
+    assert auto_error.value.key == "encoder.onnx_dir" and GRAPH_FILE in str(auto_error.value)
 
 
-def test_auto_serves_fp32_onnx_when_the_listed_int8_file_is_another_machines(exported: Path) -> None:
+def test_auto_serves_fp32_openvino_when_the_listed_int8_file_is_another_machines(exported: Path) -> None:
     """A manifest validated with an int8 file this machine did not export (other library versions): auto
-    serves the fp32 graph, the same function the policy was trained with, and says why."""
+    serves the fp32 backend (openvino), the same function the policy was trained with, and says why."""
     other = EncoderIdentity(BUILTIN_MODEL_ID, 384, 256, "tail", int8_validated_sha256=("0" * 64,))
     with capture_logs() as logs:
         encoder = load_encoder(other, PolicySettings(), CPU, EncoderBackendSettings("auto", str(exported)))
-    assert getattr(encoder, "backend", None) == "onnx"
-    (warning,) = [entry for entry in logs if entry["event"] == "encoder_backend_auto_uses_onnx"]
+    assert getattr(encoder, "backend", None) == "openvino"
+    (warning,) = [entry for entry in logs if entry["event"] == "encoder_backend_auto_uses_fp32"]
+    assert warning["backend"] == "openvino"
     assert INT8_FILE in warning["reason"] or "not validated" in warning["reason"]
 
 
@@ -249,7 +251,7 @@ def test_an_onnx_runtime_without_the_operators_fails_at_start(tmp_path: Path) ->
 
 def test_backend_resolution() -> None:
     assert resolve_backend("auto", "cpu", int8_validated=True) == "onnx-int8"
-    assert resolve_backend("auto", "cpu", int8_validated=False) == "onnx"
+    assert resolve_backend("auto", "cpu", int8_validated=False) == "openvino"
     assert resolve_backend("auto", "cuda", int8_validated=True) == "torch"
     assert resolve_backend("auto", "cuda:1", int8_validated=False) == "torch"
     assert resolve_backend("onnx", "cpu") == "onnx"
@@ -265,9 +267,9 @@ def test_int8_serves_only_policies_validated_with_that_file(exported: Path) -> N
     with pytest.raises(ConfigError) as caught:
         load_encoder(unvalidated, PolicySettings(), CPU, EncoderBackendSettings("onnx-int8", onnx_dir))
     assert caught.value.key == "encoder.backend" and "not validated" in str(caught.value)
-    # auto picks the fp32 graph for it: the same function, it needs no validation.
+    # auto picks the fp32 openvino backend for it: the same function, it needs no validation.
     auto = load_encoder(unvalidated, PolicySettings(), CPU, EncoderBackendSettings("auto", onnx_dir))
-    assert getattr(auto, "backend", None) == "onnx"
+    assert getattr(auto, "backend", None) == "openvino"
     fp32 = load_encoder(unvalidated, PolicySettings(), CPU, EncoderBackendSettings("onnx", onnx_dir))
     assert getattr(fp32, "backend", None) == "onnx"
     sha = file_sha256(model_directory(Path(builtin_model_path()), exported)[0] / INT8_FILE)
@@ -276,17 +278,19 @@ def test_int8_serves_only_policies_validated_with_that_file(exported: Path) -> N
     assert getattr(int8, "backend", None) == "onnx-int8"
 
 
-def test_the_shipped_policy_serves_on_fp32_onnx_by_default(exported: Path) -> None:
+def test_the_shipped_policy_serves_on_fp32_openvino_by_default(exported: Path) -> None:
     """Its int8 agreement was 94.5-98.7% < 99.5% (docs/benchmarks.md): it lists no int8 file, so auto is
-    the fused fp32 graph (100% the same decisions, 1.5-1.9x torch's throughput), torch is one setting
-    away, and onnx-int8 is refused."""
+    the fp32 openvino backend (100% the same decisions, 2.1-2.3x torch's throughput in the sidecar), onnx
+    and torch are one setting away, and onnx-int8 is refused."""
     from barp_sidecar.policy.builtin import builtin_policy_dir
 
     identity = read_manifest(builtin_policy_dir()).encoder
     assert identity.int8_validated_sha256 == ()
     onnx_dir = str(exported)
     auto = load_encoder(identity, PolicySettings(), CPU, EncoderBackendSettings("auto", onnx_dir))
-    assert getattr(auto, "backend", None) == "onnx"
+    assert getattr(auto, "backend", None) == "openvino"
+    onnx_encoder = load_encoder(identity, PolicySettings(), CPU, EncoderBackendSettings("onnx", onnx_dir))
+    assert getattr(onnx_encoder, "backend", None) == "onnx"
     torch_encoder = load_encoder(identity, PolicySettings(), CPU, EncoderBackendSettings("torch", onnx_dir))
     assert getattr(torch_encoder, "backend", "torch") == "torch"
     with pytest.raises(ConfigError, match="not validated"):

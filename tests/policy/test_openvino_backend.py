@@ -225,11 +225,12 @@ def test_an_ir_this_openvino_cannot_run_fails_at_start(tmp_path: Path) -> None:
     )
 
 
-def test_openvino_is_a_cpu_only_backend_and_auto_never_picks_it() -> None:
+def test_openvino_is_a_cpu_only_backend_and_autos_fp32_choice_on_the_cpu() -> None:
     assert load_settings(None, {"BARP__ENCODER__BACKEND": "openvino"}).encoder.backend == "openvino"
     assert resolve_backend("openvino", "cpu") == "openvino"
-    for validated in (True, False):
-        assert resolve_backend("auto", "cpu", int8_validated=validated) != "openvino"
+    assert resolve_backend("auto", "cpu", int8_validated=False) == "openvino"
+    assert resolve_backend("auto", "cpu", int8_validated=True) == "onnx-int8"
+    assert resolve_backend("auto", "cuda:0", int8_validated=False) == "torch"
     with pytest.raises(ValueError, match="CPU only"):
         resolve_backend("openvino", "cuda:0")
     with pytest.raises(ValueError, match="one of"):
