@@ -100,7 +100,7 @@ def test_router_probe_scores_every_router_against_per_task_best(tmp_path, capsys
     assert probe([*args, "--id-tasks", "winogrande", "mbpp"]) == 0
     lines = capsys.readouterr().out.splitlines()[2:]
     table = {c[1].strip(): [float(v) for v in c[2:5]] for c in (line.split("|") for line in lines)}
-    expected = {"per_task_best (hindsight)", "ridge", "task_mean"}
+    expected = {"per_task_best (hindsight)", "ridge", "logistic", "task_mean"}
     expected |= {f"knn{k}" for k in KNN_K} | {f"eb{a}/{b}/{w}" for a, b, w in EB_SETTINGS}
     assert set(table) == expected
     # the right cheap model is always right (score 1) and costs 1/40 of τ-capped big
@@ -109,6 +109,42 @@ def test_router_probe_scores_every_router_against_per_task_best(tmp_path, capsys
         score, reward_half, id_mean = table[router]
         assert score == pytest.approx(1.0) and id_mean == pytest.approx(100.0)
         assert reward_half == pytest.approx(table["per_task_best (hindsight)"][1])
+
+
+def test_router_probe_logistic_recovers_each_models_outcome_and_ignores_unobserved_rows():
+    """Model 0 is right where x₀ > 0, model 1 everywhere; model 1's unobserved rows hold junk outcomes."""
+    from trainer.offline.router_probe import fit_logistic
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, 3))
+    quality = np.stack([(x[:, 0] > 0).astype(float), np.ones(400)], axis=1)
+    observed = np.ones((400, 2), dtype=bool)
+    observed[:100, 1] = False
+    quality[:100, 1] = 0.0  # never observed: must not pull model 1's estimate down
+    theta = fit_logistic(x, quality, observed)
+    z = np.concatenate([x, np.ones((400, 1))], axis=1)
+    q_hat = 1.0 / (1.0 + np.exp(-(z @ theta.T)))
+    assert ((q_hat[:, 0] > 0.5) == (x[:, 0] > 0)).mean() > 0.95
+    assert q_hat[:, 1].min() > 0.9
+
+
+def test_router_probe_validation_split_never_reads_a_test_row(tmp_path):
+    from tests.trainer.conftest import synthetic_jsonl_rows, write_jsonl
+    from trainer.offline.datasets import load_table
+    from trainer.offline.router_probe import fit_and_scored_rows
+
+    table = load_table(write_jsonl(tmp_path / "log.jsonl", synthetic_jsonl_rows(per_task=80)))
+    splits, tasks = np.asarray(table.splits), np.asarray(table.tasks)
+    fit, scored = fit_and_scored_rows(table, "validation")
+    assert set(splits[fit]) == set(splits[scored]) == {"train"}
+    assert not set(fit) & set(scored) and len(fit) + len(scored) == (splits == "train").sum()
+    for task in set(tasks):  # 15 % of every task's train rows
+        share = (tasks[scored] == task).sum() / ((tasks == task) & (splits == "train")).sum()
+        assert share == pytest.approx(0.15, abs=0.02)
+    train, test = fit_and_scored_rows(table, "test")
+    assert set(splits[train]) == {"train"} and set(splits[test]) == {"test"}
+    with pytest.raises(ValueError, match="split"):
+        fit_and_scored_rows(table, "holdout")
 
 
 def test_router_probe_samples_the_same_rows_of_each_split_for_every_encoder(tmp_path):
