@@ -96,6 +96,8 @@ def truncate_ids(ids: Sequence[int], budget: int, side: str) -> list[int]:
 
 def truncated_token_ids(tokenizer: Any, texts: Sequence[str], settings: EncoderSettings) -> list[list[int]]:
     """Word-piece ids per text without special tokens, truncated to the budget (shared by every backend)."""
+    if not texts:
+        return []  # transformers' fast tokenizer raises IndexError on an empty batch
     budget = settings.max_seq_length - 2
     # Cut by characters first: tokenising a 1 MiB prompt whole held the inference thread for 0.83 s.
     cut = [cut_text_for_token_budget(text, budget, settings.truncation) for text in texts]

@@ -71,6 +71,9 @@ def test_fp32_onnx_computes_what_torch_computes(exported: Path, torch_embeddings
     onnx = encoder.encode(PROMPTS, batch_size=4)  # one padded batch of very different lengths
     assert onnx.shape == torch_embeddings.shape == (4, 384)
     assert np.abs(onnx - torch_embeddings).max() < 1e-5
+    # An empty batch is not an error, as with torch (the fast tokenizer raised IndexError on it).
+    torch_encoder = load_backend_encoder(SETTINGS, BackendChoice("torch", Path("unused")))
+    assert encoder.encode([]).shape == torch_encoder.encode([]).shape == (0, 384)
     assert encoder.token_ids(PROMPTS)[2][-1] == encoder.token_ids(["Which planet is the largest?"])[0][-1]
 
 

@@ -92,6 +92,7 @@ def test_openvino_computes_what_torch_computes(converted: Path) -> None:
     one_by_one = np.vstack([encoder.encode([prompt]) for prompt in PROMPTS])  # no padding at all
     assert np.abs(one_by_one - torch_embeddings).max() <= 1e-5
     assert encoder.encode_token_ids([]).shape == (0, 384)
+    assert encoder.encode([]).shape == (0, 384)  # as torch's: an empty batch is not an error
 
 
 def test_the_ir_is_fp32_and_recorded_in_export_json(converted: Path) -> None:
