@@ -554,7 +554,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     scratch = Path(tempfile.mkdtemp(prefix="encoder-peer-"))
     checkpoint = resolve_checkpoint(args.checkpoint_dir)
-    inference = build_inference(checkpoint, "builtin:all-MiniLM-L6-v2", 65536, "torch")
+    inference = build_inference(checkpoint, "builtin:all-MiniLM-L6-v2", 65536, "torch", args.threads)
     prompt_sets = {
         tokens: synthetic_prompts(inference.encoder._tokenizer, tokens, 4000, args.seed + tokens)
         for tokens in args.prompt_tokens

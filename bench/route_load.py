@@ -158,7 +158,11 @@ def int8_accepting_copy(checkpoint: Path, scratch: Path) -> Path:
 # ---------------------------------------------------------------------------------------------- ceiling
 
 
-def build_inference(checkpoint: Path, encoder_model: str, max_batch_tokens: int, backend: str = "auto"):
+def build_inference(
+    checkpoint: Path, encoder_model: str, max_batch_tokens: int, backend: str = "auto", threads: int = 0
+):
+    """The in-process ceiling: the sidecar's encoder + policy on ``backend`` with ``threads`` intra-op threads
+    (the sidecar's ``policy.cpu_threads``; 0 = the runtime's default)."""
     import torch
 
     from barp_sidecar.policy.backends import encoder_backend_identity
@@ -174,7 +178,7 @@ def build_inference(checkpoint: Path, encoder_model: str, max_batch_tokens: int,
     placement = select_device("auto", torch.cuda.is_available())
     encoder = load_encoder(
         policy.manifest.encoder,
-        PolicySettings(encoder_model=encoder_model),
+        PolicySettings(encoder_model=encoder_model, cpu_threads=threads),
         placement,
         EncoderBackendSettings(backend=backend),
     )
@@ -652,12 +656,14 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = resolve_checkpoint(args.checkpoint_dir)
     if args.allow_unvalidated_int8:
         checkpoint = int8_accepting_copy(checkpoint, scratch)
-    inference = build_inference(checkpoint, args.encoder_model, args.max_batch_tokens, args.encoder_backend)
+    inference = build_inference(
+        checkpoint, args.encoder_model, args.max_batch_tokens, args.encoder_backend, args.threads
+    )
     backend = getattr(inference.encoder, "backend", "torch")
     torch_inference = (
         None
         if backend == "torch"
-        else build_inference(checkpoint, args.encoder_model, args.max_batch_tokens, "torch")
+        else build_inference(checkpoint, args.encoder_model, args.max_batch_tokens, "torch", args.threads)
     )
     print(f"encoder backend: {backend}", file=sys.stderr)
     tokenizer = inference.encoder._tokenizer
