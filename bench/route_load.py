@@ -290,6 +290,18 @@ class Server:
         self._log.close()
 
 
+def peak_rss_mib(pid: int) -> float | None:
+    """The process's peak resident set size (``VmHWM``) in MiB; None without a /proc entry for it."""
+    try:
+        lines = Path(f"/proc/{pid}/status").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return None
+
+
 async def drive(
     port: int, prompts: list[str], concurrency: int, duration_s: float, warmup_s: float, max_requests: int
 ):
@@ -724,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
             backend=args.alt_backend,
         )  # fmt: skip
     all_rounds: list[list[Result]] = []
+    peaks: dict[str, float | None] = {}
     try:
         for round_index in range(args.rounds):
             current: list[Result] = []
@@ -739,6 +752,7 @@ def main(argv: list[str] | None = None) -> int:
                     file=sys.stderr,
                 )
             all_rounds.append(current)
+        peaks = {name: peak_rss_mib(server.proc.pid) for name, server in servers.items()}
     finally:
         for server in servers.values():
             server.close()
@@ -751,6 +765,10 @@ def main(argv: list[str] | None = None) -> int:
     for key, value in summary.items():
         rounds_text = ", ".join(f"{v:.2f}" for v in value["rounds"])  # type: ignore[union-attr]
         print(f"- {key}: {value['median']:.2f} [{rounds_text}]")
+    print(
+        "Peak RSS per server (MiB, VmHWM over the whole run): "
+        + ", ".join(f"{name} {mib:.0f}" if mib is not None else f"{name} n/a" for name, mib in peaks.items())
+    )
     if args.json:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "json"}
         config.update(
@@ -767,6 +785,7 @@ def main(argv: list[str] | None = None) -> int:
                     "config": config,
                     "results": [asdict(r) for r in results],
                     "comparisons": summary,
+                    "peak_rss_mib": peaks,
                     "rounds": [[asdict(r) for r in one_round] for one_round in all_rounds],
                 },
                 indent=2,

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.route_load import SWEEP_NOTE, Result, main, ratio_values
+from bench.route_load import SWEEP_NOTE, Result, main, peak_rss_mib, ratio_values
 from tests.bench.bench_runner import argument_error
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,6 +62,21 @@ def test_bad_baseline_arguments_exit_2_naming_the_flag(
     assert message in argument_error(main, argv, capsys)
 
 
+def test_peak_rss_is_the_processes_high_water_mark() -> None:
+    import os
+    import resource
+
+    before = peak_rss_mib(os.getpid())
+    ballast = bytearray(64 * 1024 * 1024)  # touched: resident
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    after = peak_rss_mib(os.getpid())
+    assert before is not None and after is not None and after >= before + 60
+    del ballast
+    assert peak_rss_mib(os.getpid()) == pytest.approx(after, abs=2)  # a high-water mark stays (±counter lag)
+    assert after == pytest.approx(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, abs=2)
+    assert peak_rss_mib(2**22 + 12345) is None  # no such process
+
+
 @pytest.mark.slow
 def test_a_tiny_sweep_against_a_baseline_checkout_runs_end_to_end(tmp_path: Path) -> None:
     out = tmp_path / "sweep.json"
@@ -78,3 +93,5 @@ def test_a_tiny_sweep_against_a_baseline_checkout_runs_end_to_end(tmp_path: Path
     ]
     assert all(r["requests"] > 0 and r["errors"] == 0 for r in report["results"])
     assert "8 tokens, 4 clients: sidecar vs baseline throughput ratio" in report["comparisons"]
+    assert set(report["peak_rss_mib"]) == {"sidecar", "baseline"}
+    assert all(mib > 50 for mib in report["peak_rss_mib"].values())
