@@ -48,7 +48,7 @@ from typing import Any, NoReturn
 
 from barp_sidecar.settings import EncoderBackend
 from bench import cpu_share
-from bench.load_client import cpu_seconds, percentile_ms, stop_process, write_report
+from bench.load_client import cpu_seconds, percentile_ms, remove_scratch, stop_process, write_report
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_PEER_VENV = REPO / ".cache" / "peer-venv"
@@ -568,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     peer: PeerServer | None = None
     rounds: list[dict[int, dict[str, dict[str, Any]]]] = []
     next_index = {(tokens, mode): 0 for tokens in args.prompt_tokens for mode in ("sidecar", "peer")}
+    completed = False
     try:
         peer = PeerServer(executable, builtin_model_path(), scratch, args.peer_batch_size, args.threads)
         same_model_cosine = check_same_model(peer, inference.encoder, SAME_MODEL_PROBE)
@@ -604,10 +605,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 )
                 current[tokens] = measured
             rounds.append(current)
+        completed = True
     finally:
         sidecar.close()
         if peer is not None:
             peer.close()
+        remove_scratch(scratch, completed)
     summary = summarise(rounds)
     print(table(summary))
     print()

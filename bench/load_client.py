@@ -16,9 +16,11 @@ import asyncio
 import contextlib
 import json
 import os
+import shutil
 import signal
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from pathlib import Path
@@ -56,6 +58,15 @@ def stop_process(proc: subprocess.Popen[Any], timeout_s: float = STOP_TIMEOUT_S)
             proc.kill()
             proc.wait(10)
     return proc.returncode
+
+
+def remove_scratch(scratch: Path, completed: bool) -> None:
+    """Delete a run's scratch directory (server state and logs: ~100 MB) after a completed run; after a
+    failed one keep it and say where, for its server logs."""
+    if completed:
+        shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        print(f"server logs and state kept in {scratch}", file=sys.stderr)
 
 
 async def wait_for_json_event(

@@ -45,7 +45,7 @@ from pathlib import Path
 import yaml
 
 from barp_sidecar.settings import BatchingSettings, EncoderBackend
-from bench.load_client import cpu_seconds, percentile_ms, stop_process
+from bench.load_client import cpu_seconds, percentile_ms, remove_scratch, stop_process
 
 REPO = Path(__file__).resolve().parents[1]
 RUN_ORDER = ["torch_ceiling", "ceiling", "sidecar_torch", "sidecar_alt", "baseline", "sidecar", "unbatched"]
@@ -737,6 +737,7 @@ def main(argv: list[str] | None = None) -> int:
         )  # fmt: skip
     all_rounds: list[list[Result]] = []
     peaks: dict[str, float | None] = {}
+    completed = False
     try:
         for round_index in range(args.rounds):
             current: list[Result] = []
@@ -753,9 +754,11 @@ def main(argv: list[str] | None = None) -> int:
                 )
             all_rounds.append(current)
         peaks = {name: peak_rss_mib(server.proc.pid) for name, server in servers.items()}
+        completed = True
     finally:
         for server in servers.values():
             server.close()
+        remove_scratch(scratch, completed)
     results = median_rounds(all_rounds)
 
     print(table(results))

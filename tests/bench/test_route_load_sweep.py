@@ -95,3 +95,19 @@ def test_a_tiny_sweep_against_a_baseline_checkout_runs_end_to_end(tmp_path: Path
     assert "8 tokens, 4 clients: sidecar vs baseline throughput ratio" in report["comparisons"]
     assert set(report["peak_rss_mib"]) == {"sidecar", "baseline"}
     assert all(mib > 50 for mib in report["peak_rss_mib"].values())
+
+
+def test_a_completed_run_removes_its_scratch_and_a_failed_one_keeps_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bench.load_client import remove_scratch
+
+    done, failed = tmp_path / "done", tmp_path / "failed"
+    for scratch in (done, failed):
+        (scratch / "sidecar-state").mkdir(parents=True)
+        (scratch / "sidecar.log").write_text("log\n")
+    remove_scratch(done, completed=True)
+    remove_scratch(failed, completed=False)
+    assert not done.exists()
+    assert (failed / "sidecar.log").read_text() == "log\n"
+    assert f"kept in {failed}" in capsys.readouterr().err
