@@ -97,6 +97,41 @@ def test_smoothed_targets_are_the_task_prior_plus_the_weighted_neighbour_residua
     np.testing.assert_allclose(half.values[:, 3], 0.025)  # normalised cost of cheap-a, constant
 
 
+def test_smoothed_targets_of_two_sources_never_count_anothers_missing_models_as_zero():
+    """Source 1 (task t1) observed models a and b, source 2 (task t2) only b; their prompts interleave, so
+    every row's neighbours come from both. a's prior is t1's mean of a (renormalised over the tasks that
+    observed it), not diluted toward 0 by t2's neighbours; t2's rows stay unobserved for a."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    t1 = np.arange(200) % 2 == 0
+    tasks = tuple("t1" if first else "t2" for first in t1)
+    quality = np.stack([np.where(t1, 0.9, 0.0), np.where(t1, 0.5, 0.7)], axis=1)
+    observed = np.stack([t1, np.ones(200, dtype=bool)], axis=1)
+    table = RoutingTable(
+        prompts=tuple(f"p{i}" for i in range(200)),
+        tasks=tasks,
+        splits=("train",) * 200,
+        models=("a", "b"),
+        quality=quality,
+        cost_usd=np.full((200, 2), 0.001),
+        observed=observed,
+    )
+    targets = regression_targets(table, TAU)
+    smoothed = smoothed_targets(
+        x, table.tasks, targets, RewardModelFitConfig(smoothing_task_k=25, smoothing_residual_weight=0.0)
+    )
+    np.testing.assert_allclose(smoothed.values[t1, 0], 0.9)  # was ~0.45: half the neighbours are t2's
+    np.testing.assert_array_equal(smoothed.observed, targets.observed)
+    # b, observed by both tasks: the neighbours' mix of the two task means, as before
+    assert 0.5 - 1e-9 <= smoothed.values[:, 1].min() < smoothed.values[:, 1].max() <= 0.7 + 1e-9
+    # asked about other prompts (the kNN router): every estimate is given, a's still t1's mean
+    config = RewardModelFitConfig(smoothing_task_k=25, smoothing_residual_weight=0.0)
+    asked = smoothed_targets(x, table.tasks, targets, config, queries=x[:3])
+    assert asked.observed.all()
+    np.testing.assert_allclose(asked.values[:, 0], 0.9)
+
+
 def test_smoothed_mlp_routes_within_a_task_only_through_the_residual():
     table, x = _one_task_two_clusters()
     cluster_a = np.arange(len(x)) < 60

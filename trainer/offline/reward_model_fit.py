@@ -15,10 +15,11 @@ Two regressors (measured in docs/training.md):
 - ``mlp``: a shared GELU trunk (``head_layers`` 1, ``hidden`` units) with the 2K-output head, trained
   with masked squared error (Adam, mini-batches), early-stopped on the same validation slice.
 - ``smoothed_mlp``: the same MLP, fitted to empirical-Bayes kNN estimates instead of the raw outcomes
-  (``smoothed_targets``): each training prompt's target is its task prior (the train means of the tasks
-  of its ``smoothing_task_k`` nearest other prompts) plus ``smoothing_residual_weight`` × the mean
-  residual (outcome − its task's mean) of its ``smoothing_residual_k`` nearest other prompts. The kNN
-  router is distilled into the served head, so the sidecar serves it unchanged (no stored neighbours).
+  (``smoothed_targets``): each training prompt's target, for each model it observed, is its task prior
+  (the train means of the tasks of its ``smoothing_task_k`` nearest other prompts that observed the
+  model) plus ``smoothing_residual_weight`` × the mean residual (outcome − its task's mean) of its
+  ``smoothing_residual_k`` nearest other prompts. The kNN router is distilled into the served head, so
+  the sidecar serves it unchanged (no stored neighbours).
 
 ``mean_of_reward_models`` folds a ridge and a one-hidden-layer network into one servable network that
 predicts their mean (measured by ``trainer.offline.ensemble_probe``; not a ``--regressor``: it did not
@@ -180,30 +181,36 @@ def smoothed_targets(
     config: RewardModelFitConfig,
     queries: np.ndarray | None = None,
 ) -> RegressionTargets:
-    """Empirical-Bayes kNN estimates of every target (module docstring), all marked observed.
+    """Empirical-Bayes kNN estimates of the targets (module docstring).
 
-    For the training rows themselves (leave-one-out) unless ``queries`` asks for other prompts (the
-    kNN router itself, as measured by ``trainer.offline.router_probe``).
+    For the training rows themselves (leave-one-out; marked observed where the row observed the outcome,
+    so a model a row's source lacks stays absent, as in every fit here) unless ``queries`` asks for other
+    prompts (the kNN router itself, as measured by ``trainer.offline.router_probe``; all marked observed).
+    The task prior of a model averages only the neighbouring tasks that observed it (in a log of several
+    sources a task of one source has no outcome for another source's models: counting those as 0 pulled
+    every estimate of a model toward 0 near prompts of other sources); where none did, it is the model's
+    mean over every observed row.
     """
     observed = targets.observed.astype(np.float64)
     task_array = np.asarray(tasks)
     names = sorted(set(tasks))
     membership = np.stack([task_array == name for name in names], axis=1).astype(np.float64)
-    task_means = np.stack(
-        [
-            (targets.values * observed)[task_array == name].sum(axis=0)
-            / np.maximum(observed[task_array == name].sum(axis=0), 1.0)
-            for name in names
-        ]
-    )  # [T, 2K]
+    sums = np.stack([(targets.values * observed)[task_array == name].sum(axis=0) for name in names])
+    counts = np.stack([observed[task_array == name].sum(axis=0) for name in names])  # [T, 2K]
+    task_means = sums / np.maximum(counts, 1.0)
+    overall = sums.sum(axis=0) / np.maximum(counts.sum(axis=0), 1.0)  # [2K]
     task_share = neighbour_means(x, membership, np.ones_like(membership), config.smoothing_task_k, queries)
-    prior = task_share @ task_means
+    seen_share = task_share @ (counts > 0).astype(np.float64)  # [Q, 2K]: neighbour tasks that observed it
+    prior = np.where(
+        seen_share > 0, (task_share @ task_means) / np.maximum(seen_share, 1e-12), overall[None, :]
+    )
     values = prior
     if config.smoothing_residual_weight > 0:
         residual = (targets.values - membership @ task_means) * observed
         local = neighbour_means(x, residual, observed, config.smoothing_residual_k, queries)
         values = prior + config.smoothing_residual_weight * local
-    return RegressionTargets(values=values, observed=np.ones(values.shape, dtype=bool))
+    marked = targets.observed if queries is None else np.ones(values.shape, dtype=bool)
+    return RegressionTargets(values=values, observed=marked.copy())
 
 
 def _masked_mse(predicted: torch.Tensor, values: torch.Tensor, observed: torch.Tensor) -> torch.Tensor:
