@@ -21,8 +21,7 @@ from barp_sidecar.policy.backends import (
     resolve_backend,
 )
 from barp_sidecar.policy.checkpoint import EncoderIdentity, read_manifest
-from barp_sidecar.policy.device import DevicePlacement
-from barp_sidecar.policy.encoder import BUILTIN_MODEL, BUILTIN_MODEL_ID, EncoderSettings, builtin_model_path
+from barp_sidecar.policy.encoder import BUILTIN_MODEL_ID, builtin_model_path
 from barp_sidecar.policy.loading import load_encoder
 from barp_sidecar.policy.onnx_encoder import OnnxEncoder
 from barp_sidecar.policy.onnx_export import (
@@ -38,17 +37,9 @@ from barp_sidecar.policy.onnx_export import (
 )
 from barp_sidecar.policy.openvino_export import GRAPH_FILE, WEIGHTS_FILE
 from barp_sidecar.settings import EncoderBackendSettings, PolicySettings
+from tests.support.encoder_inputs import CPU, PROMPTS, SETTINGS
 
 pytestmark = pytest.mark.real_encoder
-
-PROMPTS = [
-    "What is 2 + 2?",
-    "Write a Python function that merges two sorted lists and explain its complexity.",
-    "context " * 300 + "Which planet is the largest?",
-    "Translate 'good morning' into French, German and Italian.",
-]
-SETTINGS = EncoderSettings(model=BUILTIN_MODEL, max_seq_length=256, truncation="tail", device="cpu")
-CPU = DevicePlacement("cpu", False)
 
 
 @pytest.fixture(scope="session")

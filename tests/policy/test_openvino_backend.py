@@ -24,7 +24,7 @@ from barp_sidecar.policy import onnx_fused
 from barp_sidecar.policy.backends import BackendChoice, load_backend_encoder, resolve_backend
 from barp_sidecar.policy.checkpoint import EncoderIdentity, PolicyManifest, read_manifest, save_checkpoint
 from barp_sidecar.policy.device import DevicePlacement
-from barp_sidecar.policy.encoder import BUILTIN_MODEL, BUILTIN_MODEL_ID, EncoderSettings, builtin_model_path
+from barp_sidecar.policy.encoder import BUILTIN_MODEL_ID, builtin_model_path
 from barp_sidecar.policy.loading import load_encoder
 from barp_sidecar.policy.network import PolicyArchitecture, PolicyNetwork
 from barp_sidecar.policy.onnx_export import (
@@ -43,18 +43,11 @@ from barp_sidecar.policy.openvino_export import (
     ensure_openvino_model,
 )
 from barp_sidecar.settings import EncoderBackendSettings, PolicySettings, load_settings
+from tests.support.encoder_inputs import CPU, PROMPTS, SETTINGS
 from tests.support.sidecar import running_sidecar, sidecar_settings
 
 pytestmark = pytest.mark.real_encoder
 
-PROMPTS = [
-    "What is 2 + 2?",
-    "Write a Python function that merges two sorted lists and explain its complexity.",
-    "context " * 300 + "Which planet is the largest?",
-    "Translate 'good morning' into French, German and Italian.",
-]
-SETTINGS = EncoderSettings(model=BUILTIN_MODEL, max_seq_length=256, truncation="tail", device="cpu")
-CPU = DevicePlacement("cpu", False)
 IDENTITY = EncoderIdentity(BUILTIN_MODEL_ID, 384, 256, "tail")
 SOURCE = Path(builtin_model_path())
 
