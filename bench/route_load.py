@@ -715,26 +715,19 @@ def main(argv: list[str] | None = None) -> int:
             backend=args.encoder_backend,
             source=args.baseline_src.resolve(),
         )
+    same_batching = {
+        "max_batch_size": args.max_batch_size,
+        "max_wait_ms": args.max_wait_ms,
+        "max_batch_tokens": args.max_batch_tokens,
+    }
     if torch_inference is not None and not args.sweep_clients:  # today's fp32 torch sidecar, same rounds
         servers["sidecar_torch"] = Server(
-            checkpoint,
-            scratch,
-            "sidecar_torch",
-            {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
-             "max_batch_tokens": args.max_batch_tokens},
-            args.threads,
-            backend="torch",
-        )  # fmt: skip
+            checkpoint, scratch, "sidecar_torch", same_batching, args.threads, backend="torch"
+        )
     if args.alt_backend is not None and not args.sweep_clients:
         servers["sidecar_alt"] = Server(
-            checkpoint,
-            scratch,
-            "sidecar_alt",
-            {"max_batch_size": args.max_batch_size, "max_wait_ms": args.max_wait_ms,
-             "max_batch_tokens": args.max_batch_tokens},
-            args.threads,
-            backend=args.alt_backend,
-        )  # fmt: skip
+            checkpoint, scratch, "sidecar_alt", same_batching, args.threads, backend=args.alt_backend
+        )
     all_rounds: list[list[Result]] = []
     peaks: dict[str, float | None] = {}
     completed = False
