@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ports import free_port as free_port  # re-exported: the broker tests import it from here
+
 BINARY = "nats-server"
 
 
@@ -24,12 +26,6 @@ def require_nats_server() -> str:
     if path is None:
         pytest.skip("nats-server is not installed (apt-get install nats-server); CI installs it")
     return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _answers_info(port: int) -> bool:
